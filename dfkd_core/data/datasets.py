@@ -1,0 +1,207 @@
+"""Dataset loaders: sklearn digits (embedded), Fashion-MNIST IDX, CIFAR-10 (torchvision layout), ImageFolder."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The dataset's files are not where they were looked for; the message says how to get them."""
+
+
+@dataclass
+class DatasetInfo:
+    """What a model needs to know about its input; stored in every checkpoint."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    class_names: list[str] = field(default_factory=list)
+    root: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetInfo":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def _stats(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return mean, std
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> the teacher's normalized input space."""
+        mean, std = self._stats(images01.device)
+        return (images01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized input space -> [0, 1] pixels (clamped, for display)."""
+        mean, std = self._stats(x.device)
+        return (x * std + mean).clamp(0, 1)
+
+    def pixel_bounds(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel lower/upper bound of valid pixels in normalized space (images of 0 and of 1)."""
+        mean, std = self._stats(device)
+        return (0 - mean) / std, (1 - mean) / std
+
+
+@dataclass
+class ImageSplit:
+    """One split of a dataset: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalized(self, index=slice(None), device=None) -> torch.Tensor:
+        x = self.images[index].to(device=device, dtype=torch.float32) / 255.0
+        return self.info.normalize(x)
+
+    def subset(self, n: int, seed: int = 0) -> "ImageSplit":
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n]
+        return ImageSplit(self.images[idx], self.labels[idx], self.info)
+
+
+# ---------------------------------------------------------------- digits (embedded in scikit-learn)
+
+def _digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # sklearn's digits are 8x8 with intensities 0..16; scale to uint8 0..255 like every other dataset.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    idx = np.arange(len(images))
+    train_idx, test_idx = train_test_split(idx, test_size=0.2, random_state=0, stratify=digits.target)
+    chosen = train_idx if split == "train" else test_idx
+    return torch.from_numpy(images[chosen]), torch.from_numpy(digits.target[chosen]).long()
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array (the format of MNIST and Fashion-MNIST)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {arr.size} bytes")
+    return arr.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise DatasetMissingError(
+        f"Fashion-MNIST file '{stem}[.gz]' not found in {root}. Install it with "
+        "`sudo apt-get install dataset-fashion-mnist` (files land in "
+        f"{FASHION_MNIST_DEFAULT_ROOT}) or pass --data-root pointing at a directory with the four IDX files.")
+
+
+def _fashion_split(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    base = Path(root or os.environ.get("DFKD_FASHION_MNIST", FASHION_MNIST_DEFAULT_ROOT))
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_find_idx(base, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(base, f"{prefix}-labels-idx1-ubyte"))
+    return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
+
+
+# ---------------------------------------------------------------- CIFAR-10 and ImageFolder (torchvision)
+
+def _cifar10_split(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import CIFAR10
+
+    if root is None:
+        raise DatasetMissingError("CIFAR-10 needs --data-root: the directory holding 'cifar-10-batches-py'.")
+    try:
+        ds = CIFAR10(root, train=(split == "train"), download=False)
+    except RuntimeError as e:
+        raise DatasetMissingError(f"CIFAR-10 not found under {root} (torchvision layout expected: "
+                                  f"{root}/cifar-10-batches-py). Nothing is downloaded at run time.") from e
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets).long()
+
+
+def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    if root is None:
+        raise DatasetMissingError("ImageFolder needs --data-root: a directory with train/ and test/ (or val/).")
+    candidates = ["train"] if split == "train" else ["test", "val"]
+    folder = next((Path(root) / c for c in candidates if (Path(root) / c).is_dir()), None)
+    if folder is None:
+        raise DatasetMissingError(f"ImageFolder root {root} has no {' or '.join(candidates)}/ subdirectory.")
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
+    ds = ImageFolder(str(folder), transform=tf)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return images, torch.tensor(ds.targets).long(), ds.classes
+
+
+# ---------------------------------------------------------------- registry
+
+DATASETS = {
+    # name: (num_classes, channels, size, mean, std, class names)
+    "digits": (10, 1, 8, [0.3054], [0.3760], [str(i) for i in range(10)]),
+    "fashion-mnist": (10, 1, 28, [0.2860], [0.3530], FASHION_MNIST_CLASSES),
+    "cifar10": (10, 3, 32, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616], CIFAR10_CLASSES),
+    "imagefolder": (None, 3, 32, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], []),
+}
+
+
+def dataset_info(name: str, root: str | None = None, image_size: int | None = None) -> DatasetInfo:
+    """Static facts about a dataset (ImageFolder reads its class list from disk)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)}")
+    num_classes, channels, size, mean, std, classes = DATASETS[name]
+    size = image_size or size
+    if name == "imagefolder":
+        if root is None or not (Path(root) / "train").is_dir():
+            raise DatasetMissingError("ImageFolder needs --data-root with a train/ subdirectory.")
+        classes = sorted(p.name for p in (Path(root) / "train").iterdir() if p.is_dir())
+        num_classes = len(classes)
+    return DatasetInfo(name, num_classes, channels, size, list(mean), list(std), list(classes), root)
+
+
+def load_split(name: str, split: str = "train", root: str | None = None,
+               image_size: int | None = None) -> ImageSplit:
+    """Load one split ('train' or 'test') of a dataset into memory."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got '{split}'")
+    info = dataset_info(name, root, image_size)
+    if name == "digits":
+        images, labels = _digits_split(split)
+    elif name == "fashion-mnist":
+        images, labels = _fashion_split(split, root)
+        info.root = root or FASHION_MNIST_DEFAULT_ROOT
+    elif name == "cifar10":
+        images, labels = _cifar10_split(split, root)
+    else:
+        images, labels, _ = _imagefolder_split(split, root, info.image_size)
+    return ImageSplit(images, labels, info)

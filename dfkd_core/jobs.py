@@ -1,0 +1,187 @@
+"""Long work as a job: step by step, emitting events that the CLI, the app and the tests all consume.
+
+A job can run in the caller's thread (`run()`) or in a background thread (`start()`); it can be cancelled
+(`cancel()`, effective before the next step) and some of its parameters can be changed while it runs
+(`update(...)`, applied at the start of the next step). Whatever happens, `finish()` runs so finished work is
+saved, and the attached run directory records the final status.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+EVENT_KINDS = ("started", "step", "snapshot", "updated", "done", "cancelled", "failed")
+TERMINAL = ("done", "cancelled", "failed")
+
+
+@dataclass
+class Event:
+    kind: str
+    job_id: str
+    step: int = 0
+    total: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    images: torch.Tensor | None = None  # display-ready [0, 1] images (snapshot events)
+    labels: list[str] | None = None
+    message: str = ""
+    time: float = field(default_factory=time.time)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names it."""
+
+
+def check_finite(terms: dict[str, torch.Tensor | float], step: int) -> None:
+    for name, value in terms.items():
+        v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+        if v != v or v in (float("inf"), float("-inf")):
+            raise NonFiniteLossError(f"loss term '{name}' is {v} at step {step}; lower the learning rate or "
+                                     f"the weight of '{name}' (the finished part of the run was kept)")
+
+
+class Job:
+    """Base class. Subclasses set `total_steps` and implement `setup`, `step`, `finish` (and `snapshot`)."""
+
+    kind = "job"
+    live_parameters: tuple[str, ...] = ()  # names `update()` accepts while running
+    snapshot_every = 0
+
+    def __init__(self, run=None):
+        self.id = uuid.uuid4().hex[:12]
+        self.run_record = run
+        self.status = "pending"
+        self.error: str | None = None
+        self.result: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []   # step metrics, for live plots
+        self.latest_snapshot: Event | None = None
+        self.step_index = 0
+        self.total_steps = 0
+        self.started_at: float | None = None
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] = {}
+        self._listeners: list[Callable[[Event], None]] = []
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ subclass interface
+    def setup(self) -> None: ...
+
+    def step(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def snapshot(self) -> tuple[torch.Tensor, list[str] | None]:
+        raise NotImplementedError
+
+    def apply_updates(self, updates: dict[str, Any]) -> None:
+        for k, v in updates.items():
+            setattr(self.config, k, v)
+
+    def finish(self, status: str) -> dict[str, Any]:
+        return {}
+
+    # ------------------------------------------------------------------ public verbs
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def update(self, **changes: Any) -> None:
+        """Change live parameters; they take effect at the start of the next step."""
+        unknown = set(changes) - set(self.live_parameters)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} cannot change {sorted(unknown)} while running; "
+                             f"live parameters: {list(self.live_parameters)}")
+        with self._lock:
+            self._pending.update(changes)
+
+    def start(self) -> "Job":
+        self._thread = threading.Thread(target=self.run, name=f"{self.kind}-{self.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> str:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("pending", "running")
+
+    def run(self) -> dict[str, Any]:
+        """Run to completion in this thread. Never raises for a failed job: see `status` and `error`."""
+        self.status, self.started_at = "running", time.time()
+        final = "done"
+        try:
+            self.setup()
+            self._emit("started", message=f"{self.kind} started")
+            for i in range(self.total_steps):
+                if self._cancel.is_set():
+                    final = "cancelled"
+                    break
+                self._apply_pending()
+                self.step_index = i
+                metrics = self.step(i)
+                metrics.setdefault("step", i)
+                metrics.setdefault("elapsed_s", time.time() - self.started_at)
+                self.history.append(metrics)
+                if self.run_record is not None:
+                    self.run_record.log_metrics(metrics)
+                self._emit("step", step=i, metrics=metrics)
+                if self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0):
+                    self._emit_snapshot(i)
+            if final == "done" and self._cancel.is_set():
+                final = "cancelled"
+        except KeyboardInterrupt:
+            final, self.error = "cancelled", "interrupted by Ctrl-C"
+        except Exception as e:  # the job reports; a background thread has nobody to raise to
+            final, self.error = "failed", f"{type(e).__name__}: {e}"
+            self._traceback = traceback.format_exc()
+        try:
+            self.result = self.finish(final) or {}
+        except Exception as e:
+            if final != "failed":
+                final, self.error = "failed", f"while saving results: {type(e).__name__}: {e}"
+        self.status = final
+        if self.run_record is not None:
+            self.run_record.set_status(final, summary=self.result, error=self.error)
+        self._emit(final, step=self.step_index, metrics=self.result, message=self.error or final)
+        return self.result
+
+    # ------------------------------------------------------------------ internals
+    def _apply_pending(self) -> None:
+        with self._lock:
+            updates, self._pending = self._pending, {}
+        if updates:
+            self.apply_updates(updates)
+            if self.run_record is not None:
+                self.run_record.log_event({"step": self.step_index, "updated": updates})
+            self._emit("updated", step=self.step_index, metrics=dict(updates),
+                       message=", ".join(f"{k}={v}" for k, v in updates.items()))
+
+    def _emit_snapshot(self, i: int) -> None:
+        images, labels = self.snapshot()
+        event = self._make("snapshot", step=i, images=images, labels=labels)
+        self.latest_snapshot = event
+        self._dispatch(event)
+
+    def _make(self, kind: str, **kw) -> Event:
+        return Event(kind=kind, job_id=self.id, total=self.total_steps, **kw)
+
+    def _emit(self, kind: str, **kw) -> None:
+        self._dispatch(self._make(kind, **kw))
+
+    def _dispatch(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            listener(event)

@@ -1,0 +1,169 @@
+"""Teacher training on real data, plus the evaluation every method reports (accuracy on the real test set)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dfkd_core.config import Config
+from dfkd_core.data import ImageSplit, load_split
+from dfkd_core.device import autocast, prepare_input, prepare_model, resolve_device
+from dfkd_core.jobs import Job, check_finite
+from dfkd_core.models import create_model, save_checkpoint
+
+DEFAULT_TEACHER = {"digits": "bncnn3_w32", "fashion-mnist": "bncnn6_w32", "cifar10": "resnet18_cifar",
+                   "imagefolder": "resnet18_cifar"}
+DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 3, "cifar10": 30, "imagefolder": 30}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device | None = None,
+                   batch_size: int = 1000) -> torch.Tensor:
+    """Logits for a (possibly large) tensor of normalized images, in eval mode, on CPU at the end."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(prepare_input(x[i:i + batch_size], device)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: ImageSplit, device: torch.device | None = None,
+             batch_size: int = 1000) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of `model` on a real split."""
+    device = device or next(model.parameters()).device
+    correct, loss, n = 0, 0.0, len(split)
+    was_training = model.training
+    model.eval()
+    for i in range(0, n, batch_size):
+        x = prepare_input(split.normalized(slice(i, i + batch_size)), device)
+        y = split.labels[i:i + batch_size].to(device)
+        logits = model(x).float()
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """'none' | 'crop' (pad 2 + random crop, one shift per batch) | 'crop_flip' (+ random horizontal flip)."""
+    if mode == "none":
+        return x
+    pad = 2
+    padded = F.pad(x, [pad] * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    x = padded[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+    if mode == "crop_flip":
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+    return x
+
+
+def shuffled_batches(split: ImageSplit, batch_size: int, generator: torch.Generator
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless stream of (normalized images, labels) batches, reshuffled every epoch."""
+    while True:
+        order = torch.randperm(len(split), generator=generator)
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            idx = order[i:i + batch_size]
+            yield split.normalized(idx), split.labels[idx]
+
+
+@dataclass
+class TeacherConfig(Config):
+    dataset: str = "digits"
+    model: str = ""             # empty: the dataset's default teacher
+    epochs: int = 0             # 0: the dataset's default
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    augment: str = "none"
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+
+    def resolved(self) -> "TeacherConfig":
+        return self.replace(model=self.model or DEFAULT_TEACHER[self.dataset],
+                            epochs=self.epochs or DEFAULT_EPOCHS[self.dataset])
+
+
+class TeacherTraining(Job):
+    """Train a classifier on a real dataset (AdamW, one-cycle LR), evaluate on the test split every epoch."""
+
+    kind = "teacher"
+
+    def __init__(self, config: TeacherConfig, run=None):
+        super().__init__(run)
+        self.config = config.resolved()
+
+    def setup(self) -> None:
+        c = self.config
+        torch.manual_seed(c.seed)
+        self.device = resolve_device(c.device)
+        self.train_split = load_split(c.dataset, "train", c.data_root)
+        self.test_split = load_split(c.dataset, "test", c.data_root)
+        info = self.train_split.info
+        self.model = prepare_model(create_model(c.model, info.num_classes, info.in_channels, info.image_size),
+                                   self.device)
+        self.steps_per_epoch = max(1, len(self.train_split) // c.batch_size)
+        self.total_steps = c.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=c.lr,
+                                                             total_steps=self.total_steps)
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.batches = shuffled_batches(self.train_split, c.batch_size, self.generator)
+        self.test_accuracy = float("nan")
+
+    def step(self, index: int) -> dict:
+        x, y = next(self.batches)
+        x = prepare_input(augment_batch(x, self.config.augment, self.generator), self.device)
+        y = y.to(self.device)
+        self.model.train()
+        with autocast(self.device):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        check_finite({"cross_entropy": loss}, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        metrics = {"loss": loss.item(), "batch_accuracy": (logits.argmax(1) == y).float().mean().item(),
+                   "lr": self.scheduler.get_last_lr()[0], "epoch": index // self.steps_per_epoch + 1}
+        if (index + 1) % self.steps_per_epoch == 0:
+            self.test_accuracy = evaluate(self.model, self.test_split, self.device)["accuracy"]
+            metrics["test_accuracy"] = self.test_accuracy
+        return metrics
+
+    def finish(self, status: str) -> dict:
+        if not hasattr(self, "model"):
+            return {}
+        result = evaluate(self.model, self.test_split, self.device)
+        summary = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "model": self.config.model,
+                   "dataset": self.config.dataset, "steps": self.step_index + 1,
+                   "parameters": sum(p.numel() for p in self.model.parameters())}
+        if self.run_record is not None and status != "failed":
+            save_checkpoint(self.run_record.path("model.pt"), self.model.cpu(), self.train_split.info,
+                            {"test_accuracy": result["accuracy"]})
+            self.model.to(self.device)
+            summary["checkpoint"] = str(self.run_record.path("model.pt"))
+        return summary
+
+
+def train_teacher(config: TeacherConfig, store=None) -> TeacherTraining:
+    """Create a teacher run in `store` and train it synchronously; returns the finished job."""
+    config = config.resolved()
+    run = None
+    if store is not None:
+        run = store.create("teacher", config.to_dict(), method=config.model, dataset=config.dataset,
+                           name=f"{config.model} on {config.dataset}")
+    job = TeacherTraining(config, run)
+    job.run()
+    return job
+
+
+__all__ = ["TeacherConfig", "TeacherTraining", "evaluate", "predict_logits", "train_teacher", "augment_batch",
+           "shuffled_batches"]
