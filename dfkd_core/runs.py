@@ -227,6 +227,13 @@ class RunStore:
             raise FileNotFoundError(f"run {record.id} ({record.kind}, {record.status}) has no {filename}")
         return path
 
+    def run_id_of(self, path: str | Path | None) -> str | None:
+        """The id of the run a file belongs to (its directory name), or the path itself if outside the store."""
+        if path is None:
+            return None
+        p = Path(path).resolve()
+        return p.parent.name if p.parent.parent == self.runs_dir.resolve() else str(path)
+
     @staticmethod
     def _record(row: sqlite3.Row) -> RunRecord:
         return RunRecord(row["id"], row["kind"], row["name"], row["created"], row["updated"], row["status"],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,10 +59,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
+            raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): "
+                                  f"{str(e).splitlines()[-1][:200]}") from e
         raise CheckpointError(
             f"{path} contains pickled Python objects beyond tensors and plain containers; it was refused "
             f"(weights_only=True) because loading it could run arbitrary code. Details: {str(e)[:200]}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch raises many types for a damaged file (IndexError, RuntimeError, EOFError...)
         raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): {e}") from e
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a dfkd checkpoint dictionary")

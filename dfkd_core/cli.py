@@ -1,0 +1,208 @@
+"""`dfkd` command line: train teachers, synthesize, distill, list runs. Every command runs a job and shows its
+events as a progress bar; results land in the run store ($DFKD_HOME, default ~/.dfkd)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from dfkd_core.data import DATASETS, DatasetMissingError, load_split
+from dfkd_core.jobs import Event, Job
+from dfkd_core.models import CheckpointError, describe_model, list_models, load_checkpoint
+from dfkd_core.runs import RunStore
+
+EXIT = {"done": 0, "failed": 1, "cancelled": 130}
+
+
+class ProgressBar:
+    """Renders a job's events with tqdm: one tick per step, the chosen metrics as postfix."""
+
+    def __init__(self, keys: tuple[str, ...], quiet: bool = False):
+        self.keys, self.quiet, self.bar = keys, quiet, None
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        if event.kind == "started":
+            self.bar = tqdm(total=event.total, unit="step", dynamic_ncols=True)
+        elif event.kind == "step" and self.bar is not None:
+            self.bar.update(1)
+            shown = {k: event.metrics[k] for k in self.keys if k in event.metrics}
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+        elif event.kind == "updated":
+            tqdm.write(f"step {event.step}: {event.message}")
+        elif event.kind in ("done", "cancelled", "failed") and self.bar is not None:
+            self.bar.close()
+
+
+def _run_job(job: Job, keys: tuple[str, ...], quiet: bool) -> int:
+    job.subscribe(ProgressBar(keys, quiet))
+    job.run()
+    run = job.run_record
+    if job.status == "failed":
+        print(f"error: {job.error}", file=sys.stderr)
+    if run is not None:
+        print(f"run {run.id} [{job.status}] -> {run.dir}")
+    print(json.dumps({k: v for k, v in job.result.items() if not isinstance(v, list)}, indent=2, default=str))
+    return EXIT.get(job.status, 1)
+
+
+def _load(store: RunStore, ref: str, what: str):
+    try:
+        return load_checkpoint(store.resolve_checkpoint(ref))
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"error: cannot use {what} '{ref}': {e}")
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_train_teacher(args, store: RunStore) -> int:
+    from dfkd_core.training import TeacherConfig, TeacherTraining
+
+    config = TeacherConfig(dataset=args.dataset, model=args.model or "", epochs=args.epochs or 0,
+                           batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
+                           device=args.device, data_root=args.data_root).resolved()
+    try:  # fail before creating a run: a missing dataset is the user's fix, not a failed run
+        load_split(config.dataset, "test", config.data_root)
+    except (DatasetMissingError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    run = store.create("teacher", config.to_dict(), method=config.model, dataset=config.dataset,
+                       name=f"{config.model} on {config.dataset}")
+    return _run_job(TeacherTraining(config, run), ("loss", "test_accuracy", "epoch"), args.quiet)
+
+
+def cmd_synthesize(args, store: RunStore) -> int:
+    from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+
+    teacher = _load(store, args.teacher, "teacher")
+    student = _load(store, args.student, "student").model if args.student else None
+    overrides = {k: getattr(args, k) for k in (
+        "batch_size", "iterations", "lr", "alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c",
+        "first_bn_multiplier", "jitter", "flip", "seed", "device", "snapshot_every")}
+    overrides["multi_resolution_iterations"] = args.multi_resolution
+    overrides["targets"] = [int(t) for t in args.targets.split(",")] if args.targets else None
+    overrides["amp"] = not args.no_amp
+    try:
+        config = SynthesisConfig.preset(args.method, teacher.dataset.name, **overrides)
+        run = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path},
+                           teacher=store.run_id_of(teacher.path), method=config.method, dataset=teacher.dataset.name)
+        job = ModelInversion(teacher.model, teacher.dataset, config, student=student, run=run)
+    except ValueError as e:
+        if "run" in locals():
+            run.set_status("failed", error=str(e))
+        raise SystemExit(f"error: {e}")
+    return _run_job(job, ("loss_total", "bn_distance", "teacher_accuracy"), args.quiet)
+
+
+def cmd_runs(args, store: RunStore) -> int:
+    records = store.list(kind=args.kind)
+    if args.json:
+        print(json.dumps([{**r.__dict__, "dir": str(r.dir)} for r in records], indent=2, default=str))
+        return 0
+    if not records:
+        print(f"no runs in {store.home}")
+        return 0
+    key_metrics = ("test_accuracy", "teacher_accuracy", "student_accuracy", "bn_distance_end", "ratio")
+    print(f"{'id':36} {'kind':10} {'status':11} {'dataset':14} {'method':16} {'teacher':22} metrics")
+    for r in records:
+        shown = " ".join(f"{k}={r.summary[k]:.4g}" for k in key_metrics
+                         if isinstance(r.summary.get(k), (int, float)))
+        teacher = (r.teacher or "-")[-22:]
+        print(f"{r.id:36} {r.kind:10} {r.status:11} {r.dataset or '-':14} {r.method or '-':16} {teacher:22} "
+              f"{shown}")
+    return 0
+
+
+def cmd_models(args, store: RunStore) -> int:
+    for name in list_models():
+        print(f"{name:18} {describe_model(name)}")
+    return 0
+
+
+def cmd_delete(args, store: RunStore) -> int:
+    store.delete(args.run)
+    print(f"deleted {args.run}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dfkd", description=__doc__)
+    p.add_argument("--home", help="run store directory (default $DFKD_HOME or ~/.dfkd)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train-teacher", help="train a BN CNN teacher on a real dataset")
+    t.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+    t.add_argument("--model", help=f"registered model (default per dataset); one of {', '.join(list_models())}")
+    t.add_argument("--data-root", help="dataset directory (Fashion-MNIST default: Debian's package location)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--augment", default="none", choices=["none", "crop", "crop_flip"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=cmd_train_teacher)
+
+    s = sub.add_parser("synthesize", help="invert a teacher into images (DeepDream / DeepInversion / ADI)")
+    s.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
+    s.add_argument("--method", default="deepinversion", choices=["deepdream", "deepinversion", "adi"])
+    s.add_argument("--student", help="checkpoint or run id of the student ADI competes against")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--iterations", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--alpha-ce", type=float, help="weight of CE(T(x̂), y)")
+    s.add_argument("--alpha-tv", type=float, help="α_tv: total-variation prior")
+    s.add_argument("--alpha-l2", type=float, help="α_l2: L2 prior")
+    s.add_argument("--alpha-f", type=float, help="α_f: BN feature-statistics loss (DeepInversion)")
+    s.add_argument("--alpha-c", type=float, help="α_c: competition loss (Adaptive DI)")
+    s.add_argument("--first-bn-multiplier", type=float)
+    s.add_argument("--jitter", type=int)
+    s.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
+    s.add_argument("--multi-resolution", type=int, default=0, help="first K iterations at half resolution")
+    s.add_argument("--targets", help="comma-separated classes to synthesize (default: all, cycled)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device")
+    s.add_argument("--snapshot-every", type=int)
+    s.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
+    s.set_defaults(func=cmd_synthesize)
+
+    r = sub.add_parser("runs", help="list stored runs")
+    r.add_argument("--kind", help="teacher | synthesis | distill | ...")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_runs)
+
+    d = sub.add_parser("delete", help="delete a run and its files")
+    d.add_argument("run")
+    d.set_defaults(func=cmd_delete)
+
+    m = sub.add_parser("models", help="list registered models")
+    m.set_defaults(func=cmd_models)
+    _add_extra_commands(sub)
+    return p
+
+
+def _add_extra_commands(sub) -> None:
+    """Commands contributed by other modules (distillation) register here, keeping this file short."""
+    try:
+        from dfkd_core.distill.cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    store = RunStore(args.home)
+    try:
+        return args.func(args, store)
+    except DatasetMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Model inversion (METHODS §1): DeepDream → DeepInversion → Adaptive DeepInversion as one configurable job.
+
+    L(x̂) = α_ce·CE(T(x̂), y) + α_tv·R_TV + α_l2·||x̂||₂ + α_f·R_feature + α_c·R_compete
+
+The three methods differ only in their weights (`PRESETS`). Every weight, the learning rate, jitter and flip can
+be changed while the job runs (`job.update(alpha_f=0.5)`), taking effect at the next step.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dfkd_core.config import Config
+from dfkd_core.data import DatasetInfo
+from dfkd_core.device import autocast, prepare_model, resolve_device
+from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
+from dfkd_core.jobs import Job, check_finite
+from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
+                              total_variation_loss)
+from dfkd_core.synthesis.images import save_grid
+
+METHODS = ("deepdream", "deepinversion", "adi")
+
+# Weights of each method (METHODS §1). DeepDream: image priors only; DeepInversion adds BN feature matching;
+# Adaptive DI adds the competition term against a student.
+PRESETS: dict[str, dict[str, float]] = {
+    "deepdream": {"alpha_f": 0.0, "alpha_c": 0.0, "alpha_tv": 1e-3, "alpha_l2": 1e-3},
+    "deepinversion": {"alpha_f": 1.0, "alpha_c": 0.0, "alpha_tv": 1e-3, "alpha_l2": 1e-3},
+    "adi": {"alpha_f": 1.0, "alpha_c": 1.0, "alpha_tv": 1e-3, "alpha_l2": 1e-3},
+}
+
+# Augmentations that suit each dataset: a horizontally flipped digit is not a digit.
+DATASET_DEFAULTS: dict[str, dict] = {
+    "digits": {"jitter": 1, "flip": False},
+    "fashion-mnist": {"jitter": 2, "flip": True},
+    "cifar10": {"jitter": 2, "flip": True, "iterations": 1000, "batch_size": 64},
+    "imagefolder": {"jitter": 2, "flip": True},
+}
+
+LIVE_PARAMETERS = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "lr",
+                   "jitter", "flip")
+
+
+@dataclass
+class SynthesisConfig(Config):
+    method: str = "deepinversion"
+    batch_size: int = 100
+    iterations: int = 200
+    lr: float = 0.1
+    alpha_ce: float = 1.0
+    alpha_tv: float = 1e-3
+    alpha_l2: float = 1e-3
+    alpha_f: float = 1.0
+    alpha_c: float = 0.0
+    first_bn_multiplier: float = 10.0
+    compete_temperature: float = 3.0
+    jitter: int = 2
+    flip: bool = True
+    multi_resolution_iterations: int = 0   # first k iterations at half resolution
+    targets: list[int] = field(default_factory=list)   # classes to synthesize, cycled; empty = all classes
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    snapshot_every: int = 10
+
+    @classmethod
+    def preset(cls, method: str, dataset: str | None = None, **overrides) -> "SynthesisConfig":
+        """A config with the method's weights and the dataset's augmentations; `overrides` win."""
+        if method not in PRESETS:
+            raise ValueError(f"unknown synthesis method '{method}'; choose one of {list(PRESETS)}")
+        values = {"method": method, **DATASET_DEFAULTS.get(dataset or "", {}), **PRESETS[method]}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method '{self.method}'; choose one of {METHODS}")
+        for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1 or self.iterations < 1 or self.lr <= 0:
+            raise ValueError("batch_size and iterations must be >= 1 and lr > 0")
+        if not 0 <= self.multi_resolution_iterations < self.iterations:
+            raise ValueError("multi_resolution_iterations must be in [0, iterations)")
+
+
+def cosine_lr(base_lr: float, step: int, total: int) -> float:
+    return 0.5 * base_lr * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+class ModelInversion(Job):
+    """Invert a teacher into a batch of images. Verbs: `run()`, `start()`, `step()`, `update()`, `cancel()`."""
+
+    kind = "synthesis"
+    live_parameters = LIVE_PARAMETERS
+
+    def __init__(self, teacher: nn.Module, dataset: DatasetInfo, config: SynthesisConfig,
+                 student: nn.Module | None = None, run=None):
+        super().__init__(run)
+        config.validate()
+        self.config, self.dataset = config, dataset
+        self.teacher, self.student = teacher, student
+        self.has_bn = bool(batchnorm_layers(teacher))
+        if config.alpha_f > 0 and not self.has_bn:
+            raise ValueError("this teacher has no BatchNorm layers, so DeepInversion's feature loss (α_f > 0) "
+                             "has no statistics to match; use method 'deepdream' (α_f = 0) or a BN teacher")
+        if config.alpha_c > 0 and student is None:
+            raise ValueError("the competition term (α_c > 0, Adaptive DI) needs a student to compete against")
+        self.snapshot_every = config.snapshot_every
+        self.total_steps = config.iterations
+
+    # ------------------------------------------------------------------ job interface
+    def setup(self) -> None:
+        c = self.config
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        self._rng = random.Random(c.seed)
+        self.device = resolve_device(c.device)
+        self.teacher = prepare_model(self.teacher, self.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if self.student is not None:
+            self.student = prepare_model(self.student, self.device).eval()
+            # The student is only a critic here; its own trainer (ADI loop) owns its gradients.
+            self._student_grad = [p.requires_grad for p in self.student.parameters()]
+            for p in self.student.parameters():
+                p.requires_grad_(False)
+        classes = c.targets or list(range(self.dataset.num_classes))
+        bad = [k for k in classes if not 0 <= k < self.dataset.num_classes]
+        if bad:
+            raise ValueError(f"target classes {bad} outside 0..{self.dataset.num_classes - 1}")
+        self.targets = torch.tensor([classes[i % len(classes)] for i in range(c.batch_size)], device=self.device)
+        self.low, self.high = self.dataset.pixel_bounds(self.device)
+        size = self.dataset.image_size
+        start_size = size // 2 if c.multi_resolution_iterations else size
+        self._check_teacher_accepts(start_size)
+        init = torch.randn(c.batch_size, self.dataset.in_channels, start_size, start_size, device=self.device)
+        self._new_parameter(init)
+        self.recorder = BNStatisticsRecorder(self.teacher)
+        self.initial = self.measure()
+        self.t0 = time.time()
+
+    def step(self, index: int) -> dict:
+        c = self.config
+        if c.multi_resolution_iterations and index == c.multi_resolution_iterations:
+            full = self.dataset.image_size
+            self._new_parameter(F.interpolate(self.x.detach(), size=(full, full), mode="bilinear",
+                                              align_corners=False))
+        lr = cosine_lr(c.lr, index, c.iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = self._augment(self.x)
+        terms, per_layer, logits = self._losses(x)
+        weighted = {"ce": c.alpha_ce, "tv": c.alpha_tv, "l2": c.alpha_l2, "bn_feature": c.alpha_f,
+                    "compete": c.alpha_c}
+        total = sum(weighted[k] * v for k, v in terms.items() if weighted[k] > 0)
+        check_finite({**terms, "total": total}, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.x.data = torch.max(torch.min(self.x.data, self.high), self.low)
+        probs = logits.detach().float().softmax(1)
+        metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
+        metrics.update({
+            "loss_total": float(total.detach()), "lr": lr,
+            "teacher_accuracy": (probs.argmax(1) == self.targets).float().mean().item(),
+            "mean_confidence": probs.max(1).values.mean().item(),
+            "resolution": self.x.shape[-1],
+            **{k: float(getattr(c, k)) for k in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c",
+                                                  "first_bn_multiplier")},
+        })
+        if per_layer is not None:
+            metrics["bn_distance"] = float(per_layer.detach().sum())
+            metrics["bn_per_layer"] = [round(float(v), 5) for v in per_layer.detach()]
+        return metrics
+
+    def snapshot(self) -> tuple[torch.Tensor, list[str]]:
+        images = self.dataset.denormalize(self.x.detach()).float().cpu()
+        with torch.no_grad():
+            probs = self.teacher(self.x.detach()).float().softmax(1).cpu()
+        conf, pred = probs.max(1)
+        names = self.dataset.class_names or [str(i) for i in range(self.dataset.num_classes)]
+        labels = [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in zip(self.targets.tolist(), pred.tolist(),
+                                                                         conf.tolist())]
+        return images, labels
+
+    def finish(self, status: str) -> dict:
+        if self.student is not None and hasattr(self, "_student_grad"):
+            for p, flag in zip(self.student.parameters(), self._student_grad):
+                p.requires_grad_(flag)
+        if not hasattr(self, "x"):
+            return {}
+        elapsed = time.time() - self.t0
+        final = self.measure()
+        done_steps = len(self.history)
+        summary = {
+            "method": self.config.method, "status": status, "steps": done_steps, "images": self.config.batch_size,
+            "teacher_accuracy": final["teacher_accuracy"], "mean_confidence": final["mean_confidence"],
+            "bn_distance_start": self.initial.get("bn_distance"), "bn_distance_end": final.get("bn_distance"),
+            "bn_per_layer_end": final.get("bn_per_layer"), "elapsed_s": elapsed,
+            "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
+        }
+        if self.run_record is not None:
+            self.save(self.run_record.dir)
+        return summary
+
+    # ------------------------------------------------------------------ results
+    def images(self) -> torch.Tensor:
+        """The synthesized batch in the teacher's normalized input space (B, C, H, W), on CPU."""
+        return self.x.detach().float().cpu()
+
+    def save(self, directory) -> None:
+        from pathlib import Path
+        directory = Path(directory)
+        torch.save({"images": self.images(), "targets": self.targets.cpu(), "dataset": self.dataset.to_dict()},
+                   directory / "images.pt")
+        save_grid(self.dataset.denormalize(self.images()), directory / "grid.png")
+
+    @torch.no_grad()
+    def measure(self) -> dict:
+        """Teacher accuracy, confidence and BN distance of the current (un-augmented) batch."""
+        x = self.x.detach()
+        if x.shape[-1] != self.dataset.image_size:
+            x = F.interpolate(x, size=(self.dataset.image_size,) * 2, mode="bilinear", align_corners=False)
+        with self.recorder:
+            probs = self.teacher(x).float().softmax(1)
+            out = {"teacher_accuracy": (probs.argmax(1) == self.targets).float().mean().item(),
+                   "mean_confidence": probs.max(1).values.mean().item()}
+            if self.has_bn:
+                _, per_layer = bn_feature_loss(self.recorder.statistics(), self.config.first_bn_multiplier)
+                out["bn_distance"] = float(per_layer.sum())
+                out["bn_per_layer"] = [round(float(v), 5) for v in per_layer]
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _new_parameter(self, init: torch.Tensor) -> None:
+        self.x = init.clone().requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.x], lr=self.config.lr, betas=(0.5, 0.9), eps=1e-8)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.jitter > 0:
+            dx, dy = self._rng.randint(-c.jitter, c.jitter), self._rng.randint(-c.jitter, c.jitter)
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        if c.flip and self._rng.random() < 0.5:
+            x = torch.flip(x, dims=(3,))
+        return x
+
+    def _losses(self, x: torch.Tensor):
+        c = self.config
+        with self.recorder, autocast(self.device, c.amp):
+            logits = self.teacher(x)
+            terms = {"ce": cross_entropy_loss(logits.float(), self.targets),
+                     "tv": total_variation_loss(x), "l2": l2_prior_loss(x)}
+            per_layer = None
+            if self.has_bn:
+                terms["bn_feature"], per_layer = bn_feature_loss(self.recorder.statistics(),
+                                                                 c.first_bn_multiplier)
+            if c.alpha_c > 0 and self.student is not None:
+                terms["compete"] = js_competition_loss(logits.float(), self.student(x).float(),
+                                                       c.compete_temperature)
+        return terms, per_layer, logits
+
+    def _check_teacher_accepts(self, size: int) -> None:
+        probe = torch.zeros(2, self.dataset.in_channels, size, size, device=self.device)
+        try:
+            with torch.no_grad():
+                out = self.teacher(probe)
+        except RuntimeError as e:
+            raise ValueError(f"the teacher cannot take {size}x{size} inputs"
+                             f"{' (multi-resolution starts at half size)' if size != self.dataset.image_size else ''}"
+                             f": {e}") from e
+        if out.shape[-1] != self.dataset.num_classes:
+            raise ValueError(f"teacher outputs {out.shape[-1]} classes but the dataset has "
+                             f"{self.dataset.num_classes}")

@@ -1,0 +1,76 @@
+"""Every loss term of METHODS.md against a hand computation on a tiny tensor."""
+import math
+
+import pytest
+import torch
+
+from dfkd_core.losses import (BNStatistics, bn_feature_loss, bn_layer_distance, cross_entropy_loss, js_competition_loss,
+                              js_divergence, kd_loss, l2_prior_loss, total_variation_loss)
+
+
+def test_total_variation_four_neighbour_differences():
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    # right: (0-1, 2-4) -> √5; down: (0-2, 1-4) -> √13; down-right: 0-4 -> 4; down-left: 1-2 -> 1
+    expected = math.sqrt(5) + math.sqrt(13) + 4 + 1
+    assert total_variation_loss(x).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_total_variation_of_constant_image_is_zero():
+    assert total_variation_loss(torch.full((2, 3, 5, 5), 0.7)).item() == 0.0
+
+
+def test_l2_prior_is_mean_of_per_image_norms():
+    x = torch.zeros(2, 1, 1, 2)
+    x[0, 0, 0] = torch.tensor([3.0, 4.0])
+    assert l2_prior_loss(x).item() == pytest.approx(2.5)
+
+
+def _stats(name, mean, var, rm, rv):
+    t = torch.tensor
+    return BNStatistics(name, t(mean), t(var), t(rm), t(rv))
+
+
+def test_bn_layer_distance_and_first_layer_multiplier():
+    first = _stats("a", [1.0, 2.0], [1.0, 1.0], [0.0, 0.0], [1.0, 3.0])     # √5 + 2
+    second = _stats("b", [0.0], [4.0], [3.0], [0.0])                        # 3 + 4
+    assert bn_layer_distance(first).item() == pytest.approx(math.sqrt(5) + 2)
+    total, per_layer = bn_feature_loss([first, second], first_bn_multiplier=10.0)
+    assert per_layer.tolist() == pytest.approx([math.sqrt(5) + 2, 7.0])
+    assert total.item() == pytest.approx(10 * (math.sqrt(5) + 2) + 7.0)
+
+
+def test_bn_feature_loss_without_bn_layers_explains():
+    with pytest.raises(ValueError, match="at least one BatchNorm"):
+        bn_feature_loss([])
+
+
+def test_js_divergence_hand_values():
+    p = torch.tensor([[0.5, 0.5]])
+    q = torch.tensor([[1.0, 0.0]])
+    assert js_divergence(p, q).item() == pytest.approx(0.75 * math.log(4 / 3), abs=1e-6)
+    disjoint = js_divergence(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
+    assert disjoint.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_js_competition_loss_is_one_when_models_agree_and_lower_when_they_differ():
+    logits = torch.randn(4, 10)
+    assert js_competition_loss(logits, logits).item() == pytest.approx(1.0)
+    t = torch.tensor([[30.0, 0.0]])
+    s = torch.tensor([[0.0, 30.0]])  # at T=3 these are still nearly one-hot and disjoint
+    assert js_competition_loss(t, s, temperature=3.0).item() == pytest.approx(1 - math.log(2), abs=1e-3)
+
+
+def test_kd_loss_hand_value():
+    temperature = 4.0
+    teacher = torch.tensor([[math.log(3.0) * temperature, 0.0]])  # softmax(z/T) = [0.75, 0.25]
+    student = torch.zeros(1, 2)                                    # uniform
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert kd_loss(student, teacher, temperature).item() == pytest.approx(temperature ** 2 * kl, rel=1e-5)
+    assert kd_loss(teacher, teacher, temperature).item() == pytest.approx(0.0, abs=1e-6)
+    per_sample = kd_loss(torch.cat([student, teacher]), torch.cat([teacher, teacher]), temperature, reduction="none")
+    assert per_sample.shape == (2,) and per_sample[1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cross_entropy_hand_value():
+    logits = torch.tensor([[math.log(3.0), 0.0]])
+    assert cross_entropy_loss(logits, torch.tensor([0])).item() == pytest.approx(-math.log(0.75), rel=1e-6)

@@ -1,0 +1,65 @@
+import pickle
+
+import pytest
+import torch
+
+from dfkd_core.data import dataset_info
+from dfkd_core.models import CheckpointError, create_model, list_models, load_checkpoint, save_checkpoint
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_runs_on_its_kind_of_input(name):
+    size, channels = (32, 3) if ("resnet" in name or "mobilenet" in name) else ((8, 1) if "3_" in name else (28, 1))
+    model = create_model(name, num_classes=7, in_channels=channels, image_size=size).eval()
+    assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ValueError, match="bncnn3_w32"):
+        create_model("nope")
+
+
+def test_lenet_refuses_8x8_digits_clearly():
+    with pytest.raises(ValueError, match="at least 16x16"):
+        create_model("lenet5", 10, 1, 8)
+
+
+def test_checkpoint_roundtrip_rebuilds_architecture(tmp_path):
+    model = create_model("bncnn3_w16", 10, 1, 8).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, dataset_info("digits"), {"test_accuracy": 0.5})
+    ck = load_checkpoint(path)
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.allclose(ck.model(x), model(x)) and ck.name == "bncnn3_w16"
+    assert ck.dataset.name == "digits" and ck.metrics["test_accuracy"] == 0.5
+
+
+def test_bare_state_dict_is_explained(tmp_path):
+    torch.save(create_model("bncnn3_w8").state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="bare state_dict"):
+        load_checkpoint(tmp_path / "sd.pt")
+
+
+def test_corrupt_file_is_explained(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable|refused"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickle_payload_is_refused(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"format": "dfkd-checkpoint/1", "x": Payload()}, f)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"obj": Payload()}, tmp_path / "evil2.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil2.pt")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.pt")

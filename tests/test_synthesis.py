@@ -1,0 +1,106 @@
+import copy
+
+import pytest
+import torch
+
+from dfkd_core.models import create_model
+from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+
+
+def _job(teacher, method="deepinversion", run=None, student=None, **kw):
+    config = SynthesisConfig.preset(method, "digits", **{"batch_size": 50, "iterations": 120, **kw})
+    return ModelInversion(copy.deepcopy(teacher.model), teacher.dataset, config, student=student, run=run)
+
+
+def test_deepinversion_fools_teacher_and_lowers_bn_loss(digits_teacher, store):
+    run = store.create("synthesis", {})
+    job = _job(digits_teacher, run=run)
+    job.run()
+    r = job.result
+    assert job.status == "done", job.error
+    assert r["teacher_accuracy"] >= 0.90
+    assert r["bn_distance_end"] < 0.5 * r["bn_distance_start"]
+    saved = torch.load(run.path("images.pt"), weights_only=True)
+    assert saved["images"].shape == (50, 1, 8, 8) and run.path("grid.png").stat().st_size > 0
+    low, high = digits_teacher.dataset.pixel_bounds()
+    assert saved["images"].min() >= low.min() - 1e-6 and saved["images"].max() <= high.max() + 1e-6
+    assert len(run.metrics()) == 120 and {"loss_ce", "loss_tv", "loss_l2", "loss_bn_feature"} <= set(run.metrics()[0])
+
+
+def test_feature_loss_matters_deepdream_vs_deepinversion(digits_teacher):
+    dream, inversion = _job(digits_teacher, "deepdream"), _job(digits_teacher, "deepinversion")
+    dream.run(), inversion.run()
+    assert inversion.result["bn_distance_end"] < dream.result["bn_distance_end"]
+
+
+def test_weights_changed_mid_run_change_logged_loss(digits_teacher):
+    job = _job(digits_teacher, iterations=20)
+    job.subscribe(lambda e: job.update(alpha_f=0.0, alpha_tv=0.5) if e.kind == "step" and e.step == 9 else None)
+    job.run()
+    before, after = job.history[9], job.history[10]
+    assert before["alpha_f"] == 1.0 and after["alpha_f"] == 0.0 and after["alpha_tv"] == 0.5
+    # The total now omits the BN term and weighs TV at 0.5: recompute it from the logged terms.
+    expected = after["loss_ce"] + 0.5 * after["loss_tv"] + after["alpha_l2"] * after["loss_l2"]
+    assert after["loss_total"] == pytest.approx(expected, rel=1e-4)
+    assert before["loss_total"] > before["loss_ce"] + before["loss_bn_feature"] * 0.99
+
+
+def test_cancel_keeps_images_and_marks_run(digits_teacher, store):
+    run = store.create("synthesis", {})
+    job = _job(digits_teacher, run=run, iterations=500)
+    job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.step == 14 else None)
+    job.run()
+    assert job.status == "cancelled" and job.result["steps"] == 15
+    assert store.get_record(run.id).status == "cancelled" and run.path("images.pt").exists()
+
+
+def test_nan_stops_with_named_term_and_keeps_images(digits_teacher, store):
+    run = store.create("synthesis", {})
+    job = _job(digits_teacher, run=run, iterations=30)
+    job.subscribe(lambda e: job.update(alpha_tv=float("inf")) if e.kind == "step" and e.step == 4 else None)
+    job.run()
+    assert job.status == "failed" and "'total'" in job.error or "'tv'" in job.error
+    assert run.path("images.pt").exists() and torch.isfinite(job.images()).all()
+
+
+def test_teacher_without_batchnorm_refuses_feature_loss_but_allows_deepdream(digits_teacher):
+    plain = create_model("plaincnn3_w32", 10, 1, 8)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        ModelInversion(plain, digits_teacher.dataset, SynthesisConfig.preset("deepinversion", "digits"))
+    job = ModelInversion(plain, digits_teacher.dataset, SynthesisConfig.preset("deepdream", "digits", iterations=3))
+    job.run()
+    assert job.status == "done" and "bn_distance" not in job.history[0]
+
+
+def test_adi_needs_student_and_logs_competition(digits_teacher):
+    with pytest.raises(ValueError, match="needs a student"):
+        _job(digits_teacher, "adi")
+    student = create_model("bncnn3_w16", 10, 1, 8)
+    job = _job(digits_teacher, "adi", student=student, iterations=5)
+    job.run()
+    assert job.status == "done" and 0.0 <= job.history[-1]["loss_compete"] <= 1.0
+    assert all(p.requires_grad for p in student.parameters())
+
+
+def test_multi_resolution_switches_size(digits_teacher):
+    job = _job(digits_teacher, iterations=20, multi_resolution_iterations=10)
+    job.run()
+    assert job.history[0]["resolution"] == 4 and job.history[-1]["resolution"] == 8
+    assert job.images().shape[-1] == 8
+
+
+def test_bad_targets_and_config_are_rejected(digits_teacher):
+    job = _job(digits_teacher, targets=[3, 12], iterations=2)
+    job.run()
+    assert job.status == "failed" and "outside" in job.error
+    with pytest.raises(ValueError, match="alpha_tv"):
+        SynthesisConfig(alpha_tv=-1).validate()
+
+
+def test_snapshots_are_labelled(digits_teacher):
+    job = _job(digits_teacher, iterations=10, snapshot_every=5)
+    snaps = []
+    job.subscribe(lambda e: snaps.append(e) if e.kind == "snapshot" else None)
+    job.run()
+    assert [s.step for s in snaps] == [0, 4, 9]
+    assert snaps[-1].images.shape == (50, 1, 8, 8) and "→" in snaps[-1].labels[0]

@@ -1,0 +1,6 @@
+def test_digits_teacher_reaches_90_percent_and_saves_checkpoint(digits_teacher_job, digits_teacher):
+    assert digits_teacher_job.result["test_accuracy"] >= 0.90
+    assert digits_teacher.metrics["test_accuracy"] == digits_teacher_job.result["test_accuracy"]
+    assert digits_teacher.dataset.name == "digits" and digits_teacher.model_cfg["name"] == "bncnn3_w32"
+    epochs_evaluated = [h["test_accuracy"] for h in digits_teacher_job.history if "test_accuracy" in h]
+    assert len(epochs_evaluated) == 20 and epochs_evaluated[-1] > epochs_evaluated[0]
