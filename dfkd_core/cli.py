@@ -185,13 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Modules that contribute sub-commands with an `add_commands(subparsers)` function; each keeps its own parser
+# code so this file stays short. A module not written yet is skipped; an import error inside one is not hidden.
+COMMAND_MODULES = ("dfkd_core.distill.cli", "dfkd_core.analysis.cli", "dfkd_core.analysis.boundary_cli")
+
+
 def _add_extra_commands(sub) -> None:
-    """Commands contributed by other modules (distillation) register here, keeping this file short."""
-    try:
-        from dfkd_core.distill.cli import add_commands
-    except ImportError:
-        return
-    add_commands(sub)
+    import importlib
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

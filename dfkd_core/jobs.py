@@ -59,6 +59,7 @@ class Job:
         self.error: str | None = None
         self.result: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []   # step metrics, for live plots
+        self.updates: list[dict[str, Any]] = []   # {"step": i, **changes}: where live plots mark a change
         self.latest_snapshot: Event | None = None
         self.step_index = 0
         self.total_steps = 0
@@ -130,8 +131,8 @@ class Job:
                 if self._cancel.is_set():
                     final = "cancelled"
                     break
-                self._apply_pending()
                 self.step_index = i
+                self._apply_pending()
                 metrics = self.step(i)
                 metrics.setdefault("step", i)
                 metrics.setdefault("elapsed_s", time.time() - self.started_at)
@@ -165,6 +166,7 @@ class Job:
             updates, self._pending = self._pending, {}
         if updates:
             self.apply_updates(updates)
+            self.updates.append({"step": self.step_index, **updates})
             if self.run_record is not None:
                 self.run_record.log_event({"step": self.step_index, "updated": updates})
             self._emit("updated", step=self.step_index, metrics=dict(updates),

@@ -42,6 +42,7 @@ def test_update_applies_at_next_step_and_unknown_parameter_refused():
     job.subscribe(lambda e: job.update(increment=10) if e.kind == "step" and e.step == 1 else None)
     job.run()
     assert [h["value"] for h in job.history] == [1, 2, 12, 22]
+    assert job.updates == [{"step": 2, "increment": 10}]  # the first step that used the new value
     with pytest.raises(ValueError, match="cannot change"):
         job.update(steps=3)
 
