@@ -1,0 +1,9 @@
+"""Data-free knowledge distillation: one KD loop (METHODS §3) fed by registered methods (METHODS §1, §2)."""
+from dfkd_core.distill.config import DistillConfig, default_student
+from dfkd_core.distill.job import DistillJob
+from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod, list_methods, register_method
+from dfkd_core.distill.pool import PoolError, SyntheticPool
+from dfkd_core.distill.student import StudentTrainer
+
+__all__ = ["DISTILL_METHODS", "DistillConfig", "DistillJob", "DistillMethod", "PoolError", "StudentTrainer",
+           "SyntheticPool", "default_student", "list_methods", "register_method"]

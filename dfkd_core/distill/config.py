@@ -1,0 +1,71 @@
+"""`DistillConfig`: one data-free (or, for comparison, data-based) distillation experiment, saved with its run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dfkd_core.config import Config
+
+# The student a teacher gets when none is named: half width (or the published half model), METHODS §3 / issue 5.
+HALF_WIDTH_STUDENT = {
+    "bncnn3_w32": "bncnn3_w16", "bncnn3_w16": "bncnn3_w8",
+    "bncnn6_w32": "bncnn6_w16",
+    "lenet5": "lenet5_half",
+    "resnet34_cifar": "resnet18_cifar", "resnet18_cifar": "tv_mobilenet_v2",
+    "tv_resnet18": "tv_mobilenet_v2",
+}
+
+
+def default_student(teacher_name: str) -> str:
+    if teacher_name not in HALF_WIDTH_STUDENT:
+        raise ValueError(f"no default student for teacher '{teacher_name}'; pass --student <registered model>")
+    return HALF_WIDTH_STUDENT[teacher_name]
+
+
+@dataclass
+class DistillConfig(Config):
+    method: str = "deepinversion"
+    student: str = ""                 # registered model name; empty = half-width default of the teacher
+    pool: str | None = None           # reuse synthesized images: a synthesis/distill run id or an images.pt path
+
+    # --- synthesis of a pool (deepdream / deepinversion / adi): rounds of one inverted batch each
+    images: int = 2000                # images to synthesize in total
+    synthesis: dict = field(default_factory=dict)   # SynthesisConfig overrides (batch_size, iterations, alpha_f...)
+    kd_steps_per_round: int = 20      # student steps on the growing pool after each batch (the ADI loop)
+
+    # --- generator (generator / generator-ensemble)
+    generator_steps: int = 1000
+    generator_lr: float = 1e-3
+    latent_dim: int = 128
+    generator_width: int = 128
+    lambda_tv: float = 1e-4
+    lambda_l2: float = 0.0
+    lambda_bn: float = 1.0
+
+    # --- the student's KD training (METHODS §3), shared by every method
+    steps: int = 2000                 # student steps after synthesis (pool / noise / generator / real data)
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 4.0
+    alpha_ce: float = 0.0             # weight of CE on labels; only methods with real labels (real-kd variants) use it
+    augment: str = "auto"             # none | shift | shift_flip | auto (the dataset's natural augmentation)
+    mixup: float = 0.0                # probability of mixing two synthesized images in a KD batch
+
+    # --- monitoring and bookkeeping
+    eval_every: int = 100             # student steps between evaluations on held-out real images (display only)
+    eval_samples: int = 1000          # size of that held-out subset of the test split; the final report uses it all
+    snapshot_every: int = 25
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    data_root: str | None = None      # where the teacher's real test set lives (evaluation only)
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
+            raise ValueError("steps must be >= 0, batch_size >= 1, lr > 0 and temperature > 0")
+        if self.images < 0 or self.kd_steps_per_round < 0 or self.generator_steps < 0:
+            raise ValueError("images, kd_steps_per_round and generator_steps must be >= 0")
+        if not 0 <= self.mixup <= 1:
+            raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if self.augment not in ("none", "shift", "shift_flip", "auto"):
+            raise ValueError(f"augment must be none | shift | shift_flip | auto, got '{self.augment}'")

@@ -1,0 +1,276 @@
+"""Distillation methods: where the student's images come from. Each is a small class found by name (torchdistill
+style) whose `plan()` yields one metrics dict per step; `DistillJob` runs the plan step by step.
+
+    noise                KD on N(0, 1) inputs — the lower bound
+    deepdream            synthesize a pool with image priors only, then KD            (METHODS §1, α_f = 0)
+    deepinversion        synthesize a pool with BN feature matching, then KD          (METHODS §1)
+    adi                  alternate: synthesize a batch competing with the current student, KD on the growing pool
+    generator            one conditional generator G(z|y) trained against the teacher, KD on fresh samples (§2)
+    generator-ensemble   one generator per class, same otherwise                                            (§2)
+    real-kd              KD on the real training set — the upper bound, for comparison only
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn as nn
+
+from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
+from dfkd_core.jobs import check_finite
+from dfkd_core.models import create_model
+from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
+from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
+
+if TYPE_CHECKING:
+    from dfkd_core.distill.job import DistillJob
+
+DISTILL_METHODS: dict[str, type["DistillMethod"]] = {}
+
+
+def register_method(cls: type["DistillMethod"]) -> type["DistillMethod"]:
+    DISTILL_METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return list(DISTILL_METHODS)
+
+
+def _labels(images: torch.Tensor, targets: torch.Tensor, teacher: nn.Module, class_names: list[str]
+            ) -> list[str]:
+    with torch.no_grad():
+        probs = teacher(images).float().softmax(1).cpu()
+    conf, pred = probs.max(1)
+    names = class_names or [str(i) for i in range(probs.shape[1])]
+    return [f"{names[t] if t >= 0 else '?'} → {names[p]} {c:.2f}"
+            for t, p, c in zip(targets.tolist(), pred.tolist(), conf.tolist())]
+
+
+class DistillMethod:
+    """Base class. `job` gives access to the teacher, the student trainer, the pool and the real splits."""
+
+    name = ""
+    data_free = True          # False for methods that read the real training set (shown in every report)
+    description = ""
+
+    def __init__(self, job: "DistillJob"):
+        self.job, self.config = job, job.config
+        self.latest: tuple[torch.Tensor, torch.Tensor] | None = None   # last images made, for snapshots
+
+    def build_student(self) -> nn.Module:
+        info = self.job.dataset
+        return create_model(self.job.student_name, info.num_classes, info.in_channels, info.image_size)
+
+    def student_steps(self) -> int:
+        """How many optimizer steps the student takes in total (the learning-rate schedule spans them)."""
+        return self.config.steps
+
+    def total_steps(self) -> int:
+        return self.student_steps()
+
+    def setup(self) -> None: ...
+
+    def plan(self) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def kd_step(self, x: torch.Tensor, **kw) -> dict:
+        return {"phase": "kd", **self.job.trainer.train_step(x, **kw)}
+
+    def snapshot(self) -> tuple[torch.Tensor, list[str]] | None:
+        if self.latest is None:
+            return None
+        images, targets = self.latest
+        images = images[:64].to(self.job.device)
+        return (self.job.dataset.denormalize(images).cpu(),
+                _labels(images, targets[:64], self.job.teacher, self.job.dataset.class_names))
+
+    def artifacts(self, directory) -> dict:
+        """Save what this method made beyond the student (generators...); return summary entries."""
+        return {}
+
+
+@register_method
+class NoiseKD(DistillMethod):
+    name, description = "noise", "KD on N(0, 1) inputs: the lower bound every data-free method must beat"
+
+    def plan(self) -> Iterator[dict]:
+        j, c = self.job, self.config
+        shape = (c.batch_size, j.dataset.in_channels, j.dataset.image_size, j.dataset.image_size)
+        rng = torch.Generator().manual_seed(c.seed)
+        for _ in range(c.steps):
+            x = torch.randn(shape, generator=rng)
+            j.images_synthesized += len(x)
+            self.latest = (x, torch.full((len(x),), -1))
+            yield self.kd_step(x, augment=False)
+
+
+@register_method
+class RealDataKD(DistillMethod):
+    name, data_free = "real-kd", False
+    description = "KD on the real training set: the upper bound (not data-free; for comparison only)"
+
+    def setup(self) -> None:
+        self.train_split = self.job.real_split("train")
+
+    def plan(self) -> Iterator[dict]:
+        c, split = self.config, self.train_split
+        rng = torch.Generator().manual_seed(c.seed)
+        for _ in range(c.steps):
+            idx = torch.randint(0, len(split), (c.batch_size,), generator=rng)
+            x = split.normalized(idx)
+            self.latest = (x, split.labels[idx])
+            yield self.kd_step(x, labels=split.labels[idx])
+
+
+class PoolKD(DistillMethod):
+    """Synthesize `images` by model inversion in rounds of one batch; after each round the student takes
+    `kd_steps_per_round` KD steps on the pool so far; then `steps` more on the whole pool.
+
+    With `--pool`, synthesis is skipped and the student learns from the stored images.
+    """
+
+    preset = "deepinversion"
+    compete = False  # ADI: each round's batch competes against the current student (R_compete)
+
+    def __init__(self, job):
+        super().__init__(job)
+        self.synthesis = SynthesisConfig.preset(self.preset, job.dataset.name, **self.config.synthesis)
+        if not self.compete:
+            self.synthesis.alpha_c = 0.0
+        self.synthesis.validate()
+        if self.synthesis.alpha_f > 0 and not batchnorm_layers(job.teacher):
+            raise ValueError(f"'{self.name}' matches BatchNorm statistics (α_f > 0) but this teacher has no "
+                             "BatchNorm layers; use --method deepdream or noise, or set α_f = 0")
+        per_round = self.synthesis.batch_size
+        self.rounds = 0 if self.config.pool else math.ceil(self.config.images / per_round)
+
+    def student_steps(self) -> int:
+        return self.rounds * self.config.kd_steps_per_round + self.config.steps
+
+    def total_steps(self) -> int:
+        return self.rounds * self.synthesis.iterations + self.student_steps()
+
+    def _round_config(self, r: int) -> SynthesisConfig:
+        remaining = self.config.images - r * self.synthesis.batch_size
+        return self.synthesis.replace(seed=self.synthesis.seed + self.config.seed * 1000 + r,
+                                      batch_size=min(self.synthesis.batch_size, remaining),
+                                      device=str(self.job.device), snapshot_every=0)
+
+    def plan(self) -> Iterator[dict]:
+        j, c = self.job, self.config
+        for r in range(self.rounds):
+            inversion = ModelInversion(j.teacher, j.dataset, self._round_config(r),
+                                       student=j.student if self.compete else None)
+            self.inversion = inversion
+            inversion.setup()
+            for i in range(inversion.total_steps):
+                m = inversion.step(i)
+                yield {"phase": "synthesis", "round": r,
+                       **{f"inv_{k}": v for k, v in m.items() if not isinstance(v, list)}}
+            inversion.finish("done")
+            images, targets = inversion.images(), inversion.targets.cpu()
+            j.pool.append(images, targets)
+            j.images_synthesized += len(images)
+            self.latest = (images, targets)
+            self.inversion = None
+            for _ in range(c.kd_steps_per_round):
+                yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
+        if self.latest is None and len(j.pool):
+            self.latest = (j.pool.images[:64], j.pool.targets[:64])
+        for _ in range(c.steps):
+            yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
+
+    def snapshot(self):
+        inversion = getattr(self, "inversion", None)
+        if inversion is not None and hasattr(inversion, "x"):
+            images, labels = inversion.snapshot()
+            return images[:64], labels[:64]
+        return super().snapshot()
+
+
+@register_method
+class DeepDreamKD(PoolKD):
+    name, preset = "deepdream", "deepdream"
+    description = "KD on images inverted with image priors only (α_f = 0)"
+
+
+@register_method
+class DeepInversionKD(PoolKD):
+    name, preset = "deepinversion", "deepinversion"
+    description = "KD on images inverted with BatchNorm feature matching (α_f > 0)"
+
+
+@register_method
+class AdaptiveDeepInversionKD(PoolKD):
+    name, preset, compete = "adi", "adi", True
+    description = "alternate inversion competing with the current student (α_c > 0) and KD on the growing pool"
+
+
+class GeneratorKD(DistillMethod):
+    """Train the generator against the frozen teacher (L_G of METHODS §2), then KD on fresh samples every step."""
+
+    mode = "single"
+
+    def __init__(self, job):
+        super().__init__(job)
+        if self.config.lambda_bn > 0 and not batchnorm_layers(job.teacher):
+            raise ValueError("the generator's moment matching (λ_bn > 0) needs a teacher with BatchNorm layers; "
+                             "set --lambda-bn 0 or use a BN teacher")
+
+    def total_steps(self) -> int:
+        return self.config.generator_steps + self.config.steps
+
+    def setup(self) -> None:
+        c, j = self.config, self.job
+        self.generator = build_generator(self.mode, c.latent_dim, j.dataset, c.generator_width).to(j.device)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.generator_lr, betas=(0.5, 0.999))
+        self.recorder = BNStatisticsRecorder(j.teacher)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z, y = sample_latents(self.generator, batch_size, self.job.dataset.num_classes, self.job.device, self.job.rng)
+        return self.generator(z, y), y
+
+    def plan(self) -> Iterator[dict]:
+        c, j = self.config, self.job
+        self.generator.train()
+        for _ in range(c.generator_steps):
+            x, y = self.sample(c.batch_size)
+            total, terms, logits = generator_loss(j.teacher, x, y, self.recorder, c.lambda_tv, c.lambda_l2,
+                                                  c.lambda_bn)
+            check_finite({f"generator_{k}": v for k, v in terms.items()}, j.step_index)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            self.latest = (x.detach().cpu(), y.cpu())
+            yield {"phase": "generator", "gen_loss_total": float(total.detach()),
+                   **{f"gen_loss_{k}": float(v.detach()) for k, v in terms.items()},
+                   "gen_teacher_accuracy": (logits.argmax(1) == y).float().mean().item()}
+        for _ in range(c.steps):
+            with torch.no_grad():
+                x, y = self.sample(c.batch_size)
+            j.images_synthesized += len(x)
+            self.latest = (x.cpu(), y.cpu())
+            yield self.kd_step(x)
+
+    def artifacts(self, directory) -> dict:
+        if not hasattr(self, "generator"):
+            return {}
+        torch.save({"mode": self.mode, "latent_dim": self.config.latent_dim, "width": self.config.generator_width,
+                    "state_dict": {k: v.cpu() for k, v in self.generator.state_dict().items()}},
+                   directory / "generator.pt")
+        members = len(getattr(self.generator, "members", [])) or 1
+        return {"generators": members}
+
+
+@register_method
+class SingleGeneratorKD(GeneratorKD):
+    name, mode = "generator", "single"
+    description = "one conditional generator G(z|y) with BN moment matching; KD on fresh samples"
+
+
+@register_method
+class EnsembleGeneratorKD(GeneratorKD):
+    name, mode = "generator-ensemble", "ensemble"
+    description = "one generator per class, trained together on mixed batches; KD on fresh samples"

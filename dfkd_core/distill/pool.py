@@ -1,0 +1,68 @@
+"""A pool of synthesized images that outlives its run: synthesize once, distill many students (`--pool <run>`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dfkd_core.data import DatasetInfo
+
+
+class PoolError(ValueError):
+    """A pool file that cannot serve this teacher; the message says why."""
+
+
+class SyntheticPool:
+    """Images in the teacher's normalized input space (N, C, H, W) with the class each was synthesized for."""
+
+    def __init__(self, dataset: DatasetInfo, images: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                 source: str | None = None):
+        shape = (0, dataset.in_channels, dataset.image_size, dataset.image_size)
+        self.dataset = dataset
+        self.images = images if images is not None else torch.empty(shape)
+        self.targets = targets if targets is not None else torch.empty(0, dtype=torch.long)
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def append(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images = torch.cat([self.images, images.detach().float().cpu()])
+        self.targets = torch.cat([self.targets, targets.detach().long().cpu()])
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not len(self):
+            raise PoolError("the pool is empty: nothing has been synthesized yet")
+        idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+        return self.images[idx], self.targets[idx]
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"images": self.images, "targets": self.targets, "dataset": self.dataset.to_dict()}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, dataset: DatasetInfo) -> "SyntheticPool":
+        """Load an images.pt written by a synthesis or distillation run and check it fits `dataset`."""
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged or foreign file
+            raise PoolError(f"{path} is not a readable image pool: {str(e).splitlines()[0][:200]}") from e
+        if not isinstance(payload, dict) or not isinstance(payload.get("images"), torch.Tensor):
+            raise PoolError(f"{path} holds no 'images' tensor; expected the images.pt of a synthesis run")
+        images = payload["images"].float()
+        expected = (dataset.in_channels, dataset.image_size, dataset.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise PoolError(f"{path} has images of shape {tuple(images.shape[1:])}, the teacher takes {expected}")
+        made_for = (payload.get("dataset") or {}).get("name")
+        if made_for and made_for != dataset.name:
+            raise PoolError(f"{path} was synthesized for '{made_for}', this teacher is a '{dataset.name}' model")
+        if not torch.isfinite(images).all():
+            raise PoolError(f"{path} contains NaN or inf pixels")
+        targets = payload.get("targets")
+        if not isinstance(targets, torch.Tensor) or len(targets) != len(images):
+            targets = torch.full((len(images),), -1, dtype=torch.long)  # unknown classes: KD needs none
+        return cls(dataset, images, targets.long(), source=str(path))

@@ -1,0 +1,125 @@
+"""The one KD loop every distillation method shares (METHODS §3), plus the augmentations it applies.
+
+    L_KD = T² · KL(softmax(z_T / T) ‖ softmax(z_S / T))
+
+Methods differ only in where the images x come from (a pool, noise, a generator, real data) and in optional extra
+loss terms (`extra_terms`): IE-KD's factor losses, BSS's boundary term, CE on real labels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dfkd_core.data import DatasetInfo, ImageSplit
+from dfkd_core.device import autocast, prepare_input
+from dfkd_core.distill.config import DistillConfig
+from dfkd_core.jobs import check_finite
+from dfkd_core.losses import cross_entropy_loss, kd_loss
+from dfkd_core.training import evaluate
+
+ExtraTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+# Datasets whose images stay what they are when mirrored (a mirrored digit is not a digit).
+FLIP_SAFE = {"fashion-mnist", "cifar10", "imagefolder"}
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image independently by up to ±max_shift pixels (edges replicated)."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, [max_shift] * 4, mode="replicate")
+    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)).to(x.device)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, :, None]   # (B, H, 1)
+    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, :]   # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+def mix_images(x: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mixup without labels: a share `probability` of the images becomes λ·x_i + (1−λ)·x_j, λ ~ U(0, 1).
+
+    KD needs no labels for the mix — the teacher labels the mixed image — so this only widens the input region the
+    student sees between the synthesized points.
+    """
+    if probability <= 0:
+        return x
+    b = x.shape[0]
+    chosen = (torch.rand(b, generator=generator) < probability).to(x.device).view(-1, 1, 1, 1)
+    lam = torch.rand(b, generator=generator).to(x.device, x.dtype).view(-1, 1, 1, 1)
+    partner = x[torch.randperm(b, generator=generator).to(x.device)]
+    return torch.where(chosen, lam * x + (1 - lam) * partner, x)
+
+
+def resolve_augment(mode: str, dataset: DatasetInfo) -> str:
+    if mode != "auto":
+        return mode
+    return "shift_flip" if dataset.name in FLIP_SAFE else "shift"
+
+
+class StudentTrainer:
+    """Trains a student against a frozen teacher: `train_step(x)` is one optimizer step of the KD loop.
+
+    AdamW with a cosine schedule over `total_steps`. Extra loss terms are computed by `extra_terms(x, student_logits,
+    teacher_logits)` after both forward passes (forward hooks placed by a method can read features there) and
+    weighted by `weights[name]` (default 1).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, dataset: DatasetInfo,
+                 device: torch.device, total_steps: int, parameters=None):
+        self.student, self.teacher, self.config, self.dataset, self.device = student, teacher, config, dataset, device
+        self.augment = resolve_augment(config.augment, dataset)
+        self.max_shift = max(1, dataset.image_size // 14) if self.augment != "none" else 0
+        self.optimizer = torch.optim.AdamW(parameters if parameters is not None else student.parameters(),
+                                           lr=config.lr, weight_decay=config.weight_decay)
+        total = max(1, total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.steps_done = 0
+
+    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = random_shift(x, self.max_shift, self.generator)
+        if self.augment == "shift_flip":
+            x = random_flip(x, self.generator)
+        return mix_images(x, self.config.mixup, self.generator)
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor | None = None, extra_terms: ExtraTerms | None = None,
+                   weights: dict[str, float] | None = None, augment: bool = True) -> dict[str, float]:
+        c = self.config
+        x = prepare_input(x, self.device)
+        if augment:
+            x = self.augment_batch(x)
+        self.student.train()
+        with autocast(self.device, c.amp):
+            with torch.no_grad():
+                teacher_logits = self.teacher(x).float()
+            student_logits = self.student(x).float()
+            terms = {"kd": kd_loss(student_logits, teacher_logits, c.temperature)}
+            if labels is not None and c.alpha_ce > 0:
+                terms["ce"] = cross_entropy_loss(student_logits, labels.to(self.device))
+            if extra_terms is not None:
+                terms.update(extra_terms(x, student_logits, teacher_logits))
+        w = {"ce": c.alpha_ce, **(weights or {})}
+        total = sum(w.get(k, 1.0) * v for k, v in terms.items())
+        check_finite({**terms, "total": total}, self.steps_done)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps_done += 1
+        agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+        return {**{f"loss_{k}": float(v.detach()) for k, v in terms.items()}, "loss_total": float(total.detach()),
+                "student_lr": self.scheduler.get_last_lr()[0], "agreement": agree}
+
+    def evaluate(self, split: ImageSplit) -> float:
+        return evaluate(self.student, split, self.device)["accuracy"]
