@@ -114,6 +114,7 @@ class ModelInversion(Job):
             raise ValueError("the competition term (α_c > 0, Adaptive DI) needs a student to compete against")
         self.snapshot_every = config.snapshot_every
         self.total_steps = config.iterations
+        self.latest_bn_statistics: list[dict] = []  # per BN layer, at the latest snapshot (see `snapshot`)
 
     # ------------------------------------------------------------------ job interface
     def setup(self) -> None:
@@ -140,7 +141,11 @@ class ModelInversion(Job):
         size = self.dataset.image_size
         start_size = size // 2 if c.multi_resolution_iterations else size
         self._check_teacher_accepts(start_size)
-        init = torch.randn(c.batch_size, self.dataset.in_channels, start_size, start_size, device=self.device)
+        # A generator of its own: the global RNG is shared by every thread, so two jobs started together (two
+        # browser tabs) would otherwise reseed each other and lose reproducibility.
+        generator = torch.Generator(device=self.device).manual_seed(c.seed)
+        init = torch.randn(c.batch_size, self.dataset.in_channels, start_size, start_size, device=self.device,
+                           generator=generator)
         self._new_parameter(init)
         self.recorder = BNStatisticsRecorder(self.teacher)
         self.initial = self.measure()
@@ -183,8 +188,14 @@ class ModelInversion(Job):
 
     def snapshot(self) -> tuple[torch.Tensor, list[str]]:
         images = self.dataset.denormalize(self.x.detach()).float().cpu()
-        with torch.no_grad():
+        with torch.no_grad(), self.recorder:
             probs = self.teacher(self.x.detach()).float().softmax(1).cpu()
+            if self.has_bn:
+                # Read by the app's per-layer chart from any thread: replaced whole, never mutated.
+                self.latest_bn_statistics = [
+                    {"layer": s.name, "batch_mean": s.batch_mean.cpu(), "batch_var": s.batch_var.cpu(),
+                     "running_mean": s.running_mean.float().cpu(), "running_var": s.running_var.float().cpu()}
+                    for s in self.recorder.statistics()]
         conf, pred = probs.max(1)
         names = self.dataset.class_names or [str(i) for i in range(self.dataset.num_classes)]
         labels = [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in zip(self.targets.tolist(), pred.tolist(),

@@ -1,0 +1,224 @@
+"""Figures for model inversion (METHODS §1): the labelled image grid, per-term loss curves with the steps where a
+live change took effect, BN statistics of the synthesized batch against the teacher's running statistics, and a
+side-by-side comparison of runs. Inputs are plain data so a notebook can call these on `job.history` or on a
+run's `metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from PIL import Image
+from plotly.subplots import make_subplots
+
+RIGHT, WRONG = "#1a7f37", "#cf222e"
+# Legend names in METHODS §1 notation (unweighted terms; "total" is the weighted sum that is optimized).
+TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l2": "||x̂||₂",
+              "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
+GREEK = {"alpha_ce": "α_ce", "alpha_tv": "α_tv", "alpha_l2": "α_l2", "alpha_f": "α_f", "alpha_c": "α_c",
+         "first_bn_multiplier": "w₁", "lr": "lr", "jitter": "jitter", "flip": "flip"}
+
+
+def parse_snapshot_label(label: str) -> tuple[str, str, float] | None:
+    """'Ankle boot → Sneaker 0.55' (a ModelInversion snapshot label) -> (target, prediction, confidence)."""
+    try:
+        target, rest = label.split(" → ", 1)
+        prediction, confidence = rest.rsplit(" ", 1)
+        return target, prediction, float(confidence)
+    except ValueError:
+        return None
+
+
+def _png_data_uri(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)  # speed over size: refreshed live
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _short(name: str, n: int = 9) -> str:
+    return name if len(name) <= n else name[:n - 1] + "…"
+
+
+def image_grid_figure(images01: torch.Tensor, labels: Sequence[str] | None = None, ncols: int = 10,
+                      max_rows: int = 5, column_titles: Sequence[str] | None = None, min_cell: int = 56,
+                      title: str | None = None) -> go.Figure:
+    """A grid of (B, C, H, W) images in [0, 1], each cell captioned with the teacher's prediction and confidence
+    (green when it is the target class, red otherwise; hover shows 'target → prediction confidence').
+
+    `labels` are snapshot labels ('target → prediction confidence') or any short text. Small images are
+    upscaled (nearest) to at least `min_cell` pixels; only the first `ncols * max_rows` images are drawn.
+    """
+    images = images01.detach().float().cpu().clamp(0, 1)[:ncols * max_rows]
+    n, channels, h, w = images.shape
+    ncols = max(1, min(ncols, n))
+    rows = max(1, math.ceil(n / ncols))
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    ch, cw = h * scale, w * scale
+    pad, band = 4, (16 if labels else 0)
+    header = 18 if column_titles else 0
+    height, width = header + rows * (ch + band + pad) + pad, ncols * (cw + pad) + pad
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    pixels = (images * 255).round().to(torch.uint8)
+    pixels = pixels.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    pixels = pixels.expand(n, 3, ch, cw) if channels == 1 else pixels[:, :3]
+    pixels = pixels.permute(0, 2, 3, 1).numpy()
+    annotations, hover_x, hover_y, hover_text = [], [], [], []
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        top, left = header + pad + r * (ch + band + pad), pad + c * (cw + pad)
+        canvas[top:top + ch, left:left + cw] = pixels[i]
+        if not labels:
+            continue
+        parsed = parse_snapshot_label(labels[i])
+        text, color = labels[i], "#444"
+        if parsed:
+            target, prediction, confidence = parsed
+            text, color = f"{_short(prediction, 7)} {confidence:.2f}", RIGHT if target == prediction else WRONG
+        annotations.append(dict(x=left + cw / 2, y=top + ch + band / 2, text=text, showarrow=False,
+                                font=dict(size=9, color=color), xref="x", yref="y"))
+        hover_x.append(left + cw / 2)
+        hover_y.append(top + ch / 2)
+        hover_text.append(labels[i])
+    for c, name in enumerate((column_titles or [])[:ncols]):
+        annotations.append(dict(x=pad + c * (cw + pad) + cw / 2, y=header / 2 + 1, text=f"<b>{_short(name)}</b>",
+                                showarrow=False, font=dict(size=11), xref="x", yref="y"))
+    fig = go.Figure(go.Image(source=_png_data_uri(canvas), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
+    if hover_text:
+        fig.add_trace(go.Scatter(x=hover_x, y=hover_y, mode="markers", marker=dict(opacity=0, size=cw * 0.8),
+                                 hovertext=hover_text, hoverinfo="text", showlegend=False))
+    fig.update_layout(annotations=annotations, height=height + (40 if title else 10), title=title,
+                      margin=dict(l=0, r=0, t=30 if title else 0, b=0), plot_bgcolor="white")
+    fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
+    fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x", constrain="domain")
+    return fig
+
+
+def _thin(history: Sequence[Mapping], max_points: int) -> list[Mapping]:
+    """Every k-th row (plus the last) so a long run's curves stay cheap to redraw several times a second."""
+    history = list(history)
+    if len(history) <= max_points:
+        return history
+    k = math.ceil(len(history) / max_points)
+    return history[::k] + ([history[-1]] if (len(history) - 1) % k else [])
+
+
+def _series(rows: Sequence[Mapping], key: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            xs.append(row.get("step", i))
+            ys.append(value)
+    return xs, ys
+
+
+def _describe_update(update: Mapping) -> str:
+    return ", ".join(f"{GREEK.get(k, k)}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
+                     else f"{GREEK.get(k, k)}={v}" for k, v in update.items() if k != "step")
+
+
+def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = (),
+                       keys: Sequence[str] | None = None,
+                       accuracy_keys: Sequence[str] = ("teacher_accuracy", "mean_confidence"),
+                       log_y: bool = True, max_points: int = 600, height: int = 420) -> go.Figure:
+    """Per-term loss curves (top) and the teacher's accuracy/confidence on the batch (bottom) over steps.
+
+    Each entry of `updates` ({"step": i, **changes}, as in `job.updates`) is drawn as a dashed vertical line at the
+    step where the change took effect, labelled with what changed. `keys` default: every 'loss_*' in history.
+    """
+    rows = _thin(history, max_points)
+    present = set().union(*(r.keys() for r in rows)) if rows else set()
+    keys = list(keys) if keys is not None else [k for k in TERM_NAMES if k in present]
+    accuracy_keys = [k for k in accuracy_keys if k in present]
+    two = bool(accuracy_keys)
+    fig = make_subplots(rows=2 if two else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.68, 0.32] if two else [1.0])
+    for key in keys:
+        xs, ys = _series(rows, key)
+        if log_y:  # log axes cannot show zeros; a term switched off simply leaves a gap
+            xs, ys = zip(*[(x, y) for x, y in zip(xs, ys) if y > 0]) if any(y > 0 for y in ys) else ((), ())
+        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=TERM_NAMES.get(key, key),
+                                 line=dict(width=3 if key == "loss_total" else 1.6)), row=1, col=1)
+    for key in accuracy_keys:
+        xs, ys = _series(rows, key)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key.replace("_", " "),
+                                 line=dict(dash="dot" if "confidence" in key else "solid")), row=2, col=1)
+    for update in updates:
+        fig.add_vline(x=update["step"], line=dict(color="#888", dash="dash", width=1))
+        fig.add_annotation(x=update["step"], y=1.0, xref="x", yref="paper", text=_describe_update(update),
+                           showarrow=False, textangle=-90, xanchor="right", yanchor="top",
+                           font=dict(size=10, color="#555"))
+    fig.update_yaxes(type="log" if log_y else "linear", title_text="loss", row=1, col=1)
+    if two:
+        fig.update_yaxes(range=[0, 1.02], title_text="on batch", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2 if two else 1, col=1)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.18),
+                      uirevision="keep")  # keep the user's zoom across live redraws
+    return fig
+
+
+def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figure:
+    """Per-channel BN input statistics of the synthesized batch (markers) against the teacher's running statistics
+    (line), every BN layer side by side; the title of each block is the layer's R_feature term
+    ||μ − running_mean||₂ + ||σ² − running_var||₂ (unweighted). `stats`: dicts with 'layer', 'batch_mean',
+    'batch_var', 'running_mean', 'running_var' (as `ModelInversion.latest_bn_statistics`).
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    offset = 0
+    for index, s in enumerate(stats):
+        values = {k: torch.as_tensor(s[k]).float().flatten() for k in
+                  ("batch_mean", "batch_var", "running_mean", "running_var")}
+        channels = len(values["batch_mean"])
+        xs = list(range(offset, offset + channels))
+        distance = float(torch.linalg.vector_norm(values["batch_mean"] - values["running_mean"])
+                         + torch.linalg.vector_norm(values["batch_var"] - values["running_var"]))
+        first = index == 0
+        for row, (batch, running) in enumerate((("batch_mean", "running_mean"), ("batch_var", "running_var")), 1):
+            fig.add_trace(go.Scatter(x=xs, y=values[running].tolist(), mode="lines", line=dict(color="#888"),
+                                     name="teacher running statistics", legendgroup="run", showlegend=first and
+                                     row == 1, hovertemplate=f"{s['layer']} ch %{{x}}: %{{y:.3f}}<extra>running"
+                                     f"</extra>"), row=row, col=1)
+            fig.add_trace(go.Scatter(x=xs, y=values[batch].tolist(), mode="markers", marker=dict(size=4,
+                                     color="#1f77b4"), name="synthesized batch", legendgroup="batch",
+                                     showlegend=first and row == 1, hovertemplate=f"{s['layer']} ch %{{x}}: "
+                                     f"%{{y:.3f}}<extra>batch</extra>"), row=row, col=1)
+        fig.add_annotation(x=offset + channels / 2, y=1.07, xref="x", yref="paper", showarrow=False,
+                           text=f"{s['layer']}<br>d={distance:.2f}", font=dict(size=10))
+        if offset:
+            fig.add_vline(x=offset - 0.5, line=dict(color="#ccc", width=1))
+        offset += channels
+    fig.update_xaxes(title_text="channel (BN layers left to right)", row=2, col=1)
+    fig.update_yaxes(title_text="mean μ", row=1, col=1)
+    fig.update_yaxes(title_text="variance σ²", row=2, col=1)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.2),
+                      uirevision="keep")
+    return fig
+
+
+def run_comparison_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str],
+                          updates: Mapping[str, Iterable[Mapping]] | None = None, log_y_for_losses: bool = True,
+                          max_points: int = 600, height_per_row: int = 230) -> go.Figure:
+    """One panel per metric in `keys`, one line per run (`histories`: run name -> metric rows); a run's live
+    updates are marked with dashed lines in its colour."""
+    keys = list(keys)
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                        subplot_titles=[TERM_NAMES.get(k, k) for k in keys])
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    for r, key in enumerate(keys, 1):
+        for i, (name, history) in enumerate(histories.items()):
+            xs, ys = _series(_thin(history, max_points), key)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, legendgroup=name, showlegend=r == 1,
+                                     line=dict(color=palette[i % len(palette)])), row=r, col=1)
+        if log_y_for_losses and key.startswith("loss"):
+            fig.update_yaxes(type="log", row=r, col=1)
+    for i, (name, marks) in enumerate((updates or {}).items()):
+        for update in marks:
+            fig.add_vline(x=update["step"], line=dict(color=palette[i % len(palette)], dash="dash", width=1))
+    fig.update_layout(height=max(300, height_per_row * len(keys)), margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", y=-0.08))
+    return fig
