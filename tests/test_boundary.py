@@ -1,0 +1,154 @@
+"""MagSim / AngSim (METHODS §4): hand-computed pairs, exact geometry of linear models, real digits models, CLI."""
+import json
+import math
+
+import pytest
+import torch
+
+from dfkd_core.analysis.boundary import (BasePairs, angle_similarity, boundary_similarity, choose_base_pairs,
+                                         clipped_cosine, compare_students, decision_boundary_similarity,
+                                         magnitude_ratio, magnitude_similarity)
+from dfkd_core.synthesis.bss import (ACCEPTED, REJECTED_MAX_STEPS, AttackSettings, BoundaryAttackResult,
+                                     select_base_samples)
+
+class LinearClassifier(torch.nn.Module):
+    """f(x) = W·flatten(x) + c in float64 (same helper as in test_bss.py)."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.fc = torch.nn.Linear(len(weight[0]), len(weight)).double()
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor(weight, dtype=torch.float64))
+            self.fc.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def images(rows):
+    return torch.tensor(rows, dtype=torch.float64).view(len(rows), 1, 1, -1)
+
+
+NEWTON = AttackSettings(eta=1.0, max_steps=5)
+
+
+def fake_attack(adversarial_rows, outcomes):
+    adv = torch.tensor(adversarial_rows, dtype=torch.float64).view(len(adversarial_rows), 1, 1, -1)
+    n = len(outcomes)
+    zeros = torch.zeros(n, dtype=torch.long)
+    return BoundaryAttackResult(adv, torch.tensor(outcomes), zeros, zeros, torch.zeros(n), zeros)
+
+
+def hand_pairs(weights):
+    return BasePairs(inputs=torch.zeros(2, 1, 1, 2, dtype=torch.float64), labels=torch.tensor([0, 1]),
+                     source_index=torch.tensor([0, 1]), pair_base=torch.tensor([0, 0, 1]),
+                     pair_target=torch.tensor([1, 2, 0]), pair_weight=torch.tensor(weights))
+
+
+def test_weighted_similarities_by_hand():
+    # Pairs (teacher x̄, student x̄, p): ((1,0),(2,0),.25): ratio .5 cos 1; ((0,1),(1,0),.75): ratio 1 cos 0;
+    # ((0,2),(0,-1),1): ratio .5, cos −1 → 0.  MagSim = (.125 + .75 + .5)/2 = .6875; AngSim = .25/2 = .125.
+    teacher = fake_attack([[1, 0], [0, 1], [0, 2]], [ACCEPTED] * 3)
+    student = fake_attack([[2, 0], [1, 0], [0, -1]], [ACCEPTED] * 3)
+    result = boundary_similarity(hand_pairs([.25, .75, 1.0]), teacher, student)
+    assert (result.magsim, result.angsim) == (pytest.approx(0.6875), pytest.approx(0.125))
+    assert result.per_class[0]["magsim"] == pytest.approx(0.875) and result.per_class[0]["angsim"] == pytest.approx(.25)
+    assert result.per_class[1]["magsim"] == pytest.approx(0.5) and result.per_class[1]["angsim"] == 0.0
+    assert result.both_accepted == 3 and result.per_class[0]["both_accepted"] == 2
+    # Weights only matter relative to each other.
+    tripled = boundary_similarity(hand_pairs([.75, 2.25, 3.0]), teacher, student)
+    assert (tripled.magsim, tripled.angsim) == (pytest.approx(0.6875), pytest.approx(0.125))
+    # A pair the student did not cross drops out of both sums (numerator and total weight):
+    # MagSim = (.25·.5 + 1·.5)/1.25 = .5, AngSim = .25/1.25 = .2.
+    student_rejects = fake_attack([[2, 0], [1, 0], [0, -1]], [ACCEPTED, REJECTED_MAX_STEPS, ACCEPTED])
+    partial = boundary_similarity(hand_pairs([.25, .75, 1.0]), teacher, student_rejects)
+    assert (partial.magsim, partial.angsim) == (pytest.approx(0.5), pytest.approx(0.2))
+    assert (partial.teacher_accepted, partial.student_accepted, partial.both_accepted) == (3, 2, 2)
+    assert partial.student_outcomes == {"accepted": 2, "rejected_third_class": 0, "rejected_max_steps": 1}
+    assert partial.pair_data["cosine"].tolist() == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_pure_functions_stay_in_unit_interval():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(500, 3, 4, 4, generator=g), torch.randn(500, 3, 4, 4, generator=g) * 3
+    ratio, cos = magnitude_ratio(t, s), clipped_cosine(t, s)
+    assert ((0 <= ratio) & (ratio <= 1)).all() and ((0 <= cos) & (cos <= 1)).all()
+    assert (cos == 0).any()   # opposite-ish directions are clipped, not negative
+    w = torch.rand(500, generator=g)
+    assert 0 <= magnitude_similarity(t, s, w) <= 1 and 0 <= angle_similarity(t, s, w) <= 1
+    assert magnitude_similarity(t, t, w) == pytest.approx(1.0) and angle_similarity(t, -t, w) == 0.0
+    assert math.isnan(magnitude_similarity(t[:0], s[:0], w[:0]))
+
+
+def rotated_student(theta_deg: float, scale: float = 1.0):
+    """Two classes in R²: teacher L_a = 1 − x·e₁, student L_a = 1 − scale · x·u with u = e₁ rotated by θ."""
+    th = math.radians(theta_deg)
+    return LinearClassifier([[-scale * math.cos(th), -scale * math.sin(th)], [0.0, 0.0]], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("theta", [0, 30, 60, 90, 120])
+def test_angsim_of_rotated_boundary_is_cosine(theta):
+    # From x = 0 both models are at L_a = 1 and step along their own normal, so x̄^t ∥ e₁, x̄^s ∥ u, equal lengths.
+    teacher = LinearClassifier([[-1.0, 0.0], [0.0, 0.0]], [1.0, 0.0])
+    x, y = images([[0.0, 0.0]] * 4), torch.zeros(4, dtype=torch.long)
+    result = decision_boundary_similarity(teacher, rotated_student(theta), x, y, n_base=4, settings=NEWTON)
+    assert result.both_accepted == 4 and result.pairs == 4
+    assert result.angsim == pytest.approx(max(0.0, math.cos(math.radians(theta))), abs=1e-9)
+    assert result.magsim == pytest.approx(1.0)
+
+
+def test_magsim_of_closer_boundary_is_distance_ratio():
+    # Student's L_a = 1 − 2·x₁: its boundary is at half the teacher's distance, along the same normal.
+    teacher = LinearClassifier([[-1.0, 0.0], [0.0, 0.0]], [1.0, 0.0])
+    x, y = images([[0.0, 0.0]] * 3), torch.zeros(3, dtype=torch.long)
+    result = decision_boundary_similarity(teacher, rotated_student(0, scale=2.0), x, y, n_base=3, settings=NEWTON)
+    assert result.magsim == pytest.approx(0.5) and result.angsim == pytest.approx(1.0)
+
+
+def test_no_accepted_pair_is_nan_with_explanation():
+    teacher = LinearClassifier([[-1.0, 0.0], [0.0, 0.0]], [1.0, 0.0])
+    x, y = images([[0.0, 0.0]] * 3), torch.zeros(3, dtype=torch.long)
+    result = decision_boundary_similarity(teacher, teacher, x, y, n_base=3,
+                                          settings=AttackSettings(eta=1e-3, max_steps=3))
+    assert math.isnan(result.magsim) and math.isnan(result.angsim)
+    assert result.both_accepted == 0 and "undefined" in result.note
+    assert json.loads(json.dumps(result.to_dict(), default=str))["pairs"] == 3
+
+
+def test_same_model_gives_one_and_students_share_base_samples(digits_teacher, digits_student_checkpoint):
+    from dfkd_core.data import load_split
+    from dfkd_core.models import load_checkpoint
+    from dfkd_core.training import predict_logits
+
+    test = load_split("digits", "test")
+    x, y = test.normalized(), test.labels
+    teacher = digits_teacher.model
+    student = load_checkpoint(digits_student_checkpoint).model
+    # The untrained student is right on few samples; base samples must be right for everyone.
+    bounds = digits_teacher.dataset.pixel_bounds()
+    comparison = compare_students(teacher, {"itself": teacher, "untrained": student}, x, y, n_base=12, seed=1,
+                                  settings=AttackSettings(eta=1.0, max_steps=20), pixel_bounds=bounds)
+    same = comparison.results["itself"]
+    assert same.both_accepted == same.teacher_accepted > 0
+    assert same.magsim == pytest.approx(1.0) and same.angsim == pytest.approx(1.0, abs=1e-5)
+    other = comparison.results["untrained"]
+    assert torch.equal(same.pair_data["teacher_perturbation"], other.pair_data["teacher_perturbation"])
+    assert other.teacher_accepted == same.teacher_accepted and other.pairs == same.pairs == len(comparison.pairs)
+    for r in (same, other):
+        assert sum(c["pairs"] for c in r.per_class.values()) == r.pairs
+        assert sum(c["both_accepted"] for c in r.per_class.values()) == r.both_accepted
+        if r.both_accepted:
+            assert 0 <= r.magsim <= 1 and 0 <= r.angsim <= 1
+    # All k ≠ b of each base sample, weights p_n^k summing to 1 per base sample.
+    pairs = comparison.pairs
+    assert len(pairs) == 9 * len(pairs.labels)
+    assert torch.bincount(pairs.pair_base, weights=pairs.pair_weight).tolist() == pytest.approx([1.0] * 12)
+    tp = predict_logits(teacher, x).softmax(1)
+    sp = predict_logits(student, x).softmax(1)
+    assert (tp.argmax(1)[pairs.source_index] == pairs.labels).all()
+    assert (sp.argmax(1)[pairs.source_index] == pairs.labels).all()
+    # With one student the common selection is exactly select_base_samples; "sampled" gives one k per base.
+    single = choose_base_pairs(tp, [sp], x, y, 20, targets="sampled")
+    assert torch.equal(single.source_index, select_base_samples(tp, sp, y, 20))
+    assert len(single) == len(single.labels) and (single.pair_weight == 1).all()
+    assert (single.pair_target != single.labels).all()
