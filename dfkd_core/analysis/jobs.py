@@ -1,0 +1,183 @@
+"""CKA and Grad-CAM comparisons as jobs (one batch per step), saving their results into an "analysis" run.
+
+Inputs are either the teacher's real test split ('real') or the images of a synthesis run (its id): the same
+comparison on real and on synthesized data shows whether the student learned the teacher's representation of
+the data or only of the synthetic images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from dfkd_core.analysis.cka_matrix import CKAMatrix
+from dfkd_core.analysis.gradcam import AttentionComparator, AttentionComparison
+from dfkd_core.config import Config
+from dfkd_core.data import DatasetInfo, load_split
+from dfkd_core.device import prepare_model, resolve_device
+from dfkd_core.jobs import Job
+
+GRADCAM_MAPS_KEPT = 16   # images whose maps are saved for display; scores are kept for all
+
+
+def load_inputs(inputs: str, info: DatasetInfo, samples: int = 0, seed: int = 0, store=None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(normalized images, labels) from 'real' (the test split of the teacher's dataset) or a synthesis run id
+    (labels = the classes the images were synthesized for). `samples` > 0 draws that many at random (seeded)."""
+    if inputs == "real":
+        split = load_split(info.name, "test", info.root)
+        if samples and samples < len(split):
+            split = split.subset(samples, seed)
+        return split.normalized(), split.labels
+    if store is None:
+        raise ValueError(f"inputs '{inputs}' is not 'real'; a run store is needed to find a synthesis run")
+    run = store.get(inputs)
+    path = run.path("images.pt")
+    if not path.exists():
+        raise FileNotFoundError(f"run {run.id} has no images.pt; --inputs takes 'real' or a synthesis run id")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved = payload.get("dataset", {}).get("name")
+    if saved and saved != info.name:
+        raise ValueError(f"run {run.id} holds {saved} images but the teacher was trained on {info.name}")
+    images, labels = payload["images"].float(), payload.get("targets")
+    if samples and samples < len(images):
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:samples]
+        images, labels = images[idx], labels[idx] if labels is not None else None
+    return images, labels
+
+
+@dataclass
+class CKAConfig(Config):
+    teacher: str = ""                 # checkpoint path or run id (recorded with the run)
+    student: str = ""
+    kernel: str = "linear"            # linear | rbf | debiased
+    threshold: float = 1.0            # RBF bandwidth = threshold × median pairwise distance
+    layers_teacher: list[str] = field(default_factory=list)   # empty: layer_names(teacher)
+    layers_student: list[str] = field(default_factory=list)
+    inputs: str = "real"              # 'real' or a synthesis run id
+    samples: int = 2000               # 0: all
+    batch_size: int = 500
+    reduce: str = "flatten"           # flatten | mean
+    estimator: str = "auto"           # auto | full | streaming | minibatch
+    seed: int = 0
+    device: str = "auto"
+
+
+class CKAAnalysis(Job):
+    """Teacher × student layer CKA matrix (METHODS §7); saves cka.json and the heatmap figure (cka_heatmap.json)."""
+
+    kind = "analysis"
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, images: torch.Tensor, config: CKAConfig, run=None):
+        super().__init__(run)
+        self.teacher, self.student, self.images, self.config = teacher, student, images, config
+
+    def setup(self) -> None:
+        device = resolve_device(self.config.device)
+        self.teacher, self.student = prepare_model(self.teacher, device), prepare_model(self.student, device)
+        c = self.config
+        self.matrix = CKAMatrix(self.teacher, self.student, self.images, c.layers_teacher or None,
+                                c.layers_student or None, c.kernel, c.threshold, c.batch_size, c.reduce, c.estimator)
+        self.total_steps = self.matrix.total_steps
+
+    def step(self, index: int) -> dict:
+        return {"samples": self.matrix.step(index)}
+
+    def finish(self, status: str) -> dict:
+        # A cancelled run keeps the estimate over the batches it finished (fewer samples, marked partial).
+        if status == "failed" or not hasattr(self, "matrix") or self.matrix.samples < 4:
+            return {}
+        self.cka = self.matrix.result()
+        m = self.cka.matrix
+        summary = {"kernel": self.cka.kernel, "estimator": self.cka.estimator, "samples": self.cka.samples,
+                   "inputs": self.config.inputs, "layers_teacher": len(self.cka.layers_teacher),
+                   "layers_student": len(self.cka.layers_student), "cka_last_pair": float(m[-1, -1]),
+                   "partial": status != "done"}
+        if m.shape[0] == m.shape[1]:
+            # Same depth (e.g. a half-width student): layer i of one faces layer i of the other.
+            summary["cka_diagonal"] = {f"{a} | {b}": float(v) for a, b, v in
+                                       zip(self.cka.layers_teacher, self.cka.layers_student, m.diagonal())}
+            summary["cka_diagonal_mean"] = float(m.diagonal().nanmean())
+        if self.run_record is not None:
+            from dfkd_core.plots.representations import cka_heatmap_figure
+
+            self.run_record.save_json("cka.json", self.cka.to_dict())
+            self.run_record.path("cka_heatmap.json").write_text(cka_heatmap_figure(self.cka).to_json())
+        return summary
+
+
+@dataclass
+class GradCAMConfig(Config):
+    teacher: str = ""
+    students: list[str] = field(default_factory=list)
+    target: str = "true"              # true | predicted (each model's own) | teacher (the teacher's prediction)
+    layer_teacher: str = ""           # empty: last block with a spatial map
+    layers_students: list[str] = field(default_factory=list)
+    fraction: float = 0.2             # top-region size for the IoU
+    inputs: str = "real"
+    samples: int = 500
+    batch_size: int = 100
+    seed: int = 0
+    device: str = "auto"
+
+
+class GradCAMAnalysis(Job):
+    """Grad-CAM teacher vs students (METHODS §6): per-image overlap scores for every image, the maps of the first
+    `GRADCAM_MAPS_KEPT`; saves gradcam.json, gradcam_maps.pt and gradcam_overlays.png."""
+
+    kind = "analysis"
+
+    def __init__(self, teacher: nn.Module, students: dict[str, nn.Module], images: torch.Tensor,
+                 labels: torch.Tensor | None, config: GradCAMConfig, dataset: DatasetInfo | None = None, run=None):
+        super().__init__(run)
+        self.teacher, self.students, self.images, self.labels = teacher, students, images, labels
+        self.config, self.dataset = config, dataset
+
+    def setup(self) -> None:
+        c = self.config
+        device = resolve_device(c.device)
+        self.teacher = prepare_model(self.teacher, device)
+        self.students = {k: prepare_model(m, device) for k, m in self.students.items()}
+        layers = dict(zip(self.students, c.layers_students)) if c.layers_students else None
+        self.comparator = AttentionComparator(self.teacher, self.students, c.target, c.layer_teacher or None,
+                                              layers, c.fraction)
+        self.total_steps = -(-len(self.images) // c.batch_size)
+        self.parts: list[AttentionComparison] = []
+
+    def step(self, index: int) -> dict:
+        b = self.config.batch_size
+        labels = None if self.labels is None else self.labels[index * b:(index + 1) * b]
+        part = self.comparator.compare(self.images[index * b:(index + 1) * b], labels)
+        self.parts.append(part)
+        return {f"{s}_{k}": v for s, d in part.summary().items() for k, v in d.items() if k.endswith("mean")}
+
+    def finish(self, status: str) -> dict:
+        if status == "failed" or not getattr(self, "parts", None):
+            return {}
+        self.comparison = AttentionComparison.concat(self.parts, keep_maps=GRADCAM_MAPS_KEPT)
+        summary = {"target": self.config.target, "inputs": self.config.inputs,
+                   "samples": len(self.comparison.targets["teacher"]), "partial": status != "done",
+                   "layers": self.comparison.layers, "students": self.comparison.summary()}
+        if self.run_record is not None:
+            self._save(summary)
+        return summary
+
+    def _save(self, summary: dict) -> None:
+        from dfkd_core.plots.representations import save_overlay_png
+
+        c, r = self.comparison, self.run_record
+        per_image = {s: {"correlation": c.correlation[s].tolist(), "iou": c.iou[s].tolist()} for s in c.students}
+        r.save_json("gradcam.json", {**summary, "fraction": c.fraction, "per_image": per_image,
+                                     "targets": {k: v.tolist() for k, v in c.targets.items()},
+                                     "predictions": {k: v.tolist() for k, v in c.predictions.items()}})
+        kept = self.images[:len(c.maps["teacher"])]
+        torch.save({"images": kept, "maps": c.maps, "labels": c.labels[:len(kept)]
+                    if c.labels is not None else None, "dataset": self.dataset.to_dict() if self.dataset else None},
+                   r.path("gradcam_maps.pt"))
+        if self.dataset is not None:
+            save_overlay_png(self.dataset.denormalize(kept[:8]), {k: v[:8] for k, v in c.maps.items()},
+                             r.path("gradcam_overlays.png"))
+
+
+__all__ = ["CKAAnalysis", "CKAConfig", "GRADCAM_MAPS_KEPT", "GradCAMAnalysis", "GradCAMConfig", "load_inputs"]
