@@ -1,0 +1,147 @@
+"""Grad-CAM (METHODS §6) on a hand-built model whose answer is known, overlap scores by hand, clean model state,
+and `dfkd gradcam`."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dfkd_core.analysis.gradcam import (AttentionComparator, attention_correlation, compare_attention, grad_cam,
+                                        top_region_iou)
+from dfkd_core.models import create_model
+
+
+class LeftHalfMask(nn.Module):
+    """Zeroes the right half of a feature map: the model can only use the left half of the image."""
+
+    def forward(self, x):
+        mask = torch.ones_like(x)
+        mask[..., x.shape[-1] // 2:] = 0
+        return x * mask
+
+
+class LeftHalfNet(nn.Module):
+    """logit_k = Σ_c w_kc Σ_hw A_c with A = mask(conv1x1(x)): ∂logit_k/∂A_c = w_kc everywhere, so the Grad-CAM
+    weights are α_c = w_kc and the map is ReLU(Σ_c w_kc A_c), exactly zero on the right half."""
+
+    def __init__(self, pool: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1, bias=False)
+        self.mask = LeftHalfMask()
+        self.pool = nn.AvgPool2d(2) if pool else nn.Identity()
+        self.head = nn.Linear(2, 3, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.head.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+
+    def forward(self, x):
+        return self.head(self.pool(self.mask(self.conv(x))).sum(dim=(2, 3)))
+
+
+def test_grad_cam_of_hand_built_model_equals_formula_and_ignores_right_half():
+    x = torch.tensor([[[[1.0, -2.0, 3.0, 4.0],
+                        [0.5, 1.0, -1.0, 2.0]]]])
+    model = LeftHalfNet()
+    # class 0: w = (2, 0) -> map = ReLU(2 · x) on the left half, 0 on the right.
+    expected0 = torch.tensor([[[2.0, 0.0, 0.0, 0.0], [1.0, 2.0, 0.0, 0.0]]])
+    assert torch.allclose(grad_cam(model, x, 0, "mask"), expected0)
+    # class 1: w = (0, 1) -> map = ReLU(-x): 2 where x = -2, 0 elsewhere on the left.
+    expected1 = torch.tensor([[[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    assert torch.allclose(grad_cam(model, x, torch.tensor([1]), "mask"), expected1)
+    # class 2: w = (1, 1) -> A_0 + A_1 = x - x = 0 everywhere.
+    assert torch.equal(grad_cam(model, x, 2, "mask"), torch.zeros(1, 2, 4))
+
+
+def test_grad_cam_is_upsampled_to_the_input_size():
+    model = LeftHalfNet(pool=True)
+    x = torch.rand(3, 1, 8, 8) + 0.1
+    maps = grad_cam(model, x, 0, "pool", interpolate_mode="nearest")
+    assert maps.shape == (3, 8, 8)
+    assert (maps[:, :, 4:] == 0).all() and (maps[:, :, :4] > 0).all()
+    low = 2 * nn.AvgPool2d(2)(x)[:, 0] * (torch.arange(4) < 2)  # ReLU(2 · pooled x), right half masked
+    assert torch.allclose(maps, low.repeat_interleave(2, 1).repeat_interleave(2, 2), atol=1e-6)
+    assert grad_cam(model, x, 0, "pool").shape == (3, 8, 8)  # bilinear by default
+
+
+def test_overlap_scores_by_hand():
+    a = torch.tensor([[[5.0, 4.0, 3.0, 2.0, 1.0]]])
+    assert float(attention_correlation(a, 2 * a + 1)) == pytest.approx(1.0)
+    assert float(attention_correlation(a, -a)) == pytest.approx(-1.0)
+    assert math.isnan(float(attention_correlation(a, torch.ones_like(a))))
+    # fraction 0.4 of 5 pixels -> top 2: a -> {0, 1}; reversed -> {3, 4}; c -> {0, 2}.
+    assert float(top_region_iou(a, a.flip(-1), 0.4)) == 0.0
+    c = torch.tensor([[[5.0, 1.0, 4.0, 2.0, 3.0]]])
+    assert float(top_region_iou(a, c, 0.4)) == pytest.approx(1 / 3)
+    zero = torch.zeros_like(a)
+    assert math.isnan(float(top_region_iou(zero, zero, 0.4)))   # nothing attended by either model
+    assert float(top_region_iou(a, zero, 0.4)) == 0.0
+    ties = torch.tensor([[[1.0, 1.0, 1.0, 0.0, 0.0]]])            # ties at the cut are all in the region
+    assert float(top_region_iou(ties, a, 0.4)) == pytest.approx(2 / 3)
+
+
+def test_identical_teacher_and_student_overlap_perfectly_and_state_is_left_clean():
+    teacher = LeftHalfNet()
+    student = copy.deepcopy(teacher).train()
+    images = torch.rand(12, 1, 6, 6)
+    result = compare_attention(teacher, {"copy": student}, images, target="predicted", layer_teacher="mask",
+                               layers_students={"copy": "mask"}, batch_size=5)
+    assert result.summary()["copy"]["correlation_mean"] == pytest.approx(1.0)
+    assert result.summary()["copy"]["iou_mean"] == 1.0
+    assert result.summary()["copy"]["correlation_undefined"] == 0 and result.maps["copy"].shape == (12, 6, 6)
+    for model, training in ((teacher, True), (student, True)):
+        assert model.training == training
+        assert all(p.grad is None for p in model.parameters())
+        assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+    assert torch.is_grad_enabled()
+
+
+def test_batchnorm_student_in_train_mode_keeps_its_running_statistics():
+    student = create_model("bncnn3_w8", 10, 1, 8).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher = create_model("bncnn3_w16", 10, 1, 8).eval()
+    result = compare_attention(teacher, [student, student], torch.randn(6, 1, 8, 8), torch.arange(6))
+    assert list(result.maps) == ["teacher", "student", "student_2"]
+    assert result.layers == {"teacher": "features.10", "student": "features.10", "student_2": "features.10"}
+    assert student.training and not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_target_rules_and_errors():
+    teacher, student = create_model("bncnn3_w16", 10, 1, 8), create_model("bncnn3_w8", 10, 1, 8)
+    images, labels = torch.randn(8, 1, 8, 8), torch.arange(8) % 10
+    own = compare_attention(teacher, student, images, target="predicted")
+    assert torch.equal(own.targets["student"], own.predictions["student"])
+    followed = compare_attention(teacher, student, images, target="teacher")
+    assert torch.equal(followed.targets["student"], followed.predictions["teacher"])
+    true = compare_attention(teacher, student, images, labels, target="true")
+    assert torch.equal(true.targets["teacher"], labels) and torch.equal(true.targets["student"], labels)
+    with pytest.raises(ValueError, match="needs the images' labels"):
+        compare_attention(teacher, student, images, target="true")
+    with pytest.raises(ValueError, match="target must be one of"):
+        AttentionComparator(teacher, student, target="argmax")
+    with pytest.raises(ValueError, match="no layer 'features.99'.*features.10"):
+        AttentionComparator(teacher, student, layer_teacher="features.99")
+    with pytest.raises(ValueError, match="spatial"):
+        grad_cam(teacher, images, 0, "classifier")
+
+
+def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_checkpoint, tmp_path, capsys):
+    from dfkd_core.cli import main
+    from dfkd_core.runs import RunStore
+
+    home = str(tmp_path / "home")
+    assert main(["--home", home, "--quiet", "gradcam", "--teacher", digits_teacher.path, "--student",
+                 str(digits_student_checkpoint), "--students", digits_teacher.path, "--samples", "40",
+                 "--batch-size", "16", "--target", "teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "student2:bncnn3_w32" in out and "40 images" in out
+    run = RunStore(home).list(kind="analysis")[0]
+    assert run.status == "done" and run.method == "gradcam"
+    saved = json.loads((run.dir / "gradcam.json").read_text())
+    assert saved["students"]["student2:bncnn3_w32"]["iou_mean"] == 1.0   # the teacher compared with itself
+    assert len(saved["per_image"]["student1:bncnn3_w16"]["correlation"]) == 40
+    maps = torch.load(run.dir / "gradcam_maps.pt", weights_only=True)
+    assert maps["maps"]["teacher"].shape == (16, 8, 8) and maps["images"].shape == (16, 1, 8, 8)
+    assert (run.dir / "gradcam_overlays.png").stat().st_size > 0
