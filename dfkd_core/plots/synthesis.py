@@ -1,101 +1,22 @@
-"""Figures for model inversion (METHODS §1): the labelled image grid, per-term loss curves with the steps where a
-live change took effect, BN statistics of the synthesized batch against the teacher's running statistics, and a
-side-by-side comparison of runs. Inputs are plain data so a notebook can call these on `job.history` or on a
-run's `metrics.jsonl`.
+"""Figures for model inversion (METHODS §1): per-term loss curves with the steps where a live change took effect,
+BN statistics of the synthesized batch against the teacher's running statistics, and a comparison of runs (image
+grids: `grids.py`). Inputs are plain data so a notebook can call these on `job.history` or on a run's
+`metrics.jsonl`.
 """
 from __future__ import annotations
 
-import base64
-import io
 import math
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
 import plotly.graph_objects as go
 import torch
-from PIL import Image
 from plotly.subplots import make_subplots
 
-RIGHT, WRONG = "#1a7f37", "#cf222e"
 # Legend names in METHODS §1 notation (unweighted terms; "total" is the weighted sum that is optimized).
 TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l2": "||x̂||₂",
               "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
 GREEK = {"alpha_ce": "α_ce", "alpha_tv": "α_tv", "alpha_l2": "α_l2", "alpha_f": "α_f", "alpha_c": "α_c",
          "first_bn_multiplier": "w₁", "lr": "lr", "jitter": "jitter", "flip": "flip"}
-
-
-def parse_snapshot_label(label: str) -> tuple[str, str, float] | None:
-    """'Ankle boot → Sneaker 0.55' (a ModelInversion snapshot label) -> (target, prediction, confidence)."""
-    try:
-        target, rest = label.split(" → ", 1)
-        prediction, confidence = rest.rsplit(" ", 1)
-        return target, prediction, float(confidence)
-    except ValueError:
-        return None
-
-
-def _png_data_uri(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)  # speed over size: refreshed live
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _short(name: str, n: int = 9) -> str:
-    return name if len(name) <= n else name[:n - 1] + "…"
-
-
-def image_grid_figure(images01: torch.Tensor, labels: Sequence[str] | None = None, ncols: int = 10,
-                      max_rows: int = 5, column_titles: Sequence[str] | None = None, min_cell: int = 56,
-                      title: str | None = None) -> go.Figure:
-    """A grid of (B, C, H, W) images in [0, 1], each cell captioned with the teacher's prediction and confidence
-    (green when it is the target class, red otherwise; hover shows 'target → prediction confidence').
-
-    `labels` are snapshot labels ('target → prediction confidence') or any short text. Small images are
-    upscaled (nearest) to at least `min_cell` pixels; only the first `ncols * max_rows` images are drawn.
-    """
-    images = images01.detach().float().cpu().clamp(0, 1)[:ncols * max_rows]
-    n, channels, h, w = images.shape
-    ncols = max(1, min(ncols, n))
-    rows = max(1, math.ceil(n / ncols))
-    scale = max(1, math.ceil(min_cell / max(h, w)))
-    ch, cw = h * scale, w * scale
-    pad, band = 4, (16 if labels else 0)
-    header = 18 if column_titles else 0
-    height, width = header + rows * (ch + band + pad) + pad, ncols * (cw + pad) + pad
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    pixels = (images * 255).round().to(torch.uint8)
-    pixels = pixels.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-    pixels = pixels.expand(n, 3, ch, cw) if channels == 1 else pixels[:, :3]
-    pixels = pixels.permute(0, 2, 3, 1).numpy()
-    annotations, hover_x, hover_y, hover_text = [], [], [], []
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        top, left = header + pad + r * (ch + band + pad), pad + c * (cw + pad)
-        canvas[top:top + ch, left:left + cw] = pixels[i]
-        if not labels:
-            continue
-        parsed = parse_snapshot_label(labels[i])
-        text, color = labels[i], "#444"
-        if parsed:
-            target, prediction, confidence = parsed
-            text, color = f"{_short(prediction, 7)} {confidence:.2f}", RIGHT if target == prediction else WRONG
-        annotations.append(dict(x=left + cw / 2, y=top + ch + band / 2, text=text, showarrow=False,
-                                font=dict(size=9, color=color), xref="x", yref="y"))
-        hover_x.append(left + cw / 2)
-        hover_y.append(top + ch / 2)
-        hover_text.append(labels[i])
-    for c, name in enumerate((column_titles or [])[:ncols]):
-        annotations.append(dict(x=pad + c * (cw + pad) + cw / 2, y=header / 2 + 1, text=f"<b>{_short(name)}</b>",
-                                showarrow=False, font=dict(size=11), xref="x", yref="y"))
-    fig = go.Figure(go.Image(source=_png_data_uri(canvas), x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
-    if hover_text:
-        fig.add_trace(go.Scatter(x=hover_x, y=hover_y, mode="markers", marker=dict(opacity=0, size=cw * 0.8),
-                                 hovertext=hover_text, hoverinfo="text", showlegend=False))
-    fig.update_layout(annotations=annotations, height=height + (40 if title else 10), title=title,
-                      margin=dict(l=0, r=0, t=30 if title else 0, b=0), plot_bgcolor="white")
-    fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
-    fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x", constrain="domain")
-    return fig
 
 
 def _thin(history: Sequence[Mapping], max_points: int) -> list[Mapping]:
@@ -169,29 +90,28 @@ def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figu
     'batch_var', 'running_mean', 'running_var' (as `ModelInversion.latest_bn_statistics`).
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    xs: list = []
+    series: dict[str, list] = {k: [] for k in ("batch_mean", "batch_var", "running_mean", "running_var")}
     offset = 0
-    for index, s in enumerate(stats):
-        values = {k: torch.as_tensor(s[k]).float().flatten() for k in
-                  ("batch_mean", "batch_var", "running_mean", "running_var")}
+    for s in stats:
+        values = {k: torch.as_tensor(s[k]).float().flatten() for k in series}
         channels = len(values["batch_mean"])
-        xs = list(range(offset, offset + channels))
         distance = float(torch.linalg.vector_norm(values["batch_mean"] - values["running_mean"])
                          + torch.linalg.vector_norm(values["batch_var"] - values["running_var"]))
-        first = index == 0
-        for row, (batch, running) in enumerate((("batch_mean", "running_mean"), ("batch_var", "running_var")), 1):
-            fig.add_trace(go.Scatter(x=xs, y=values[running].tolist(), mode="lines", line=dict(color="#888"),
-                                     name="teacher running statistics", legendgroup="run", showlegend=first and
-                                     row == 1, hovertemplate=f"{s['layer']} ch %{{x}}: %{{y:.3f}}<extra>running"
-                                     f"</extra>"), row=row, col=1)
-            fig.add_trace(go.Scatter(x=xs, y=values[batch].tolist(), mode="markers", marker=dict(size=4,
-                                     color="#1f77b4"), name="synthesized batch", legendgroup="batch",
-                                     showlegend=first and row == 1, hovertemplate=f"{s['layer']} ch %{{x}}: "
-                                     f"%{{y:.3f}}<extra>batch</extra>"), row=row, col=1)
+        xs += list(range(offset, offset + channels)) + [None]  # None: a gap between layers
+        for k in series:
+            series[k] += values[k].tolist() + [None]
         fig.add_annotation(x=offset + channels / 2, y=1.07, xref="x", yref="paper", showarrow=False,
                            text=f"{s['layer']}<br>d={distance:.2f}", font=dict(size=10))
         if offset:
             fig.add_vline(x=offset - 0.5, line=dict(color="#ccc", width=1))
         offset += channels
+    for row, (batch, running) in enumerate((("batch_mean", "running_mean"), ("batch_var", "running_var")), 1):
+        fig.add_trace(go.Scatter(x=xs, y=series[running], mode="lines", line=dict(color="#888"),
+                                 name="teacher running statistics", legendgroup="run", showlegend=row == 1),
+                      row=row, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=series[batch], mode="markers", marker=dict(size=4, color="#1f77b4"),
+                                 name="synthesized batch", legendgroup="batch", showlegend=row == 1), row=row, col=1)
     fig.update_xaxes(title_text="channel (BN layers left to right)", row=2, col=1)
     fig.update_yaxes(title_text="mean μ", row=1, col=1)
     fig.update_yaxes(title_text="variance σ²", row=2, col=1)

@@ -1,0 +1,213 @@
+"""View helpers every page shares: the run store and job manager (one per server process), checkpoint pickers over
+the run store, checkpoint upload, the starter teacher of a first launch, and live polling of a background job.
+
+Pages stay thin: widgets, one call into dfkd_core, plots. Nothing here runs an algorithm.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import streamlit as st
+
+from dfkd_core.job_manager import JobManager
+from dfkd_core.jobs import Job
+from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
+from dfkd_core.runs import RunRecord, RunStore, default_home
+
+MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
+POLL_SECONDS = 0.25              # live views refresh 4x per second while their job runs
+SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
+STARTER_KEY = "starter-teacher"  # the digits teacher trained on a first launch
+JOB_PARAM = "job"                # query parameter that lets a reload reattach to its job
+
+
+# ------------------------------------------------------------------ process-wide resources
+
+@st.cache_resource(show_spinner=False)
+def _store_at(home: str) -> RunStore:
+    return RunStore(home)
+
+
+def get_store() -> RunStore:
+    """The run store of $DFKD_HOME (default ~/.dfkd), one per home per server process."""
+    return _store_at(str(default_home()))
+
+
+@st.cache_resource(show_spinner=False)
+def get_job_manager() -> JobManager:
+    """One job registry for the whole server: every tab's jobs, keyed by id (see dfkd_core.job_manager)."""
+    manager = JobManager()
+    manager.configure_torch_threads()
+    return manager
+
+
+# ------------------------------------------------------------------ checkpoints in the run store
+
+def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = None) -> list[RunRecord]:
+    """Finished runs of these kinds that hold a model.pt, newest first."""
+    return [r for r in get_store().list() if r.kind in kinds and r.status == "done"
+            and (dataset is None or r.dataset == dataset) and (r.dir / "model.pt").is_file()]
+
+
+def describe_run(record: RunRecord) -> str:
+    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
+    shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
+    return f"{record.name or record.method or record.kind}{shown} · {record.id}"
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _load(path: str, mtime: float) -> Checkpoint:
+    return load_checkpoint(path)
+
+
+def open_checkpoint(run_id: str) -> Checkpoint:
+    """The checkpoint of a run (cached). Shared between tabs: give a job `copy.deepcopy(ckpt.model)`, never the
+    cached model itself (BN hooks and requires_grad flags are per model object)."""
+    path = get_store().resolve_checkpoint(run_id)
+    return _load(str(path), path.stat().st_mtime)
+
+
+def fresh_model(run_id: str):
+    """A private copy of a run's model, safe to hand to a job."""
+    return copy.deepcopy(open_checkpoint(run_id).model)
+
+
+def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), dataset: str | None = None,
+                      key: str, default: str | None = None, exclude: Sequence[str] = (),
+                      extra_options: Sequence[str] = (), disabled: bool = False, help: str | None = None
+                      ) -> str | None:
+    """A selectbox over stored checkpoints (teacher and/or student runs); returns the chosen run id.
+
+    `extra_options` are shown first and returned as they are (e.g. 'untrained bncnn3_w16'). None when there is
+    nothing to pick.
+    """
+    records = [r for r in checkpoint_runs(kinds, dataset) if r.id not in exclude]
+    labels = {r.id: describe_run(r) for r in records}
+    options = list(extra_options) + list(labels)
+    if not options:
+        return None
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]  # the chosen run was deleted in another tab
+    if default in options and key not in st.session_state:
+        st.session_state[key] = default
+    return st.selectbox(label, options, key=key, format_func=lambda o: labels.get(o, o), disabled=disabled,
+                        help=help)
+
+
+def import_checkpoint(data: bytes, filename: str) -> RunRecord:
+    """Validate an uploaded file as a dfkd checkpoint and store it as a teacher run.
+
+    Raises `CheckpointError` (with load_checkpoint's explanation) for anything else, including oversize files.
+    """
+    if len(data) > MAX_CHECKPOINT_MB * 2**20:
+        raise CheckpointError(f"{filename} is {len(data) / 2**20:.0f} MB; checkpoints up to {MAX_CHECKPOINT_MB} MB "
+                              "are accepted here (use the CLI for larger models)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.pt"
+        path.write_bytes(data)
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(str(e).replace(str(path), filename)) from None
+        store = get_store()
+        run = store.create("teacher", {"uploaded": filename, "model_cfg": checkpoint.model_cfg},
+                           method=checkpoint.name, dataset=checkpoint.dataset.name,
+                           name=f"{checkpoint.name} on {checkpoint.dataset.name} (uploaded {filename})")
+        run.path("model.pt").write_bytes(data)
+    run.set_status("done", summary={**checkpoint.metrics, "model": checkpoint.name,
+                                    "dataset": checkpoint.dataset.name, "uploaded": filename})
+    return run.record()
+
+
+# ------------------------------------------------------------------ first launch
+
+def ensure_starter_teacher() -> Job | None:
+    """On an empty run store, train the digits teacher in the background (~5 s) so a first-time user can press
+    Start on the Synthesize page without preparing anything. Returns the training job while it matters."""
+    manager = get_job_manager()
+    job = manager.find(STARTER_KEY)
+    if checkpoint_runs(("teacher",)):
+        return job if job is not None and job.running else None
+    if job is not None and job.status == "failed":
+        return job  # shown with its error; the user retries from the Teacher page, no retry loop here
+
+    def make() -> Job:
+        from dfkd_core.training import TeacherConfig, TeacherTraining
+        config = TeacherConfig(dataset="digits", epochs=20).resolved()
+        run = get_store().create("teacher", config.to_dict(), method=config.model, dataset="digits",
+                                 name=f"{config.model} on digits (starter)")
+        return TeacherTraining(config, run)
+
+    return manager.ensure(STARTER_KEY, make, label="starter digits teacher")
+
+
+def show_starter_progress(job: Job | None) -> None:
+    """A progress bar for the starter teacher, refreshed until it is done (then the page reruns once)."""
+    if job is None:
+        return
+
+    def render(j: Job) -> None:
+        if j.status == "failed":
+            st.error(f"Training the starter digits teacher failed: {j.error}")
+        elif j.running:
+            accuracy = j.history[-1].get("test_accuracy") if j.history else None
+            note = f", test accuracy so far {accuracy:.1%}" if accuracy is not None else ""
+            st.progress(j.step_index / max(j.total_steps, 1),
+                        text=f"First launch: training a digits teacher ({j.step_index}/{j.total_steps} steps"
+                             f"{note}); it will be selected here when done.")
+    live(job, render)
+
+
+# ------------------------------------------------------------------ live polling
+
+def attached_job(kind: str) -> Job | None:
+    """This tab's job of `kind` ('synthesis', 'teacher', ...): the one named in the URL (`?job=<id>`, so a reload
+    reattaches), else the one this session last started on that page (the URL loses it on page switches)."""
+    job_id = st.query_params.get(JOB_PARAM)
+    job = get_job_manager().get(job_id)
+    if job_id and job is None:
+        del st.query_params[JOB_PARAM]
+        st.info(f"Job {job_id} is no longer in this server's memory (restarted?). Its results, if any, are on the "
+                "Runs page.")
+    if job is None or job.kind != kind:
+        job = get_job_manager().get(st.session_state.get(f"{JOB_PARAM}_{kind}"))
+        if job is not None:
+            st.query_params[JOB_PARAM] = job.id
+    return job
+
+
+def attach(job: Job) -> None:
+    """Make `job` this tab's job of its kind (URL and session)."""
+    st.query_params[JOB_PARAM] = job.id
+    st.session_state[f"{JOB_PARAM}_{job.kind}"] = job.id
+
+
+def keep_widget_state(*keys: str) -> None:
+    """Streamlit forgets a widget's value when its page is not shown; call at the top of a page to keep the
+    values of these widget keys across page switches."""
+    shadow = st.session_state.setdefault("_kept_widgets", {})
+    for key in keys:
+        if key in st.session_state:
+            shadow[key] = st.session_state[key]
+        elif key in shadow:
+            st.session_state[key] = shadow[key]
+
+
+def live(job: Job | None, render: Callable[[Job], None], every: float = POLL_SECONDS) -> None:
+    """Call `render(job)` now and, while the job runs, again every `every` seconds in a fragment (only this part
+    of the page reruns). When the job ends the whole page reruns once, so widgets disabled during the run
+    come back. `render` must only read the job: the job's thread owns it."""
+    if job is None:
+        return
+    polling = job.running
+
+    @st.fragment(run_every=every if polling else None)
+    def _view() -> None:
+        render(job)
+        if polling and not job.running:
+            st.rerun()
+
+    _view()

@@ -1,0 +1,211 @@
+"""The Synthesize page's parts: its knobs (one line of METHODS §1 each), presets, starting a ModelInversion job
+from the knobs, and the live view of a running job. `pages/synthesize.py` lays them out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from dfkd_core.distill import default_student
+from dfkd_core.hooks import batchnorm_layers
+from dfkd_core.job_manager import JobLimitError
+from dfkd_core.jobs import Job
+from dfkd_core.models import create_model
+from dfkd_core.plots import bn_statistics_figure, image_grid_png, loss_curves_figure
+from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
+from pages.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
+                          open_checkpoint)
+
+PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
+UNTRAINED = "untrained "  # student option prefix: a fresh model of the teacher's half-width student
+ALPHAS = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str              # SynthesisConfig field ('pace' is the job manager's, not the method's)
+    label: str
+    explanation: str       # one line, LaTeX in $...$ (METHODS §1)
+    options: tuple = ()    # select_slider values; () for a toggle
+    live: bool = False     # may change while the job runs (job.update at the next step)
+    fmt: str = "{:g}"
+
+
+KNOBS = (
+    Knob("alpha_ce", "α_ce · cross-entropy", r"$\alpha_{ce}\,\mathrm{CE}(T(\hat x), y)$: make $T$ classify each "
+         r"image as its target $y$.", ALPHAS, live=True),
+    Knob("alpha_tv", "α_tv · total variation", r"$\alpha_{tv} R_{TV}$, $R_{TV}=\sum_{d\in\{\to,\downarrow,\searrow,"
+         r"\swarrow\}}\lVert \hat x_{+d}-\hat x\rVert_2$: smooth images (DeepDream prior).", ALPHAS, live=True),
+    Knob("alpha_l2", "α_l2 · L2 prior", r"$\alpha_{l2}\lVert\hat x\rVert_2$ (mean per-image norm): small pixel "
+         r"energy (DeepDream prior).", ALPHAS, live=True),
+    Knob("alpha_f", "α_f · BN feature statistics", r"$\alpha_f\sum_l w_l(\lVert\mu_l(\hat x)-\hat\mu_l\rVert_2+"
+         r"\lVert\sigma^2_l(\hat x)-\hat\sigma^2_l\rVert_2)$: match $T$'s BN running stats (DeepInversion).",
+         ALPHAS, live=True),
+    Knob("first_bn_multiplier", "w₁ · first-BN multiplier", r"$w_1$ in $R_{feature}$, other $w_l=1$: extra weight "
+         r"on the BN layer closest to the pixels.", (1.0, 2.0, 5.0, 10.0, 20.0, 50.0), live=True),
+    Knob("alpha_c", "α_c · competition", r"$\alpha_c\,(1-\mathrm{JS}(p_T,p_S))$ at $T=3$: seek images where teacher "
+         r"and student disagree (Adaptive DI, needs a student).", ALPHAS, live=True),
+    Knob("lr", "learning rate η", r"Adam$(\beta=(0.5,0.9))$ on $\hat x$, cosine decay "
+         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{T})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5),
+         live=True),
+    Knob("jitter", "jitter J (pixels)", r"Each step roll $\hat x$ by up to $\pm J$ pixels: robust to shifts.",
+         (0, 1, 2, 3, 4), live=True, fmt="{}"),
+    Knob("flip", "random horizontal flip", r"Each step flip $\hat x$ with $p=0.5$ (off for digits: a mirrored digit "
+         r"is not a digit).", live=True),
+    Knob("pace", "pace (steps per second)", r"At most this many steps per second, to watch and steer; not part of "
+         r"the method ($0$ = as fast as possible).", (0, 5, 10, 20, 30, 60), live=True,
+         fmt="{}"),
+    Knob("batch_size", "batch B", r"$B$ images optimized together; BN statistics are taken over the batch.",
+         (10, 20, 50, 100, 200, 400), fmt="{}"),
+    Knob("iterations", "iterations T", r"$T$ Adam steps on $\hat x \sim \mathcal N(0, 1)$.",
+         (50, 100, 200, 300, 500, 1000, 2000), fmt="{}"),
+    Knob("multi_resolution_iterations", "half-resolution iterations k", r"First $k$ steps at half resolution, then "
+         r"upsample and continue ($0$ = full resolution throughout).", (0, 25, 50, 100, 200), fmt="{}"),
+    Knob("seed", "seed", r"Seeds $\hat x\sim\mathcal N(0,1)$ and the augmentations: same seed, same run.",
+         tuple(range(10)), fmt="{}"),
+)
+KNOB = {k.name: k for k in KNOBS}
+DEFAULT_PACE = 30  # a digits step takes ~10 ms: unpaced, 200 steps are over before anyone can steer them
+
+
+def knob_key(name: str) -> str:
+    return f"knob_{name}"
+
+
+def _snap(knob: Knob, value):
+    """The option closest to `value`, so any config value maps onto the slider."""
+    if not knob.options or value in knob.options:
+        return value
+    return min(knob.options, key=lambda o: abs(float(o) - float(value)))
+
+
+def set_knobs(values: dict) -> None:
+    for name, value in values.items():
+        if name in KNOB:
+            st.session_state[knob_key(name)] = _snap(KNOB[name], value)
+
+
+def apply_preset(method: str, dataset: str) -> None:
+    """Set the weights exactly as PRESETS[method] and the dataset's augmentations (METHODS §1)."""
+    config = SynthesisConfig.preset(method, dataset)
+    set_knobs({k: getattr(config, k) for k in (*PRESETS[method], *DATASET_DEFAULTS.get(dataset, {}))})
+
+
+def init_knobs(method: str, dataset: str) -> None:
+    """First visit: every knob from `SynthesisConfig.preset(method, dataset)`, pace from DEFAULT_PACE."""
+    config = SynthesisConfig.preset(method, dataset)
+    set_knobs({k.name: getattr(config, k.name) for k in KNOBS if k.name != "pace"})
+    st.session_state[knob_key("pace")] = DEFAULT_PACE
+
+
+def knob_widget(name: str, running: bool, disabled: bool = False, on_live_change=None) -> None:
+    knob = KNOB[name]
+    key = knob_key(name)
+    locked = disabled or (running and not knob.live)
+    if knob.options:
+        st.select_slider(knob.label, knob.options, key=key, disabled=locked, on_change=on_live_change,
+                         args=(name,), format_func=lambda v: "∞" if name == "pace" and v == 0 else knob.fmt.format(v))
+    else:
+        st.toggle(knob.label, key=key, disabled=locked, on_change=on_live_change, args=(name,))
+    st.caption(knob.explanation)
+
+
+def config_from_knobs(method: str, targets: list[int]) -> SynthesisConfig:
+    values = {k.name: st.session_state[knob_key(k.name)] for k in KNOBS if k.name != "pace"}
+    config = SynthesisConfig(method=method, targets=targets, snapshot_every=1, **values)
+    config.validate()
+    return config
+
+
+def has_bn(teacher_run: str) -> bool:
+    return bool(batchnorm_layers(open_checkpoint(teacher_run).model))
+
+
+def student_options(teacher_run: str) -> list[str]:
+    """A fresh half-width student first (ADI works from an untrained student, as in its ADI loop)."""
+    try:
+        return [UNTRAINED + default_student(open_checkpoint(teacher_run).name)]
+    except ValueError:
+        return []
+
+
+def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: str | None, pace: float) -> Job:
+    """Create the synthesis run and submit its job; raises ValueError / JobLimitError with a message to show."""
+    manager, store = get_job_manager(), get_store()
+    if len(manager.active()) >= manager.max_running:
+        raise JobLimitError(f"{len(manager.active())} jobs are already running (the limit on this machine); stop "
+                            "one first: " + ", ".join(manager.label(j.id) for j in manager.active()))
+    teacher = open_checkpoint(teacher_run)
+    student, student_name = None, None
+    if config.alpha_c > 0 and student_choice:
+        if student_choice.startswith(UNTRAINED):
+            student_name = student_choice[len(UNTRAINED):]
+            info = teacher.dataset
+            student = create_model(student_name, info.num_classes, info.in_channels, info.image_size)
+        else:
+            student, student_name = fresh_model(student_choice), student_choice
+    job = ModelInversion(fresh_model(teacher_run), teacher.dataset, config, student=student)  # validates first
+    run = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path, "student": student_name},
+                       teacher=teacher_run, method=config.method, dataset=teacher.dataset.name,
+                       name=f"{PRESET_NAMES[config.method]} from {teacher.name} (app)")
+    job.run_record = run
+    try:
+        return manager.submit(job, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}",
+                              steps_per_second=pace or None, snapshot_interval_s=SNAPSHOT_SECONDS)
+    except JobLimitError as e:  # another tab took the last slot in between
+        run.set_status("failed", error=str(e))
+        raise
+
+
+def grid_png(job: ModelInversion) -> bytes:
+    """The latest snapshot as a labelled PNG; columns are the target classes when there are at most 10."""
+    snap = job.latest_snapshot
+    names = job.dataset.class_names or [str(i) for i in range(job.dataset.num_classes)]
+    classes = job.config.targets or list(range(job.dataset.num_classes))
+    ncols = min(len(classes), 10)
+    return image_grid_png(snap.images, snap.labels, ncols=ncols, max_rows=max(1, 50 // ncols),
+                          column_titles=[names[c] for c in classes] if len(classes) <= 10 else None)
+
+
+def render_progress_and_grid(job: ModelInversion) -> None:
+    history = list(job.history)
+    last = history[-1] if history else {}
+    rate = len(history) / last["elapsed_s"] if last.get("elapsed_s") else 0.0
+    st.progress(len(history) / max(job.total_steps, 1),
+                text=f"**{job.status}** · step {len(history)}/{job.total_steps} · {rate:.1f} steps/s")
+    if job.status == "failed":
+        st.error(job.error)
+    cols = st.columns(4)
+    cols[0].metric("teacher accuracy on batch", f"{last['teacher_accuracy']:.0%}" if last else "–")
+    cols[1].metric("mean confidence", f"{last['mean_confidence']:.2f}" if last else "–")
+    cols[2].metric("total loss", f"{last['loss_total']:.3g}" if last else "–")
+    cols[3].metric("BN distance Σ_l", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–")
+    st.markdown("**Synthesized batch**: column = target class; under each image the teacher's prediction and "
+                "confidence (green = the target)")
+    if job.latest_snapshot is not None:
+        st.image(grid_png(job), caption=f"step {job.latest_snapshot.step + 1}")
+    else:
+        st.info("Preparing the first step…")
+
+
+def render_curves(job: ModelInversion) -> None:
+    st.markdown("**Loss terms** (unweighted) and teacher accuracy on the batch; dashed lines: live changes")
+    st.plotly_chart(loss_curves_figure(list(job.history), list(job.updates)), key="live_curves")
+
+
+def render_bn(job: ModelInversion) -> None:
+    if job.latest_bn_statistics:
+        st.markdown("**BN statistics** of the synthesized batch (dots) vs the teacher's running statistics "
+                    "(line); d = the layer's R_feature term")
+        st.plotly_chart(bn_statistics_figure(job.latest_bn_statistics), key="live_bn")
+
+
+def render_live(job: ModelInversion | None) -> None:
+    """The live view of a synthesis job: grid and metrics 4x/s, curves 2x/s, BN chart 1x/s (each a fragment,
+    so a refresh redraws only its part). Read-only: the job's thread owns the job."""
+    left, right = st.columns([1, 1])
+    with left:
+        live(job, render_progress_and_grid, POLL_SECONDS)
+    with right:
+        live(job, render_curves, 2 * POLL_SECONDS)
+    live(job, render_bn, 4 * POLL_SECONDS)

@@ -1,0 +1,109 @@
+"""Synthesize: invert a teacher into images (METHODS §1) and steer the loss weights while they form."""
+import streamlit as st
+
+from dfkd_core.job_manager import JobLimitError
+from pages.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
+                          keep_widget_state, open_checkpoint, show_starter_progress)
+from pages.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
+                                  init_knobs, knob_key, knob_widget, render_live, set_knobs, start_inversion,
+                                  student_options)
+
+st.title("Synthesize")
+st.caption("Images from a trained classifier alone: optimize a batch $\\hat x$ so that "
+           "$L=\\alpha_{ce}\\mathrm{CE}(T(\\hat x),y)+\\alpha_{tv}R_{TV}+\\alpha_{l2}\\lVert\\hat x\\rVert_2+"
+           "\\alpha_f R_{feature}+\\alpha_c R_{compete}$ is small. Move the sliders while it runs.")
+keep_widget_state("synth_teacher", "preset", "synth_student", "synth_targets", *(knob_key(k.name) for k in KNOBS))
+if "teacher" in st.query_params:  # deep link from the Teacher page: ?teacher=<run id>
+    st.session_state["synth_teacher"] = st.query_params.pop("teacher")
+manager = get_job_manager()
+job = attached_job("synthesis")
+running = job is not None and job.running
+show_starter_progress(ensure_starter_teacher())
+
+# A reload (or a link) re-attaches to its job: the knobs show that job's settings, not this tab's old ones.
+if job is not None and st.session_state.get("synced_job") != job.id:
+    set_knobs(job.config.to_dict())
+    st.session_state[knob_key("pace")] = manager.pace(job.id) or 0
+    st.session_state["preset"] = job.config.method
+    if job.run_record is not None:
+        st.session_state["synth_teacher"] = job.run_record.record().teacher
+        st.session_state["knobs_for"] = (st.session_state["synth_teacher"], job.dataset.name)
+    st.session_state["synced_job"] = job.id
+
+
+def on_live_change(name: str) -> None:
+    """Send a moved knob to the running job; it takes effect at the next step (and is marked on the curves)."""
+    if job is None or not job.running:
+        return
+    value = st.session_state[knob_key(name)]
+    if name == "pace":
+        manager.set_pace(job.id, value or None)
+    else:
+        job.update(**{name: value})
+
+
+with st.sidebar:
+    teacher_run = checkpoint_picker("Teacher", key="synth_teacher", disabled=running, help="A teacher run from the run store (Teacher page to add)")
+    if teacher_run is None:
+        st.info("No teacher yet: the starter digits teacher is training (see above), or add one on the Teacher page.")
+        st.stop()
+    dataset = open_checkpoint(teacher_run).dataset
+    bn = has_bn(teacher_run)
+    methods = list(PRESET_NAMES) if bn else ["deepdream"]
+    if st.session_state.get("preset") not in methods:
+        st.session_state["preset"] = "deepinversion" if bn else "deepdream"
+    if st.session_state.get("knobs_for") != (teacher_run, dataset.name):
+        if "knobs_for" not in st.session_state:
+            init_knobs(st.session_state["preset"], dataset.name)
+        else:
+            apply_preset(st.session_state["preset"], dataset.name)
+        st.session_state["knobs_for"] = (teacher_run, dataset.name)
+    method = st.radio("Preset (sets the weights as in METHODS §1)", methods, key="preset", horizontal=True,
+                      format_func=PRESET_NAMES.get, disabled=running,
+                      on_change=lambda: apply_preset(st.session_state["preset"], dataset.name))
+    if not bn:
+        st.warning("This teacher has no BatchNorm layers: DeepInversion's $R_{feature}$ has no statistics to "
+                   "match, so only DeepDream (image priors) is available.")
+    student = None
+    if method == "adi":
+        student = checkpoint_picker("Student to compete against", kinds=("distill", "teacher"),
+                                    dataset=dataset.name, key="synth_student", exclude=(teacher_run,),
+                                    extra_options=student_options(teacher_run), disabled=running,
+                                    help=f"'{UNTRAINED}…' = a freshly initialized half-width student")
+    st.subheader("Loss weights · live")
+    for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c"):
+        knob_widget(name, running, disabled=(name in ("alpha_f", "first_bn_multiplier") and not bn)
+                    or (name == "alpha_c" and (job.student is None if running else method != "adi")),
+                    on_live_change=on_live_change)
+    st.subheader("Optimizer and augmentation · live")
+    for name in ("lr", "jitter", "flip", "pace"):
+        knob_widget(name, running, on_live_change=on_live_change)
+    st.subheader("Batch · fixed per run")
+    names = dataset.class_names or [str(i) for i in range(dataset.num_classes)]
+    targets = st.multiselect("target classes y", range(dataset.num_classes), format_func=lambda i: names[i],
+                             key="synth_targets", disabled=running, placeholder="all classes, cycled")
+    st.caption(r"Classes $y$ to synthesize, cycled over the batch (empty = all).")
+    for name in ("batch_size", "iterations", "multi_resolution_iterations", "seed"):
+        knob_widget(name, running)
+
+
+def start() -> None:
+    try:
+        config = config_from_knobs(method, sorted(targets))
+        new = start_inversion(teacher_run, config, student, st.session_state[knob_key("pace")])
+    except (ValueError, JobLimitError) as e:
+        st.session_state["start_error"] = str(e)
+        return
+    st.session_state["synced_job"] = new.id
+    attach(new)
+
+
+buttons = st.columns([1, 1, 4])
+buttons[0].button("Start", type="primary", on_click=start, disabled=running, width="stretch")
+buttons[1].button("Stop", on_click=lambda: manager.cancel(job.id), disabled=not running, width="stretch")
+if st.session_state.get("start_error"):
+    st.error(st.session_state.pop("start_error"))
+if job is None:
+    st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
+            "watch the batch turn from noise into images the teacher recognizes.")
+render_live(job)

@@ -1,0 +1,134 @@
+"""Teacher: pick a dataset and a stored teacher, train one, or upload a checkpoint; see what the teacher is."""
+import streamlit as st
+import torch
+
+from dfkd_core.data import DatasetMissingError, load_split
+from dfkd_core.hooks import batchnorm_layers
+from dfkd_core.job_manager import JobLimitError
+from dfkd_core.models import CheckpointError, describe_model, list_models
+from dfkd_core.plots import image_grid_figure, loss_curves_figure
+from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
+from pages.common import (MAX_CHECKPOINT_MB, attach, attached_job, checkpoint_picker, get_job_manager, get_store,
+                          import_checkpoint, keep_widget_state, live, open_checkpoint)
+
+DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
+            "cifar10": "CIFAR-10 32×32 (folder)", "imagefolder": "ImageFolder (folder of class folders)"}
+
+
+@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
+def test_split(dataset: str, root: str | None):
+    return load_split(dataset, "test", root)
+
+
+@st.cache_data(show_spinner="Evaluating on the real test set…", max_entries=32)
+def test_report(run_id: str, dataset: str, root: str | None) -> dict:
+    """Accuracy on the real test split and a labelled sample of two images per class."""
+    model, split = open_checkpoint(run_id).model, test_split(dataset, root)
+    accuracy = evaluate(model, split)["accuracy"]
+    per_class = [torch.nonzero(split.labels == k).flatten()[:2] for k in range(split.info.num_classes)]
+    index = torch.stack(per_class, 1).flatten() if all(len(p) == 2 for p in per_class) else torch.arange(20)
+    with torch.no_grad():
+        probs = model(split.normalized(index)).softmax(1)
+    names = split.info.class_names or [str(k) for k in range(split.info.num_classes)]
+    labels = [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in
+              zip(split.labels[index].tolist(), probs.argmax(1).tolist(), probs.max(1).values.tolist())]
+    return {"accuracy": accuracy, "images": split.images[index].float() / 255, "labels": labels, "names": names}
+
+
+def render_training(job: TeacherTraining) -> None:
+    accuracy = next((h["test_accuracy"] for h in reversed(job.history) if "test_accuracy" in h), None)
+    st.progress(job.step_index / max(job.total_steps, 1), text=f"**{job.status}** · step {len(job.history)}/"
+                f"{job.total_steps}" + (f" · test accuracy {accuracy:.1%}" if accuracy is not None else ""))
+    if job.status == "failed":
+        st.error(job.error)
+    st.plotly_chart(loss_curves_figure(job.history, keys=("loss",), accuracy_keys=("batch_accuracy",
+                                       "test_accuracy"), height=300), key="train_curves")
+
+
+st.title("Teacher")
+keep_widget_state("teacher_dataset", "teacher_root", "teacher_pick")
+dataset = st.selectbox("Dataset", list(DATASETS), format_func=DATASETS.get, key="teacher_dataset")
+root = st.text_input("Data folder", key="teacher_root", placeholder="Debian's dataset-fashion-mnist location"
+                     if dataset == "fashion-mnist" else "required") if dataset != "digits" else None
+root = root or None
+manager, training = get_job_manager(), attached_job("teacher")
+if training is not None and training.status == "done" and st.session_state.get("picked_after") != training.id:
+    st.session_state["teacher_pick"], st.session_state["picked_after"] = training.run_record.id, training.id
+
+train_tab, upload_tab = st.tabs(["Train a new teacher", "Upload a checkpoint"])
+with train_tab:
+    cols = st.columns(3)
+    models = list_models()
+    model = cols[0].selectbox("Architecture", models, index=models.index(DEFAULT_TEACHER[dataset]),
+                              format_func=lambda m: f"{m} · {describe_model(m)}")
+    epochs = cols[1].number_input("Epochs", 1, 200, DEFAULT_EPOCHS[dataset])
+    augment = cols[2].selectbox("Augmentation", ["none", "crop", "crop_flip"])
+
+    def train() -> None:
+        config = TeacherConfig(dataset=dataset, model=model, epochs=int(epochs), augment=augment,
+                               data_root=root).resolved()
+        try:
+            test_split(dataset, root)  # a missing dataset is the user's fix, not a failed run
+            new = TeacherTraining(config, get_store().create("teacher", config.to_dict(), method=model,
+                                                             dataset=dataset, name=f"{model} on {dataset}"))
+            attach(manager.submit(new, label=f"teacher {model} on {dataset}"))
+        except (DatasetMissingError, ValueError, JobLimitError) as e:
+            st.session_state["train_error"] = str(e)
+
+    running = training is not None and training.running
+    buttons = st.columns([1, 1, 4])
+    buttons[0].button("Train", type="primary", on_click=train, disabled=running, width="stretch")
+    buttons[1].button("Stop", on_click=lambda: manager.cancel(training.id), disabled=not running, width="stretch")
+    if st.session_state.get("train_error"):
+        st.error(st.session_state.pop("train_error"))
+    live(training, render_training)
+with upload_tab:
+    upload = st.file_uploader(f"A dfkd checkpoint (.pt, up to {MAX_CHECKPOINT_MB} MB), saved by `dfkd "
+                              "train-teacher` or `dfkd_core.models.save_checkpoint`", type=["pt", "pth"])
+    if upload is not None and st.session_state.get("uploaded_id") != upload.file_id:
+        st.session_state["uploaded_id"] = upload.file_id
+        try:
+            record = import_checkpoint(upload.getvalue(), upload.name)
+            st.session_state["teacher_pick"] = record.id
+            st.success(f"Added {record.name} to the run store as {record.id}.")
+            if record.dataset != dataset:
+                st.info(f"It is a **{record.dataset}** teacher: choose that dataset above to see it.")
+        except CheckpointError as e:
+            st.error(f"Not usable as a teacher: {e}")
+
+picked = checkpoint_picker("Stored teacher", dataset=dataset, key="teacher_pick")
+if picked is None:
+    st.info(f"No {dataset} teacher in the run store yet: train or upload one above.")
+    st.stop()
+checkpoint = open_checkpoint(picked)
+bn_layers = batchnorm_layers(checkpoint.model)
+try:
+    report = test_report(picked, dataset, root or checkpoint.dataset.root)
+except DatasetMissingError as e:
+    report = None
+    st.warning(f"The real {dataset} test set is not available, so accuracy and examples cannot be shown: {e}")
+cols = st.columns(4)
+cols[0].metric("test accuracy (real data)", f"{report['accuracy']:.2%}" if report else "–")
+cols[1].metric("parameters", f"{sum(p.numel() for p in checkpoint.model.parameters()):,}")
+cols[2].metric("BatchNorm layers", len(bn_layers))
+cols[3].metric("input", f"{checkpoint.dataset.in_channels}×{checkpoint.dataset.image_size}²")
+st.markdown(f"**{checkpoint.name}**: {describe_model(checkpoint.name)}")
+if not bn_layers:
+    st.warning("No BatchNorm layers: DeepInversion's feature loss has no statistics to match; only DeepDream "
+               "(image priors) can invert this teacher.")
+left, right = st.columns([1.3, 1])
+with left:
+    if report:
+        st.markdown("**Real test images**: column = true class; under each the teacher's prediction")
+        st.plotly_chart(image_grid_figure(report["images"], report["labels"], ncols=len(report["names"]),
+                                          column_titles=report["names"]), config={"displayModeBar": False})
+with right:
+    st.markdown("**BN layers** (what DeepInversion matches)")
+    st.dataframe([{"layer": n, "channels": m.num_features, "mean of running μ": float(m.running_mean.mean()),
+                   "mean of running σ²": float(m.running_var.mean())} for n, m in bn_layers], hide_index=True)
+    with st.expander("Architecture"):
+        st.json(checkpoint.model_cfg)
+        st.code(str(checkpoint.model), language=None)
+
+
+st.page_link("pages/synthesize.py", label="Synthesize from this teacher", icon=":material/auto_awesome:", query_params={"teacher": picked})

@@ -1,0 +1,267 @@
+"""Streamlit AppTest for every page: widgets present, a run started and its state reflected, bad input explained."""
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from dfkd_core.data import dataset_info
+from dfkd_core.models import CheckpointError, create_model, save_checkpoint
+from dfkd_core.runs import RunStore
+from dfkd_core.synthesis import LIVE_PARAMETERS, PRESETS
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def add_teacher(store: RunStore, checkpoint_path, name="bncnn3_w32 on digits", accuracy=0.99) -> str:
+    run = store.create("teacher", {}, method=name.split()[0], dataset="digits", name=name)
+    shutil.copy(checkpoint_path, run.path("model.pt"))
+    run.set_status("done", summary={"test_accuracy": accuracy})
+    return run.id
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFKD_HOME", str(tmp_path / "home"))
+    threads = torch.get_num_threads()
+    yield RunStore(tmp_path / "home")
+    from pages.common import get_job_manager
+    get_job_manager().shutdown()
+    torch.set_num_threads(threads)  # the app sets one thread per job; give other tests theirs back
+
+
+@pytest.fixture
+def teacher_home(home, digits_teacher):
+    home.teacher_id = add_teacher(home, digits_teacher.path)
+    return home
+
+
+def app(page: str | None = None, **query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def job_of(at: AppTest):
+    from pages.common import get_job_manager
+    return get_job_manager().get(at.query_params.get("job"))
+
+
+def wait(predicate, timeout=60.0):
+    end = time.time() + timeout
+    while not predicate():
+        assert time.time() < end, "timed out"
+        time.sleep(0.05)
+
+
+def elements(at: AppTest, kind: str) -> list:
+    return [e for e in at.main if e.type == kind]
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+# ------------------------------------------------------------------ Synthesize
+
+def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(teacher_home):
+    from pages.synthesis_view import KNOBS, knob_key
+    at = app()
+    assert at.title[0].value == "Synthesize"
+    labels = {w.label for w in at.sidebar.select_slider} | {w.label for w in at.sidebar.toggle}
+    assert {k.label for k in KNOBS} <= labels
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    for knob in KNOBS:
+        assert knob.explanation in captions
+    assert {k.name for k in KNOBS if k.live} - {"pace"} == set(LIVE_PARAMETERS)
+    radio = at.sidebar.radio(key="preset")
+    assert radio.value == "deepinversion" and list(radio.options) == ["DeepDream", "DeepInversion", "Adaptive DI"]
+    for method in ("deepdream", "adi", "deepinversion"):
+        radio.set_value(method).run()
+        for name, value in PRESETS[method].items():
+            assert at.session_state[knob_key(name)] == value, (method, name)
+    assert at.session_state[knob_key("flip")] is False and at.session_state[knob_key("jitter")] == 1  # digits
+    assert not button(at, "Start").disabled and button(at, "Stop").disabled
+
+
+def test_start_steer_stop_and_reload_reattaches(teacher_home):
+    from pages.synthesis_view import knob_key
+    at = app()
+    at.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
+    at.sidebar.select_slider(key=knob_key("pace")).set_value(20)
+    button(at, "Start").click().run()
+    job = job_of(at)
+    assert job is not None and job.running and at.session_state["synced_job"] == job.id
+    wait(lambda: job.latest_snapshot is not None and len(job.history) >= 3)
+    at.run()
+    assert button(at, "Start").disabled and not button(at, "Stop").disabled
+    assert at.sidebar.select_slider(key=knob_key("batch_size")).disabled  # fixed per run
+    assert not at.sidebar.select_slider(key=knob_key("alpha_f")).disabled  # live
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["teacher accuracy on batch"].endswith("%") and len(elements(at, "image")) == 1
+    assert elements(at, "plotly_chart")
+    assert at.get("progress")[0].proto.text.startswith("**running** · step")
+
+    at.sidebar.select_slider(key=knob_key("alpha_f")).set_value(0.1).run()
+    wait(lambda: job.updates)
+    assert job.updates[0]["alpha_f"] == 0.1
+    step = job.updates[0]["step"]
+    wait(lambda: len(job.history) > step)
+    assert job.history[step]["alpha_f"] == 0.1 and job.history[step - 1]["alpha_f"] == 1.0
+
+    reloaded = app(job=job.id)  # a new session on the same URL: a page reload
+    assert job_of(reloaded) is job and reloaded.session_state[knob_key("alpha_f")] == 0.1
+    assert reloaded.session_state[knob_key("iterations")] == 2000
+
+    steps_before = len(job.history)
+    button(reloaded, "Stop").click().run()
+    assert job.wait(10) == "cancelled" and len(job.history) - steps_before <= 2  # one in flight + at most one
+    reloaded.run()
+    assert not button(reloaded, "Start").disabled
+    assert teacher_home.get_record(job.run_record.id).status == "cancelled"
+
+
+def test_two_sessions_run_separate_jobs(teacher_home):
+    from pages.synthesis_view import knob_key
+    tabs = [app(), app()]
+    for tab in tabs:
+        tab.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
+        button(tab, "Start").click().run()
+    a, b = (job_of(t) for t in tabs)
+    assert a is not b and a.running and b.running
+    tabs[0].sidebar.select_slider(key=knob_key("alpha_tv")).set_value(0.1).run()
+    wait(lambda: a.updates)
+    tabs[1].run()
+    assert not b.updates and tabs[1].session_state[knob_key("alpha_tv")] == 1e-3
+    assert button(tabs[1], "Stop").click().run() and b.wait(10) == "cancelled" and a.running
+
+
+def test_job_limit_is_explained(teacher_home, monkeypatch):
+    from pages.common import get_job_manager
+    from pages.synthesis_view import knob_key
+    monkeypatch.setattr(get_job_manager(), "max_running", 1)
+    first, second = app(), app()
+    first.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
+    button(first, "Start").click().run()
+    button(second, "Start").click().run()
+    assert job_of(second) is None and "already running" in second.error[0].value
+
+
+def test_first_launch_trains_the_starter_teacher(home):
+    at = app()
+    assert "training a digits teacher" in at.get("progress")[0].proto.text
+    from pages.common import STARTER_KEY, get_job_manager
+    starter = get_job_manager().find(STARTER_KEY)
+    assert starter.wait(300) == "done", starter.error
+    at.run()
+    assert "starter" in at.sidebar.selectbox(key="synth_teacher").format_func(
+        at.sidebar.selectbox(key="synth_teacher").value)
+    assert not button(at, "Start").disabled and at.sidebar.radio(key="preset").value == "deepinversion"
+    assert app().sidebar.selectbox(key="synth_teacher").value == at.sidebar.selectbox(key="synth_teacher").value
+    assert len(home.list(kind="teacher")) == 1  # a second visit does not train another
+
+
+def test_teacher_without_batchnorm_offers_only_deepdream(home, tmp_path):
+    info = dataset_info("digits")
+    path = save_checkpoint(tmp_path / "plain.pt", create_model("plaincnn3_w32", 10, 1, 8), info)
+    add_teacher(home, path, name="plaincnn3_w32 on digits")
+    at = app()
+    assert list(at.sidebar.radio(key="preset").options) == ["DeepDream"]
+    assert any("no BatchNorm" in w.value for w in at.sidebar.warning)
+    from pages.synthesis_view import knob_key
+    assert at.sidebar.select_slider(key=knob_key("alpha_f")).disabled
+    assert at.session_state[knob_key("alpha_f")] == 0.0
+
+
+# ------------------------------------------------------------------ Teacher
+
+def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits_teacher):
+    at = app("pages/teacher.py")
+    assert at.title[0].value == "Teacher"
+    assert at.selectbox(key="teacher_dataset").value == "digits"
+    assert at.selectbox(key="teacher_pick").value == teacher_home.teacher_id
+    metrics = {m.label: m.value for m in at.metric}
+    from dfkd_core.data import load_split
+    from dfkd_core.training import evaluate
+    expected = evaluate(digits_teacher.model, load_split("digits", "test"))["accuracy"]
+    assert metrics["test accuracy (real data)"] == f"{expected:.2%}" and metrics["BatchNorm layers"] == "3"
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
+    assert elements(at, "plotly_chart")  # real test images with predictions
+    assert {"Train", "Stop"} <= {b.label for b in at.button}
+
+
+def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
+    at = app("pages/teacher.py")
+    at.number_input[0].set_value(1)
+    button(at, "Train").click().run()
+    job = job_of(at)
+    assert job is not None and job.kind == "teacher"
+    assert job.wait(120) == "done", job.error
+    at.run()
+    assert at.selectbox(key="teacher_pick").value == job.run_record.id
+    assert any(m.label == "test accuracy (real data)" for m in at.metric)
+
+
+def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "nowhere"))
+    at = app("pages/teacher.py")
+    at.selectbox(key="teacher_dataset").set_value("fashion-mnist").run()
+    button(at, "Train").click().run()
+    assert not at.exception
+    assert "apt-get install dataset-fashion-mnist" in at.error[0].value
+    assert [r for r in teacher_home.list() if r.dataset == "fashion-mnist"] == []  # no failed run for it
+
+
+def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
+    from pages.common import MAX_CHECKPOINT_MB, import_checkpoint
+    with pytest.raises(CheckpointError, match="notes.pt is not a readable PyTorch file"):
+        import_checkpoint(b"hello", "notes.pt")
+    buffer = tmp_path / "bare.pt"
+    torch.save(create_model("bncnn3_w32", 10, 1, 8).state_dict(), buffer)
+    with pytest.raises(CheckpointError, match="bare state_dict"):
+        import_checkpoint(buffer.read_bytes(), "bare.pt")
+    with pytest.raises(CheckpointError, match=f"up to {MAX_CHECKPOINT_MB} MB"):
+        import_checkpoint(b"0" * (MAX_CHECKPOINT_MB * 2**20 + 1), "huge.pt")
+    assert home.list() == []
+    record = import_checkpoint(Path(digits_teacher.path).read_bytes(), "mine.pt")
+    assert record.status == "done" and record.dataset == "digits" and "uploaded mine.pt" in record.name
+    assert (record.dir / "model.pt").is_file()
+
+
+# ------------------------------------------------------------------ Runs
+
+def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher):
+    from pages.synthesis_view import knob_key
+    at = app()
+    at.sidebar.select_slider(key=knob_key("iterations")).set_value(50)
+    at.sidebar.select_slider(key=knob_key("pace")).set_value(0)
+    button(at, "Start").click().run()
+    assert job_of(at).wait(60) == "done"
+    broken = teacher_home.create("synthesis", {"alpha_tv": 1.0}, method="deepinversion", dataset="digits")
+    broken.set_status("failed", error="loss term 'tv' is nan at step 3")
+
+    runs = app("pages/runs.py")
+    table = runs.dataframe[0].value
+    assert len(table) == 3 and set(table["status"]) == {"done", "failed"}
+    assert "nan at step 3" in " ".join(str(e) for e in table["error"])
+    runs.selectbox(key="runs_open").set_value(broken.id).run()
+    assert "nan at step 3" in runs.error[0].value  # failed runs are shown with their error
+    synthesis = job_of(at).run_record.id
+    runs.selectbox(key="runs_open").set_value(synthesis).run()
+    assert elements(runs, "plotly_chart")
+    downloads = {e.proto.label for e in elements(runs, "download_button")}
+    assert {"⬇ grid.png", "⬇ images.pt"} <= downloads
+    runs.selectbox(key="runs_compare").set_value(teacher_home.teacher_id).run()
+    assert not runs.exception and elements(runs, "plotly_chart")
+
+    runs.selectbox(key="runs_compare").set_value(None)
+    runs.selectbox(key="runs_open").set_value(broken.id).run()
+    runs.checkbox(key=f"sure_{broken.id}").check().run()
+    button(runs, "Delete").click().run()
+    assert broken.id not in {r.id for r in teacher_home.list()} and not broken.dir.exists()
