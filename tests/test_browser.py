@@ -1,0 +1,35 @@
+"""The real app in a real browser: Playwright drives Debian's chromium against a server started here."""
+import re
+
+import pytest
+
+from browser_app import WATCH_JS, add_teacher_run, chromium_page, serve_app
+
+pytestmark = pytest.mark.browser
+
+
+def test_start_on_digits_shows_images_forming_and_a_loss_curve(tmp_path, digits_teacher):
+    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
+    with serve_app(tmp_path) as url, chromium_page() as page:
+        page.goto(url)
+        start = page.get_by_role("button", name="Start")
+        start.wait_for(timeout=60_000)
+        assert page.get_by_text("DeepInversion").first.is_visible()
+        page.evaluate(WATCH_JS)
+        start.click()
+
+        # The grid appears, then changes: the batch is being optimized in front of the user.
+        page.wait_for_function("window.__grids.length >= 1", timeout=30_000)
+        page.wait_for_function("window.__grids.length >= 3", timeout=30_000)
+        steps = [int(m) for m in re.findall(r"step (\d+)/", " ".join(t for _, t in page.evaluate("window.__progress")))]
+        assert steps == sorted(steps) and steps[-1] > steps[0]
+        page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=30_000)  # a loss curve
+        assert page.locator(".js-plotly-plot").count() >= 1
+        assert "job=" in page.url  # a reload can reattach
+
+        page.reload()  # reattach: the same job keeps drawing
+        page.locator('[data-testid="stImage"] img').first.wait_for(timeout=30_000)
+        stop = page.get_by_role("button", name="Stop")
+        if stop.is_enabled():
+            stop.click()
+        page.get_by_text(re.compile(r"(cancelled|done) · step")).first.wait_for(timeout=30_000)
