@@ -1,6 +1,7 @@
 """MagSim / AngSim (METHODS §4): hand-computed pairs, exact geometry of linear models, real digits models, CLI."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,68 @@ def test_same_model_gives_one_and_students_share_base_samples(digits_teacher, di
     assert torch.equal(single.source_index, select_base_samples(tp, sp, y, 20))
     assert len(single) == len(single.labels) and (single.pair_weight == 1).all()
     assert (single.pair_target != single.labels).all()
+
+
+def test_cli_boundary_table_and_run(tmp_path, capsys, digits_teacher, digits_student_checkpoint):
+    from dfkd_core.analysis.boundary_job import load_boundary_run
+    from dfkd_core.cli import main
+    from dfkd_core.runs import RunStore
+
+    home = tmp_path / "home"
+    teacher = digits_teacher.path
+    code = main(["--home", str(home), "--quiet", "boundary", "--teacher", teacher, "--student", teacher,
+                 "--student", str(digits_student_checkpoint), "--samples", "6", "--max-steps", "15"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "MagSim" in out and "AngSim" in out and "accepted pairs" in out
+    run_dir = Path(teacher).parent.name   # a run's model.pt outside this store is named by its directory
+    same_row = next(line for line in out.splitlines() if line.startswith(f"{run_dir}:{digits_teacher.name}"))
+    assert "1.000   1.000" in same_row
+    run = RunStore(home).list(kind="analysis")[0]
+    assert run.method == "boundary" and run.status == "done"
+    summary, tensors = load_boundary_run(RunStore(home).get(run.id))
+    assert summary["config"]["max_steps"] == 15 and len(summary["students"]) == 2
+    rows = list(summary["students"].values())
+    assert rows[0]["both_accepted"] == summary["teacher_outcomes"]["accepted"]
+    assert tensors["teacher_perturbation"].shape[0] == len(tensors["kept_pairs"])
+    assert (run.dir / "boundary_bars.json").exists()
+
+
+def test_cli_boundary_rejects_student_of_another_dataset(tmp_path, digits_teacher):
+    from dfkd_core.cli import main
+    from dfkd_core.data import dataset_info
+    from dfkd_core.models import create_model, save_checkpoint
+
+    other = save_checkpoint(tmp_path / "fmnist.pt", create_model("bncnn6_w16", 10, 1, 28),
+                            dataset_info("fashion-mnist"))
+    with pytest.raises(SystemExit, match="trained on fashion-mnist"):
+        main(["--home", str(tmp_path / "home"), "boundary", "--teacher", digits_teacher.path,
+              "--student", str(other)])
+
+
+def test_figures():
+    from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text,
+                                          per_class_figure, similarity_bar_figure)
+
+    rows = [{"student": "kd", "magsim": 0.8, "angsim": 0.6, "both_accepted": 120, "pairs": 200, "accuracy": 0.9},
+            {"student": "none", "magsim": float("nan"), "angsim": float("nan"), "both_accepted": 0, "pairs": 200}]
+    bars = similarity_bar_figure(rows)
+    assert [t.name for t in bars.data] == ["MagSim", "AngSim"] and list(bars.data[0].y) == [0.8, None]
+    notes = [a.text for a in bars.layout.annotations]
+    assert notes[0].startswith("n = 120 pairs") and "acc 90.0%" in notes[0] and "undefined" in notes[1]
+    per_class = per_class_figure({"kd": {"0": {"magsim": .5, "angsim": .4, "both_accepted": 3, "pairs": 9}}},
+                                 ["zero"])
+    assert list(per_class.data[0].x) == ["zero"] and per_class.data[1].y[0] == .4
+    base = torch.zeros(2, 1, 4, 4)
+    t_adv, s_adv = base.clone(), base.clone()
+    t_adv[:, 0, 0, 0], s_adv[:, 0, 0, 0] = 2.0, -1.0
+    panels = attack_panels_figure(base, t_adv, s_adv, mean=[0.5], std=[0.25],
+                                  teacher_status=[outcome_text(0, 3, 3)] * 2, student_status=["x", "y"])
+    heatmaps = [t for t in panels.data if t.type == "heatmap" and t.colorscale[0][1] != "rgb(0,0,0)"]
+    assert len(panels.data) == 10
+    perturbation = panels.data[3]
+    assert perturbation.zmid == 0 and perturbation.zmin == -2.0 and perturbation.zmax == 2.0 and heatmaps
+    assert "crossed at step 3" in panels.layout.annotations[1].text
+    assert outcome_text(2, -1, 20) == "rejected: no crossing in 20 steps"
+    loss = attack_loss_figure(torch.tensor([3.0, 1.0, -0.1, -0.1]), torch.tensor([3.0, 2.0, 1.5, 1.2]), 2, -1)
+    assert list(loss.data[0].y) == pytest.approx([3.0, 1.0, -0.1]) and len(loss.data[2].y) == 4
