@@ -1,0 +1,101 @@
+"""`dfkd distill`: distill a teacher into a student with any registered method; results land in the run store."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dfkd_core.distill.config import DistillConfig
+from dfkd_core.distill.methods import DISTILL_METHODS
+
+# CLI flag → key of SynthesisConfig for the pool methods' inversion rounds.
+SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations", "inv_lr": "lr",
+                   "alpha_tv": "alpha_tv", "alpha_l2": "alpha_l2", "alpha_f": "alpha_f", "alpha_c": "alpha_c",
+                   "first_bn_multiplier": "first_bn_multiplier", "jitter": "jitter",
+                   "multi_resolution": "multi_resolution_iterations"}
+CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
+                "lambda_tv", "lambda_l2", "lambda_bn", "steps", "batch_size", "lr", "temperature", "augment", "mixup",
+                "eval_every", "seed", "device", "data_root")
+
+
+def config_from_args(args) -> DistillConfig:
+    values = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
+    synthesis = {key: getattr(args, flag) for flag, key in SYNTHESIS_FLAGS.items() if getattr(args, flag) is not None}
+    return DistillConfig(method=args.method, synthesis=synthesis, **values)
+
+
+def format_result(summary: dict) -> str:
+    head = f"{'method':20} {'student acc':>11} {'teacher acc':>11} {'ratio':>7} {'minutes':>8} {'images':>8}"
+    row = (f"{summary['method']:20} {summary['student_accuracy']:>11.4f} {summary['teacher_accuracy']:>11.4f} "
+           f"{summary['ratio']:>7.3f} {summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
+    return head + "\n" + row
+
+
+def cmd_distill(args, store) -> int:
+    from dfkd_core.cli import _load, _run_job
+    from dfkd_core.data import DatasetMissingError, load_split
+    from dfkd_core.distill.job import DistillJob
+    from dfkd_core.distill.pool import PoolError, SyntheticPool
+
+    teacher = _load(store, args.teacher, "teacher")
+    config = config_from_args(args)
+    pool = None
+    try:
+        load_split(teacher.dataset.name, "test", config.data_root or teacher.dataset.root, teacher.dataset.image_size)
+        if args.pool:
+            config.pool = str(store.resolve_checkpoint(args.pool, "images.pt"))
+            pool = SyntheticPool.load(config.pool, teacher.dataset)
+        job = DistillJob(teacher, config, pool=pool)
+    except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    run = store.create("distill", {**config.to_dict(), "teacher": teacher.path}, teacher=store.run_id_of(teacher.path),
+                       method=config.method, dataset=teacher.dataset.name,
+                       name=f"{config.method}: {teacher.name} → {job.student_name}")
+    job.run_record = run
+    code = _run_job(job, ("phase", "loss_kd", "student_accuracy", "images_synthesized"), args.quiet)
+    if job.result.get("student_accuracy") is not None:
+        print(format_result(job.result))
+    return code
+
+
+def add_commands(sub) -> None:
+    methods = ", ".join(f"{name} ({cls.description})" for name, cls in DISTILL_METHODS.items())
+    d = sub.add_parser("distill", help="distill a teacher into a student (data-free methods and baselines)",
+                       description=f"Methods: {methods}.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
+    d.add_argument("--method", default="deepinversion", choices=list(DISTILL_METHODS))
+    d.add_argument("--student", help="registered model name (default: the teacher's half-width student)")
+    d.add_argument("--pool", help="reuse the images of a synthesis/distill run (id) or an images.pt path")
+    g = d.add_argument_group("synthesis of a pool (deepdream / deepinversion / adi)")
+    g.add_argument("--images", type=int, help="images to synthesize in total")
+    g.add_argument("--kd-steps-per-round", type=int, help="student steps after each synthesized batch")
+    g.add_argument("--inv-batch-size", type=int, help="images per inversion batch")
+    g.add_argument("--inv-iterations", type=int, help="Adam steps per inversion batch")
+    g.add_argument("--inv-lr", type=float)
+    for name in ("alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier"):
+        g.add_argument("--" + name.replace("_", "-"), type=float)
+    g.add_argument("--jitter", type=int)
+    g.add_argument("--multi-resolution", type=int, help="first K inversion iterations at half resolution")
+    gen = d.add_argument_group("generator (generator / generator-ensemble)")
+    gen.add_argument("--generator-steps", type=int)
+    gen.add_argument("--generator-lr", type=float)
+    gen.add_argument("--latent-dim", type=int)
+    gen.add_argument("--lambda-tv", type=float)
+    gen.add_argument("--lambda-l2", type=float)
+    gen.add_argument("--lambda-bn", type=float)
+    s = d.add_argument_group("student training (KD, METHODS §3)")
+    s.add_argument("--steps", type=int, help="student steps after synthesis")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--augment", choices=["auto", "none", "shift", "shift_flip"])
+    s.add_argument("--mixup", type=float, help="share of KD images mixed with another (0..1)")
+    s.add_argument("--eval-every", type=int)
+    d.add_argument("--seed", type=int)
+    d.add_argument("--device")
+    d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only)")
+    d.set_defaults(func=cmd_distill)
+
+
+if __name__ == "__main__":
+    from dfkd_core.cli import main
+    sys.exit(main(["distill", *sys.argv[1:]]))

@@ -1,0 +1,191 @@
+"""Distillation end to end on digits (fast): every method runs, data-free students beat the noise baseline."""
+import copy
+import json
+
+import pytest
+import torch
+
+from dfkd_core.cli import main
+from dfkd_core.distill import DistillConfig, DistillJob, PoolError, SyntheticPool, list_methods
+from dfkd_core.distill.student import mix_images, random_shift
+from dfkd_core.models import create_model, load_checkpoint, save_checkpoint
+from dfkd_core.synthesis.generator import ConditionalGenerator, GeneratorEnsemble
+
+CHANCE = 0.1
+
+
+def _distill(teacher, method, store=None, pool=None, **kw):
+    config = DistillConfig(method=method, **{"steps": 300, "eval_every": 100, **kw})
+    run = store.create("distill", config.to_dict(), method=method) if store is not None else None
+    job = DistillJob(copy.deepcopy(teacher), config, run=run, pool=pool)
+    job.run()
+    assert job.status == "done", job.error
+    return job
+
+
+@pytest.fixture(scope="module")
+def noise_job(digits_teacher):
+    return _distill(digits_teacher, "noise")
+
+
+@pytest.fixture(scope="module")
+def deepinversion_job(digits_teacher, session_store):
+    return _distill(digits_teacher, "deepinversion", session_store, images=400, kd_steps_per_round=10,
+                    synthesis={"iterations": 80, "batch_size": 100})
+
+
+def test_kd_on_deepinversion_pool_clearly_beats_noise_and_chance(deepinversion_job, noise_job):
+    di, noise = deepinversion_job.result, noise_job.result
+    assert di["student_accuracy"] >= noise["student_accuracy"] + 0.15
+    assert di["student_accuracy"] > 3 * CHANCE
+    assert di["images_synthesized"] == 400 and di["pool_size"] == 400
+    assert di["ratio"] == pytest.approx(di["student_accuracy"] / di["teacher_accuracy"])
+    assert di["teacher_accuracy"] > 0.9 and di["data_free"] is True
+
+
+def test_run_directory_has_student_pool_and_curve(deepinversion_job):
+    run = deepinversion_job.run_record
+    student = load_checkpoint(run.path("model.pt"))
+    assert student.name == "bncnn3_w16"
+    assert student.metrics["test_accuracy"] == deepinversion_job.result["student_accuracy"]
+    pool = torch.load(run.path("images.pt"), weights_only=True)
+    assert pool["images"].shape == (400, 1, 8, 8) and run.path("grid.png").exists()
+    curve = deepinversion_job.result["curve"]
+    assert curve[0]["images_synthesized"] == 0 and curve[-1]["images_synthesized"] == 400
+    assert [c["student_steps"] for c in curve] == sorted(c["student_steps"] for c in curve)
+    phases = {m["phase"] for m in run.metrics()}
+    assert phases == {"synthesis", "kd"}
+
+
+def test_pool_is_reusable_for_another_student(deepinversion_job, digits_teacher):
+    pool = SyntheticPool.load(deepinversion_job.run_record.path("images.pt"), digits_teacher.dataset)
+    job = DistillJob(copy.deepcopy(digits_teacher),
+                     DistillConfig(method="deepinversion", pool=pool.source, student="bncnn3_w8", steps=200),
+                     pool=pool)
+    job.run()
+    r = job.result
+    assert r["images_synthesized"] == 0 and r["pool_size"] == 400 and r["student"] == "bncnn3_w8"
+    assert not any(m.get("phase") == "synthesis" for m in job.history)
+    assert r["student_accuracy"] > 3 * CHANCE
+
+
+def test_pool_from_another_dataset_or_garbage_is_refused(tmp_path, digits_teacher):
+    torch.save({"images": torch.zeros(5, 1, 28, 28), "dataset": {"name": "fashion-mnist"}}, tmp_path / "fm.pt")
+    with pytest.raises(PoolError, match="shape"):
+        SyntheticPool.load(tmp_path / "fm.pt", digits_teacher.dataset)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(PoolError, match="not a readable image pool"):
+        SyntheticPool.load(tmp_path / "junk.pt", digits_teacher.dataset)
+    torch.save({"images": torch.full((3, 1, 8, 8), float("nan"))}, tmp_path / "nan.pt")
+    with pytest.raises(PoolError, match="NaN"):
+        SyntheticPool.load(tmp_path / "nan.pt", digits_teacher.dataset)
+
+
+def test_adi_competes_with_the_current_student(digits_teacher):
+    job = _distill(digits_teacher, "adi", images=200, kd_steps_per_round=20, steps=100,
+                   synthesis={"iterations": 30, "batch_size": 100})
+    compete = [m["inv_loss_compete"] for m in job.history if m["phase"] == "synthesis"]
+    assert len(compete) == 60 and all(0 <= c <= 1 for c in compete)
+    assert job.result["student_accuracy"] > CHANCE
+
+
+def test_generator_loss_falls_and_samples_match_their_condition(digits_teacher, session_store):
+    job = _distill(digits_teacher, "generator", session_store, generator_steps=150, steps=150, batch_size=100)
+    gen = [m for m in job.history if m["phase"] == "generator"]
+    first, last = sum(m["gen_loss_total"] for m in gen[:10]), sum(m["gen_loss_total"] for m in gen[-10:])
+    assert last < 0.5 * first
+    assert sum(m["gen_teacher_accuracy"] for m in gen[-10:]) / 10 > 5 * CHANCE
+    saved = torch.load(job.run_record.path("generator.pt"), weights_only=True)
+    g = ConditionalGenerator(saved["latent_dim"], digits_teacher.dataset, width=saved["width"])
+    g.load_state_dict(saved["state_dict"])
+    y = torch.arange(100) % 10
+    with torch.no_grad():
+        predicted = digits_teacher.model.eval()(g.eval()(torch.randn(100, saved["latent_dim"]), y)).argmax(1)
+    assert (predicted == y).float().mean() > 5 * CHANCE
+    assert job.result["student_accuracy"] > 2 * CHANCE
+
+
+def test_generator_ensemble_has_one_generator_per_class(digits_teacher, session_store):
+    job = _distill(digits_teacher, "generator-ensemble", session_store, generator_steps=60, steps=60, batch_size=100)
+    assert job.result["generators"] == 10
+    ensemble = job.method.generator
+    assert isinstance(ensemble, GeneratorEnsemble) and len(ensemble.members) == 10
+    y = torch.tensor([3, 3, 7])
+    x = ensemble(torch.randn(3, ensemble.latent_dim), y)
+    assert x.shape == (3, 1, 8, 8)
+    low, high = digits_teacher.dataset.pixel_bounds()
+    assert x.min() >= low.min() - 1e-5 and x.max() <= high.max() + 1e-5
+
+
+def test_real_kd_upper_bound_is_marked_not_data_free(digits_teacher):
+    job = _distill(digits_teacher, "real-kd", steps=200)
+    assert job.result["data_free"] is False and job.result["student_accuracy"] > 0.8
+
+
+def test_cancel_keeps_student_and_pool(digits_teacher, store):
+    config = DistillConfig(method="deepinversion", images=1000, synthesis={"iterations": 20, "batch_size": 50},
+                           kd_steps_per_round=5, steps=100)
+    run = store.create("distill", config.to_dict())
+    job = DistillJob(copy.deepcopy(digits_teacher), config, run=run)
+    job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.metrics.get("images_synthesized") == 100 else None)
+    job.run()
+    assert job.status == "cancelled" and store.get_record(run.id).status == "cancelled"
+    assert job.result["images_synthesized"] == 100
+    assert load_checkpoint(run.path("model.pt")).name == "bncnn3_w16"
+    assert torch.load(run.path("images.pt"), weights_only=True)["images"].shape[0] == 100
+
+
+def test_teacher_without_batchnorm_gets_clear_error_but_noise_works(digits_teacher, tmp_path):
+    plain = create_model("plaincnn3_w32", 10, 1, 8)
+    path = save_checkpoint(tmp_path / "plain.pt", plain, digits_teacher.dataset)
+    teacher = load_checkpoint(path)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        DistillJob(teacher, DistillConfig(method="deepinversion", student="bncnn3_w16"))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        DistillJob(teacher, DistillConfig(method="generator", student="bncnn3_w16"))
+    with pytest.raises(ValueError, match="no default student"):
+        DistillJob(teacher, DistillConfig(method="noise"))
+    job = DistillJob(teacher, DistillConfig(method="noise", student="bncnn3_w16", steps=5))
+    job.run()
+    assert job.status == "done"
+
+
+def test_unknown_method_lists_choices(digits_teacher):
+    with pytest.raises(ValueError, match="deepinversion"):
+        DistillJob(digits_teacher, DistillConfig(method="magic"))
+    assert {"noise", "deepdream", "deepinversion", "adi", "generator", "generator-ensemble",
+            "real-kd"} <= set(list_methods())
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    x = torch.zeros(64, 1, 5, 5)
+    x[:, 0, 2, 2] = 1.0
+    shifted = random_shift(x, 1, torch.Generator().manual_seed(0))
+    positions = {tuple(torch.nonzero(s[0])[0].tolist()) for s in shifted}
+    assert all(len(torch.nonzero(s[0])) == 1 for s in shifted)  # the dot moved, nothing smeared
+    assert positions <= {(r, c) for r in (1, 2, 3) for c in (1, 2, 3)} and len(positions) > 3
+
+
+def test_mixup_is_identity_at_zero_and_convex_at_one():
+    x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    assert torch.equal(mix_images(x, 0.0), x)
+    mixed = mix_images(x, 1.0, torch.Generator().manual_seed(1))
+    assert mixed.min() >= 0 and mixed.max() <= 1
+    assert torch.allclose(mixed[..., 0, 0], mixed[..., 1, 1])  # one λ per image
+
+
+def test_cli_distill_noise_and_pool_reuse(tmp_path, capsys, digits_teacher):
+    home = str(tmp_path / "home")
+    teacher = str(digits_teacher.path)
+    assert main(["--home", home, "--quiet", "distill", "--teacher", teacher, "--method", "deepinversion",
+                 "--images", "100", "--inv-iterations", "20", "--steps", "30", "--alpha-f", "0.5"]) == 0
+    out = capsys.readouterr().out
+    run_id = out.split("run ")[1].split()[0]
+    assert "student acc" in out and "deepinversion" in out
+    config = json.loads((tmp_path / "home" / "runs" / run_id / "config.json").read_text())
+    assert config["synthesis"] == {"iterations": 20, "alpha_f": 0.5} and config["images"] == 100
+    assert main(["--home", home, "--quiet", "distill", "--teacher", teacher, "--pool", run_id, "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):out.index("}") + 1])["pool_size"] == 100
+    with pytest.raises(SystemExit, match="neither a checkpoint file nor a run id"):
+        main(["--home", home, "distill", "--teacher", teacher, "--pool", "no-such-run"])
