@@ -150,6 +150,13 @@ def test_teacher_without_batchnorm_gets_clear_error_but_noise_works(digits_teach
     assert job.status == "done"
 
 
+def test_method_options_are_checked_against_the_method(digits_teacher):
+    with pytest.raises(ValueError, match="does not take options"):
+        DistillJob(digits_teacher, DistillConfig(method="noise", options={"lambda_inh": 1.0}))
+    with pytest.raises(SystemExit, match="takes no options"):
+        main(["distill", "--teacher", str(digits_teacher.path), "--method", "noise", "--option", "a=1"])
+
+
 def test_unknown_method_lists_choices(digits_teacher):
     with pytest.raises(ValueError, match="deepinversion"):
         DistillJob(digits_teacher, DistillConfig(method="magic"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.methods import DISTILL_METHODS
@@ -17,10 +18,30 @@ CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "g
                 "eval_every", "seed", "device", "data_root")
 
 
+def parse_options(pairs: list[str] | None, method: str) -> dict:
+    """`--option key=value` pairs, typed by the method's Options dataclass."""
+    options_class = DISTILL_METHODS[method].Options
+    types = {f.name: f.type for f in fields(options_class)}
+    parsed = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"error: --option {pair!r}: method '{method}' takes "
+                             f"{', '.join(f'{k}=<{t}>' for k, t in types.items()) or 'no options'}")
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        try:
+            parsed[key] = (value.lower() in ("1", "true", "yes") if "bool" in kind else int(value) if kind == "int"
+                           else float(value) if kind == "float" else value)
+        except ValueError:
+            raise SystemExit(f"error: --option {key} needs a {kind}, got {value!r}") from None
+    return parsed
+
+
 def config_from_args(args) -> DistillConfig:
     values = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     synthesis = {key: getattr(args, flag) for flag, key in SYNTHESIS_FLAGS.items() if getattr(args, flag) is not None}
-    return DistillConfig(method=args.method, synthesis=synthesis, **values)
+    return DistillConfig(method=args.method, synthesis=synthesis, options=parse_options(args.option, args.method),
+                         **values)
 
 
 def format_result(summary: dict) -> str:
@@ -65,6 +86,8 @@ def add_commands(sub) -> None:
     d.add_argument("--method", default="deepinversion", choices=list(DISTILL_METHODS))
     d.add_argument("--student", help="registered model name (default: the teacher's half-width student)")
     d.add_argument("--pool", help="reuse the images of a synthesis/distill run (id) or an images.pt path")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a setting of the chosen method (e.g. IE-KD's lambda_inh=1.0); repeat for several")
     g = d.add_argument_group("synthesis of a pool (deepdream / deepinversion / adi)")
     g.add_argument("--images", type=int, help="images to synthesize in total")
     g.add_argument("--kd-steps-per-round", type=int, help="student steps after each synthesized batch")

@@ -26,6 +26,7 @@ class DistillConfig(Config):
     method: str = "deepinversion"
     student: str = ""                 # registered model name; empty = half-width default of the teacher
     pool: str | None = None           # reuse synthesized images: a synthesis/distill run id or an images.pt path
+    options: dict = field(default_factory=dict)   # method-specific settings, checked against the method's Options
 
     # --- synthesis of a pool (deepdream / deepinversion / adi): rounds of one inverted batch each
     images: int = 2000                # images to synthesize in total

@@ -12,11 +12,13 @@ style) whose `plan()` yields one metrics dict per step; `DistillJob` runs the pl
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn as nn
 
+from dfkd_core.config import Config
 from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
 from dfkd_core.jobs import check_finite
 from dfkd_core.models import create_model
@@ -48,15 +50,31 @@ def _labels(images: torch.Tensor, targets: torch.Tensor, teacher: nn.Module, cla
             for t, p, c in zip(targets.tolist(), pred.tolist(), conf.tolist())]
 
 
+@dataclass
+class NoOptions(Config):
+    """Methods without settings of their own."""
+
+
 class DistillMethod:
-    """Base class. `job` gives access to the teacher, the student trainer, the pool and the real splits."""
+    """Base class. `job` gives access to the teacher, the student trainer, the pool and the real splits.
+
+    A method with settings of its own declares them as a `Config` dataclass in `Options`; `config.options` (a dict,
+    saved with the run) is checked against it and parsed into `self.options`.
+    """
 
     name = ""
     data_free = True          # False for methods that read the real training set (shown in every report)
     description = ""
+    Options: type[Config] = NoOptions
 
     def __init__(self, job: "DistillJob"):
         self.job, self.config = job, job.config
+        try:
+            self.options = self.Options.from_dict(dict(self.config.options))
+        except (TypeError, ValueError) as e:
+            known = [f.name for f in fields(self.Options)]
+            raise ValueError(f"method '{self.name}' does not take options {sorted(self.config.options)}: {e}. "
+                             f"Its options: {known or 'none'}") from None
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None   # last images made, for snapshots
 
     def build_student(self) -> nn.Module:
