@@ -71,12 +71,12 @@ def gram_rbf(x: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
     median = (pairs.kthvalue((m + 1) // 2).values.sqrt() + pairs.kthvalue(m // 2 + 1).values.sqrt()) / 2
     if float(median) <= 0:
         raise ValueError("RBF bandwidth is 0: more than half of the input pairs have identical features")
-    return torch.exp(-sq_dist / (2 * (threshold * median) ** 2))
+    return sq_dist.mul_(-1.0 / (2 * (threshold * median) ** 2)).exp_()  # in place: n×n is the memory bill
 
 
 def center_gram(k: torch.Tensor) -> torch.Tensor:
     """HKH: subtract row and column means, add back the grand mean."""
-    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    return (k - k.mean(0, keepdim=True)).sub_(k.mean(1, keepdim=True)).add_(k.mean())
 
 
 def center_gram_unbiased(k: torch.Tensor) -> torch.Tensor:

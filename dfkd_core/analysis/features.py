@@ -57,7 +57,7 @@ def _example_input(model: nn.Module) -> torch.Tensor:
 
 def trace_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[LayerInfo]:
     """Every submodule that returns a tensor, in the order its forward finishes, from one eval-mode pass."""
-    x = _example_input(model) if example_input is None else example_input
+    x = _example_input(model) if example_input is None else example_input.to(next(model.parameters()).device)
     finished: list[tuple[str, nn.Module, torch.Tensor]] = []
     calls: dict[str, int] = {}
 
