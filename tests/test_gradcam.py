@@ -145,3 +145,19 @@ def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_ch
     maps = torch.load(run.dir / "gradcam_maps.pt", weights_only=True)
     assert maps["maps"]["teacher"].shape == (16, 8, 8) and maps["images"].shape == (16, 1, 8, 8)
     assert (run.dir / "gradcam_overlays.png").stat().st_size > 0
+
+
+def test_figures_show_every_model_and_score():
+    from dfkd_core.plots.representations import attention_overlay, gradcam_grid_figure, overlap_histogram_figure
+
+    images = torch.rand(2, 1, 6, 6)
+    maps = {"teacher": torch.rand(2, 6, 6), "student": torch.zeros(2, 6, 6)}
+    scores = {"student": {"correlation": torch.tensor([0.5, float("nan")]), "iou": torch.tensor([0.25, 0.0])}}
+    fig = gradcam_grid_figure(images, maps, scores, captions=["label 1", "label 2"])
+    assert len(fig.data) == 6 and fig.data[0].type == "image"
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:3] == ["label 1", "teacher", "student: r=0.50 IoU=0.25"] and "r=nan" in titles[5]
+    overlay = attention_overlay(images[0], maps["student"][0])
+    assert overlay.shape == (6, 6, 3) and overlay.dtype.name == "uint8"
+    hist = overlap_histogram_figure({"student": scores["student"]["correlation"]})
+    assert hist.data[0].name == "student (n=1)"
