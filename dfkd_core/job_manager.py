@@ -166,6 +166,8 @@ class JobManager:
         job = self.get(job_id)
         if job is None:
             return False
+        if job.running and job.run_record is not None:  # so "stopped within one step" can be checked later
+            job.run_record.log_event({"step": len(job.history), "cancel_requested": True})
         job.cancel()
         return True
 

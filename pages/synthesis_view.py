@@ -157,14 +157,22 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
         raise
 
 
-def grid_png(job: ModelInversion) -> bytes:
-    """The latest snapshot as a labelled PNG; columns are the target classes when there are at most 10."""
-    snap = job.latest_snapshot
+def grid_png(job: ModelInversion, snap) -> bytes:
+    """A snapshot as a labelled PNG; columns are the target classes when there are at most 10."""
     names = job.dataset.class_names or [str(i) for i in range(job.dataset.num_classes)]
     classes = job.config.targets or list(range(job.dataset.num_classes))
     ncols = min(len(classes), 10)
     return image_grid_png(snap.images, snap.labels, ncols=ncols, max_rows=max(1, 50 // ncols),
                           column_titles=[names[c] for c in classes] if len(classes) <= 10 else None)
+
+
+def cached(name: str, version: tuple, build):
+    """The last value built for `name` if its data `version` is unchanged: a poll with no new step re-sends the
+    same grid and figures instead of rebuilding them (the page polls faster than a Fashion-MNIST step)."""
+    cache = st.session_state.setdefault("_live_cache", {})
+    if name not in cache or cache[name][0] != version:
+        cache[name] = (version, build())
+    return cache[name][1]
 
 
 def render_progress_and_grid(job: ModelInversion) -> None:
@@ -183,21 +191,27 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     st.markdown("**Synthesized batch**: column = target class; under each image the teacher's prediction and "
                 "confidence (green = the target)")
     if job.latest_snapshot is not None:
-        st.image(grid_png(job), caption=f"step {job.latest_snapshot.step + 1}")
+        snap = job.latest_snapshot
+        st.image(cached("grid", (job.id, snap.step), lambda: grid_png(job, snap)), caption=f"step {snap.step + 1}",
+                 output_format="PNG")
     else:
         st.info("Preparing the first step…")
 
 
 def render_curves(job: ModelInversion) -> None:
     st.markdown("**Loss terms** (unweighted) and teacher accuracy on the batch; dashed lines: live changes")
-    st.plotly_chart(loss_curves_figure(list(job.history), list(job.updates)), key="live_curves")
+    history, updates = list(job.history), list(job.updates)
+    figure = cached("curves", (job.id, len(history), len(updates)), lambda: loss_curves_figure(history, updates))
+    st.plotly_chart(figure, key="live_curves")
 
 
 def render_bn(job: ModelInversion) -> None:
-    if job.latest_bn_statistics:
+    stats, snap = job.latest_bn_statistics, job.latest_snapshot
+    if stats and snap is not None:
         st.markdown("**BN statistics** of the synthesized batch (dots) vs the teacher's running statistics "
                     "(line); d = the layer's R_feature term")
-        st.plotly_chart(bn_statistics_figure(job.latest_bn_statistics), key="live_bn")
+        figure = cached("bn", (job.id, snap.step), lambda: bn_statistics_figure(stats))
+        st.plotly_chart(figure, key="live_bn")
 
 
 def render_live(job: ModelInversion | None) -> None:

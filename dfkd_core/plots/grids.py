@@ -11,6 +11,7 @@ import base64
 import io
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -41,7 +42,8 @@ def caption(label: str) -> tuple[str, str]:
     if parsed is None:
         return _short(label, 12), NEUTRAL
     target, prediction, confidence = parsed
-    return f"{_short(prediction, 7)} {confidence:.2f}", RIGHT if target == prediction else WRONG
+    shown = "1.0" if confidence >= 0.995 else f"{confidence:.2f}"[1:]  # '.97': fits a 56-px cell
+    return f"{_short(prediction, 7)} {shown}", RIGHT if target == prediction else WRONG
 
 
 @dataclass
@@ -58,7 +60,8 @@ class GridLayout:
 def grid_layout(images01: torch.Tensor, ncols: int = 10, max_rows: int = 5, min_cell: int = 56,
                 captions: bool = True, header: bool = False) -> GridLayout:
     """Paste up to `ncols * max_rows` images (upscaled, nearest, to at least `min_cell` px) onto a white canvas."""
-    images = images01.detach().float().cpu().clamp(0, 1)[:ncols * max_rows]
+    # numpy, not torch: for a few dozen small images torch's per-op overhead dominates, and this runs live.
+    images = images01[:ncols * max_rows].detach().float().cpu().numpy()
     n, channels, h, w = images.shape
     ncols = max(1, min(ncols, n))
     rows = max(1, math.ceil(n / ncols))
@@ -66,8 +69,8 @@ def grid_layout(images01: torch.Tensor, ncols: int = 10, max_rows: int = 5, min_
     ch, cw, pad = h * scale, w * scale, 4
     band, top_band = (16 if captions else 0), (18 if header else 0)
     canvas = np.full((top_band + rows * (ch + band + pad) + pad, ncols * (cw + pad) + pad, 3), 255, np.uint8)
-    pixels = (images * 255).round().to(torch.uint8).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
-    pixels = (pixels.expand(n, 3, ch, cw) if channels == 1 else pixels[:, :3]).permute(0, 2, 3, 1).numpy()
+    pixels = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).repeat(scale, 2).repeat(scale, 3)
+    pixels = (np.broadcast_to(pixels, (n, 3, ch, cw)) if channels == 1 else pixels[:, :3]).transpose(0, 2, 3, 1)
     cells = []
     for i in range(n):
         r, c = divmod(i, ncols)
@@ -77,21 +80,32 @@ def grid_layout(images01: torch.Tensor, ncols: int = 10, max_rows: int = 5, min_
     return GridLayout(canvas, cells, ch, cw, band, top_band, pad)
 
 
+@lru_cache(maxsize=4096)
+def _text_image(text: str, colour: str, size: int) -> Image.Image:
+    """A caption rendered once (FreeType is the slow part of a live grid; captions repeat from frame to frame)."""
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    image = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (255, 255, 255, 0))
+    ImageDraw.Draw(image).text((-left, -top), text, fill=colour, font=font)
+    return image
+
+
+def _paste_centred(canvas: Image.Image, text_image: Image.Image, x: float, y: float) -> None:
+    canvas.paste(text_image, (round(x - text_image.width / 2), round(y - text_image.height / 2)), text_image)
+
+
 def image_grid_png(images01: torch.Tensor, labels: Sequence[str] | None = None, ncols: int = 10, max_rows: int = 5,
                    column_titles: Sequence[str] | None = None, min_cell: int = 56) -> bytes:
     """The labelled grid as PNG bytes, captions drawn into the image."""
     layout = grid_layout(images01, ncols, max_rows, min_cell, captions=bool(labels), header=bool(column_titles))
     image = Image.fromarray(layout.canvas)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=10)
     for (top, left), label in zip(layout.cells, labels or []):
         text, colour = caption(label)
-        draw.text((left + layout.cell_w / 2, top + layout.cell_h + layout.band / 2), text, fill=colour,
-                  font=font, anchor="mm")
-    bold = ImageFont.load_default(size=11)
+        _paste_centred(image, _text_image(text, colour, 10), left + layout.cell_w / 2,
+                       top + layout.cell_h + layout.band / 2)
     for c, name in enumerate((column_titles or [])[:len(layout.cells)]):
         x = layout.pad + c * (layout.cell_w + layout.pad) + layout.cell_w / 2
-        draw.text((x, layout.header / 2 + 2), _short(name, 10), fill="#222222", font=bold, anchor="mm")
+        _paste_centred(image, _text_image(_short(name, 10), "#222222", 11), x, layout.header / 2 + 2)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # speed over size: refreshed live
     return buffer.getvalue()

@@ -1,0 +1,76 @@
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from dfkd_core.plots import (bn_statistics_figure, image_grid_figure, image_grid_png, loss_curves_figure,
+                             parse_snapshot_label, run_comparison_figure)
+from dfkd_core.plots.grids import RIGHT, WRONG, caption
+
+
+def test_snapshot_labels_parse_with_spaces_in_class_names():
+    assert parse_snapshot_label("Ankle boot → Sneaker 0.55") == ("Ankle boot", "Sneaker", 0.55)
+    assert parse_snapshot_label("3 → 3 1.00") == ("3", "3", 1.0)
+    assert parse_snapshot_label("just a name") is None
+    assert caption("Ankle boot → Ankle boot 0.97") == ("Ankle … .97", RIGHT)
+    assert caption("3 → 8 0.41") == ("8 .41", WRONG)
+    assert caption("7 → 7 0.999") == ("7 1.0", RIGHT)
+
+
+def test_grid_png_layout_and_pixels():
+    images = torch.zeros(12, 1, 8, 8)
+    images[0] = 1.0  # first cell white
+    png = image_grid_png(images, ncols=5, max_rows=2, min_cell=16)  # 10 of 12 drawn, 8 px upscaled x2
+    grid = Image.open(io.BytesIO(png))
+    pad, cell = 4, 16
+    assert grid.size == (5 * (cell + pad) + pad, 2 * (cell + pad) + pad)
+    assert grid.getpixel((pad + 3, pad + 3)) == (255, 255, 255)           # cell 0: white image
+    assert grid.getpixel((pad + cell + pad + 3, pad + 3)) == (0, 0, 0)     # cell 1: black image
+    labelled = Image.open(io.BytesIO(image_grid_png(images[:2], ["1 → 1 0.90", "1 → 2 0.60"], ncols=2,
+                                                    min_cell=16, column_titles=["a", "b"])))
+    assert labelled.size[1] == 18 + (cell + 16 + pad) + pad  # header band + caption band
+    colours = {labelled.getpixel((x, y)) for x in range(labelled.size[0]) for y in range(labelled.size[1])}
+    assert any(c[1] > c[0] + 60 for c in colours) and any(c[0] > c[1] + 60 for c in colours)  # green and red
+
+
+def test_grid_figure_has_hover_labels():
+    fig = image_grid_figure(torch.rand(4, 3, 8, 8), ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"], ncols=2)
+    hover = [t for t in fig.data if t.type == "scatter" and t.hovertext is not None][0]
+    assert list(hover.hovertext) == ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"]
+    text = [t for t in fig.data if t.type == "scatter" and t.mode == "text"][0]
+    assert list(text.textfont.color) == [RIGHT, WRONG, RIGHT, WRONG]
+
+
+def test_loss_curves_mark_live_updates_at_their_step():
+    history = [{"step": i, "loss_total": 10.0 - i, "loss_ce": 1.0, "loss_tv": 0.0, "teacher_accuracy": i / 10}
+               for i in range(10)]
+    fig = loss_curves_figure(history, [{"step": 4, "alpha_f": 0.5}, {"step": 7, "flip": True}])
+    names = [t.name for t in fig.data]
+    assert names == ["total", "CE", "R_TV", "teacher accuracy"]
+    assert len(fig.data[2].x) == 0  # an all-zero term has nothing to show on a log axis
+    assert [s.x0 for s in fig.layout.shapes] == [4, 4, 7, 7]  # through the loss and the accuracy panel
+    assert [a.text for a in fig.layout.annotations] == ["α_f=0.5", "flip=True"]
+    thinned = loss_curves_figure([{"step": i, "loss_total": 1.0 + i} for i in range(1001)], max_points=100)
+    assert len(thinned.data[0].x) <= 101 and thinned.data[0].x[-1] == 1000
+
+
+def test_bn_figure_states_each_layers_distance():
+    stats = [{"layer": "bn1", "batch_mean": torch.tensor([1.0, 2.0]), "batch_var": torch.tensor([1.0, 1.0]),
+              "running_mean": torch.tensor([1.0, 0.0]), "running_var": torch.tensor([4.0, 5.0])},
+             {"layer": "bn2", "batch_mean": torch.zeros(3), "batch_var": torch.ones(3),
+              "running_mean": torch.zeros(3), "running_var": torch.ones(3)}]
+    fig = bn_statistics_figure(stats)
+    # bn1: ||(0, 2)|| + ||(-3, -4)|| = 2 + 5 = 7; bn2 matches exactly
+    assert [a.text for a in fig.layout.annotations] == ["bn1<br>d=7.00", "bn2<br>d=0.00"]
+    assert list(fig.data[1].y) == [1.0, 2.0, None, 0.0, 0.0, 0.0, None]  # batch means, gaps between layers
+
+
+def test_run_comparison_one_panel_per_metric():
+    a = [{"step": i, "loss_total": 2.0, "teacher_accuracy": 0.5} for i in range(5)]
+    b = [{"step": i, "loss_total": 1.0, "teacher_accuracy": 0.9} for i in range(3)]
+    fig = run_comparison_figure({"a": a, "b": b}, ["loss_total", "teacher_accuracy"], {"a": [{"step": 2}]})
+    assert len(fig.data) == 4 and fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type != "log"
+    assert [s.x0 for s in fig.layout.shapes] == [2, 2]  # through both panels
+    with pytest.raises(KeyError):
+        run_comparison_figure({"a": a}, ["loss_total"], {"a": [{}]})
