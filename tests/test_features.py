@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dfkd_core.analysis.features import (FeatureCapture, active_neuron_fraction, batch_bounds, capture_features,
-                                         channel_firing_rates, default_attention_layer, iter_features, layer_names,
-                                         resolve_layers)
+from dfkd_core.analysis.features import (FeatureCapture, activation_density, active_neuron_fraction, batch_bounds,
+                                         capture_features, default_attention_layer, iter_features, layer_names,
+                                         neuron_firing_rates, resolve_layers)
 from dfkd_core.data import load_split
 from dfkd_core.models import create_model
 
@@ -97,7 +97,7 @@ class ThreeNeurons(nn.Module):
 def test_active_neuron_fraction_by_hand():
     model = ThreeNeurons()
     x = torch.tensor([[-2.0], [-1.0], [0.5], [3.0]] * 5)   # half positive
-    rates = channel_firing_rates(model, "relu", x, batch_size=8)
+    rates = neuron_firing_rates(model, "relu", x, batch_size=8)
     assert torch.equal(rates, torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64))
     assert active_neuron_fraction(model, "relu", x) == pytest.approx(2 / 3)
     assert active_neuron_fraction(model, "relu", x, min_share=0.6) == pytest.approx(1 / 3)
@@ -112,4 +112,11 @@ def test_active_neuron_fraction_on_conv_maps_uses_the_spatial_mean():
     model = nn.Sequential(conv, nn.ReLU())
     x = torch.zeros(4, 1, 3, 3)
     x[:, 0, 0, 0] = 1.0   # one bright pixel: channel 0 fires (mean > 0), channel 1 = ReLU(-x) is silent
-    assert torch.equal(channel_firing_rates(model, "1", x), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert torch.equal(neuron_firing_rates(model, "1", x), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # per unit: only (channel 0, pixel (0, 0)) of the 2 x 9 units ever fires
+    units = neuron_firing_rates(model, "1", x, neuron="unit")
+    assert units.shape == (18,) and float(units.sum()) == 1.0 and float(units[0]) == 1.0
+    assert active_neuron_fraction(model, "1", x, neuron="unit") == pytest.approx(1 / 18)
+    assert activation_density(model, "1", x) == pytest.approx(1 / 18)   # every input switches on 1 of 18 units
+    with pytest.raises(ValueError, match="neuron must be one of"):
+        neuron_firing_rates(model, "1", x, neuron="pixel")

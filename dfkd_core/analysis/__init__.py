@@ -6,15 +6,15 @@ from dfkd_core.analysis.cka import (CKA_METHODS, KERNELS, LinearCKAAccumulator, 
                                     debiased_linear_cka, gram_cka, gram_linear, gram_rbf, hsic, linear_cka, rbf_cka,
                                     unbiased_hsic)
 from dfkd_core.analysis.cka_matrix import ESTIMATORS, CKAMatrix, CKAResult, cka_matrix
-from dfkd_core.analysis.features import (FeatureCapture, active_neuron_fraction, capture_features,
-                                         channel_firing_rates, default_attention_layer, iter_features, layer_names,
-                                         resolve_layers, trace_layers)
+from dfkd_core.analysis.features import (FeatureCapture, activation_density, active_neuron_fraction,
+                                         capture_features, default_attention_layer, iter_features, layer_names,
+                                         neuron_firing_rates, resolve_layers, trace_layers)
 from dfkd_core.analysis.gradcam import (TARGETS, AttentionComparator, AttentionComparison, attention_correlation,
                                         compare_attention, grad_cam, top_region_iou)
 
 __all__ = ["CKA_METHODS", "CKAMatrix", "CKAResult", "ESTIMATORS", "KERNELS", "TARGETS", "AttentionComparator",
-           "AttentionComparison", "FeatureCapture", "LinearCKAAccumulator", "MinibatchCKA", "active_neuron_fraction",
-           "attention_correlation", "capture_features", "channel_firing_rates", "cka", "cka_matrix",
+           "AttentionComparison", "FeatureCapture", "LinearCKAAccumulator", "MinibatchCKA", "activation_density",
+           "active_neuron_fraction", "attention_correlation", "capture_features", "cka", "cka_matrix",
            "compare_attention", "debiased_linear_cka", "default_attention_layer", "gram_cka", "gram_linear",
-           "gram_rbf", "grad_cam", "hsic", "iter_features", "layer_names", "linear_cka", "rbf_cka",
-           "resolve_layers", "top_region_iou", "trace_layers", "unbiased_hsic"]
+           "gram_rbf", "grad_cam", "hsic", "iter_features", "layer_names", "linear_cka", "neuron_firing_rates",
+           "rbf_cka", "resolve_layers", "top_region_iou", "trace_layers", "unbiased_hsic"]

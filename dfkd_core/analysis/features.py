@@ -236,16 +236,23 @@ def capture_features(model: nn.Module, layers: Sequence[LayerRef], inputs: Input
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 
-def channel_firing_rates(model: nn.Module, layer: LayerRef, inputs: Inputs, threshold: float = 0.0,
-                         batch_size: int = 500) -> torch.Tensor:
-    """For each neuron (channel) of `layer`, the share of inputs on which it is active.
+NEURONS = ("channel", "unit")
 
-    A channel's response to one input is its spatial mean (what global average pooling passes on; for a
-    fully-connected layer, the unit's value); it is active on that input when the response > `threshold`.
+
+def neuron_firing_rates(model: nn.Module, layer: LayerRef, inputs: Inputs, threshold: float = 0.0,
+                        neuron: str = "channel", batch_size: int = 500) -> torch.Tensor:
+    """For each neuron of `layer`, the share of inputs on which it is active (response > `threshold`).
+
+    neuron='channel': a channel's response to one input is its spatial mean (what global average pooling passes
+    on); neuron='unit': every element (c, h, w) of the map is a neuron with its own response. For a
+    fully-connected layer both are the unit's value.
     """
+    if neuron not in NEURONS:
+        raise ValueError(f"neuron must be one of {NEURONS}, got '{neuron}'")
     (name, _), = resolve_layers(model, [layer])
     active, n = None, 0
-    for batch in iter_features(model, [name], inputs, batch_size, reduce="mean"):
+    reduce = "mean" if neuron == "channel" else "flatten"
+    for batch in iter_features(model, [name], inputs, batch_size, reduce=reduce):
         fired = (batch[name] > threshold).sum(0)
         active = fired if active is None else active + fired
         n += len(batch[name])
@@ -253,17 +260,26 @@ def channel_firing_rates(model: nn.Module, layer: LayerRef, inputs: Inputs, thre
 
 
 def active_neuron_fraction(model: nn.Module, layer: LayerRef, inputs: Inputs, threshold: float = 0.0,
-                           min_share: float = 0.01, batch_size: int = 500) -> float:
-    """Fraction of the layer's neurons (channels) that are active (spatial-mean response > `threshold`) on at least
-    `min_share` of the inputs (METHODS §5: IE-KD students are expected to keep more neurons alive).
+                           min_share: float = 0.01, neuron: str = "channel", batch_size: int = 500) -> float:
+    """Fraction of the layer's neurons that are active (response > `threshold`, see `neuron_firing_rates`) on at
+    least `min_share` of the inputs (METHODS §5: IE-KD students are expected to keep more neurons alive).
 
-    With the defaults on a post-ReLU layer: the share of channels that fire for at least 1% of the inputs — a
-    channel that never fires, or fires only on a handful of outliers, counts as inactive.
+    With the defaults on a post-ReLU layer: the share of channels whose map is non-zero on at least 1% of the
+    inputs; a channel that never fires, or only on a handful of outliers, is inactive. Channels of trained BN
+    CNNs almost always fire somewhere in the map, so this often saturates at 1; `neuron='unit'` counts dead
+    positions too, and `activation_density` measures how many units a typical input switches on.
     """
-    rates = channel_firing_rates(model, layer, inputs, threshold, batch_size)
+    rates = neuron_firing_rates(model, layer, inputs, threshold, neuron, batch_size)
     return float((rates >= min_share).double().mean())
 
 
-__all__ = ["FeatureCapture", "Inputs", "LayerInfo", "active_neuron_fraction", "capture_features",
-           "channel_firing_rates", "default_attention_layer", "batch_bounds", "batch_of", "iter_batches", "iter_features", "layer_names",
-           "reduce_features", "resolve_layers", "trace_layers"]
+def activation_density(model: nn.Module, layer: LayerRef, inputs: Inputs, threshold: float = 0.0,
+                       batch_size: int = 500) -> float:
+    """Mean over inputs of the share of the layer's units (every (c, h, w)) with response > `threshold`,
+    i.e. 1 − activation sparsity."""
+    return float(neuron_firing_rates(model, layer, inputs, threshold, "unit", batch_size).mean())
+
+
+__all__ = ["FeatureCapture", "Inputs", "LayerInfo", "NEURONS", "activation_density", "active_neuron_fraction",
+           "batch_bounds", "batch_of", "capture_features", "default_attention_layer", "iter_batches", "iter_features",
+           "layer_names", "neuron_firing_rates", "reduce_features", "resolve_layers", "trace_layers"]
