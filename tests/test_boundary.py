@@ -218,3 +218,20 @@ def test_figures():
     assert outcome_text(2, -1, 20) == "rejected: no crossing in 20 steps"
     loss = attack_loss_figure(torch.tensor([3.0, 1.0, -0.1, -0.1]), torch.tensor([3.0, 2.0, 1.5, 1.2]), 2, -1)
     assert list(loss.data[0].y) == pytest.approx([3.0, 1.0, -0.1]) and len(loss.data[2].y) == 4
+
+
+def test_cancelled_analysis_keeps_finished_students(tmp_path, digits_teacher):
+    from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run
+    from dfkd_core.runs import RunStore
+
+    store = RunStore(tmp_path / "home")
+    config = BoundaryConfig(samples=5, targets="sampled", max_steps=10)
+    run = store.create("analysis", config.to_dict(), method="boundary")
+    model = digits_teacher.model
+    job = BoundaryAnalysis(model, {"first": model, "second": model}, digits_teacher.dataset, config, run)
+    job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.step == 1 else None)
+    job.run()
+    assert job.status == "cancelled" and list(job.results) == ["first"]
+    summary, _ = load_boundary_run(store.get(run.id))
+    assert summary["partial"] is True and list(summary["students"]) == ["first"]
+    assert store.get_record(run.id).status == "cancelled"

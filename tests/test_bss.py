@@ -116,6 +116,8 @@ def test_attack_rejects_bad_arguments():
     model = LinearClassifier([[1.0], [0.0]], [0.0])
     with pytest.raises(ValueError, match="k ≠ b"):
         boundary_supporting_samples(model, images([[1.0]]), torch.tensor([0]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="NaN"):
+        boundary_supporting_samples(model, images([[float("nan")]]), torch.tensor([0]), torch.tensor([1]))
     with pytest.raises(ValueError, match="samples"):
         boundary_supporting_samples(model, images([[1.0]]), torch.tensor([0, 0]), torch.tensor([1, 1]))
 

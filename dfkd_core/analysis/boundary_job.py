@@ -98,8 +98,8 @@ class BoundaryAnalysis(Job):
         self.results[name] = result
         self.accuracy[name] = evaluate(model, self.test_split)["accuracy"]
         return {"model": name, "magsim": result.magsim, "angsim": result.angsim,
-                "both_accepted": result.both_accepted, "student_accepted": result.student_accepted,
-                "accuracy": self.accuracy[name]}
+                "both_accepted": result.both_accepted, "accuracy": self.accuracy[name],
+                **{f"student_{k}": v for k, v in result.student_outcomes.items()}}
 
     def table(self) -> list[dict]:
         return [{"student": n, "accuracy": self.accuracy.get(n, float("nan")), "magsim": r.magsim,

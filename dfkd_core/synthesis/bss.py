@@ -153,6 +153,8 @@ class BoundaryAttack:
             raise ValueError("a target class equals its base class; the attack needs k ≠ b")
         if self.max_steps < 0 or not self.eta > 0:
             raise ValueError(f"need eta > 0 and max_steps ≥ 0 (got eta={self.eta}, max_steps={self.max_steps})")
+        if not torch.isfinite(x).all():
+            raise ValueError("the images to attack contain NaN or inf values")
         device = next(self.model.parameters()).device
         dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         x = self._clamp(x.detach().to(device, dtype))
