@@ -216,8 +216,15 @@ def test_figures():
     assert perturbation.zmid == 0 and perturbation.zmin == -2.0 and perturbation.zmax == 2.0 and heatmaps
     assert "crossed at step 3" in panels.layout.annotations[1].text
     assert outcome_text(2, -1, 20) == "rejected: no crossing in 20 steps"
-    loss = attack_loss_figure(torch.tensor([3.0, 1.0, -0.1, -0.1]), torch.tensor([3.0, 2.0, 1.5, 1.2]), 2, -1)
+    crossed = BoundaryAttackResult(torch.zeros(1, 1, 1, 1), torch.tensor([ACCEPTED]), torch.tensor([2]),
+                                   torch.tensor([2]), torch.zeros(1), torch.zeros(1, dtype=torch.long),
+                                   loss_trajectory=torch.tensor([[3.0], [1.0], [-0.1], [-0.1]]))
+    rejected = BoundaryAttackResult(torch.zeros(1, 1, 1, 1), torch.tensor([REJECTED_MAX_STEPS]), torch.tensor([-1]),
+                                    torch.tensor([3]), torch.zeros(1), torch.zeros(1, dtype=torch.long),
+                                    loss_trajectory=torch.tensor([[3.0], [2.0], [1.5], [1.2]]))
+    loss = attack_loss_figure(crossed, rejected)
     assert list(loss.data[0].y) == pytest.approx([3.0, 1.0, -0.1]) and len(loss.data[2].y) == 4
+    assert loss.data[1].marker.symbol == "star" and loss.data[3].marker.symbol == "x"
 
 
 def test_cancelled_analysis_keeps_finished_students(tmp_path, digits_teacher):

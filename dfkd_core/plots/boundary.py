@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from dfkd_core.synthesis.bss import OUTCOMES
+from dfkd_core.synthesis.bss import OUTCOMES, BoundaryAttackResult
 
 MAGSIM_COLOR, ANGSIM_COLOR = "#1f77b4", "#ff7f0e"
 OUTCOME_TEXT = {"accepted": "crossed at step {step}", "rejected_third_class": "rejected: entered a third class",
@@ -125,20 +125,21 @@ def attack_panels_figure(base: torch.Tensor, teacher_adversarial: torch.Tensor, 
     return fig
 
 
-def attack_loss_figure(teacher_loss: torch.Tensor, student_loss: torch.Tensor, teacher_crossed: int = -1,
-                       student_crossed: int = -1) -> go.Figure:
-    """L_a = f_b − f_k along both attacks (one sample's `loss_trajectory` column); crossing steps marked."""
+def attack_loss_figure(teacher: BoundaryAttackResult, student: BoundaryAttackResult, index: int = 0) -> go.Figure:
+    """L_a = f_b − f_k along both attacks of sample `index` (results made with record_trajectory=True), drawn up to
+    the step where each stopped: a star where it crossed, a cross where it was rejected."""
     fig = go.Figure()
-    for name, loss, crossed, color in (("teacher", teacher_loss, teacher_crossed, MAGSIM_COLOR),
-                                       ("student", student_loss, student_crossed, ANGSIM_COLOR)):
-        loss = loss.detach().float().cpu()
-        end = crossed + 1 if crossed >= 0 else len(loss)
-        fig.add_scatter(x=list(range(end)), y=loss[:end].tolist(), mode="lines+markers", name=name,
+    for name, result, color in (("teacher", teacher, MAGSIM_COLOR), ("student", student, ANGSIM_COLOR)):
+        if result.loss_trajectory is None:
+            raise ValueError("attack_loss_figure needs attacks run with record_trajectory=True")
+        end = int(result.steps[index])
+        loss = result.loss_trajectory[:end + 1, index].detach().float().cpu()
+        outcome = int(result.outcome[index])
+        fig.add_scatter(x=list(range(end + 1)), y=loss.tolist(), mode="lines+markers", name=name,
                         line=dict(color=color))
-        if crossed >= 0:
-            fig.add_scatter(x=[crossed], y=[float(loss[crossed])], mode="markers", showlegend=False,
-                            marker=dict(symbol="star", size=14, color=color),
-                            hovertemplate=f"{name} crossed at step {crossed}<extra></extra>")
+        fig.add_scatter(x=[end], y=[float(loss[-1])], mode="markers", showlegend=False,
+                        marker=dict(symbol="star" if outcome == 0 else "x", size=14, color=color),
+                        hovertemplate=f"{name}: {outcome_text(outcome, end, end)}<extra></extra>")
     fig.add_hline(y=0, line_dash="dot", annotation_text="boundary (L_a = 0)")
     fig.update_layout(title="Attack loss L_a = f_b − f_k per step", xaxis_title="step", yaxis_title="L_a")
     return fig
