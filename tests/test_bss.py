@@ -65,7 +65,8 @@ def test_attack_crosses_linear_boundary_in_predicted_steps(eta):
     pert = (result.adversarial - x).flatten(1)
     direction = torch.tensor([-2.0, 1.0, 0.0], dtype=torch.float64) / math.sqrt(5)
     for i, v in enumerate(l0):
-        assert pert[i].tolist() == pytest.approx(((v - result.final_loss[i].item()) / math.sqrt(5) * direction).tolist())
+        length = (v - result.final_loss[i].item()) / math.sqrt(5)
+        assert pert[i].tolist() == pytest.approx((length * direction).tolist())
     if eta == 1.0:   # the full Newton step lands exactly ε past the boundary
         assert result.final_loss.tolist() == pytest.approx([-EPS] * 3, abs=1e-12)
 
