@@ -8,7 +8,7 @@ from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from pages.common import (MAX_CHECKPOINT_MB, attach, attached_job, checkpoint_picker, get_job_manager, get_store,
+from app_pages.common import (MAX_CHECKPOINT_MB, attach, attached_job, checkpoint_picker, get_job_manager, get_store,
                           import_checkpoint, keep_widget_state, live, open_checkpoint)
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
@@ -46,16 +46,20 @@ def render_training(job: TeacherTraining) -> None:
 
 
 st.title("Teacher")
-keep_widget_state("teacher_dataset", "teacher_root", "teacher_pick")
+keep_widget_state("teacher_dataset", "teacher_root", *(f"teacher_pick_{d}" for d in DATASETS))
 dataset = st.selectbox("Dataset", list(DATASETS), format_func=DATASETS.get, key="teacher_dataset")
 root = st.text_input("Data folder", key="teacher_root", placeholder="Debian's dataset-fashion-mnist location"
                      if dataset == "fashion-mnist" else "required") if dataset != "digits" else None
 root = root or None
 manager, training = get_job_manager(), attached_job("teacher")
 if training is not None and training.status == "done" and st.session_state.get("picked_after") != training.id:
-    st.session_state["teacher_pick"], st.session_state["picked_after"] = training.run_record.id, training.id
+    st.session_state[f"teacher_pick_{training.config.dataset}"] = training.run_record.id
+    st.session_state["picked_after"] = training.id
 
-train_tab, upload_tab = st.tabs(["Train a new teacher", "Upload a checkpoint"])
+picked = checkpoint_picker("Stored teacher", dataset=dataset, key=f"teacher_pick_{dataset}")
+adding = st.expander("Add a teacher: train one or upload a checkpoint", expanded=picked is None or
+                     (training is not None and training.running))
+train_tab, upload_tab = adding.tabs(["Train a new teacher", "Upload a checkpoint"])
 with train_tab:
     cols = st.columns(3)
     models = list_models()
@@ -83,20 +87,27 @@ with train_tab:
         st.error(st.session_state.pop("train_error"))
     live(training, render_training)
 with upload_tab:
-    upload = st.file_uploader(f"A dfkd checkpoint (.pt, up to {MAX_CHECKPOINT_MB} MB), saved by `dfkd "
-                              "train-teacher` or `dfkd_core.models.save_checkpoint`", type=["pt", "pth"])
-    if upload is not None and st.session_state.get("uploaded_id") != upload.file_id:
-        st.session_state["uploaded_id"] = upload.file_id
+    def add_upload() -> None:
+        upload = st.session_state.get("teacher_upload")
+        if upload is None:
+            return
         try:
             record = import_checkpoint(upload.getvalue(), upload.name)
-            st.session_state["teacher_pick"] = record.id
-            st.success(f"Added {record.name} to the run store as {record.id}.")
-            if record.dataset != dataset:
-                st.info(f"It is a **{record.dataset}** teacher: choose that dataset above to see it.")
         except CheckpointError as e:
-            st.error(f"Not usable as a teacher: {e}")
+            st.session_state["upload_message"] = ("error", f"Not usable as a teacher: {e}")
+            return
+        # Show the new teacher at once, on its own dataset.
+        st.session_state["teacher_dataset"] = record.dataset
+        st.session_state[f"teacher_pick_{record.dataset}"] = record.id
+        st.session_state["upload_message"] = ("success", f"Added {record.name} to the run store as {record.id}.")
 
-picked = checkpoint_picker("Stored teacher", dataset=dataset, key="teacher_pick")
+    st.file_uploader(f"A dfkd checkpoint (.pt, up to {MAX_CHECKPOINT_MB} MB), saved by `dfkd train-teacher` or "
+                     "`dfkd_core.models.save_checkpoint`", type=["pt", "pth"], key="teacher_upload",
+                     on_change=add_upload)
+    if "upload_message" in st.session_state:
+        kind, message = st.session_state.pop("upload_message")
+        getattr(st, kind)(message)
+
 if picked is None:
     st.info(f"No {dataset} teacher in the run store yet: train or upload one above.")
     st.stop()
@@ -131,4 +142,4 @@ with right:
         st.code(str(checkpoint.model), language=None)
 
 
-st.page_link("pages/synthesize.py", label="Synthesize from this teacher", icon=":material/auto_awesome:", query_params={"teacher": picked})
+st.page_link("app_pages/synthesize.py", label="Synthesize from this teacher", icon=":material/auto_awesome:", query_params={"teacher": picked})

@@ -2,9 +2,9 @@
 import streamlit as st
 
 from dfkd_core.job_manager import JobLimitError
-from pages.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
+from app_pages.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
                           keep_widget_state, open_checkpoint, show_starter_progress)
-from pages.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
+from app_pages.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
                                   init_knobs, knob_key, knob_widget, render_live, set_knobs, start_inversion,
                                   student_options)
 

@@ -89,10 +89,8 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
     options = list(extra_options) + list(labels)
     if not options:
         return None
-    if key in st.session_state and st.session_state[key] not in options:
-        del st.session_state[key]  # the chosen run was deleted in another tab
-    if default in options and key not in st.session_state:
-        st.session_state[key] = default
+    if st.session_state.get(key) not in options:  # first time, or the chosen run was deleted meanwhile
+        st.session_state[key] = default if default in options else options[0]
     return st.selectbox(label, options, key=key, format_func=lambda o: labels.get(o, o), disabled=disabled,
                         help=help)
 

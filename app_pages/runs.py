@@ -5,16 +5,19 @@ import torch
 from dfkd_core.data import DatasetInfo
 from dfkd_core.plots import image_grid_figure, loss_curves_figure, run_comparison_figure
 from dfkd_core.runs import RunRecord
-from pages.common import describe_run, get_store, keep_widget_state
+from app_pages.common import describe_run, get_store, keep_widget_state
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
                "ratio", "steps", "elapsed_s")
 
 
-def table_row(r: RunRecord) -> dict:
-    metrics = {k: r.summary[k] for k in KEY_METRICS if isinstance(r.summary.get(k), (int, float))}
-    return {"id": r.id, "kind": r.kind, "status": r.status, "created": r.created_str, "dataset": r.dataset,
-            "method": r.method, "teacher": r.teacher, **metrics, "error": r.error}
+def run_table(records: list[RunRecord]) -> list[dict]:
+    """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
+    shown = [k for k in KEY_METRICS if any(isinstance(r.summary.get(k), (int, float)) for r in records)]
+    return [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status, "created": r.created_str,
+             "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
+             **{k: r.summary.get(k) if isinstance(r.summary.get(k), (int, float)) else None for k in shown},
+             "error": r.error} for r in records]
 
 
 def curve_keys(history: list[dict]) -> tuple[list[str], list[str]]:
@@ -58,13 +61,11 @@ def show_run(record: RunRecord, key: str, compact: bool = False) -> None:
     with st.expander("Config and summary"):
         st.json(get_store().get(record.id).config(), expanded=False)
         st.json(record.summary, expanded=False)
-    downloads = st.columns(3)
-    for col, (name, mime) in zip(downloads, (("grid.png", "image/png"), ("images.pt", "application/octet-stream"),
-                                             ("model.pt", "application/octet-stream"))):
-        path = record.dir / name
-        if path.is_file():
-            col.download_button(f"⬇ {name}", path.read_bytes(), file_name=f"{record.id}-{name}", mime=mime,
-                                key=f"dl_{name}_{key}", on_click="ignore")
+    files = [(name, mime) for name, mime in (("grid.png", "image/png"), ("images.pt", "application/octet-stream"),
+                                             ("model.pt", "application/octet-stream")) if (record.dir / name).is_file()]
+    for col, (name, mime) in zip(st.columns(max(3, len(files))), files):
+        col.download_button(f"⬇ {name}", (record.dir / name).read_bytes(), file_name=f"{record.id}-{name}",
+                            mime=mime, key=f"dl_{name}_{key}", on_click="ignore")
 
 
 st.title("Runs")
@@ -77,7 +78,7 @@ records = [r for r in everything if kind == "all" or r.kind == kind]
 if not records:
     st.info("No runs yet. Train a teacher or start a synthesis and it will be listed here.")
     st.stop()
-st.dataframe([table_row(r) for r in records], hide_index=True)
+st.dataframe(run_table(records), hide_index=True)
 by_id = {r.id: r for r in records}
 for key in ("runs_open", "runs_compare"):
     if st.session_state.get(key) not in (None, *by_id):

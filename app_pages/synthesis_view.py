@@ -13,7 +13,7 @@ from dfkd_core.jobs import Job
 from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, image_grid_png, loss_curves_figure
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
-from pages.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
+from app_pages.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
                           open_checkpoint)
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
@@ -184,10 +184,13 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     if job.status == "failed":
         st.error(job.error)
     cols = st.columns(4)
-    cols[0].metric("teacher accuracy on batch", f"{last['teacher_accuracy']:.0%}" if last else "–")
-    cols[1].metric("mean confidence", f"{last['mean_confidence']:.2f}" if last else "–")
-    cols[2].metric("total loss", f"{last['loss_total']:.3g}" if last else "–")
-    cols[3].metric("BN distance Σ_l", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–")
+    cols[0].metric("accuracy", f"{last['teacher_accuracy']:.0%}" if last else "–",
+                   help="Teacher accuracy on the synthesized batch: argmax T(x̂) = y")
+    cols[1].metric("confidence", f"{last['mean_confidence']:.2f}" if last else "–",
+                   help="Mean over the batch of the teacher's top softmax probability")
+    cols[2].metric("total loss", f"{last['loss_total']:.3g}" if last else "–", help="The weighted sum L(x̂)")
+    cols[3].metric("BN distance", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–",
+                   help="Σ_l (||μ_l − running μ_l||₂ + ||σ²_l − running σ²_l||₂), unweighted")
     st.markdown("**Synthesized batch**: column = target class; under each image the teacher's prediction and "
                 "confidence (green = the target)")
     if job.latest_snapshot is not None:
