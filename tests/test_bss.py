@@ -203,3 +203,29 @@ def test_bss_kd_loss_by_hand():
     none = bss_kd_loss(zeros, torch.tensor([0]), zeros, torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0),
                        alpha=1.0, beta=2.0)
     assert none["bss"].item() == 0.0 and none["total"].item() == pytest.approx(math.log(2))
+
+
+def test_boundary_supporting_batch_feeds_bss_kd_loss(digits_teacher, digits_student_checkpoint):
+    from dfkd_core.data import load_split
+    from dfkd_core.models import load_checkpoint
+    from dfkd_core.synthesis.bss import boundary_supporting_batch
+
+    train = load_split("digits", "train")
+    x, y = train.normalized(slice(0, 64)), train.labels[:64]
+    teacher, student = digits_teacher.model, load_checkpoint(digits_student_checkpoint).model
+    with torch.no_grad():
+        t_logits, s_logits = teacher(x), student(x)
+    batch = boundary_supporting_batch(teacher, x, y, t_logits, s_logits, n_base=16,
+                                      settings=AttackSettings(eta=1.0, max_steps=20),
+                                      pixel_bounds=digits_teacher.dataset.pixel_bounds(),
+                                      generator=torch.Generator().manual_seed(0))
+    both_correct = int(((t_logits.argmax(1) == y) & (s_logits.argmax(1) == y)).sum())
+    assert batch.n_base_samples == min(16, both_correct) == sum(batch.counts.values())
+    assert len(batch.samples) == batch.counts["accepted"] == len(batch.weights)
+    if len(batch.samples):
+        assert torch.equal(teacher(batch.samples).argmax(1), batch.target_class)
+        assert (batch.target_class != y[batch.base_index]).all()
+    with torch.no_grad():
+        out = bss_kd_loss(student(x), y, t_logits, student(batch.samples), teacher(batch.samples), batch.weights,
+                          alpha=bss_alpha(0, 10), beta=bss_beta(0, 10), n_base_samples=batch.n_base_samples)
+    assert torch.isfinite(out["total"]) and out["bss"] >= 0

@@ -220,6 +220,35 @@ def boundary_supporting_samples(model: nn.Module, x: torch.Tensor, base_class: t
                           record_trajectory).attack(x, base_class, target_class)
 
 
-__all__ = ["ACCEPTED", "REJECTED_THIRD_CLASS", "REJECTED_MAX_STEPS", "OUTCOMES", "AttackSettings",
+@dataclass
+class BoundarySupportingBatch:
+    """The accepted BSS of one training batch, ready for `bss_kd_loss` (METHODS §4)."""
+
+    samples: torch.Tensor              # accepted ẋ_n^k (M, C, H, W)
+    base_index: torch.Tensor           # (M,) index in the training batch of each sample's base x_n
+    target_class: torch.Tensor         # (M,) k
+    target_probability: torch.Tensor   # (M,) p_n^k of the drawn k
+    weights: torch.Tensor              # (M,) 1: the draw already applied p_n^k (see bss_term)
+    n_base_samples: int                # base samples attacked, accepted or not
+    counts: dict[str, int]
+
+
+def boundary_supporting_batch(teacher: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                              teacher_logits: torch.Tensor, student_logits: torch.Tensor, n_base: int,
+                              settings: AttackSettings | None = None, pixel_bounds: PixelBounds | None = None,
+                              generator: torch.Generator | None = None) -> BoundarySupportingBatch:
+    """One BSS-KD batch's BSS (METHODS §4): choose base samples, draw one target each ∝ p_n^k, attack the
+    teacher, keep the accepted samples."""
+    settings = settings or AttackSettings()
+    t_probs, s_probs = teacher_logits.detach().softmax(1), student_logits.detach().softmax(1)
+    base = select_base_samples(t_probs, s_probs, labels, n_base)
+    targets, p_nk = sample_target_classes(t_probs[base], labels[base], generator)
+    result = settings.build(teacher, pixel_bounds).attack(x[base], labels[base], targets)
+    ok = result.accepted
+    return BoundarySupportingBatch(result.adversarial[ok], base[ok], targets[ok], p_nk[ok],
+                                   torch.ones(int(ok.sum()), device=x.device), len(base), result.counts())
+
+
+__all__ = ["BoundarySupportingBatch", "boundary_supporting_batch", "ACCEPTED", "REJECTED_THIRD_CLASS", "REJECTED_MAX_STEPS", "OUTCOMES", "AttackSettings",
            "BoundaryAttack", "BoundaryAttackResult", "boundary_attack_loss", "boundary_supporting_samples",
            "pair_gap_score", "sample_target_classes", "select_base_samples", "target_class_weights"]
