@@ -18,7 +18,7 @@ from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
 from dfkd_core.runs import RunRecord, RunStore, default_home
 
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
-POLL_SECONDS = 0.25              # live views refresh 4x per second while their job runs
+POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
 STARTER_KEY = "starter-teacher"  # the digits teacher trained on a first launch
 JOB_PARAM = "job"                # query parameter that lets a reload reattach to its job

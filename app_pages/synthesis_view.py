@@ -211,8 +211,8 @@ def render_curves(job: ModelInversion) -> None:
 def render_bn(job: ModelInversion) -> None:
     stats, snap = job.latest_bn_statistics, job.latest_snapshot
     if stats and snap is not None:
-        st.markdown("**BN statistics** of the synthesized batch (dots) vs the teacher's running statistics "
-                    "(line); d = the layer's R_feature term")
+        st.markdown("**BN statistics** per channel: the synthesized batch (blue) against the teacher's running "
+                    "statistics (grey); d = the layer's R_feature term")
         figure = cached("bn", (job.id, snap.step), lambda: bn_statistics_figure(stats))
         st.plotly_chart(figure, key="live_bn")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -53,9 +54,6 @@ def measure(page, url: str, home: Path, window_s: float, screenshot: Path | None
     page.wait_for_function("window.__grids.length >= 1", timeout=60_000)
     first_grid = page.evaluate("window.__grids[0][0]")
     page.wait_for_timeout(window_s * 1000 / 2)
-    if screenshot is not None:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(screenshot))
     # Steer: one step left on the α_f slider (1 -> 0.3); the job logs the step where it took effect.
     slider = page.locator('[data-testid="stSlider"]').filter(has_text="α_f").get_by_role("slider")
     slider.focus()
@@ -67,12 +65,16 @@ def measure(page, url: str, home: Path, window_s: float, screenshot: Path | None
         time.sleep(0.01)
     page.wait_for_timeout(window_s * 1000 / 2)
     window_end = page.evaluate("performance.now()")
+    if screenshot is not None:  # mid-run, the α_f change marked on the curves
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot))
     t_stop = page.evaluate(CLICK_JS, "Stop")
-    page.get_by_text("cancelled · step").first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"(cancelled|done) · step")).first.wait_for(timeout=60_000)
     page.wait_for_timeout(300)
     progress = page.evaluate("window.__progress")
     grids = [t for t, _ in page.evaluate("window.__grids") if first_grid <= t <= window_end]
-    cancelled_at = next(t for t, text in progress if "cancelled" in text)
+    cancelled_at = next((t for t, text in progress if "cancelled" in text), None)  # None: it finished first
+    requested = first_event(home, "cancel_requested")
     ui_times = [t for t, _ in progress if first_grid <= t <= window_end]
     steps = [int(text.split("step ")[1].split("/")[0]) for t, text in progress if "running" in text]
     seconds = (window_end - first_grid) / 1000
@@ -81,10 +83,10 @@ def measure(page, url: str, home: Path, window_s: float, screenshot: Path | None
             else float("nan"),
             "steps_per_s": (max(steps) - min(steps)) / seconds if steps else float("nan"),
             "knob_to_job_s": (applied - t_key) if applied else float("nan"),
-            "stop_to_shown_s": (cancelled_at - t_stop) / 1000,
+            "stop_to_shown_s": (cancelled_at - t_stop) / 1000 if cancelled_at else float("nan"),
             # steps the job finished after the server received Stop (the job logs the request with its step)
-            "steps_after_stop": len(read_jsonl(latest_run(home) / "metrics.jsonl"))
-            - first_event(home, "cancel_requested")["step"]}
+            "steps_after_stop": len(read_jsonl(latest_run(home) / "metrics.jsonl")) - requested["step"]
+            if requested else "n/a"}
 
 
 def main() -> None:
@@ -94,7 +96,7 @@ def main() -> None:
     p.add_argument("--window", type=float, default=5.0, help="seconds of live view measured per run")
     args = p.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, chromium_page() as page:
+    with tempfile.TemporaryDirectory() as tmp, chromium_page(1400, 1200) as page:
         home = Path(tmp) / "digits"
         home.mkdir()
         with serve_app(home) as url:

@@ -84,8 +84,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
 
 
 def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figure:
-    """Per-channel BN input statistics of the synthesized batch (markers) against the teacher's running statistics
-    (line), every BN layer side by side; the title of each block is the layer's R_feature term
+    """Per-channel BN input statistics of the synthesized batch (blue) against the teacher's running statistics
+    (grey), every BN layer side by side; the title of each block is the layer's R_feature term
     ||μ − running_mean||₂ + ||σ² − running_var||₂ (unweighted). `stats`: dicts with 'layer', 'batch_mean',
     'batch_var', 'running_mean', 'running_var' (as `ModelInversion.latest_bn_statistics`).
     """
@@ -110,7 +110,8 @@ def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figu
         fig.add_trace(go.Scatter(x=xs, y=series[running], mode="lines", line=dict(color="#888"),
                                  name="teacher running statistics", legendgroup="run", showlegend=row == 1),
                       row=row, col=1)
-        fig.add_trace(go.Scatter(x=xs, y=series[batch], mode="markers", marker=dict(size=4, color="#1f77b4"),
+        # Lines, not markers: hundreds of SVG markers are what makes a browser slow to redraw this every second.
+        fig.add_trace(go.Scatter(x=xs, y=series[batch], mode="lines", line=dict(color="#1f77b4", width=1.2),
                                  name="synthesized batch", legendgroup="batch", showlegend=row == 1), row=row, col=1)
     fig.update_xaxes(title_text="channel (BN layers left to right)", row=2, col=1)
     fig.update_yaxes(title_text="mean μ", row=1, col=1)
