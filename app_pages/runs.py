@@ -3,9 +3,10 @@ import streamlit as st
 import torch
 
 from dfkd_core.data import DatasetInfo
-from dfkd_core.plots import image_grid_figure, loss_curves_figure, run_comparison_figure
+from dfkd_core.models import CheckpointError
+from dfkd_core.plots import class_columns, image_grid_figure, loss_curves_figure, run_comparison_figure
 from dfkd_core.runs import RunRecord
-from app_pages.common import describe_run, get_store, keep_widget_state
+from app_pages.common import describe_run, get_store, keep_widget_state, open_checkpoint
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
                "ratio", "steps", "elapsed_s")
@@ -32,16 +33,30 @@ def history_of(record: RunRecord) -> tuple[list[dict], list[dict]]:
     return run.metrics(), updates
 
 
+def labels_for(record: RunRecord, images: torch.Tensor, targets: list[int], names: list[str]) -> list[str]:
+    """'target → teacher prediction confidence' when the run's teacher is still stored, else the target."""
+    try:
+        teacher = open_checkpoint(record.teacher).model if record.teacher else None
+    except (FileNotFoundError, CheckpointError):  # teacher deleted since: show what the file itself knows
+        teacher = None
+    if teacher is None:
+        return [names[t] for t in targets]
+    with torch.no_grad():
+        probs = teacher(images).softmax(1)
+    return [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in
+            zip(targets, probs.argmax(1).tolist(), probs.max(1).values.tolist())]
+
+
 def show_images(record: RunRecord, key: str) -> None:
     images_pt, grid_png = record.dir / "images.pt", record.dir / "grid.png"
     if images_pt.is_file():
         saved = torch.load(images_pt, map_location="cpu", weights_only=True)
         info = DatasetInfo.from_dict(saved["dataset"])
         names = info.class_names or [str(k) for k in range(info.num_classes)]
-        targets = saved.get("targets")
-        labels = [names[t] for t in targets.tolist()] if targets is not None else None
-        st.plotly_chart(image_grid_figure(info.denormalize(saved["images"]), labels,
-                                          ncols=min(10, info.num_classes)), key=f"grid_{key}",
+        images, targets = saved["images"][:50], saved["targets"][:50].tolist()
+        ncols, titles = class_columns(targets, names)
+        st.plotly_chart(image_grid_figure(info.denormalize(images), labels_for(record, images, targets, names),
+                                          ncols=ncols, column_titles=titles), key=f"grid_{key}",
                         config={"displayModeBar": False})
     elif grid_png.is_file():
         st.image(str(grid_png))

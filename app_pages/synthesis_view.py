@@ -11,7 +11,7 @@ from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.job_manager import JobLimitError
 from dfkd_core.jobs import Job
 from dfkd_core.models import create_model
-from dfkd_core.plots import bn_statistics_figure, image_grid_png, loss_curves_figure
+from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
 from app_pages.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
                           open_checkpoint)
@@ -158,12 +158,11 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
 
 
 def grid_png(job: ModelInversion, snap) -> bytes:
-    """A snapshot as a labelled PNG; columns are the target classes when there are at most 10."""
+    """A snapshot as a labelled PNG, one target class per column (first 50 images)."""
     names = job.dataset.class_names or [str(i) for i in range(job.dataset.num_classes)]
-    classes = job.config.targets or list(range(job.dataset.num_classes))
-    ncols = min(len(classes), 10)
+    ncols, titles = class_columns(job.targets.tolist(), names)
     return image_grid_png(snap.images, snap.labels, ncols=ncols, max_rows=max(1, 50 // ncols),
-                          column_titles=[names[c] for c in classes] if len(classes) <= 10 else None)
+                          column_titles=titles)
 
 
 def cached(name: str, version: tuple, build):
@@ -195,7 +194,7 @@ def render_progress_and_grid(job: ModelInversion) -> None:
                 "confidence (green = the target)")
     if job.latest_snapshot is not None:
         snap = job.latest_snapshot
-        st.image(cached("grid", (job.id, snap.step), lambda: grid_png(job, snap)), caption=f"step {snap.step + 1}",
+        st.image(cached("grid", (job.id, snap.step), lambda: grid_png(job, snap)), caption=f"step {snap.step + 1} · first {min(50, len(snap.images))} of {len(snap.images)} images",
                  output_format="PNG")
     else:
         st.info("Preparing the first step…")

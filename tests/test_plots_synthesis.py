@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dfkd_core.plots import (bn_statistics_figure, image_grid_figure, image_grid_png, loss_curves_figure,
+from dfkd_core.plots import (bn_statistics_figure, class_columns, image_grid_figure, image_grid_png, loss_curves_figure,
                              parse_snapshot_label, run_comparison_figure)
 from dfkd_core.plots.grids import RIGHT, WRONG, caption
 
@@ -74,3 +74,12 @@ def test_run_comparison_one_panel_per_metric():
     assert [s.x0 for s in fig.layout.shapes] == [2, 2]  # through both panels
     with pytest.raises(KeyError):
         run_comparison_figure({"a": a}, ["loss_total"], {"a": [{}]})
+
+
+def test_class_columns_align_cycled_targets():
+    names = [str(k) for k in range(10)]
+    assert class_columns(list(range(10)) * 3, names) == (10, names)
+    assert class_columns([3] * 7, names) == (10, ["3"] * 10)
+    assert class_columns([2, 5, 7] * 4, names) == (9, ["2", "5", "7"] * 3)
+    assert class_columns([1, 2, 2, 1], names) == (10, None)  # not a cycle: no titles
+    assert class_columns(list(range(12)), [str(k) for k in range(12)]) == (10, None)

@@ -3,8 +3,8 @@
 One module per subject: `grids` (labelled image grids, as a figure or a PNG), `synthesis` (loss curves with
 live-update markers, BN statistics, run comparison). Builders return `plotly.graph_objects.Figure` and never import streamlit.
 """
-from dfkd_core.plots.grids import image_grid_figure, image_grid_png, parse_snapshot_label
+from dfkd_core.plots.grids import class_columns, image_grid_figure, image_grid_png, parse_snapshot_label
 from dfkd_core.plots.synthesis import bn_statistics_figure, loss_curves_figure, run_comparison_figure
 
-__all__ = ["bn_statistics_figure", "image_grid_figure", "image_grid_png", "loss_curves_figure",
+__all__ = ["bn_statistics_figure", "class_columns", "image_grid_figure", "image_grid_png", "loss_curves_figure",
            "parse_snapshot_label", "run_comparison_figure"]

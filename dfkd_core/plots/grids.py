@@ -46,6 +46,18 @@ def caption(label: str) -> tuple[str, str]:
     return f"{_short(prediction, 7)} {shown}", RIGHT if target == prediction else WRONG
 
 
+def class_columns(targets: Sequence[int], class_names: Sequence[str], max_cols: int = 10
+                  ) -> tuple[int, list[str] | None]:
+    """(columns, column titles) that put one target class per column when the batch cycles through at most
+    `max_cols` classes (as ModelInversion's targets do); otherwise `max_cols` untitled columns."""
+    classes = list(dict.fromkeys(targets))
+    k = len(classes)
+    if not targets or k > max_cols or any(t != classes[i % k] for i, t in enumerate(targets)):
+        return max_cols, None
+    ncols = k * (max_cols // k)
+    return ncols, [class_names[classes[c % k]] for c in range(ncols)]
+
+
 @dataclass
 class GridLayout:
     canvas: np.ndarray                    # (height, width, 3) uint8, images pasted, white elsewhere
