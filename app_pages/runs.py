@@ -5,6 +5,7 @@ import torch
 from dfkd_core.data import DatasetInfo
 from dfkd_core.models import CheckpointError
 from dfkd_core.plots import class_columns, image_grid_figure, loss_curves_figure, run_comparison_figure
+from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
 from app_pages.common import describe_run, get_store, keep_widget_state, open_checkpoint
 
@@ -22,9 +23,11 @@ def run_table(records: list[RunRecord]) -> list[dict]:
 
 
 def curve_keys(history: list[dict]) -> tuple[list[str], list[str]]:
+    """(loss keys, accuracy/confidence keys) present in a run's metrics; the METHODS §1 terms in their order."""
     numeric = {k for row in history for k, v in row.items() if isinstance(v, (int, float))}
-    return (sorted(k for k in numeric if k.startswith("loss")),
-            sorted(k for k in numeric if "accuracy" in k or "confidence" in k))
+    losses = [k for k in TERM_NAMES if k in numeric] + sorted(k for k in numeric
+                                                              if k.startswith("loss") and k not in TERM_NAMES)
+    return losses, sorted(k for k in numeric if "accuracy" in k or "confidence" in k)
 
 
 def history_of(record: RunRecord) -> tuple[list[dict], list[dict]]:
@@ -111,7 +114,8 @@ else:
     with right:
         show_run(by_id[other], "right", compact=True)
     histories = {i: history_of(by_id[i]) for i in (opened, other)}
-    keys = sorted(set.intersection(*(set(sum(curve_keys(h), [])) for h, _ in histories.values())))
+    shared = set.intersection(*(set(sum(curve_keys(h), [])) for h, _ in histories.values()))
+    keys = [k for k in sum(curve_keys(histories[opened][0]), []) if k in shared]
     if keys:
         st.plotly_chart(run_comparison_figure({i: h for i, (h, _) in histories.items()}, keys,
                                               {i: u for i, (_, u) in histories.items()}), key="comparison")

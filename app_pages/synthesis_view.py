@@ -14,7 +14,7 @@ from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
 from app_pages.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
-                          open_checkpoint)
+                              open_checkpoint)
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
 UNTRAINED = "untrained "  # student option prefix: a fresh model of the teacher's half-width student
@@ -194,8 +194,9 @@ def render_progress_and_grid(job: ModelInversion) -> None:
                 "confidence (green = the target)")
     if job.latest_snapshot is not None:
         snap = job.latest_snapshot
-        st.image(cached("grid", (job.id, snap.step), lambda: grid_png(job, snap)), caption=f"step {snap.step + 1} · first {min(50, len(snap.images))} of {len(snap.images)} images",
-                 output_format="PNG")
+        shown = f"first {min(50, len(snap.images))} of {len(snap.images)} images"
+        st.image(cached("grid", (job.id, snap.step), lambda: grid_png(job, snap)),
+                 caption=f"step {snap.step + 1} · {shown}", output_format="PNG")
     else:
         st.info("Preparing the first step…")
 

@@ -3,10 +3,10 @@ import streamlit as st
 
 from dfkd_core.job_manager import JobLimitError
 from app_pages.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
-                          keep_widget_state, open_checkpoint, show_starter_progress)
+                              keep_widget_state, open_checkpoint, show_starter_progress)
 from app_pages.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
-                                  init_knobs, knob_key, knob_widget, render_live, set_knobs, start_inversion,
-                                  student_options)
+                                      init_knobs, knob_key, knob_widget, render_live, set_knobs, start_inversion,
+                                      student_options)
 
 st.title("Synthesize")
 st.caption("Images from a trained classifier alone: optimize a batch $\\hat x$ so that "
@@ -43,9 +43,11 @@ def on_live_change(name: str) -> None:
 
 
 with st.sidebar:
-    teacher_run = checkpoint_picker("Teacher", key="synth_teacher", disabled=running, help="A teacher run from the run store (Teacher page to add)")
+    teacher_run = checkpoint_picker("Teacher", key="synth_teacher", disabled=running,
+                                    help="A teacher run from the run store (add one on the Teacher page)")
     if teacher_run is None:
-        st.info("No teacher yet: the starter digits teacher is training (see above), or add one on the Teacher page.")
+        st.info("No teacher in the run store yet: a digits teacher trains by itself on first launch (progress on "
+                "the right), or add one on the Teacher page.")
         st.stop()
     dataset = open_checkpoint(teacher_run).dataset
     bn = has_bn(teacher_run)

@@ -35,7 +35,8 @@ def test_grid_png_layout_and_pixels():
 
 
 def test_grid_figure_has_hover_labels():
-    fig = image_grid_figure(torch.rand(4, 3, 8, 8), ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"], ncols=2)
+    labels = ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"]
+    fig = image_grid_figure(torch.rand(4, 3, 8, 8), labels, ncols=2)
     hover = [t for t in fig.data if t.type == "scatter" and t.hovertext is not None][0]
     assert list(hover.hovertext) == ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"]
     text = [t for t in fig.data if t.type == "scatter" and t.mode == "text"][0]

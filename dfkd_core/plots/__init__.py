@@ -1,7 +1,7 @@
 """Plotly figure builders over plain data (history lists, tensors), shared by the app and notebooks.
 
 One module per subject: `grids` (labelled image grids, as a figure or a PNG), `synthesis` (loss curves with
-live-update markers, BN statistics, run comparison). Builders return `plotly.graph_objects.Figure` and never import streamlit.
+live-update markers, BN statistics, run comparison). Builders return plotly figures and never import streamlit.
 """
 from dfkd_core.plots.grids import class_columns, image_grid_figure, image_grid_png, parse_snapshot_label
 from dfkd_core.plots.synthesis import bn_statistics_figure, loss_curves_figure, run_comparison_figure
