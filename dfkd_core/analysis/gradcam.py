@@ -14,7 +14,7 @@ Means over a set skip undefined (NaN) images and report how many there were.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -97,7 +97,6 @@ class AttentionComparison:
     target: str
     fraction: float
     labels: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def students(self) -> list[str]:
