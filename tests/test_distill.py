@@ -122,6 +122,12 @@ def test_real_kd_upper_bound_is_marked_not_data_free(digits_teacher):
     assert job.result["data_free"] is False and job.result["student_accuracy"] > 0.8
 
 
+def test_scratch_learns_from_labels_alone(digits_teacher):
+    job = _distill(digits_teacher, "scratch", steps=150)
+    assert job.result["data_free"] is False and job.result["student_accuracy"] > 0.8
+    assert all(m["loss_total"] == pytest.approx(m["loss_ce"]) for m in job.history)
+
+
 def test_cancel_keeps_student_and_pool(digits_teacher, store):
     config = DistillConfig(method="deepinversion", images=1000, synthesis={"iterations": 20, "batch_size": 50},
                            kd_steps_per_round=5, steps=100)

@@ -14,7 +14,8 @@ SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations
                    "first_bn_multiplier": "first_bn_multiplier", "jitter": "jitter",
                    "multi_resolution": "multi_resolution_iterations"}
 CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
-                "lambda_tv", "lambda_l2", "lambda_bn", "steps", "batch_size", "lr", "temperature", "augment", "mixup",
+                "lambda_tv", "lambda_l2", "lambda_bn", "steps", "batch_size", "lr", "temperature", "alpha_ce", "augment",
+                "mixup",
                 "eval_every", "seed", "device", "data_root")
 
 
@@ -110,6 +111,7 @@ def add_commands(sub) -> None:
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)
     s.add_argument("--temperature", type=float)
+    s.add_argument("--alpha-ce", type=float, help="weight of CE on real labels (methods that read real data)")
     s.add_argument("--augment", choices=["auto", "none", "shift", "shift_flip"])
     s.add_argument("--mixup", type=float, help="share of KD images mixed with another (0..1)")
     s.add_argument("--eval-every", type=int)

@@ -68,7 +68,7 @@ class DistillJob(Job):
         self.teacher_accuracy = evaluate(self.teacher, test, self.device)["accuracy"]
         self.student = prepare_model(self.method.build_student(), self.device)
         self.trainer = StudentTrainer(self.student, self.teacher, c, self.dataset, self.device,
-                                      self.method.student_steps())
+                                      self.method.student_steps(), parameters=self.method.student_parameters())
         self.method.setup()
         self._plan = self.method.plan()
         self.t0 = time.time()

@@ -81,6 +81,10 @@ class DistillMethod:
         info = self.job.dataset
         return create_model(self.job.student_name, info.num_classes, info.in_channels, info.image_size)
 
+    def student_parameters(self):
+        """What the student's optimizer updates; a method adds its own trainable modules (IE-KD's encoders)."""
+        return self.job.student.parameters()
+
     def student_steps(self) -> int:
         """How many optimizer steps the student takes in total (the learning-rate schedule spans them)."""
         return self.config.steps
@@ -140,6 +144,16 @@ class RealDataKD(DistillMethod):
             x = split.normalized(idx)
             self.latest = (x, split.labels[idx])
             yield self.kd_step(x, labels=split.labels[idx])
+
+
+@register_method
+class ScratchTraining(RealDataKD):
+    name, data_free = "scratch", False
+    description = "cross-entropy on the real labels only, no teacher: the 'student alone' reference"
+
+    def kd_step(self, x: torch.Tensor, **kw) -> dict:
+        return {"phase": "kd", **self.job.trainer.train_step(x, weights={"kd": 0.0, "ce": 1.0}, force_ce=True,
+                                                                 **kw)}
 
 
 class PoolKD(DistillMethod):

@@ -94,7 +94,8 @@ class StudentTrainer:
         return mix_images(x, self.config.mixup, self.generator)
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor | None = None, extra_terms: ExtraTerms | None = None,
-                   weights: dict[str, float] | None = None, augment: bool = True) -> dict[str, float]:
+                   weights: dict[str, float] | None = None, augment: bool = True, force_ce: bool = False
+                   ) -> dict[str, float]:
         c = self.config
         x = prepare_input(x, self.device)
         if augment:
@@ -105,7 +106,7 @@ class StudentTrainer:
                 teacher_logits = self.teacher(x).float()
             student_logits = self.student(x).float()
             terms = {"kd": kd_loss(student_logits, teacher_logits, c.temperature)}
-            if labels is not None and c.alpha_ce > 0:
+            if labels is not None and (c.alpha_ce > 0 or force_ce):
                 terms["ce"] = cross_entropy_loss(student_logits, labels.to(self.device))
             if extra_terms is not None:
                 terms.update(extra_terms(x, student_logits, teacher_logits))
