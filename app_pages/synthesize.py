@@ -42,6 +42,26 @@ def on_live_change(name: str) -> None:
         job.update(**{name: value})
 
 
+@st.fragment
+def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: list[str]) -> None:
+    """The knobs, as a fragment: moving one while a job runs reruns only this panel, so the live view keeps
+    refreshing while the user steers."""
+    keep_widget_state("synth_targets", *(knob_key(k.name) for k in KNOBS))
+    st.subheader("Loss weights · live")
+    for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c"):
+        off = (name in ("alpha_f", "first_bn_multiplier") and not bn) or (name == "alpha_c" and not has_student)
+        knob_widget(name, running, disabled=off, on_live_change=on_live_change)
+    st.subheader("Optimizer and augmentation · live")
+    for name in ("lr", "jitter", "flip", "pace"):
+        knob_widget(name, running, on_live_change=on_live_change)
+    st.subheader("Batch · fixed per run")
+    st.multiselect("target classes y", range(len(names)), format_func=lambda i: names[i], key="synth_targets",
+                   disabled=running, placeholder="all classes, cycled")
+    st.caption(r"Classes $y$ to synthesize, cycled over the batch (empty = all).")
+    for name in ("batch_size", "iterations", "multi_resolution_iterations", "seed"):
+        knob_widget(name, running)
+
+
 with st.sidebar:
     teacher_run = checkpoint_picker("Teacher", key="synth_teacher", disabled=running,
                                     help="A teacher run from the run store (add one on the Teacher page)")
@@ -72,26 +92,13 @@ with st.sidebar:
                                     dataset=dataset.name, key="synth_student", exclude=(teacher_run,),
                                     extra_options=student_options(teacher_run), disabled=running,
                                     help=f"'{UNTRAINED}…' = a freshly initialized half-width student")
-    st.subheader("Loss weights · live")
-    for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c"):
-        knob_widget(name, running, disabled=(name in ("alpha_f", "first_bn_multiplier") and not bn)
-                    or (name == "alpha_c" and (job.student is None if running else method != "adi")),
-                    on_live_change=on_live_change)
-    st.subheader("Optimizer and augmentation · live")
-    for name in ("lr", "jitter", "flip", "pace"):
-        knob_widget(name, running, on_live_change=on_live_change)
-    st.subheader("Batch · fixed per run")
-    names = dataset.class_names or [str(i) for i in range(dataset.num_classes)]
-    targets = st.multiselect("target classes y", range(dataset.num_classes), format_func=lambda i: names[i],
-                             key="synth_targets", disabled=running, placeholder="all classes, cycled")
-    st.caption(r"Classes $y$ to synthesize, cycled over the batch (empty = all).")
-    for name in ("batch_size", "iterations", "multi_resolution_iterations", "seed"):
-        knob_widget(name, running)
+    knob_panel(running, bn, method, job.student is not None if running else method == "adi",
+               dataset.class_names or [str(i) for i in range(dataset.num_classes)])
 
 
 def start() -> None:
     try:
-        config = config_from_knobs(method, sorted(targets))
+        config = config_from_knobs(method, sorted(st.session_state.get("synth_targets") or []))
         new = start_inversion(teacher_run, config, student, st.session_state[knob_key("pace")])
     except (ValueError, JobLimitError) as e:
         st.session_state["start_error"] = str(e)
