@@ -150,6 +150,8 @@ def show_starter_progress(job: Job | None) -> None:
     def render(j: Job) -> None:
         if j.status == "failed":
             st.error(f"Training the starter digits teacher failed: {j.error}")
+        elif j.running and not j.total_steps:
+            st.progress(0.0, text="First launch: loading the digits data to train a teacher…")
         elif j.running:
             accuracy = j.history[-1].get("test_accuracy") if j.history else None
             note = f", test accuracy so far {accuracy:.1%}" if accuracy is not None else ""
