@@ -8,7 +8,8 @@ Concurrency limit (decided for a 2-core CPU machine, see `default_max_running`):
 capped at 4, each job getting `cpu_count // max_running` torch threads. On 2 cores that is 2 jobs with 1 thread
 each: a third job would not add throughput, only slow every job (and the UI, which shares the cores) down.
 Measured on a busy 2-core machine, Fashion-MNIST inversions (batch 100) made 1.9 / 2.4 / 1.8 steps/s in total
-with 1 / 2 / 3 jobs running at once. The limit can be set with $DFKD_MAX_JOBS. `submit` refuses past the limit with a `JobLimitError` naming what runs.
+with 1 / 2 / 3 jobs running at once. The limit can be set with $DFKD_MAX_JOBS; `submit` refuses past it with a
+`JobLimitError` naming what runs.
 
 Two helpers ride along as job listeners (they run in the job's own thread, between steps):
 - `Pacer`: at most N steps per second. A digits inversion makes ~100 steps/s on one core, too fast to watch or
