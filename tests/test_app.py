@@ -222,6 +222,15 @@ def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch,
     assert not at.exception
     assert "apt-get install dataset-fashion-mnist" in at.error[0].value
     assert [r for r in teacher_home.list() if r.dataset == "fashion-mnist"] == []  # no failed run for it
+    # A stored Fashion-MNIST teacher is still shown (synthesis needs no data); only its test accuracy is missing.
+    info = dataset_info("fashion-mnist")
+    path = save_checkpoint(tmp_path / "f.pt", create_model("bncnn6_w16", 10, 1, 28), info)
+    run = teacher_home.create("teacher", {}, method="bncnn6_w16", dataset="fashion-mnist", name="fashion")
+    shutil.copy(path, run.path("model.pt"))
+    run.set_status("done")
+    at.run()
+    assert not at.exception and "apt-get install dataset-fashion-mnist" in at.warning[0].value
+    assert {m.label: m.value for m in at.metric}["test accuracy (real data)"] == "–"
 
 
 def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
