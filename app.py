@@ -17,6 +17,7 @@ PAGES = [
     st.Page("app_pages/teacher.py", title="Teacher", icon=":material/school:"),
     st.Page("app_pages/synthesize.py", title="Synthesize", icon=":material/auto_awesome:", default=True),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/folder_open:"),
+    st.Page("app_pages/boundaries.py", title="Boundaries", icon=":material/compare_arrows:"),
 ]
 
 st.navigation(PAGES, position="top").run()

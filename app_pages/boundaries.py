@@ -1,0 +1,210 @@
+"""Boundaries: how close a student's decision boundaries are to its teacher's (MagSim / AngSim, METHODS §4)."""
+import streamlit as st
+import torch
+
+from dfkd_core.analysis.boundary import METRIC_ATTACK, attack_both
+from dfkd_core.analysis.boundary_cli import student_label
+from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run
+from dfkd_core.data import DatasetMissingError, load_split
+from dfkd_core.job_manager import JobLimitError
+from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text, per_class_figure,
+                                      similarity_bar_figure)
+from dfkd_core.synthesis.bss import AttackSettings
+from app_pages.common import (attach, attached_job, checkpoint_picker, checkpoint_runs, describe_run, fresh_model,
+                              get_job_manager, get_store, keep_widget_state, live, open_checkpoint)
+
+RUNNER_UP = "teacher's runner-up"
+EXPLANATION = r"""
+From a base sample $x_n$ of class $b$ that teacher and student both classify correctly, the BSS attack walks toward
+a target class $k$: $x \leftarrow x - \eta\,\frac{L_a(x)+\varepsilon}{\lVert\nabla L_a(x)\rVert_2^2}\,\nabla L_a(x)$
+with $L_a = f_b - f_k$, until $L_a < 0$ (**accepted**: it crossed the $b/k$ boundary), the prediction becomes a
+third class, or $I$ steps pass (both **rejected**). It is run on the teacher and, separately, on the student; the
+perturbations $\bar x^{k,m}_n = \dot x^{k,m}_n - x_n$ point from $x_n$ to each model's boundary. Over the pairs
+$(n, k)$ both attacks crossed, weighted by the teacher's $p_n^k \propto p_{T,k}(x_n)$ ($k \ne b$):
+
+$$\mathrm{MagSim} = \frac{\sum p_n^k\,\min(\lVert\bar x^{k,t}_n\rVert,\lVert\bar x^{k,s}_n\rVert)\,/\,
+\max(\lVert\bar x^{k,t}_n\rVert,\lVert\bar x^{k,s}_n\rVert)}{\sum p_n^k}\qquad
+\mathrm{AngSim} = \frac{\sum p_n^k\,\max\!\big(0, \cos(\bar x^{k,t}_n, \bar x^{k,s}_n)\big)}{\sum p_n^k}$$
+
+Both lie in $[0, 1]$: 1 = the boundary is as far (MagSim) and in the same direction (AngSim) as the teacher's. Every
+figure states how many pairs both models crossed: on a handful of pairs the numbers mean little. METHODS' training
+step ($\eta=0.3$, $I=10$) shrinks $L_a$ only by $(1-\eta)$ per step, so almost nothing crosses; the metric uses
+$\eta=1$ (a full step onto the linearized boundary) and $I=20$.
+"""
+
+
+@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
+def test_split(dataset: str, root: str | None):
+    return load_split(dataset, "test", root)
+
+
+def analyses(dataset: str) -> list:
+    return [r for r in get_store().list("analysis") if r.method == "boundary" and r.dataset == dataset
+            and (r.dir / "boundary_pairs.pt").is_file()]
+
+
+def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryConfig) -> None:
+    store, teacher = get_store(), open_checkpoint(teacher_run)
+    students = {}
+    for run_id in student_runs:
+        label = student_label(store, run_id, open_checkpoint(run_id))
+        students[label + "'" * list(students).count(label)] = fresh_model(run_id)
+    run = store.create("analysis", config.to_dict(), teacher=teacher_run, method="boundary",
+                       dataset=teacher.dataset.name, name=f"MagSim/AngSim {teacher.name} vs {len(students)} student(s)")
+    job = BoundaryAnalysis(fresh_model(teacher_run), students, teacher.dataset, config, run)
+    try:
+        attach(get_job_manager().submit(job, label=f"boundary analysis, {len(students)} students"))
+    except JobLimitError as e:
+        run.set_status("failed", error=str(e))
+        st.session_state["boundary_error"] = str(e)
+
+
+def render_progress(job: BoundaryAnalysis) -> None:
+    done, total = len(job.history), job.total_steps or 1 + len(job.students)
+    now = "the teacher" if done == 0 else f"student {done} of {total - 1}"
+    text = f"**{job.status}** · {done}/{total} models attacked" + (f" · attacking {now}…" if job.running else "")
+    st.progress(done / total, text=text)
+    if job.status == "failed":
+        st.error(job.error)
+    if job.results:
+        st.dataframe(job.table(), hide_index=True)
+
+
+@st.cache_data(show_spinner="Attacking teacher and student…", max_entries=64)
+def attack_images(teacher_ref: str, student_ref: str, indices: tuple[int, ...], target: str, dataset: str,
+                  root: str | None, settings: tuple) -> dict:
+    split = test_split(dataset, root)
+    teacher, student = open_checkpoint(teacher_ref).model, open_checkpoint(student_ref).model
+    idx = torch.tensor(indices)
+    x, labels = split.normalized(idx), split.labels[idx]
+    with torch.no_grad():
+        probs = teacher(x).softmax(1)
+    if target == RUNNER_UP:
+        targets = probs.scatter(1, labels.view(-1, 1), -1.0).argmax(1)
+    else:
+        targets = torch.full_like(labels, split.info.class_names.index(target) if split.info.class_names
+                                  else int(target))
+    keep = targets != labels
+    t, s = attack_both(teacher, student, x[keep], labels[keep], targets[keep], AttackSettings(*settings),
+                       split.info.pixel_bounds())
+    with torch.no_grad():
+        predictions = {"teacher": teacher(x[keep]).argmax(1), "student": student(x[keep]).argmax(1)}
+    return {"x": x[keep], "labels": labels[keep], "targets": targets[keep], "indices": idx[keep], "teacher": t,
+            "student": s, "predictions": predictions, "skipped": idx[~keep].tolist()}
+
+
+st.title("Boundaries")
+st.caption("Do the student's decision boundaries sit where the teacher's do? Attack both from the same real images "
+           "toward the same classes and compare the distances (MagSim) and directions (AngSim) — METHODS §4.")
+with st.expander("What MagSim and AngSim measure"):
+    st.markdown(EXPLANATION)
+keep_widget_state("boundary_teacher", "boundary_students", "boundary_samples", "boundary_targets", "boundary_eta",
+                  "boundary_steps", "boundary_power", "boundary_open", "one_student", "one_images", "one_target")
+job = attached_job("analysis")
+job = job if isinstance(job, BoundaryAnalysis) else None
+running = job is not None and job.running
+if job is not None and job.status != "running" and st.session_state.get("boundary_opened_for") != job.id:
+    st.session_state["boundary_open"] = job.run_record.id   # show the comparison just computed
+    st.session_state["boundary_opened_for"] = job.id
+
+with st.sidebar:
+    st.subheader("New comparison")
+    teacher_run = checkpoint_picker("Teacher", key="boundary_teacher", disabled=running)
+    if teacher_run is None:
+        st.info("No teacher in the run store yet: add one on the Teacher page.")
+        st.stop()
+    teacher = open_checkpoint(teacher_run)
+    dataset = teacher.dataset
+    candidates = {r.id: describe_run(r) for r in checkpoint_runs(("distill", "teacher"), dataset.name)
+                  if r.id != teacher_run}
+    students = st.multiselect("Students", list(candidates), format_func=candidates.get, key="boundary_students",
+                              disabled=running, placeholder="distilled or trained students",
+                              help="Every student is attacked from the same base samples toward the same targets")
+    samples = st.number_input("base samples N", 5, 2000, 200, step=50, key="boundary_samples", disabled=running)
+    targets = st.radio("targets per base sample", ["all", "sampled"], key="boundary_targets", disabled=running,
+                       horizontal=True, help="all: every k ≠ b weighted by p_n^k; sampled: one k drawn ∝ p_n^k")
+    eta = st.select_slider("η", [0.3, 0.5, 1.0, 1.5], METRIC_ATTACK.eta, key="boundary_eta", disabled=running)
+    steps = st.select_slider("I (max steps)", [5, 10, 20, 40], METRIC_ATTACK.max_steps, key="boundary_steps",
+                             disabled=running)
+    power = st.radio("step", [2, 1], key="boundary_power", disabled=running, horizontal=True,
+                     format_func={2: "÷‖∇‖² (METHODS)", 1: "÷‖∇‖ (official code)"}.get)
+    config = BoundaryConfig(teacher=teacher_run, students=students, samples=int(samples), targets=targets, eta=eta,
+                            max_steps=steps, gradient_norm_power=power)
+    st.button("Compare", type="primary", disabled=running or not students, width="stretch",
+              on_click=lambda: start_analysis(teacher_run, students, config))
+    if running:
+        st.button("Stop", on_click=lambda: get_job_manager().cancel(job.id), width="stretch")
+if st.session_state.get("boundary_error"):
+    st.error(st.session_state.pop("boundary_error"))
+if job is not None and (running or job.status == "failed"):
+    live(job, render_progress)
+if not students and not analyses(dataset.name):
+    st.info("Pick one or more students in the sidebar (distill runs, or other trained classifiers of the same "
+            "dataset) and press **Compare**.")
+    st.stop()
+
+st.subheader("Similarity to the teacher")
+stored = {r.id: r for r in analyses(dataset.name)}
+if st.session_state.get("boundary_open") not in stored:   # first visit, or deleted / other dataset since
+    st.session_state["boundary_open"] = next(iter(stored), None)
+opened = st.selectbox("Comparison", list(stored), key="boundary_open", placeholder="none computed yet",
+                      format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
+names = dataset.class_names or [str(k) for k in range(dataset.num_classes)]
+# The image section attacks the opened comparison's models with its settings, else the sidebar's picks.
+teacher_ref, student_refs = teacher_run, students
+student_names = {ref: candidates.get(ref, ref) for ref in students}
+settings, first_images = (eta, METRIC_ATTACK.eps, steps, power), [0, 1, 2]
+if opened is not None:
+    data, saved = load_boundary_run(get_store().get(opened))
+    rows, c = list(data["students"].values()), data["config"]
+    st.plotly_chart(similarity_bar_figure(rows), key="boundary_bars")
+    st.caption(f"{data['base_samples']} base samples ({c['split']} split, {c['selection']} selection), "
+               f"{data['pairs']} (n, k) pairs, targets: {c['targets']}; attack η = {c['eta']}, I = {c['max_steps']}, "
+               f"step ÷‖∇‖^{c['gradient_norm_power']}; the teacher crossed on {data['teacher_outcomes']['accepted']}"
+               f" pairs" + (" · **partial: stopped before every student was measured**" if data["partial"] else ""))
+    st.dataframe([{k: r[k] for k in ("student", "accuracy", "magsim", "angsim", "both_accepted", "student_accepted",
+                                     "pairs", "note")} for r in rows], hide_index=True)
+    with st.expander("By base class"):
+        st.plotly_chart(per_class_figure({n: r["per_class"] for n, r in data["results"].items()}, names),
+                        key="boundary_per_class")
+    teacher_ref, student_refs = c["teacher"], c["students"][:len(rows)]
+    student_names = dict(zip(student_refs, data["students"]))
+    settings = (c["eta"], c["eps"], c["max_steps"], c["gradient_norm_power"])
+    if c["split"] == "test" and not c["pool"]:   # the base samples with the largest teacher-student gap
+        first_images = saved["source_index"][:3].tolist()
+
+st.subheader("One image at a time")
+if not student_refs:
+    st.stop()
+st.caption("The opened comparison's teacher and students, with its attack settings: base image, both attacks' "
+           "results, and the two perturbations on one shared red-blue scale (red: pixel raised).")
+try:
+    split = test_split(dataset.name, dataset.root)
+except DatasetMissingError as e:
+    st.error(str(e))
+    st.stop()
+cols = st.columns([2, 3, 2])
+student_ref = cols[0].selectbox("Student", student_refs, format_func=lambda r: student_names.get(r, r),
+                                key="one_student")
+chosen = cols[1].multiselect("Test images", sorted(set(range(100)) | set(first_images)), default=first_images,
+                             key="one_images", max_selections=6,
+                             format_func=lambda i: f"#{i} · {names[int(split.labels[i])]}")
+target = cols[2].selectbox("Target class k", [RUNNER_UP] + names, key="one_target")
+if not chosen:
+    st.stop()
+shot = attack_images(teacher_ref, student_ref, tuple(chosen), target, dataset.name, dataset.root, settings)
+if shot["skipped"]:
+    st.caption(f"Skipped {shot['skipped']}: already of class {target}.")
+if len(shot["x"]):
+    t, s = shot["teacher"], shot["student"]
+    row_titles = [f"#{i} {names[b]} → {names[k]}" for i, b, k in zip(shot["indices"].tolist(),
+                                                                     shot["labels"].tolist(), shot["targets"].tolist())]
+    status = {m: [outcome_text(int(r.outcome[j]), int(r.crossed_step[j]), int(r.steps[j]))
+                  + ("" if int(shot["predictions"][m][j]) == int(shot["labels"][j])
+                     else f" (predicts {names[int(shot['predictions'][m][j])]}: not a base sample)")
+                  for j in range(len(shot["x"]))] for m, r in (("teacher", t), ("student", s))}
+    st.plotly_chart(attack_panels_figure(shot["x"], t.adversarial, s.adversarial, dataset.mean, dataset.std,
+                                         row_titles, status["teacher"], status["student"]), key="one_panels")
+    which = st.selectbox("Attack loss of", range(len(row_titles)), format_func=row_titles.__getitem__,
+                         key="one_loss_row")
+    st.plotly_chart(attack_loss_figure(t, s, which), key="one_loss")

@@ -1,0 +1,124 @@
+"""AppTest of the Boundaries page: explanation, a background MagSim/AngSim comparison that lands in the run store and
+reopens in a new session, and the one-image attack panels with the step each attack crossed."""
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from dfkd_core.distill import DistillConfig, DistillJob
+from dfkd_core.runs import RunStore
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGE = "app_pages/boundaries.py"
+
+
+def add_run(store: RunStore, kind: str, checkpoint, name: str, method: str, accuracy: float) -> str:
+    run = store.create(kind, {}, method=method, dataset="digits", name=name)
+    shutil.copy(checkpoint, run.path("model.pt"))
+    run.set_status("done", summary={"test_accuracy" if kind == "teacher" else "student_accuracy": accuracy})
+    return run.id
+
+
+@pytest.fixture(scope="module")
+def digits_students(digits_teacher, tmp_path_factory):
+    """Two real students (KD and scratch, a few seconds each) saved as checkpoints."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    store = RunStore(tmp_path_factory.mktemp("students"))
+    paths = {}
+    for method, steps in (("real-kd", 150), ("scratch", 100)):
+        config = DistillConfig(method=method, steps=steps, eval_every=1000)
+        job = DistillJob(copy.deepcopy(digits_teacher), config, run=store.create("distill", config.to_dict()))
+        job.run()
+        assert job.status == "done", job.error
+        paths[method] = (job.result["checkpoint"], job.result["student_accuracy"])
+    torch.set_num_threads(threads)
+    return paths
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, digits_teacher, digits_students):
+    monkeypatch.setenv("DFKD_HOME", str(tmp_path / "home"))
+    threads = torch.get_num_threads()
+    store = RunStore(tmp_path / "home")
+    store.teacher_id = add_run(store, "teacher", digits_teacher.path, "bncnn3_w32 on digits", "bncnn3_w32", 0.99)
+    store.student_ids = [add_run(store, "distill", path, f"{method}: student", method, acc)
+                         for method, (path, acc) in digits_students.items()]
+    yield store
+    from app_pages.common import get_job_manager
+    get_job_manager().shutdown()
+    torch.set_num_threads(threads)
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.main if e.type == "plotly_chart"]
+
+
+def test_page_explains_the_metric_and_asks_for_students(home):
+    at = page()
+    assert at.title[0].value == "Boundaries"
+    explanation = " ".join(m.value for m in at.markdown)
+    assert r"\mathrm{MagSim}" in explanation and r"\mathrm{AngSim}" in explanation and "p_n^k" in explanation
+    assert "Pick one or more students" in at.info[0].value
+    assert at.sidebar.multiselect(key="boundary_students").options   # both stored students offered
+
+
+def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
+    at = page()
+    at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids)
+    at.sidebar.number_input(key="boundary_samples").set_value(15)
+    at.run()
+    next(b for b in at.sidebar.button if b.label == "Compare").click().run()
+    from app_pages.common import get_job_manager
+    job = get_job_manager().get(at.query_params.get("job"))
+    assert job is not None and type(job).__name__ == "BoundaryAnalysis"
+    end = time.time() + 60
+    while job.running:
+        assert time.time() < end, "analysis timed out"
+        time.sleep(0.1)
+    assert job.status == "done", job.error
+    at.run()
+    assert not at.exception, at.exception
+    (analysis,) = home.list("analysis")
+    assert analysis.status == "done" and at.selectbox(key="boundary_open").value == analysis.id
+
+    bars = figures(at)[0]
+    assert [t["name"] for t in bars["data"]] == ["MagSim", "AngSim"] and len(bars["data"][0]["x"]) == 2
+    counts = [a["text"] for a in bars["layout"]["annotations"]]
+    assert len(counts) == 2 and all(text.startswith("n = ") and "pairs" in text for text in counts)
+    table = at.dataframe[0].value
+    assert len(table) == 2 and (table["both_accepted"] >= 0).all()
+    assert "base samples" in " ".join(c.value for c in at.caption)
+
+    fresh = page()   # another session: the stored comparison is offered and shown, without a job
+    assert fresh.selectbox(key="boundary_open").value == analysis.id
+    assert figures(fresh)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
+
+
+def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
+    at = page()
+    at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids[:1]).run()
+    at.multiselect(key="one_images").set_value([0, 1]).run()
+    assert not at.exception, at.exception
+    panels, loss = figures(at)
+    titles = " ".join(a["text"] for a in panels["layout"]["annotations"])
+    assert titles.count("teacher BSS") == 2 and titles.count("x̄ student") == 2
+    assert "crossed at step" in titles or "rejected" in titles
+    perturbations = [t for t in panels["data"] if t.get("colorscale") and t.get("zmid") == 0]
+    assert len(perturbations) == 4   # two rows × (teacher, student), diverging scale centred on 0
+    assert {t["name"] for t in loss["data"] if t.get("name")} == {"teacher", "student"}
+    at.selectbox(key="one_target").set_value(at.selectbox(key="one_target").options[1]).run()   # a fixed class
+    assert not at.exception, at.exception
