@@ -47,10 +47,12 @@ def train_student(teacher_path: str, store: RunStore, label: str, seed: int, arg
                            temperature=args.temperature, seed=seed, eval_every=max(1, args.steps // 4),
                            options=options, **extra)
     teacher = load_checkpoint(teacher_path)
-    run = store.create("distill", {**config.to_dict(), "teacher": teacher_path}, method=method,
-                       dataset=teacher.dataset.name, name=f"{label} seed {seed}: {teacher.name} (boundary table)")
-    job = DistillJob(teacher, config, run=run)
+    job = DistillJob(teacher, config)   # first: a method completes its options in config (saved below)
+    job.run_record = store.create("distill", {**config.to_dict(), "teacher": teacher_path}, method=method,
+                                  dataset=teacher.dataset.name,
+                                  name=f"{label} seed {seed}: {teacher.name} (boundary table)")
     job.run()
+    run = job.run_record
     if job.status != "done":
         raise SystemExit(f"{label} seed {seed} {job.status}: {job.error}")
     r = job.result
