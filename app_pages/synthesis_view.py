@@ -2,6 +2,7 @@
 from the knobs, and the live view of a running job. `pages/synthesize.py` lays them out."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import streamlit as st
@@ -65,6 +66,7 @@ KNOBS = (
          tuple(range(10)), fmt="{}"),
 )
 KNOB = {k.name: k for k in KNOBS}
+FIRST_SNAPSHOT_WAIT_S = 0.5
 DEFAULT_PACE = 30  # a digits step takes ~10 ms: unpaced, 200 steps are over before anyone can steer them
 
 
@@ -150,11 +152,17 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
                        name=f"{PRESET_NAMES[config.method]} from {teacher.name} (app)")
     job.run_record = run
     try:
-        return manager.submit(job, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}",
-                              steps_per_second=pace or None, snapshot_interval_s=SNAPSHOT_SECONDS)
+        manager.submit(job, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}",
+                       steps_per_second=pace or None, snapshot_interval_s=SNAPSHOT_SECONDS)
     except JobLimitError as e:  # another tab took the last slot in between
         run.set_status("failed", error=str(e))
         raise
+    # The first snapshot is a step away (~0.1 s on digits): waiting briefly lets the page that follows the click
+    # show the grid at once instead of one poll later.
+    deadline = time.monotonic() + FIRST_SNAPSHOT_WAIT_S
+    while job.latest_snapshot is None and job.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return job
 
 
 def grid_png(job: ModelInversion, snap) -> bytes:

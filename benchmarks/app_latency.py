@@ -48,7 +48,7 @@ def first_event(home: Path, key: str) -> dict | None:
 def measure(page, url: str, home: Path, window_s: float, screenshot: Path | None) -> dict:
     page.goto(url)
     page.get_by_role("button", name="Start").wait_for(timeout=600_000)
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(2000)  # a user reads the page before pressing Start
     page.evaluate(WATCH_JS)
     t_start = page.evaluate(CLICK_JS, "Start")
     page.wait_for_function("window.__grids.length >= 1", timeout=60_000)
