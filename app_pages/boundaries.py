@@ -7,6 +7,7 @@ from dfkd_core.analysis.boundary_cli import student_label
 from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run
 from dfkd_core.data import DatasetMissingError, load_split
 from dfkd_core.job_manager import JobLimitError
+from dfkd_core.models import CheckpointError
 from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text, per_class_figure,
                                       similarity_bar_figure)
 from dfkd_core.synthesis.bss import AttackSettings
@@ -192,7 +193,11 @@ chosen = cols[1].multiselect("Test images", sorted(set(range(100)) | set(first_i
 target = cols[2].selectbox("Target class k", [RUNNER_UP] + names, key="one_target")
 if not chosen:
     st.stop()
-shot = attack_images(teacher_ref, student_ref, tuple(chosen), target, dataset.name, dataset.root, settings)
+try:
+    shot = attack_images(teacher_ref, student_ref, tuple(chosen), target, dataset.name, dataset.root, settings)
+except (FileNotFoundError, CheckpointError) as e:   # a model of a stored comparison was deleted since
+    st.error(f"Cannot attack these models: {e}")
+    st.stop()
 if shot["skipped"]:
     st.caption(f"Skipped {shot['skipped']}: already of class {target}.")
 if len(shot["x"]):

@@ -31,7 +31,7 @@ def digits_students(digits_teacher, tmp_path_factory):
     torch.set_num_threads(1)
     store = RunStore(tmp_path_factory.mktemp("students"))
     paths = {}
-    for method, steps in (("real-kd", 150), ("scratch", 100)):
+    for method, steps in (("real-kd", 100), ("scratch", 60)):
         config = DistillConfig(method=method, steps=steps, eval_every=1000)
         job = DistillJob(copy.deepcopy(digits_teacher), config, run=store.create("distill", config.to_dict()))
         job.run()
@@ -106,6 +106,12 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     fresh = page()   # another session: the stored comparison is offered and shown, without a job
     assert fresh.selectbox(key="boundary_open").value == analysis.id
     assert figures(fresh)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
+
+    home.delete(home.student_ids[0])   # a compared student deleted since: the stored numbers stay, attacks explain
+    again = page()
+    assert figures(again)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
+    again.multiselect(key="one_images").set_value([7]).run()   # not attacked before, so not in the cache
+    assert "Cannot attack these models" in again.error[0].value
 
 
 def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
