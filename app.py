@@ -18,6 +18,8 @@ PAGES = [
     st.Page("app_pages/synthesize.py", title="Synthesize", icon=":material/auto_awesome:", default=True),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/folder_open:"),
     st.Page("app_pages/boundaries.py", title="Boundaries", icon=":material/compare_arrows:"),
+    st.Page("app_pages/representations.py", title="Representations", icon=":material/grid_on:"),
+    st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:"),
 ]
 
 st.navigation(PAGES, position="top").run()

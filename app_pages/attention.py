@@ -1,0 +1,134 @@
+"""Attention: Grad-CAM of a stored teacher and its students on the same real images, with overlap scores (§6)."""
+import streamlit as st
+import torch
+
+from dfkd_core.analysis import TARGETS, compare_attention
+from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
+from dfkd_core.data import DatasetMissingError, load_split
+from dfkd_core.job_manager import JobLimitError
+from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure
+from app_pages.analysis_view import model_choices, short_label, stored_analyses
+from app_pages.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
+                              get_store, keep_widget_state, live, open_checkpoint)
+
+TARGET_NAMES = {"true": "true label", "predicted": "each model's prediction", "teacher": "teacher's prediction"}
+SHOWN = 100   # test images offered in the picker
+
+
+@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
+def test_split(dataset: str, root: str | None):
+    return load_split(dataset, "test", root)
+
+
+@st.cache_data(show_spinner="Grad-CAM of teacher and students…", max_entries=32)
+def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[int, ...], target: str,
+              fraction: float, dataset: str, root: str | None) -> dict:
+    split = test_split(dataset, root)
+    idx = torch.tensor(indices)
+    students = {short_label(ref): fresh_model(ref) for ref in student_refs}
+    c = compare_attention(fresh_model(teacher_ref), students, split.normalized(idx), split.labels[idx], target,
+                          fraction=fraction)
+    return {"images": split.info.denormalize(split.normalized(idx)), "maps": c.maps, "predictions": c.predictions,
+            "scores": {s: {"correlation": c.correlation[s], "iou": c.iou[s]} for s in c.students},
+            "summary": c.summary(), "labels": split.labels[idx]}
+
+
+def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> None:
+    teacher = open_checkpoint(teacher_run)
+    try:
+        images, labels = load_inputs("real", teacher.dataset, config.samples, config.seed)
+        run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
+                                 dataset=teacher.dataset.name,
+                                 name=f"Grad-CAM {teacher.name} vs {len(student_refs)} student(s)")
+        job = GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r) for r in student_refs},
+                              images, labels, config, teacher.dataset, run)
+        attach(get_job_manager().submit(job, label="Grad-CAM"))
+    except (DatasetMissingError, FileNotFoundError, ValueError, JobLimitError) as e:
+        st.session_state["gradcam_error"] = str(e)
+
+
+def render_progress(job: GradCAMAnalysis) -> None:
+    st.progress(job.step_index / max(job.total_steps, 1), text=f"**{job.status}** · batch {job.step_index}/"
+                f"{job.total_steps}")
+    if job.status == "failed":
+        st.error(job.error)
+
+
+st.title("Attention")
+st.caption("Where do teacher and student look? Grad-CAM $\\mathrm{ReLU}(\\sum_c \\alpha_c A_c)$ at each model's "
+           "last spatial block, overlaid on the same real test images; per image, the Pearson correlation $r$ of "
+           "the two maps and the IoU of their top regions. IE-KD students are expected to keep the teacher's "
+           "attention (METHODS §5.5).")
+keep_widget_state("att_teacher", "att_students", "att_target", "att_fraction", "att_images", "att_samples",
+                  "att_open")
+job = attached_job("analysis")
+job = job if isinstance(job, GradCAMAnalysis) else None
+running = job is not None and job.running
+
+with st.sidebar:
+    teacher_run = checkpoint_picker("Teacher", key="att_teacher")
+    if teacher_run is None:
+        st.info("No teacher in the run store yet: add one on the Teacher page.")
+        st.stop()
+    dataset = open_checkpoint(teacher_run).dataset
+    choices = model_choices(dataset.name, exclude=teacher_run)
+    students = st.multiselect("Students", list(choices), format_func=choices.get, key="att_students",
+                              max_selections=4, placeholder="distilled students, side by side")
+    target = st.radio("Class explained", TARGETS, format_func=TARGET_NAMES.get, key="att_target")
+    fraction = st.select_slider("Top region for the IoU", [0.1, 0.2, 0.3, 0.5], 0.2, key="att_fraction",
+                                format_func=lambda f: f"{f:.0%}")
+if not students:
+    st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
+    st.stop()
+try:
+    split = test_split(dataset.name, dataset.root)
+except DatasetMissingError as e:
+    st.error(str(e))
+    st.stop()
+names = dataset.class_names or [str(k) for k in range(dataset.num_classes)]
+chosen = st.multiselect("Test images", range(min(SHOWN, len(split))), default=list(range(6)), key="att_images",
+                        max_selections=12, format_func=lambda i: f"#{i} · {names[int(split.labels[i])]}")
+if chosen:
+    shot = attention(teacher_run, tuple(students), tuple(chosen), target, fraction, dataset.name, dataset.root)
+    captions = [f"#{i} {names[int(y)]} · T→{names[int(p)]}" for i, y, p in
+                zip(chosen, shot["labels"], shot["predictions"]["teacher"])]
+    st.plotly_chart(gradcam_grid_figure(shot["images"], shot["maps"], shot["scores"], captions),
+                    key="gradcam_grid")
+    cols = st.columns(len(shot["summary"]))
+    for col, (name, s) in zip(cols, shot["summary"].items()):
+        col.metric(f"{name}: mean r / IoU", f"{s['correlation_mean']:.2f} / {s['iou_mean']:.2f}")
+    st.dataframe([{"image": f"#{i} {names[int(y)]}", **{f"{n} {k}": round(float(v[k][j]), 3)
+                                                       for n, v in shot["scores"].items() for k in v}}
+                  for j, (i, y) in enumerate(zip(chosen, shot["labels"]))], hide_index=True)
+
+st.subheader("Overlap on many images")
+cols = st.columns([2, 1, 1])
+samples = cols[0].select_slider("Real test images", [100, 250, 500, 1000], 500, key="att_samples",
+                                disabled=running)
+config = GradCAMConfig(teacher=teacher_run, students=students, target=target, fraction=fraction, samples=samples)
+cols[1].button("Score them", type="primary", disabled=running, width="stretch",
+               on_click=lambda: start(teacher_run, students, config))
+if running:
+    cols[2].button("Stop", on_click=lambda: get_job_manager().cancel(job.id), width="stretch")
+if st.session_state.get("gradcam_error"):
+    st.error(st.session_state.pop("gradcam_error"))
+if job is not None and (running or job.status == "failed"):
+    live(job, render_progress)
+if job is not None and not running and st.session_state.get("att_opened_for") != job.id:
+    st.session_state["att_open"] = job.run_record.id
+    st.session_state["att_opened_for"] = job.id
+stored = stored_analyses("gradcam", "gradcam.json", dataset.name)
+if stored:
+    if st.session_state.get("att_open") not in stored:
+        st.session_state["att_open"] = next(iter(stored))
+    opened = st.selectbox("Scored set", list(stored), key="att_open",
+                          format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
+    saved = get_store().get(opened).load_json("gradcam.json")
+    st.dataframe([{"student": n, "mean r": s["correlation_mean"], "mean IoU": s["iou_mean"], "images": s["images"],
+                   "undefined r / IoU": f"{s['correlation_undefined']} / {s['iou_undefined']}"}
+                  for n, s in saved["students"].items()], hide_index=True)
+    left, right = st.columns(2)
+    for col, metric in ((left, "correlation"), (right, "iou")):
+        col.plotly_chart(overlap_histogram_figure({n: torch.tensor([float(x) for x in v[metric]], dtype=torch.float64)
+                                                   for n, v in saved["per_image"].items()}, metric),
+                         key=f"hist_{metric}")

@@ -1,0 +1,119 @@
+"""Representations: layer × layer CKA between a stored teacher and student (METHODS §7), as a background job."""
+import streamlit as st
+
+from dfkd_core.analysis import KERNELS, CKAResult, layer_names
+from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, load_inputs
+from dfkd_core.data import DatasetMissingError
+from dfkd_core.job_manager import JobLimitError
+from dfkd_core.plots.representations import cka_heatmap_figure
+from app_pages.analysis_view import input_choices, model_choices, stored_analyses
+from app_pages.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
+                              get_store, keep_widget_state, live, open_checkpoint)
+
+KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"}
+
+
+def start(teacher_run: str, student_ref: str, config: CKAConfig) -> None:
+    teacher = open_checkpoint(teacher_run)
+    try:
+        images, _ = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store())
+        run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
+                                 dataset=teacher.dataset.name,
+                                 name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
+        job = CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), images, config, run)
+        attach(get_job_manager().submit(job, label="CKA"))
+    except (DatasetMissingError, FileNotFoundError, KeyError, ValueError, JobLimitError) as e:
+        st.session_state["cka_error"] = str(e)
+
+
+def render_progress(job: CKAAnalysis) -> None:
+    samples = job.history[-1]["samples"] if job.history else 0
+    st.progress(job.step_index / max(job.total_steps, 1), text=f"**{job.status}** · {samples} images so far")
+    if job.status == "failed":
+        st.error(job.error)
+
+
+st.title("Representations")
+st.caption(r"Do teacher and student represent the same images alike? Linear CKA of centered features $X$ "
+           r"(teacher layer, $n\times p_1$) and $Y$ (student layer): $\mathrm{CKA}=\lVert Y^\top X\rVert_F^2/"
+           r"(\lVert X^\top X\rVert_F\,\lVert Y^\top Y\rVert_F)$, 1 = the same up to rotation and scale; the RBF "
+           r"kernel uses bandwidth $\sigma$ = threshold × median distance. IE-KD students are expected to score "
+           r"*lower* than plain KD students at their split layer (METHODS §5.5).")
+keep_widget_state("cka_teacher", "cka_student", "cka_kernel", "cka_threshold", "cka_inputs", "cka_samples",
+                  "cka_reduce", "cka_open")
+job = attached_job("analysis")
+job = job if isinstance(job, CKAAnalysis) else None
+running = job is not None and job.running
+if job is not None and not running and st.session_state.get("cka_opened_for") != job.id:
+    st.session_state["cka_open"] = job.run_record.id   # show what was just computed
+    st.session_state["cka_opened_for"] = job.id
+
+with st.sidebar:
+    st.subheader("New comparison")
+    teacher_run = checkpoint_picker("Teacher", key="cka_teacher", disabled=running)
+    if teacher_run is None:
+        st.info("No teacher in the run store yet: add one on the Teacher page.")
+        st.stop()
+    teacher = open_checkpoint(teacher_run)
+    dataset = teacher.dataset
+    choices = model_choices(dataset.name, exclude=teacher_run)
+    if not choices:
+        st.info(f"No other {dataset.name} model is stored: distill a student first (`dfkd distill`).")
+        st.stop()
+    student_ref = st.selectbox("Student", list(choices), format_func=choices.get, key="cka_student",
+                               disabled=running)
+    kernel = st.radio("Kernel", KERNELS, format_func=KERNEL_NAMES.get, key="cka_kernel", horizontal=True,
+                      disabled=running)
+    threshold = st.select_slider("RBF threshold", [0.2, 0.5, 1.0, 2.0], 1.0, key="cka_threshold",
+                                 disabled=running or kernel != "rbf")
+    inputs = input_choices(dataset.name)
+    source = st.selectbox("Images", list(inputs), format_func=inputs.get, key="cka_inputs", disabled=running)
+    samples = st.select_slider("How many", [100, 250, 500, 1000, 2000, 5000], 1000, key="cka_samples",
+                               disabled=running)
+    reduce = st.radio("Feature maps", ["flatten", "mean"], key="cka_reduce", horizontal=True, disabled=running,
+                      help="flatten: every unit (c, h, w) is a feature; mean: one feature per channel")
+    with st.expander("Layers (default: every block and the logits)"):
+        layers_t = st.multiselect("Teacher layers", layer_names(teacher.model), disabled=running,
+                                  key=f"cka_layers_t_{teacher_run}")
+        layers_s = st.multiselect("Student layers", layer_names(open_checkpoint(student_ref).model),
+                                  disabled=running, key=f"cka_layers_s_{student_ref}")
+    config = CKAConfig(teacher=teacher_run, student=student_ref, kernel=kernel, threshold=threshold,
+                       layers_teacher=layers_t, layers_student=layers_s, inputs=source, samples=samples,
+                       reduce=reduce)
+    st.button("Compute CKA", type="primary", disabled=running, width="stretch",
+              on_click=lambda: start(teacher_run, student_ref, config))
+    if running:
+        st.button("Stop", on_click=lambda: get_job_manager().cancel(job.id), width="stretch")
+
+if st.session_state.get("cka_error"):
+    st.error(st.session_state.pop("cka_error"))
+if job is not None and (running or job.status == "failed"):
+    live(job, render_progress)
+
+stored = stored_analyses("cka", "cka.json", dataset.name)
+if not stored:
+    st.info("Pick a student, the kernel and the images in the sidebar and press **Compute CKA**.")
+    st.stop()
+if st.session_state.get("cka_open") not in stored:
+    st.session_state["cka_open"] = next(iter(stored))
+opened = st.selectbox("Comparison", list(stored), key="cka_open",
+                      format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
+record = stored[opened]
+result = CKAResult.from_dict(get_store().get(opened).load_json("cka.json"))
+st.plotly_chart(cka_heatmap_figure(result), key="cka_heatmap")
+summary = record.summary
+facts = [f"{result.samples} images ({summary.get('inputs', '?')})", f"features: {result.reduce}"]
+if "cka_diagonal_mean" in summary:
+    facts.append(f"mean of the diagonal (layer i vs layer i): {summary['cka_diagonal_mean']:.3f}")
+if summary.get("partial"):
+    facts.append("**partial: stopped early**")
+st.caption(" · ".join(facts))
+student_run = get_store().get(opened).config().get("student", "")
+try:
+    split = get_store().get_record(student_run).summary.get("layer_student")
+except KeyError:   # a peer B checkpoint path, or a deleted run
+    split = None
+if split in result.layers_student:
+    st.caption(f"This student was trained with IE-KD/IE-DML: its split layer is **{split}** (CKA with the "
+               f"teacher's layers: " + ", ".join(f"{t} {result.value(t, split):.3f}" for t in
+                                                 result.layers_teacher) + ").")

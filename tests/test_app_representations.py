@@ -1,0 +1,183 @@
+"""AppTest of the Representations (CKA) and Attention (Grad-CAM) pages on a stored digits teacher and real IE-KD /
+IE-DML students: background jobs that land in the run store and reopen, overlays with per-image scores."""
+import base64
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from dfkd_core.analysis import layer_names
+from dfkd_core.distill import DistillConfig, DistillJob
+from dfkd_core.runs import RunStore
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def ie_students(digits_teacher, tmp_path_factory):
+    """An IE-KD student and an IE-DML pair (a few seconds each), as run directories."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    store = RunStore(tmp_path_factory.mktemp("ie_students"))
+    jobs = {}
+    for method, options in (("iekd", {"autoencoder_steps": 40}), ("iedml", {})):
+        config = DistillConfig(method=method, steps=80, eval_every=1000, options=options)
+        job = DistillJob(copy.deepcopy(digits_teacher), config, run=store.create("distill", config.to_dict()))
+        job.run()
+        assert job.status == "done", job.error
+        jobs[method] = job
+    torch.set_num_threads(threads)
+    return jobs
+
+
+def add_run(store: RunStore, kind: str, source_dir: Path, name: str, method: str, summary: dict) -> str:
+    run = store.create(kind, {}, method=method, dataset="digits", name=name)
+    for f in ("model.pt", "model_b.pt", "images.pt"):
+        if (source_dir / f).is_file():
+            shutil.copy(source_dir / f, run.path(f))
+    run.set_status("done", summary=summary)
+    return run.id
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, digits_teacher, ie_students):
+    monkeypatch.setenv("DFKD_HOME", str(tmp_path / "home"))
+    threads = torch.get_num_threads()
+    store = RunStore(tmp_path / "home")
+    store.teacher_id = add_run(store, "teacher", Path(digits_teacher.path).parent, "bncnn3_w32 on digits",
+                               "bncnn3_w32", {"test_accuracy": 0.99})
+    store.ie = {m: add_run(store, "distill", j.run_record.dir, f"{m}: student", m,
+                           {k: v for k, v in j.result.items() if k != "curve"}) for m, j in ie_students.items()}
+    store.peer = str(store.get(store.ie["iedml"]).path("model_b.pt"))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    info = digits_teacher.dataset
+    torch.save({"images": info.normalize(torch.rand(60, 1, 8, 8)), "targets": torch.arange(60) % 10,
+                "dataset": info.to_dict()}, pool / "images.pt")
+    store.synthesis_id = add_run(store, "synthesis", pool, "deepinversion on digits", "deepinversion", {})
+    yield store
+    from app_pages.common import get_job_manager
+    get_job_manager().shutdown()
+    torch.set_num_threads(threads)
+
+
+def page(path: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(path).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.main if e.type == "plotly_chart"]
+
+
+def finish_job(at: AppTest, kind: str):
+    from app_pages.common import get_job_manager
+    job = get_job_manager().get(at.query_params.get("job"))
+    assert job is not None and type(job).__name__ == kind
+    end = time.time() + 60
+    while job.running:
+        assert time.time() < end, "analysis timed out"
+        time.sleep(0.05)
+    assert job.status == "done", job.error
+    at.run()
+    assert not at.exception, at.exception
+    return job
+
+
+def heatmap_values(trace: dict) -> list[list[float]]:
+    """The z of a heatmap trace (plotly sends large arrays base64-encoded)."""
+    z = trace["z"]
+    if isinstance(z, dict):
+        rows, cols = (int(n) for n in z["shape"].split(","))
+        return torch.frombuffer(bytearray(base64.b64decode(z["bdata"])), dtype=torch.float64).view(rows, cols).tolist()
+    return z
+
+
+def click(at: AppTest, label: str, sidebar: bool = False) -> None:
+    next(b for b in (at.sidebar.button if sidebar else at.button) if b.label == label).click().run()
+
+
+# ------------------------------------------------------------------ Representations
+
+def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_teacher):
+    at = page("app_pages/representations.py")
+    assert at.title[0].value == "Representations"
+    assert "Compute CKA" in at.info[0].value
+    student = at.sidebar.selectbox(key="cka_student")
+    labels = student.options   # iekd and iedml students, and IE-DML's peer B
+    assert len(labels) == 3 and sum("peer B" in o for o in labels) == 1 and sum("iekd" in o for o in labels) == 1
+    student.set_value(home.ie["iekd"])
+    at.sidebar.select_slider(key="cka_samples").set_value(100).run()
+    click(at, "Compute CKA", sidebar=True)
+    finish_job(at, "CKAAnalysis")
+    (analysis,) = home.list("analysis")
+    assert analysis.method == "cka" and at.selectbox(key="cka_open").value == analysis.id
+    (heatmap,) = figures(at)
+    layers = layer_names(digits_teacher.model)
+    assert heatmap["data"][0]["type"] == "heatmap" and heatmap["data"][0]["y"] == layers
+    z = heatmap_values(heatmap["data"][0])
+    assert len(z) == len(layers) and all(0 <= v <= 1 + 1e-6 for row in z for v in row)
+    captions = " ".join(c.value for c in at.caption)
+    assert "100 images (real)" in captions and "split layer is **features.10**" in captions
+
+    fresh = page("app_pages/representations.py")   # another session: the stored matrix, no job needed
+    assert fresh.selectbox(key="cka_open").value == analysis.id and heatmap_values(figures(fresh)[0]["data"][0]) == z
+
+
+def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
+    at = page("app_pages/representations.py")
+    at.sidebar.selectbox(key="cka_student").set_value(home.peer)
+    at.sidebar.radio(key="cka_kernel").set_value("rbf")
+    at.sidebar.selectbox(key="cka_inputs").set_value(home.synthesis_id)
+    at.sidebar.select_slider(key="cka_samples").set_value(100).run()   # the pool has 60: all are used
+    click(at, "Compute CKA", sidebar=True)
+    job = finish_job(at, "CKAAnalysis")
+    assert job.cka.kernel == "rbf" and job.cka.samples == 60
+    assert job.config.inputs == home.synthesis_id and job.config.student == home.peer
+    assert "60 images" in " ".join(c.value for c in at.caption)
+
+
+# ------------------------------------------------------------------ Attention
+
+def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
+    at = page("app_pages/attention.py")
+    assert at.title[0].value == "Attention" and "Pick one or more students" in at.info[0].value
+    at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.peer]).run()
+    assert not at.exception, at.exception
+    grid = figures(at)[0]
+    assert sum(t["type"] == "image" for t in grid["data"]) == 6 * 4   # 6 images × (input, teacher, 2 students)
+    titles = [a["text"] for a in grid["layout"]["annotations"]]
+    assert sum("r=" in t and "IoU=" in t for t in titles) == 6 * 2
+    assert len(at.metric) == 2 and all("/" in m.value for m in at.metric)
+    table = at.dataframe[0].value
+    assert len(table) == 6 and table.shape[1] == 1 + 2 * 2
+    assert ((table.iloc[:, 1:] >= -1) & (table.iloc[:, 1:] <= 1)).all().all()
+    at.multiselect(key="att_images").set_value([3, 50]).run()
+    at.sidebar.radio(key="att_target").set_value("teacher").run()
+    assert not at.exception, at.exception
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_attention_scores_many_images_in_the_background(home):
+    at = page("app_pages/attention.py")
+    at.sidebar.multiselect(key="att_students").set_value([home.ie["iedml"]]).run()
+    at.multiselect(key="att_images").set_value([0]).run()
+    at.select_slider(key="att_samples").set_value(100).run()
+    click(at, "Score them")
+    job = finish_job(at, "GradCAMAnalysis")
+    assert job.result["samples"] == 100
+    (analysis,) = home.list("analysis")
+    assert analysis.method == "gradcam" and at.selectbox(key="att_open").value == analysis.id
+    histograms = figures(at)[1:]
+    assert [f["layout"]["xaxis"]["title"]["text"] for f in histograms] == [
+        "Pearson correlation with teacher map", "top-region IoU with teacher map"]
+    summary = at.dataframe[1].value
+    assert len(summary) == 1 and summary["images"][0] == 100
