@@ -225,6 +225,17 @@ def render_bn(job: ModelInversion) -> None:
         st.plotly_chart(figure, key="live_bn")
 
 
+def render_idle(teacher_run: str) -> None:
+    """Before Start: what DeepInversion will match. (Drawing a chart now also loads the browser's plotting code
+    before the run, instead of stalling the first live seconds.)"""
+    layers = batchnorm_layers(open_checkpoint(teacher_run).model)
+    if layers:
+        st.markdown("**The teacher's BN running statistics**: what $R_{feature}$ pulls the synthesized batch to")
+        st.plotly_chart(bn_statistics_figure([{"layer": name, "running_mean": m.running_mean,
+                                               "running_var": m.running_var} for name, m in layers]),
+                        key="idle_bn")
+
+
 def render_live(job: ModelInversion | None) -> None:
     """The live view of a synthesis job: grid and metrics 4x/s, curves 2x/s, BN chart 1x/s (each a fragment,
     so a refresh redraws only its part). Read-only: the job's thread owns the job."""

@@ -5,8 +5,8 @@ from dfkd_core.job_manager import JobLimitError
 from app_pages.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
                               keep_widget_state, open_checkpoint, show_starter_progress)
 from app_pages.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
-                                      init_knobs, knob_key, knob_widget, render_live, set_knobs, start_inversion,
-                                      student_options)
+                                      init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
+                                      start_inversion, student_options)
 
 st.title("Synthesize")
 st.caption("Images from a trained classifier alone: optimize a batch $\\hat x$ so that "
@@ -115,4 +115,5 @@ if st.session_state.get("start_error"):
 if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
             "watch the batch turn from noise into images the teacher recognizes.")
+    render_idle(teacher_run)
 render_live(job)

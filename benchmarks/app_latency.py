@@ -79,7 +79,7 @@ def measure(page, url: str, home: Path, window_s: float, screenshot: Path | None
     ui_times = [t for t, _ in progress if first_grid <= t <= window_end]
     steps = [int(text.split("step ")[1].split("/")[0]) for t, text in progress if "running" in text]
     seconds = (window_end - first_grid) / 1000
-    return {"first_grid_s": (first_grid - t_start) / 1000,
+    return {"load": os.getloadavg()[0], "first_grid_s": (first_grid - t_start) / 1000,
             "grid_refresh_per_s": (len(grids) - 1) / ((steady_end - first_grid) / 1000),
             "max_ui_gap_s": max(b - a for a, b in zip(ui_times, ui_times[1:])) / 1000 if len(ui_times) > 1
             else float("nan"),
@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--fashion-teacher", help="a Fashion-MNIST teacher checkpoint (skipped if not given)")
     p.add_argument("--screenshots", type=Path, help="folder for mid-run screenshots of the Synthesize page")
     p.add_argument("--window", type=float, default=5.0, help="seconds of live view measured per run")
+    p.add_argument("--repeat", type=int, default=1, help="runs per dataset (the machine's load varies)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, chromium_page(1400, 1200) as page:
@@ -107,25 +108,27 @@ def main() -> None:
             page.get_by_role("button", name="Start").wait_for(timeout=600_000)
             first_launch = time.time() - t0
             shot = args.screenshots / "synthesize_digits.png" if args.screenshots else None
-            rows.append(("digits", "bncnn3_w32 (starter)", measure(page, url, home, args.window, shot)))
+            for _ in range(args.repeat):
+                rows.append(("digits", "bncnn3_w32 (starter)", measure(page, url, home, args.window, shot)))
         if args.fashion_teacher:
             home = Path(tmp) / "fashion"
             home.mkdir()
             teacher = add_teacher_run(home, args.fashion_teacher, "bncnn6_w32 on fashion-mnist")
             with serve_app(home) as url:
                 shot = args.screenshots / "synthesize_fashion.png" if args.screenshots else None
-                rows.append(("fashion-mnist", "bncnn6_w32", measure(page, f"{url}/?teacher={teacher}", home,
-                                                                     args.window, shot)))
+                for _ in range(args.repeat):
+                    rows.append(("fashion-mnist", "bncnn6_w32", measure(page, f"{url}/?teacher={teacher}", home,
+                                                                         args.window, shot)))
     print(f"\nfirst launch (empty run store) to Start enabled, digits starter teacher trained: {first_launch:.1f} s")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print(f"{os.cpu_count()} CPU cores; 'load' is the 1-minute load average when each run ended\n")
     print("| dataset | teacher | first grid after Start (s) | grid refreshes/s | max gap between UI updates, "
           "α_f moved meanwhile (s) | steps/s | α_f slider to job (s) | Stop to 'cancelled' shown (s) "
-          "| steps after Stop |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| steps after Stop | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for dataset, teacher, r in rows:
         print(f"| {dataset} | {teacher} | {r['first_grid_s']:.2f} | {r['grid_refresh_per_s']:.1f} | "
               f"{r['max_ui_gap_s']:.2f} | {r['steps_per_s']:.1f} | {r['knob_to_job_s']:.2f} | "
-              f"{r['stop_to_shown_s']:.2f} | {r['steps_after_stop']} |")
+              f"{r['stop_to_shown_s']:.2f} | {r['steps_after_stop']} | {r['load']:.1f} |")
 
 
 if __name__ == "__main__":

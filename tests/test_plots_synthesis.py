@@ -65,6 +65,8 @@ def test_bn_figure_states_each_layers_distance():
     # bn1: ||(0, 2)|| + ||(-3, -4)|| = 2 + 5 = 7; bn2 matches exactly
     assert [a.text for a in fig.layout.annotations] == ["bn1<br>d=7.00", "bn2<br>d=0.00"]
     assert list(fig.data[1].y) == [1.0, 2.0, None, 0.0, 0.0, 0.0, None]  # batch means, gaps between layers
+    targets_only = bn_statistics_figure([{k: v for k, v in s.items() if not k.startswith("batch")} for s in stats])
+    assert len(targets_only.data) == 2 and [a.text for a in targets_only.layout.annotations] == ["bn1", "bn2"]
 
 
 def test_run_comparison_one_panel_per_metric():

@@ -85,24 +85,30 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
 
 def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figure:
     """Per-channel BN input statistics of the synthesized batch (blue) against the teacher's running statistics
-    (grey), every BN layer side by side; the title of each block is the layer's R_feature term
-    ||μ − running_mean||₂ + ||σ² − running_var||₂ (unweighted). `stats`: dicts with 'layer', 'batch_mean',
-    'batch_var', 'running_mean', 'running_var' (as `ModelInversion.latest_bn_statistics`).
+    (grey), every BN layer side by side; each layer is titled with its R_feature term (METHODS §1, unweighted)
+    ||μ − running_mean||₂ + ||σ² − running_var||₂. `stats`: dicts with 'layer', 'running_mean', 'running_var'
+    and, once a batch exists, 'batch_mean', 'batch_var' (as `ModelInversion.latest_bn_statistics`).
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    with_batch = all("batch_mean" in s for s in stats)
+    keys = ("batch_mean", "batch_var", "running_mean", "running_var") if with_batch else ("running_mean",
+                                                                                           "running_var")
     xs: list = []
-    series: dict[str, list] = {k: [] for k in ("batch_mean", "batch_var", "running_mean", "running_var")}
+    series: dict[str, list] = {k: [] for k in keys}
     offset = 0
     for s in stats:
-        values = {k: torch.as_tensor(s[k]).float().flatten() for k in series}
-        channels = len(values["batch_mean"])
-        distance = float(torch.linalg.vector_norm(values["batch_mean"] - values["running_mean"])
-                         + torch.linalg.vector_norm(values["batch_var"] - values["running_var"]))
+        values = {k: torch.as_tensor(s[k]).float().flatten() for k in keys}
+        channels = len(values["running_mean"])
+        title = s["layer"]
+        if with_batch:
+            distance = float(torch.linalg.vector_norm(values["batch_mean"] - values["running_mean"])
+                             + torch.linalg.vector_norm(values["batch_var"] - values["running_var"]))
+            title += f"<br>d={distance:.2f}"
         xs += list(range(offset, offset + channels)) + [None]  # None: a gap between layers
-        for k in series:
+        for k in keys:
             series[k] += values[k].tolist() + [None]
-        fig.add_annotation(x=offset + channels / 2, y=1.07, xref="x", yref="paper", showarrow=False,
-                           text=f"{s['layer']}<br>d={distance:.2f}", font=dict(size=10))
+        fig.add_annotation(x=offset + channels / 2, y=1.07, xref="x", yref="paper", showarrow=False, text=title,
+                           font=dict(size=10))
         if offset:
             fig.add_vline(x=offset - 0.5, line=dict(color="#ccc", width=1))
         offset += channels
@@ -110,9 +116,10 @@ def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figu
         fig.add_trace(go.Scatter(x=xs, y=series[running], mode="lines", line=dict(color="#888"),
                                  name="teacher running statistics", legendgroup="run", showlegend=row == 1),
                       row=row, col=1)
-        # Lines, not markers: hundreds of SVG markers are what makes a browser slow to redraw this every second.
-        fig.add_trace(go.Scatter(x=xs, y=series[batch], mode="lines", line=dict(color="#1f77b4", width=1.2),
-                                 name="synthesized batch", legendgroup="batch", showlegend=row == 1), row=row, col=1)
+        if with_batch:  # lines, not markers: hundreds of SVG markers make a browser slow to redraw this live
+            fig.add_trace(go.Scatter(x=xs, y=series[batch], mode="lines", line=dict(color="#1f77b4", width=1.2),
+                                     name="synthesized batch", legendgroup="batch", showlegend=row == 1),
+                          row=row, col=1)
     fig.update_xaxes(title_text="channel (BN layers left to right)", row=2, col=1)
     fig.update_yaxes(title_text="mean μ", row=1, col=1)
     fig.update_yaxes(title_text="variance σ²", row=2, col=1)
