@@ -46,15 +46,17 @@ class IEOptions(Config):
     layer_student: str = ""           # split layer; empty: the last block with a spatial map (the Grad-CAM layer)
     lambda_inh: float = 1.0           # weight of the inheritance distance (pulled toward the factor)
     lambda_exp: float = 1.0           # weight of the exploration distance (pushed away from the factor)
-    inheritance_share: float = 0.5    # share of the split layer's channels in the inheritance part
+    inheritance_share: float = 0.5    # share of the split layer's channels inheriting; 1: Factor Transfer (no exp)
     factor_channels: int = 0          # channels of the factor t; 0: half of the factor source's channels
-    distance_norm: int = 1            # p of ‖t̂ − ŝ‖_p: 1 (Factor Transfer, the official choice) or 2
+    distance_norm: int = 2            # p of ‖t̂ − ŝ‖_p: 2 (bounded by 2 on any layer) or 1 (Factor Transfer's)
     alpha_kd: float = 0.0             # optional logit KD from the teacher on top (0: the paper's L_goal only)
     pool_labels: str = "teacher"      # L_goal target on a pool: the teacher's argmax | the synthesized class
 
     def validate(self) -> None:
-        if not 0 < self.inheritance_share < 1:
-            raise ValueError(f"inheritance_share must be in (0, 1), got {self.inheritance_share}")
+        if not 0 < self.inheritance_share <= 1:
+            raise ValueError(f"inheritance_share must be in (0, 1], got {self.inheritance_share}")
+        if self.inheritance_share == 1 and self.lambda_exp > 0:
+            raise ValueError("inheritance_share=1 leaves no channels to explore (Factor Transfer); set lambda_exp=0")
         if self.lambda_inh < 0 or self.lambda_exp < 0 or self.alpha_kd < 0 or self.factor_channels < 0:
             raise ValueError("lambda_inh, lambda_exp, alpha_kd and factor_channels must be >= 0")
         if self.distance_norm not in FACTOR_NORMS:
@@ -114,7 +116,8 @@ def split_layer(model: nn.Module, name: str, example: torch.Tensor) -> SplitLaye
 
 
 def inheritance_channels(channels: int, share: float) -> int:
-    return min(channels - 1, max(1, round(channels * share)))
+    """Channels of the inheritance part: all of them for share 1 (Factor Transfer), else at least one each."""
+    return channels if share == 1 else min(channels - 1, max(1, round(channels * share)))
 
 
 @register_method
@@ -221,9 +224,11 @@ class InheritanceExplorationKD(DistillMethod):
         with torch.no_grad():
             teacher_factor = self.autoencoder.encoder(self.teacher_layer.tap.take().float())
         inh, exp = self.student_factors(self.student_layer.tap.take().float())
-        return {"goal": self.goal(student_logits, teacher_logits, labels),
-                "inh": inheritance_distance(teacher_factor, inh, p),
-                "exp": exploration_distance(teacher_factor, exp, p)}
+        terms = {"goal": self.goal(student_logits, teacher_logits, labels),
+                 "inh": inheritance_distance(teacher_factor, inh, p)}
+        if exp is not None:
+            terms["exp"] = exploration_distance(teacher_factor, exp, p)
+        return terms
 
     def ie_step(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict:
         self.student_factors.train()
@@ -324,7 +329,8 @@ class InheritanceExplorationDML(InheritanceExplorationKD):
             inh, exp = peer.factors(features[key])
             terms[f"goal{key}"] = self.goal(logits[key], teacher_logits, labels)
             terms[f"inh{key}"] = inheritance_distance(factors[other], inh, p)    # the peer's factor, detached
-            terms[f"exp{key}"] = exploration_distance(factors[other], exp, p)
+            if exp is not None:
+                terms[f"exp{key}"] = exploration_distance(factors[other], exp, p)
             terms[f"dml{key}"] = kd_loss(logits[key], logits[other].detach(), 1.0)
         if self.options.alpha_kd > 0:
             terms["kd_b"] = kd_loss(logits["_b"], teacher_logits, c.temperature)
