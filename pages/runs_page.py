@@ -7,7 +7,9 @@ from dfkd_core.models import CheckpointError
 from dfkd_core.plots import class_columns, image_grid_figure, loss_curves_figure, run_comparison_figure
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
-from app_pages.common import describe_run, get_store, keep_widget_state, open_checkpoint
+from pages.views.common import describe_run, get_store, keep_widget_state, open_checkpoint, require_navigation
+
+require_navigation()
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
                "ratio", "steps", "elapsed_s")
