@@ -1,7 +1,97 @@
-"""Distill (placeholder)."""
+"""Distill: train a smaller student from a teacher alone (METHODS §1-§3) and watch it learn, live."""
 import streamlit as st
 
-from pages.views.common import require_navigation
+from dfkd_core.distill import DISTILL_METHODS
+from dfkd_core.job_manager import JobLimitError
+from pages.views.common import (attach, attached_job, checkpoint_picker, get_job_manager, keep_widget_state,
+                                open_checkpoint, require_navigation)
+from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
+                                      extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
+                                      set_weights, start_distillation, student_choices, uses_pool, weight_key,
+                                      weight_widget, weights_of)
 
 require_navigation()
+
 st.title("Distill")
+st.caption("A smaller student learns from the teacher alone: the teacher is inverted into images (or a generator "
+           "learns to make them) and the student matches the teacher's softened outputs on them, "
+           "$T^2\\,\\mathrm{KL}(p_T^{(T)}\\,\\|\\,p_S^{(T)})$. Real test images only measure the student.")
+keep_widget_state("distill_teacher", "distill_method", "distill_student", "distill_pool",
+                  *(weight_key(w.name) for w in WEIGHTS))
+manager = get_job_manager()
+job = attached_job("distill")
+running = job is not None and job.running
+
+# A reload (or a link) re-attaches to its job: the widgets show that job's settings, not this tab's old ones.
+if job is not None and st.session_state.get("distill_synced") != job.id:
+    set_weights(weights_of(job.config))
+    st.session_state["distill_method"] = job.config.method
+    st.session_state["distill_student"] = job.student_name
+    if job.run_record is not None:
+        st.session_state["distill_teacher"] = job.run_record.record().teacher
+    st.session_state["distill_for"] = (st.session_state.get("distill_teacher"), job.config.method)
+    st.session_state["distill_synced"] = job.id
+
+with st.sidebar:
+    teacher_run = checkpoint_picker("Teacher", key="distill_teacher", disabled=running,
+                                    help="A teacher run from the run store (add one on the Teacher page)")
+    if teacher_run is None:
+        st.info("No teacher in the run store yet: train or upload one on the Teacher page.")
+        st.stop()
+    dataset = open_checkpoint(teacher_run).dataset
+    methods = ordered_methods()
+    if st.session_state.get("distill_method") not in methods:
+        st.session_state["distill_method"] = "deepinversion"
+    method = st.selectbox("Method", methods, key="distill_method", format_func=method_label, disabled=running,
+                          help="Data-free methods first; 'uses real data' marks the comparison baselines")
+    st.caption(DISTILL_METHODS[method].description)
+    models, default_model = student_choices(teacher_run)
+    previous = st.session_state.get("distill_for")
+    if previous is None or previous[0] != teacher_run:   # first visit or another teacher: its defaults
+        set_weights(defaults(method, dataset.name))
+        st.session_state["distill_student"] = default_model
+    elif previous[1] != method:                          # another method: its synthesis preset, other weights kept
+        set_weights({k: v for k, v in defaults(method, dataset.name).items() if k in SYNTHESIS_FIELD})
+    st.session_state["distill_for"] = (teacher_run, method)
+    student = st.selectbox("Student", models, key="distill_student", disabled=running,
+                           format_func=lambda m: f"{m} (default: half width)" if m == default_model else m)
+    pool_run = None
+    if uses_pool(method):
+        pools = {r.id: r for r in pool_runs(dataset.name)}
+        if st.session_state.get("distill_pool") not in (None, *pools):
+            st.session_state["distill_pool"] = None
+        pool_run = st.selectbox("Reuse a stored pool", [None, *pools], key="distill_pool", disabled=running,
+                                format_func=lambda i: "no: synthesize new images" if i is None
+                                else describe_pool(pools[i]))
+        st.caption("The images.pt of a synthesis or distillation run: synthesize once, distill many students.")
+    st.subheader("Weights")
+    cls = DISTILL_METHODS[method]
+    for weight in WEIGHTS:
+        synthesis_only = weight.name in ("images", "kd_steps_per_round", "trajectory_kd_from", *SYNTHESIS_FIELD)
+        if weight.applies(cls) and not (pool_run and synthesis_only):
+            weight_widget(weight.name, running)
+    extra_options = extra_option_widgets(method, running)
+
+
+def start() -> None:
+    try:
+        config = config_from_widgets(method, student, pool_run, extra_options)
+        new = start_distillation(teacher_run, config)
+    except (ValueError, FileNotFoundError, JobLimitError) as e:
+        st.session_state["distill_error"] = str(e)
+        return
+    st.session_state["distill_synced"] = new.id
+    attach(new)
+
+
+buttons = st.columns([1, 1, 4])
+buttons[0].button("Start", type="primary", on_click=start, disabled=running, width="stretch")
+buttons[1].button("Stop", on_click=lambda: manager.cancel(job.id), disabled=not running, width="stretch",
+                  help="Stops before the next step; the student so far is evaluated and saved")
+if st.session_state.get("distill_error"):
+    st.error(st.session_state.pop("distill_error"))
+if job is None:
+    st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** → student **{student}** with "
+            f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb as images "
+            "are synthesized; the student and the images are saved in the run store (Runs page).")
+render_live(job)

@@ -1,0 +1,68 @@
+"""Figures for distillation (METHODS §3 and the report every method shares, issue 5): student accuracy on held-out
+real images against images synthesized or student steps (one line per run, the teacher's accuracy dashed), and the
+KD loss over student steps. Inputs are plain data: `DistillJob.curve` / a run summary's "curve", and `job.history` /
+a run's metrics.jsonl, so the app, the Runs page and a notebook draw the same figures.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from dfkd_core.plots.synthesis import _thin
+
+AXIS_TITLES = {"images_synthesized": "images synthesized", "student_steps": "student steps"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def accuracy_curves_figure(curves: Mapping[str, Sequence[Mapping]], x: str = "images_synthesized",
+                           teacher_accuracy: Mapping[str, float] | None = None, height: int = 320,
+                           title: str | None = None) -> go.Figure:
+    """Student accuracy on held-out real images against `x` ("images_synthesized" or "student_steps"), one line
+    per entry of `curves` (label -> rows with `x` and "student_accuracy"); each run's teacher accuracy as a
+    dashed line of the same colour (drawn once when all runs share one teacher value)."""
+    if x not in AXIS_TITLES:
+        raise ValueError(f"x must be one of {list(AXIS_TITLES)}, got '{x}'")
+    figure = go.Figure()
+    teacher_accuracy = dict(teacher_accuracy or {})
+    shared_teacher = len({round(v, 6) for v in teacher_accuracy.values() if _finite(v)}) == 1
+    for i, (label, rows) in enumerate(curves.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        points = [(r[x], r["student_accuracy"]) for r in rows
+                  if _finite(r.get(x)) and _finite(r.get("student_accuracy"))]
+        figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=label,
+                                    mode="lines+markers", marker={"size": 5}, line={"color": colour},
+                                    hovertemplate=f"{label}<br>{AXIS_TITLES[x]} %{{x}}<br>student %{{y:.1%}}"
+                                                  "<extra></extra>"))
+        teacher = teacher_accuracy.get(label)
+        if _finite(teacher) and (not shared_teacher or i == 0):
+            figure.add_hline(y=teacher, line={"dash": "dash", "color": "#555" if shared_teacher else colour,
+                                              "width": 1},
+                             annotation_text=f"teacher {teacher:.1%}", annotation_position="bottom right")
+    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+                         title=title, legend={"orientation": "h", "y": -0.25}, showlegend=len(curves) > 1)
+    figure.update_xaxes(title=AXIS_TITLES[x], rangemode="tozero")
+    figure.update_yaxes(title="student accuracy (real test images)", tickformat=".0%", range=[0, 1.02])
+    return figure
+
+
+def kd_loss_figure(history: Sequence[Mapping], height: int = 320, max_points: int = 600) -> go.Figure:
+    """The student's KD loss (METHODS §3, T² KL(p_T ‖ p_S) at temperature T) against student steps; with a label
+    term (real-data methods) its CE too. Log scale: the loss falls by orders of magnitude."""
+    rows = [r for r in history if r.get("phase") == "kd" and _finite(r.get("student_steps"))]
+    figure = go.Figure()
+    for key, name in (("loss_kd", "KD loss"), ("loss_ce", "CE on labels")):
+        points = [(r["student_steps"], r[key]) for r in _thin(rows, max_points) if _finite(r.get(key))]
+        if points:
+            figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=name, mode="lines"))
+    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                         legend={"orientation": "h", "y": -0.25})
+    figure.update_xaxes(title="student steps", rangemode="tozero")
+    figure.update_yaxes(title="loss", type="log")
+    return figure

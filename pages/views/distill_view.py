@@ -1,0 +1,310 @@
+"""The Distill page's parts: the method's main weights (one line each, METHODS §1-§3), a `DistillConfig` built from
+them, starting a `DistillJob` through the job manager, its live view, and the result table the Runs page reuses.
+`pages/distill_page.py` lays them out; the algorithm is dfkd_core.distill's."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import streamlit as st
+import torch
+
+from dfkd_core.data import load_split
+from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, SyntheticPool, default_student
+from dfkd_core.distill.methods import GeneratorKD, PoolKD
+from dfkd_core.job_manager import JobLimitError
+from dfkd_core.models import create_model
+from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
+from dfkd_core.runs import RunRecord
+from dfkd_core.synthesis import SynthesisConfig
+from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, checkpoint_runs, describe_run, fresh_model,
+                                get_job_manager, get_store, live, open_checkpoint)
+from pages.views.synthesis_view import ALPHAS, cached
+
+POOL_READERS = ("iekd", "iedml", "bss")   # real-data methods that learn from a reused pool instead when given one
+CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One setting of the page: where it goes in DistillConfig, when it applies, and its line of METHODS."""
+
+    name: str
+    label: str
+    explanation: str
+    applies: Callable[[type], bool]
+    target: str = "config"         # "config" | "synthesis" (SynthesisConfig override) | "option" (method Options)
+    options: tuple = ()            # select_slider values; () = a number input
+    minimum: int = 0
+
+
+def _pool(cls) -> bool:
+    return issubclass(cls, PoolKD)
+
+
+WEIGHTS = (
+    Weight("images", "images N", r"Images synthesized in total, one inverted batch per round (METHODS §1).", _pool,
+           minimum=1),
+    Weight("iterations", "inversion iterations T", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
+           "synthesis", minimum=1),
+    Weight("batch_size_inv", "inversion batch B", r"Images per round; BN statistics are matched over the batch.",
+           _pool, "synthesis", minimum=1),
+    Weight("alpha_f", "α_f · BN feature statistics", r"$\alpha_f R_{feature}$: match the teacher's BN running "
+           r"statistics (0 = DeepDream, image priors only).", lambda c: _pool(c) and c.name != "deepdream",
+           "synthesis", ALPHAS),
+    Weight("alpha_c", "α_c · competition", r"$\alpha_c(1-\mathrm{JS}(p_T,p_S))$: seek images where the current "
+           r"student disagrees with the teacher (Adaptive DI).", lambda c: c.name == "adi", "synthesis", ALPHAS),
+    Weight("kd_steps_per_round", "KD steps per round", r"Student steps on the pool so far after each batch (the "
+           r"ADI loop); the rest come after synthesis.", _pool),
+    Weight("trajectory_kd_from", "trajectory KD from iteration k", r"From inversion iteration $k$ on, each "
+           r"half-formed batch is also a KD batch ($-1$ = off).", _pool, "option", minimum=-1),
+    Weight("generator_steps", "generator steps", r"Steps training $G(z|y)$ against the frozen teacher "
+           r"($L_G$, METHODS §2) before the student learns.", lambda c: issubclass(c, GeneratorKD)),
+    Weight("lambda_bn", "λ_bn · BN moment matching", r"$\lambda_{bn}$ in $L_G$: the generated batch's BN "
+           r"statistics against the teacher's running ones.", lambda c: issubclass(c, GeneratorKD), options=ALPHAS),
+    Weight("steps", "student steps", r"KD steps after synthesis (METHODS §3); a pool method adds its rounds' "
+           r"steps.", lambda c: True),
+    Weight("batch_size", "student batch", r"Images per KD step.", lambda c: True, minimum=1),
+    Weight("lr", "student learning rate", r"Adam, cosine decay over all student steps.", lambda c: True,
+           options=LRS),
+    Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(\mathrm{softmax}(z_T/T)\,\|\,\mathrm{softmax}"
+           r"(z_S/T))$: larger $T$ shows the student more of the teacher's dark knowledge.", lambda c: True,
+           options=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0)),
+)
+WEIGHT = {w.name: w for w in WEIGHTS}
+SYNTHESIS_FIELD = {"iterations": "iterations", "batch_size_inv": "batch_size", "alpha_f": "alpha_f",
+                   "alpha_c": "alpha_c"}
+
+
+def weight_key(name: str) -> str:
+    return f"distill_{name}"
+
+
+def ordered_methods() -> list[str]:
+    """Every registered method, data-free ones first (registry order otherwise)."""
+    return sorted(DISTILL_METHODS, key=lambda m: not DISTILL_METHODS[m].data_free)
+
+
+def method_label(name: str) -> str:
+    return name if DISTILL_METHODS[name].data_free else f"{name} (uses real data)"
+
+
+def defaults(method: str, dataset: str) -> dict:
+    """Every weight's value from DistillConfig's defaults and the method's synthesis preset for this dataset."""
+    config = DistillConfig()
+    values = {w.name: getattr(config, w.name) for w in WEIGHTS if w.target == "config"}
+    preset = "deepinversion" if method not in ("deepdream", "adi") else method
+    synthesis = SynthesisConfig.preset(preset, dataset)
+    values.update({name: getattr(synthesis, field) for name, field in SYNTHESIS_FIELD.items()})
+    values["trajectory_kd_from"] = -1
+    return values
+
+
+def _snap(weight: Weight, value):
+    if not weight.options or value in weight.options:
+        return value
+    return min(weight.options, key=lambda o: abs(math.log(float(o) + 1e-9) - math.log(float(value) + 1e-9)))
+
+
+def set_weights(values: Mapping) -> None:
+    for name, value in values.items():
+        if name in WEIGHT:
+            st.session_state[weight_key(name)] = _snap(WEIGHT[name], value)
+
+
+def weights_of(config: DistillConfig) -> dict:
+    """The page's weights as a stored config has them (a reload of a running job shows its settings)."""
+    values = {w.name: getattr(config, w.name) for w in WEIGHTS if w.target == "config"}
+    values.update({name: config.synthesis[field] for name, field in SYNTHESIS_FIELD.items()
+                   if field in config.synthesis})
+    values.update({k: v for k, v in config.options.items() if k in WEIGHT})
+    return values
+
+
+def weight_widget(name: str, disabled: bool) -> None:
+    w = WEIGHT[name]
+    key = weight_key(name)
+    if w.options:
+        st.select_slider(w.label, w.options, key=key, disabled=disabled, format_func=lambda v: f"{v:g}")
+    else:
+        st.number_input(w.label, min_value=w.minimum, step=1, key=key, disabled=disabled)
+    st.caption(w.explanation)
+
+
+def extra_option_widgets(method: str, disabled: bool) -> dict:
+    """The method's own settings (its Options dataclass) that have no weight above, typed by their defaults."""
+    fields = [f for f in dataclasses.fields(DISTILL_METHODS[method].Options) if f.name not in WEIGHT
+              and isinstance(f.default, (bool, int, float, str))]
+    if not fields:
+        return {}
+    values = {}
+    with st.expander(f"More {method} options"):
+        for f in fields:
+            key = f"distill_opt_{method}_{f.name}"
+            if isinstance(f.default, bool):
+                values[f.name] = st.toggle(f.name, value=f.default, key=key, disabled=disabled)
+            elif isinstance(f.default, (int, float)):
+                values[f.name] = st.number_input(f.name, value=f.default, key=key, disabled=disabled,
+                                                 step=1 if isinstance(f.default, int) else None, format=None
+                                                 if isinstance(f.default, int) else "%g")
+            else:
+                values[f.name] = st.text_input(f.name, value=f.default, key=key, disabled=disabled)
+    return {k: v for k, v in values.items() if v != next(f.default for f in fields if f.name == k)}
+
+
+def config_from_widgets(method: str, student: str, pool_run: str | None, extra_options: Mapping) -> DistillConfig:
+    cls = DISTILL_METHODS[method]
+    shown = [w for w in WEIGHTS if w.applies(cls)]
+    fallback = defaults(method, "digits")
+    value = {w.name: st.session_state.get(weight_key(w.name), fallback[w.name]) for w in shown}
+    synthesis = {SYNTHESIS_FIELD[w.name]: value[w.name] for w in shown if w.target == "synthesis"}
+    option_defaults = {f.name: f.default for f in dataclasses.fields(cls.Options)}
+    options = {**extra_options, **{w.name: value[w.name] for w in shown if w.target == "option"
+                                   and value[w.name] != option_defaults.get(w.name)}}
+    config = DistillConfig(method=method, student=student, pool=pool_run, synthesis=synthesis, options=options,
+                           **{w.name: value[w.name] for w in shown if w.target == "config"})
+    config.validate()
+    return config
+
+
+def student_choices(teacher_run: str) -> tuple[list[str], str]:
+    """(every registered model, the default: the teacher's half-width student or else the teacher's own model)."""
+    from dfkd_core.models import list_models
+    teacher = open_checkpoint(teacher_run).name
+    try:
+        default = default_student(teacher)
+    except ValueError:
+        default = teacher
+    return list_models(), default
+
+
+def pool_runs(dataset: str) -> list[RunRecord]:
+    """Stored runs whose synthesized images can be reused (synthesis or distillation runs with an images.pt)."""
+    return [r for r in get_store().list() if r.kind in ("synthesis", "distill") and r.dataset == dataset
+            and r.status in ("done", "cancelled") and (r.dir / "images.pt").is_file()]
+
+
+def uses_pool(method: str) -> bool:
+    return _pool(DISTILL_METHODS[method]) or method in POOL_READERS
+
+
+def _check_student(name: str, info) -> None:
+    try:
+        model = create_model(name, info.num_classes, info.in_channels, info.image_size).eval()
+        with torch.no_grad():
+            model(torch.zeros(2, info.in_channels, info.image_size, info.image_size))
+    except Exception as e:  # any registered model may not fit these inputs; say which and why
+        raise ValueError(f"student '{name}' cannot take {info.in_channels}×{info.image_size}×{info.image_size} "
+                         f"{info.name} images: {str(e).splitlines()[0][:200]}") from None
+
+
+def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
+    """Check everything that can be checked here, create the distill run and submit its job. Raises ValueError,
+    FileNotFoundError (a missing dataset or pool, with the install hint) or JobLimitError with a message."""
+    manager, store = get_job_manager(), get_store()
+    if len(manager.active()) >= manager.max_running:
+        raise JobLimitError(f"{len(manager.active())} jobs are already running (the limit on this machine); stop "
+                            "one first: " + ", ".join(manager.label(j.id) for j in manager.active()))
+    checkpoint = open_checkpoint(teacher_run)
+    info = checkpoint.dataset
+    _check_student(config.student, info)
+    load_split(info.name, "test", config.data_root or info.root, info.image_size)  # real test set: evaluation
+    pool = None
+    if config.pool:
+        config.pool = str(store.resolve_checkpoint(config.pool, "images.pt"))
+        pool = SyntheticPool.load(config.pool, info)
+    job = DistillJob(dataclasses.replace(checkpoint, model=fresh_model(teacher_run)), config, pool=pool)
+    job.config.eval_every = max(1, round(job.method.student_steps() / CURVE_POINTS))
+    run = store.create("distill", {**job.config.to_dict(), "teacher": checkpoint.path}, teacher=teacher_run,
+                       method=config.method, dataset=info.name,
+                       name=f"{config.method}: {checkpoint.name} → {job.student_name} (app)")
+    job.run_record = run
+    try:
+        manager.submit(job, label=f"{config.method} distillation on {info.name}",
+                       snapshot_interval_s=SNAPSHOT_SECONDS)
+    except JobLimitError as e:  # another tab took the last slot in between
+        run.set_status("failed", error=str(e))
+        raise
+    return job
+
+
+# ------------------------------------------------------------------ results (also used by the Runs page)
+
+def result_row(summary: Mapping, name: str = "") -> dict:
+    """The report every method shares (issue 5): one table row."""
+    def number(key):
+        v = summary.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return {"run": name, "method": summary.get("method"), "student": summary.get("student"),
+            "student acc": number("student_accuracy"), "teacher acc": number("teacher_accuracy"),
+            "ratio": number("ratio"), "minutes": number("wall_minutes"), "images": number("images_synthesized")}
+
+
+RESULT_COLUMNS = {"student acc": st.column_config.NumberColumn(format="percent"),
+                  "teacher acc": st.column_config.NumberColumn(format="percent"),
+                  "ratio": st.column_config.NumberColumn(format="%.3f"),
+                  "minutes": st.column_config.NumberColumn(format="%.2f")}
+
+
+def show_results(rows: list[dict]) -> None:
+    st.dataframe(rows, hide_index=True, column_config=RESULT_COLUMNS)
+
+
+def describe_pool(record: RunRecord) -> str:
+    images = record.summary.get("pool_size", record.summary.get("images_synthesized"))
+    return describe_run(record) + (f" · {images} images" if isinstance(images, int) else "")
+
+
+# ------------------------------------------------------------------ live view
+
+def render_progress(job: DistillJob) -> None:
+    history = list(job.history)
+    last = history[-1] if history else {}
+    curve = list(job.curve)
+    accuracy = curve[-1]["student_accuracy"] if curve else None
+    phase = last.get("phase", "preparing")
+    st.progress(min(1.0, len(history) / max(job.total_steps, 1)),
+                text=f"**{job.status}** · phase **{phase}** · step {len(history)}/{job.total_steps} · "
+                     f"{last.get('images_synthesized', 0)} images synthesized · "
+                     f"{last.get('student_steps', 0)} student steps")
+    if job.status == "failed":
+        st.error(job.error)
+    teacher = getattr(job, "teacher_accuracy", None)
+    cols = st.columns(4)
+    cols[0].metric("student accuracy", f"{accuracy:.1%}" if accuracy is not None else "–",
+                   help="On held-out real test images (display only; the final number uses the whole test set)")
+    cols[1].metric("teacher accuracy", f"{teacher:.1%}" if teacher is not None else "–")
+    cols[2].metric("images synthesized", last.get("images_synthesized", 0))
+    kd = next((r["loss_kd"] for r in reversed(history[-50:]) if "loss_kd" in r), None)
+    cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
+    snap = job.latest_snapshot
+    if snap is not None and snap.images is not None and len(snap.images):
+        st.image(cached("distill_grid", (job.id, snap.step),
+                        lambda: image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4)),
+                 caption=f"latest {phase} images, step {snap.step + 1}: the teacher's prediction and confidence "
+                         "under each (green = the class it was made for)", output_format="PNG")
+
+
+def render_curves(job: DistillJob) -> None:
+    curve, history = list(job.curve), list(job.history)
+    teacher = {"student": getattr(job, "teacher_accuracy", float("nan"))}
+    version = (job.id, len(curve), len(history) // 10)
+    left, right = st.columns(2)
+    left.plotly_chart(cached("distill_acc_images", version, lambda: accuracy_curves_figure(
+        {"student": curve}, "images_synthesized", teacher)), key="live_acc_images")
+    right.plotly_chart(cached("distill_acc_steps", version, lambda: accuracy_curves_figure(
+        {"student": curve}, "student_steps", teacher)), key="live_acc_steps")
+    st.plotly_chart(cached("distill_kd", version, lambda: kd_loss_figure(history)), key="live_kd")
+
+
+def render_live(job: DistillJob | None) -> None:
+    live(job, render_progress, POLL_SECONDS)
+    live(job, render_curves, 2 * POLL_SECONDS)
+    if job is not None and not job.running and job.result.get("student_accuracy") is not None:
+        st.subheader("Result")
+        show_results([result_row(job.result, job.run_record.id if job.run_record else "")])
+        st.page_link("pages/runs_page.py", label=f"Open run {job.run_record.id} on the Runs page",
+                     icon=":material/folder_open:", query_params={"run": job.run_record.id})

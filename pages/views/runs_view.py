@@ -1,0 +1,115 @@
+"""The Runs page's parts: the run table, one run opened in full (images, curves, config, downloads) and the
+comparison of distilled students (the report every distillation method shares, with overlaid accuracy curves).
+`pages/runs_page.py` lays them out."""
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from dfkd_core.data import DatasetInfo
+from dfkd_core.models import CheckpointError
+from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_figure, kd_loss_figure,
+                             loss_curves_figure)
+from dfkd_core.plots.synthesis import TERM_NAMES
+from dfkd_core.runs import RunRecord
+from pages.views.common import get_store, open_checkpoint
+from pages.views.distill_view import result_row, show_results
+
+KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
+               "ratio", "steps", "elapsed_s")
+
+
+def run_table(records: list[RunRecord]) -> list[dict]:
+    """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
+    shown = [k for k in KEY_METRICS if any(isinstance(r.summary.get(k), (int, float)) for r in records)]
+    return [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status, "created": r.created_str,
+             "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
+             **{k: r.summary.get(k) if isinstance(r.summary.get(k), (int, float)) else None for k in shown},
+             "error": r.error} for r in records]
+
+
+def curve_keys(history: list[dict]) -> tuple[list[str], list[str]]:
+    """(loss keys, accuracy/confidence keys) present in a run's metrics; the METHODS §1 terms in their order."""
+    numeric = {k for row in history for k, v in row.items() if isinstance(v, (int, float))}
+    losses = [k for k in TERM_NAMES if k in numeric] + sorted(k for k in numeric
+                                                              if k.startswith("loss") and k not in TERM_NAMES)
+    return losses, sorted(k for k in numeric if "accuracy" in k or "confidence" in k)
+
+
+def history_of(record: RunRecord) -> tuple[list[dict], list[dict]]:
+    run = get_store().get(record.id)
+    updates = [{"step": e["step"], **e["updated"]} for e in run.events() if "updated" in e]
+    return run.metrics(), updates
+
+
+def labels_for(record: RunRecord, images: torch.Tensor, targets: list[int], names: list[str]) -> list[str]:
+    """'target → teacher prediction confidence' when the run's teacher is still stored, else the target."""
+    try:
+        teacher = open_checkpoint(record.teacher).model if record.teacher else None
+    except (FileNotFoundError, CheckpointError):  # teacher deleted since: show what the file itself knows
+        teacher = None
+    if teacher is None:
+        return [names[t] for t in targets]
+    with torch.no_grad():
+        probs = teacher(images).softmax(1)
+    return [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in
+            zip(targets, probs.argmax(1).tolist(), probs.max(1).values.tolist())]
+
+
+def show_images(record: RunRecord, key: str) -> None:
+    images_pt, grid_png = record.dir / "images.pt", record.dir / "grid.png"
+    if images_pt.is_file():
+        saved = torch.load(images_pt, map_location="cpu", weights_only=True)
+        info = DatasetInfo.from_dict(saved["dataset"])
+        names = info.class_names or [str(k) for k in range(info.num_classes)]
+        images, targets = saved["images"][:50], saved["targets"][:50].tolist()
+        ncols, titles = class_columns(targets, names)
+        st.plotly_chart(image_grid_figure(info.denormalize(images), labels_for(record, images, targets, names),
+                                          ncols=ncols, column_titles=titles), key=f"grid_{key}",
+                        config={"displayModeBar": False})
+    elif grid_png.is_file():
+        st.image(str(grid_png))
+
+
+def show_run(record: RunRecord, key: str, compact: bool = False) -> None:
+    st.subheader(record.name or record.id)
+    st.caption(f"{record.id} · {record.kind} · **{record.status}** · {record.created_str}")
+    if record.error:
+        (st.warning if record.status == "cancelled" else st.error)(f"{record.status}: {record.error}")
+    show_images(record, key)
+    history, updates = history_of(record)
+    if record.kind == "distill" and record.summary.get("curve") and not compact:
+        show_student_comparison([record], key=key)
+        st.plotly_chart(kd_loss_figure(history), key=f"kd_{key}")
+    elif history and not compact:
+        losses, accuracies = curve_keys(history)
+        st.plotly_chart(loss_curves_figure(history, updates, keys=losses, accuracy_keys=accuracies),
+                        key=f"curves_{key}")
+    with st.expander("Config and summary"):
+        st.json(get_store().get(record.id).config(), expanded=False)
+        st.json(record.summary, expanded=False)
+    files = [(name, mime) for name, mime in (("grid.png", "image/png"), ("images.pt", "application/octet-stream"),
+                                             ("model.pt", "application/octet-stream")) if (record.dir / name).is_file()]
+    for col, (name, mime) in zip(st.columns(max(3, len(files))), files):
+        col.download_button(f"⬇ {name}", (record.dir / name).read_bytes(), file_name=f"{record.id}-{name}",
+                            mime=mime, key=f"dl_{name}_{key}", on_click="ignore")
+
+
+def distill_runs(records: list[RunRecord]) -> list[RunRecord]:
+    """Distillation runs that reported a student (finished, or stopped and evaluated)."""
+    return [r for r in records if r.kind == "distill" and isinstance(r.summary.get("student_accuracy"), (int, float))]
+
+
+def show_student_comparison(records: list[RunRecord], key: str = "students") -> None:
+    """Method, student, student/teacher accuracy, ratio, minutes and images per run, and the student-accuracy
+    curves overlaid against images synthesized and against student steps."""
+    show_results([result_row(r.summary, r.id) for r in records])
+    labels = {r.id: f"{r.summary.get('method', r.method)} → {r.summary.get('student', '?')} · {r.id[-4:]}"
+              for r in records}
+    curves = {labels[r.id]: r.summary.get("curve") or [] for r in records}
+    teachers = {labels[r.id]: r.summary.get("teacher_accuracy") for r in records}
+    left, right = st.columns(2)
+    left.plotly_chart(accuracy_curves_figure(curves, "images_synthesized", teachers), key=f"{key}_images")
+    right.plotly_chart(accuracy_curves_figure(curves, "student_steps", teachers), key=f"{key}_steps")
+    if any(not r.summary.get("data_free", True) for r in records):
+        st.caption("Runs marked data_free = false read the real training set (baselines, not data-free).")

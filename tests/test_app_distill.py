@@ -1,0 +1,139 @@
+"""AppTest of the Distill page (every method offered, weights per method, a tiny digits run started, watched,
+stored and reattached, bad input explained) and of the Runs page's comparison of distilled students."""
+import copy
+
+import pytest
+
+from dfkd_core.data import dataset_info
+from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
+from dfkd_core.models import create_model, save_checkpoint
+from test_app import add_teacher, app, button, elements, home, job_of, teacher_home, wait  # noqa: F401 (fixtures)
+
+PAGE = "pages/distill_page.py"
+TINY = {"images": 40, "iterations": 20, "batch_size_inv": 20, "kd_steps_per_round": 5, "steps": 20,
+        "batch_size": 32}
+
+
+def set_numbers(at, values: dict) -> None:
+    for name, value in values.items():
+        at.sidebar.number_input(key=f"distill_{name}").set_value(value)
+    at.run()
+
+
+def sidebar_labels(at) -> set[str]:
+    return {w.label for w in at.sidebar.number_input} | {w.label for w in at.sidebar.select_slider}
+
+
+def test_every_method_is_offered_data_free_first_with_its_weights(teacher_home):
+    at = app(PAGE)
+    assert at.title[0].value == "Distill"
+    method = at.sidebar.selectbox(key="distill_method")
+    assert set(method.options) == {n if c.data_free else f"{n} (uses real data)" for n, c in DISTILL_METHODS.items()}
+    flags = [DISTILL_METHODS[o.split(" ")[0]].data_free for o in method.options]
+    assert flags == sorted(flags, reverse=True)  # data-free ones first
+    assert method.value == "deepinversion"
+    assert at.sidebar.selectbox(key="distill_student").value == "bncnn3_w16"  # the teacher's half-width student
+    common = {"student steps", "student batch", "student learning rate", "temperature T"}
+    assert common | {"images N", "inversion iterations T", "α_f · BN feature statistics",
+                     "trajectory KD from iteration k", "KD steps per round"} <= sidebar_labels(at)
+    assert "α_c · competition" not in sidebar_labels(at)
+    method.set_value("adi").run()
+    assert "α_c · competition" in sidebar_labels(at)
+    at.sidebar.selectbox(key="distill_method").set_value("generator").run()
+    labels = sidebar_labels(at)
+    assert {"generator steps", "λ_bn · BN moment matching"} | common <= labels and "images N" not in labels
+    at.sidebar.selectbox(key="distill_method").set_value("noise").run()
+    assert sidebar_labels(at) == common
+    assert not button(at, "Start").disabled and button(at, "Stop").disabled
+
+
+def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
+    at = app(PAGE)
+    set_numbers(at, TINY)
+    button(at, "Start").click().run()
+    assert not at.error, at.error[0].value
+    job = job_of(at)
+    assert job is not None and job.kind == "distill"
+    assert job.wait(120) == "done", job.error
+    at.run()
+    assert not at.exception
+    record = teacher_home.get_record(job.run_record.id)
+    assert record.kind == "distill" and record.status == "done" and record.teacher == teacher_home.teacher_id
+    assert (record.dir / "model.pt").is_file() and (record.dir / "images.pt").is_file()
+    summary = record.summary
+    assert summary["images_synthesized"] == 40 and summary["student"] == "bncnn3_w16"
+    assert len(summary["curve"]) >= 3  # eval_every set so the curve has points even on a tiny run
+    table = at.dataframe[0].value
+    assert table["student acc"][0] == pytest.approx(summary["student_accuracy"])
+    assert table["teacher acc"][0] == pytest.approx(summary["teacher_accuracy"])
+    assert table["images"][0] == 40
+    assert len(elements(at, "plotly_chart")) == 3 and elements(at, "image")  # 2 accuracy curves, KD loss; grid
+    assert at.get("progress")[0].proto.text.startswith("**done** · phase **kd**")
+
+    reloaded = app(PAGE, job=job.id)   # a page reload: same job, its settings in the widgets
+    assert job_of(reloaded) is job
+    assert reloaded.sidebar.number_input(key="distill_images").value == 40
+    assert reloaded.dataframe[0].value["student acc"][0] == pytest.approx(summary["student_accuracy"])
+
+
+def test_stop_keeps_the_student_so_far(teacher_home):
+    at = app(PAGE)
+    at.sidebar.selectbox(key="distill_method").set_value("noise").run()
+    set_numbers(at, {"steps": 100000, "batch_size": 16})
+    button(at, "Start").click().run()
+    job = job_of(at)
+    wait(lambda: len(job.history) >= 5)
+    at.run()
+    assert button(at, "Start").disabled and at.sidebar.selectbox(key="distill_method").disabled
+    button(at, "Stop").click().run()
+    assert job.wait(30) == "cancelled"
+    at.run()
+    record = teacher_home.get_record(job.run_record.id)
+    assert record.status == "cancelled" and (record.dir / "model.pt").is_file()
+    assert at.dataframe[0].value["student acc"][0] == pytest.approx(record.summary["student_accuracy"])
+
+
+def test_bad_input_is_explained(home, tmp_path):
+    path = save_checkpoint(tmp_path / "plain.pt", create_model("plaincnn3_w32", 10, 1, 8), dataset_info("digits"))
+    add_teacher(home, path, name="plaincnn3_w32 on digits")
+    at = app(PAGE)
+    assert at.sidebar.selectbox(key="distill_method").value == "deepinversion"
+    button(at, "Start").click().run()
+    assert not at.exception and "no BatchNorm" in at.error[0].value and job_of(at) is None
+    at.sidebar.selectbox(key="distill_student").set_value("lenet5_half").run()
+    at.sidebar.selectbox(key="distill_method").set_value("noise").run()
+    button(at, "Start").click().run()   # a student that cannot take 8x8 images
+    assert not at.exception and "lenet5_half" in at.error[0].value and "16x16" in at.error[0].value
+    assert home.list(kind="distill") == []  # nothing half-made left in the run store
+
+
+# ------------------------------------------------------------------ Runs: compare students
+
+def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
+    ids = []
+    for method, extra in (("noise", {}), ("deepinversion", {"images": 20, "kd_steps_per_round": 5,
+                                                             "synthesis": {"iterations": 10, "batch_size": 20}})):
+        config = DistillConfig(method=method, steps=20, batch_size=32, eval_every=5, **extra)
+        run = teacher_home.create("distill", config.to_dict(), teacher=teacher_home.teacher_id, method=method,
+                                  dataset="digits", name=f"{method} student")
+        job = DistillJob(copy.deepcopy(digits_teacher), config, run=run)
+        job.run()
+        assert job.status == "done", job.error
+        ids.append(run.id)
+    runs = app("pages/runs_page.py", run=ids[0])
+    assert runs.selectbox(key="runs_open").value == ids[0]   # ?run= opens that run
+    assert set(runs.multiselect(key="runs_students").value) == set(ids)
+    table = next(t.value for t in runs.dataframe if "student acc" in t.value.columns and len(t.value) == 2)
+    assert list(table["method"]) == ["noise", "deepinversion"] or list(table["method"]) == ["deepinversion", "noise"]
+    for rid in ids:
+        summary = teacher_home.get_record(rid).summary
+        row = table[table["run"] == rid].iloc[0]
+        assert row["student acc"] == pytest.approx(summary["student_accuracy"])
+        assert row["ratio"] == pytest.approx(summary["student_accuracy"] / summary["teacher_accuracy"])
+    charts = {c.proto.id: c for c in elements(runs, "plotly_chart")}
+    import json
+    overlaid = [json.loads(c.proto.spec) for c in charts.values()]
+    two_lines = [f for f in overlaid if sum(t.get("mode") == "lines+markers" for t in f["data"]) == 2]
+    assert len(two_lines) == 2  # vs images synthesized and vs student steps
+    runs.multiselect(key="runs_students").set_value([ids[1]]).run()
+    assert not runs.exception
