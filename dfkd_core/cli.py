@@ -30,7 +30,8 @@ class ProgressBar:
         elif event.kind == "step" and self.bar is not None:
             self.bar.update(1)
             shown = {k: event.metrics[k] for k in self.keys if k in event.metrics}
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            self.bar.set_postfix({k: v if isinstance(v, str) else f"{v:.4g}" for k, v in shown.items()},
+                                refresh=False)
         elif event.kind == "updated":
             tqdm.write(f"step {event.step}: {event.message}")
         elif event.kind in ("done", "cancelled", "failed") and self.bar is not None:

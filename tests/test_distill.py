@@ -202,3 +202,38 @@ def test_cli_distill_noise_and_pool_reuse(tmp_path, capsys, digits_teacher):
     assert json.loads(out[out.index("{"):out.index("}") + 1])["pool_size"] == 100
     with pytest.raises(SystemExit, match="neither a checkpoint file nor a run id"):
         main(["--home", home, "distill", "--teacher", teacher, "--pool", "no-such-run"])
+
+
+def test_trajectory_kd_trains_the_student_on_every_inversion_iterate(digits_teacher):
+    """trajectory_kd_from=k: one KD step per inversion iteration from k on, each on the batch being optimized."""
+    job = _distill(digits_teacher, "deepinversion", images=100, kd_steps_per_round=0, steps=10,
+                   synthesis={"iterations": 12, "batch_size": 50}, options={"trajectory_kd_from": 4})
+    assert job.method.student_steps() == 2 * (12 - 4) + 10
+    assert job.result["student_steps"] == 2 * 8 + 10
+    phases = [m.get("phase") for m in job.history]
+    assert phases[:7] == ["synthesis"] * 5 + ["kd", "synthesis"]   # iterations 0..3 plain; from 4 on, S then KD
+    assert phases[:20].count("kd") == 8 and phases[-10:] == ["kd"] * 10
+    with pytest.raises(ValueError, match="half-resolution"):
+        DistillJob(copy.deepcopy(digits_teacher), DistillConfig(
+            method="deepinversion", options={"trajectory_kd_from": 2},
+            synthesis={"multi_resolution_iterations": 5, "iterations": 10}))
+
+
+def test_adi_trajectory_kd_hands_the_student_back_frozen_to_the_critic(digits_teacher):
+    job = _distill(digits_teacher, "adi", images=50, kd_steps_per_round=0, steps=5,
+                   synthesis={"iterations": 6, "batch_size": 50}, options={"trajectory_kd_from": 3})
+    assert job.result["student_steps"] == 3 + 5
+    assert all(p.requires_grad for p in job.student.parameters())
+
+
+def test_recipe_settings_yield_to_explicit_flags():
+    from dfkd_core.cli import build_parser
+    from dfkd_core.distill.cli import config_from_args
+    args = build_parser().parse_args(["distill", "--teacher", "t.pt", "--method", "adi", "--recipe", "fashion-10min",
+                                      "--steps", "5", "--inv-iterations", "7"])
+    config = config_from_args(args)
+    assert config.steps == 5 and config.synthesis["iterations"] == 7           # flags win
+    assert config.synthesis["batch_size"] == 200 and config.images == 2000      # the rest from the recipe
+    assert config.options["trajectory_kd_from"] == 20
+    plain = config_from_args(build_parser().parse_args(["distill", "--teacher", "t.pt", "--method", "adi"]))
+    assert plain.steps == DistillConfig().steps and plain.options == {}

@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.methods import DISTILL_METHODS
+from dfkd_core.distill.recipes import RECIPES, merge_overrides, recipe_overrides
 
 # CLI flag → key of SynthesisConfig for the pool methods' inversion rounds.
 SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations", "inv_lr": "lr",
@@ -39,10 +40,17 @@ def parse_options(pairs: list[str] | None, method: str) -> dict:
 
 
 def config_from_args(args) -> DistillConfig:
+    """Flags given on the command line win over the recipe's settings, which win over DistillConfig's defaults."""
     values = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     synthesis = {key: getattr(args, flag) for flag, key in SYNTHESIS_FLAGS.items() if getattr(args, flag) is not None}
-    return DistillConfig(method=args.method, synthesis=synthesis, options=parse_options(args.option, args.method),
-                         **values)
+    explicit = {**values, "synthesis": synthesis, "options": parse_options(args.option, args.method)}
+    base = {}
+    if getattr(args, "recipe", None):
+        try:
+            base = recipe_overrides(args.recipe, args.method)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+    return DistillConfig(method=args.method, **merge_overrides(base, explicit))
 
 
 def format_result(summary: dict) -> str:
@@ -87,6 +95,9 @@ def add_commands(sub) -> None:
     d.add_argument("--method", default="deepinversion", choices=list(DISTILL_METHODS))
     d.add_argument("--student", help="registered model name (default: the teacher's half-width student)")
     d.add_argument("--pool", help="reuse the images of a synthesis/distill run (id) or an images.pt path")
+    d.add_argument("--recipe", choices=list(RECIPES),
+                   help="measured settings for a dataset (" + "; ".join(
+                       f"{name}: {r['description']}" for name, r in RECIPES.items()) + "); flags still win")
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a setting of the chosen method (e.g. IE-KD's lambda_inh=1.0); repeat for several")
     g = d.add_argument_group("synthesis of a pool (deepdream / deepinversion / adi)")

@@ -156,6 +156,16 @@ class ScratchTraining(RealDataKD):
                                                                  **kw)}
 
 
+@dataclass
+class PoolOptions(Config):
+    """`trajectory_kd_from = k >= 0`: from inversion iteration k of every round on, the batch being optimized is
+    also one KD batch for the student. The images along an inversion's path (noise turning into a class) cover the
+    input space between classes that the finished pool alone leaves empty, and the teacher's forward pass is the
+    only extra cost. -1 = off (plain METHODS §1 + §3)."""
+
+    trajectory_kd_from: int = -1
+
+
 class PoolKD(DistillMethod):
     """Synthesize `images` by model inversion in rounds of one batch; after each round the student takes
     `kd_steps_per_round` KD steps on the pool so far; then `steps` more on the whole pool.
@@ -164,6 +174,7 @@ class PoolKD(DistillMethod):
     """
 
     preset = "deepinversion"
+    Options = PoolOptions
     compete = False  # ADI: each round's batch competes against the current student (R_compete)
 
     def __init__(self, job):
@@ -175,11 +186,19 @@ class PoolKD(DistillMethod):
         if self.synthesis.alpha_f > 0 and not batchnorm_layers(job.teacher):
             raise ValueError(f"'{self.name}' matches BatchNorm statistics (α_f > 0) but this teacher has no "
                              "BatchNorm layers; use --method deepdream or noise, or set α_f = 0")
+        if 0 <= self.options.trajectory_kd_from < self.synthesis.multi_resolution_iterations:
+            raise ValueError("trajectory_kd_from must be at or after the half-resolution iterations "
+                             f"({self.synthesis.multi_resolution_iterations}): the student learns at full size")
         per_round = self.synthesis.batch_size
         self.rounds = 0 if self.config.pool else math.ceil(self.config.images / per_round)
 
+    def trajectory_steps_per_round(self) -> int:
+        start = self.options.trajectory_kd_from
+        return 0 if start < 0 else max(0, self.synthesis.iterations - start)
+
     def student_steps(self) -> int:
-        return self.rounds * self.config.kd_steps_per_round + self.config.steps
+        per_round = self.config.kd_steps_per_round + self.trajectory_steps_per_round()
+        return self.rounds * per_round + self.config.steps
 
     def total_steps(self) -> int:
         return self.rounds * self.synthesis.iterations + self.student_steps()
@@ -201,6 +220,8 @@ class PoolKD(DistillMethod):
                 m = inversion.step(i)
                 yield {"phase": "synthesis", "round": r,
                        **{f"inv_{k}": v for k, v in m.items() if not isinstance(v, list)}}
+                if 0 <= self.options.trajectory_kd_from <= i:
+                    yield self._trajectory_kd_step(inversion)
             inversion.finish("done")
             images, targets = inversion.images(), inversion.targets.cpu()
             j.pool.append(images, targets)
@@ -213,6 +234,21 @@ class PoolKD(DistillMethod):
             self.latest = (j.pool.images[:64], j.pool.targets[:64])
         for _ in range(c.steps):
             yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
+
+    def _trajectory_kd_step(self, inversion: ModelInversion) -> dict:
+        """A KD step on the batch mid-inversion. ADI's inversion holds the student frozen as its critic: thaw it
+        for the step, then hand it back frozen and in eval mode."""
+        frozen = getattr(inversion, "_student_grad", None)
+        student = self.job.student
+        if frozen is not None:
+            for p, flag in zip(student.parameters(), frozen):
+                p.requires_grad_(flag)
+        metrics = self.kd_step(inversion.x.detach().float())
+        if frozen is not None:
+            for p in student.parameters():
+                p.requires_grad_(False)
+            student.eval()
+        return metrics
 
     def snapshot(self):
         inversion = getattr(self, "inversion", None)

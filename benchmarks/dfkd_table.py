@@ -1,0 +1,120 @@
+"""Every distillation method on one teacher, one table (issue 5):
+
+    method | data-free | student | student acc | teacher acc | ratio | minutes | images
+
+plus the curve of student accuracy (held-out real test images) vs images synthesized for each data-free method.
+Settings come from the named recipe in `dfkd_core/distill/recipes.py` (the CLI's `--recipe` uses the same ones).
+
+    # Fashion-MNIST, width-32 BN CNN teacher → half width (teacher from `dfkd train-teacher --dataset fashion-mnist`)
+    python benchmarks/dfkd_table.py --teacher <fashion bncnn6_w32 model.pt> --recipe fashion-10min
+    # the same with the published LeNet-5 pair
+    python benchmarks/dfkd_table.py --teacher <fashion lenet5 model.pt> --recipe fashion-10min
+    # digits (trains its own teacher in seconds)
+    python benchmarks/dfkd_table.py --dataset digits --recipe digits-quick
+
+Runs land in the run store of --home (default $DFKD_HOME), so the app's Runs page can open and compare them.
+`--json` writes every summary (with curves) for the README.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
+from dfkd_core.distill.recipes import DATASET_RECIPE, list_recipes, recipe_overrides
+from dfkd_core.models import load_checkpoint
+from dfkd_core.runs import RunStore
+from dfkd_core.training import TeacherConfig, train_teacher
+
+DEFAULT_METHODS = ["noise", "deepdream", "deepinversion", "adi", "generator", "generator-ensemble", "real-kd"]
+
+
+def teacher_checkpoint(args, store: RunStore):
+    if args.teacher:
+        return load_checkpoint(args.teacher)
+    if args.dataset != "digits":
+        raise SystemExit("--teacher is needed for datasets other than digits (train one with dfkd train-teacher)")
+    job = train_teacher(TeacherConfig(dataset="digits", epochs=20, seed=args.seed), store)
+    return load_checkpoint(job.run_record.path("model.pt"))
+
+
+def distill(teacher, method: str, args, store: RunStore) -> dict:
+    overrides = recipe_overrides(args.recipe, method)
+    config = DistillConfig(method=method, seed=args.seed, device=args.device, **overrides)
+    if args.student:
+        config.student = args.student
+    job = DistillJob(teacher, config)
+    job.run_record = store.create("distill", {**config.to_dict(), "teacher": str(teacher.path)},
+                                  teacher=store.run_id_of(teacher.path), method=method,
+                                  dataset=teacher.dataset.name,
+                                  name=f"{method} [{args.recipe}]: {teacher.name} → {job.student_name}")
+    t0 = time.time()
+    job.run()
+    if job.status != "done":
+        print(f"{method}: {job.status}: {job.error}", file=sys.stderr)
+    summary = dict(job.result)
+    summary["run"] = job.run_record.id
+    summary["measured_minutes"] = (time.time() - t0) / 60
+    return summary
+
+
+def format_table(summaries: list[dict]) -> str:
+    lines = ["| method | data-free | student | student acc | teacher acc | ratio | minutes | images |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['method']} | {'yes' if s['data_free'] else 'no'} | {s['student']} | "
+                     f"{100 * s['student_accuracy']:.2f}% | {100 * s['teacher_accuracy']:.2f}% | {s['ratio']:.3f} | "
+                     f"{s['wall_minutes']:.1f} | {s['images_synthesized']:,} |")
+    return "\n".join(lines)
+
+
+def format_curves(summaries: list[dict]) -> str:
+    lines = ["| method | images synthesized → student acc (held-out real test subset) |", "|---|---|"]
+    for s in summaries:
+        if not s["data_free"]:
+            continue
+        points = ", ".join(f"{p['images_synthesized']:,}: {100 * p['student_accuracy']:.1f}%" for p in s["curve"])
+        lines.append(f"| {s['method']} | {points} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", help="teacher checkpoint (model.pt); digits trains one when omitted")
+    p.add_argument("--dataset", default="digits", help="only used when no --teacher is given")
+    p.add_argument("--student", help="student model (default: the teacher's half-width student)")
+    p.add_argument("--recipe", help=f"settings per method: {list_recipes()} (default: the dataset's)")
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(DISTILL_METHODS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--home", help="run store (default $DFKD_HOME or ~/.dfkd)")
+    p.add_argument("--json", type=Path, help="write all summaries here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    store = RunStore(args.home)
+    teacher = teacher_checkpoint(args, store)
+    args.recipe = args.recipe or DATASET_RECIPE.get(teacher.dataset.name)
+    if args.recipe is None:
+        raise SystemExit(f"no recipe for dataset '{teacher.dataset.name}'; pass --recipe")
+    print(f"teacher {teacher.name} on {teacher.dataset.name}, recipe {args.recipe}, {args.threads} threads",
+          file=sys.stderr)
+    summaries = []
+    for method in args.methods:
+        summaries.append(distill(teacher, method, args, store))
+        print(f"{method}: {100 * summaries[-1]['student_accuracy']:.2f}% in "
+              f"{summaries[-1]['wall_minutes']:.1f} min", file=sys.stderr)
+        if args.json:
+            args.json.write_text(json.dumps(summaries, indent=1))
+    print(format_table(summaries))
+    print()
+    print(format_curves(summaries))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Named, measured settings for `DistillConfig` (torchdistill style: an experiment is a config).
+
+A recipe maps a method to the config overrides that worked on one dataset within a stated budget; explicit
+settings (CLI flags, app widgets) still win. The numbers each recipe reaches are in the README's results table,
+made by `benchmarks/dfkd_table.py`, which uses these same recipes.
+
+    DistillConfig(**recipe_overrides("fashion-10min", "adi"), method="adi")
+"""
+from __future__ import annotations
+
+import copy
+
+# Pool methods: rounds of one inverted batch; `trajectory_kd_from` also trains the student on every inversion
+# iterate from that iteration on (see PoolOptions) — the cheapest extra data there is.
+_FASHION_POOL = {"images": 2000, "synthesis": {"batch_size": 200, "iterations": 100}, "kd_steps_per_round": 0,
+                 "options": {"trajectory_kd_from": 20}, "steps": 2000, "eval_every": 400}
+_DIGITS_POOL = {"images": 400, "synthesis": {"batch_size": 200, "iterations": 60}, "kd_steps_per_round": 0,
+                "options": {"trajectory_kd_from": 10}, "steps": 400, "eval_every": 100}
+
+RECIPES: dict[str, dict] = {
+    "fashion-10min": {
+        "description": "Fashion-MNIST 28x28, bncnn6_w32 → bncnn6_w16 (or lenet5 → lenet5_half) in about 10 CPU "
+                       "minutes on 2 cores",
+        "methods": {
+            "noise": {"steps": 3600, "eval_every": 600},
+            "deepdream": _FASHION_POOL,
+            "deepinversion": _FASHION_POOL,
+            "adi": _FASHION_POOL,
+            "generator": {"generator_steps": 600, "generator_width": 64, "steps": 2000, "eval_every": 400},
+            "generator-ensemble": {"generator_steps": 600, "generator_width": 64, "steps": 2000, "eval_every": 400},
+            "real-kd": {"steps": 2000, "eval_every": 400},
+            "scratch": {"steps": 2000, "eval_every": 400},
+        },
+    },
+    "digits-quick": {
+        "description": "sklearn digits 8x8, bncnn3_w32 → bncnn3_w16 in well under a minute",
+        "methods": {
+            "noise": {"steps": 600, "eval_every": 100},
+            "deepdream": _DIGITS_POOL,
+            "deepinversion": _DIGITS_POOL,
+            "adi": _DIGITS_POOL,
+            "generator": {"generator_steps": 300, "generator_width": 64, "steps": 400, "eval_every": 100},
+            "generator-ensemble": {"generator_steps": 300, "generator_width": 64, "steps": 400, "eval_every": 100},
+            "real-kd": {"steps": 400, "eval_every": 100},
+            "scratch": {"steps": 400, "eval_every": 100},
+        },
+    },
+}
+
+DATASET_RECIPE = {"fashion-mnist": "fashion-10min", "digits": "digits-quick"}
+
+
+def list_recipes() -> list[str]:
+    return list(RECIPES)
+
+
+def recipe_overrides(recipe: str, method: str) -> dict:
+    """The DistillConfig overrides of `recipe` for `method` (a fresh copy; empty if the recipe has none)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe '{recipe}'; choose one of {list(RECIPES)}")
+    return copy.deepcopy(RECIPES[recipe]["methods"].get(method, {}))
+
+
+def merge_overrides(base: dict, explicit: dict) -> dict:
+    """`explicit` settings win over the recipe's; the nested `synthesis` and `options` dicts merge key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in explicit.items():
+        if key in ("synthesis", "options") and isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
