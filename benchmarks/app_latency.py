@@ -7,6 +7,7 @@ text appears; move the α_f slider and time until the job applies it; press Stop
 
     python benchmarks/app_latency.py                                   # digits (+ Fashion-MNIST if a teacher is given)
     python benchmarks/app_latency.py --fashion-teacher PATH.pt --screenshots docs/images
+    python benchmarks/app_latency.py --repeat 0 --distill-screenshot docs/images/distill_digits.png
 
 Prints a markdown table. Numbers depend on the machine's load, which is printed with them.
 """
@@ -91,12 +92,31 @@ def measure(page, url: str, home: Path, window_s: float, screenshot: Path | None
             if requested else "n/a"}
 
 
+def distill_screenshot(page, url: str, path: Path, images: int = 600) -> None:
+    """The Distill page mid-run: default DeepInversion distillation of the stored teacher, captured once `images`
+    images have been synthesized (curves, samples and phase all showing), then stopped."""
+    page.set_viewport_size({"width": 1400, "height": 1900})  # the whole live view, KD loss included
+    page.goto(f"{url}/distill")
+    page.get_by_role("button", name="Start").wait_for(timeout=600_000)
+    page.wait_for_timeout(1000)
+    page.evaluate(CLICK_JS, "Start")
+    page.wait_for_function("""(n) => { const p = document.querySelector('[data-testid="stProgress"]');
+        const m = p && p.innerText.match(/(\\d+) images synthesized/); return m && +m[1] >= n; }""",
+                           arg=images, timeout=600_000)
+    page.wait_for_timeout(1500)  # the curves' fragment refreshes every 0.5 s
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    page.evaluate(CLICK_JS, "Stop")
+    page.get_by_text(re.compile(r"(cancelled|done) · phase")).first.wait_for(timeout=120_000)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fashion-teacher", help="a Fashion-MNIST teacher checkpoint (skipped if not given)")
     p.add_argument("--screenshots", type=Path, help="folder for mid-run screenshots of the Synthesize page")
     p.add_argument("--window", type=float, default=5.0, help="seconds of live view measured per run")
     p.add_argument("--repeat", type=int, default=1, help="runs per dataset (the machine's load varies)")
+    p.add_argument("--distill-screenshot", type=Path, help="PNG of the Distill page mid-run on digits")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, chromium_page(1400, 1200) as page:
@@ -110,6 +130,8 @@ def main() -> None:
             shot = args.screenshots / "synthesize_digits.png" if args.screenshots else None
             for _ in range(args.repeat):
                 rows.append(("digits", "bncnn3_w32 (starter)", measure(page, url, home, args.window, shot)))
+            if args.distill_screenshot:
+                distill_screenshot(page, url, args.distill_screenshot)
         if args.fashion_teacher:
             home = Path(tmp) / "fashion"
             home.mkdir()

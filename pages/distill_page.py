@@ -3,14 +3,15 @@ import streamlit as st
 
 from dfkd_core.distill import DISTILL_METHODS
 from dfkd_core.job_manager import JobLimitError
-from pages.views.common import (attach, attached_job, checkpoint_picker, get_job_manager, keep_widget_state,
-                                open_checkpoint, require_navigation)
+from pages.views.common import (attach, attached_job, checkpoint_picker, get_job_manager, get_store,
+                                keep_widget_state, open_checkpoint, require_navigation)
 from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
                                       extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
                                       set_weights, start_distillation, student_choices, uses_pool, weight_key,
                                       weight_widget, weights_of)
 
 require_navigation()
+NEW_POOL = ""  # the pool option meaning: synthesize new images
 
 st.title("Distill")
 st.caption("A smaller student learns from the teacher alone: the teacher is inverted into images (or a generator "
@@ -27,6 +28,7 @@ if job is not None and st.session_state.get("distill_synced") != job.id:
     set_weights(weights_of(job.config))
     st.session_state["distill_method"] = job.config.method
     st.session_state["distill_student"] = job.student_name
+    st.session_state["distill_pool"] = get_store().run_id_of(job.config.pool) or NEW_POOL
     if job.run_record is not None:
         st.session_state["distill_teacher"] = job.run_record.record().teacher
     st.session_state["distill_for"] = (st.session_state.get("distill_teacher"), job.config.method)
@@ -58,11 +60,11 @@ with st.sidebar:
     pool_run = None
     if uses_pool(method):
         pools = {r.id: r for r in pool_runs(dataset.name)}
-        if st.session_state.get("distill_pool") not in (None, *pools):
-            st.session_state["distill_pool"] = None
-        pool_run = st.selectbox("Reuse a stored pool", [None, *pools], key="distill_pool", disabled=running,
-                                format_func=lambda i: "no: synthesize new images" if i is None
-                                else describe_pool(pools[i]))
+        if st.session_state.get("distill_pool") not in (NEW_POOL, *pools):
+            st.session_state["distill_pool"] = NEW_POOL
+        pool_run = st.selectbox("Reuse a stored pool", [NEW_POOL, *pools], key="distill_pool", disabled=running,
+                                format_func=lambda i: "no: synthesize new images" if i == NEW_POOL
+                                else describe_pool(pools[i])) or None
         st.caption("The images.pt of a synthesis or distillation run: synthesize once, distill many students.")
     st.subheader("Weights")
     cls = DISTILL_METHODS[method]

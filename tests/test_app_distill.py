@@ -75,6 +75,14 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert reloaded.sidebar.number_input(key="distill_images").value == 40
     assert reloaded.dataframe[0].value["student acc"][0] == pytest.approx(summary["student_accuracy"])
 
+    at.sidebar.selectbox(key="distill_pool").set_value(record.id).run()   # synthesize once, distill again
+    assert "images N" not in sidebar_labels(at)
+    button(at, "Start").click().run()
+    second = job_of(at)
+    assert second is not job and second.wait(120) == "done", second.error
+    reused = teacher_home.get_record(second.run_record.id).summary
+    assert reused["images_synthesized"] == 0 and reused["pool_size"] == 40
+
 
 def test_stop_keeps_the_student_so_far(teacher_home):
     at = app(PAGE)

@@ -278,7 +278,7 @@ def render_progress(job: DistillJob) -> None:
                    help="On held-out real test images (display only; the final number uses the whole test set)")
     cols[1].metric("teacher accuracy", f"{teacher:.1%}" if teacher is not None else "–")
     cols[2].metric("images synthesized", last.get("images_synthesized", 0))
-    kd = next((r["loss_kd"] for r in reversed(history[-50:]) if "loss_kd" in r), None)
+    kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
     snap = job.latest_snapshot
     if snap is not None and snap.images is not None and len(snap.images):
