@@ -37,8 +37,7 @@ import torch
 
 from dfkd_core.config import Config
 from dfkd_core.distill.bss_loss import bss_alpha, bss_beta, bss_term
-from dfkd_core.distill.methods import DistillMethod, register_method
-from dfkd_core.distill.pool import PoolError, SyntheticPool
+from dfkd_core.distill.methods import RealOrPoolMethod, register_method
 from dfkd_core.losses import cross_entropy_loss
 from dfkd_core.synthesis.bss import (OUTCOMES, AttackSettings, BoundarySupportingBatch,
                                      boundary_supporting_batch)
@@ -108,7 +107,7 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterat
 
 
 @register_method
-class BoundarySupportingSampleKD(DistillMethod):
+class BoundarySupportingSampleKD(RealOrPoolMethod):
     """BSS-KD (METHODS §4) on the real training set, or on a synthesized pool with `--pool` (data-free BSS)."""
 
     name, data_free = "bss", False
@@ -118,13 +117,6 @@ class BoundarySupportingSampleKD(DistillMethod):
 
     def __init__(self, job):
         super().__init__(job)
-        self.options.validate()
-        if self.config.pool and not len(job.pool):
-            job.pool = SyntheticPool.load(self.config.pool, job.dataset)
-        self.data_free = len(job.pool) > 0   # a pool replaces the real training set
-        if self.data_free and self.options.pool_labels == "synthesized" and bool((job.pool.targets < 0).any()):
-            raise PoolError("pool_labels=synthesized needs the class of every pool image; this pool has unknown "
-                            "classes (use pool_labels=teacher)")
         if self.config.mixup > 0:
             raise ValueError("BSS-KD needs the class c_n of every image (CE and base-sample selection); mixup "
                              "blends images of two classes, so use --mixup 0")

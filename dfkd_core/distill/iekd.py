@@ -29,8 +29,7 @@ from dfkd_core.device import prepare_input, prepare_model
 from dfkd_core.distill.iekd_modules import (FACTOR_NORMS, FactorAutoencoder, InheritanceExploration, LayerTap,
                                             as_map, exploration_distance, ie_term_weights, inheritance_distance,
                                             reconstruction_loss)
-from dfkd_core.distill.methods import DistillMethod, register_method
-from dfkd_core.distill.pool import PoolError, SyntheticPool
+from dfkd_core.distill.methods import RealOrPoolMethod, register_method
 from dfkd_core.jobs import check_finite
 from dfkd_core.losses import cross_entropy_loss, kd_loss
 from dfkd_core.models import save_checkpoint
@@ -121,7 +120,7 @@ def inheritance_channels(channels: int, share: float) -> int:
 
 
 @register_method
-class InheritanceExplorationKD(DistillMethod):
+class InheritanceExplorationKD(RealOrPoolMethod):
     """IE-KD (METHODS §5.1–5.3): autoencoder phase, then student steps with the IE loss."""
 
     name, data_free = "iekd", False
@@ -131,13 +130,6 @@ class InheritanceExplorationKD(DistillMethod):
 
     def __init__(self, job):
         super().__init__(job)
-        self.options.validate()
-        if self.config.pool and not len(job.pool):
-            job.pool = SyntheticPool.load(self.config.pool, job.dataset)
-        self.data_free = len(job.pool) > 0   # a pool replaces the real training set
-        if self.data_free and self.options.pool_labels == "synthesized" and bool((job.pool.targets < 0).any()):
-            raise PoolError("pool_labels=synthesized needs the class of every pool image; this pool has unknown "
-                            "classes (use pool_labels=teacher)")
         if self.options.layer_student:   # fail before any run starts: the student is built only in setup
             resolve_layers(self.build_student(), [self.options.layer_student])
         self._check_teacher_layer()
