@@ -1,8 +1,10 @@
 """AppTest of the Distill page (every method offered, weights per method, a tiny digits run started, watched,
 stored and reattached, bad input explained) and of the Runs page's comparison of distilled students."""
 import copy
+import json
 
 import pytest
+import torch
 
 from dfkd_core.data import dataset_info
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
@@ -118,6 +120,7 @@ def test_bad_input_is_explained(home, tmp_path):
 # ------------------------------------------------------------------ Runs: compare students
 
 def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
+    torch.set_num_threads(1)   # tiny models on a shared 2-core machine: one thread is several times faster
     ids = []
     for method, extra in (("noise", {}), ("deepinversion", {"images": 20, "kd_steps_per_round": 5,
                                                              "synthesis": {"iterations": 10, "batch_size": 20}})):
@@ -139,7 +142,6 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
         assert row["student acc"] == pytest.approx(summary["student_accuracy"])
         assert row["ratio"] == pytest.approx(summary["student_accuracy"] / summary["teacher_accuracy"])
     charts = {c.proto.id: c for c in elements(runs, "plotly_chart")}
-    import json
     overlaid = [json.loads(c.proto.spec) for c in charts.values()]
     two_lines = [f for f in overlaid if sum(t.get("mode") == "lines+markers" for t in f["data"]) == 2]
     assert len(two_lines) == 2  # vs images synthesized and vs student steps
