@@ -19,8 +19,8 @@ from dfkd_core.models import create_model
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.runs import RunRecord
 from dfkd_core.synthesis import SynthesisConfig
-from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, checkpoint_runs, describe_run, fresh_model,
-                                get_job_manager, get_store, live, open_checkpoint)
+from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_job_manager,
+                                get_store, live, open_checkpoint)
 from pages.views.synthesis_view import ALPHAS, cached
 
 POOL_READERS = ("iekd", "iedml", "bss")   # real-data methods that learn from a reused pool instead when given one
