@@ -13,7 +13,7 @@ import torch
 
 from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, SyntheticPool, default_student
-from dfkd_core.distill.methods import GeneratorKD, PoolKD
+from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import create_model
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
@@ -23,7 +23,6 @@ from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fr
                                 get_store, live, open_checkpoint)
 from pages.views.synthesis_view import ALPHAS, cached
 
-POOL_READERS = ("iekd", "iedml", "bss")   # real-data methods that learn from a reused pool instead when given one
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1)
 
@@ -188,7 +187,8 @@ def pool_runs(dataset: str) -> list[RunRecord]:
 
 
 def uses_pool(method: str) -> bool:
-    return _pool(DISTILL_METHODS[method]) or method in POOL_READERS
+    """Pool methods skip synthesis with a reused pool; real-data-or-pool methods (IE-KD, BSS) learn from it."""
+    return issubclass(DISTILL_METHODS[method], (PoolKD, RealOrPoolMethod))
 
 
 def _check_student(name: str, info) -> None:
