@@ -14,6 +14,7 @@ import torch
 from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, SyntheticPool, default_student
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
+from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
 from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import create_model
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
@@ -92,13 +93,16 @@ def method_label(name: str) -> str:
 
 
 def defaults(method: str, dataset: str) -> dict:
-    """Every weight's value from DistillConfig's defaults and the method's synthesis preset for this dataset."""
+    """Every weight's value: DistillConfig's defaults and the method's synthesis preset for this dataset, then the
+    dataset's measured recipe (dfkd_core/distill/recipes.py, the settings behind the README's table) on top."""
     config = DistillConfig()
     values = {w.name: getattr(config, w.name) for w in WEIGHTS if w.target == "config"}
     preset = "deepinversion" if method not in ("deepdream", "adi") else method
     synthesis = SynthesisConfig.preset(preset, dataset)
     values.update({name: getattr(synthesis, field) for name, field in SYNTHESIS_FIELD.items()})
     values["trajectory_kd_from"] = -1
+    if dataset in DATASET_RECIPE:
+        values.update(weights_of(DistillConfig(method=method, **recipe_overrides(DATASET_RECIPE[dataset], method))))
     return values
 
 
