@@ -8,7 +8,7 @@ from dfkd_core.synthesis import ModelInversion, SynthesisConfig
 
 
 def _job(teacher, method="deepinversion", run=None, student=None, **kw):
-    config = SynthesisConfig.preset(method, "digits", **{"batch_size": 50, "iterations": 120, **kw})
+    config = SynthesisConfig.preset(method, "digits", **{"batch_size": 50, "iterations": 200, **kw})
     return ModelInversion(copy.deepcopy(teacher.model), teacher.dataset, config, student=student, run=run)
 
 
@@ -24,7 +24,7 @@ def test_deepinversion_fools_teacher_and_lowers_bn_loss(digits_teacher, store):
     assert saved["images"].shape == (50, 1, 8, 8) and run.path("grid.png").stat().st_size > 0
     low, high = digits_teacher.dataset.pixel_bounds()
     assert saved["images"].min() >= low.min() - 1e-6 and saved["images"].max() <= high.max() + 1e-6
-    assert len(run.metrics()) == 120 and {"loss_ce", "loss_tv", "loss_l2", "loss_bn_feature"} <= set(run.metrics()[0])
+    assert len(run.metrics()) == 200 and {"loss_ce", "loss_tv", "loss_l2", "loss_bn_feature"} <= set(run.metrics()[0])
 
 
 def test_feature_loss_matters_deepdream_vs_deepinversion(digits_teacher):
