@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -53,13 +52,11 @@ def distill(teacher, method: str, args, store: RunStore) -> dict:
                                   teacher=store.run_id_of(teacher.path), method=method,
                                   dataset=teacher.dataset.name,
                                   name=f"{method} [{args.recipe}]: {teacher.name} → {job.student_name}")
-    t0 = time.time()
     job.run()
     if job.status != "done":
         print(f"{method}: {job.status}: {job.error}", file=sys.stderr)
     summary = dict(job.result)
     summary["run"] = job.run_record.id
-    summary["measured_minutes"] = (time.time() - t0) / 60
     return summary
 
 
