@@ -27,7 +27,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("DFKD_HOME", str(tmp_path / "home"))
     threads = torch.get_num_threads()
     yield RunStore(tmp_path / "home")
-    from pages.views.common import get_job_manager
+    from app_pages.views.common import get_job_manager
     get_job_manager().shutdown()
     torch.set_num_threads(threads)  # the app sets one thread per job; give other tests theirs back
 
@@ -49,7 +49,7 @@ def app(page: str | None = None, **query) -> AppTest:
 
 
 def job_of(at: AppTest):
-    from pages.views.common import get_job_manager
+    from app_pages.views.common import get_job_manager
     return get_job_manager().get(at.query_params.get("job"))
 
 
@@ -68,34 +68,28 @@ def button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
 
-def test_layout_pages_folder_whose_urls_are_not_the_file_names():
-    """The top-level layout is app.py + pages/. Streamlit runs the first script after a server start as an
-    old-style multipage app (pages/*.py by file name) until st.navigation has run: every page file must therefore
-    be listed in app.py under a URL that is not its file name (a first visit to /runs then falls through to app.py)
-    and must start with require_navigation() (a first visit to /runs_page then reruns through app.py).
-    tests/test_browser.py checks the same in a real browser on a fresh server."""
+def test_layout_every_page_file_is_listed_under_its_own_name_and_no_pages_folder():
+    """The app is app.py + app_pages/. A folder named `pages/` beside app.py would make Streamlit run the first
+    script after a server start as a legacy multipage app, which pops "Page not found" over a first visit to /distill
+    (tests/test_browser.py checks that visit in a real browser on a fresh server). Every app_pages/*.py is a page
+    listed in app.py, at the URL of its file name."""
     import ast
     root = Path(APP).parent
+    assert not (root / "pages").exists(), "page scripts belong in app_pages/ (see app.py), not pages/"
     listed = {}
     for node in ast.walk(ast.parse(Path(APP).read_text())):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Page":
-            url = next(k.value.value for k in node.keywords if k.arg == "url_path")
-            listed[node.args[0].value] = url
-    files = sorted(str(f.relative_to(root)) for f in (root / "pages").glob("*.py") if f.name != "__init__.py")
-    assert files and sorted(listed) == files, "every pages/*.py is a page listed in app.py (shared code: pages/views/)"
+            listed[node.args[0].value] = next(k.value.value for k in node.keywords if k.arg == "url_path")
+    files = sorted(str(f.relative_to(root)) for f in (root / "app_pages").glob("*.py") if f.name != "__init__.py")
+    assert files and sorted(listed) == files, "every app_pages/*.py is listed in app.py (shared code: app_pages/views/)"
     for path, url in listed.items():
-        assert url and url != Path(path).stem, f"{path}: url_path must differ from the file name"
-        body = [n for n in ast.parse((root / path).read_text()).body
-                if not isinstance(n, (ast.Import, ast.ImportFrom)) and not (isinstance(n, ast.Expr)
-                                                                             and isinstance(n.value, ast.Constant))]
-        first = ast.unparse(body[0])
-        assert first == "require_navigation()", f"{path} must call require_navigation() first, not {first}"
+        assert url == Path(path).stem, f"{path}: url_path {url!r} should be the file's name"
 
 
 # ------------------------------------------------------------------ Synthesize
 
 def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(teacher_home):
-    from pages.views.synthesis_view import KNOBS, knob_key
+    from app_pages.views.synthesis_view import KNOBS, knob_key
     at = app()
     assert at.title[0].value == "Synthesize"
     labels = {w.label for w in at.sidebar.select_slider} | {w.label for w in at.sidebar.toggle}
@@ -115,7 +109,7 @@ def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(tea
 
 
 def test_start_steer_stop_and_reload_reattaches(teacher_home):
-    from pages.views.synthesis_view import knob_key
+    from app_pages.views.synthesis_view import knob_key
     at = app()
     at.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
     at.sidebar.select_slider(key=knob_key("pace")).set_value(20)
@@ -152,7 +146,7 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
 
 
 def test_two_sessions_run_separate_jobs(teacher_home):
-    from pages.views.synthesis_view import knob_key
+    from app_pages.views.synthesis_view import knob_key
     tabs = [app(), app()]
     for tab in tabs:
         tab.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
@@ -167,8 +161,8 @@ def test_two_sessions_run_separate_jobs(teacher_home):
 
 
 def test_job_limit_is_explained(teacher_home, monkeypatch):
-    from pages.views.common import get_job_manager
-    from pages.views.synthesis_view import knob_key
+    from app_pages.views.common import get_job_manager
+    from app_pages.views.synthesis_view import knob_key
     monkeypatch.setattr(get_job_manager(), "max_running", 1)
     first, second = app(), app()
     first.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
@@ -180,7 +174,7 @@ def test_job_limit_is_explained(teacher_home, monkeypatch):
 def test_first_launch_trains_the_starter_teacher(home):
     at = app()
     assert at.get("progress")[0].proto.text.startswith("First launch")
-    from pages.views.common import STARTER_KEY, get_job_manager
+    from app_pages.views.common import STARTER_KEY, get_job_manager
     starter = get_job_manager().find(STARTER_KEY)
     assert starter.wait(300) == "done", starter.error
     at.run()
@@ -198,7 +192,7 @@ def test_teacher_without_batchnorm_offers_only_deepdream(home, tmp_path):
     at = app()
     assert list(at.sidebar.radio(key="preset").options) == ["DeepDream"]
     assert any("no BatchNorm" in w.value for w in at.sidebar.warning)
-    from pages.views.synthesis_view import knob_key
+    from app_pages.views.synthesis_view import knob_key
     assert at.sidebar.select_slider(key=knob_key("alpha_f")).disabled
     assert at.session_state[knob_key("alpha_f")] == 0.0
 
@@ -206,7 +200,7 @@ def test_teacher_without_batchnorm_offers_only_deepdream(home, tmp_path):
 # ------------------------------------------------------------------ Teacher
 
 def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits_teacher):
-    at = app("pages/teacher_page.py")
+    at = app("app_pages/teacher.py")
     assert at.title[0].value == "Teacher"
     assert at.selectbox(key="teacher_dataset").value == "digits"
     assert at.selectbox(key="teacher_pick_digits").value == teacher_home.teacher_id
@@ -221,7 +215,7 @@ def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits
 
 
 def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
-    at = app("pages/teacher_page.py")
+    at = app("app_pages/teacher.py")
     at.number_input[0].set_value(1)
     button(at, "Train").click().run()
     job = job_of(at)
@@ -234,7 +228,7 @@ def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
 
 def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch, tmp_path):
     monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "nowhere"))
-    at = app("pages/teacher_page.py")
+    at = app("app_pages/teacher.py")
     at.selectbox(key="teacher_dataset").set_value("fashion-mnist").run()
     button(at, "Train").click().run()
     assert not at.exception
@@ -252,7 +246,7 @@ def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch,
 
 
 def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
-    from pages.views.common import MAX_CHECKPOINT_MB, import_checkpoint
+    from app_pages.views.common import MAX_CHECKPOINT_MB, import_checkpoint
     with pytest.raises(CheckpointError, match="notes.pt is not a readable PyTorch file"):
         import_checkpoint(b"hello", "notes.pt")
     buffer = tmp_path / "bare.pt"
@@ -270,7 +264,7 @@ def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
 # ------------------------------------------------------------------ Runs
 
 def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher):
-    from pages.views.synthesis_view import knob_key
+    from app_pages.views.synthesis_view import knob_key
     at = app()
     at.sidebar.select_slider(key=knob_key("iterations")).set_value(50)
     at.sidebar.select_slider(key=knob_key("pace")).set_value(0)
@@ -279,7 +273,7 @@ def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher
     broken = teacher_home.create("synthesis", {"alpha_tv": 1.0}, method="deepinversion", dataset="digits")
     broken.set_status("failed", error="loss term 'tv' is nan at step 3")
 
-    runs = app("pages/runs_page.py")
+    runs = app("app_pages/runs.py")
     table = runs.dataframe[0].value
     assert len(table) == 3 and set(table["status"]) == {"done", "failed"}
     assert "nan at step 3" in " ".join(str(e) for e in table["error"])

@@ -3,14 +3,13 @@ import streamlit as st
 
 from dfkd_core.distill import DISTILL_METHODS
 from dfkd_core.job_manager import JobLimitError
-from pages.views.common import (attach, attached_job, checkpoint_picker, get_job_manager, get_store,
-                                keep_widget_state, open_checkpoint, require_navigation)
-from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
-                                      extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
-                                      set_weights, start_distillation, student_choices, uses_pool, weight_key,
-                                      weight_widget, weights_of)
+from app_pages.views.common import (attach, attached_job, checkpoint_picker, get_job_manager, get_store,
+                                    keep_widget_state, open_checkpoint)
+from app_pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
+                                          extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
+                                          set_weights, start_distillation, student_choices, uses_pool, weight_key,
+                                          weight_widget, weights_of)
 
-require_navigation()
 NEW_POOL = ""  # the pool option meaning: synthesize new images
 
 st.title("Distill")

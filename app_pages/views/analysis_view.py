@@ -2,7 +2,7 @@
 which stored analyses can be reopened. Only run-store lookups; the computations live in dfkd_core.analysis."""
 from __future__ import annotations
 
-from pages.views.common import checkpoint_runs, describe_run, get_store
+from app_pages.views.common import checkpoint_runs, describe_run, get_store
 
 PEER_CHECKPOINT = "model_b.pt"   # IE-DML saves its second student beside model.pt
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
 from dfkd_core.job_manager import JobManager
 from dfkd_core.jobs import Job
@@ -23,22 +22,6 @@ POLL_SECONDS = 0.25             # live views refresh 4x per second while their j
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
 STARTER_KEY = "starter-teacher"  # the digits teacher trained on a first launch
 JOB_PARAM = "job"                # query parameter that lets a reload reattach to its job
-
-
-# ------------------------------------------------------------------ navigation guard
-
-def require_navigation() -> None:
-    """First line of every page: a page runs only inside app.py's st.navigation.
-
-    With a `pages/` folder beside app.py, Streamlit runs the first script after a server start as an old-style
-    multipage app (every pages/*.py a page named after its file) until st.navigation runs once. Page files are
-    named `<x>_page.py` while app.py gives them the URL `/<x>`, so a first visit to /x falls through to app.py and
-    its navigation; only a visit to the file's own name (/x_page) reaches this point with the old mode still on.
-    Then switch it off and rerun, so app.py draws the navigation and its default page instead of a bare page.
-    """
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
 
 
 # ------------------------------------------------------------------ process-wide resources

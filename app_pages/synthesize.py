@@ -2,13 +2,12 @@
 import streamlit as st
 
 from dfkd_core.job_manager import JobLimitError
-from pages.views.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
-                                keep_widget_state, open_checkpoint, require_navigation, show_starter_progress)
-from pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
-                                        init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
-                                        start_inversion, student_options)
+from app_pages.views.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
+                                    keep_widget_state, open_checkpoint, show_starter_progress)
+from app_pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
+                                            init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
+                                            start_inversion, student_options)
 
-require_navigation()
 
 st.title("Synthesize")
 st.caption("Images from a trained classifier alone: optimize a batch $\\hat x$ so that "

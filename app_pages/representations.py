@@ -6,11 +6,10 @@ from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, load_inputs
 from dfkd_core.data import DatasetMissingError
 from dfkd_core.job_manager import JobLimitError
 from dfkd_core.plots.representations import cka_heatmap_figure
-from pages.views.analysis_view import input_choices, model_choices, stored_analyses
-from pages.views.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
-                                get_store, keep_widget_state, live, open_checkpoint, require_navigation)
+from app_pages.views.analysis_view import input_choices, model_choices, stored_analyses
+from app_pages.views.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
+                                    get_store, keep_widget_state, live, open_checkpoint)
 
-require_navigation()
 
 KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"}
 

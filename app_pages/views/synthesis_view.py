@@ -1,5 +1,5 @@
 """The Synthesize page's parts: its knobs (one line of METHODS §1 each), presets, starting a ModelInversion job
-from the knobs, and the live view of a running job. `pages/synthesize_page.py` lays them out."""
+from the knobs, and the live view of a running job. `app_pages/synthesize.py` lays them out."""
 from __future__ import annotations
 
 import time
@@ -14,8 +14,8 @@ from dfkd_core.jobs import Job
 from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
-from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
-                                open_checkpoint)
+from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
+                                    open_checkpoint)
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
 UNTRAINED = "untrained "  # student option prefix: a fresh model of the teacher's half-width student

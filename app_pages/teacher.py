@@ -8,10 +8,9 @@ from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from pages.views.common import (MAX_CHECKPOINT_MB, attach, attached_job, checkpoint_picker, get_job_manager, get_store,
-                                import_checkpoint, keep_widget_state, live, open_checkpoint, require_navigation)
+from app_pages.views.common import (MAX_CHECKPOINT_MB, attach, attached_job, checkpoint_picker, get_job_manager,
+                                    get_store, import_checkpoint, keep_widget_state, live, open_checkpoint)
 
-require_navigation()
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
             "cifar10": "CIFAR-10 32×32 (folder)", "imagefolder": "ImageFolder (folder of class folders)"}
@@ -144,5 +143,5 @@ with right:
         st.code(str(checkpoint.model), language=None)
 
 
-st.page_link("pages/synthesize_page.py", label="Synthesize from this teacher", icon=":material/auto_awesome:",
+st.page_link("app_pages/synthesize.py", label="Synthesize from this teacher", icon=":material/auto_awesome:",
              query_params={"teacher": picked})

@@ -11,11 +11,9 @@ from dfkd_core.models import CheckpointError
 from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text, per_class_figure,
                                       similarity_bar_figure)
 from dfkd_core.synthesis.bss import AttackSettings
-from pages.views.common import (attach, attached_job, checkpoint_picker, checkpoint_runs, describe_run, fresh_model,
-                                get_job_manager, get_store, keep_widget_state, live, open_checkpoint,
-                                require_navigation)
+from app_pages.views.common import (attach, attached_job, checkpoint_picker, checkpoint_runs, describe_run, fresh_model,
+                                    get_job_manager, get_store, keep_widget_state, live, open_checkpoint)
 
-require_navigation()
 
 RUNNER_UP = "teacher's runner-up"
 EXPLANATION = r"""

@@ -7,11 +7,10 @@ from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
 from dfkd_core.data import DatasetMissingError, load_split
 from dfkd_core.job_manager import JobLimitError
 from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure
-from pages.views.analysis_view import model_choices, short_label, stored_analyses
-from pages.views.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
-                                get_store, keep_widget_state, live, open_checkpoint, require_navigation)
+from app_pages.views.analysis_view import model_choices, short_label, stored_analyses
+from app_pages.views.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
+                                    get_store, keep_widget_state, live, open_checkpoint)
 
-require_navigation()
 
 TARGET_NAMES = {"true": "true label", "predicted": "each model's prediction", "teacher": "teacher's prediction"}
 SHOWN = 100   # test images offered in the picker
