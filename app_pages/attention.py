@@ -4,27 +4,21 @@ import torch
 
 from dfkd_core.analysis import TARGETS, compare_attention
 from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
-from dfkd_core.data import DatasetMissingError, load_split
-from dfkd_core.job_manager import JobLimitError
 from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure
-from app_pages.views.analysis_view import model_choices, short_label, stored_analyses
-from app_pages.views.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
-                                    get_store, keep_widget_state, live, open_checkpoint)
+from app_pages.views.analysis_view import analysis_job, model_choices, short_label, show_progress, stored_analyses
+from app_pages.views.common import (describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint,
+                                    real_test_split, real_test_split_or_stop, require_job_slot, start_stop_buttons,
+                                    submit, teacher_or_stop)
 
 
 TARGET_NAMES = {"true": "true label", "predicted": "each model's prediction", "teacher": "teacher's prediction"}
 SHOWN = 100   # test images offered in the picker
 
 
-@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
-def test_split(dataset: str, root: str | None):
-    return load_split(dataset, "test", root)
-
-
 @st.cache_data(show_spinner="Grad-CAM of teacher and students…", max_entries=32)
 def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[int, ...], target: str,
               fraction: float, dataset: str, root: str | None) -> dict:
-    split = test_split(dataset, root)
+    split = real_test_split(dataset, root)
     idx = torch.tensor(indices)
     students = {short_label(ref): fresh_model(ref) for ref in student_refs}
     c = compare_attention(fresh_model(teacher_ref), students, split.normalized(idx), split.labels[idx], target,
@@ -34,18 +28,16 @@ def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[in
             "summary": c.summary(), "labels": split.labels[idx]}
 
 
-def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> None:
+def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> GradCAMAnalysis:
+    require_job_slot()
     teacher = open_checkpoint(teacher_run)
-    try:
-        images, labels = load_inputs("real", teacher.dataset, config.samples, config.seed)
-        run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
-                                 dataset=teacher.dataset.name,
-                                 name=f"Grad-CAM {teacher.name} vs {len(student_refs)} student(s)")
-        job = GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r) for r in student_refs},
-                              images, labels, config, teacher.dataset, run)
-        attach(get_job_manager().submit(job, label="Grad-CAM"))
-    except (DatasetMissingError, FileNotFoundError, ValueError, JobLimitError) as e:
-        st.session_state["gradcam_error"] = str(e)
+    images, labels = load_inputs("real", teacher.dataset, config.samples, config.seed)
+    run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
+                             dataset=teacher.dataset.name,
+                             name=f"Grad-CAM {teacher.name} vs {len(student_refs)} student(s)")
+    job = GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r) for r in student_refs},
+                          images, labels, config, teacher.dataset, run)
+    return submit(job, run, label="Grad-CAM")
 
 
 def render_progress(job: GradCAMAnalysis) -> None:
@@ -62,15 +54,11 @@ st.caption("Where do teacher and student look? Grad-CAM $\\mathrm{ReLU}(\\sum_c 
            "attention (METHODS §5.5).")
 keep_widget_state("att_teacher", "att_students", "att_target", "att_fraction", "att_images", "att_samples",
                   "att_open")
-job = attached_job("analysis")
-job = job if isinstance(job, GradCAMAnalysis) else None
+job = analysis_job(GradCAMAnalysis, open_key="att_open")
 running = job is not None and job.running
 
 with st.sidebar:
-    teacher_run = checkpoint_picker("Teacher", key="att_teacher")
-    if teacher_run is None:
-        st.info("No teacher in the run store yet: add one on the Teacher page.")
-        st.stop()
+    teacher_run = teacher_or_stop("att_teacher")
     dataset = open_checkpoint(teacher_run).dataset
     choices = model_choices(dataset.name, exclude=teacher_run)
     students = st.multiselect("Students", list(choices), format_func=choices.get, key="att_students",
@@ -81,11 +69,7 @@ with st.sidebar:
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
     st.stop()
-try:
-    split = test_split(dataset.name, dataset.root)
-except DatasetMissingError as e:
-    st.error(str(e))
-    st.stop()
+split = real_test_split_or_stop(dataset)
 names = dataset.class_names or [str(k) for k in range(dataset.num_classes)]
 chosen = st.multiselect("Test images", range(min(SHOWN, len(split))), default=list(range(6)), key="att_images",
                         max_selections=12, format_func=lambda i: f"#{i} · {names[int(split.labels[i])]}")
@@ -107,17 +91,8 @@ cols = st.columns([2, 1, 1])
 samples = cols[0].select_slider("Real test images", [100, 250, 500, 1000], 500, key="att_samples",
                                 disabled=running)
 config = GradCAMConfig(teacher=teacher_run, students=students, target=target, fraction=fraction, samples=samples)
-cols[1].button("Score them", type="primary", disabled=running, width="stretch",
-               on_click=lambda: start(teacher_run, students, config))
-if running:
-    cols[2].button("Stop", on_click=lambda: get_job_manager().cancel(job.id), width="stretch")
-if st.session_state.get("gradcam_error"):
-    st.error(st.session_state.pop("gradcam_error"))
-if job is not None and (running or job.status == "failed"):
-    live(job, render_progress)
-if job is not None and not running and st.session_state.get("att_opened_for") != job.id:
-    st.session_state["att_open"] = job.run_record.id
-    st.session_state["att_opened_for"] = job.id
+start_stop_buttons(job, lambda: start(teacher_run, students, config), label="Score them", slots=cols[1:])
+show_progress(job, render_progress)
 stored = stored_analyses("gradcam", "gradcam.json", dataset.name)
 if stored:
     if st.session_state.get("att_open") not in stored:

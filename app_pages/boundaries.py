@@ -5,14 +5,14 @@ import torch
 from dfkd_core.analysis.boundary import METRIC_ATTACK, attack_both
 from dfkd_core.analysis.boundary_cli import student_label
 from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run
-from dfkd_core.data import DatasetMissingError, load_split
-from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import CheckpointError
 from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text, per_class_figure,
                                       similarity_bar_figure)
 from dfkd_core.synthesis.bss import AttackSettings
-from app_pages.views.common import (attach, attached_job, checkpoint_picker, checkpoint_runs, describe_run, fresh_model,
-                                    get_job_manager, get_store, keep_widget_state, live, open_checkpoint)
+from app_pages.views.analysis_view import analysis_job, show_progress, stored_analyses
+from app_pages.views.common import (checkpoint_runs, describe_run, fresh_model, get_store, keep_widget_state,
+                                    open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
+                                    start_stop_buttons, submit, teacher_or_stop)
 
 
 RUNNER_UP = "teacher's runner-up"
@@ -35,17 +35,8 @@ $\eta=1$ (a full step onto the linearized boundary) and $I=20$.
 """
 
 
-@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
-def test_split(dataset: str, root: str | None):
-    return load_split(dataset, "test", root)
-
-
-def analyses(dataset: str) -> list:
-    return [r for r in get_store().list("analysis") if r.method == "boundary" and r.dataset == dataset
-            and (r.dir / "boundary_pairs.pt").is_file()]
-
-
-def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryConfig) -> None:
+def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryConfig) -> BoundaryAnalysis:
+    require_job_slot()
     store, teacher = get_store(), open_checkpoint(teacher_run)
     students = {}
     for run_id in student_runs:
@@ -54,11 +45,7 @@ def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryCo
     run = store.create("analysis", config.to_dict(), teacher=teacher_run, method="boundary",
                        dataset=teacher.dataset.name, name=f"MagSim/AngSim {teacher.name} vs {len(students)} student(s)")
     job = BoundaryAnalysis(fresh_model(teacher_run), students, teacher.dataset, config, run)
-    try:
-        attach(get_job_manager().submit(job, label=f"boundary analysis, {len(students)} students"))
-    except JobLimitError as e:
-        run.set_status("failed", error=str(e))
-        st.session_state["boundary_error"] = str(e)
+    return submit(job, run, label=f"boundary analysis, {len(students)} students")
 
 
 def render_progress(job: BoundaryAnalysis) -> None:
@@ -75,7 +62,7 @@ def render_progress(job: BoundaryAnalysis) -> None:
 @st.cache_data(show_spinner="Attacking teacher and student…", max_entries=64)
 def attack_images(teacher_ref: str, student_ref: str, indices: tuple[int, ...], target: str, dataset: str,
                   root: str | None, settings: tuple) -> dict:
-    split = test_split(dataset, root)
+    split = real_test_split(dataset, root)
     teacher, student = open_checkpoint(teacher_ref).model, open_checkpoint(student_ref).model
     idx = torch.tensor(indices)
     x, labels = split.normalized(idx), split.labels[idx]
@@ -102,19 +89,12 @@ with st.expander("What MagSim and AngSim measure"):
     st.markdown(EXPLANATION)
 keep_widget_state("boundary_teacher", "boundary_students", "boundary_samples", "boundary_targets", "boundary_eta",
                   "boundary_steps", "boundary_power", "boundary_open", "one_student", "one_images", "one_target")
-job = attached_job("analysis")
-job = job if isinstance(job, BoundaryAnalysis) else None
+job = analysis_job(BoundaryAnalysis, open_key="boundary_open")
 running = job is not None and job.running
-if job is not None and job.status != "running" and st.session_state.get("boundary_opened_for") != job.id:
-    st.session_state["boundary_open"] = job.run_record.id   # show the comparison just computed
-    st.session_state["boundary_opened_for"] = job.id
 
 with st.sidebar:
     st.subheader("New comparison")
-    teacher_run = checkpoint_picker("Teacher", key="boundary_teacher", disabled=running)
-    if teacher_run is None:
-        st.info("No teacher in the run store yet: add one on the Teacher page.")
-        st.stop()
+    teacher_run = teacher_or_stop("boundary_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
     candidates = {r.id: describe_run(r) for r in checkpoint_runs(("distill", "teacher"), dataset.name)
@@ -132,21 +112,16 @@ with st.sidebar:
                      format_func={2: "÷‖∇‖² (METHODS)", 1: "÷‖∇‖ (official code)"}.get)
     config = BoundaryConfig(teacher=teacher_run, students=students, samples=int(samples), targets=targets, eta=eta,
                             max_steps=steps, gradient_norm_power=power)
-    st.button("Compare", type="primary", disabled=running or not students, width="stretch",
-              on_click=lambda: start_analysis(teacher_run, students, config))
-    if running:
-        st.button("Stop", on_click=lambda: get_job_manager().cancel(job.id), width="stretch")
-if st.session_state.get("boundary_error"):
-    st.error(st.session_state.pop("boundary_error"))
-if job is not None and (running or job.status == "failed"):
-    live(job, render_progress)
-if not students and not analyses(dataset.name):
+    start_stop_buttons(job, lambda: start_analysis(teacher_run, students, config), label="Compare",
+                       disabled=not students, slots=st.columns(2))
+show_progress(job, render_progress)
+stored = stored_analyses("boundary", "boundary_pairs.pt", dataset.name)
+if not students and not stored:
     st.info("Pick one or more students in the sidebar (distill runs, or other trained classifiers of the same "
             "dataset) and press **Compare**.")
     st.stop()
 
 st.subheader("Similarity to the teacher")
-stored = {r.id: r for r in analyses(dataset.name)}
 if st.session_state.get("boundary_open") not in stored:   # first visit, or deleted / other dataset since
     st.session_state["boundary_open"] = next(iter(stored), None)
 opened = st.selectbox("Comparison", list(stored), key="boundary_open", placeholder="none computed yet",
@@ -180,11 +155,7 @@ if not student_refs:
     st.stop()
 st.caption("The opened comparison's teacher and students, with its attack settings: base image, both attacks' "
            "results, and the two perturbations on one shared red-blue scale (red: pixel raised).")
-try:
-    split = test_split(dataset.name, dataset.root)
-except DatasetMissingError as e:
-    st.error(str(e))
-    st.stop()
+split = real_test_split_or_stop(dataset)
 cols = st.columns([2, 3, 2])
 student_ref = cols[0].selectbox("Student", student_refs, format_func=lambda r: student_names.get(r, r),
                                 key="one_student")

@@ -1,10 +1,9 @@
 """Distill: train a smaller student from a teacher alone (METHODS §1-§3) and watch it learn, live."""
 import streamlit as st
 
-from dfkd_core.distill import DISTILL_METHODS
-from dfkd_core.job_manager import JobLimitError
-from app_pages.views.common import (attach, attached_job, checkpoint_picker, get_job_manager, get_store,
-                                    keep_widget_state, open_checkpoint)
+from dfkd_core.distill import DISTILL_METHODS, DistillJob
+from app_pages.views.common import (attached_job, get_store, keep_widget_state, open_checkpoint, start_stop_buttons,
+                                    teacher_or_stop)
 from app_pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
                                           extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
                                           set_weights, start_distillation, student_choices, uses_pool, weight_key,
@@ -18,7 +17,6 @@ st.caption("A smaller student learns from the teacher alone: the teacher is inve
            "$T^2\\,\\mathrm{KL}(p_T^{(T)}\\,\\|\\,p_S^{(T)})$. Real test images only measure the student.")
 keep_widget_state("distill_teacher", "distill_method", "distill_student", "distill_pool",
                   *(weight_key(w.name) for w in WEIGHTS))
-manager = get_job_manager()
 job = attached_job("distill")
 running = job is not None and job.running
 
@@ -34,11 +32,9 @@ if job is not None and st.session_state.get("distill_synced") != job.id:
     st.session_state["distill_synced"] = job.id
 
 with st.sidebar:
-    teacher_run = checkpoint_picker("Teacher", key="distill_teacher", disabled=running,
-                                    help="A teacher run from the run store (add one on the Teacher page)")
-    if teacher_run is None:
-        st.info("No teacher in the run store yet: train or upload one on the Teacher page.")
-        st.stop()
+    teacher_run = teacher_or_stop("distill_teacher", disabled=running,
+                                  help="A teacher run from the run store (add one on the Teacher page)",
+                                  missing="No teacher in the run store yet: train or upload one on the Teacher page.")
     dataset = open_checkpoint(teacher_run).dataset
     methods = ordered_methods()
     if st.session_state.get("distill_method") not in methods:
@@ -74,23 +70,13 @@ with st.sidebar:
     extra_options = extra_option_widgets(method, running)
 
 
-def start() -> None:
-    try:
-        config = config_from_widgets(method, student, pool_run, extra_options)
-        new = start_distillation(teacher_run, config)
-    except (ValueError, FileNotFoundError, JobLimitError) as e:
-        st.session_state["distill_error"] = str(e)
-        return
-    st.session_state["distill_synced"] = new.id
-    attach(new)
+def start() -> DistillJob:
+    new = start_distillation(teacher_run, config_from_widgets(method, student, pool_run, extra_options))
+    st.session_state["distill_synced"] = new.id   # the widgets already show its settings
+    return new
 
 
-buttons = st.columns([1, 1, 4])
-buttons[0].button("Start", type="primary", on_click=start, disabled=running, width="stretch")
-buttons[1].button("Stop", on_click=lambda: manager.cancel(job.id), disabled=not running, width="stretch",
-                  help="Stops before the next step; the student so far is evaluated and saved")
-if st.session_state.get("distill_error"):
-    st.error(st.session_state.pop("distill_error"))
+start_stop_buttons(job, start, stop_help="Stops before the next step; the student so far is evaluated and saved")
 if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** → student **{student}** with "
             f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb as images "

@@ -3,28 +3,24 @@ import streamlit as st
 
 from dfkd_core.analysis import KERNELS, CKAResult, layer_names
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, load_inputs
-from dfkd_core.data import DatasetMissingError
-from dfkd_core.job_manager import JobLimitError
 from dfkd_core.plots.representations import cka_heatmap_figure
-from app_pages.views.analysis_view import input_choices, model_choices, stored_analyses
-from app_pages.views.common import (attach, attached_job, checkpoint_picker, describe_run, fresh_model, get_job_manager,
-                                    get_store, keep_widget_state, live, open_checkpoint)
+from app_pages.views.analysis_view import analysis_job, input_choices, model_choices, show_progress, stored_analyses
+from app_pages.views.common import (START_ERRORS, describe_run, fresh_model, get_store, keep_widget_state,
+                                    open_checkpoint, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
 
 
 KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"}
 
 
-def start(teacher_run: str, student_ref: str, config: CKAConfig) -> None:
+def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
+    require_job_slot()
     teacher = open_checkpoint(teacher_run)
-    try:
-        images, _ = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store())
-        run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
-                                 dataset=teacher.dataset.name,
-                                 name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
-        job = CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), images, config, run)
-        attach(get_job_manager().submit(job, label="CKA"))
-    except (DatasetMissingError, FileNotFoundError, KeyError, ValueError, JobLimitError) as e:
-        st.session_state["cka_error"] = str(e)
+    images, _ = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store())
+    run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
+                             dataset=teacher.dataset.name,
+                             name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
+    job = CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), images, config, run)
+    return submit(job, run, label="CKA")
 
 
 def render_progress(job: CKAAnalysis) -> None:
@@ -42,19 +38,12 @@ st.caption(r"Do teacher and student represent the same images alike? Linear CKA 
            r"*lower* than plain KD students at their split layer (METHODS §5.5).")
 keep_widget_state("cka_teacher", "cka_student", "cka_kernel", "cka_threshold", "cka_inputs", "cka_samples",
                   "cka_reduce", "cka_open")
-job = attached_job("analysis")
-job = job if isinstance(job, CKAAnalysis) else None
+job = analysis_job(CKAAnalysis, open_key="cka_open")
 running = job is not None and job.running
-if job is not None and not running and st.session_state.get("cka_opened_for") != job.id:
-    st.session_state["cka_open"] = job.run_record.id   # show what was just computed
-    st.session_state["cka_opened_for"] = job.id
 
 with st.sidebar:
     st.subheader("New comparison")
-    teacher_run = checkpoint_picker("Teacher", key="cka_teacher", disabled=running)
-    if teacher_run is None:
-        st.info("No teacher in the run store yet: add one on the Teacher page.")
-        st.stop()
+    teacher_run = teacher_or_stop("cka_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
     choices = model_choices(dataset.name, exclude=teacher_run)
@@ -81,15 +70,9 @@ with st.sidebar:
     config = CKAConfig(teacher=teacher_run, student=student_ref, kernel=kernel, threshold=threshold,
                        layers_teacher=layers_t, layers_student=layers_s, inputs=source, samples=samples,
                        reduce=reduce)
-    st.button("Compute CKA", type="primary", disabled=running, width="stretch",
-              on_click=lambda: start(teacher_run, student_ref, config))
-    if running:
-        st.button("Stop", on_click=lambda: get_job_manager().cancel(job.id), width="stretch")
-
-if st.session_state.get("cka_error"):
-    st.error(st.session_state.pop("cka_error"))
-if job is not None and (running or job.status == "failed"):
-    live(job, render_progress)
+    start_stop_buttons(job, lambda: start(teacher_run, student_ref, config), label="Compute CKA",
+                       errors=(*START_ERRORS, KeyError), slots=st.columns(2))   # KeyError: a deleted input run
+show_progress(job, render_progress)
 
 stored = stored_analyses("cka", "cka.json", dataset.name)
 if not stored:

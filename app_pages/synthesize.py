@@ -1,9 +1,10 @@
 """Synthesize: invert a teacher into images (METHODS §1) and steer the loss weights while they form."""
 import streamlit as st
 
-from dfkd_core.job_manager import JobLimitError
-from app_pages.views.common import (attach, attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
-                                    keep_widget_state, open_checkpoint, show_starter_progress)
+from dfkd_core.synthesis import ModelInversion
+from app_pages.views.common import (attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
+                                    keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
+                                    teacher_or_stop)
 from app_pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
                                             init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
                                             start_inversion, student_options)
@@ -64,12 +65,10 @@ def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: l
 
 
 with st.sidebar:
-    teacher_run = checkpoint_picker("Teacher", key="synth_teacher", disabled=running,
-                                    help="A teacher run from the run store (add one on the Teacher page)")
-    if teacher_run is None:
-        st.info("No teacher in the run store yet: a digits teacher trains by itself on first launch (progress on "
-                "the right), or add one on the Teacher page.")
-        st.stop()
+    teacher_run = teacher_or_stop("synth_teacher", disabled=running,
+                                  help="A teacher run from the run store (add one on the Teacher page)",
+                                  missing="No teacher in the run store yet: a digits teacher trains by itself on "
+                                          "first launch (progress on the right), or add one on the Teacher page.")
     dataset = open_checkpoint(teacher_run).dataset
     bn = has_bn(teacher_run)
     methods = list(PRESET_NAMES) if bn else ["deepdream"]
@@ -97,22 +96,14 @@ with st.sidebar:
                dataset.class_names or [str(i) for i in range(dataset.num_classes)])
 
 
-def start() -> None:
-    try:
-        config = config_from_knobs(method, sorted(st.session_state.get("synth_targets") or []))
-        new = start_inversion(teacher_run, config, student, st.session_state[knob_key("pace")])
-    except (ValueError, JobLimitError) as e:
-        st.session_state["start_error"] = str(e)
-        return
-    st.session_state["synced_job"] = new.id
-    attach(new)
+def start() -> ModelInversion:
+    config = config_from_knobs(method, sorted(st.session_state.get("synth_targets") or []))
+    new = start_inversion(teacher_run, config, student, st.session_state[knob_key("pace")])
+    st.session_state["synced_job"] = new.id   # the knobs already show its settings
+    return new
 
 
-buttons = st.columns([1, 1, 4])
-buttons[0].button("Start", type="primary", on_click=start, disabled=running, width="stretch")
-buttons[1].button("Stop", on_click=lambda: manager.cancel(job.id), disabled=not running, width="stretch")
-if st.session_state.get("start_error"):
-    st.error(st.session_state.pop("start_error"))
+start_stop_buttons(job, start)
 if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
             "watch the batch turn from noise into images the teacher recognizes.")

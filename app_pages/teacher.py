@@ -2,29 +2,24 @@
 import streamlit as st
 import torch
 
-from dfkd_core.data import DatasetMissingError, load_split
+from dfkd_core.data import DatasetMissingError
 from dfkd_core.hooks import batchnorm_layers
-from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from app_pages.views.common import (MAX_CHECKPOINT_MB, attach, attached_job, checkpoint_picker, get_job_manager,
-                                    get_store, import_checkpoint, keep_widget_state, live, open_checkpoint)
+from app_pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, get_store, import_checkpoint,
+                                    keep_widget_state, live, open_checkpoint, real_test_split, require_job_slot,
+                                    start_stop_buttons, submit)
 
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
             "cifar10": "CIFAR-10 32×32 (folder)", "imagefolder": "ImageFolder (folder of class folders)"}
 
 
-@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
-def test_split(dataset: str, root: str | None):
-    return load_split(dataset, "test", root)
-
-
 @st.cache_data(show_spinner="Evaluating on the real test set…", max_entries=32)
 def test_report(run_id: str, dataset: str, root: str | None) -> dict:
     """Accuracy on the real test split and a labelled sample of two images per class."""
-    model, split = open_checkpoint(run_id).model, test_split(dataset, root)
+    model, split = open_checkpoint(run_id).model, real_test_split(dataset, root)
     accuracy = evaluate(model, split)["accuracy"]
     per_class = [torch.nonzero(split.labels == k).flatten()[:2] for k in range(split.info.num_classes)]
     index = torch.stack(per_class, 1).flatten() if all(len(p) == 2 for p in per_class) else torch.arange(20)
@@ -52,7 +47,7 @@ dataset = st.selectbox("Dataset", list(DATASETS), format_func=DATASETS.get, key=
 root = st.text_input("Data folder", key="teacher_root", placeholder="Debian's dataset-fashion-mnist location"
                      if dataset == "fashion-mnist" else "required") if dataset != "digits" else None
 root = root or None
-manager, training = get_job_manager(), attached_job("teacher")
+training = attached_job("teacher")
 if training is not None and training.status == "done" and st.session_state.get("picked_after") != training.id:
     st.session_state[f"teacher_pick_{training.config.dataset}"] = training.run_record.id
     st.session_state["picked_after"] = training.id
@@ -69,23 +64,16 @@ with train_tab:
     epochs = cols[1].number_input("Epochs", 1, 200, DEFAULT_EPOCHS[dataset])
     augment = cols[2].selectbox("Augmentation", ["none", "crop", "crop_flip"])
 
-    def train() -> None:
+    def train() -> TeacherTraining:
+        require_job_slot()
         config = TeacherConfig(dataset=dataset, model=model, epochs=int(epochs), augment=augment,
                                data_root=root).resolved()
-        try:
-            test_split(dataset, root)  # a missing dataset is the user's fix, not a failed run
-            new = TeacherTraining(config, get_store().create("teacher", config.to_dict(), method=model,
-                                                             dataset=dataset, name=f"{model} on {dataset}"))
-            attach(manager.submit(new, label=f"teacher {model} on {dataset}"))
-        except (DatasetMissingError, ValueError, JobLimitError) as e:
-            st.session_state["train_error"] = str(e)
+        real_test_split(dataset, root)  # a missing dataset is the user's fix, not a failed run
+        run = get_store().create("teacher", config.to_dict(), method=model, dataset=dataset,
+                                 name=f"{model} on {dataset}")
+        return submit(TeacherTraining(config, run), run, label=f"teacher {model} on {dataset}")
 
-    running = training is not None and training.running
-    buttons = st.columns([1, 1, 4])
-    buttons[0].button("Train", type="primary", on_click=train, disabled=running, width="stretch")
-    buttons[1].button("Stop", on_click=lambda: manager.cancel(training.id), disabled=not running, width="stretch")
-    if st.session_state.get("train_error"):
-        st.error(st.session_state.pop("train_error"))
+    start_stop_buttons(training, train, label="Train")
     live(training, render_training)
 with upload_tab:
     def add_upload() -> None:

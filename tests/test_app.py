@@ -171,6 +171,21 @@ def test_job_limit_is_explained(teacher_home, monkeypatch):
     assert job_of(second) is None and "already running" in second.error[0].value
 
 
+def test_a_start_that_loses_the_last_job_slot_leaves_a_failed_run_not_a_running_one(home, monkeypatch):
+    """Between a page's require_job_slot() and its submit another tab may take the last slot: the run just created
+    must then say failed (with the reason), not 'running' with no job behind it, which could not be deleted."""
+    from dfkd_core.job_manager import JobLimitError
+    from dfkd_core.jobs import Job
+    from app_pages.views.common import get_job_manager, submit
+    run = home.create("analysis", {}, method="cka", dataset="digits")
+    monkeypatch.setattr(get_job_manager(), "max_running", 0)
+    with pytest.raises(JobLimitError):
+        submit(Job(run), run, label="CKA")
+    record = home.get_record(run.id)
+    assert record.status == "failed" and "already running" in record.error
+    home.delete(run.id)
+
+
 def test_first_launch_trains_the_starter_teacher(home):
     at = app()
     assert at.get("progress")[0].proto.text.startswith("First launch")

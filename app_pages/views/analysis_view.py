@@ -1,10 +1,38 @@
-"""What the Representations and Attention pages share: which stored models and image sets can be compared, and
-which stored analyses can be reopened. Only run-store lookups; the computations live in dfkd_core.analysis."""
+"""What the analysis pages (Boundaries, Representations, Attention) share: this tab's analysis job and its
+progress, which stored models and image sets can be compared, and which stored analyses can be reopened. Run-store
+lookups and layout only; the computations live in dfkd_core.analysis."""
 from __future__ import annotations
 
-from app_pages.views.common import checkpoint_runs, describe_run, get_store
+from typing import Callable, TypeVar
+
+import streamlit as st
+
+from dfkd_core.jobs import Job
+from app_pages.views.common import attached_job, checkpoint_runs, describe_run, get_store, live
+
+AnalysisJob = TypeVar("AnalysisJob", bound=Job)
 
 PEER_CHECKPOINT = "model_b.pt"   # IE-DML saves its second student beside model.pt
+
+
+def analysis_job(cls: type[AnalysisJob], open_key: str) -> AnalysisJob | None:
+    """This tab's analysis job if it is a `cls` (the analysis pages share the job kind 'analysis', each shows only
+    its own). Once it has ended, its run is opened in the selectbox `open_key`, once per job: the page shows the
+    comparison just computed, and the user can still open another afterwards."""
+    job = attached_job("analysis")
+    if not isinstance(job, cls):
+        return None
+    if not job.running and st.session_state.get(f"{open_key}_job") != job.id:
+        st.session_state[open_key] = job.run_record.id
+        st.session_state[f"{open_key}_job"] = job.id
+    return job
+
+
+def show_progress(job: Job | None, render: Callable[[Job], None]) -> None:
+    """The analysis job's live progress while it runs, and its error if it failed. A finished analysis is shown
+    from the run store instead, like any stored one."""
+    if job is not None and (job.running or job.status == "failed"):
+        live(job, render)
 
 
 def model_choices(dataset: str, exclude: str | None = None) -> dict[str, str]:
@@ -41,6 +69,6 @@ def input_choices(dataset: str) -> dict[str, str]:
 
 
 def stored_analyses(method: str, result_file: str, dataset: str) -> dict:
-    """{run id: record} of finished or partial analyses of one kind ('cka' | 'gradcam') for `dataset`."""
+    """{run id: record} of finished or partial analyses of one method ('boundary' | 'cka' | 'gradcam') for `dataset`."""
     return {r.id: r for r in get_store().list("analysis") if r.method == method and r.dataset == dataset
             and (r.dir / result_file).is_file()}

@@ -1,5 +1,6 @@
 """View helpers every page shares: the run store and job manager (one per server process), checkpoint pickers over
-the run store, checkpoint upload, the starter teacher of a first launch, and live polling of a background job.
+the run store, checkpoint upload, the real test split, the starter teacher of a first launch, starting and stopping
+a page's job, and live polling of a background job.
 
 Pages stay thin: widgets, one call into dfkd_core, plots. Nothing here runs an algorithm.
 """
@@ -12,16 +13,20 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from dfkd_core.job_manager import JobManager
+from dfkd_core.data import DatasetInfo, DatasetMissingError, ImageSplit, load_split
+from dfkd_core.job_manager import JobLimitError, JobManager
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
-from dfkd_core.runs import RunRecord, RunStore, default_home
+from dfkd_core.runs import Run, RunRecord, RunStore, default_home
 
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
 STARTER_KEY = "starter-teacher"  # the digits teacher trained on a first launch
 JOB_PARAM = "job"                # query parameter that lets a reload reattach to its job
+# What starting a job can fail with that is the user's to fix (a bad setting or checkpoint, a missing dataset or
+# file, no free job slot): shown as a message under the Start button, not as a traceback.
+START_ERRORS = (ValueError, FileNotFoundError, JobLimitError)
 
 
 # ------------------------------------------------------------------ process-wide resources
@@ -95,6 +100,16 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
                         help=help)
 
 
+def teacher_or_stop(key: str, *, disabled: bool = False, help: str | None = None,
+                    missing: str = "No teacher in the run store yet: add one on the Teacher page.") -> str:
+    """The sidebar's teacher picker; with no teacher stored there is nothing to do, so say `missing` and stop."""
+    teacher_run = checkpoint_picker("Teacher", key=key, disabled=disabled, help=help)
+    if teacher_run is None:
+        st.info(missing)
+        st.stop()
+    return teacher_run
+
+
 def import_checkpoint(data: bytes, filename: str) -> RunRecord:
     """Validate an uploaded file as a dfkd checkpoint and store it as a teacher run.
 
@@ -118,6 +133,23 @@ def import_checkpoint(data: bytes, filename: str) -> RunRecord:
     run.set_status("done", summary={**checkpoint.metrics, "model": checkpoint.name,
                                     "dataset": checkpoint.dataset.name, "uploaded": filename})
     return run.record()
+
+
+# ------------------------------------------------------------------ real data
+
+@st.cache_resource(show_spinner="Loading the real test split…", max_entries=4)
+def real_test_split(dataset: str, root: str | None) -> ImageSplit:
+    """The real test split of a dataset, loaded once per server (accuracy, examples and attacks all use it)."""
+    return load_split(dataset, "test", root)
+
+
+def real_test_split_or_stop(info: DatasetInfo) -> ImageSplit:
+    """The real test split, or the missing dataset's install hint and a stopped page."""
+    try:
+        return real_test_split(info.name, info.root)
+    except DatasetMissingError as e:
+        st.error(str(e))
+        st.stop()
 
 
 # ------------------------------------------------------------------ first launch
@@ -183,6 +215,53 @@ def attach(job: Job) -> None:
     """Make `job` this tab's job of its kind (URL and session)."""
     st.query_params[JOB_PARAM] = job.id
     st.session_state[f"{JOB_PARAM}_{job.kind}"] = job.id
+
+
+def require_job_slot() -> None:
+    """Raise JobLimitError, naming the running jobs, when no job slot is free: checked before a start loads data or
+    creates a run, so a refused start costs nothing and leaves nothing behind."""
+    manager = get_job_manager()
+    active = manager.active()
+    if len(active) >= manager.max_running:
+        raise JobLimitError(f"{len(active)} jobs are already running (the limit on this machine); stop one first: "
+                            + ", ".join(manager.label(j.id) for j in active))
+
+
+def submit(job: Job, run: Run, **options) -> Job:
+    """Start `job`, which records into `run` (options as JobManager.submit). If the last slot went to another tab
+    since `require_job_slot`, the run is marked failed rather than left 'running' with no job behind it (such a run
+    could not even be deleted before a restart), and the JobLimitError goes on to the caller."""
+    try:
+        return get_job_manager().submit(job, **options)
+    except JobLimitError as e:
+        run.set_status("failed", error=str(e))
+        raise
+
+
+def start_stop_buttons(job: Job | None, start: Callable[[], Job], *, label: str = "Start",
+                       errors: tuple[type[Exception], ...] = START_ERRORS, disabled: bool = False,
+                       stop_help: str | None = None, slots: Sequence | None = None) -> None:
+    """A page's action button and its Stop, side by side: the action is off while `job` runs, Stop on only then.
+
+    `start()` creates the run from the current widgets and submits its job, which becomes this tab's job. An
+    exception of the `errors` types is shown under the buttons after the rerun (a callback's own output would land
+    at the top of the page). `slots`: two containers for the buttons, by default two narrow columns.
+    """
+    running = job is not None and job.running
+    error_key = f"_start_error_{label}"
+
+    def on_start() -> None:
+        try:
+            attach(start())
+        except errors as e:
+            st.session_state[error_key] = str(e)
+
+    left, right = slots if slots is not None else st.columns([1, 1, 4])[:2]
+    left.button(label, type="primary", on_click=on_start, disabled=running or disabled, width="stretch")
+    right.button("Stop", on_click=lambda: get_job_manager().cancel(job.id), disabled=not running, width="stretch",
+                 help=stop_help)
+    if error_key in st.session_state:
+        st.error(st.session_state.pop(error_key))
 
 
 def keep_widget_state(*keys: str) -> None:

@@ -15,13 +15,12 @@ from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, SyntheticPool, default_student
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
-from dfkd_core.job_manager import JobLimitError
 from dfkd_core.models import create_model
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.runs import RunRecord
 from dfkd_core.synthesis import SynthesisConfig
-from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_job_manager,
-                                    get_store, live, open_checkpoint)
+from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_store, live,
+                                    open_checkpoint, require_job_slot, submit)
 from app_pages.views.synthesis_view import ALPHAS, cached
 
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
@@ -208,11 +207,8 @@ def _check_student(name: str, info) -> None:
 def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
     """Check everything that can be checked here, create the distill run and submit its job. Raises ValueError,
     FileNotFoundError (a missing dataset or pool, with the install hint) or JobLimitError with a message."""
-    manager, store = get_job_manager(), get_store()
-    if len(manager.active()) >= manager.max_running:
-        raise JobLimitError(f"{len(manager.active())} jobs are already running (the limit on this machine); stop "
-                            "one first: " + ", ".join(manager.label(j.id) for j in manager.active()))
-    checkpoint = open_checkpoint(teacher_run)
+    require_job_slot()
+    store, checkpoint = get_store(), open_checkpoint(teacher_run)
     info = checkpoint.dataset
     _check_student(config.student, info)
     load_split(info.name, "test", config.data_root or info.root, info.image_size)  # real test set: evaluation
@@ -226,13 +222,7 @@ def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
                        method=config.method, dataset=info.name,
                        name=f"{config.method}: {checkpoint.name} → {job.student_name} (app)")
     job.run_record = run
-    try:
-        manager.submit(job, label=f"{config.method} distillation on {info.name}",
-                       snapshot_interval_s=SNAPSHOT_SECONDS)
-    except JobLimitError as e:  # another tab took the last slot in between
-        run.set_status("failed", error=str(e))
-        raise
-    return job
+    return submit(job, run, label=f"{config.method} distillation on {info.name}", snapshot_interval_s=SNAPSHOT_SECONDS)
 
 
 # ------------------------------------------------------------------ results (also used by the Runs page)

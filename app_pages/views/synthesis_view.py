@@ -9,13 +9,11 @@ import streamlit as st
 
 from dfkd_core.distill import default_student
 from dfkd_core.hooks import batchnorm_layers
-from dfkd_core.job_manager import JobLimitError
-from dfkd_core.jobs import Job
 from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
-from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_job_manager, get_store, live,
-                                    open_checkpoint)
+from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_store, live, open_checkpoint,
+                                    require_job_slot, submit)
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
 UNTRAINED = "untrained "  # student option prefix: a fresh model of the teacher's half-width student
@@ -131,13 +129,11 @@ def student_options(teacher_run: str) -> list[str]:
         return []
 
 
-def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: str | None, pace: float) -> Job:
+def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: str | None, pace: float
+                    ) -> ModelInversion:
     """Create the synthesis run and submit its job; raises ValueError / JobLimitError with a message to show."""
-    manager, store = get_job_manager(), get_store()
-    if len(manager.active()) >= manager.max_running:
-        raise JobLimitError(f"{len(manager.active())} jobs are already running (the limit on this machine); stop "
-                            "one first: " + ", ".join(manager.label(j.id) for j in manager.active()))
-    teacher = open_checkpoint(teacher_run)
+    require_job_slot()
+    store, teacher = get_store(), open_checkpoint(teacher_run)
     student, student_name = None, None
     if config.alpha_c > 0 and student_choice:
         if student_choice.startswith(UNTRAINED):
@@ -151,12 +147,8 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
                        teacher=teacher_run, method=config.method, dataset=teacher.dataset.name,
                        name=f"{PRESET_NAMES[config.method]} from {teacher.name} (app)")
     job.run_record = run
-    try:
-        manager.submit(job, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}",
-                       steps_per_second=pace or None, snapshot_interval_s=SNAPSHOT_SECONDS)
-    except JobLimitError as e:  # another tab took the last slot in between
-        run.set_status("failed", error=str(e))
-        raise
+    submit(job, run, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}", steps_per_second=pace or None,
+           snapshot_interval_s=SNAPSHOT_SECONDS)
     # The first snapshot is a step away (~0.1 s on digits): waiting briefly lets the page that follows the click
     # show the grid at once instead of one poll later.
     deadline = time.monotonic() + FIRST_SNAPSHOT_WAIT_S
