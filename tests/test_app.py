@@ -27,7 +27,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("DFKD_HOME", str(tmp_path / "home"))
     threads = torch.get_num_threads()
     yield RunStore(tmp_path / "home")
-    from app_pages.views.common import get_job_manager
+    from pages.views.common import get_job_manager
     get_job_manager().shutdown()
     torch.set_num_threads(threads)  # the app sets one thread per job; give other tests theirs back
 
@@ -49,7 +49,7 @@ def app(page: str | None = None, **query) -> AppTest:
 
 
 def job_of(at: AppTest):
-    from app_pages.views.common import get_job_manager
+    from pages.views.common import get_job_manager
     return get_job_manager().get(at.query_params.get("job"))
 
 
@@ -68,28 +68,24 @@ def button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
 
-def test_layout_every_page_file_is_listed_under_its_own_name_and_no_pages_folder():
-    """The app is app.py + app_pages/. A folder named `pages/` beside app.py would make Streamlit run the first
-    script after a server start as a legacy multipage app, which pops "Page not found" over a first visit to /distill
-    (tests/test_browser.py checks that visit in a real browser on a fresh server). Every app_pages/*.py is a page
-    listed in app.py, at the URL of its file name."""
-    import ast
+def test_layout_every_page_file_is_in_pages_and_listed_under_its_own_name():
+    """The app is app.py + pages/ (the project's fixed layout). Every pages/*.py is a page of the navigation
+    (pages/views/navigation.py) at the URL of its file name, and hands over to app.py when Streamlit's legacy
+    pages/ lookup runs it bare (the first script run after a server start; tests/test_browser.py checks a first
+    visit to every URL in a real browser on a fresh server)."""
+    from pages.views.navigation import DEFAULT_PAGE, NAV_ORDER, PAGE_SPECS
     root = Path(APP).parent
-    assert not (root / "pages").exists(), "page scripts belong in app_pages/ (see app.py), not pages/"
-    listed = {}
-    for node in ast.walk(ast.parse(Path(APP).read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "Page":
-            listed[node.args[0].value] = next(k.value.value for k in node.keywords if k.arg == "url_path")
-    files = sorted(str(f.relative_to(root)) for f in (root / "app_pages").glob("*.py") if f.name != "__init__.py")
-    assert files and sorted(listed) == files, "every app_pages/*.py is listed in app.py (shared code: app_pages/views/)"
-    for path, url in listed.items():
-        assert url == Path(path).stem, f"{path}: url_path {url!r} should be the file's name"
+    files = sorted(f.stem for f in (root / "pages").glob("*.py") if f.name != "__init__.py")
+    assert files and sorted(NAV_ORDER) == files == sorted(name for name, _, _ in PAGE_SPECS)
+    assert DEFAULT_PAGE in files
+    for name in files:
+        assert "hand_over_to_app()" in (root / "pages" / f"{name}.py").read_text(), f"pages/{name}.py"
 
 
 # ------------------------------------------------------------------ Synthesize
 
 def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(teacher_home):
-    from app_pages.views.synthesis_view import KNOBS, knob_key
+    from pages.views.synthesis_view import KNOBS, knob_key
     at = app()
     assert at.title[0].value == "Synthesize"
     labels = {w.label for w in at.sidebar.select_slider} | {w.label for w in at.sidebar.toggle}
@@ -109,7 +105,7 @@ def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(tea
 
 
 def test_start_steer_stop_and_reload_reattaches(teacher_home):
-    from app_pages.views.synthesis_view import knob_key
+    from pages.views.synthesis_view import knob_key
     at = app()
     at.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
     at.sidebar.select_slider(key=knob_key("pace")).set_value(20)
@@ -146,7 +142,7 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
 
 
 def test_two_sessions_run_separate_jobs(teacher_home):
-    from app_pages.views.synthesis_view import knob_key
+    from pages.views.synthesis_view import knob_key
     tabs = [app(), app()]
     for tab in tabs:
         tab.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
@@ -161,8 +157,8 @@ def test_two_sessions_run_separate_jobs(teacher_home):
 
 
 def test_job_limit_is_explained(teacher_home, monkeypatch):
-    from app_pages.views.common import get_job_manager
-    from app_pages.views.synthesis_view import knob_key
+    from pages.views.common import get_job_manager
+    from pages.views.synthesis_view import knob_key
     monkeypatch.setattr(get_job_manager(), "max_running", 1)
     first, second = app(), app()
     first.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
@@ -176,7 +172,7 @@ def test_a_start_that_loses_the_last_job_slot_leaves_a_failed_run_not_a_running_
     must then say failed (with the reason), not 'running' with no job behind it, which could not be deleted."""
     from dfkd_core.job_manager import JobLimitError
     from dfkd_core.jobs import Job
-    from app_pages.views.common import get_job_manager, submit
+    from pages.views.common import get_job_manager, submit
     run = home.create("analysis", {}, method="cka", dataset="digits")
     monkeypatch.setattr(get_job_manager(), "max_running", 0)
     with pytest.raises(JobLimitError):
@@ -189,7 +185,7 @@ def test_a_start_that_loses_the_last_job_slot_leaves_a_failed_run_not_a_running_
 def test_first_launch_trains_the_starter_teacher(home):
     at = app()
     assert at.get("progress")[0].proto.text.startswith("First launch")
-    from app_pages.views.common import STARTER_KEY, get_job_manager
+    from pages.views.common import STARTER_KEY, get_job_manager
     starter = get_job_manager().find(STARTER_KEY)
     assert starter.wait(300) == "done", starter.error
     at.run()
@@ -207,7 +203,7 @@ def test_teacher_without_batchnorm_offers_only_deepdream(home, tmp_path):
     at = app()
     assert list(at.sidebar.radio(key="preset").options) == ["DeepDream"]
     assert any("no BatchNorm" in w.value for w in at.sidebar.warning)
-    from app_pages.views.synthesis_view import knob_key
+    from pages.views.synthesis_view import knob_key
     assert at.sidebar.select_slider(key=knob_key("alpha_f")).disabled
     assert at.session_state[knob_key("alpha_f")] == 0.0
 
@@ -215,7 +211,7 @@ def test_teacher_without_batchnorm_offers_only_deepdream(home, tmp_path):
 # ------------------------------------------------------------------ Teacher
 
 def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits_teacher):
-    at = app("app_pages/teacher.py")
+    at = app("pages/teacher.py")
     assert at.title[0].value == "Teacher"
     assert at.selectbox(key="teacher_dataset").value == "digits"
     assert at.selectbox(key="teacher_pick_digits").value == teacher_home.teacher_id
@@ -230,7 +226,7 @@ def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits
 
 
 def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
-    at = app("app_pages/teacher.py")
+    at = app("pages/teacher.py")
     at.number_input[0].set_value(1)
     button(at, "Train").click().run()
     job = job_of(at)
@@ -243,7 +239,7 @@ def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
 
 def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch, tmp_path):
     monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "nowhere"))
-    at = app("app_pages/teacher.py")
+    at = app("pages/teacher.py")
     at.selectbox(key="teacher_dataset").set_value("fashion-mnist").run()
     button(at, "Train").click().run()
     assert not at.exception
@@ -261,7 +257,7 @@ def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch,
 
 
 def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
-    from app_pages.views.common import MAX_CHECKPOINT_MB, import_checkpoint
+    from pages.views.common import MAX_CHECKPOINT_MB, import_checkpoint
     with pytest.raises(CheckpointError, match="notes.pt is not a readable PyTorch file"):
         import_checkpoint(b"hello", "notes.pt")
     buffer = tmp_path / "bare.pt"
@@ -279,7 +275,7 @@ def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
 # ------------------------------------------------------------------ Runs
 
 def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher):
-    from app_pages.views.synthesis_view import knob_key
+    from pages.views.synthesis_view import knob_key
     at = app()
     at.sidebar.select_slider(key=knob_key("iterations")).set_value(50)
     at.sidebar.select_slider(key=knob_key("pace")).set_value(0)
@@ -288,7 +284,7 @@ def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher
     broken = teacher_home.create("synthesis", {"alpha_tv": 1.0}, method="deepinversion", dataset="digits")
     broken.set_status("failed", error="loss term 'tv' is nan at step 3")
 
-    runs = app("app_pages/runs.py")
+    runs = app("pages/runs.py")
     table = runs.dataframe[0].value
     assert len(table) == 3 and set(table["status"]) == {"done", "failed"}
     assert "nan at step 3" in " ".join(str(e) for e in table["error"])

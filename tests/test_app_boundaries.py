@@ -14,7 +14,7 @@ from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.runs import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGE = "app_pages/boundaries.py"
+PAGE = "pages/boundaries.py"
 
 
 def add_run(store: RunStore, kind: str, checkpoint, name: str, method: str, accuracy: float) -> str:
@@ -50,7 +50,7 @@ def home(tmp_path, monkeypatch, digits_teacher, digits_students):
     store.student_ids = [add_run(store, "distill", path, f"{method}: student", method, acc)
                          for method, (path, acc) in digits_students.items()]
     yield store
-    from app_pages.views.common import get_job_manager
+    from pages.views.common import get_job_manager
     get_job_manager().shutdown()
     torch.set_num_threads(threads)
 
@@ -82,7 +82,7 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     at.sidebar.number_input(key="boundary_samples").set_value(15)
     at.run()
     next(b for b in at.sidebar.button if b.label == "Compare").click().run()
-    from app_pages.views.common import get_job_manager
+    from pages.views.common import get_job_manager
     job = get_job_manager().get(at.query_params.get("job"))
     assert job is not None and type(job).__name__ == "BoundaryAnalysis"
     end = time.time() + 60

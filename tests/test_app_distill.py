@@ -11,7 +11,7 @@ from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
 from dfkd_core.models import create_model, save_checkpoint
 from test_app import add_teacher, app, button, elements, home, job_of, teacher_home, wait  # noqa: F401 (fixtures)
 
-PAGE = "app_pages/distill.py"
+PAGE = "pages/distill.py"
 TINY = {"images": 40, "iterations": 20, "batch_size_inv": 20, "kd_steps_per_round": 5, "steps": 20,
         "batch_size": 32}
 
@@ -131,7 +131,7 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
         job.run()
         assert job.status == "done", job.error
         ids.append(run.id)
-    runs = app("app_pages/runs.py", run=ids[0])
+    runs = app("pages/runs.py", run=ids[0])
     assert runs.selectbox(key="runs_open").value == ids[0]   # ?run= opens that run
     assert set(runs.multiselect(key="runs_students").value) == set(ids)
     table = next(t.value for t in runs.dataframe if "student acc" in t.value.columns and len(t.value) == 2)

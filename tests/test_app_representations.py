@@ -61,7 +61,7 @@ def home(tmp_path, monkeypatch, digits_teacher, ie_students):
                 "dataset": info.to_dict()}, pool / "images.pt")
     store.synthesis_id = add_run(store, "synthesis", pool, "deepinversion on digits", "deepinversion", {})
     yield store
-    from app_pages.views.common import get_job_manager
+    from pages.views.common import get_job_manager
     get_job_manager().shutdown()
     torch.set_num_threads(threads)
 
@@ -79,7 +79,7 @@ def figures(at: AppTest) -> list[dict]:
 
 
 def finish_job(at: AppTest, kind: str):
-    from app_pages.views.common import get_job_manager
+    from pages.views.common import get_job_manager
     job = get_job_manager().get(at.query_params.get("job"))
     assert job is not None and type(job).__name__ == kind
     end = time.time() + 60
@@ -108,7 +108,7 @@ def click(at: AppTest, label: str, sidebar: bool = False) -> None:
 # ------------------------------------------------------------------ Representations
 
 def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_teacher):
-    at = page("app_pages/representations.py")
+    at = page("pages/representations.py")
     assert at.title[0].value == "Representations"
     assert "Compute CKA" in at.info[0].value
     student = at.sidebar.selectbox(key="cka_student")
@@ -128,12 +128,12 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     captions = " ".join(c.value for c in at.caption)
     assert "100 images (real)" in captions and "split layer is **features.10**" in captions
 
-    fresh = page("app_pages/representations.py")   # another session: the stored matrix, no job needed
+    fresh = page("pages/representations.py")   # another session: the stored matrix, no job needed
     assert fresh.selectbox(key="cka_open").value == analysis.id and heatmap_values(figures(fresh)[0]["data"][0]) == z
 
 
 def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
-    at = page("app_pages/representations.py")
+    at = page("pages/representations.py")
     at.sidebar.selectbox(key="cka_student").set_value(home.peer)
     at.sidebar.radio(key="cka_kernel").set_value("rbf")
     at.sidebar.selectbox(key="cka_inputs").set_value(home.synthesis_id)
@@ -148,7 +148,7 @@ def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
 # ------------------------------------------------------------------ Attention
 
 def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
-    at = page("app_pages/attention.py")
+    at = page("pages/attention.py")
     assert at.title[0].value == "Attention" and "Pick one or more students" in at.info[0].value
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.peer]).run()
     assert not at.exception, at.exception
@@ -167,7 +167,7 @@ def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
 
 
 def test_attention_scores_many_images_in_the_background(home):
-    at = page("app_pages/attention.py")
+    at = page("pages/attention.py")
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iedml"]]).run()
     at.multiselect(key="att_images").set_value([0]).run()
     at.select_slider(key="att_samples").set_value(100).run()

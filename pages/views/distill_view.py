@@ -1,6 +1,6 @@
 """The Distill page's parts: the method's main weights (one line each, METHODS §1-§3), a `DistillConfig` built from
 them, starting a `DistillJob` through the job manager, its live view, and the result table the Runs page reuses.
-`app_pages/distill.py` lays them out; the algorithm is dfkd_core.distill's."""
+`pages/distill.py` lays them out; the algorithm is dfkd_core.distill's."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +19,9 @@ from dfkd_core.models import create_model
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.runs import RunRecord
 from dfkd_core.synthesis import SynthesisConfig
-from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_store, live,
+from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_store, live,
                                     open_checkpoint, require_job_slot, submit)
-from app_pages.views.synthesis_view import ALPHAS, cached
+from pages.views.synthesis_view import ALPHAS, cached
 
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1)
@@ -300,5 +300,5 @@ def render_live(job: DistillJob | None) -> None:
     if job is not None and not job.running and job.result.get("student_accuracy") is not None:
         st.subheader("Result")
         show_results([result_row(job.result, job.run_record.id if job.run_record else "")])
-        st.page_link("app_pages/runs.py", label=f"Open run {job.run_record.id} on the Runs page",
+        st.page_link("pages/runs.py", label=f"Open run {job.run_record.id} on the Runs page",
                      icon=":material/folder_open:", query_params={"run": job.run_record.id})

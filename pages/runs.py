@@ -3,8 +3,11 @@ distilled students compared (METHODS §3 report: student vs teacher accuracy, ra
 import streamlit as st
 
 from dfkd_core.plots import run_comparison_figure
-from app_pages.views.common import describe_run, get_store, keep_widget_state
-from app_pages.views.runs_view import curve_keys, distill_runs, history_of, run_table, show_run, show_student_comparison
+from pages.views.common import describe_run, get_store, keep_widget_state
+from pages.views.runs_view import curve_keys, distill_runs, history_of, run_table, show_run, show_student_comparison
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 MAX_COMPARED = 6  # distilled students compared by default
 

@@ -4,9 +4,12 @@ import streamlit as st
 from dfkd_core.analysis import KERNELS, CKAResult, layer_names
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, load_inputs
 from dfkd_core.plots.representations import cka_heatmap_figure
-from app_pages.views.analysis_view import analysis_job, input_choices, model_choices, show_progress, stored_analyses
-from app_pages.views.common import (START_ERRORS, describe_run, fresh_model, get_store, keep_widget_state,
+from pages.views.analysis_view import analysis_job, input_choices, model_choices, show_progress, stored_analyses
+from pages.views.common import (START_ERRORS, describe_run, fresh_model, get_store, keep_widget_state,
                                     open_checkpoint, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 
 KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"}

@@ -9,10 +9,13 @@ from dfkd_core.models import CheckpointError
 from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text, per_class_figure,
                                       similarity_bar_figure)
 from dfkd_core.synthesis.bss import AttackSettings
-from app_pages.views.analysis_view import analysis_job, show_progress, stored_analyses
-from app_pages.views.common import (checkpoint_runs, describe_run, fresh_model, get_store, keep_widget_state,
+from pages.views.analysis_view import analysis_job, show_progress, stored_analyses
+from pages.views.common import (checkpoint_runs, describe_run, fresh_model, get_store, keep_widget_state,
                                     open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
                                     start_stop_buttons, submit, teacher_or_stop)
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 
 RUNNER_UP = "teacher's runner-up"

@@ -2,12 +2,15 @@
 import streamlit as st
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob
-from app_pages.views.common import (attached_job, get_store, keep_widget_state, open_checkpoint, start_stop_buttons,
+from pages.views.common import (attached_job, get_store, keep_widget_state, open_checkpoint, start_stop_buttons,
                                     teacher_or_stop)
-from app_pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
+from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
                                           extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
                                           set_weights, start_distillation, student_choices, uses_pool, weight_key,
                                           weight_widget, weights_of)
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
 

@@ -1,5 +1,5 @@
 """The Synthesize page's parts: its knobs (one line of METHODS §1 each), presets, starting a ModelInversion job
-from the knobs, and the live view of a running job. `app_pages/synthesize.py` lays them out."""
+from the knobs, and the live view of a running job. `pages/synthesize.py` lays them out."""
 from __future__ import annotations
 
 import time
@@ -12,7 +12,7 @@ from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
-from app_pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_store, live, open_checkpoint,
+from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_store, live, open_checkpoint,
                                     require_job_slot, submit)
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}

@@ -2,12 +2,15 @@
 import streamlit as st
 
 from dfkd_core.synthesis import ModelInversion
-from app_pages.views.common import (attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
+from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
                                     keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
                                     teacher_or_stop)
-from app_pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
+from pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
                                             init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
                                             start_inversion, student_options)
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 
 st.title("Synthesize")

@@ -7,9 +7,12 @@ from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from app_pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, get_store, import_checkpoint,
+from pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, get_store, import_checkpoint,
                                     keep_widget_state, live, open_checkpoint, real_test_split, require_job_slot,
                                     start_stop_buttons, submit)
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
@@ -131,5 +134,5 @@ with right:
         st.code(str(checkpoint.model), language=None)
 
 
-st.page_link("app_pages/synthesize.py", label="Synthesize from this teacher", icon=":material/auto_awesome:",
+st.page_link("pages/synthesize.py", label="Synthesize from this teacher", icon=":material/auto_awesome:",
              query_params={"teacher": picked})

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 import streamlit as st
 
 from dfkd_core.jobs import Job
-from app_pages.views.common import attached_job, checkpoint_runs, describe_run, get_store, live
+from pages.views.common import attached_job, checkpoint_runs, describe_run, get_store, live
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
 

@@ -1,6 +1,6 @@
 """The Runs page's parts: the run table, one run opened in full (images, curves, config, downloads) and the
 comparison of distilled students (the report every distillation method shares, with overlaid accuracy curves).
-`app_pages/runs.py` lays them out."""
+`pages/runs.py` lays them out."""
 from __future__ import annotations
 
 import streamlit as st
@@ -12,8 +12,8 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
                              loss_curves_figure)
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
-from app_pages.views.common import get_store, open_checkpoint
-from app_pages.views.distill_view import result_row, show_results
+from pages.views.common import get_store, open_checkpoint
+from pages.views.distill_view import result_row, show_results
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
                "ratio", "steps", "elapsed_s")

@@ -5,10 +5,13 @@ import torch
 from dfkd_core.analysis import TARGETS, compare_attention
 from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
 from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure
-from app_pages.views.analysis_view import analysis_job, model_choices, short_label, show_progress, stored_analyses
-from app_pages.views.common import (describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint,
+from pages.views.analysis_view import analysis_job, model_choices, short_label, show_progress, stored_analyses
+from pages.views.common import (describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint,
                                     real_test_split, real_test_split_or_stop, require_job_slot, start_stop_buttons,
                                     submit, teacher_or_stop)
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
 
 
 TARGET_NAMES = {"true": "true label", "predicted": "each model's prediction", "teacher": "teacher's prediction"}

@@ -1,0 +1,57 @@
+"""The app's page list and the hand-over that keeps deep links clean on a fresh server.
+
+Why the hand-over: with a `pages/` folder beside app.py (the project's fixed layout), Streamlit 1.67 runs the first
+script run after a server start as a legacy multipage app of `pages/*.py` instead of app.py, until any session calls
+`st.navigation`. Each page file is therefore named like its URL, so a first visit to /distill finds pages/distill.py
+there and no "Page not found" notice is raised. That page then calls `hand_over_to_app()`: it declares the app's
+navigation through the public `st.navigation` (which ends the legacy mode for the whole server) and runs the page
+that navigation resolves, as app.py would, then stops the bare run. tests/test_browser.py checks a first visit to every URL.
+"""
+from __future__ import annotations
+
+import threading
+
+import streamlit as st
+
+# (file under pages/, title, icon); the URL of a page is its file name, the first page listed is "/".
+PAGE_SPECS = [
+    ("synthesize", "Synthesize", ":material/auto_awesome:"),
+    ("teacher", "Teacher", ":material/school:"),
+    ("distill", "Distill", ":material/compress:"),
+    ("runs", "Runs", ":material/folder_open:"),
+    ("boundaries", "Boundaries", ":material/compare_arrows:"),
+    ("representations", "Representations", ":material/grid_on:"),
+    ("attention", "Attention", ":material/visibility:"),
+]
+NAV_ORDER = ["teacher", "synthesize", "distill", "runs", "boundaries", "representations", "attention"]
+DEFAULT_PAGE = PAGE_SPECS[0][0]
+
+_inside_app = threading.local()   # set while app.py runs a page (each session's script runs on its own thread)
+
+
+def app_navigation():
+    """Declare the app's pages (top navigation) and return the one this URL asks for."""
+    specs = {name: (title, icon) for name, title, icon in PAGE_SPECS}
+    pages = [st.Page(f"pages/{name}.py", title=specs[name][0], icon=specs[name][1], url_path=name,
+                     default=name == DEFAULT_PAGE) for name in NAV_ORDER]
+    return st.navigation(pages, position="top")
+
+
+def run_app() -> None:
+    """app.py's whole body: resolve the URL to a page and run it."""
+    st.set_page_config(page_title="dfkd studio", page_icon=":material/science:", layout="wide")
+    page = app_navigation()
+    _inside_app.active = True
+    try:
+        page.run()
+    finally:
+        _inside_app.active = False
+
+
+def hand_over_to_app() -> None:
+    """First line of every page: when Streamlit's legacy pages/ lookup runs this file bare, run the app instead
+    (within this same script run, so a widget event such as a button click is not lost), then end the bare run."""
+    if getattr(_inside_app, "active", False):
+        return
+    run_app()
+    st.stop()
