@@ -69,6 +69,15 @@ def test_pool_is_reusable_for_another_student(deepinversion_job, digits_teacher)
     assert r["student_accuracy"] > 3 * CHANCE
 
 
+def test_pool_named_in_the_config_alone_is_loaded(deepinversion_job, digits_teacher):
+    """A notebook user who only sets `pool=` in the config gets the pool, not an empty one."""
+    path = str(deepinversion_job.run_record.path("images.pt"))
+    job = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(method="deepinversion", pool=path, steps=20))
+    assert len(job.pool) == 400 and job.pool.source == path
+    job.run()
+    assert job.status == "done" and job.result["student_steps"] == 20 and job.result["images_synthesized"] == 0
+
+
 def test_pool_from_another_dataset_or_garbage_is_refused(tmp_path, digits_teacher):
     torch.save({"images": torch.zeros(5, 1, 28, 28), "dataset": {"name": "fashion-mnist"}}, tmp_path / "fm.pt")
     with pytest.raises(PoolError, match="shape"):
@@ -228,12 +237,15 @@ def test_adi_trajectory_kd_hands_the_student_back_frozen_to_the_critic(digits_te
 
 def test_recipe_settings_yield_to_explicit_flags():
     from dfkd_core.cli import build_parser
+    from dfkd_core.distill.recipes import RECIPES
     from dfkd_core.distill.cli import config_from_args
     args = build_parser().parse_args(["distill", "--teacher", "t.pt", "--method", "adi", "--recipe", "fashion-10min",
                                       "--steps", "5", "--inv-iterations", "7"])
     config = config_from_args(args)
     assert config.steps == 5 and config.synthesis["iterations"] == 7           # flags win
-    assert config.synthesis["batch_size"] == 200 and config.images == 2000      # the rest from the recipe
+    recipe = RECIPES["fashion-10min"]["methods"]["adi"]
+    assert config.synthesis["batch_size"] == recipe["synthesis"]["batch_size"]   # the rest from the recipe
+    assert config.images == recipe["images"]
     assert config.options["trajectory_kd_from"] == 20
     plain = config_from_args(build_parser().parse_args(["distill", "--teacher", "t.pt", "--method", "adi"]))
     assert plain.steps == DistillConfig().steps and plain.options == {}

@@ -39,6 +39,8 @@ class DistillJob(Job):
         self.teacher: nn.Module = teacher.model
         self.dataset = teacher.dataset
         self.student_name = config.student or default_student(teacher.name)
+        if pool is None and config.pool:   # a path in the config is enough (notebooks); callers may pass it loaded
+            pool = SyntheticPool.load(config.pool, self.dataset)
         self.pool = pool if pool is not None else SyntheticPool(self.dataset)
         self.device = resolve_device(config.device)
         self.method: DistillMethod = DISTILL_METHODS[config.method](self)
