@@ -28,7 +28,7 @@ def run_setting(teacher, method: str, overrides: dict) -> tuple[dict, torch.Tens
     if job.status != "done":
         raise SystemExit(f"{method} {overrides}: {job.status}: {job.error}")
     r = job.result
-    row = {"method": method, "alpha_f": config.alpha_f, "iterations": config.iterations,
+    row = {"method": method, "alpha_f": config.alpha_f, "lr": config.lr, "iterations": config.iterations,
            "teacher_acc": r["teacher_accuracy"], "confidence": r["mean_confidence"],
            "bn_start": r["bn_distance_start"], "bn_end": r["bn_distance_end"], "seconds": seconds,
            "images_per_s": config.batch_size / seconds}
@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--alpha-f", type=float, nargs="+", default=[1.0, 0.3])
+    p.add_argument("--extra-lr", type=float, nargs="*", default=[],
+                   help="also run DeepInversion (α_f = 1) at these Adam learning rates")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/images")
@@ -50,18 +52,20 @@ def main() -> None:
     teacher = load_checkpoint(RunStore().resolve_checkpoint(args.teacher))
     base = {"batch_size": args.batch_size, "iterations": args.iterations, "seed": args.seed, "device": "cpu"}
     settings = [("deepdream", {})] + [("deepinversion", {"alpha_f": a}) for a in args.alpha_f]
+    settings += [("deepinversion", {"alpha_f": 1.0, "lr": lr}) for lr in args.extra_lr]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"teacher {teacher.name} on {teacher.dataset.name} (test accuracy "
           f"{teacher.metrics.get('test_accuracy', float('nan')):.4f}), batch {args.batch_size}, "
           f"{args.iterations} iterations, seed {args.seed}, {args.threads} threads")
-    print(f"| method | α_f | teacher acc on batch | mean confidence | BN distance start → end | s | images/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| method | α_f | lr | teacher acc on batch | mean confidence | BN distance start → end | s | images/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for method, overrides in settings:
         row, images = run_setting(teacher, method, {**base, **overrides})
-        save_grid(images, out / f"{teacher.dataset.name}_{method}_af{row['alpha_f']:g}.png",
+        lr_tag = f"_lr{row['lr']:g}" if "lr" in overrides else ""
+        save_grid(images, out / f"{teacher.dataset.name}_{method}_af{row['alpha_f']:g}{lr_tag}.png",
                   nrow=args.batch_size // teacher.dataset.num_classes)
-        print(f"| {method} | {row['alpha_f']:g} | {row['teacher_acc']:.1%} | {row['confidence']:.3f} | "
+        print(f"| {method} | {row['alpha_f']:g} | {row['lr']:g} | {row['teacher_acc']:.1%} | {row['confidence']:.3f} | "
               f"{row['bn_start']:.1f} → {row['bn_end']:.1f} | {row['seconds']:.1f} | {row['images_per_s']:.2f} |",
               flush=True)
 

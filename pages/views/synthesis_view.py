@@ -45,7 +45,7 @@ KNOBS = (
     Knob("alpha_c", "α_c · competition", r"$\alpha_c\,(1-\mathrm{JS}(p_T,p_S))$ at $T=3$: seek images where teacher "
          r"and student disagree (Adaptive DI, needs a student).", ALPHAS, live=True),
     Knob("lr", "learning rate η", r"Adam$(\beta=(0.5,0.9))$ on $\hat x$, cosine decay "
-         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{T})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5),
+         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{T})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5),
          live=True),
     Knob("jitter", "jitter J (pixels)", r"Each step roll $\hat x$ by up to $\pm J$ pixels: robust to shifts.",
          (0, 1, 2, 3, 4), live=True, fmt="{}"),
