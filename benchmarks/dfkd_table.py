@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
-from dfkd_core.distill.recipes import DATASET_RECIPE, list_recipes, recipe_overrides
+from dfkd_core.distill.recipes import DATASET_RECIPE, RECIPES, list_recipes, recipe_overrides
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
 from dfkd_core.training import TeacherConfig, train_teacher
@@ -86,7 +86,8 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", default="digits", help="only used when no --teacher is given")
     p.add_argument("--student", help="student model (default: the teacher's half-width student)")
     p.add_argument("--recipe", help=f"settings per method: {list_recipes()} (default: the dataset's)")
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(DISTILL_METHODS))
+    p.add_argument("--methods", nargs="+", choices=list(DISTILL_METHODS),
+                   help=f"default: those of {DEFAULT_METHODS} that the recipe has settings for")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -102,7 +103,8 @@ def main(argv=None) -> None:
     print(f"teacher {teacher.name} on {teacher.dataset.name}, recipe {args.recipe}, {args.threads} threads",
           file=sys.stderr)
     summaries = []
-    for method in args.methods:
+    methods = args.methods or [m for m in DEFAULT_METHODS if m in RECIPES[args.recipe]["methods"]]
+    for method in methods:
         summaries.append(distill(teacher, method, args, store))
         print(f"{method}: {100 * summaries[-1]['student_accuracy']:.2f}% in "
               f"{summaries[-1]['wall_minutes']:.1f} min", file=sys.stderr)
