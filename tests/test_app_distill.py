@@ -147,3 +147,17 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
     assert len(two_lines) == 2  # vs images synthesized and vs student steps
     runs.multiselect(key="runs_students").set_value([ids[1]]).run()
     assert not runs.exception
+
+
+def test_page_defaults_are_the_recipe_of_the_teachers_dataset_down_to_the_inversion_lr():
+    """The Distill page starts from the same settings as `dfkd distill --recipe` (README tables), including the
+    inversion learning rate, which has no widget default of its own: fashion DI at 0.25, ADI as measured at 0.1."""
+    from dfkd_core.distill.recipes import RECIPES
+    from pages.views.distill_view import defaults
+    for method in ("deepinversion", "adi"):
+        recipe = RECIPES["fashion-10min"]["methods"][method]
+        values = defaults(method, "fashion-mnist")
+        assert values["inv_lr"] == recipe["synthesis"]["lr"] and values["images"] == recipe["images"]
+        assert values["iterations"] == recipe["synthesis"]["iterations"]
+    assert defaults("deepinversion", "fashion-mnist")["inv_lr"] != defaults("adi", "fashion-mnist")["inv_lr"]
+    assert defaults("deepinversion", "digits")["inv_lr"] == 0.1

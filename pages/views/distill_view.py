@@ -49,6 +49,8 @@ WEIGHTS = (
            minimum=1),
     Weight("iterations", "inversion iterations T", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
            "synthesis", minimum=1),
+    Weight("inv_lr", "inversion learning rate η", r"Adam on $\hat x$, cosine decay over the $T$ iterations.", _pool,
+           "synthesis", (0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5)),
     Weight("batch_size_inv", "inversion batch B", r"Images per round; BN statistics are matched over the batch.",
            _pool, "synthesis", minimum=1),
     Weight("alpha_f", "α_f · BN feature statistics", r"$\alpha_f R_{feature}$: match the teacher's BN running "
@@ -74,7 +76,7 @@ WEIGHTS = (
            options=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0)),
 )
 WEIGHT = {w.name: w for w in WEIGHTS}
-SYNTHESIS_FIELD = {"iterations": "iterations", "batch_size_inv": "batch_size", "alpha_f": "alpha_f",
+SYNTHESIS_FIELD = {"iterations": "iterations", "inv_lr": "lr", "batch_size_inv": "batch_size", "alpha_f": "alpha_f",
                    "alpha_c": "alpha_c"}
 
 
