@@ -38,9 +38,9 @@ def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> G
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
                              dataset=teacher.dataset.name,
                              name=f"Grad-CAM {teacher.name} vs {len(student_refs)} student(s)")
-    job = GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r) for r in student_refs},
-                          images, labels, config, teacher.dataset, run)
-    return submit(job, run, label="Grad-CAM")
+    return submit(lambda: GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r)
+                                                                      for r in student_refs},
+                                          images, labels, config, teacher.dataset, run), run, label="Grad-CAM")
 
 
 def render_progress(job: GradCAMAnalysis) -> None:

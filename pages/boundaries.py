@@ -47,8 +47,8 @@ def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryCo
         students[label + "'" * list(students).count(label)] = fresh_model(run_id)
     run = store.create("analysis", config.to_dict(), teacher=teacher_run, method="boundary",
                        dataset=teacher.dataset.name, name=f"MagSim/AngSim {teacher.name} vs {len(students)} student(s)")
-    job = BoundaryAnalysis(fresh_model(teacher_run), students, teacher.dataset, config, run)
-    return submit(job, run, label=f"boundary analysis, {len(students)} students")
+    return submit(lambda: BoundaryAnalysis(fresh_model(teacher_run), students, teacher.dataset, config, run), run,
+                  label=f"boundary analysis, {len(students)} students")
 
 
 def render_progress(job: BoundaryAnalysis) -> None:

@@ -22,8 +22,8 @@ def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
                              dataset=teacher.dataset.name,
                              name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
-    job = CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), images, config, run)
-    return submit(job, run, label="CKA")
+    return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), images, config, run), run,
+                  label="CKA")
 
 
 def render_progress(job: CKAAnalysis) -> None:

@@ -74,7 +74,7 @@ with train_tab:
         real_test_split(dataset, root)  # a missing dataset is the user's fix, not a failed run
         run = get_store().create("teacher", config.to_dict(), method=model, dataset=dataset,
                                  name=f"{model} on {dataset}")
-        return submit(TeacherTraining(config, run), run, label=f"teacher {model} on {dataset}")
+        return submit(lambda: TeacherTraining(config, run), run, label=f"teacher {model} on {dataset}")
 
     start_stop_buttons(training, train, label="Train")
     live(training, render_training)

@@ -182,6 +182,20 @@ def test_a_start_that_loses_the_last_job_slot_leaves_a_failed_run_not_a_running_
     home.delete(run.id)
 
 
+def test_a_job_that_refuses_its_settings_leaves_a_failed_run_with_the_reason(home):
+    """The run is created before its job; a constructor that refuses the settings must not leave it 'running'."""
+    from pages.views.common import submit
+    run = home.create("teacher", {}, method="bncnn3_w32", dataset="digits")
+
+    def refuses():
+        raise ValueError("unknown model 'nope'")
+    with pytest.raises(ValueError, match="nope"):
+        submit(refuses, run, label="teacher")
+    record = home.get_record(run.id)
+    assert record.status == "failed" and "unknown model 'nope'" in record.error
+    home.delete(run.id)
+
+
 def test_first_launch_trains_the_starter_teacher(home):
     at = app()
     assert at.get("progress")[0].proto.text.startswith("First launch")

@@ -227,13 +227,17 @@ def require_job_slot() -> None:
                             + ", ".join(manager.label(j.id) for j in active))
 
 
-def submit(job: Job, run: Run, **options) -> Job:
-    """Start `job`, which records into `run` (options as JobManager.submit). If the last slot went to another tab
-    since `require_job_slot`, the run is marked failed rather than left 'running' with no job behind it (such a run
-    could not even be deleted before a restart), and the JobLimitError goes on to the caller."""
+def submit(job: Job | Callable[[], Job], run: Run, **options) -> Job:
+    """Start `job` (or the job `job()` builds), which records into `run` (options as JobManager.submit).
+
+    The run exists before its job, so whatever stops the job from starting marks the run failed with the reason
+    rather than leaving it 'running' with no job behind it (such a run could not even be deleted before a
+    restart): a job whose constructor refuses the settings, or the last slot going to another tab since
+    `require_job_slot`. The error goes on to the caller, which shows it.
+    """
     try:
-        return get_job_manager().submit(job, **options)
-    except JobLimitError as e:
+        return get_job_manager().submit(job() if callable(job) else job, **options)
+    except Exception as e:
         run.set_status("failed", error=str(e))
         raise
 

@@ -5,7 +5,8 @@ script run after a server start as a legacy multipage app of `pages/*.py` instea
 `st.navigation`. Each page file is therefore named like its URL, so a first visit to /distill finds pages/distill.py
 there and no "Page not found" notice is raised. That page then calls `hand_over_to_app()`: it declares the app's
 navigation through the public `st.navigation` (which ends the legacy mode for the whole server) and runs the page
-that navigation resolves, as app.py would, then stops the bare run. tests/test_browser.py checks a first visit to every URL.
+that navigation resolves, as app.py would, then stops the bare run. tests/test_browser.py checks a first visit to
+every URL.
 """
 from __future__ import annotations
 
