@@ -58,15 +58,16 @@ def main() -> None:
     print(f"teacher {teacher.name} on {teacher.dataset.name} (test accuracy "
           f"{teacher.metrics.get('test_accuracy', float('nan')):.4f}), batch {args.batch_size}, "
           f"{args.iterations} iterations, seed {args.seed}, {args.threads} threads")
-    print(f"| method | α_f | lr | teacher acc on batch | mean confidence | BN distance start → end | s | images/s |")
+    print("| method | α_f | lr | teacher acc on batch | mean confidence | BN distance start → end | s | images/s |")
     print("|---|---|---|---|---|---|---|---|")
     for method, overrides in settings:
         row, images = run_setting(teacher, method, {**base, **overrides})
         lr_tag = f"_lr{row['lr']:g}" if "lr" in overrides else ""
         save_grid(images, out / f"{teacher.dataset.name}_{method}_af{row['alpha_f']:g}{lr_tag}.png",
                   nrow=args.batch_size // teacher.dataset.num_classes)
-        print(f"| {method} | {row['alpha_f']:g} | {row['lr']:g} | {row['teacher_acc']:.1%} | {row['confidence']:.3f} | "
-              f"{row['bn_start']:.1f} → {row['bn_end']:.1f} | {row['seconds']:.1f} | {row['images_per_s']:.2f} |",
+        print(f"| {method} | {row['alpha_f']:g} | {row['lr']:g} | {row['teacher_acc']:.1%} | "
+              f"{row['confidence']:.3f} | {row['bn_start']:.1f} → {row['bn_end']:.1f} | {row['seconds']:.1f} | "
+              f"{row['images_per_s']:.2f} |",
               flush=True)
 
 

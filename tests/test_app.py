@@ -73,10 +73,11 @@ def test_layout_every_page_file_is_in_pages_and_listed_under_its_own_name():
     (pages/views/navigation.py) at the URL of its file name, and hands over to app.py when Streamlit's legacy
     pages/ lookup runs it bare (the first script run after a server start; tests/test_browser.py checks a first
     visit to every URL in a real browser on a fresh server)."""
-    from pages.views.navigation import DEFAULT_PAGE, NAV_ORDER, PAGE_SPECS
+    from pages.views.navigation import DEFAULT_PAGE, PAGES
     root = Path(APP).parent
     files = sorted(f.stem for f in (root / "pages").glob("*.py") if f.name != "__init__.py")
-    assert files and sorted(NAV_ORDER) == files == sorted(name for name, _, _ in PAGE_SPECS)
+    names = [name for name, _, _ in PAGES]
+    assert files and len(set(names)) == len(names) and sorted(names) == files
     assert DEFAULT_PAGE in files
     for name in files:
         assert "hand_over_to_app()" in (root / "pages" / f"{name}.py").read_text(), f"pages/{name}.py"

@@ -188,7 +188,7 @@ def test_data_free_iekd_on_a_small_pool(digits_teacher, tmp_path):
     made.pool.save(tmp_path / "images.pt")
     pool = SyntheticPool.load(tmp_path / "images.pt", digits_teacher.dataset)
     config = DistillConfig(method="iekd", steps=150, pool=pool.source, options={"autoencoder_steps": 40})
-    job = DistillJob(copy.deepcopy(digits_teacher), config)   # --pool path alone: the method loads it
+    job = DistillJob(copy.deepcopy(digits_teacher), config)   # --pool path alone: the job loads it
     job.run()
     assert job.status == "done", job.error
     assert job.result["data_free"] is True and job.result["pool_size"] == 200

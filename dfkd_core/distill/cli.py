@@ -64,17 +64,15 @@ def cmd_distill(args, store) -> int:
     from dfkd_core.cli import _load, _run_job
     from dfkd_core.data import DatasetMissingError, load_split
     from dfkd_core.distill.job import DistillJob
-    from dfkd_core.distill.pool import PoolError, SyntheticPool
+    from dfkd_core.distill.pool import PoolError
 
     teacher = _load(store, args.teacher, "teacher")
     config = config_from_args(args)
-    pool = None
     try:
         load_split(teacher.dataset.name, "test", config.data_root or teacher.dataset.root, teacher.dataset.image_size)
         if args.pool:
             config.pool = str(store.resolve_checkpoint(args.pool, "images.pt"))
-            pool = SyntheticPool.load(config.pool, teacher.dataset)
-        job = DistillJob(teacher, config, pool=pool)
+        job = DistillJob(teacher, config)   # loads and checks config.pool
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     run = store.create("distill", {**config.to_dict(), "teacher": teacher.path}, teacher=store.run_id_of(teacher.path),

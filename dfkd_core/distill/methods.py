@@ -21,7 +21,7 @@ import torch.nn as nn
 from dfkd_core.config import Config
 from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
 from dfkd_core.jobs import check_finite
-from dfkd_core.distill.pool import PoolError, SyntheticPool
+from dfkd_core.distill.pool import PoolError
 from dfkd_core.models import create_model
 from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
@@ -124,8 +124,6 @@ class RealOrPoolMethod(DistillMethod):
     def __init__(self, job):
         super().__init__(job)
         self.options.validate()
-        if self.config.pool and not len(job.pool):
-            job.pool = SyntheticPool.load(self.config.pool, job.dataset)
         self.data_free = len(job.pool) > 0
         if self.data_free and self.options.pool_labels == "synthesized" and bool((job.pool.targets < 0).any()):
             raise PoolError("pool_labels=synthesized needs the class of every pool image; this pool has unknown "

@@ -12,7 +12,7 @@ import streamlit as st
 import torch
 
 from dfkd_core.data import load_split
-from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, SyntheticPool, default_student
+from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
 from dfkd_core.models import create_model
@@ -214,11 +214,9 @@ def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
     info = checkpoint.dataset
     _check_student(config.student, info)
     load_split(info.name, "test", config.data_root or info.root, info.image_size)  # real test set: evaluation
-    pool = None
     if config.pool:
         config.pool = str(store.resolve_checkpoint(config.pool, "images.pt"))
-        pool = SyntheticPool.load(config.pool, info)
-    job = DistillJob(dataclasses.replace(checkpoint, model=fresh_model(teacher_run)), config, pool=pool)
+    job = DistillJob(dataclasses.replace(checkpoint, model=fresh_model(teacher_run)), config)   # loads config.pool
     job.config.eval_every = max(1, round(job.method.student_steps() / CURVE_POINTS))
     run = store.create("distill", {**job.config.to_dict(), "teacher": checkpoint.path}, teacher=teacher_run,
                        method=config.method, dataset=info.name,

@@ -14,27 +14,25 @@ import threading
 
 import streamlit as st
 
-# (file under pages/, title, icon); the URL of a page is its file name, the first page listed is "/".
-PAGE_SPECS = [
-    ("synthesize", "Synthesize", ":material/auto_awesome:"),
+# (file under pages/ and URL, title, icon) in navigation order; DEFAULT_PAGE is the one served at "/".
+PAGES = [
     ("teacher", "Teacher", ":material/school:"),
+    ("synthesize", "Synthesize", ":material/auto_awesome:"),
     ("distill", "Distill", ":material/compress:"),
     ("runs", "Runs", ":material/folder_open:"),
     ("boundaries", "Boundaries", ":material/compare_arrows:"),
     ("representations", "Representations", ":material/grid_on:"),
     ("attention", "Attention", ":material/visibility:"),
 ]
-NAV_ORDER = ["teacher", "synthesize", "distill", "runs", "boundaries", "representations", "attention"]
-DEFAULT_PAGE = PAGE_SPECS[0][0]
+DEFAULT_PAGE = "synthesize"
 
 _inside_app = threading.local()   # set while app.py runs a page (each session's script runs on its own thread)
 
 
 def app_navigation():
     """Declare the app's pages (top navigation) and return the one this URL asks for."""
-    specs = {name: (title, icon) for name, title, icon in PAGE_SPECS}
-    pages = [st.Page(f"pages/{name}.py", title=specs[name][0], icon=specs[name][1], url_path=name,
-                     default=name == DEFAULT_PAGE) for name in NAV_ORDER]
+    pages = [st.Page(f"pages/{name}.py", title=title, icon=icon, url_path=name, default=name == DEFAULT_PAGE)
+             for name, title, icon in PAGES]
     return st.navigation(pages, position="top")
 
 
