@@ -151,7 +151,8 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
 
 def test_page_defaults_are_the_recipe_of_the_teachers_dataset_down_to_the_inversion_lr():
     """The Distill page starts from the same settings as `dfkd distill --recipe` (README tables), including the
-    inversion learning rate, which has no widget default of its own: fashion DI at 0.25, ADI as measured at 0.1."""
+    inversion learning rate, which has no widget default of its own: fashion DI at 0.25, ADI as measured at 0.1,
+    and DeepDream's weaker TV prior."""
     from dfkd_core.distill.recipes import RECIPES
     from pages.views.distill_view import defaults
     for method in ("deepinversion", "adi"):
@@ -161,3 +162,6 @@ def test_page_defaults_are_the_recipe_of_the_teachers_dataset_down_to_the_invers
         assert values["iterations"] == recipe["synthesis"]["iterations"]
     assert defaults("deepinversion", "fashion-mnist")["inv_lr"] != defaults("adi", "fashion-mnist")["inv_lr"]
     assert defaults("deepinversion", "digits")["inv_lr"] == 0.1
+    dream = RECIPES["fashion-10min"]["methods"]["deepdream"]["synthesis"]
+    assert defaults("deepdream", "fashion-mnist")["alpha_tv"] == dream["alpha_tv"] != defaults("deepdream", "digits")[
+        "alpha_tv"]

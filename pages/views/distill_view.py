@@ -56,6 +56,9 @@ WEIGHTS = (
     Weight("alpha_f", "α_f · BN feature statistics", r"$\alpha_f R_{feature}$: match the teacher's BN running "
            r"statistics (0 = DeepDream, image priors only).", lambda c: _pool(c) and c.name != "deepdream",
            "synthesis", ALPHAS),
+    Weight("alpha_tv", "α_tv · total variation", r"$\alpha_{tv} R_{TV}$: smoothness prior on $\hat x$. DeepDream's "
+           r"only hold on its images besides $\alpha_{l2}$; too large and its images fade to grey.", _pool,
+           "synthesis", ALPHAS),
     Weight("alpha_c", "α_c · competition", r"$\alpha_c(1-\mathrm{JS}(p_T,p_S))$: seek images where the current "
            r"student disagrees with the teacher (Adaptive DI).", lambda c: c.name == "adi", "synthesis", ALPHAS),
     Weight("kd_steps_per_round", "KD steps per round", r"Student steps on the pool so far after each batch (the "
@@ -77,7 +80,7 @@ WEIGHTS = (
 )
 WEIGHT = {w.name: w for w in WEIGHTS}
 SYNTHESIS_FIELD = {"iterations": "iterations", "inv_lr": "lr", "batch_size_inv": "batch_size", "alpha_f": "alpha_f",
-                   "alpha_c": "alpha_c"}
+                   "alpha_tv": "alpha_tv", "alpha_c": "alpha_c"}
 
 
 def weight_key(name: str) -> str:
