@@ -78,6 +78,21 @@ def test_pool_named_in_the_config_alone_is_loaded(deepinversion_job, digits_teac
     assert job.status == "done" and job.result["student_steps"] == 20 and job.result["images_synthesized"] == 0
 
 
+def test_pool_reuse_with_the_same_seed_repeats_a_run_without_trajectory_kd(digits_teacher, session_store):
+    """`fashion-best` runs no KD during synthesis, so `--pool <run> --seed <same>` is the same student: the README
+    counts its pool-reuse seeds as runs of the recipe. Mixup on, as in that recipe."""
+    settings = dict(images=200, kd_steps_per_round=0, steps=60, mixup=0.5, options={"trajectory_kd_from": -1},
+                    synthesis={"iterations": 20, "batch_size": 100})
+    whole = _distill(digits_teacher, "deepinversion", session_store, **settings)
+    reused = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(
+        method="deepinversion", pool=str(whole.run_record.path("images.pt")), eval_every=100, **settings))
+    reused.run()
+    assert reused.images_synthesized == 0 and len(reused.pool) == 200
+    for a, b in zip(whole.student.state_dict().values(), reused.student.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    assert whole.result["student_accuracy"] == reused.result["student_accuracy"]
+
+
 def test_pool_from_another_dataset_or_garbage_is_refused(tmp_path, digits_teacher):
     torch.save({"images": torch.zeros(5, 1, 28, 28), "dataset": {"name": "fashion-mnist"}}, tmp_path / "fm.pt")
     with pytest.raises(PoolError, match="shape"):
