@@ -74,6 +74,10 @@ WEIGHTS = (
     Weight("batch_size", "student batch", r"Images per KD step.", lambda c: True, minimum=1),
     Weight("lr", "student learning rate", r"Adam, cosine decay over all student steps.", lambda c: True,
            options=LRS),
+    Weight("mixup", "mixup share", r"Share of each KD batch replaced by $\lambda x_i+(1-\lambda)x_j$, "
+           r"$\lambda\sim U(0,1)$, labelled by the teacher: fills the space between pool images; pays off with a "
+           r"long KD (`fashion-best`: 0.5, 8,000 steps).", lambda c: issubclass(c, (PoolKD, GeneratorKD)),
+           options=(0.0, 0.25, 0.5, 0.75, 1.0)),
     Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(\mathrm{softmax}(z_T/T)\,\|\,\mathrm{softmax}"
            r"(z_S/T))$: larger $T$ shows the student more of the teacher's dark knowledge.", lambda c: True,
            options=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0)),
