@@ -10,6 +10,8 @@ from dfkd_core.data.datasets import (
     ImageSplit,
     dataset_info,
     load_split,
+    resolve_data_root,
 )
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetMissingError", "ImageSplit", "dataset_info", "load_split"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetMissingError", "ImageSplit", "dataset_info", "load_split",
+           "resolve_data_root"]

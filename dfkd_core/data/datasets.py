@@ -20,6 +20,23 @@ class DatasetMissingError(FileNotFoundError):
     """The dataset's files are not where they were looked for; the message says how to get them."""
 
 
+# Where each dataset's files live is the user's setting, never the checkpoint's: a teacher moved to another machine
+# must read that machine's copy. Precedence: the command's --data-root (or the app's setting) > this environment
+# variable > the default location (Debian's package for Fashion-MNIST; digits are embedded and need none).
+DATA_ROOT_ENV = {"fashion-mnist": "DFKD_FASHION_MNIST", "cifar10": "DFKD_CIFAR10", "imagefolder": "DFKD_IMAGEFOLDER"}
+DEFAULT_DATA_ROOT = {"fashion-mnist": FASHION_MNIST_DEFAULT_ROOT}
+
+
+def resolve_data_root(name: str, root: str | os.PathLike | None = None) -> str | None:
+    """The directory to read dataset `name` from: `root` if given, else $DFKD_<NAME>, else the default (or None)."""
+    if root:
+        return str(root)
+    env = DATA_ROOT_ENV.get(name)
+    if env and os.environ.get(env):
+        return os.environ[env]
+    return DEFAULT_DATA_ROOT.get(name)
+
+
 @dataclass
 class DatasetInfo:
     """What a model needs to know about its input; stored in every checkpoint."""
@@ -34,11 +51,16 @@ class DatasetInfo:
     root: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """What a checkpoint or a pool records: the dataset's name and facts, never where its files were read
+        (that is the reader's setting, see `resolve_data_root`)."""
+        d = asdict(self)
+        d.pop("root")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        # Files written before the root was dropped still carry one: ignored, for the same reason.
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "root"})
 
     def _stats(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
@@ -125,8 +147,8 @@ def _find_idx(root: Path, stem: str) -> Path:
         f"{FASHION_MNIST_DEFAULT_ROOT}) or pass --data-root pointing at a directory with the four IDX files.")
 
 
-def _fashion_split(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    base = Path(root or os.environ.get("DFKD_FASHION_MNIST", FASHION_MNIST_DEFAULT_ROOT))
+def _fashion_split(split: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    base = Path(root)
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_find_idx(base, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find_idx(base, f"{prefix}-labels-idx1-ubyte"))
@@ -139,7 +161,8 @@ def _cifar10_split(split: str, root: str | None) -> tuple[torch.Tensor, torch.Te
     from torchvision.datasets import CIFAR10
 
     if root is None:
-        raise DatasetMissingError("CIFAR-10 needs --data-root: the directory holding 'cifar-10-batches-py'.")
+        raise DatasetMissingError("CIFAR-10 needs --data-root (or $DFKD_CIFAR10): the directory holding "
+                                  "'cifar-10-batches-py'.")
     try:
         ds = CIFAR10(root, train=(split == "train"), download=False)
     except RuntimeError as e:
@@ -153,7 +176,8 @@ def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[t
     from torchvision.transforms import v2
 
     if root is None:
-        raise DatasetMissingError("ImageFolder needs --data-root: a directory with train/ and test/ (or val/).")
+        raise DatasetMissingError("ImageFolder needs --data-root (or $DFKD_IMAGEFOLDER): a directory with train/ "
+                                  "and test/ (or val/).")
     candidates = ["train"] if split == "train" else ["test", "val"]
     folder = next((Path(root) / c for c in candidates if (Path(root) / c).is_dir()), None)
     if folder is None:
@@ -176,9 +200,10 @@ DATASETS = {
 
 
 def dataset_info(name: str, root: str | None = None, image_size: int | None = None) -> DatasetInfo:
-    """Static facts about a dataset (ImageFolder reads its class list from disk)."""
+    """Static facts about a dataset (ImageFolder reads its class list from disk, found as `resolve_data_root` says)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {sorted(DATASETS)}")
+    root = resolve_data_root(name, root)
     num_classes, channels, size, mean, std, classes = DATASETS[name]
     size = image_size or size
     if name == "imagefolder":
@@ -191,15 +216,16 @@ def dataset_info(name: str, root: str | None = None, image_size: int | None = No
 
 def load_split(name: str, split: str = "train", root: str | None = None,
                image_size: int | None = None) -> ImageSplit:
-    """Load one split ('train' or 'test') of a dataset into memory."""
+    """Load one split ('train' or 'test') of a dataset into memory. `root`: the user's data directory (None: the
+    environment variable, then the default; see `resolve_data_root`). `info.root` says where it was read from."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got '{split}'")
+    root = resolve_data_root(name, root)
     info = dataset_info(name, root, image_size)
     if name == "digits":
         images, labels = _digits_split(split)
     elif name == "fashion-mnist":
         images, labels = _fashion_split(split, root)
-        info.root = root or FASHION_MNIST_DEFAULT_ROOT
     elif name == "cifar10":
         images, labels = _cifar10_split(split, root)
     else:

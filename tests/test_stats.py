@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from dfkd_core.stats import (Interval, accuracy_interval, bootstrap_interval, mean_interval,
+                             paired_difference_interval, paired_ratio_difference_interval, ratio_interval,
+                             resample_counts)
+
+
+def test_resample_counts_draw_n_units_per_resample():
+    counts = resample_counts(7, 50, torch.Generator().manual_seed(0))
+    assert counts.shape == (50, 7) and torch.all(counts.sum(1) == 7)
+
+
+def test_accuracy_interval_matches_the_binomial_spread():
+    correct = torch.zeros(1000)
+    correct[:900] = 1
+    ci = accuracy_interval(correct)
+    assert ci.estimate == 0.9 and ci.units == 1000
+    # Normal approximation: 0.9 ± 1.96 · sqrt(0.9 · 0.1 / 1000) = 0.9 ± 0.0186
+    assert ci.low == pytest.approx(0.9 - 0.0186, abs=0.004) and ci.high == pytest.approx(0.9 + 0.0186, abs=0.004)
+
+
+def test_ratio_interval_is_the_weighted_mean_over_groups():
+    # Two groups: (Σ w·v, Σ w) = (0.5, 1.0) and (3.0, 3.0): estimate 3.5 / 4 by hand.
+    ci = ratio_interval([0.5, 3.0], [1.0, 3.0])
+    assert ci.estimate == 0.875 and ci.low <= ci.estimate <= ci.high
+    # Resamples are {g1, g1} → 0.5, {g1, g2} → 0.875, {g2, g2} → 1.0: the interval cannot leave [0.5, 1].
+    assert 0.5 <= ci.low and ci.high <= 1.0
+
+
+def test_constant_values_give_a_zero_width_interval_and_one_unit_none():
+    ci = mean_interval([0.3] * 20)
+    assert ci.low == pytest.approx(0.3) and ci.high == pytest.approx(0.3)
+    one = mean_interval([0.7])
+    assert one.estimate == 0.7 and not one.defined and "1 unit" in one.format()
+
+
+def test_nan_units_are_left_out_and_counted():
+    ci = mean_interval([1.0, float("nan"), 0.0, 1.0])
+    assert ci.units == 3 and ci.estimate == pytest.approx(2 / 3)
+
+
+def test_paired_difference_is_tighter_than_separate_intervals():
+    g = torch.Generator().manual_seed(0)
+    hard = torch.rand(2000, generator=g)            # per-image difficulty shared by both students
+    a = (hard > 0.10).double()
+    b = (hard > 0.12).double()                      # b misses every image a misses, and 2% more
+    diff = paired_difference_interval(a, b)
+    assert diff.estimate == pytest.approx(float(a.mean() - b.mean()))
+    assert diff.low > 0                             # the paired comparison resolves the 2-point gap
+    sa, sb = accuracy_interval(a), accuracy_interval(b)
+    assert sa.low < sb.high                         # the two separate intervals overlap
+
+
+def test_paired_ratio_difference_of_identical_students_is_exactly_zero():
+    num, den = torch.rand(50, dtype=torch.float64), torch.rand(50, dtype=torch.float64) + 0.1
+    ci = paired_ratio_difference_interval(num, den, num, den)
+    assert ci.estimate == 0 and ci.low == 0 and ci.high == 0
+
+
+def test_bootstrap_interval_of_any_statistic_is_seeded():
+    x = torch.randn(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    stat = lambda idx: float(x[idx].median())  # noqa: E731
+    a, b = bootstrap_interval(100, stat, resamples=100), bootstrap_interval(100, stat, resamples=100)
+    assert a == b and a.low < a.estimate < a.high
+
+
+def test_interval_round_trips_and_formats():
+    ci = Interval(0.5, 0.4, 0.6, 10)
+    assert Interval.from_dict(ci.to_dict()) == ci
+    assert ci.format(".1%") == "50.0% [40.0%, 60.0%]" and ci.half_width == pytest.approx(0.1)
+    assert math.isnan(ratio_interval([0.0], [0.0]).estimate)
