@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,17 @@ class Config:
             raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
         return cls(**d)
 
+    def require_finite(self) -> None:
+        """Refuse NaN and ±inf in every numeric field, nested dicts and lists included (e.g. `synthesis` overrides).
+
+        Why a check of its own: NaN fails every comparison, so a range check like `weight > 0` silently reads a NaN
+        weight as "term off" (a DeepInversion run that is really DeepDream). Every `validate()` calls this first.
+        """
+        for f in dataclasses.fields(self):
+            bad = _non_finite(getattr(self, f.name), f.name)
+            if bad:
+                raise ValueError(f"{bad[0]} must be a finite number, got {bad[1]}")
+
     def replace(self: T, **changes) -> T:
         return dataclasses.replace(self, **changes)
 
@@ -31,3 +43,22 @@ class Config:
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _non_finite(value: Any, name: str) -> tuple[str, Any] | None:
+    """(name, value) of the first NaN/inf number in `value` (a number, dict or list), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (name, value)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = _non_finite(v, f"{name}.{k}")
+            if bad:
+                return bad
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _non_finite(v, f"{name}[{i}]")
+            if bad:
+                return bad
+    return None

@@ -33,10 +33,12 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device | Non
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: ImageSplit, device: torch.device | None = None,
-             batch_size: int = 1000) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of `model` on a real split."""
+             batch_size: int = 1000) -> dict:
+    """Accuracy and mean cross-entropy of `model` on a real split, plus `correct`: the per-image hits (bool, on CPU)
+    that a bootstrap interval or a paired comparison of two models on the same images needs."""
     device = device or next(model.parameters()).device
-    correct, loss, n = 0, 0.0, len(split)
+    loss, n = 0.0, len(split)
+    hits = []
     was_training = model.training
     model.eval()
     for i in range(0, n, batch_size):
@@ -44,9 +46,10 @@ def evaluate(model: nn.Module, split: ImageSplit, device: torch.device | None = 
         y = split.labels[i:i + batch_size].to(device)
         logits = model(x).float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        hits.append((logits.argmax(1) == y).cpu())
     model.train(was_training)
-    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+    correct = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    return {"accuracy": int(correct.sum()) / max(n, 1), "loss": loss / max(n, 1), "correct": correct}
 
 
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
