@@ -65,7 +65,8 @@ def cmd_train_teacher(args, store: RunStore) -> int:
     config = TeacherConfig(dataset=args.dataset, model=args.model or "", epochs=args.epochs or 0,
                            batch_size=args.batch_size, lr=args.lr, augment=args.augment, seed=args.seed,
                            device=args.device, data_root=args.data_root).resolved()
-    try:  # fail before creating a run: a missing dataset is the user's fix, not a failed run
+    try:  # fail before creating a run: a bad setting or a missing dataset is the user's fix, not a failed run
+        config.validate()
         load_split(config.dataset, "test", config.data_root)
     except (DatasetMissingError, ValueError) as e:
         raise SystemExit(f"error: {e}")
@@ -83,17 +84,19 @@ def cmd_synthesize(args, store: RunStore) -> int:
         "batch_size", "iterations", "lr", "alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c",
         "first_bn_multiplier", "jitter", "flip", "seed", "device", "snapshot_every")}
     overrides["multi_resolution_iterations"] = args.multi_resolution
-    overrides["targets"] = [int(t) for t in args.targets.split(",")] if args.targets else None
-    overrides["amp"] = not args.no_amp
     try:
+        overrides["targets"] = [int(t) for t in args.targets.split(",")] if args.targets else None
+    except ValueError:
+        raise SystemExit(f"error: --targets takes comma-separated class indices like 0,3,7; got '{args.targets}'")
+    overrides["amp"] = not args.no_amp
+    try:  # every check (settings, teacher, student) before the run exists: a typo is not a failed run
         config = SynthesisConfig.preset(args.method, teacher.dataset.name, **overrides)
-        run = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path},
-                           teacher=store.run_id_of(teacher.path), method=config.method, dataset=teacher.dataset.name)
-        job = ModelInversion(teacher.model, teacher.dataset, config, student=student, run=run)
+        job = ModelInversion(teacher.model, teacher.dataset, config, student=student)
     except ValueError as e:
-        if "run" in locals():
-            run.set_status("failed", error=str(e))
         raise SystemExit(f"error: {e}")
+    job.run_record = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path},
+                                  teacher=store.run_id_of(teacher.path), method=config.method,
+                                  dataset=teacher.dataset.name)
     return _run_job(job, ("loss_total", "bn_distance", "teacher_accuracy"), args.quiet)
 
 

@@ -12,10 +12,11 @@ from dfkd_core.config import Config
 from dfkd_core.data import ImageSplit, load_split
 from dfkd_core.device import autocast, prepare_input, prepare_model, resolve_device
 from dfkd_core.jobs import Job, check_finite
-from dfkd_core.models import create_model, save_checkpoint
+from dfkd_core.models import create_model, list_models, save_checkpoint
 
 DEFAULT_TEACHER = {"digits": "bncnn3_w32", "fashion-mnist": "bncnn6_w32", "cifar10": "resnet18_cifar",
                    "imagefolder": "resnet18_cifar"}
+AUGMENTATIONS = ("none", "crop", "crop_flip")
 DEFAULT_EPOCHS = {"digits": 30, "fashion-mnist": 3, "cifar10": 30, "imagefolder": 30}
 
 
@@ -89,6 +90,20 @@ class TeacherConfig(Config):
     device: str = "auto"
     data_root: str | None = None
 
+    def validate(self) -> None:
+        self.require_finite()
+        if self.dataset not in DEFAULT_TEACHER:
+            raise ValueError(f"unknown dataset '{self.dataset}'; choose one of {sorted(DEFAULT_TEACHER)}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(f"epochs must be >= 0 (0: the dataset's default) and batch_size >= 1, got "
+                             f"{self.epochs} and {self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got '{self.augment}'")
+        if self.model and self.model not in list_models():
+            raise ValueError(f"unknown model '{self.model}'; `dfkd models` lists the registered ones")
+
     def resolved(self) -> "TeacherConfig":
         return self.replace(model=self.model or DEFAULT_TEACHER[self.dataset],
                             epochs=self.epochs or DEFAULT_EPOCHS[self.dataset])
@@ -101,6 +116,7 @@ class TeacherTraining(Job):
 
     def __init__(self, config: TeacherConfig, run=None):
         super().__init__(run)
+        config.validate()
         self.config = config.resolved()
 
     def setup(self) -> None:
@@ -158,12 +174,11 @@ class TeacherTraining(Job):
 
 def train_teacher(config: TeacherConfig, store=None) -> TeacherTraining:
     """Create a teacher run in `store` and train it synchronously; returns the finished job."""
-    config = config.resolved()
-    run = None
+    job = TeacherTraining(config)   # validates before a run exists
+    config = job.config
     if store is not None:
-        run = store.create("teacher", config.to_dict(), method=config.model, dataset=config.dataset,
-                           name=f"{config.model} on {config.dataset}")
-    job = TeacherTraining(config, run)
+        job.run_record = store.create("teacher", config.to_dict(), method=config.model, dataset=config.dataset,
+                                      name=f"{config.model} on {config.dataset}")
     job.run()
     return job
 

@@ -2,8 +2,8 @@
 import streamlit as st
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob
-from pages.views.common import (attached_job, get_store, keep_widget_state, open_checkpoint, start_stop_buttons,
-                                    teacher_or_stop)
+from pages.views.common import (attached_job, data_root_setting, get_store, keep_widget_state, open_checkpoint,
+                                start_stop_buttons, teacher_or_stop)
 from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
                                           extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
                                           set_weights, start_distillation, student_choices, uses_pool, weight_key,
@@ -74,7 +74,8 @@ with st.sidebar:
 
 
 def start() -> DistillJob:
-    new = start_distillation(teacher_run, config_from_widgets(method, student, pool_run, extra_options))
+    new = start_distillation(teacher_run, config_from_widgets(method, student, pool_run, extra_options,
+                                                              data_root_setting(dataset.name)))
     st.session_state["distill_synced"] = new.id   # the widgets already show its settings
     return new
 

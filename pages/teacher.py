@@ -3,13 +3,14 @@ import streamlit as st
 import torch
 
 from dfkd_core.data import DatasetMissingError
+from dfkd_core.data.datasets import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, get_store, import_checkpoint,
-                                    keep_widget_state, live, open_checkpoint, real_test_split, require_job_slot,
-                                    start_stop_buttons, submit)
+from pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key,
+                                data_root_setting, get_store, import_checkpoint, keep_widget_state, live,
+                                open_checkpoint, real_test_split, require_job_slot, start_stop_buttons, submit)
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -45,11 +46,17 @@ def render_training(job: TeacherTraining) -> None:
 
 
 st.title("Teacher")
-keep_widget_state("teacher_dataset", "teacher_root", *(f"teacher_pick_{d}" for d in DATASETS))
+keep_widget_state("teacher_dataset", *(f"teacher_pick_{d}" for d in DATASETS),
+                  *(data_root_key(d) for d in DATASETS))
 dataset = st.selectbox("Dataset", list(DATASETS), format_func=DATASETS.get, key="teacher_dataset")
-root = st.text_input("Data folder", key="teacher_root", placeholder="Debian's dataset-fashion-mnist location"
-                     if dataset == "fashion-mnist" else "required") if dataset != "digits" else None
-root = root or None
+if dataset != "digits":
+    env = DATA_ROOT_ENV[dataset]
+    st.text_input("Data folder", key=data_root_key(dataset),
+                  placeholder=f"${env} or {DEFAULT_DATA_ROOT[dataset]}" if dataset in DEFAULT_DATA_ROOT
+                  else f"${env}, else required",
+                  help="Where this dataset's files are, for every page of this tab (as the CLI's --data-root). "
+                       "Empty: the environment variable, then the default location.")
+root = data_root_setting(dataset)
 training = attached_job("teacher")
 if training is not None and training.status == "done" and st.session_state.get("picked_after") != training.id:
     st.session_state[f"teacher_pick_{training.config.dataset}"] = training.run_record.id
@@ -71,7 +78,8 @@ with train_tab:
         require_job_slot()
         config = TeacherConfig(dataset=dataset, model=model, epochs=int(epochs), augment=augment,
                                data_root=root).resolved()
-        real_test_split(dataset, root)  # a missing dataset is the user's fix, not a failed run
+        config.validate()
+        real_test_split(dataset, root)  # a bad setting or a missing dataset is the user's fix, not a failed run
         run = get_store().create("teacher", config.to_dict(), method=model, dataset=dataset,
                                  name=f"{model} on {dataset}")
         return submit(lambda: TeacherTraining(config, run), run, label=f"teacher {model} on {dataset}")
@@ -106,7 +114,7 @@ if picked is None:
 checkpoint = open_checkpoint(picked)
 bn_layers = batchnorm_layers(checkpoint.model)
 try:
-    report = test_report(picked, dataset, root or checkpoint.dataset.root)
+    report = test_report(picked, dataset, root)
 except DatasetMissingError as e:
     report = None
     st.warning(f"The real {dataset} test set is not available, so accuracy and examples cannot be shown: {e}")

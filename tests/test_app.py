@@ -273,7 +273,7 @@ def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch,
 
 def test_checkpoint_upload_is_validated(home, digits_teacher, tmp_path):
     from pages.views.common import MAX_CHECKPOINT_MB, import_checkpoint
-    with pytest.raises(CheckpointError, match="notes.pt is not a readable PyTorch file"):
+    with pytest.raises(CheckpointError, match="notes.pt is not a readable checkpoint"):
         import_checkpoint(b"hello", "notes.pt")
     buffer = tmp_path / "bare.pt"
     torch.save(create_model("bncnn3_w32", 10, 1, 8).state_dict(), buffer)

@@ -27,7 +27,7 @@ def test_cli_bad_teacher_and_no_bn_teacher(tmp_path, capsys):
     try:
         main(["--home", home, "synthesize", "--teacher", str(bad)])
     except SystemExit as e:
-        assert "not a readable PyTorch file" in str(e)
+        assert "not a readable checkpoint" in str(e)
     else:
         raise AssertionError("expected a clear error")
     assert main(["--home", home, "--quiet", "train-teacher", "--model", "plaincnn3_w32", "--epochs", "1"]) == 0
@@ -47,3 +47,35 @@ def test_cli_missing_fashion_mnist(tmp_path, capsys):
         assert "apt-get install dataset-fashion-mnist" in str(e)
     else:
         raise AssertionError("expected a clear error")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--alpha-f", "nan"], "alpha_f must be a finite number"),
+    (["--alpha-tv", "inf"], "alpha_tv must be a finite number"),
+    (["--first-bn-multiplier", "nan"], "first_bn_multiplier must be a finite number"),
+    (["--lr", "nan"], "lr must be a finite number"),
+    (["--lr", "0"], "lr must be > 0"),
+    (["--jitter", "-3"], "jitter"),
+    (["--targets", "1,x"], "--targets takes comma-separated class indices"),
+    (["--targets", "12"], "outside 0..9"),
+    (["--method", "adi"], "needs a student"),
+])
+def test_synthesize_refuses_a_bad_setting_in_one_sentence_and_creates_no_run(session_store, digits_teacher_job,
+                                                                            flags, says):
+    before = len(session_store.list())
+    with pytest.raises(SystemExit) as refused:
+        main(["--home", str(session_store.home), "--quiet", "synthesize", "--teacher",
+              digits_teacher_job.run_record.id, "--iterations", "2", *flags])
+    message = str(refused.value)
+    assert message.startswith("error: ") and says in message and "\n" not in message
+    assert len(session_store.list()) == before   # a typo is not a failed run
+
+
+def test_train_teacher_refuses_non_finite_lr_before_a_run_exists(tmp_path):
+    home = tmp_path / "home"
+    with pytest.raises(SystemExit, match="lr must be a finite number"):
+        main(["--home", str(home), "--quiet", "train-teacher", "--lr", "nan"])
+    assert not any((home / "runs").iterdir())

@@ -68,3 +68,40 @@ def test_imagefolder_layout(tmp_path):
             Image.new("RGB", (20, 24), color=(10, 200, 30)).save(tmp_path / split / cls / "a.png")
     s = load_split("imagefolder", "train", root=str(tmp_path), image_size=16)
     assert s.images.shape == (2, 3, 16, 16) and s.info.class_names == ["cat", "dog"] and s.info.num_classes == 2
+
+
+def _fake_fashion_mnist(root, labels):
+    root.mkdir(parents=True)
+    images = np.zeros((len(labels), 28, 28))
+    for prefix in ("train", "t10k"):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte", images, gz=False)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", np.array(labels), gz=False)
+
+
+def test_data_location_is_flag_then_environment_then_default(tmp_path, monkeypatch):
+    from dfkd_core.data import resolve_data_root
+    from dfkd_core.data.datasets import FASHION_MNIST_DEFAULT_ROOT
+
+    _fake_fashion_mnist(tmp_path / "flag", [1])
+    _fake_fashion_mnist(tmp_path / "env", [2, 2])
+    monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "env"))
+    assert load_split("fashion-mnist", "test", root=str(tmp_path / "flag")).labels.tolist() == [1]
+    split = load_split("fashion-mnist", "test")
+    assert split.labels.tolist() == [2, 2] and split.info.root == str(tmp_path / "env")
+    monkeypatch.delenv("DFKD_FASHION_MNIST")
+    assert resolve_data_root("fashion-mnist") == FASHION_MNIST_DEFAULT_ROOT
+    assert resolve_data_root("digits") is None
+
+
+def test_a_checkpoint_names_its_dataset_not_where_its_files_were(tmp_path, monkeypatch):
+    """A teacher trained on machine A (data in a/) and moved to machine B must read B's copy."""
+    from dfkd_core.models import create_model, load_checkpoint, save_checkpoint
+
+    _fake_fashion_mnist(tmp_path / "a", [1])
+    info = load_split("fashion-mnist", "test", root=str(tmp_path / "a")).info
+    path = save_checkpoint(tmp_path / "teacher.pt", create_model("lenet5", 10, 1, 28), info)
+    payload = torch.load(path, weights_only=True)
+    assert "root" not in payload["dataset"]
+    payload["dataset"]["root"] = str(tmp_path / "a")   # as checkpoints written before this fix recorded it
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").dataset.root is None

@@ -63,3 +63,27 @@ def test_pickle_payload_is_refused(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize("payload, says", [
+    (lambda: create_model("bncnn3_w8"), "needs the Python object dfkd_core.models.bn_cnn.ConvNet"),
+    (lambda: {"obj": Payload()}, "needs the Python object print"),
+])
+def test_a_refused_pickle_gets_our_sentence_never_torchs_weights_only_advice(tmp_path, payload, says):
+    torch.save(payload(), tmp_path / "model.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path / "model.pt")
+    message = str(refused.value)
+    assert says in message and "save_checkpoint" in message and message.endswith(".")
+    assert "weights_only" not in message and "\x1b" not in message and "\n" not in message
+
+
+def test_a_damaged_file_gets_torchs_first_sentence_only(tmp_path):
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path / "cut.pt")
+    message = str(refused.value)
+    assert "corrupt, truncated or not a PyTorch file (PytorchStreamReader failed reading zip archive" in message
+    assert "internal miniz error" not in message and "weights_only" not in message

@@ -57,9 +57,10 @@ def test_cancel_keeps_images_and_marks_run(digits_teacher, store):
 def test_nan_stops_with_named_term_and_keeps_images(digits_teacher, store):
     run = store.create("synthesis", {})
     job = _job(digits_teacher, run=run, iterations=30)
-    job.subscribe(lambda e: job.update(alpha_tv=float("inf")) if e.kind == "step" and e.step == 4 else None)
+    # A finite weight so large that the weighted total overflows: the loss check, not the settings check, stops it.
+    job.subscribe(lambda e: job.update(alpha_tv=1e308) if e.kind == "step" and e.step == 4 else None)
     job.run()
-    assert job.status == "failed" and "'total'" in job.error or "'tv'" in job.error
+    assert job.status == "failed" and ("'total'" in job.error or "'tv'" in job.error)
     assert run.path("images.pt").exists() and torch.isfinite(job.images()).all()
 
 
@@ -90,11 +91,26 @@ def test_multi_resolution_switches_size(digits_teacher):
 
 
 def test_bad_targets_and_config_are_rejected(digits_teacher):
-    job = _job(digits_teacher, targets=[3, 12], iterations=2)
-    job.run()
-    assert job.status == "failed" and "outside" in job.error
+    with pytest.raises(ValueError, match="outside"):   # before the job exists, so before any run is created
+        _job(digits_teacher, targets=[3, 12], iterations=2)
     with pytest.raises(ValueError, match="alpha_tv"):
         SynthesisConfig(alpha_tv=-1).validate()
+
+
+@pytest.mark.parametrize("name", ["alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier",
+                                  "lr", "compete_temperature"])
+def test_a_nan_weight_is_refused_not_read_as_term_off(name):
+    """NaN fails `weight > 0`, so before this check a NaN α_f silently made DeepInversion into DeepDream."""
+    with pytest.raises(ValueError, match=f"{name} must be a finite number, got nan"):
+        SynthesisConfig.preset("deepinversion", "digits", **{name: float("nan")}).validate()
+
+
+def test_a_live_change_to_nan_is_refused_and_the_run_goes_on(digits_teacher):
+    job = _job(digits_teacher, iterations=3)
+    with pytest.raises(ValueError, match="alpha_f must be a finite number"):
+        job.update(alpha_f=float("nan"))
+    job.run()
+    assert job.status == "done" and all(h["alpha_f"] == 1.0 for h in job.history)
 
 
 def test_snapshots_are_labelled(digits_teacher):

@@ -1,7 +1,8 @@
 """Model zoo: `create_model(name, num_classes, in_channels, image_size)` over a registry (timm style)."""
 from dfkd_core.models import bn_cnn, lenet, resnet_cifar, tv_models  # noqa: F401  (fill the registry)
-from dfkd_core.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from dfkd_core.models.checkpoint import (Checkpoint, CheckpointError, load_checkpoint, load_tensors,
+                                         save_checkpoint)
 from dfkd_core.models.registry import create_model, describe_model, list_models, register_model
 
 __all__ = ["Checkpoint", "CheckpointError", "create_model", "describe_model", "list_models", "load_checkpoint",
-           "register_model", "save_checkpoint"]
+           "load_tensors", "register_model", "save_checkpoint"]

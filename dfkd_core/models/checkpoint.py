@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,22 +52,51 @@ def save_checkpoint(path: str | Path, model: nn.Module, dataset: DatasetInfo, me
     return path
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def _torch_detail(error: Exception) -> str:
+    """The first sentence of what torch found wrong, without its advice to load with weights_only=False (that
+    advice is how a malicious pickle runs code; this tool never follows it)."""
+    text = _ANSI.sub("", str(error))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    if not lines:
+        return type(error).__name__
+    first = lines[0]
+    end = first.find(". ")
+    return (first[:end] if end >= 0 else first).rstrip(".")[:200]
+
+
+def load_tensors(path: str | Path, what: str = "checkpoint", map_location: str | torch.device = "cpu"):
+    """`torch.load(path, weights_only=True)` with our own sentence for every way it can fail: what the file is, why
+    it is refused, what to do; torch's detail is trimmed to its first sentence. Raises `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = _UNSAFE_GLOBAL.search(_ANSI.sub("", str(e)))
+        if unsafe is None:
+            raise CheckpointError(f"{path} is not a readable {what}: the file is corrupt, truncated or not a PyTorch "
+                                  f"file ({_torch_detail(e)}).") from None
+        raise CheckpointError(
+            f"{path} was refused: it is a pickle that needs the Python object {unsafe.group(1)} (a whole model saved "
+            f"with torch.save(model) is one), and unpickling an object can run arbitrary code, so dfkd studio reads "
+            f"only tensors and plain containers. If you trust the file, rebuild the model with create_model(...), "
+            f"load its weights yourself and save it with dfkd_core.models.save_checkpoint(...).") from None
+    except Exception as e:  # torch raises many types for a damaged file (IndexError, RuntimeError, EOFError...)
+        raise CheckpointError(f"{path} is not a readable {what}: the file is corrupt, truncated or not a PyTorch "
+                              f"file ({_torch_detail(e)}).") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load and rebuild a checkpoint; every way a file can be wrong gets a `CheckpointError` that says how."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
-            raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): "
-                                  f"{str(e).splitlines()[-1][:200]}") from e
-        raise CheckpointError(
-            f"{path} contains pickled Python objects beyond tensors and plain containers; it was refused "
-            f"(weights_only=True) because loading it could run arbitrary code. Details: {str(e)[:200]}") from e
-    except Exception as e:  # torch raises many types for a damaged file (IndexError, RuntimeError, EOFError...)
-        raise CheckpointError(f"{path} is not a readable PyTorch file (corrupt or truncated?): {e}") from e
+    payload = load_tensors(path, "checkpoint", map_location)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a dfkd checkpoint dictionary")
     if payload.get("format") != CHECKPOINT_FORMAT:

@@ -80,15 +80,27 @@ class SynthesisConfig(Config):
         return cls(**values)
 
     def validate(self) -> None:
+        """One sentence for the first bad setting; the CLI, the app and the library all call this before a run."""
+        self.require_finite()
         if self.method not in METHODS:
             raise ValueError(f"unknown method '{self.method}'; choose one of {METHODS}")
         for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1 or self.iterations < 1 or self.lr <= 0:
-            raise ValueError("batch_size and iterations must be >= 1 and lr > 0")
+        if self.batch_size < 1 or self.iterations < 1:
+            raise ValueError(f"batch_size and iterations must be >= 1, got {self.batch_size} and {self.iterations}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.compete_temperature > 0:
+            raise ValueError(f"compete_temperature must be > 0, got {self.compete_temperature}")
+        if self.jitter < 0:
+            raise ValueError(f"jitter is a shift of up to ±J pixels, so J must be >= 0, got {self.jitter}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}")
         if not 0 <= self.multi_resolution_iterations < self.iterations:
             raise ValueError("multi_resolution_iterations must be in [0, iterations)")
+        if any(not isinstance(t, int) or t < 0 for t in self.targets):
+            raise ValueError(f"targets are class indices >= 0, got {self.targets}")
 
 
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
@@ -113,11 +125,21 @@ class ModelInversion(Job):
                              "has no statistics to match; use method 'deepdream' (α_f = 0) or a BN teacher")
         if config.alpha_c > 0 and student is None:
             raise ValueError("the competition term (α_c > 0, Adaptive DI) needs a student to compete against")
+        bad = [k for k in config.targets if not 0 <= k < dataset.num_classes]
+        if bad:
+            raise ValueError(f"target classes {bad} outside 0..{dataset.num_classes - 1}")
         self.snapshot_every = config.snapshot_every
         self.total_steps = config.iterations
         self.latest_bn_statistics: list[dict] = []  # per BN layer, at the latest snapshot (see `snapshot`)
 
     # ------------------------------------------------------------------ job interface
+    def update(self, **changes) -> None:
+        """A live change is checked like a new config (a NaN weight from a slider or a script is refused now,
+        with the same sentence, instead of silently dropping its term at the next step)."""
+        if set(changes) <= set(self.live_parameters):   # else the base class names what cannot change
+            self.config.replace(**changes).validate()
+        super().update(**changes)
+
     def setup(self) -> None:
         c = self.config
         torch.manual_seed(c.seed)
@@ -134,9 +156,6 @@ class ModelInversion(Job):
             for p in self.student.parameters():
                 p.requires_grad_(False)
         classes = c.targets or list(range(self.dataset.num_classes))
-        bad = [k for k in classes if not 0 <= k < self.dataset.num_classes]
-        if bad:
-            raise ValueError(f"target classes {bad} outside 0..{self.dataset.num_classes - 1}")
         self.targets = torch.tensor([classes[i % len(classes)] for i in range(c.batch_size)], device=self.device)
         self.low, self.high = self.dataset.pixel_bounds(self.device)
         size = self.dataset.image_size

@@ -143,10 +143,20 @@ def real_test_split(dataset: str, root: str | None) -> ImageSplit:
     return load_split(dataset, "test", root)
 
 
+def data_root_key(dataset: str) -> str:
+    return f"data_root_{dataset}"
+
+
+def data_root_setting(dataset: str) -> str | None:
+    """Where this tab reads `dataset` from: the Teacher page's "Data folder" (None: $DFKD_<NAME>, then the default,
+    as on the command line). Never a checkpoint's: a teacher made on another machine names its dataset, not a path."""
+    return st.session_state.get(data_root_key(dataset)) or None
+
+
 def real_test_split_or_stop(info: DatasetInfo) -> ImageSplit:
     """The real test split, or the missing dataset's install hint and a stopped page."""
     try:
-        return real_test_split(info.name, info.root)
+        return real_test_split(info.name, data_root_setting(info.name))
     except DatasetMissingError as e:
         st.error(str(e))
         st.stop()

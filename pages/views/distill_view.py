@@ -166,7 +166,8 @@ def extra_option_widgets(method: str, disabled: bool) -> dict:
     return {k: v for k, v in values.items() if v != next(f.default for f in fields if f.name == k)}
 
 
-def config_from_widgets(method: str, student: str, pool_run: str | None, extra_options: Mapping) -> DistillConfig:
+def config_from_widgets(method: str, student: str, pool_run: str | None, extra_options: Mapping,
+                        data_root: str | None = None) -> DistillConfig:
     cls = DISTILL_METHODS[method]
     shown = [w for w in WEIGHTS if w.applies(cls)]
     fallback = defaults(method, "digits")
@@ -176,7 +177,7 @@ def config_from_widgets(method: str, student: str, pool_run: str | None, extra_o
     options = {**extra_options, **{w.name: value[w.name] for w in shown if w.target == "option"
                                    and value[w.name] != option_defaults.get(w.name)}}
     config = DistillConfig(method=method, student=student, pool=pool_run, synthesis=synthesis, options=options,
-                           **{w.name: value[w.name] for w in shown if w.target == "config"})
+                           data_root=data_root, **{w.name: value[w.name] for w in shown if w.target == "config"})
     config.validate()
     return config
 
@@ -220,7 +221,7 @@ def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
     store, checkpoint = get_store(), open_checkpoint(teacher_run)
     info = checkpoint.dataset
     _check_student(config.student, info)
-    load_split(info.name, "test", config.data_root or info.root, info.image_size)  # real test set: evaluation
+    load_split(info.name, "test", config.data_root, info.image_size)  # real test set: evaluation
     if config.pool:
         config.pool = str(store.resolve_checkpoint(config.pool, "images.pt"))
     job = DistillJob(dataclasses.replace(checkpoint, model=fresh_model(teacher_run)), config)   # loads config.pool
