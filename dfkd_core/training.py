@@ -13,6 +13,7 @@ from dfkd_core.data import ImageSplit, load_split
 from dfkd_core.device import autocast, prepare_input, prepare_model, resolve_device
 from dfkd_core.jobs import Job, check_finite
 from dfkd_core.models import create_model, list_models, save_checkpoint
+from dfkd_core.stats import accuracy_interval
 
 DEFAULT_TEACHER = {"digits": "bncnn3_w32", "fashion-mnist": "bncnn6_w32", "cifar10": "resnet18_cifar",
                    "imagefolder": "resnet18_cifar"}
@@ -161,7 +162,9 @@ class TeacherTraining(Job):
         if not hasattr(self, "model"):
             return {}
         result = evaluate(self.model, self.test_split, self.device)
-        summary = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "model": self.config.model,
+        summary = {"test_accuracy": result["accuracy"],
+                   "test_accuracy_ci": accuracy_interval(result["correct"], seed=self.config.seed).to_dict(),
+                   "test_loss": result["loss"], "model": self.config.model,
                    "dataset": self.config.dataset, "steps": self.step_index + 1,
                    "parameters": sum(p.numel() for p in self.model.parameters())}
         if self.run_record is not None and status != "failed":

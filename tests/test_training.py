@@ -4,3 +4,11 @@ def test_digits_teacher_reaches_90_percent_and_saves_checkpoint(digits_teacher_j
     assert digits_teacher.dataset.name == "digits" and digits_teacher.model_cfg["name"] == "bncnn3_w32"
     epochs_evaluated = [h["test_accuracy"] for h in digits_teacher_job.history if "test_accuracy" in h]
     assert len(epochs_evaluated) == 20 and epochs_evaluated[-1] > epochs_evaluated[0]
+
+
+def test_teacher_accuracy_carries_its_interval_over_the_test_images(digits_teacher_job):
+    from dfkd_core.stats import Interval
+
+    ci = Interval.from_dict(digits_teacher_job.result["test_accuracy_ci"])
+    assert ci.estimate == digits_teacher_job.result["test_accuracy"] and ci.units == 360   # digits' test split
+    assert ci.low <= ci.estimate <= ci.high and ci.high - ci.low < 0.05
