@@ -7,6 +7,7 @@ from dfkd_core.data.datasets import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
+from dfkd_core.stats import accuracy_interval
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
 from pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key,
                                 data_root_setting, get_store, import_checkpoint, keep_widget_state, live,
@@ -24,7 +25,8 @@ DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "F
 def test_report(run_id: str, dataset: str, root: str | None) -> dict:
     """Accuracy on the real test split and a labelled sample of two images per class."""
     model, split = open_checkpoint(run_id).model, real_test_split(dataset, root)
-    accuracy = evaluate(model, split)["accuracy"]
+    result = evaluate(model, split)
+    accuracy, interval = result["accuracy"], accuracy_interval(result["correct"])
     per_class = [torch.nonzero(split.labels == k).flatten()[:2] for k in range(split.info.num_classes)]
     index = torch.stack(per_class, 1).flatten() if all(len(p) == 2 for p in per_class) else torch.arange(20)
     with torch.no_grad():
@@ -32,7 +34,7 @@ def test_report(run_id: str, dataset: str, root: str | None) -> dict:
     names = split.info.class_names or [str(k) for k in range(split.info.num_classes)]
     labels = [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in
               zip(split.labels[index].tolist(), probs.argmax(1).tolist(), probs.max(1).values.tolist())]
-    return {"accuracy": accuracy, "images": split.images[index].float() / 255, "labels": labels, "names": names}
+    return {"accuracy": accuracy, "interval": interval, "images": split.images[index].float() / 255, "labels": labels, "names": names}
 
 
 def render_training(job: TeacherTraining) -> None:
@@ -119,10 +121,15 @@ except DatasetMissingError as e:
     report = None
     st.warning(f"The real {dataset} test set is not available, so accuracy and examples cannot be shown: {e}")
 cols = st.columns(4)
-cols[0].metric("test accuracy (real data)", f"{report['accuracy']:.2%}" if report else "–")
+cols[0].metric("test accuracy (real data)", f"{report['accuracy']:.2%}" if report else "–",
+               help="95% bootstrap interval over the test images in the caption below" if report else None)
 cols[1].metric("parameters", f"{sum(p.numel() for p in checkpoint.model.parameters()):,}")
 cols[2].metric("BatchNorm layers", len(bn_layers))
 cols[3].metric("input", f"{checkpoint.dataset.in_channels}×{checkpoint.dataset.image_size}²")
+if report:
+    ci = report["interval"]
+    st.caption(f"Test accuracy {ci.format('.2%')}: the 95% bootstrap interval over the {ci.units:,} real test "
+               "images (another sample of the same size would land in it 95 times in 100).")
 st.markdown(f"**{checkpoint.name}**: {describe_model(checkpoint.name)}")
 if not bn_layers:
     st.warning("No BatchNorm layers: DeepInversion's feature loss has no statistics to match; only DeepDream "

@@ -235,6 +235,8 @@ def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits
     from dfkd_core.training import evaluate
     expected = evaluate(digits_teacher.model, load_split("digits", "test"))["accuracy"]
     assert metrics["test accuracy (real data)"] == f"{expected:.2%}" and metrics["BatchNorm layers"] == "3"
+    assert any(f"Test accuracy {expected:.2%} [" in c.value and "360 real test images" in c.value
+               for c in at.caption)   # with its 95% interval
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
     assert elements(at, "plotly_chart")  # real test images with predictions
     assert {"Train", "Stop"} <= {b.label for b in at.button}
