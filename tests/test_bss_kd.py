@@ -148,3 +148,30 @@ def test_cancel_keeps_student_and_outcome_totals(digits_teacher, store):
     assert job.result["student_steps"] == 5 and len(job.history) == 5
     assert load_checkpoint(run.path("model.pt")).name == "bncnn3_w16"
     assert job.result["bss_outcomes"] == {k: sum(m[f"bss_{k}"] for m in job.history) for k in OUTCOMES}
+
+
+@pytest.mark.parametrize("accepted", [0, 1])
+def test_bss_kd_trains_a_lenet_on_zero_or_one_accepted_sample(tmp_path, monkeypatch, accepted):
+    """Issue 14 item 4: one accepted BSS in a batch crashed a LeNet student (BatchNorm in train mode on a batch of
+    one, conv3's map is 1x1). The attack is replaced by one that accepts exactly `accepted` samples per batch."""
+    from dfkd_core.distill import bss as bss_method
+    from dfkd_core.synthesis.bss import BoundarySupportingBatch
+    from tiny_imagefolder import lenet_teacher, make_imagefolder
+
+    def attack_accepting(teacher, x, labels, teacher_logits, student_logits, n_base, *args, **kwargs):
+        index = torch.arange(accepted)
+        return BoundarySupportingBatch(x[index] + 0.01, index, (labels[index] + 1) % 3, torch.full((accepted,), 0.5),
+                                       torch.ones(accepted), n_base_samples=2,
+                                       counts={"accepted": accepted, "rejected_third_class": 0,
+                                               "rejected_max_steps": 2 - accepted})
+
+    monkeypatch.setattr(bss_method, "boundary_supporting_batch", attack_accepting)
+    root = make_imagefolder(tmp_path / "data")
+    config = DistillConfig(method="bss", student="lenet5_half", steps=4, batch_size=8, eval_every=2,
+                           data_root=str(root), options={"base_samples": 2})
+    job = DistillJob(lenet_teacher(root, tmp_path), config)
+    job.run()
+    assert job.status == "done", job.error
+    attacked = [m for m in job.history if m["beta"] > 0]
+    assert attacked and all(m["bss_accepted"] == accepted for m in attacked)
+    assert all(math.isfinite(m["loss_bss"]) and (m["loss_bss"] > 0) == bool(accepted) for m in attacked)

@@ -9,6 +9,7 @@ from dfkd_core.cli import main
 from dfkd_core.distill import DistillConfig, DistillJob, PoolError, SyntheticPool, list_methods
 from dfkd_core.distill.student import mix_images, random_shift
 from dfkd_core.models import create_model, load_checkpoint, save_checkpoint
+from dfkd_core.runs import RunStore
 from dfkd_core.synthesis.generator import ConditionalGenerator, GeneratorEnsemble
 
 CHANCE = 0.1
@@ -264,3 +265,58 @@ def test_recipe_settings_yield_to_explicit_flags():
     assert config.options["trajectory_kd_from"] == 20
     plain = config_from_args(build_parser().parse_args(["distill", "--teacher", "t.pt", "--method", "adi"]))
     assert plain.steps == DistillConfig().steps and plain.options == {}
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--method", "generator", "--lambda-bn", "nan"], "lambda_bn"),
+    (["--method", "deepinversion", "--alpha-f", "nan"], "alpha_f"),
+    (["--method", "deepdream", "--jitter", "-3"], "jitter"),
+    (["--method", "generator", "--generator-lr", "inf"], "generator_lr"),
+    (["--method", "noise", "--mixup", "nan"], "mixup"),
+    (["--method", "noise", "--eval-every", "0"], "eval_every"),
+    (["--method", "noise", "--latent-dim", "0"], "latent_dim"),
+    (["--method", "noise", "--lambda-tv", "-1"], "lambda_tv"),
+    (["--method", "iekd", "--option", "alpha_kd=nan"], "alpha_kd"),
+    (["--method", "bss", "--option", "eps=inf"], "eps"),
+    (["--method", "generator", "--alpha-f", "1"], "synthesizes no pool"),
+    (["--method", "noise", "--student", "lenet5_half"], "16x16"),
+    (["--method", "noise", "--student", "no_such_model"], "unknown student model"),
+])
+def test_bad_settings_exit_with_one_sentence_and_create_no_run(tmp_path, digits_teacher, flags, named):
+    """Issue 14 items 1 and 3: NaN, inf and out-of-range knobs are refused before a run exists (a NaN weight used
+    to fail `weight > 0` and silently drop its term)."""
+    home = tmp_path / "home"
+    with pytest.raises(SystemExit) as refused:
+        main(["--home", str(home), "--quiet", "distill", "--teacher", str(digits_teacher.path), *flags])
+    message = str(refused.value)
+    assert message.startswith("error: ") and named in message and "\n" not in message
+    assert RunStore(home).list() == []
+
+
+def test_every_method_option_class_refuses_non_finite_numbers(digits_teacher):
+    for method, options in (("bss", {"eta": float("nan")}), ("iekd", {"lambda_exp": float("inf")}),
+                            ("iedml", {"alpha_dml": float("nan")})):
+        with pytest.raises(ValueError, match="finite"):
+            DistillJob(digits_teacher, DistillConfig(method=method, options=options))
+    with pytest.raises(ValueError, match="trajectory_kd_from"):
+        DistillJob(digits_teacher, DistillConfig(method="deepinversion", options={"trajectory_kd_from": -5}))
+    with pytest.raises(ValueError, match="eval_samples"):
+        DistillJob(digits_teacher, DistillConfig(method="noise", eval_samples=0))
+
+
+def test_real_data_is_read_where_the_user_says_never_where_the_teacher_was(tmp_path, monkeypatch):
+    """Issue 14 item 10: a teacher's dataset carrying a stale root (another machine's path) must not win over
+    $DFKD_IMAGEFOLDER; --data-root wins over both."""
+    import dataclasses
+
+    from tiny_imagefolder import lenet_teacher, make_imagefolder
+
+    here = make_imagefolder(tmp_path / "here", per_class=2)
+    teacher = lenet_teacher(here, tmp_path)
+    teacher = dataclasses.replace(teacher, dataset=dataclasses.replace(teacher.dataset, root="/old/machine/data"))
+    monkeypatch.setenv("DFKD_IMAGEFOLDER", str(here))
+    job = DistillJob(teacher, DistillConfig(method="noise", student="lenet5_half", steps=1))
+    assert len(job.real_split("test")) == 6
+    flag = make_imagefolder(tmp_path / "flag", per_class=1)
+    job = DistillJob(teacher, DistillConfig(method="noise", student="lenet5_half", steps=1, data_root=str(flag)))
+    assert len(job.real_split("test")) == 3

@@ -18,6 +18,10 @@ Choices, each recorded with the run (options in config.json; schedule and outcom
 - One epoch = one pass over the training set (or the pool), in batches of `batch_size` (last partial batch
   dropped); E = steps / steps-per-epoch. `schedule=epoch` holds α, β for a whole epoch (integer e, the official
   code); `schedule=step` uses the fractional epoch, smoother when a CPU run lasts only a few epochs.
+- The accepted BSS go through the student (train mode) together with their batch, not alone: their count varies
+  from step to step, and BatchNorm on a batch of one BSS has one value per channel on a LeNet's 1×1 map (an error)
+  and meaningless statistics on any model. With the batch, every count works, 0 and 1 included, and the BSS are
+  normalized with the statistics of the images they were made from.
 - L_KD is METHODS §3's T² · KL at `--temperature` for both KD terms; the official code uses T = 3 (pass
   `--temperature 3`) and no T² factor.
 
@@ -64,6 +68,7 @@ class BSSOptions(Config):
         return AttackSettings(self.eta, self.eps, self.max_steps, self.gradient_norm_power)
 
     def validate(self) -> None:
+        self.require_finite()
         if self.base_samples < 1 or self.max_steps < 1 or not self.eta > 0 or self.eps < 0:
             raise ValueError("BSS needs base_samples >= 1, max_steps >= 1, eta > 0 and eps >= 0")
         if self.gradient_norm_power not in (1, 2):
@@ -155,15 +160,16 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
                                              self.options.base_samples, self.options.attack, self.pixel_bounds,
                                              self.target_generator)
 
-    def bss_kd_term(self, found: BoundarySupportingBatch) -> torch.Tensor:
-        """Σ_n Σ_k p_n^k · L_KD(ẋ_n^k) / N (METHODS §4); the student sees the BSS in train mode, as officially."""
+    def bss_kd_term(self, found: BoundarySupportingBatch, x: torch.Tensor) -> torch.Tensor:
+        """Σ_n Σ_k p_n^k · L_KD(ẋ_n^k) / N (METHODS §4); the student sees the BSS in train mode, as officially,
+        but in one forward pass with the batch `x` they were made from (see the module doc: any count works)."""
         student = self.job.student
         if not len(found.samples):
             return next(student.parameters()).new_zeros(())
         with torch.no_grad():
             teacher_logits = self.job.teacher(found.samples).float()
-        return bss_term(student(found.samples).float(), teacher_logits, found.weights, found.n_base_samples,
-                        self.config.temperature)
+        student_logits = student(torch.cat([x, found.samples.to(x.dtype)]))[len(x):].float()
+        return bss_term(student_logits, teacher_logits, found.weights, found.n_base_samples, self.config.temperature)
 
     def terms(self, x: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
               labels: torch.Tensor | None, beta: float, out: dict) -> dict[str, torch.Tensor]:
@@ -172,7 +178,7 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
         terms = {"ce": cross_entropy_loss(student_logits, labels)}
         if beta > 0:
             found = self.find_bss(x, labels, teacher_logits, student_logits)
-            terms["bss"] = self.bss_kd_term(found)
+            terms["bss"] = self.bss_kd_term(found, x)
             out["found"] = found
         return terms
 

@@ -69,7 +69,7 @@ def cmd_distill(args, store) -> int:
     teacher = _load(store, args.teacher, "teacher")
     config = config_from_args(args)
     try:
-        load_split(teacher.dataset.name, "test", config.data_root or teacher.dataset.root, teacher.dataset.image_size)
+        load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
         if args.pool:
             config.pool = str(store.resolve_checkpoint(args.pool, "images.pt"))
         job = DistillJob(teacher, config)   # loads and checks config.pool

@@ -15,6 +15,9 @@ HALF_WIDTH_STUDENT = {
 }
 
 
+AUGMENT_MODES = ("none", "shift", "shift_flip", "auto")
+
+
 def default_student(teacher_name: str) -> str:
     if teacher_name not in HALF_WIDTH_STUDENT:
         raise ValueError(f"no default student for teacher '{teacher_name}'; pass --student <registered model>")
@@ -62,11 +65,25 @@ class DistillConfig(Config):
     data_root: str | None = None      # where the teacher's real test set lives (evaluation only)
 
     def validate(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("steps must be >= 0, batch_size >= 1, lr > 0 and temperature > 0")
-        if self.images < 0 or self.kd_steps_per_round < 0 or self.generator_steps < 0:
-            raise ValueError("images, kd_steps_per_round and generator_steps must be >= 0")
+        """One sentence for the first bad setting, before any run exists (CLI, app and library alike)."""
+        self.require_finite()
+        at_least_one = {"batch_size": self.batch_size, "latent_dim": self.latent_dim,
+                        "generator_width": self.generator_width, "eval_every": self.eval_every,
+                        "eval_samples": self.eval_samples}
+        positive = {"lr": self.lr, "temperature": self.temperature, "generator_lr": self.generator_lr}
+        non_negative = {"steps": self.steps, "images": self.images, "kd_steps_per_round": self.kd_steps_per_round,
+                        "generator_steps": self.generator_steps, "lambda_tv": self.lambda_tv,
+                        "lambda_l2": self.lambda_l2, "lambda_bn": self.lambda_bn, "weight_decay": self.weight_decay,
+                        "alpha_ce": self.alpha_ce, "snapshot_every": self.snapshot_every}
+        for bound, checks, holds in ((">= 1", at_least_one, lambda v: v >= 1), ("> 0", positive, lambda v: v > 0),
+                                     (">= 0", non_negative, lambda v: v >= 0)):
+            for name, value in checks.items():
+                if not holds(value):
+                    raise ValueError(f"{name} must be {bound}, got {value}")
         if not 0 <= self.mixup <= 1:
             raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
-        if self.augment not in ("none", "shift", "shift_flip", "auto"):
-            raise ValueError(f"augment must be none | shift | shift_flip | auto, got '{self.augment}'")
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {' | '.join(AUGMENT_MODES)}, got '{self.augment}'")
+        for name in ("synthesis", "options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict of settings, got {type(getattr(self, name)).__name__}")

@@ -52,6 +52,7 @@ class IEOptions(Config):
     pool_labels: str = "teacher"      # L_goal target on a pool: the teacher's argmax | the synthesized class
 
     def validate(self) -> None:
+        self.require_finite()
         if not 0 < self.inheritance_share <= 1:
             raise ValueError(f"inheritance_share must be in (0, 1], got {self.inheritance_share}")
         if self.inheritance_share == 1 and self.lambda_exp > 0:

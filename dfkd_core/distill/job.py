@@ -44,6 +44,7 @@ class DistillJob(Job):
         self.pool = pool if pool is not None else SyntheticPool(self.dataset)
         self.device = resolve_device(config.device)
         self.method: DistillMethod = DISTILL_METHODS[config.method](self)
+        self.method.check_student()
         self.total_steps = self.method.total_steps()
         self.snapshot_every = config.snapshot_every
         self.images_synthesized = 0
@@ -51,9 +52,10 @@ class DistillJob(Job):
         self._splits: dict[str, ImageSplit] = {}
 
     def real_split(self, split: str) -> ImageSplit:
-        """The teacher's real data (test: evaluation only; train: only methods with data_free = False)."""
+        """The teacher's real data (test: evaluation only; train: only methods with data_free = False), read where
+        the user says (`data_root`, else $DFKD_<NAME>, else the default), never where the teacher was trained."""
         if split not in self._splits:
-            self._splits[split] = load_split(self.dataset.name, split, self.config.data_root or self.dataset.root,
+            self._splits[split] = load_split(self.dataset.name, split, self.config.data_root,
                                              self.dataset.image_size)
         return self._splits[split]
 

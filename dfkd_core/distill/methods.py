@@ -22,7 +22,7 @@ from dfkd_core.config import Config
 from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
 from dfkd_core.jobs import check_finite
 from dfkd_core.distill.pool import PoolError
-from dfkd_core.models import create_model
+from dfkd_core.models import create_model, list_models
 from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
 
@@ -55,16 +55,21 @@ def _labels(images: torch.Tensor, targets: torch.Tensor, teacher: nn.Module, cla
 class NoOptions(Config):
     """Methods without settings of their own."""
 
+    def validate(self) -> None:
+        self.require_finite()
+
 
 class DistillMethod:
     """Base class. `job` gives access to the teacher, the student trainer, the pool and the real splits.
 
-    A method with settings of its own declares them as a `Config` dataclass in `Options`; `config.options` (a dict,
-    saved with the run) is checked against it and parsed into `self.options`.
+    A method with settings of its own declares them as a `Config` dataclass in `Options` (with a `validate()` that
+    refuses NaN/inf first); `config.options` (a dict, saved with the run) is checked against it and parsed into
+    `self.options`.
     """
 
     name = ""
     data_free = True          # False for methods that read the real training set (shown in every report)
+    synthesizes_pool = False  # True for the pool methods, the only ones the inversion settings (`synthesis`) apply to
     description = ""
     Options: type[Config] = NoOptions
 
@@ -76,11 +81,30 @@ class DistillMethod:
             known = [f.name for f in fields(self.Options)]
             raise ValueError(f"method '{self.name}' does not take options {sorted(self.config.options)}: {e}. "
                              f"Its options: {known or 'none'}") from None
+        self.options.validate()
+        if self.config.synthesis and not self.synthesizes_pool:
+            raise ValueError(f"method '{self.name}' synthesizes no pool, so the inversion settings "
+                             f"{sorted(self.config.synthesis)} do not apply; drop them or use deepdream, "
+                             "deepinversion or adi")
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None   # last images made, for snapshots
 
     def build_student(self) -> nn.Module:
         info = self.job.dataset
         return create_model(self.job.student_name, info.num_classes, info.in_channels, info.image_size)
+
+    def check_student(self) -> None:
+        """Build the student once and pass two images through it, so that a model that cannot take this dataset's
+        images (LeNet needs at least 16x16) is refused before any run exists."""
+        info, name = self.job.dataset, self.job.student_name
+        if name not in list_models():
+            raise ValueError(f"unknown student model '{name}'; registered models: {', '.join(list_models())}")
+        try:
+            model = self.build_student().eval()
+            with torch.no_grad():
+                model(torch.zeros(2, info.in_channels, info.image_size, info.image_size))
+        except Exception as e:  # any registered model may not fit these inputs; say which and why
+            raise ValueError(f"student '{name}' cannot take {info.in_channels}×{info.image_size}×"
+                             f"{info.image_size} {info.name} images: {str(e).splitlines()[0][:200]}") from None
 
     def student_parameters(self):
         """What the student's optimizer updates; a method adds its own trainable modules (IE-KD's encoders)."""
@@ -123,7 +147,6 @@ class RealOrPoolMethod(DistillMethod):
 
     def __init__(self, job):
         super().__init__(job)
-        self.options.validate()
         self.data_free = len(job.pool) > 0
         if self.data_free and self.options.pool_labels == "synthesized" and bool((job.pool.targets < 0).any()):
             raise PoolError("pool_labels=synthesized needs the class of every pool image; this pool has unknown "
@@ -182,6 +205,12 @@ class PoolOptions(Config):
 
     trajectory_kd_from: int = -1
 
+    def validate(self) -> None:
+        self.require_finite()
+        if self.trajectory_kd_from < -1:
+            raise ValueError(f"trajectory_kd_from is an inversion iteration (>= 0) or -1 (off), "
+                             f"got {self.trajectory_kd_from}")
+
 
 class PoolKD(DistillMethod):
     """Synthesize `images` by model inversion in rounds of one batch; after each round the student takes
@@ -192,11 +221,17 @@ class PoolKD(DistillMethod):
 
     preset = "deepinversion"
     Options = PoolOptions
+    synthesizes_pool = True
     compete = False  # ADI: each round's batch competes against the current student (R_compete)
 
     def __init__(self, job):
         super().__init__(job)
-        self.synthesis = SynthesisConfig.preset(self.preset, job.dataset.name, **self.config.synthesis)
+        try:
+            self.synthesis = SynthesisConfig.preset(self.preset, job.dataset.name, **self.config.synthesis)
+        except TypeError:
+            known = [f.name for f in fields(SynthesisConfig)]
+            raise ValueError(f"unknown inversion setting(s) in {sorted(self.config.synthesis)}; "
+                             f"SynthesisConfig has {known}") from None
         if not self.compete:
             self.synthesis.alpha_c = 0.0
         self.synthesis.validate()
