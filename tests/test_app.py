@@ -320,3 +320,17 @@ def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher
     runs.checkbox(key=f"sure_{broken.id}").check().run()
     button(runs, "Delete").click().run()
     assert broken.id not in {r.id for r in teacher_home.list()} and not broken.dir.exists()
+
+
+# ------------------------------------------------------------------ Methods
+
+def test_methods_page_renders_every_section_of_the_shipped_methods_doc(teacher_home):
+    from pages.views.methods_doc import METHODS_DOC, section_link, sections
+    at = app("pages/methods.py")
+    assert at.title[0].value == "Methods"
+    shown = " ".join(m.value for m in at.markdown)
+    for anchor, title, _ in sections()[1:]:
+        assert f'<a id="{anchor}"></a>' in shown and title in shown
+        assert f"[{title}](#{anchor})" in " ".join(m.value for m in at.sidebar.markdown)
+    assert "METHODS §" not in METHODS_DOC.read_text()   # the product cites its own document, not the spec's
+    assert section_link("cka") == "[Methods: CKA](/methods#cka)"

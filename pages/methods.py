@@ -1,0 +1,21 @@
+"""Methods: the project's methods reference (docs/methods.md) inside the app, one section a tab of the sidebar's
+table of contents. Every knob's help links here (`/methods#<section>`)."""
+import streamlit as st
+
+from pages.views.methods_doc import METHODS_DOC, sections
+from pages.views.navigation import hand_over_to_app
+
+hand_over_to_app()
+
+st.title("Methods")
+st.caption("Every method as the equations the code computes, what each setting does, where the code departs from "
+           f"the papers, and where the intervals come from. The same text is `{METHODS_DOC.name}` in the repository.")
+parts = sections()
+with st.sidebar:
+    st.subheader("Contents")
+    for anchor, title, _ in parts[1:]:
+        st.markdown(f"[{title}](#{anchor})")
+for anchor, _, body in parts:
+    if not anchor:   # the document's own title: the page has one already
+        body = body.split("\n", 1)[1]
+    st.markdown(body, unsafe_allow_html=True)   # the doc's own <a id> anchors: links from knobs land on them

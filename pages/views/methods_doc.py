@@ -1,0 +1,33 @@
+"""docs/methods.md, split into its sections for the Methods page and for links from the knobs' help texts."""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+METHODS_DOC = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
+_ANCHOR = re.compile(r'^<a id="([\w-]+)"></a>\s*$', re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def sections() -> list[tuple[str, str, str]]:
+    """(anchor, heading, markdown) per section, in order; the text before the first anchor comes first as
+    ("", title, text)."""
+    text = METHODS_DOC.read_text()
+    starts = [(m.start(), m.group(1)) for m in _ANCHOR.finditer(text)]
+    bounds = [0, *(s for s, _ in starts), len(text)]
+    anchors = ["", *(a for _, a in starts)]
+    out = []
+    for anchor, begin, end in zip(anchors, bounds, bounds[1:]):
+        body = text[begin:end]
+        heading = re.search(r"^#+ (.+)$", body, re.MULTILINE)
+        out.append((anchor, heading.group(1) if heading else "", body))
+    return out
+
+
+def section_link(anchor: str) -> str:
+    """A markdown link to one section of the Methods page, for help texts."""
+    titles = {a: t for a, t, _ in sections()}
+    if anchor not in titles:
+        raise KeyError(f"docs/methods.md has no section '{anchor}'; sections: {sorted(titles)}")
+    return f"[Methods: {titles[anchor]}](/methods#{anchor})"
