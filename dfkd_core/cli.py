@@ -11,7 +11,7 @@ from tqdm import tqdm
 from dfkd_core.data import DATASETS, DatasetMissingError, load_split
 from dfkd_core.jobs import Event, Job
 from dfkd_core.models import CheckpointError, describe_model, list_models, load_checkpoint
-from dfkd_core.runs import RunStore
+from dfkd_core.runs import RunStillRunningError, RunStore, UnknownRunError
 
 EXIT = {"done": 0, "failed": 1, "cancelled": 130}
 
@@ -126,8 +126,12 @@ def cmd_models(args, store: RunStore) -> int:
 
 
 def cmd_delete(args, store: RunStore) -> int:
-    store.delete(args.run)
-    print(f"deleted {args.run}")
+    try:
+        record = store.delete(args.run)
+    except (UnknownRunError, RunStillRunningError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"deleted {record.kind} run {record.id} ({record.status}) and its directory {record.dir}")
     return 0
 
 
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_runs)
 
     d = sub.add_parser("delete", help="delete a run and its files")
-    d.add_argument("run")
+    d.add_argument("run", help="a run id, or a prefix of exactly one (as `dfkd runs` lists them)")
     d.set_defaults(func=cmd_delete)
 
     m = sub.add_parser("models", help="list registered models")

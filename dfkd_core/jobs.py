@@ -3,10 +3,12 @@
 A job can run in the caller's thread (`run()`) or in a background thread (`start()`); it can be cancelled
 (`cancel()`, effective before the next step) and some of its parameters can be changed while it runs
 (`update(...)`, applied at the start of the next step). Whatever happens, `finish()` runs so finished work is
-saved, and the attached run directory records the final status.
+saved, and the attached run directory records the final status. While it runs, `save_progress()` is called between
+steps every `progress_every_s` seconds, so a process killed outright (no `finish()`) still leaves recent work.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -33,6 +35,18 @@ class Event:
     time: float = field(default_factory=time.time)
 
 
+def progress_interval_from_env() -> float:
+    """$DFKD_PROGRESS_EVERY_S (seconds between progress saves), else 30."""
+    raw = os.environ.get("DFKD_PROGRESS_EVERY_S", "30")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"$DFKD_PROGRESS_EVERY_S must be a positive number of seconds, got '{raw}'")
+    return seconds
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names it."""
 
@@ -51,6 +65,9 @@ class Job:
     kind = "job"
     live_parameters: tuple[str, ...] = ()  # names `update()` accepts while running
     snapshot_every = 0
+    # Seconds between `save_progress()` calls: often enough that a killed run loses little, rarely enough that
+    # writing its files costs nothing noticeable (a digits batch: ~5 ms).
+    progress_every_s = progress_interval_from_env()
 
     def __init__(self, run=None):
         self.id = uuid.uuid4().hex[:12]
@@ -82,6 +99,10 @@ class Job:
     def apply_updates(self, updates: dict[str, Any]) -> None:
         for k, v in updates.items():
             setattr(self.config, k, v)
+
+    def save_progress(self) -> None:
+        """Save the work so far to the run directory (atomically), for a process that may be killed before
+        `finish()`. Called from the job's thread between steps, never during one."""
 
     def finish(self, status: str) -> dict[str, Any]:
         return {}
@@ -127,6 +148,7 @@ class Job:
         try:
             self.setup()
             self._emit("started", message=f"{self.kind} started")
+            progress_saved_at = time.monotonic()
             for i in range(self.total_steps):
                 if self._cancel.is_set():
                     final = "cancelled"
@@ -142,6 +164,9 @@ class Job:
                 self._emit("step", step=i, metrics=metrics)
                 if self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0):
                     self._emit_snapshot(i)
+                if i + 1 < self.total_steps and time.monotonic() - progress_saved_at >= self.progress_every_s:
+                    self.save_progress()   # (after the last step `finish()` saves)
+                    progress_saved_at = time.monotonic()
             if final == "done" and self._cancel.is_set():
                 final = "cancelled"
         except KeyboardInterrupt:

@@ -1,44 +1,117 @@
 """Run directories indexed in SQLite: every teacher, synthesis and distillation lands here.
 
-Layout: <home>/runs/<run-id>/{config.json, metrics.jsonl, events.jsonl, summary.json, ...artifacts}
+Layout: <home>/runs/<run-id>/{run.json, config.json, metrics.jsonl, events.jsonl, summary.json, ...artifacts}
 and <home>/index.sqlite with one row per run. <home> is $DFKD_HOME, else ~/.dfkd.
+
+The run directories are the truth, the index a cache: `run.json` holds everything the run's row holds and is
+rewritten (atomically) on every status change, so a missing, corrupt or locked index loses nothing — it is rebuilt
+from the directories (see `dfkd_core.run_index`). Every file a run writes appears atomically (`atomic_open`), so a
+killed process never leaves a half-written file under a real name; append-only logs tolerate a cut last line.
 A run whose process died while it was 'running' is shown as 'interrupted', never silently dropped.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import socket
-import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, created REAL NOT NULL, updated REAL NOT NULL,
-    status TEXT NOT NULL, teacher TEXT, method TEXT, dataset TEXT, summary TEXT, error TEXT,
-    pid INTEGER, host TEXT, dir TEXT NOT NULL
-)"""
+import torch
+
+log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+INTERRUPTED_ERROR = "the process running it stopped before it finished; its files are kept"
+# What `create` makes (kind-stamp-hex); a reference to a run (an id or a prefix of one) may only use these
+# characters, so no reference can name a path outside the run store ('/', '..', an absolute path).
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def default_home() -> Path:
     return Path(os.environ.get("DFKD_HOME", "~/.dfkd")).expanduser()
 
 
-def _pid_alive(pid: int) -> bool:
+class UnknownRunError(KeyError):
+    """No run, or more than one, answers to a run reference; the message says which."""
+
+    def __str__(self) -> str:  # KeyError would quote the sentence
+        return str(self.args[0])
+
+
+class RunStillRunningError(RuntimeError):
+    """A running run cannot be deleted."""
+
+
+# ---------------------------------------------------------------------- atomic files
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears under `path` only once completely written: written to a temporary file beside it,
+    flushed to disk, then renamed over `path` (`os.replace` is atomic), so a reader — or the next start after a
+    kill — sees the old file or the new one, never half of one. On an exception nothing is left behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save(obj, path)`, atomically."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------- the process that runs a run
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22); None without /proc or pid.
+
+    With the pid it identifies a process for good: a pid alone is reused by the system after its process ends."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # fields after "pid (comm)" start at field 3
+
+
+def process_alive(pid: int | None, start_ticks: int | None) -> bool:
+    """Whether the process that recorded (pid, start_ticks) still runs: the pid exists and, where its start time was
+    recorded, it is the same process, not a later one that got the same pid."""
+    if pid is None:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # exists, owned by someone else
+    return start_ticks is None or process_start_ticks(pid) == start_ticks
 
 
 def _jsonable(obj: Any) -> Any:
@@ -97,9 +170,7 @@ class Run:
         self._append("events.jsonl", {"time": time.time(), **event})
 
     def save_json(self, name: str, obj: Any) -> Path:
-        p = self.dir / name
-        p.write_text(json.dumps(_jsonable(obj), indent=2))
-        return p
+        return atomic_write_text(self.dir / name, json.dumps(_jsonable(obj), indent=2))
 
     def load_json(self, name: str) -> Any:
         return json.loads((self.dir / name).read_text())
@@ -136,81 +207,77 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 class RunStore:
     def __init__(self, home: str | Path | None = None):
+        from dfkd_core.run_index import RunIndex
+
         self.home = Path(home).expanduser() if home else default_home()
         self.runs_dir = self.home / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.home / "index.sqlite"
-        with self._connect() as db:
-            db.execute(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db_path, timeout=30)
-        db.row_factory = sqlite3.Row
-        return db
+        self.index = RunIndex(self.db_path, self.runs_dir, self._run_files)
+        self.index.upgrade(self._write_missing_run_file)
 
     # ------------------------------------------------------------------ writing
     def create(self, kind: str, config: dict, *, teacher: str | None = None, method: str | None = None,
                dataset: str | None = None, name: str | None = None) -> Run:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id = f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}"
+        now, pid = time.time(), os.getpid()
+        row = {"id": run_id, "kind": kind, "name": name, "created": now, "updated": now, "status": "running",
+               "teacher": teacher, "method": method, "dataset": dataset, "summary": {}, "error": None,
+               "pid": pid, "pid_start": process_start_ticks(pid), "host": socket.gethostname()}
+        # Filled under a hidden name, then renamed into place: a run directory always holds its run.json.
+        staging = self.runs_dir / f".new-{run_id}"
+        staging.mkdir(parents=True)
+        atomic_write_text(staging / "config.json", json.dumps(_jsonable(config), indent=2))
+        atomic_write_text(staging / RUN_FILE, json.dumps(_jsonable(row), indent=2))
         directory = self.runs_dir / run_id
-        directory.mkdir(parents=True)
-        run = Run(self, run_id, directory)
-        run.save_json("config.json", config)
-        now = time.time()
-        with self._connect() as db:
-            db.execute("INSERT INTO runs (id, kind, name, created, updated, status, teacher, method, dataset, "
-                       "summary, pid, host, dir) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (run_id, kind, name, now, now, "running", teacher, method, dataset, "{}", os.getpid(),
-                        socket.gethostname(), str(directory)))
-        return run
+        os.replace(staging, directory)
+        self.index.put(row)
+        return Run(self, run_id, directory)
 
     def _update(self, run_id: str, status: str, summary: dict | None = None, error: str | None = None) -> None:
-        with self._connect() as db:
-            db.execute("UPDATE runs SET status=?, updated=?, summary=COALESCE(?, summary), error=? WHERE id=?",
-                       (status, time.time(), json.dumps(_jsonable(summary)) if summary is not None else None,
-                        error, run_id))
+        row = self._read_run_file(self.runs_dir / run_id)
+        row.update(status=status, updated=time.time(), error=error)
+        if summary is not None:
+            row["summary"] = _jsonable(summary)
+        atomic_write_text(self.runs_dir / run_id / RUN_FILE, json.dumps(_jsonable(row), indent=2))
+        self.index.put(row)
 
-    def delete(self, run_id: str) -> None:
-        record = self.get_record(run_id)
+    def delete(self, reference: str) -> RunRecord:
+        """Delete the one run `reference` names (its id or a unique prefix): its index row and its directory.
+
+        The directory is first renamed out of the store's view, so a crash midway never leaves a listed run without
+        files, nor files that come back as a run."""
+        record = self.get_record(reference)
         if record.status == "running":
-            raise RuntimeError(f"run {run_id} is still running; cancel it first")
-        shutil.rmtree(record.dir, ignore_errors=True)
-        with self._connect() as db:
-            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            raise RunStillRunningError(f"run {record.id} is still running; stop it first")
+        trash = self.runs_dir / f".deleted-{record.id}-{uuid.uuid4().hex[:4]}"
+        os.replace(record.dir, trash)
+        self.index.remove(record.id)
+        shutil.rmtree(trash)
+        return record
 
     # ------------------------------------------------------------------ reading
-    def _mark_interrupted(self, db: sqlite3.Connection) -> None:
-        host = socket.gethostname()
-        for row in db.execute("SELECT id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall():
-            if row["pid"] is None or not _pid_alive(row["pid"]):
-                db.execute("UPDATE runs SET status='interrupted', error=? WHERE id=?",
-                           ("the process running it stopped before it finished; its files are kept", row["id"]))
-
     def list(self, kind: str | None = None, status: str | None = None) -> list[RunRecord]:
-        with self._connect() as db:
-            self._mark_interrupted(db)
-            query, args = "SELECT * FROM runs WHERE 1=1", []
-            if kind:
-                query, args = query + " AND kind=?", args + [kind]
-            if status:
-                query, args = query + " AND status=?", args + [status]
-            rows = db.execute(query + " ORDER BY created DESC", args).fetchall()
-        return [self._record(r) for r in rows]
+        records = [self._record(row) for row in self._rows()]
+        return [r for r in records if (not kind or r.kind == kind) and (not status or r.status == status)]
 
-    def get_record(self, run_id: str) -> RunRecord:
-        with self._connect() as db:
-            self._mark_interrupted(db)
-            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-            if row is None:  # allow unique prefixes, as git does
-                rows = db.execute("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
-                if len(rows) != 1:
-                    raise KeyError(f"no run '{run_id}'" if not rows else f"'{run_id}' matches {len(rows)} runs")
-                row = rows[0]
-        return self._record(row)
+    def get_record(self, reference: str) -> RunRecord:
+        """The run whose id is `reference`, or the only one whose id starts with it (a unique prefix, as git allows).
 
-    def get(self, run_id: str) -> Run:
-        record = self.get_record(run_id)
+        `UnknownRunError` (a KeyError) when none or several match; the message lists the candidates."""
+        prefix = _checked_reference(reference)
+        matches = self._rows(prefix)
+        exact = [row for row in matches if row["id"] == prefix]
+        if exact or len(matches) == 1:
+            return self._record((exact or matches)[0])
+        if not matches:
+            raise UnknownRunError(f"no run '{reference}' in {self.home} (`dfkd runs` lists them)")
+        shown = ", ".join(row["id"] for row in matches[:10]) + (", ..." if len(matches) > 10 else "")
+        raise UnknownRunError(f"'{reference}' matches {len(matches)} runs ({shown}); give more of the id")
+
+    def get(self, reference: str) -> Run:
+        record = self.get_record(reference)
         return Run(self, record.id, record.dir)
 
     def resolve_checkpoint(self, ref: str | Path, filename: str = "model.pt") -> Path:
@@ -220,7 +287,7 @@ class RunStore:
             return p
         try:
             record = self.get_record(str(ref))
-        except KeyError:
+        except UnknownRunError:
             raise FileNotFoundError(f"'{ref}' is neither a checkpoint file nor a run id in {self.home}") from None
         path = record.dir / filename
         if not path.exists():
@@ -234,8 +301,65 @@ class RunStore:
         p = Path(path).resolve()
         return p.parent.name if p.parent.parent == self.runs_dir.resolve() else str(path)
 
-    @staticmethod
-    def _record(row: sqlite3.Row) -> RunRecord:
-        return RunRecord(row["id"], row["kind"], row["name"], row["created"], row["updated"], row["status"],
-                         row["teacher"], row["method"], row["dataset"], json.loads(row["summary"] or "{}"),
-                         row["error"], Path(row["dir"]))
+    # ------------------------------------------------------------------ internals
+    def _rows(self, id_prefix: str = "") -> list[dict]:
+        """The rows of runs whose id starts with `id_prefix`, newest first (from the index, or the directories while
+        it is locked); runs whose process died are marked interrupted first."""
+        rows = []
+        for row in self.index.rows(id_prefix):
+            if (self.runs_dir / row["id"]).is_dir():
+                rows.append(row)
+            else:  # removed by hand: listing it would show a run without files
+                self.index.remove(row["id"])
+                log.warning("run %s: its directory is gone from %s; dropped from the index", row["id"], self.runs_dir)
+        for row in rows:
+            if row["status"] == "running" and row.get("host") == socket.gethostname() \
+                    and not process_alive(row.get("pid"), row.get("pid_start")):
+                self._update(row["id"], "interrupted", error=INTERRUPTED_ERROR)
+                row.update(status="interrupted", error=INTERRUPTED_ERROR)
+        return rows
+
+    def _run_files(self) -> list[dict]:
+        """The rows the run directories hold, for rebuilding the index (hidden names are runs being made or
+        deleted)."""
+        return [self._read_run_file(d) for d in sorted(self.runs_dir.iterdir())
+                if d.is_dir() and not d.name.startswith(".")]
+
+    def _write_missing_run_file(self, row: dict) -> None:
+        directory = self.runs_dir / row["id"]
+        if directory.is_dir() and not (directory / RUN_FILE).exists():
+            atomic_write_text(directory / RUN_FILE, json.dumps(_jsonable(row), indent=2))
+
+    def _read_run_file(self, directory: Path) -> dict:
+        try:
+            return json.loads((directory / RUN_FILE).read_text())
+        except FileNotFoundError:
+            return _row_without_run_file(directory)
+
+    def _record(self, row: dict) -> RunRecord:
+        # The directory follows from the id, never from a stored path: a moved store still works, and no row can
+        # point outside it.
+        return RunRecord(row["id"], row["kind"], row.get("name"), row["created"], row.get("updated", row["created"]),
+                         row["status"], row.get("teacher"), row.get("method"), row.get("dataset"),
+                         row.get("summary") or {}, row.get("error"), self.runs_dir / row["id"])
+
+
+def _checked_reference(reference: str) -> str:
+    if not reference:
+        raise UnknownRunError("an empty run id would match every run; give a run id or the start of one")
+    if not _REFERENCE.fullmatch(reference) or ".." in reference:
+        raise UnknownRunError(f"'{reference}' is not a run id: run ids are letters, digits, '-', '_' and '.', "
+                              "as `dfkd runs` lists them")
+    return reference
+
+
+def _row_without_run_file(directory: Path) -> dict:
+    """A run made before run.json existed (its index lost): what its directory still tells."""
+    summary_path = directory / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    created = directory.stat().st_mtime
+    return {"id": directory.name, "kind": directory.name.split("-")[0], "name": None, "created": created,
+            "updated": created, "status": summary.get("status", "done") if summary else "interrupted",
+            "teacher": None, "method": summary.get("method"), "dataset": summary.get("dataset"),
+            "summary": summary, "error": "recovered from its directory (no run.json): teacher and name unknown",
+            "pid": None, "pid_start": None, "host": None}

@@ -3,6 +3,7 @@ distilled students compared (METHODS §3 report: student vs teacher accuracy, ra
 import streamlit as st
 
 from dfkd_core.plots import run_comparison_figure
+from dfkd_core.runs import RunStillRunningError, UnknownRunError
 from pages.views.common import describe_run, get_store, keep_widget_state
 from pages.views.runs_view import curve_keys, distill_runs, history_of, run_table, show_run, show_student_comparison
 from pages.views.navigation import hand_over_to_app
@@ -63,8 +64,12 @@ with st.expander("Delete the opened run"):
     record = by_id[opened]
     sure = st.checkbox(f"Yes, delete {record.id} and its files", key=f"sure_{record.id}")
     if st.button("Delete", disabled=not sure or record.status == "running", type="primary"):
-        store.delete(record.id)
-        st.toast(f"Deleted {record.id}")
-        st.rerun()
+        try:  # another tab may have deleted it, or restarted it, since this page was drawn
+            store.delete(record.id)
+        except (UnknownRunError, RunStillRunningError) as e:
+            st.error(str(e))
+        else:
+            st.toast(f"Deleted {record.id}")
+            st.rerun()
     if record.status == "running":
         st.caption("A running run cannot be deleted: stop it first.")

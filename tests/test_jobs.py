@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import torch
@@ -73,3 +74,62 @@ def test_check_finite_names_the_term():
     check_finite({"ok": torch.tensor(1.0)}, 0)
     with pytest.raises(NonFiniteLossError, match="'tv' is nan at step 3"):
         check_finite({"ok": 1.0, "tv": torch.tensor(float("nan"))}, 3)
+
+
+class SlowSteps(Counter):
+    """Steps of `step_s` seconds; records when progress saves happen relative to steps."""
+
+    def __init__(self, steps, step_s, run=None):
+        super().__init__(steps, run=run)
+        self.step_s, self.in_step, self.saves = step_s, False, []
+
+    def step(self, i):
+        self.in_step = True
+        time.sleep(self.step_s)
+        self.in_step = False
+        return super().step(i)
+
+    def save_progress(self):
+        assert not self.in_step, "progress saved in the middle of a step"
+        self.saves.append((time.monotonic(), len(self.history)))
+
+
+def test_progress_is_saved_between_steps_at_most_every_interval():
+    job = SlowSteps(40, 0.01)
+    job.progress_every_s = 0.1
+    job.run()
+    times = [t for t, _ in job.saves]
+    assert 2 <= len(job.saves) <= 4, job.saves   # ~0.4 s of steps
+    assert all(b - a >= 0.1 for a, b in zip(times, times[1:]))
+    assert all(0 < steps < 40 for _, steps in job.saves)
+
+
+def test_default_progress_interval_saves_nothing_in_a_short_job():
+    job = SlowSteps(5, 0)
+    assert Job.progress_every_s == 30
+    job.run()
+    assert job.saves == []
+
+
+def test_progress_interval_from_environment_is_checked(monkeypatch):
+    from dfkd_core.jobs import progress_interval_from_env
+    monkeypatch.setenv("DFKD_PROGRESS_EVERY_S", "0.5")
+    assert progress_interval_from_env() == 0.5
+    for bad in ("nan", "-1", "soon"):
+        monkeypatch.setenv("DFKD_PROGRESS_EVERY_S", bad)
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            progress_interval_from_env()
+
+
+def test_inversion_progress_save_keeps_the_latest_images_atomically(digits_teacher, store):
+    from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+    config = SynthesisConfig.preset("deepinversion", "digits", batch_size=10, iterations=6)
+    run = store.create("synthesis", {})
+    job = ModelInversion(digits_teacher.model, digits_teacher.dataset, config, run=run)
+    saved = []
+    job.subscribe(lambda e: saved.append(torch.load(run.path("images.pt"), weights_only=True)["images"])
+                  if e.kind == "step" and run.path("images.pt").exists() else None)
+    job.progress_every_s = 1e-9   # every step
+    job.run()
+    assert len(saved) == 5 and not torch.equal(saved[0], saved[-1])   # images.pt followed the batch
+    assert run.path("grid.png").is_file() and not list(run.dir.glob(".*.tmp"))

@@ -1,5 +1,7 @@
+import json
 import os
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -55,3 +57,138 @@ def test_truncated_metrics_line_keeps_earlier_rows(store):
     with open(run.path("metrics.jsonl"), "a") as f:
         f.write('{"step": 1, "lo')
     assert run.metrics() == [{"step": 0}]
+
+
+def _finished(store, kind="teacher", **kw):
+    run = store.create(kind, {}, **kw)
+    run.set_status("done", summary={"test_accuracy": 0.9})
+    return run
+
+
+def test_delete_by_prefix_removes_the_row_of_the_full_id_and_the_directory(store):
+    run = _finished(store)
+    deleted = store.delete(run.id[:-2])
+    assert deleted.id == run.id and store.list() == [] and not run.dir.exists()
+
+
+def test_delete_refuses_an_ambiguous_prefix_and_names_the_candidates(store):
+    a, b = _finished(store), _finished(store)
+    with pytest.raises(KeyError, match=r"matches 2 runs .*" + a.id[-4:]):
+        store.delete("teacher-")
+    assert {r.id for r in store.list()} == {a.id, b.id} and a.dir.exists() and b.dir.exists()
+
+
+@pytest.mark.parametrize("wildcard", ["_", "%", "teacher%", "teacher-_"])
+def test_sql_wildcards_in_a_reference_match_only_themselves(store, wildcard):
+    _finished(store)
+    with pytest.raises(KeyError, match="no run|not a run id"):
+        store.get(wildcard)
+
+
+@pytest.mark.parametrize("reference", ["", "..", "../../etc", "/etc", "teacher/../..", "runs/x", ".hidden"])
+def test_references_that_could_name_a_path_are_refused(store, reference):
+    _finished(store)
+    with pytest.raises(KeyError) as refused:
+        store.get(reference)
+    assert str(refused.value) == refused.value.args[0] and "run id" in str(refused.value)  # a sentence, unquoted
+
+
+def test_a_row_pointing_outside_the_store_cannot_make_delete_remove_it(store, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    run = _finished(store)
+    with sqlite3.connect(store.db_path) as db:  # a tampered (or moved) index row
+        db.execute("UPDATE runs SET dir=? WHERE id=?", (str(outside), run.id))
+    store.delete(run.id)
+    assert (outside / "precious.txt").read_text() == "keep me" and not run.dir.exists()
+
+
+def test_cli_delete_unknown_or_ambiguous_says_so_and_fails(store, capsys):
+    from dfkd_core.cli import main
+    a, b = _finished(store), _finished(store)
+    assert main(["--home", str(store.home), "delete", "no-such-run"]) == 1
+    assert "no run 'no-such-run'" in capsys.readouterr().err
+    assert main(["--home", str(store.home), "delete", "teacher"]) == 1
+    assert "matches 2 runs" in capsys.readouterr().err
+    assert main(["--home", str(store.home), "delete", a.id[:-1]]) == 0
+    assert a.id in capsys.readouterr().out
+    assert [r.id for r in RunStore(store.home).list()] == [b.id]
+
+
+def test_run_directory_holds_what_its_row_holds(store):
+    run = store.create("synthesis", {"lr": 0.1}, teacher="t1", method="deepinversion", dataset="digits", name="n")
+    run.set_status("failed", summary={"steps": 3}, error="boom")
+    saved = json.loads(run.path("run.json").read_text())
+    record = store.get_record(run.id)
+    for field in ("kind", "name", "teacher", "method", "dataset", "created", "status", "summary", "error"):
+        assert saved[field] == getattr(record, field), field
+
+
+def _three_runs(store):
+    runs = [_finished(store, "teacher", name="t"), store.create("synthesis", {}, method="deepinversion")]
+    runs[1].set_status("cancelled", summary={"steps": 7}, error="stopped")
+    runs.append(store.create("distill", {}))
+    return {r.id: store.get_record(r.id) for r in runs}
+
+
+def _same_records(store, before):
+    after = {r.id: r for r in RunStore(store.home).list()}
+    assert after.keys() == before.keys()
+    for run_id, record in before.items():
+        assert after[run_id].__dict__ == record.__dict__
+
+
+def test_deleted_index_is_rebuilt_from_the_run_directories(store):
+    before = _three_runs(store)
+    store.db_path.unlink()
+    _same_records(store, before)
+
+
+def test_corrupt_index_is_set_aside_and_rebuilt(store):
+    before = _three_runs(store)
+    store.db_path.write_bytes(os.urandom(4096))
+    _same_records(store, before)
+    assert store.db_path.with_name("index.sqlite.corrupt").exists()
+
+
+def test_locked_index_reads_the_directories_and_keeps_writes_for_the_rebuild(store, monkeypatch):
+    from dfkd_core.run_index import RunIndex
+    monkeypatch.setattr(RunIndex, "lock_timeout_s", 0.05)
+    before = _three_runs(store)
+    holder = sqlite3.connect(store.db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        _same_records(store, before)              # read while locked
+        late = _finished(store, "teacher", name="made while locked")
+        assert late.id in {r.id for r in store.list()}
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with sqlite3.connect(store.db_path) as db:   # the index itself catches up at the next access
+        RunStore(store.home).list()
+        assert db.execute("SELECT status FROM runs WHERE id=?", (late.id,)).fetchone() == ("done",)
+    assert len(store.list()) == 4
+
+
+def test_index_of_an_older_version_gives_its_runs_a_run_file(store):
+    run = _finished(store, name="old")
+    run.path("run.json").unlink()
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("PRAGMA user_version = 0")
+    RunStore(store.home)
+    assert json.loads(run.path("run.json").read_text())["name"] == "old"
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(store):
+    """The run's process died and the system gave its pid to another process: still interrupted."""
+    run = store.create("synthesis", {})
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        with sqlite3.connect(store.db_path) as db:
+            db.execute("UPDATE runs SET pid=? WHERE id=?", (other.pid, run.id))
+        assert store.get_record(run.id).status == "interrupted"
+        assert json.loads(run.path("run.json").read_text())["status"] == "interrupted"
+    finally:
+        other.kill()
+        other.wait()

@@ -23,6 +23,7 @@ from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
 from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
                               total_variation_loss)
+from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.images import save_grid
 
 METHODS = ("deepdream", "deepinversion", "adi")
@@ -242,6 +243,11 @@ class ModelInversion(Job):
             self.save(self.run_record.dir)
         return summary
 
+    def save_progress(self) -> None:
+        """The batch as it is now (images.pt, grid.png): a process killed mid-run keeps its latest images."""
+        if self.run_record is not None:
+            self.save(self.run_record.dir)
+
     # ------------------------------------------------------------------ results
     def images(self) -> torch.Tensor:
         """The synthesized batch in the teacher's normalized input space (B, C, H, W), on CPU."""
@@ -250,8 +256,8 @@ class ModelInversion(Job):
     def save(self, directory) -> None:
         from pathlib import Path
         directory = Path(directory)
-        torch.save({"images": self.images(), "targets": self.targets.cpu(), "dataset": self.dataset.to_dict()},
-                   directory / "images.pt")
+        atomic_torch_save({"images": self.images(), "targets": self.targets.cpu(), "dataset": self.dataset.to_dict()},
+                          directory / "images.pt")
         save_grid(self.dataset.denormalize(self.images()), directory / "grid.png")
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ Pages stay thin: widgets, one call into dfkd_core, plots. Nothing here runs an a
 from __future__ import annotations
 
 import copy
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +18,7 @@ from dfkd_core.data import DatasetInfo, DatasetMissingError, ImageSplit, load_sp
 from dfkd_core.job_manager import JobLimitError, JobManager
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
-from dfkd_core.runs import Run, RunRecord, RunStore, default_home
+from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
@@ -110,11 +111,20 @@ def teacher_or_stop(key: str, *, disabled: bool = False, help: str | None = None
     return teacher_run
 
 
-def import_checkpoint(data: bytes, filename: str) -> RunRecord:
-    """Validate an uploaded file as a dfkd checkpoint and store it as a teacher run.
+def upload_name(filename: str) -> str:
+    """The last part of a browser-sent file name, printable and short: it is shown and recorded, never a path (a
+    crafted request may send '../../x' or 'C:\\x')."""
+    base = re.split(r"[/\\]", filename)[-1]
+    return "".join(c for c in base if c.isprintable())[:100] or "upload.pt"
 
-    Raises `CheckpointError` (with load_checkpoint's explanation) for anything else, including oversize files.
+
+def import_checkpoint(data: bytes, filename: str) -> RunRecord:
+    """Validate an uploaded file as a dfkd checkpoint and store it as a teacher run (its bytes as model.pt).
+
+    Raises `CheckpointError` (with load_checkpoint's explanation) for anything else, including oversize files,
+    which are refused before anything is written.
     """
+    filename = upload_name(filename)
     if len(data) > MAX_CHECKPOINT_MB * 2**20:
         raise CheckpointError(f"{filename} is {len(data) / 2**20:.0f} MB; checkpoints up to {MAX_CHECKPOINT_MB} MB "
                               "are accepted here (use the CLI for larger models)")
@@ -129,7 +139,7 @@ def import_checkpoint(data: bytes, filename: str) -> RunRecord:
         run = store.create("teacher", {"uploaded": filename, "model_cfg": checkpoint.model_cfg},
                            method=checkpoint.name, dataset=checkpoint.dataset.name,
                            name=f"{checkpoint.name} on {checkpoint.dataset.name} (uploaded {filename})")
-        run.path("model.pt").write_bytes(data)
+        atomic_write_bytes(run.path("model.pt"), data)
     run.set_status("done", summary={**checkpoint.metrics, "model": checkpoint.name,
                                     "dataset": checkpoint.dataset.name, "uploaded": filename})
     return run.record()
