@@ -52,8 +52,18 @@ def test_loss_curves_mark_live_updates_at_their_step():
     assert len(fig.data[2].x) == 0  # an all-zero term has nothing to show on a log axis
     assert [s.x0 for s in fig.layout.shapes] == [4, 4, 7, 7]  # through the loss and the accuracy panel
     assert [a.text for a in fig.layout.annotations] == ["α_f=0.5", "flip=True"]
+    assert fig.layout.yaxis.dtick == 1 and fig.layout.yaxis.exponentformat == "power"   # 10⁰, 10¹: no "5, 2"
     thinned = loss_curves_figure([{"step": i, "loss_total": 1.0 + i} for i in range(1001)], max_points=100)
     assert len(thinned.data[0].x) <= 101 and thinned.data[0].x[-1] == 1000
+
+
+def test_labels_of_close_changes_are_stacked_not_overlapping():
+    history = [{"step": i, "loss_total": 1.0} for i in range(200)]
+    updates = [{"step": 50, "alpha_f": 0.5}, {"step": 52, "alpha_tv": 0.1}, {"step": 54, "lr": 0.2},
+               {"step": 150, "alpha_f": 1.0}]
+    heights = [a.y for a in loss_curves_figure(history, iter(updates)).layout.annotations]
+    assert len(set(heights[:3])) == 3      # three changes 2 steps apart: three heights
+    assert heights[3] == heights[0] == 1.0  # a change far from the others goes back to the top
 
 
 def test_bn_figure_states_each_layers_distance():

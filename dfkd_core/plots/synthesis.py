@@ -38,6 +38,23 @@ def _series(rows: Sequence[Mapping], key: str) -> tuple[list, list]:
     return xs, ys
 
 
+LABEL_LEVELS = 3          # heights a change label can take, so labels of close changes do not overlap
+LABEL_LEVEL_STEP = 0.3    # of the plot height, between levels
+
+
+def _label_levels(update_steps: Sequence[int], steps: Sequence[int], min_gap_fraction: float = 0.04) -> list[int]:
+    """A height level per change marker: a label closer than `min_gap_fraction` of the step range to the previous
+    one moves down a level (cycling), so close changes stay readable."""
+    span = max(1, (max(steps) - min(steps)) if steps else max(update_steps, default=1))
+    levels, previous, level = [], None, 0
+    for step in update_steps:
+        level = (level + 1) % LABEL_LEVELS if previous is not None and step - previous < min_gap_fraction * span \
+            else 0
+        levels.append(level)
+        previous = step
+    return levels
+
+
 def _describe_update(update: Mapping) -> str:
     return ", ".join(f"{GREEK.get(k, k)}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                      else f"{GREEK.get(k, k)}={v}" for k, v in update.items() if k != "step")
@@ -69,11 +86,17 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
         xs, ys = _series(rows, key)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key.replace("_", " "),
                                  line=dict(dash="dot" if "confidence" in key else "solid")), row=2, col=1)
-    for update in updates:
+    updates, steps = list(updates), [r.get("step", i) for i, r in enumerate(rows)]
+    for update, level in zip(updates, _label_levels([u["step"] for u in updates], steps)):
         fig.add_vline(x=update["step"], line=dict(color="#888", dash="dash", width=1))
-        fig.add_annotation(x=update["step"], y=1.0, xref="x", yref="paper", text=_describe_update(update),
-                           showarrow=False, textangle=-90, xanchor="right", yanchor="top",
-                           font=dict(size=10, color="#555"))
+        fig.add_annotation(x=update["step"], y=1.0 - LABEL_LEVEL_STEP * level, xref="x", yref="paper",
+                           text=_describe_update(update), showarrow=False, textangle=-90, xanchor="right",
+                           yanchor="top", font=dict(size=10, color="#555"), hovertext=f"step {update['step']}: "
+                           + _describe_update(update))
+    if log_y:
+        # One tick per decade, written as a power of ten: plotly's default labels the 2× and 5× minor ticks with
+        # bare digits, which reads as "5, 2, 100, 5, 2, 10".
+        fig.update_yaxes(dtick=1, exponentformat="power", row=1, col=1)
     fig.update_yaxes(type="log" if log_y else "linear", title_text="loss", row=1, col=1)
     if two:
         fig.update_yaxes(range=[0, 1.02], title_text="on batch", row=2, col=1)
@@ -143,7 +166,7 @@ def run_comparison_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequ
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, legendgroup=name, showlegend=r == 1,
                                      line=dict(color=palette[i % len(palette)])), row=r, col=1)
         if log_y_for_losses and key.startswith("loss"):
-            fig.update_yaxes(type="log", row=r, col=1)
+            fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=r, col=1)
     for i, (name, marks) in enumerate((updates or {}).items()):
         for update in marks:
             fig.add_vline(x=update["step"], line=dict(color=palette[i % len(palette)], dash="dash", width=1))

@@ -52,7 +52,7 @@ KNOBS = (
     Knob("flip", "random horizontal flip", r"Each step flip $\hat x$ with $p=0.5$ (off for digits: a mirrored digit "
          r"is not a digit).", live=True),
     Knob("pace", "pace (steps per second)", r"At most this many steps per second, to watch and steer; not part of "
-         r"the method ($0$ = as fast as possible).", (0, 5, 10, 20, 30, 60), live=True,
+         r"the method (∞ = as fast as possible).", (5, 10, 20, 30, 60, 0), live=True,
          fmt="{}"),
     Knob("batch_size", "batch B", r"$B$ images optimized together; BN statistics are taken over the batch.",
          (10, 20, 50, 100, 200, 400), fmt="{}"),
