@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -33,17 +33,25 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device | Non
     return torch.cat(out) if out else torch.empty(0)
 
 
+class EvaluationStopped(Exception):
+    """`evaluate` was asked to stop between batches (a job was cancelled mid-evaluation)."""
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: ImageSplit, device: torch.device | None = None,
-             batch_size: int = 1000) -> dict:
+             batch_size: int = 1000, stop: Callable[[], bool] | None = None) -> dict:
     """Accuracy and mean cross-entropy of `model` on a real split, plus `correct`: the per-image hits (bool, on CPU)
-    that a bootstrap interval or a paired comparison of two models on the same images needs."""
+    that a bootstrap interval or a paired comparison of two models on the same images needs. `stop()` is asked
+    between batches; when it says so, `EvaluationStopped` is raised (a Stop must not wait for 10,000 images)."""
     device = device or next(model.parameters()).device
     loss, n = 0.0, len(split)
     hits = []
     was_training = model.training
     model.eval()
     for i in range(0, n, batch_size):
+        if stop is not None and stop():
+            model.train(was_training)
+            raise EvaluationStopped
         x = prepare_input(split.normalized(slice(i, i + batch_size)), device)
         y = split.labels[i:i + batch_size].to(device)
         logits = model(x).float()
@@ -154,25 +162,42 @@ class TeacherTraining(Job):
         metrics = {"loss": loss.item(), "batch_accuracy": (logits.argmax(1) == y).float().mean().item(),
                    "lr": self.scheduler.get_last_lr()[0], "epoch": index // self.steps_per_epoch + 1}
         if (index + 1) % self.steps_per_epoch == 0:
-            self.test_accuracy = evaluate(self.model, self.test_split, self.device)["accuracy"]
-            metrics["test_accuracy"] = self.test_accuracy
+            try:
+                self.test_accuracy = evaluate(self.model, self.test_split, self.device,
+                                              stop=lambda: self.cancel_requested)["accuracy"]
+                metrics["test_accuracy"] = self.test_accuracy
+            except EvaluationStopped:
+                pass   # stopped: this epoch's accuracy is not needed, the partial teacher is saved at once
         return metrics
+
+    def save_progress(self) -> None:
+        """The model so far, so a killed run still leaves a usable (partial) teacher."""
+        if self.run_record is not None and hasattr(self, "model"):
+            self._save_checkpoint({"partial": True})
 
     def finish(self, status: str) -> dict:
         if not hasattr(self, "model"):
             return {}
-        result = evaluate(self.model, self.test_split, self.device)
-        summary = {"test_accuracy": result["accuracy"],
-                   "test_accuracy_ci": accuracy_interval(result["correct"], seed=self.config.seed).to_dict(),
-                   "test_loss": result["loss"], "model": self.config.model,
-                   "dataset": self.config.dataset, "steps": self.step_index + 1,
-                   "parameters": sum(p.numel() for p in self.model.parameters())}
+        steps = len(self.history)
+        summary = {"model": self.config.model, "dataset": self.config.dataset, "steps": steps,
+                   "epochs_done": steps / self.steps_per_epoch, "parameters": sum(p.numel() for p in
+                                                                                  self.model.parameters())}
+        if status == "done":
+            result = evaluate(self.model, self.test_split, self.device)
+            summary.update({"test_accuracy": result["accuracy"], "test_loss": result["loss"],
+                            "test_accuracy_ci": accuracy_interval(result["correct"], seed=self.config.seed).to_dict()})
+        else:
+            # A stopped teacher is saved at once, not evaluated here (10,000 Fashion-MNIST images would keep a Stop
+            # waiting for seconds): it is marked partial, and whoever shows it evaluates it (the Teacher page does).
+            summary["partial"] = True
         if self.run_record is not None and status != "failed":
-            save_checkpoint(self.run_record.path("model.pt"), self.model.cpu(), self.train_split.info,
-                            {"test_accuracy": result["accuracy"]})
-            self.model.to(self.device)
+            self._save_checkpoint(summary)
             summary["checkpoint"] = str(self.run_record.path("model.pt"))
         return summary
+
+    def _save_checkpoint(self, metrics: dict) -> None:
+        save_checkpoint(self.run_record.path("model.pt"), self.model, self.train_split.info,
+                        {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
 
 def train_teacher(config: TeacherConfig, store=None) -> TeacherTraining:

@@ -10,7 +10,7 @@ from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.stats import accuracy_interval
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
 from pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key,
-                                data_root_setting, get_store, import_checkpoint, keep_widget_state, live,
+                                data_root_setting, eta_text, get_store, import_checkpoint, keep_widget_state, live,
                                 open_checkpoint, real_test_split, require_job_slot, start_stop_buttons, submit)
 from pages.views.navigation import hand_over_to_app
 
@@ -40,7 +40,10 @@ def test_report(run_id: str, dataset: str, root: str | None) -> dict:
 def render_training(job: TeacherTraining) -> None:
     accuracy = next((h["test_accuracy"] for h in reversed(job.history) if "test_accuracy" in h), None)
     st.progress(job.step_index / max(job.total_steps, 1), text=f"**{job.status}** · step {len(job.history)}/"
-                f"{job.total_steps}" + (f" · test accuracy {accuracy:.1%}" if accuracy is not None else ""))
+                f"{job.total_steps}" + (f" · test accuracy {accuracy:.1%}" if accuracy is not None else "")
+                + eta_text(job))
+    if job.status == "cancelled":
+        st.info("Stopped: the teacher so far is saved and listed as partial; its test accuracy is measured below.")
     if job.status == "failed":
         st.error(job.error)
     st.plotly_chart(loss_curves_figure(job.history, keys=("loss",), accuracy_keys=("batch_accuracy",

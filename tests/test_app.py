@@ -254,6 +254,16 @@ def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
     assert any(m.label == "test accuracy (real data)" for m in at.metric)
 
 
+def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):
+    run = home.create("teacher", {}, method="bncnn3_w32", dataset="digits", name="bncnn3_w32 on digits")
+    shutil.copy(digits_teacher.path, run.path("model.pt"))
+    run.set_status("cancelled", summary={"partial": True})
+    at = app("pages/teacher.py")
+    picker = at.selectbox(key="teacher_pick_digits")
+    assert picker.value == run.id and "partial (cancelled)" in picker.format_func(run.id)
+    assert {m.label: m.value for m in at.metric}["test accuracy (real data)"].endswith("%")   # measured here
+
+
 def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch, tmp_path):
     monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "nowhere"))
     at = app("pages/teacher.py")

@@ -12,3 +12,22 @@ def test_teacher_accuracy_carries_its_interval_over_the_test_images(digits_teach
     ci = Interval.from_dict(digits_teacher_job.result["test_accuracy_ci"])
     assert ci.estimate == digits_teacher_job.result["test_accuracy"] and ci.units == 360   # digits' test split
     assert ci.low <= ci.estimate <= ci.high and ci.high - ci.low < 0.05
+
+
+def test_a_stopped_teacher_is_saved_at_once_as_a_partial_teacher(tmp_path):
+    import pytest
+
+    from dfkd_core.data import load_split
+    from dfkd_core.models import load_checkpoint
+    from dfkd_core.runs import RunStore
+    from dfkd_core.training import EvaluationStopped, TeacherConfig, TeacherTraining, evaluate
+
+    store = RunStore(tmp_path)
+    job = TeacherTraining(TeacherConfig(dataset="digits", epochs=50))
+    job.run_record = store.create("teacher", job.config.to_dict())
+    job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.step == 30 else None)
+    job.run()
+    assert job.status == "cancelled" and job.result["partial"] and "test_accuracy" not in job.result
+    assert load_checkpoint(job.run_record.path("model.pt")).model is not None   # usable, marked partial
+    with pytest.raises(EvaluationStopped):   # a Stop never waits for a whole test set
+        evaluate(job.model, load_split("digits", "test"), batch_size=10, stop=lambda: True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -52,16 +53,38 @@ def get_job_manager() -> JobManager:
 
 # ------------------------------------------------------------------ checkpoints in the run store
 
+PARTIAL_STATUSES = ("cancelled", "interrupted")   # stopped runs whose model so far was saved: usable, marked partial
+
+
 def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = None) -> list[RunRecord]:
-    """Finished runs of these kinds that hold a model.pt, newest first."""
-    return [r for r in get_store().list() if r.kind in kinds and r.status == "done"
+    """Runs of these kinds that hold a model.pt, newest first: finished ones, and stopped ones (marked partial by
+    `describe_run`) — a teacher stopped at 72% is still a teacher to invert."""
+    return [r for r in get_store().list() if r.kind in kinds and r.status in ("done", *PARTIAL_STATUSES)
             and (dataset is None or r.dataset == dataset) and (r.dir / "model.pt").is_file()]
 
 
 def describe_run(record: RunRecord) -> str:
     accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
     shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
-    return f"{record.name or record.method or record.kind}{shown} · {record.id}"
+    partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
+    return f"{record.name or record.method or record.kind}{shown}{partial} · {record.id}"
+
+
+def eta_text(job: Job) -> str:
+    """' · 1:05 elapsed, about 0:42 left' from the job's pace so far (nothing before its first step)."""
+    done = len(job.history)
+    if not job.started_at or not done or not job.total_steps:
+        return ""
+    elapsed = time.time() - job.started_at
+    text = f" · {_clock(elapsed)} elapsed"
+    if job.running:
+        text += f", about {_clock(elapsed / done * max(0, job.total_steps - done))} left"
+    return text
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
