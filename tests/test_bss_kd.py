@@ -8,7 +8,7 @@ import torch
 
 from dfkd_core.cli import main
 from dfkd_core.distill import DistillConfig, DistillJob, PoolError, SyntheticPool
-from dfkd_core.distill.bss import EpochSchedule, epoch_batches
+from dfkd_core.distill.bss import EpochBatches, EpochSchedule
 from dfkd_core.models import load_checkpoint
 from dfkd_core.synthesis.bss import OUTCOMES
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
@@ -95,11 +95,11 @@ def test_schedule_by_hand():
 
 
 def test_epoch_batches_cover_each_item_once_per_epoch():
-    batches = epoch_batches(10, 3, torch.Generator().manual_seed(0))
+    batches = EpochBatches(10, 3, torch.Generator().manual_seed(0))
     for _ in range(2):
         epoch = torch.cat([next(batches) for _ in range(3)])   # 10 // 3 = 3 batches, one item left out
         assert len(epoch) == 9 and len(set(epoch.tolist())) == 9
-    assert len(next(epoch_batches(4, 128, torch.Generator()))) == 4
+    assert len(next(EpochBatches(4, 128, torch.Generator()))) == 4
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,7 @@ def test_cli_distill_noise_and_pool_reuse(tmp_path, capsys, digits_teacher):
     assert config["synthesis"] == {"iterations": 20, "alpha_f": 0.5} and config["images"] == 100
     assert main(["--home", home, "--quiet", "distill", "--teacher", teacher, "--pool", run_id, "--steps", "20"]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out[out.index("{"):out.index("}") + 1])["pool_size"] == 100
+    assert json.JSONDecoder().raw_decode(out[out.index("{"):])[0]["pool_size"] == 100
     with pytest.raises(SystemExit, match="neither a checkpoint file nor a run id"):
         main(["--home", home, "distill", "--teacher", teacher, "--pool", "no-such-run"])
 

@@ -42,6 +42,7 @@ import torch
 from dfkd_core.config import Config
 from dfkd_core.distill.bss_loss import bss_alpha, bss_beta, bss_term
 from dfkd_core.distill.methods import RealOrPoolMethod, register_method
+from dfkd_core.distill.resume import Progress
 from dfkd_core.losses import cross_entropy_loss
 from dfkd_core.synthesis.bss import (OUTCOMES, AttackSettings, BoundarySupportingBatch,
                                      boundary_supporting_batch)
@@ -101,14 +102,39 @@ class EpochSchedule:
         return bss_alpha(e, self.epochs), bss_beta(e, self.epochs)
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+class EpochBatches:
     """Indices of endless epochs over n items: a fresh permutation each epoch, cut into n // batch_size batches
-    (the last partial batch dropped so every epoch has the same steps; one batch of all n when n < batch_size)."""
-    batch_size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for i in range(n // batch_size):
-            yield order[i * batch_size:(i + 1) * batch_size]
+    (the last partial batch dropped so every epoch has the same steps; one batch of all n when n < batch_size).
+
+    Its state is the RNG state at the current epoch's start and the batches taken since, so a resumed run draws the
+    same batches."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.epoch_start = self.generator.get_state()
+        self.order = torch.randperm(self.n, generator=self.generator)
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.taken == self.n // self.batch_size:
+            self._new_epoch()
+        start = self.taken * self.batch_size
+        self.taken += 1
+        return self.order[start:start + self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch_start": self.epoch_start, "taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["epoch_start"])
+        self._new_epoch()
+        self.taken = state["taken"]
 
 
 @register_method
@@ -142,7 +168,7 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
         n = len(self.labels)
         self.schedule = EpochSchedule(max(1, n // min(c.batch_size, n)), max(1, c.steps),
                                       per_step=self.options.schedule == "step")
-        self.batches = epoch_batches(n, c.batch_size, torch.Generator().manual_seed(c.seed))
+        self.batches = EpochBatches(n, c.batch_size, torch.Generator().manual_seed(c.seed))
         self.target_generator = torch.Generator().manual_seed(c.seed + 2)
         self.pixel_bounds = j.dataset.pixel_bounds(j.device)
 
@@ -183,8 +209,8 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
         return terms
 
     # ------------------------------------------------------------------ the plan
-    def plan(self) -> Iterator[dict]:
-        for step in range(self.config.steps):
+    def plan(self, start: Progress) -> Iterator[dict]:
+        for step in range(start.student_steps, self.config.steps):
             alpha, beta = self.schedule.weights(step)
             x, labels = self.batch()
             out: dict = {}
@@ -204,6 +230,15 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
         else:
             self.latest = (x, labels if labels is not None else torch.full((len(x),), -1))
         return {"bss_base_samples": n_base, **{f"bss_{k}": v for k, v in counts.items()}}
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches.state_dict(), "target_generator": self.target_generator.get_state(),
+                "totals": dict(self.totals)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state["batches"])
+        self.target_generator.set_state(state["target_generator"])
+        self.totals = Counter(state["totals"])
 
     # ------------------------------------------------------------------ results
     def describe(self) -> dict:

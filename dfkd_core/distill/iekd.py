@@ -30,6 +30,7 @@ from dfkd_core.distill.iekd_modules import (FACTOR_NORMS, FactorAutoencoder, Inh
                                             as_map, exploration_distance, ie_term_weights, inheritance_distance,
                                             reconstruction_loss)
 from dfkd_core.distill.methods import RealOrPoolMethod, register_method
+from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.jobs import check_finite
 from dfkd_core.losses import cross_entropy_loss, kd_loss
 from dfkd_core.models import save_checkpoint
@@ -163,6 +164,7 @@ class InheritanceExplorationKD(RealOrPoolMethod):
     def setup(self) -> None:
         self.weights = {"kd": self.options.alpha_kd, **ie_term_weights(self.options.lambda_inh,
                                                                         self.options.lambda_exp)}
+        self.autoencoder_optimizer = torch.optim.Adam(self.autoencoder.parameters(), lr=self.options.autoencoder_lr)
         if not self.data_free:
             self.train_split = self.job.real_split("train")
 
@@ -186,13 +188,12 @@ class InheritanceExplorationKD(RealOrPoolMethod):
         return cross_entropy_loss(student_logits, target)
 
     # ------------------------------------------------------------------ the plan
-    def train_autoencoder(self) -> Iterator[dict]:
+    def train_autoencoder(self, start: Progress) -> Iterator[dict]:
         """§5.1: (E, D) learns the teacher's split-layer map by reconstruction; frozen afterwards."""
-        j, o, ae = self.job, self.options, self.autoencoder
-        optimizer = torch.optim.Adam(ae.parameters(), lr=o.autoencoder_lr)
+        j, o, ae, optimizer = self.job, self.options, self.autoencoder, self.autoencoder_optimizer
         tap = self.teacher_layer.tap
         ae.train()
-        for _ in range(o.autoencoder_steps):
+        for _ in range(o.autoencoder_steps - start.autoencoder_steps):
             x, _ = self.sample()
             with torch.no_grad(), tap.attached():
                 j.teacher(prepare_input(x, j.device))
@@ -204,6 +205,7 @@ class InheritanceExplorationKD(RealOrPoolMethod):
             optimizer.step()
             energy = features.flatten(1).pow(2).sum(1).mean()
             self.rec_loss_end = float(loss.detach())
+            self.done.autoencoder_steps += 1
             yield {"phase": "autoencoder", "ae_loss_rec": self.rec_loss_end,
                    "ae_relative_error": self.rec_loss_end / max(float(energy), 1e-12)}
         ae.eval()
@@ -228,10 +230,26 @@ class InheritanceExplorationKD(RealOrPoolMethod):
         with self.teacher_layer.tap.attached(), self.student_layer.tap.attached():
             return self.kd_step(x, extra_terms=partial(self.ie_terms, labels=labels), weights=self.weights)
 
-    def plan(self) -> Iterator[dict]:
-        yield from self.train_autoencoder()
-        for _ in range(self.config.steps):
+    def plan(self, start: Progress) -> Iterator[dict]:
+        yield from self.train_autoencoder(start)
+        for _ in range(self.config.steps - self.job.trainer.steps_done):
             yield self.ie_step(*self.sample())
+
+    def state_dict(self) -> dict:
+        return clone_state({"autoencoder": self.autoencoder.state_dict(),
+                            "autoencoder_optimizer": self.autoencoder_optimizer.state_dict(),
+                            "student_factors": self.student_factors.state_dict(),
+                            "rec_loss_end": getattr(self, "rec_loss_end", math.nan)})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.autoencoder.load_state_dict(state["autoencoder"])
+        self.autoencoder_optimizer.load_state_dict(state["autoencoder_optimizer"])
+        self.student_factors.load_state_dict(state["student_factors"])
+        self.rec_loss_end = state["rec_loss_end"]
+
+    def describe_progress(self, progress: Progress) -> str:
+        return (f"autoencoder step {progress.autoencoder_steps:,} of {self.options.autoencoder_steps:,}, "
+                + super().describe_progress(progress))
 
     # ------------------------------------------------------------------ results
     def describe(self) -> dict:
@@ -339,9 +357,29 @@ class InheritanceExplorationDML(InheritanceExplorationKD):
             metrics["student_b_accuracy"] = evaluate(self.student_b, self.job.heldout, self.job.device)["accuracy"]
         return metrics
 
-    def plan(self) -> Iterator[dict]:
-        for _ in range(self.config.steps):
+    def plan(self, start: Progress) -> Iterator[dict]:
+        for _ in range(self.config.steps - self.job.trainer.steps_done):
             yield self.ie_step(*self.sample())
+
+    def state_dict(self) -> dict:
+        return clone_state({"student_b": self.student_b.state_dict(),
+                            "peers": [{"autoencoder": p.autoencoder.state_dict(), "factors": p.factors.state_dict()}
+                                      for p in self.peers]})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student_b.load_state_dict(state["student_b"])
+        for peer, saved in zip(self.peers, state["peers"]):
+            peer.autoencoder.load_state_dict(saved["autoencoder"])
+            peer.factors.load_state_dict(saved["factors"])
+
+    def describe_progress(self, progress: Progress) -> str:
+        return RealOrPoolMethod.describe_progress(self, progress)   # no autoencoder phase: the peers' learn online
+
+    def test_hits(self) -> dict[str, torch.Tensor]:
+        if not hasattr(self, "peers"):
+            return {}
+        self.student_b_hits = evaluate(self.student_b, self.job.real_split("test"), self.job.device)["correct"]
+        return {"student_b": self.student_b_hits}
 
     def describe(self) -> dict:
         a = self.peers[0]
@@ -353,14 +391,14 @@ class InheritanceExplorationDML(InheritanceExplorationKD):
         if not hasattr(self, "peers"):
             return {}
         j = self.job
-        accuracy = evaluate(self.student_b, j.real_split("test"), j.device)["accuracy"]
+        accuracy = int(self.student_b_hits.sum()) / max(len(self.student_b_hits), 1)
         path = save_checkpoint(directory / "model_b.pt", self.student_b, j.dataset,
                                {"test_accuracy": accuracy, "teacher_accuracy": j.teacher_accuracy,
                                 "peer_of": str(directory / "model.pt")})
         torch.save({**self.describe(), **{f"peer_{i}": {"autoencoder": _cpu_state(p.autoencoder),
                                                         "factors": _cpu_state(p.factors)}
                                           for i, p in enumerate(self.peers)}}, directory / "iekd.pt")
-        return {**self.describe(), "student_b_accuracy": accuracy, "student_b_checkpoint": str(path)}
+        return {**self.describe(), "student_b_checkpoint": str(path)}
 
 
 __all__ = ["IEDMLOptions", "IEKDOptions", "IEOptions", "InheritanceExplorationDML", "InheritanceExplorationKD",

@@ -1,7 +1,8 @@
 """`DistillJob`: run any registered distillation method as a job, evaluate on the real test set, save the student.
 
 Every method reports the same things (issue 5): student accuracy on the real test set, teacher accuracy, their
-ratio, wall time and images synthesized, plus the curve of student accuracy vs images synthesized.
+ratio — each with its 95% bootstrap interval over the test images (issue 14) — wall time and images synthesized,
+plus the curve of student accuracy vs images synthesized. A stopped run continues with `resume=` (see resume.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.distill.config import DistillConfig, default_student
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod
 from dfkd_core.distill.pool import SyntheticPool
+from dfkd_core.distill.resume import (RESUME_FILE, RESUME_FORMAT, Progress, atomic_torch_save, clone_state,
+                                      truncate_metrics)
+from dfkd_core.distill.results import accuracy_summary, save_test_hits
 from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, save_checkpoint
@@ -25,12 +29,14 @@ from dfkd_core.training import evaluate
 class DistillJob(Job):
     """Distill `teacher` into a fresh student with `config.method`. Verbs: `run()`, `start()`, `cancel()`.
 
-    A cancelled or failed run still evaluates and saves the student and the synthesized pool it has so far.
+    A cancelled or failed run still evaluates and saves the student and the synthesized pool it has so far, and
+    keeps a `resume.pt` from which `DistillJob(..., resume=state)` (`dfkd distill --resume`) continues it.
     """
 
     kind = "distill"
 
-    def __init__(self, teacher: Checkpoint, config: DistillConfig, run=None, pool: SyntheticPool | None = None):
+    def __init__(self, teacher: Checkpoint, config: DistillConfig, run=None, pool: SyntheticPool | None = None,
+                 resume: dict | None = None):
         super().__init__(run)
         config.validate()
         if config.method not in DISTILL_METHODS:
@@ -39,17 +45,26 @@ class DistillJob(Job):
         self.teacher: nn.Module = teacher.model
         self.dataset = teacher.dataset
         self.student_name = config.student or default_student(teacher.name)
+        if pool is None and resume is not None and resume["pool"] is not None:
+            pool = SyntheticPool(self.dataset, resume["pool"]["images"], resume["pool"]["targets"])
         if pool is None and config.pool:   # a path in the config is enough (notebooks); callers may pass it loaded
             pool = SyntheticPool.load(config.pool, self.dataset)
         self.pool = pool if pool is not None else SyntheticPool(self.dataset)
         self.device = resolve_device(config.device)
         self.method: DistillMethod = DISTILL_METHODS[config.method](self)
         self.method.check_student()
-        self.total_steps = self.method.total_steps()
+        self.resume_state = resume
+        self.start_progress = Progress.from_dict(resume["progress"]) if resume is not None else Progress()
+        self.steps_before = resume["step"] if resume is not None else 0   # job steps a resumed run already took
+        self.steps_taken = self.steps_before
+        self.total_steps = self.method.total_steps() - self.steps_before
         self.snapshot_every = config.snapshot_every
         self.images_synthesized = 0
         self.curve: list[dict] = []
+        self.elapsed_before = 0.0
         self._splits: dict[str, ImageSplit] = {}
+        self._held: dict | None = None    # the progress state a save writes while the plan cannot stop (a round)
+        self._in_step = False             # a Ctrl-C or an error mid-step leaves no consistent state to save
 
     def real_split(self, split: str) -> ImageSplit:
         """The teacher's real data (test: evaluation only; train: only methods with data_free = False), read where
@@ -58,6 +73,10 @@ class DistillJob(Job):
             self._splits[split] = load_split(self.dataset.name, split, self.config.data_root,
                                              self.dataset.image_size)
         return self._splits[split]
+
+    def describe_start(self) -> str:
+        """Where this job starts: 'student step 1,200 of 2,000, 6 of 6 synthesis rounds done'."""
+        return self.method.describe_progress(self.start_progress)
 
     # ------------------------------------------------------------------ job interface
     def setup(self) -> None:
@@ -69,17 +88,27 @@ class DistillJob(Job):
         self.teacher = prepare_model(self.teacher, self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher_accuracy = evaluate(self.teacher, test, self.device)["accuracy"]
+        self.teacher_hits = evaluate(self.teacher, test, self.device)["correct"]
+        self.teacher_accuracy = int(self.teacher_hits.sum()) / max(len(test), 1)
         self.student = prepare_model(self.method.build_student(), self.device)
         self.trainer = StudentTrainer(self.student, self.teacher, c, self.dataset, self.device,
                                       self.method.student_steps(), parameters=self.method.student_parameters())
         self.method.setup()
-        self._plan = self.method.plan()
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        self.method.done = self.start_progress.replace()
+        self._plan = self.method.plan(self.start_progress)
         self.t0 = time.time()
-        self._record_accuracy()
+        if self.resume_state is None:
+            self._record_accuracy()
 
     def step(self, index: int) -> dict:
+        self._in_step = True
         metrics = next(self._plan)
+        self._in_step = False
+        self.steps_taken = self.steps_before + index + 1
+        metrics["step"] = self.steps_before + index
+        metrics["elapsed_s"] = self._elapsed()
         metrics["images_synthesized"] = self.images_synthesized
         metrics["student_steps"] = self.trainer.steps_done
         if metrics.get("phase") == "kd" and (self.trainer.steps_done % self.config.eval_every == 0
@@ -94,32 +123,82 @@ class DistillJob(Job):
             return torch.zeros(0, c, size, size), []
         return shot
 
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t0
+
     def _record_accuracy(self) -> float:
         accuracy = self.trainer.evaluate(self.heldout)
         self.curve.append({"images_synthesized": self.images_synthesized, "student_steps": self.trainer.steps_done,
-                           "student_accuracy": accuracy, "elapsed_s": time.time() - self.t0})
+                           "student_accuracy": accuracy, "elapsed_s": self._elapsed()})
         return accuracy
 
+    # ------------------------------------------------------------------ progress (resume.py)
+    def progress_state(self) -> dict:
+        """Everything `resume=` needs to continue from here as an uninterrupted run would (copied: the run goes on)."""
+        synthesized = self.images_synthesized > 0
+        return {
+            "format": RESUME_FORMAT, "config": self.config.to_dict(), "teacher": self.teacher_checkpoint.path,
+            "step": self.steps_taken,
+            "progress": self.method.done.replace(student_steps=self.trainer.steps_done).to_dict(),
+            "trainer": self.trainer.state_dict(), "job_rng": self.rng.get_state(),
+            "torch_rng": torch.get_rng_state(), "method": self.method.state_dict(),
+            # The pool only grows by new tensors (torch.cat), so holding this one is a snapshot, not a live view.
+            "pool": {"images": self.pool.images, "targets": self.pool.targets} if synthesized else None,
+            "images_synthesized": self.images_synthesized, "curve": clone_state(self.curve),
+            "elapsed_s": self._elapsed(),
+        }
+
+    def hold_progress(self) -> None:
+        """From now until `release_progress()`, progress saves write the state as it is now (a plan about to start
+        something it cannot stop midway calls this)."""
+        self._held = self.progress_state()
+
+    def release_progress(self) -> None:
+        self._held = None
+
+    def save_progress(self) -> None:
+        """Write resume.pt atomically: the held state during a round, else the state now. Mid-step (a Ctrl-C or an
+        error inside a step) there is no consistent state to write, and the last save stands."""
+        if self.run_record is None or not hasattr(self, "_plan"):
+            return
+        state = self._held if self._held is not None else None if self._in_step else self.progress_state()
+        if state is not None:
+            atomic_torch_save(state, self.run_record.dir / RESUME_FILE)
+
+    def _restore(self, state: dict) -> None:
+        """Put the trainer, RNGs, method and bookkeeping back where `state` was saved; keep the run's metric rows of
+        the steps before it (later ones are redone)."""
+        self.trainer.load_state_dict(state["trainer"])
+        self.rng.set_state(state["job_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.method.load_state_dict(state["method"])
+        self.images_synthesized, self.curve = state["images_synthesized"], list(state["curve"])
+        self.elapsed_before = state["elapsed_s"]
+        if self.run_record is not None:
+            self.history = truncate_metrics(self.run_record.path("metrics.jsonl"), state["step"])
+
+    # ------------------------------------------------------------------ results
     def finish(self, status: str) -> dict:
         if not hasattr(self, "trainer"):
             return {}
-        c = self.config
-        elapsed = time.time() - self.t0
-        student_accuracy = evaluate(self.student, self.real_split("test"), self.device)["accuracy"]
-        summary = {
-            "method": c.method, "data_free": self.method.data_free, "student": self.student_name,
-            "teacher": self.teacher_checkpoint.name, "student_accuracy": student_accuracy,
-            "teacher_accuracy": self.teacher_accuracy,
-            "ratio": student_accuracy / self.teacher_accuracy if self.teacher_accuracy else float("nan"),
-            "wall_minutes": elapsed / 60, "images_synthesized": self.images_synthesized, "pool_size": len(self.pool),
-            "student_steps": self.trainer.steps_done, "status": status, "curve": self.curve,
-            "student_parameters": sum(p.numel() for p in self.student.parameters()),
-        }
+        if status != "done":
+            self.save_progress()   # Stop, Ctrl-C or a failure: `dfkd distill --resume` continues from here
+        elif self.run_record is not None:
+            self.run_record.path(RESUME_FILE).unlink(missing_ok=True)
+        test = self.real_split("test")
+        hits = {"student": evaluate(self.student, test, self.device)["correct"], "teacher": self.teacher_hits,
+                **self.method.test_hits()}
+        summary = {"method": self.config.method, "data_free": self.method.data_free, "student": self.student_name,
+                   "teacher": self.teacher_checkpoint.name, **accuracy_summary(hits), "test_images": len(test),
+                   "wall_minutes": self._elapsed() / 60, "images_synthesized": self.images_synthesized,
+                   "pool_size": len(self.pool), "student_steps": self.trainer.steps_done, "status": status,
+                   "curve": self.curve, "student_parameters": sum(p.numel() for p in self.student.parameters())}
         if self.run_record is not None:
             directory = self.run_record.dir
             save_checkpoint(directory / "model.pt", self.student, self.dataset,
-                            {"test_accuracy": student_accuracy, "teacher_accuracy": self.teacher_accuracy})
+                            {"test_accuracy": summary["student_accuracy"], "teacher_accuracy": self.teacher_accuracy})
             self.student.to(self.device)
+            save_test_hits(directory, hits, test.labels, self.dataset.name)
             if len(self.pool) and self.images_synthesized:
                 self.pool.save(directory / "images.pt")
                 save_grid(self.dataset.denormalize(self.pool.images[:100]), directory / "grid.png")

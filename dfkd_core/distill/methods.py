@@ -1,5 +1,6 @@
 """Distillation methods: where the student's images come from. Each is a small class found by name (torchdistill
-style) whose `plan()` yields one metrics dict per step; `DistillJob` runs the plan step by step.
+style) whose `plan(start)` yields one metrics dict per step from `start` on (a new run: the beginning; a resumed
+run: where it stopped, see `resume.py`); `DistillJob` runs the plan step by step.
 
     noise                KD on N(0, 1) inputs — the lower bound
     deepdream            synthesize a pool with image priors only, then KD            (METHODS §1, α_f = 0)
@@ -22,6 +23,7 @@ from dfkd_core.config import Config
 from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
 from dfkd_core.jobs import check_finite
 from dfkd_core.distill.pool import PoolError
+from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.models import create_model, list_models
 from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
@@ -87,6 +89,7 @@ class DistillMethod:
                              f"{sorted(self.config.synthesis)} do not apply; drop them or use deepdream, "
                              "deepinversion or adi")
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None   # last images made, for snapshots
+        self.done = Progress()   # how far the plan got; the job sets the start and reads it for a progress save
 
     def build_student(self) -> nn.Module:
         info = self.job.dataset
@@ -119,8 +122,21 @@ class DistillMethod:
 
     def setup(self) -> None: ...
 
-    def plan(self) -> Iterator[dict]:
+    def plan(self, start: Progress) -> Iterator[dict]:
+        """One metrics dict per job step, from `start` on; the plan counts what it finishes in `self.done` before
+        yielding, so a progress save between steps records exactly how far it got. The student's step count is
+        the trainer's (`job.trainer.steps_done`), already at `start.student_steps`."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """The method's own state beyond the student's (a generator, autoencoders, an epoch order), for a resume."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` after `setup()`."""
+
+    def describe_progress(self, progress: Progress) -> str:
+        return f"student step {progress.student_steps:,} of {self.student_steps():,}"
 
     def kd_step(self, x: torch.Tensor, **kw) -> dict:
         return {"phase": "kd", **self.job.trainer.train_step(x, **kw)}
@@ -132,6 +148,11 @@ class DistillMethod:
         images = images[:64].to(self.job.device)
         return (self.job.dataset.denormalize(images).cpu(),
                 _labels(images, targets[:64], self.job.teacher, self.job.dataset.class_names))
+
+    def test_hits(self) -> dict[str, torch.Tensor]:
+        """Per-image hits on the real test set of the other models this method trains (IE-DML's peer 'student_b'),
+        reported and stored like the student's."""
+        return {}
 
     def artifacts(self, directory) -> dict:
         """Save what this method made beyond the student (generators...); return summary entries."""
@@ -157,12 +178,11 @@ class RealOrPoolMethod(DistillMethod):
 class NoiseKD(DistillMethod):
     name, description = "noise", "KD on N(0, 1) inputs: the lower bound every data-free method must beat"
 
-    def plan(self) -> Iterator[dict]:
+    def plan(self, start: Progress) -> Iterator[dict]:
         j, c = self.job, self.config
         shape = (c.batch_size, j.dataset.in_channels, j.dataset.image_size, j.dataset.image_size)
-        rng = torch.Generator().manual_seed(c.seed)
-        for _ in range(c.steps):
-            x = torch.randn(shape, generator=rng)
+        for _ in range(c.steps - start.student_steps):
+            x = torch.randn(shape, generator=j.rng)
             j.images_synthesized += len(x)
             self.latest = (x, torch.full((len(x),), -1))
             yield self.kd_step(x, augment=False)
@@ -176,11 +196,10 @@ class RealDataKD(DistillMethod):
     def setup(self) -> None:
         self.train_split = self.job.real_split("train")
 
-    def plan(self) -> Iterator[dict]:
+    def plan(self, start: Progress) -> Iterator[dict]:
         c, split = self.config, self.train_split
-        rng = torch.Generator().manual_seed(c.seed)
-        for _ in range(c.steps):
-            idx = torch.randint(0, len(split), (c.batch_size,), generator=rng)
+        for _ in range(c.steps - start.student_steps):
+            idx = torch.randint(0, len(split), (c.batch_size,), generator=self.job.rng)
             x = split.normalized(idx)
             self.latest = (x, split.labels[idx])
             yield self.kd_step(x, labels=split.labels[idx])
@@ -261,9 +280,12 @@ class PoolKD(DistillMethod):
                                       batch_size=min(self.synthesis.batch_size, remaining),
                                       device=str(self.job.device), snapshot_every=0)
 
-    def plan(self) -> Iterator[dict]:
+    def plan(self, start: Progress) -> Iterator[dict]:
         j, c = self.job, self.config
-        for r in range(self.rounds):
+        for r in range(start.rounds_done, self.rounds):
+            # A round's batch is half-made until its last iteration: progress saves during the round keep the state
+            # at its start, and a resume repeats the round.
+            j.hold_progress()
             inversion = ModelInversion(j.teacher, j.dataset, self._round_config(r),
                                        student=j.student if self.compete else None)
             self.inversion = inversion
@@ -282,10 +304,16 @@ class PoolKD(DistillMethod):
             self.inversion = None
             for _ in range(c.kd_steps_per_round):
                 yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
+            self.done.rounds_done = r + 1
+            j.release_progress()
         if self.latest is None and len(j.pool):
             self.latest = (j.pool.images[:64], j.pool.targets[:64])
-        for _ in range(c.steps):
+        for _ in range(self.student_steps() - j.trainer.steps_done):
             yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
+
+    def describe_progress(self, progress: Progress) -> str:
+        rounds = f", {progress.rounds_done} of {self.rounds} synthesis rounds done" if self.rounds else ""
+        return super().describe_progress(progress) + rounds
 
     def _trajectory_kd_step(self, inversion: ModelInversion) -> dict:
         """A KD step on the batch mid-inversion. ADI's inversion holds the student frozen as its critic: thaw it
@@ -352,10 +380,10 @@ class GeneratorKD(DistillMethod):
         z, y = sample_latents(self.generator, batch_size, self.job.dataset.num_classes, self.job.device, self.job.rng)
         return self.generator(z, y), y
 
-    def plan(self) -> Iterator[dict]:
+    def plan(self, start: Progress) -> Iterator[dict]:
         c, j = self.config, self.job
         self.generator.train()
-        for _ in range(c.generator_steps):
+        for _ in range(c.generator_steps - start.generator_steps):
             x, y = self.sample(c.batch_size)
             total, terms, logits = generator_loss(j.teacher, x, y, self.recorder, c.lambda_tv, c.lambda_l2,
                                                   c.lambda_bn)
@@ -364,15 +392,27 @@ class GeneratorKD(DistillMethod):
             total.backward()
             self.optimizer.step()
             self.latest = (x.detach().cpu(), y.cpu())
+            self.done.generator_steps += 1
             yield {"phase": "generator", "gen_loss_total": float(total.detach()),
                    **{f"gen_loss_{k}": float(v.detach()) for k, v in terms.items()},
                    "gen_teacher_accuracy": (logits.argmax(1) == y).float().mean().item()}
-        for _ in range(c.steps):
+        for _ in range(c.steps - j.trainer.steps_done):
             with torch.no_grad():
                 x, y = self.sample(c.batch_size)
             j.images_synthesized += len(x)
             self.latest = (x.cpu(), y.cpu())
             yield self.kd_step(x)
+
+    def state_dict(self) -> dict:
+        return clone_state({"generator": self.generator.state_dict(), "optimizer": self.optimizer.state_dict()})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def describe_progress(self, progress: Progress) -> str:
+        return (f"generator step {progress.generator_steps:,} of {self.config.generator_steps:,}, "
+                + super().describe_progress(progress))
 
     def artifacts(self, directory) -> dict:
         if not hasattr(self, "generator"):

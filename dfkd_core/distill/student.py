@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from dfkd_core.data import DatasetInfo, ImageSplit
 from dfkd_core.device import autocast, prepare_input
 from dfkd_core.distill.config import DistillConfig
+from dfkd_core.distill.resume import clone_state
 from dfkd_core.jobs import check_finite
 from dfkd_core.losses import cross_entropy_loss, kd_loss
 from dfkd_core.training import evaluate
@@ -121,6 +122,20 @@ class StudentTrainer:
         agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
         return {**{f"loss_{k}": float(v.detach()) for k, v in terms.items()}, "loss_total": float(total.detach()),
                 "student_lr": self.scheduler.get_last_lr()[0], "agreement": agree}
+
+    def state_dict(self) -> dict:
+        """What the loop needs to continue exactly where it is (a resume): the student, its optimizer, the schedule,
+        the augmentation RNG and the step count, copied so the live loop can move on."""
+        return clone_state({"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                            "steps_done": self.steps_done})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.steps_done = state["steps_done"]
 
     def evaluate(self, split: ImageSplit) -> float:
         return evaluate(self.student, split, self.device)["accuracy"]
