@@ -2,8 +2,9 @@
 import streamlit as st
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob
-from pages.views.common import (attached_job, data_root_setting, get_store, keep_widget_state, open_checkpoint,
-                                start_stop_buttons, teacher_or_stop)
+from pages.views.common import (attached_job, data_root_setting, ensure_starter_teacher, get_store,
+                                keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
+                                teacher_or_stop)
 from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
                                           extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
                                           set_weights, start_distillation, student_choices, uses_pool, weight_key,
@@ -22,6 +23,7 @@ keep_widget_state("distill_teacher", "distill_method", "distill_student", "disti
                   *(weight_key(w.name) for w in WEIGHTS))
 job = attached_job("distill")
 running = job is not None and job.running
+show_starter_progress(ensure_starter_teacher())   # a deep link to an empty run store gets the starter teacher too
 
 # A reload (or a link) re-attaches to its job: the widgets show that job's settings, not this tab's old ones.
 if job is not None and st.session_state.get("distill_synced") != job.id:
@@ -37,7 +39,8 @@ if job is not None and st.session_state.get("distill_synced") != job.id:
 with st.sidebar:
     teacher_run = teacher_or_stop("distill_teacher", disabled=running,
                                   help="A teacher run from the run store (add one on the Teacher page)",
-                                  missing="No teacher in the run store yet: train or upload one on the Teacher page.")
+                                  missing="No teacher in the run store yet: a digits teacher trains by itself on "
+                                          "first launch (progress on the right), or add one on the Teacher page.")
     dataset = open_checkpoint(teacher_run).dataset
     methods = ordered_methods()
     if st.session_state.get("distill_method") not in methods:

@@ -165,3 +165,14 @@ def test_page_defaults_are_the_recipe_of_the_teachers_dataset_down_to_the_invers
     dream = RECIPES["fashion-10min"]["methods"]["deepdream"]["synthesis"]
     assert defaults("deepdream", "fashion-mnist")["alpha_tv"] == dream["alpha_tv"] != defaults("deepdream", "digits")[
         "alpha_tv"]
+
+
+def test_a_deep_link_to_distill_on_an_empty_store_offers_the_starter_teacher(home):
+    at = app("pages/distill.py")
+    assert at.title[0].value == "Distill"
+    assert at.get("progress")[0].proto.text.startswith("First launch")   # the main area is not blank
+    from pages.views.common import STARTER_KEY, get_job_manager
+    assert get_job_manager().find(STARTER_KEY).wait(300) == "done"
+    at.run()
+    assert "starter" in at.sidebar.selectbox(key="distill_teacher").format_func(
+        at.sidebar.selectbox(key="distill_teacher").value)
