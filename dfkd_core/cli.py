@@ -96,7 +96,7 @@ def cmd_synthesize(args, store: RunStore) -> int:
         raise SystemExit(f"error: {e}")
     job.run_record = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path},
                                   teacher=store.run_id_of(teacher.path), method=config.method,
-                                  dataset=teacher.dataset.name)
+                                  dataset=teacher.dataset.name, name=f"{config.title()} · {teacher.name}")
     return _run_job(job, ("loss_total", "bn_distance", "teacher_accuracy"), args.quiet)
 
 

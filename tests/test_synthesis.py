@@ -133,3 +133,10 @@ def test_strong_tv_prior_fades_deepdream_images(digits_teacher):
         assert job.result["teacher_accuracy"] >= 0.9
         stds[alpha_tv] = float(job.images().std())
     assert stds[1e-4] > stds[1e-3] + 0.05
+
+
+def test_run_titles_tell_runs_apart():
+    a = SynthesisConfig.preset("deepinversion", "digits", alpha_f=0.3).title()
+    b = SynthesisConfig.preset("deepinversion", "digits", alpha_f=1.0).title()
+    assert a != b and a.startswith("DeepInversion α_f=0.3") and "B=100×200" in a
+    assert "α_c=1" in SynthesisConfig.preset("adi", "digits").title()

@@ -80,6 +80,15 @@ class SynthesisConfig(Config):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def title(self) -> str:
+        """A run name that tells runs apart: the method, the weights that differ between its runs, and the batch,
+        e.g. 'DeepInversion α_f=1 α_tv=0.001 lr=0.1 B=100×200'."""
+        names = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
+        weights = [("α_f", self.alpha_f), ("α_tv", self.alpha_tv)] + ([("α_c", self.alpha_c)] if self.alpha_c else [])
+        return (f"{names.get(self.method, self.method)} " + " ".join(f"{k}={v:g}" for k, v in weights)
+                + f" lr={self.lr:g} B={self.batch_size}×{self.iterations}"
+                + (f" seed {self.seed}" if self.seed else ""))
+
     def validate(self) -> None:
         """One sentence for the first bad setting; the CLI, the app and the library all call this before a run."""
         self.require_finite()

@@ -145,7 +145,7 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
     job = ModelInversion(fresh_model(teacher_run), teacher.dataset, config, student=student)  # validates first
     run = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path, "student": student_name},
                        teacher=teacher_run, method=config.method, dataset=teacher.dataset.name,
-                       name=f"{PRESET_NAMES[config.method]} from {teacher.name} (app)")
+                       name=f"{config.title()} · {teacher.name} · {time.strftime('%H:%M')} (app)")
     job.run_record = run
     submit(job, run, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}", steps_per_second=pace or None,
            snapshot_interval_s=SNAPSHOT_SECONDS)
