@@ -1,13 +1,20 @@
-"""`dfkd distill`: distill a teacher into a student with any registered method; results land in the run store."""
+"""`dfkd distill`: distill a teacher into a student with any registered method; results land in the run store.
+`dfkd distill --resume <run>` continues a stopped one (resume.py)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import fields
 
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.methods import DISTILL_METHODS
 from dfkd_core.distill.recipes import RECIPES, merge_overrides, recipe_overrides
+from dfkd_core.stats import Interval
+
+DEFAULT_METHOD = "deepinversion"
 
 # CLI flag → key of SynthesisConfig for the pool methods' inversion rounds.
 SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations", "inv_lr": "lr",
@@ -43,29 +50,71 @@ def config_from_args(args) -> DistillConfig:
     """Flags given on the command line win over the recipe's settings, which win over DistillConfig's defaults."""
     values = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None}
     synthesis = {key: getattr(args, flag) for flag, key in SYNTHESIS_FLAGS.items() if getattr(args, flag) is not None}
-    explicit = {**values, "synthesis": synthesis, "options": parse_options(args.option, args.method)}
+    method = args.method or DEFAULT_METHOD
+    explicit = {**values, "synthesis": synthesis, "options": parse_options(args.option, method)}
     base = {}
     if getattr(args, "recipe", None):
         try:
-            base = recipe_overrides(args.recipe, args.method)
+            base = recipe_overrides(args.recipe, method)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
-    return DistillConfig(method=args.method, **merge_overrides(base, explicit))
+    return DistillConfig(method=method, **merge_overrides(base, explicit))
 
 
 def format_result(summary: dict) -> str:
-    head = f"{'method':20} {'student acc':>11} {'teacher acc':>11} {'ratio':>7} {'minutes':>8} {'images':>8}"
-    row = (f"{summary['method']:20} {summary['student_accuracy']:>11.4f} {summary['teacher_accuracy']:>11.4f} "
-           f"{summary['ratio']:>7.3f} {summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
+    """The run's one-row table: each accuracy and the ratio with its 95% interval over the real test images."""
+    def estimate(key: str, spec: str) -> str:
+        return Interval.from_dict(summary[f"{key}_ci"]).format(spec)
+
+    head = (f"{'method':20} {'student acc [95% CI]':>25} {'teacher acc [95% CI]':>25} {'ratio [95% CI]':>22} "
+            f"{'minutes':>8} {'images':>8}")
+    row = (f"{summary['method']:20} {estimate('student_accuracy', '.4f'):>25} "
+           f"{estimate('teacher_accuracy', '.4f'):>25} {estimate('ratio', '.3f'):>22} "
+           f"{summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
     return head + "\n" + row
 
 
+@contextmanager
+def ctrl_c_stops_after_the_step(job):
+    """The first Ctrl-C stops the run after the step in progress, so its progress save is exact and `--resume`
+    continues from there; a second one stops at once (the last progress save stands)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        if job.cancel_requested:
+            raise KeyboardInterrupt
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+        job.cancel()
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_distillation(job, quiet: bool) -> int:
+    from dfkd_core.cli import _run_job
+
+    with ctrl_c_stops_after_the_step(job):
+        code = _run_job(job, ("phase", "loss_kd", "student_accuracy", "images_synthesized"), quiet)
+    if job.result.get("student_accuracy") is not None:
+        print(format_result(job.result))
+    return code
+
+
 def cmd_distill(args, store) -> int:
-    from dfkd_core.cli import _load, _run_job
+    from dfkd_core.cli import _load
     from dfkd_core.data import DatasetMissingError, load_split
     from dfkd_core.distill.job import DistillJob
     from dfkd_core.distill.pool import PoolError
 
+    if args.resume:
+        return cmd_resume(args, store)
+    if not args.teacher:
+        raise SystemExit("error: --teacher is required (a checkpoint path or teacher run id), or --resume <run>")
     teacher = _load(store, args.teacher, "teacher")
     config = config_from_args(args)
     try:
@@ -79,18 +128,59 @@ def cmd_distill(args, store) -> int:
                        method=config.method, dataset=teacher.dataset.name,
                        name=f"{config.method}: {teacher.name} → {job.student_name}")
     job.run_record = run
-    code = _run_job(job, ("phase", "loss_kd", "student_accuracy", "images_synthesized"), args.quiet)
-    if job.result.get("student_accuracy") is not None:
-        print(format_result(job.result))
-    return code
+    return run_distillation(job, args.quiet)
+
+
+# Settings of a new run; `--resume` continues a run with its own (config in resume.pt), where only the machine's
+# settings may differ: where the data lives and which device runs it.
+NEW_RUN_SETTINGS = ("teacher", "method", "pool", "recipe", "option", *SYNTHESIS_FLAGS,
+                    *(k for k in CONFIG_FLAGS if k not in ("data_root", "device")))
+
+
+def cmd_resume(args, store) -> int:
+    from dfkd_core.cli import _load
+    from dfkd_core.data import DatasetMissingError
+    from dfkd_core.distill.job import DistillJob
+    from dfkd_core.distill.pool import PoolError
+    from dfkd_core.distill.resume import ResumeError, load_resume_state
+
+    given = [k for k in NEW_RUN_SETTINGS if getattr(args, k, None) is not None]
+    if given:
+        raise SystemExit(f"error: --resume continues the run with the settings it was started with; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in given)} (only --data-root and --device "
+                         "may differ)")
+    try:
+        record = store.get_record(args.resume)
+        state = load_resume_state(record)
+    except KeyError as e:
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    except ResumeError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not state["teacher"]:
+        raise SystemExit(f"error: run {record.id} was distilled from a teacher that is not a saved checkpoint; "
+                         "it cannot be loaded again to resume")
+    teacher = _load(store, state["teacher"], "teacher")
+    config = DistillConfig.from_dict(state["config"])
+    config.data_root, config.device = args.data_root or config.data_root, args.device or config.device
+    try:
+        job = DistillJob(teacher, config, run=store.get(record.id), resume=state)
+        job.real_split("test")
+    except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    job.run_record.set_status("running")
+    print(f"resuming run {record.id} ({record.status}) at {job.describe_start()}")
+    return run_distillation(job, args.quiet)
 
 
 def add_commands(sub) -> None:
     methods = ", ".join(f"{name} ({cls.description})" for name, cls in DISTILL_METHODS.items())
     d = sub.add_parser("distill", help="distill a teacher into a student (data-free methods and baselines)",
                        description=f"Methods: {methods}.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
-    d.add_argument("--method", default="deepinversion", choices=list(DISTILL_METHODS))
+    d.add_argument("--teacher", help="checkpoint path or teacher run id")
+    d.add_argument("--resume", metavar="RUN",
+                   help="continue a cancelled, failed or interrupted distillation (its id or a unique prefix) from "
+                        "its last progress save, with its own settings")
+    d.add_argument("--method", choices=list(DISTILL_METHODS), help=f"(default: {DEFAULT_METHOD})")
     d.add_argument("--student", help="registered model name (default: the teacher's half-width student)")
     d.add_argument("--pool", help="reuse the images of a synthesis/distill run (id) or an images.pt path")
     d.add_argument("--recipe", choices=list(RECIPES),
@@ -126,7 +216,8 @@ def add_commands(sub) -> None:
     s.add_argument("--eval-every", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--device")
-    d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only)")
+    d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only; default: "
+                                       "$DFKD_<DATASET>, else the dataset's default location)")
     d.set_defaults(func=cmd_distill)
 
 
