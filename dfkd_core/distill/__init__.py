@@ -7,5 +7,6 @@ from dfkd_core.distill.student import StudentTrainer
 
 __all__ = ["DISTILL_METHODS", "DistillConfig", "DistillJob", "DistillMethod", "PoolError", "StudentTrainer",
            "SyntheticPool", "default_student", "list_methods", "register_method"]
+from dfkd_core.distill import baselines  # noqa: F401,E402  (registers noise, real-kd, scratch)
 from dfkd_core.distill import iekd  # noqa: F401,E402  (registers iekd, iedml)
 from dfkd_core.distill import bss  # noqa: F401,E402  (registers bss)

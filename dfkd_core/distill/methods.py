@@ -2,13 +2,14 @@
 style) whose `plan(start)` yields one metrics dict per step from `start` on (a new run: the beginning; a resumed
 run: where it stopped, see `resume.py`); `DistillJob` runs the plan step by step.
 
-    noise                KD on N(0, 1) inputs — the lower bound
     deepdream            synthesize a pool with image priors only, then KD            (METHODS §1, α_f = 0)
     deepinversion        synthesize a pool with BN feature matching, then KD          (METHODS §1)
     adi                  alternate: synthesize a batch competing with the current student, KD on the growing pool
     generator            one conditional generator G(z|y) trained against the teacher, KD on fresh samples (§2)
     generator-ensemble   one generator per class, same otherwise                                            (§2)
-    real-kd              KD on the real training set — the upper bound, for comparison only
+
+The baselines every data-free method is measured against (noise, real-kd, scratch) are in baselines.py, IE-KD /
+IE-DML in iekd.py, BSS-KD in bss.py.
 """
 from __future__ import annotations
 
@@ -172,47 +173,6 @@ class RealOrPoolMethod(DistillMethod):
         if self.data_free and self.options.pool_labels == "synthesized" and bool((job.pool.targets < 0).any()):
             raise PoolError("pool_labels=synthesized needs the class of every pool image; this pool has unknown "
                             "classes (use pool_labels=teacher)")
-
-
-@register_method
-class NoiseKD(DistillMethod):
-    name, description = "noise", "KD on N(0, 1) inputs: the lower bound every data-free method must beat"
-
-    def plan(self, start: Progress) -> Iterator[dict]:
-        j, c = self.job, self.config
-        shape = (c.batch_size, j.dataset.in_channels, j.dataset.image_size, j.dataset.image_size)
-        for _ in range(c.steps - start.student_steps):
-            x = torch.randn(shape, generator=j.rng)
-            j.images_synthesized += len(x)
-            self.latest = (x, torch.full((len(x),), -1))
-            yield self.kd_step(x, augment=False)
-
-
-@register_method
-class RealDataKD(DistillMethod):
-    name, data_free = "real-kd", False
-    description = "KD on the real training set: the upper bound (not data-free; for comparison only)"
-
-    def setup(self) -> None:
-        self.train_split = self.job.real_split("train")
-
-    def plan(self, start: Progress) -> Iterator[dict]:
-        c, split = self.config, self.train_split
-        for _ in range(c.steps - start.student_steps):
-            idx = torch.randint(0, len(split), (c.batch_size,), generator=self.job.rng)
-            x = split.normalized(idx)
-            self.latest = (x, split.labels[idx])
-            yield self.kd_step(x, labels=split.labels[idx])
-
-
-@register_method
-class ScratchTraining(RealDataKD):
-    name, data_free = "scratch", False
-    description = "cross-entropy on the real labels only, no teacher: the 'student alone' reference"
-
-    def kd_step(self, x: torch.Tensor, **kw) -> dict:
-        return {"phase": "kd", **self.job.trainer.train_step(x, weights={"kd": 0.0, "ce": 1.0}, force_ce=True,
-                                                                 **kw)}
 
 
 @dataclass
