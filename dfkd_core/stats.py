@@ -170,3 +170,33 @@ def bootstrap_interval(n: int, statistic: Callable[[torch.Tensor], float], estim
 
 __all__ = ["Interval", "LEVEL", "RESAMPLES", "accuracy_interval", "bootstrap_interval", "mean_interval",
            "paired_difference_interval", "paired_ratio_difference_interval", "ratio_interval", "resample_counts"]
+
+
+# ---------------------------------------------------------------- many statistics at once, and stored intervals
+
+def percentile_bounds(draws: torch.Tensor, level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile-bootstrap bounds of many statistics at once: `draws` is (resamples, ...) (e.g. a CKA matrix per
+    resample); returns (low, high) of shape `...`. NaN draws are left out; fewer than 2 finite draws give NaN."""
+    draws = torch.as_tensor(draws, dtype=torch.float64)
+    if len(draws) == 0:
+        nan = torch.full(draws.shape[1:], math.nan, dtype=torch.float64)
+        return nan, nan.clone()
+    tail = (1 - level) / 2
+    bounds = torch.nanquantile(draws, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    enough = (~torch.isnan(draws)).sum(0) >= 2
+    nan = torch.full_like(bounds[0], math.nan)
+    return torch.where(enough, bounds[0], nan), torch.where(enough, bounds[1], nan)
+
+
+def interval_from_json(d: dict) -> Interval:
+    """An `Interval` read back from a run's JSON, where an undefined bound was stored as None or "nan"."""
+    def number(v):
+        return math.nan if v is None or v == "nan" else float(v)
+    fields = {k: d[k] for k in Interval.__dataclass_fields__ if k in d}
+    for k in ("estimate", "low", "high", "level"):
+        if k in fields:
+            fields[k] = number(fields[k])
+    return Interval(**fields)
+
+
+__all__ += ["interval_from_json", "percentile_bounds"]

@@ -34,13 +34,14 @@ def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[in
 def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> GradCAMAnalysis:
     require_job_slot()
     teacher = open_checkpoint(teacher_run)
-    images, labels = load_inputs("real", teacher.dataset, config.samples, config.seed)
+    inputs = load_inputs("real", teacher.dataset, config.samples, config.seed, data_root=config.data_root)
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
                              dataset=teacher.dataset.name,
                              name=f"Grad-CAM {teacher.name} vs {len(student_refs)} student(s)")
     return submit(lambda: GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r)
                                                                       for r in student_refs},
-                                          images, labels, config, teacher.dataset, run), run, label="Grad-CAM")
+                                          inputs.images, inputs.labels, config, teacher.dataset, run,
+                                          samples_note=inputs.note), run, label="Grad-CAM")
 
 
 def render_progress(job: GradCAMAnalysis) -> None:

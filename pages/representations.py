@@ -12,18 +12,18 @@ from pages.views.navigation import hand_over_to_app
 hand_over_to_app()
 
 
-KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"}
+KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased", "debiased_rbf": "RBF, debiased"}
 
 
 def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
     require_job_slot()
     teacher = open_checkpoint(teacher_run)
-    images, _ = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store())
+    inputs = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store(), config.data_root)
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
                              dataset=teacher.dataset.name,
                              name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
-    return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), images, config, run), run,
-                  label="CKA")
+    return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), inputs.images, config, run,
+                                      samples_note=inputs.note), run, label="CKA")
 
 
 def render_progress(job: CKAAnalysis) -> None:
@@ -58,7 +58,7 @@ with st.sidebar:
     kernel = st.radio("Kernel", KERNELS, format_func=KERNEL_NAMES.get, key="cka_kernel", horizontal=True,
                       disabled=running)
     threshold = st.select_slider("RBF threshold", [0.2, 0.5, 1.0, 2.0], 1.0, key="cka_threshold",
-                                 disabled=running or kernel != "rbf")
+                                 disabled=running or "rbf" not in kernel)
     inputs = input_choices(dataset.name)
     source = st.selectbox("Images", list(inputs), format_func=inputs.get, key="cka_inputs", disabled=running)
     samples = st.select_slider("How many", [100, 250, 500, 1000, 2000, 5000], 1000, key="cka_samples",

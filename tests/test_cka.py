@@ -1,5 +1,5 @@
-"""CKA (METHODS §7): hand-computed case, invariances, independent reference implementations, accumulation,
-the layer × layer matrix on real digits models, and `dfkd cka`."""
+"""CKA (METHODS §7): hand-computed case, invariances, independent reference implementations (Kornblith et al.'s own
+code among them), accumulation, the layer × layer matrix on real digits models, and `dfkd cka`."""
 import json
 import math
 
@@ -7,20 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from dfkd_core.analysis.cka import (LinearCKAAccumulator, MinibatchCKA, cka, debiased_linear_cka, gram_linear,
+from dfkd_core.analysis.cka import (cka, debiased_linear_cka, debiased_rbf_cka, describe_kernel, gram_linear,
                                     linear_cka, rbf_cka, unbiased_hsic)
+from dfkd_core.analysis.cka_accumulators import LinearCKAAccumulator, MinibatchCKA
 from dfkd_core.analysis.cka_matrix import CKAResult, cka_matrix
 from dfkd_core.analysis.features import capture_features
 from dfkd_core.data import load_split
 from dfkd_core.models import create_model
 
-KERNELS = ["linear", "rbf", "debiased"]
+KERNELS = ["linear", "rbf", "debiased", "debiased_rbf"]
 
 
 # ---------------------------------------------------------------- independent straightforward implementations
 
 def reference_cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", threshold: float = 1.0) -> float:
-    """CKA = tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)) with an explicit centering matrix H (Kornblith et al. 2019, eq. 3)."""
+    """CKA = tr(KHLH) / sqrt(tr(KHKH) tr(LHLH)) with an explicit centering matrix H (Kornblith et al. 2019, eq. 3);
+    the RBF bandwidth here is the 'offdiagonal' rule: σ = threshold × median distance over pairs i < j."""
     n = len(x)
     h = np.eye(n) - np.ones((n, n)) / n
 
@@ -34,6 +36,40 @@ def reference_cka(x: np.ndarray, y: np.ndarray, kernel: str = "linear", threshol
     k, l = gram(x), gram(y)
     hsic = lambda a, b: np.trace(a @ h @ b @ h)  # noqa: E731
     return hsic(k, l) / math.sqrt(hsic(k, k) * hsic(l, l))
+
+
+# Kornblith et al.'s reference code, transcribed to numpy: google-research/google-research,
+# representation_similarity/Demo.ipynb (Apache 2.0), functions gram_rbf, center_gram and cka. The same operations in
+# the same order, restated, so that "matches the reference" is checked against their computation, not ours.
+
+def kornblith_gram_rbf(x: np.ndarray, threshold: float = 1.0) -> np.ndarray:
+    dots = x.dot(x.T)
+    sq_norms = np.diag(dots)
+    sq_distances = -2 * dots + sq_norms[:, None] + sq_norms[None, :]
+    sq_median_distance = np.median(sq_distances)          # all n² entries, the zero diagonal included
+    return np.exp(-sq_distances / (2 * threshold ** 2 * sq_median_distance))
+
+
+def kornblith_center_gram(gram: np.ndarray, unbiased: bool = False) -> np.ndarray:
+    gram = gram.copy()
+    n = gram.shape[0]
+    if unbiased:
+        np.fill_diagonal(gram, 0)
+        means = np.sum(gram, 0, dtype=np.float64) / (n - 2)
+        means -= np.sum(means) / (2 * (n - 1))
+    else:
+        means = np.mean(gram, 0, dtype=np.float64)
+        means -= np.mean(means) / 2
+    gram -= means[:, None]
+    gram -= means[None, :]
+    if unbiased:
+        np.fill_diagonal(gram, 0)
+    return gram
+
+
+def kornblith_cka(gram_x: np.ndarray, gram_y: np.ndarray, debiased: bool = False) -> float:
+    gram_x, gram_y = kornblith_center_gram(gram_x, debiased), kornblith_center_gram(gram_y, debiased)
+    return gram_x.ravel().dot(gram_y.ravel()) / (np.linalg.norm(gram_x) * np.linalg.norm(gram_y))
 
 
 def song_unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
@@ -106,12 +142,36 @@ def test_linear_cka_matches_explicit_centering_matrix_reference(shape):
     assert linear_cka(x.float(), y.float()) == pytest.approx(reference_cka(x.numpy(), y.numpy()), abs=1e-6)
 
 
+@pytest.mark.parametrize("n", [25, 26])   # odd and even n² (numpy's median averages the two middle values)
 @pytest.mark.parametrize("threshold", [0.5, 1.0, 2.0])
-def test_rbf_cka_matches_reference_with_median_distance_bandwidth(threshold):
-    x, y = correlated(25, 6, 4, seed=6)
-    expected = reference_cka(x.numpy(), y.numpy(), "rbf", threshold)
-    assert rbf_cka(x, y, threshold) == pytest.approx(expected, abs=1e-10)
-    assert cka(x, y, "rbf", threshold) == pytest.approx(expected, abs=1e-10)
+def test_rbf_cka_is_kornblith_et_al_reference_code(threshold, n):
+    x, y = correlated(n, 6, 4, seed=6)
+    gx, gy = kornblith_gram_rbf(x.numpy(), threshold), kornblith_gram_rbf(y.numpy(), threshold)
+    assert rbf_cka(x, y, threshold) == pytest.approx(kornblith_cka(gx, gy), abs=1e-10)
+    assert cka(x, y, "rbf", threshold) == pytest.approx(kornblith_cka(gx, gy), abs=1e-10)
+    assert debiased_rbf_cka(x, y, threshold) == pytest.approx(kornblith_cka(gx, gy, debiased=True), abs=1e-10)
+    # The earlier rule (σ = threshold × median distance over i < j) stays available under its own name.
+    assert rbf_cka(x, y, threshold, bandwidth="offdiagonal") == pytest.approx(
+        reference_cka(x.numpy(), y.numpy(), "rbf", threshold), abs=1e-10)
+
+
+def test_the_reference_notebooks_printed_values():
+    # Demo.ipynb's tutorial data and the values it prints: linear 0.55761, RBF (threshold 0.5) 0.65483, debiased
+    # 0.51346. The earlier off-diagonal bandwidth gave 0.65401 for the RBF value.
+    np.random.seed(1337)
+    x = np.random.randn(100, 10)
+    y = np.random.randn(100, 10) + x
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    assert round(linear_cka(x, y), 5) == 0.55761
+    assert round(rbf_cka(x, y, 0.5), 5) == 0.65483
+    assert round(debiased_linear_cka(x, y), 5) == 0.51346
+
+
+def test_every_kernel_name_says_what_it_measures():
+    assert describe_kernel("linear") == "linear CKA" and describe_kernel("debiased") == "debiased linear CKA"
+    assert "median of all n² squared distances, Kornblith et al." in describe_kernel("rbf", 0.5)
+    assert "threshold 0.5" in describe_kernel("rbf", 0.5)
+    assert "distinct pairs" in describe_kernel("debiased_rbf", 1.0, "offdiagonal")
 
 
 @pytest.mark.parametrize("shape", [(20, 5, 7), (8, 50, 60)])
@@ -164,14 +224,73 @@ def test_streaming_accumulation_of_several_layers_gives_the_pairwise_matrix():
 
 def test_minibatch_cka_equals_debiased_on_one_batch_and_approaches_it_over_many():
     x, y = correlated(n=2000, p1=30, p2=20, seed=11)
-    one = MinibatchCKA("linear")
+    one = MinibatchCKA("debiased")
     one.update(x, y)
     assert float(one.value()[0, 0]) == pytest.approx(debiased_linear_cka(x, y), abs=1e-10)
-    many = MinibatchCKA("linear")
+    many = MinibatchCKA("debiased")
     for a in range(0, 2000, 200):
         many.update([x[a:a + 200]], [y[a:a + 200]])
     assert many.batches == 10 and many.n == 2000
     assert float(many.value()[0, 0]) == pytest.approx(debiased_linear_cka(x, y), abs=0.03)
+
+
+def test_minibatch_estimator_refuses_to_be_named_after_biased_cka():
+    for kernel in ("linear", "rbf"):
+        with pytest.raises(ValueError, match="estimates debiased CKA"):
+            MinibatchCKA(kernel)
+
+
+@pytest.mark.parametrize("n", [40, 41])
+def test_minibatch_rbf_uses_one_global_bandwidth_that_equals_the_reference_on_one_batch(n):
+    x, y = correlated(n=n, p1=6, p2=5, seed=12)
+    one = MinibatchCKA("debiased_rbf", threshold=0.7)
+    one.update(x, y)
+    assert float(one.value()[0, 0]) == pytest.approx(debiased_rbf_cka(x, y, 0.7), abs=1e-10)
+    # Over batches the bandwidth is still the whole set's median, estimated from the within-batch pairs.
+    x, y = correlated(n=1200, p1=6, p2=5, seed=13)
+    many = MinibatchCKA("debiased_rbf")
+    for a in range(0, 1200, 100):
+        many.update(x[a:a + 100], y[a:a + 100])
+    full = float(np.median(((x[:, None] - x[None]) ** 2).sum(-1).numpy()))
+    assert float(many.bandwidths()[0]) == pytest.approx(full, rel=0.02)
+    assert float(many.value()[0, 0]) == pytest.approx(debiased_rbf_cka(x, y), abs=0.03)
+
+
+def test_minibatch_estimate_of_linear_cka_agrees_with_full_linear_cka():
+    """A 'linear' request the minibatch estimator answers is named 'debiased' — the quantity it estimates — and agrees
+    with the full-sample CKA of the same data within a stated tolerance.
+
+    Tolerance 0.01, the sum of two measured parts rounded up: the minibatch's sampling noise (its own 95% interval
+    over the 12 batches is ±0.0065 here) and the bias of biased linear CKA on n = 6,000 inputs of 12 + 8 features
+    (full linear − full debiased = 0.0011). Measured: minibatch 0.2526, full linear 0.2534."""
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(6000, 12, generator=g, dtype=torch.float64)
+    y = torch.tanh(x[:, :8] @ torch.randn(8, 8, generator=g, dtype=torch.float64)) + torch.randn(
+        6000, 8, generator=g, dtype=torch.float64)
+    images = torch.cat([x, y], 1)[:, None, None, :]   # one "image" per input; two identity models read its parts
+    teacher, student = SliceModel(0, 12), SliceModel(12, 20)
+    result = cka_matrix(teacher, student, ["part"], ["part"], images, estimator="minibatch", batch_size=500)
+    assert (result.kernel, result.requested_kernel, result.estimator) == ("debiased", "linear", "minibatch")
+    assert "estimates debiased CKA" in result.note
+    full_linear, full_debiased = linear_cka(x, y), debiased_linear_cka(x, y)
+    assert abs(full_linear - full_debiased) < 0.003
+    assert result.value("part", "part") == pytest.approx(full_debiased, abs=0.01)
+    assert result.value("part", "part") == pytest.approx(full_linear, abs=0.01)
+    interval = result.interval("part", "part")
+    assert interval.units == 12 and interval.half_width < 0.01 and "12 minibatches" in interval.method
+
+
+class SliceModel(torch.nn.Module):
+    """Returns columns [a, b) of its input as the 'part' layer: exact features for testing the matrix code."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__()
+        self.a, self.b = a, b
+        self.part = torch.nn.Identity()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))   # a parameter gives the model a device
+
+    def forward(self, x):
+        return self.part(x.flatten(1)[:, self.a:self.b].double()) + 0 * self.anchor
 
 
 # ---------------------------------------------------------------- the layer × layer matrix on models
@@ -198,17 +317,19 @@ def test_matrix_estimators_agree_with_pairwise_cka_on_captured_features(digits_m
     layers_t, layers_s = ["features.2", "classifier"], ["features.6", "features.10"]
     ft = capture_features(teacher, layers_t, split)
     fs = capture_features(student, layers_s, split)
-    for kernel in ("linear", "rbf", "debiased"):
-        full = cka_matrix(teacher, student, layers_t, layers_s, split, kernel=kernel, estimator="full")
+    for kernel in ("linear", "rbf", "debiased", "debiased_rbf"):
+        full = cka_matrix(teacher, student, layers_t, layers_s, split, kernel=kernel, estimator="full", resamples=0)
         expected = torch.tensor([[cka(ft[a], fs[b], kernel) for b in layers_s] for a in layers_t])
         assert torch.allclose(full.matrix, expected.double(), atol=1e-6), kernel
-    streaming = cka_matrix(teacher, student, layers_t, layers_s, split, estimator="streaming", batch_size=50)
-    assert torch.allclose(streaming.matrix, cka_matrix(teacher, student, layers_t, layers_s, split).matrix,
-                          atol=1e-8)
-    one_batch = cka_matrix(teacher, student, layers_t, layers_s, split, estimator="minibatch",
-                           batch_size=len(split), kernel="debiased")
-    assert torch.allclose(one_batch.matrix, cka_matrix(teacher, student, layers_t, layers_s, split,
-                                                       kernel="debiased").matrix, atol=1e-8)
+    streaming = cka_matrix(teacher, student, layers_t, layers_s, split, estimator="streaming", batch_size=50,
+                           resamples=0)
+    assert torch.allclose(streaming.matrix, cka_matrix(teacher, student, layers_t, layers_s, split,
+                                                       resamples=0).matrix, atol=1e-8)
+    for kernel in ("debiased", "debiased_rbf"):
+        one_batch = cka_matrix(teacher, student, layers_t, layers_s, split, estimator="minibatch",
+                               batch_size=len(split), kernel=kernel, resamples=0)
+        assert torch.allclose(one_batch.matrix, cka_matrix(teacher, student, layers_t, layers_s, split,
+                                                           kernel=kernel, resamples=0).matrix, atol=1e-8), kernel
     assert teacher.training and not any(m._forward_hooks for m in teacher.modules())
     with pytest.raises(ValueError, match="Layers worth analyzing: .*features.2"):
         cka_matrix(teacher, student, ["features.99"], None, split)
@@ -234,11 +355,17 @@ def test_cli_cka_saves_an_analysis_run(digits_teacher, digits_student_checkpoint
     assert main(["--home", home, "--quiet", "cka", "--teacher", digits_teacher.path, "--student",
                  str(digits_student_checkpoint), "--samples", "200", "--kernel", "debiased"]) == 0
     out = capsys.readouterr().out
-    assert "debiased CKA, full estimator, 200 inputs" in out and "features.10" in out
+    assert "debiased linear CKA, full estimator, 200 inputs" in out and "features.10" in out
+    assert "[95% interval: percentile bootstrap over inputs, 500 resamples]" in out
     run = RunStore(home).list(kind="analysis")[0]
     assert run.status == "done" and run.method == "cka" and run.dataset == "digits"
     saved = json.loads((run.dir / "cka.json").read_text())
-    assert len(saved["matrix"]) == 4 and saved["kernel"] == "debiased"
+    assert len(saved["matrix"]) == 4 and saved["kernel"] == "debiased" and len(saved["low"]) == 4
+    result = CKAResult.from_dict(saved)
+    assert all(result.interval(t, t).defined for t in result.layers_teacher)   # same architecture family
+    diagonal = run.summary["cka_diagonal"]
+    assert len(diagonal) == 4 and all(d["low"] <= d["estimate"] <= d["high"] for d in diagonal.values())
+    assert run.summary["cka_last_pair_interval"]["units"] == 200
     assert json.loads((run.dir / "cka_heatmap.json").read_text())["data"][0]["type"] == "heatmap"
     with pytest.raises(SystemExit, match="no layer 'nope'"):
         main(["--home", home, "cka", "--teacher", digits_teacher.path, "--student", str(digits_student_checkpoint),
@@ -246,3 +373,22 @@ def test_cli_cka_saves_an_analysis_run(digits_teacher, digits_student_checkpoint
     with pytest.raises(SystemExit, match="cannot use inputs"):
         main(["--home", home, "cka", "--teacher", digits_teacher.path, "--student", str(digits_student_checkpoint),
               "--inputs", "no-such-run"])
+
+
+def test_cli_cka_says_before_and_after_when_fewer_inputs_exist(digits_teacher, digits_student_checkpoint, tmp_path,
+                                                               capsys):
+    from dfkd_core.cli import main
+    from dfkd_core.runs import RunStore
+
+    home = str(tmp_path / "home")
+    assert main(["--home", home, "--quiet", "cka", "--teacher", digits_teacher.path, "--student",
+                 str(digits_student_checkpoint), "--samples", "1000", "--layers-teacher", "classifier",
+                 "--layers-student", "classifier", "--resamples", "50", "--json"]) == 0
+    out = capsys.readouterr().out
+    note = "1,000 images asked, the digits test split has 360: all 360 are used"
+    assert out.startswith(f"note: {note}")   # said before the run starts
+    printed = json.loads(out[out.index("{"):])
+    assert printed["samples"] == 360 and printed["samples_note"] == note
+    assert printed["cka"]["resamples"] == 50 and printed["cka_last_pair_interval"]["units"] == 360
+    run = RunStore(home).list(kind="analysis")[0]
+    assert json.loads((run.dir / "cka.json").read_text())["samples_note"] == note

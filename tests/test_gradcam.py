@@ -136,11 +136,15 @@ def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_ch
                  str(digits_student_checkpoint), "--students", digits_teacher.path, "--samples", "40",
                  "--batch-size", "16", "--target", "teacher"]) == 0
     out = capsys.readouterr().out
-    assert "student2:bncnn3_w32" in out and "40 images" in out
+    assert "student2:bncnn3_w32" in out and "40 images" in out and "95% interval" in out
+    assert "1.000 [1.000, 1.000]" in out   # the teacher compared with itself, and its interval
     run = RunStore(home).list(kind="analysis")[0]
     assert run.status == "done" and run.method == "gradcam"
     saved = json.loads((run.dir / "gradcam.json").read_text())
     assert saved["students"]["student2:bncnn3_w32"]["iou_mean"] == 1.0   # the teacher compared with itself
+    interval = saved["students"]["student1:bncnn3_w16"]["correlation_interval"]
+    assert interval["low"] <= interval["estimate"] <= interval["high"] and interval["units"] <= 40
+    assert run.summary["students"]["student1:bncnn3_w16"]["iou_interval"]["resamples"] == 1000
     assert len(saved["per_image"]["student1:bncnn3_w16"]["correlation"]) == 40
     maps = torch.load(run.dir / "gradcam_maps.pt", weights_only=True)
     assert maps["maps"]["teacher"].shape == (16, 8, 8) and maps["images"].shape == (16, 1, 8, 8)

@@ -6,24 +6,29 @@ Features X (n×p1), Y (n×p2) are column-centered. With Gram matrices K = XXᵀ,
     HSIC(K, L) = tr(KHLH) / (n − 1)²               CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))
     linear CKA = ||Yᵀ X||²_F / (||Xᵀ X||_F · ||Yᵀ Y||_F)      (the same number, computed in feature space)
 
-- `linear_cka`: the linear kernel; computed in feature space or Gram space, whichever is cheaper.
-- `rbf_cka`: k(x, x') = exp(−||x − x'||² / (2σ²)), σ = threshold × median pairwise distance (off-diagonal pairs).
-- `debiased_linear_cka`: HSIC replaced by the unbiased estimator HSIC₁ of Song et al. (2012), which removes the
-  upward bias of CKA between wide representations on few samples (may be slightly negative).
-- `LinearCKAAccumulator`: exact linear CKA streamed over batches (sums, XᵀX, YᵀY, YᵀX), memory O(p²), n unbounded.
-- `MinibatchCKA`: Nguyen, Raghu & Kornblith (2021) — HSIC₁ averaged over minibatches, memory O(b²) per layer
-  whatever the feature size, for ≥10,000 inputs × large feature maps; converges to debiased CKA.
+Each name is one quantity (`KERNELS`), computed exactly by the function of that name:
+- 'linear' (`linear_cka`): the linear kernel; in feature space or Gram space, whichever is cheaper.
+- 'rbf' (`rbf_cka`): k(x, x') = exp(−||x − x'||² / (2 · threshold² · median(d²))), the median taken over all n²
+  squared distances, diagonal included — exactly Kornblith et al.'s reference code (`gram_rbf` in
+  google-research/representation_similarity/Demo.ipynb), so numbers compare across papers. `bandwidth=
+  'offdiagonal'` keeps this project's earlier rule, σ = threshold × median distance over pairs i < j.
+- 'debiased' (`debiased_linear_cka`): linear CKA with HSIC replaced by the unbiased estimator HSIC₁ of Song et al.
+  (2012), which removes the upward bias of CKA between wide representations on few samples (may be slightly < 0).
+- 'debiased_rbf' (`debiased_rbf_cka`): the RBF kernel with HSIC₁.
+
+`cka_accumulators` streams these over batches when n×n Grams do not fit.
 
 All functions take features (n, ...) — extra dimensions are flattened — and return a Python float; arithmetic is
 float64. Every method has the call signature `method(x, y, **options)`; `CKA_METHODS` finds them by name.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
-KERNELS = ("linear", "rbf", "debiased")
+KERNELS = ("linear", "rbf", "debiased", "debiased_rbf")
+RBF_BANDWIDTHS = ("reference", "offdiagonal")   # see the module docstring
 
 
 def _as_matrix(x: torch.Tensor, name: str = "features") -> torch.Tensor:
@@ -58,20 +63,49 @@ def gram_linear(x: torch.Tensor) -> torch.Tensor:
     return x @ x.T
 
 
-def gram_rbf(x: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
-    """K_ij = exp(−d_ij² / (2σ²)), σ = threshold × median of the pairwise distances d_ij, i < j."""
+def squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """D_ij = ||x_i − x_j||² (n×n), from the dot products as in the reference code; rounding below 0 is clipped."""
     x = _as_matrix(x)
     sq_norms = (x * x).sum(1)
-    sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * x @ x.T).clamp_min_(0)
-    i, j = torch.triu_indices(len(x), len(x), 1, device=x.device)
-    pairs = sq_dist[i, j]
-    # The usual median (mean of the two middle values for an even count); kthvalue has no size limit, unlike
-    # torch.quantile, and sqrt is monotone so the middle squared distances are the middle distances.
-    m = len(pairs)
-    median = (pairs.kthvalue((m + 1) // 2).values.sqrt() + pairs.kthvalue(m // 2 + 1).values.sqrt()) / 2
-    if float(median) <= 0:
+    return (sq_norms[:, None] + sq_norms[None, :] - 2 * x @ x.T).clamp_min_(0)
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """numpy's median: the mean of the two middle values for an even count (kthvalue has no size limit, unlike
+    torch.quantile)."""
+    m = len(values)
+    return (values.kthvalue((m + 1) // 2).values + values.kthvalue(m // 2 + 1).values) / 2
+
+
+def reference_bandwidth(sq_dist: torch.Tensor) -> torch.Tensor:
+    """median(D) over all n² entries, diagonal zeros included: `sq_median_distance` of Kornblith et al.'s gram_rbf."""
+    return _median(sq_dist.flatten())
+
+
+def offdiagonal_bandwidth(sq_dist: torch.Tensor) -> torch.Tensor:
+    """(median over i < j of d_ij)²: the earlier rule of this project (σ = threshold × median distance)."""
+    i, j = torch.triu_indices(len(sq_dist), len(sq_dist), 1, device=sq_dist.device)
+    return _median(sq_dist[i, j].sqrt()) ** 2
+
+
+BANDWIDTH_RULES = {"reference": reference_bandwidth, "offdiagonal": offdiagonal_bandwidth}
+
+
+def rbf_from_squared_distances(sq_dist: torch.Tensor, threshold: float, median_sq: torch.Tensor | float
+                               ) -> torch.Tensor:
+    """K_ij = exp(−D_ij / (2 · threshold² · median_sq)), in place (the n×n matrix is the memory bill)."""
+    if float(median_sq) <= 0:
         raise ValueError("RBF bandwidth is 0: more than half of the input pairs have identical features")
-    return sq_dist.mul_(-1.0 / (2 * (threshold * median) ** 2)).exp_()  # in place: n×n is the memory bill
+    return sq_dist.mul_(-1.0 / (2 * threshold ** 2 * median_sq)).exp_()
+
+
+def gram_rbf(x: torch.Tensor, threshold: float = 1.0, bandwidth: str = "reference") -> torch.Tensor:
+    """K_ij = exp(−d_ij² / (2 · threshold² · median(d²))); 'reference': the median over all n² squared distances,
+    diagonal included (Kornblith et al.'s code); 'offdiagonal': (median distance over i < j)²."""
+    if bandwidth not in BANDWIDTH_RULES:
+        raise ValueError(f"unknown RBF bandwidth rule '{bandwidth}'; choose one of {RBF_BANDWIDTHS}")
+    sq_dist = squared_distances(x)
+    return rbf_from_squared_distances(sq_dist, threshold, BANDWIDTH_RULES[bandwidth](sq_dist))
 
 
 def center_gram(k: torch.Tensor) -> torch.Tensor:
@@ -131,10 +165,17 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return gram_cka(x @ x.T, y @ y.T)
 
 
-def rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
-    """CKA with RBF kernels, bandwidth σ = threshold × median pairwise distance (per representation), in [0, 1]."""
+def rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0, bandwidth: str = "reference") -> float:
+    """CKA with RBF kernels (bandwidth per representation, see `gram_rbf`), in [0, 1]."""
     x, y = _pair(x, y, min_n=3)
-    return gram_cka(gram_rbf(x, threshold), gram_rbf(y, threshold))
+    return gram_cka(gram_rbf(x, threshold, bandwidth), gram_rbf(y, threshold, bandwidth))
+
+
+def debiased_rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0, bandwidth: str = "reference"
+                     ) -> float:
+    """RBF CKA with the unbiased HSIC₁ estimator (Song et al. 2012); needs n ≥ 4."""
+    x, y = _pair(x, y, min_n=4)
+    return gram_cka(gram_rbf(x, threshold, bandwidth), gram_rbf(y, threshold, bandwidth), debiased=True)
 
 
 def _linear_unbiased_hsic_terms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -171,119 +212,35 @@ def debiased_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return gram_cka(x @ x.T, y @ y.T, debiased=True)
 
 
-CKA_METHODS: dict[str, Callable[..., float]] = {"linear": linear_cka, "rbf": rbf_cka, "debiased": debiased_linear_cka}
+CKA_METHODS: dict[str, Callable[..., float]] = {"linear": linear_cka, "rbf": rbf_cka, "debiased": debiased_linear_cka,
+                                                "debiased_rbf": debiased_rbf_cka}
+RBF_KERNELS = ("rbf", "debiased_rbf")
 
 
-def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear", threshold: float = 1.0) -> float:
-    """CKA by kernel name: 'linear' | 'rbf' (uses `threshold`) | 'debiased'."""
+def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear", threshold: float = 1.0,
+        bandwidth: str = "reference") -> float:
+    """CKA by kernel name (`KERNELS`); `threshold` and `bandwidth` apply to the RBF kernels."""
     if kernel not in CKA_METHODS:
         raise ValueError(f"unknown CKA kernel '{kernel}'; choose one of {KERNELS}")
-    return rbf_cka(x, y, threshold) if kernel == "rbf" else CKA_METHODS[kernel](x, y)
+    if kernel in RBF_KERNELS:
+        return CKA_METHODS[kernel](x, y, threshold, bandwidth)
+    return CKA_METHODS[kernel](x, y)
 
 
-# ---------------------------------------------------------------- accumulation over batches
-
-def _layers(xs: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [xs] if isinstance(xs, torch.Tensor) else list(xs)
-
-
-class LinearCKAAccumulator:
-    """Exact linear CKA of every (X_i, Y_j) layer pair, streamed batch by batch.
-
-    Keeps per layer the column sums and XᵀX, and per pair YᵀX (float64), so `value()` equals `linear_cka` on all
-    inputs at once up to rounding, with memory independent of n: O(Σ p_i² + Σ p_i p_j). Use it for features up to a
-    few thousand dimensions (pooled maps, penultimate layers, logits); `MinibatchCKA` has no such limit.
-    """
-
-    def __init__(self):
-        self.n = 0
-        self._shift_x = self._shift_y = None
-
-    def update(self, xs: torch.Tensor | Sequence[torch.Tensor], ys: torch.Tensor | Sequence[torch.Tensor]) -> None:
-        xs, ys = [_as_matrix(x, "X") for x in _layers(xs)], [_as_matrix(y, "Y") for y in _layers(ys)]
-        if len({len(t) for t in xs + ys}) != 1:
-            raise ValueError("every layer of one update must describe the same inputs (same number of rows)")
-        if self._shift_x is None:
-            # Moments about the first batch's mean (CKA is shift-invariant): avoids float64 cancellation when
-            # activations have a large mean relative to their spread.
-            self._shift_x, self._shift_y = [x.mean(0) for x in xs], [y.mean(0) for y in ys]
-            self.sum_x, self.sum_y = [torch.zeros_like(s) for s in self._shift_x], [torch.zeros_like(s)
-                                                                                    for s in self._shift_y]
-            self.xx = [torch.zeros(len(s), len(s), dtype=torch.float64) for s in self._shift_x]
-            self.yy = [torch.zeros(len(s), len(s), dtype=torch.float64) for s in self._shift_y]
-            self.yx = [[torch.zeros(len(sy), len(sx), dtype=torch.float64) for sy in self._shift_y]
-                       for sx in self._shift_x]
-        if len(xs) != len(self.xx) or len(ys) != len(self.yy):
-            raise ValueError("every update must pass the same layers")
-        xs = [x - s for x, s in zip(xs, self._shift_x)]
-        ys = [y - s for y, s in zip(ys, self._shift_y)]
-        self.n += len(xs[0])
-        for i, x in enumerate(xs):
-            self.sum_x[i] += x.sum(0)
-            self.xx[i] += x.T @ x
-            for j, y in enumerate(ys):
-                self.yx[i][j] += y.T @ x
-        for j, y in enumerate(ys):
-            self.sum_y[j] += y.sum(0)
-            self.yy[j] += y.T @ y
-
-    def value(self) -> torch.Tensor:
-        """(layers of X) × (layers of Y) matrix of linear CKA; a single pair gives a 1×1 matrix."""
-        if self.n < 2:
-            raise ValueError(f"need at least 2 inputs, got {self.n}")
-        n = self.n
-        cxx = [torch.linalg.norm(xx - torch.outer(s, s) / n) for xx, s in zip(self.xx, self.sum_x)]
-        cyy = [torch.linalg.norm(yy - torch.outer(s, s) / n) for yy, s in zip(self.yy, self.sum_y)]
-        out = torch.empty(len(cxx), len(cyy), dtype=torch.float64)
-        for i, sx in enumerate(self.sum_x):
-            for j, sy in enumerate(self.sum_y):
-                cross = torch.linalg.norm(self.yx[i][j] - torch.outer(sy, sx) / n) ** 2
-                out[i, j] = _ratio(cross, cxx[i] * cyy[j])
-        return out
+def describe_kernel(kernel: str, threshold: float = 1.0, bandwidth: str = "reference") -> str:
+    """The quantity a kernel name stands for, in words (for tables, titles and captions)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown CKA kernel '{kernel}'; choose one of {KERNELS}")
+    base = {"linear": "linear CKA", "debiased": "debiased linear CKA", "rbf": "RBF CKA",
+            "debiased_rbf": "debiased RBF CKA"}[kernel]
+    if kernel not in RBF_KERNELS:
+        return base
+    rule = ("median of all n² squared distances, Kornblith et al." if bandwidth == "reference"
+            else "median distance over distinct pairs")
+    return f"{base} (threshold {threshold:g}, {rule})"
 
 
-class MinibatchCKA:
-    """Minibatch CKA (Nguyen, Raghu & Kornblith 2021) for every (X_i, Y_j) layer pair:
-
-        CKA_mb = Σ_b HSIC₁(K_ib, L_jb) / sqrt(Σ_b HSIC₁(K_ib, K_ib) · Σ_b HSIC₁(L_jb, L_jb))
-
-    over minibatches b (≥ 4 inputs each). Memory is one b×b Gram per layer, whatever the feature size, so 10,000
-    inputs × large feature maps fit. HSIC₁ is unbiased for every batch size, so the estimate does not drift with
-    b; with a single batch it equals `debiased_linear_cka` ('linear'). For 'rbf', σ is set per minibatch.
-    """
-
-    def __init__(self, kernel: str = "linear", threshold: float = 1.0):
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown CKA kernel '{kernel}'; choose one of {KERNELS}")
-        self.kernel, self.threshold = kernel, threshold
-        self.n = self.batches = 0
-        self.cross = self.self_x = self.self_y = None
-
-    def _grams(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        grams = [gram_rbf(f, self.threshold) if self.kernel == "rbf" else gram_linear(f) for f in feats]
-        return torch.stack([center_gram_unbiased(g).flatten() for g in grams])
-
-    def update(self, xs: torch.Tensor | Sequence[torch.Tensor], ys: torch.Tensor | Sequence[torch.Tensor]) -> None:
-        gx, gy = self._grams(_layers(xs)), self._grams(_layers(ys))
-        if gx.shape[1] != gy.shape[1]:
-            raise ValueError("X and Y layers must describe the same inputs")
-        b = int(round(gx.shape[1] ** 0.5))
-        scale = 1.0 / (b * (b - 3))
-        cross, self_x, self_y = (gx @ gy.T) * scale, (gx * gx).sum(1) * scale, (gy * gy).sum(1) * scale
-        if self.cross is None:
-            self.cross, self.self_x, self.self_y = cross, self_x, self_y
-        else:
-            self.cross, self.self_x, self.self_y = self.cross + cross, self.self_x + self_x, self.self_y + self_y
-        self.n += b
-        self.batches += 1
-
-    def value(self) -> torch.Tensor:
-        if self.cross is None:
-            raise ValueError("no minibatch was accumulated")
-        den = (self.self_x.clamp_min(0)[:, None] * self.self_y.clamp_min(0)[None, :]).sqrt()
-        return torch.where(den > 0, self.cross / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
-
-
-__all__ = ["CKA_METHODS", "KERNELS", "LinearCKAAccumulator", "MinibatchCKA", "center_gram", "center_gram_unbiased",
-           "cka", "debiased_linear_cka", "gram_cka", "gram_linear", "gram_rbf", "hsic", "linear_cka", "rbf_cka",
-           "unbiased_hsic"]
+__all__ = ["BANDWIDTH_RULES", "CKA_METHODS", "KERNELS", "RBF_BANDWIDTHS", "RBF_KERNELS", "center_gram",
+           "center_gram_unbiased", "cka", "debiased_linear_cka", "debiased_rbf_cka", "describe_kernel", "gram_cka",
+           "gram_linear", "gram_rbf", "hsic", "linear_cka", "offdiagonal_bandwidth", "rbf_cka",
+           "rbf_from_squared_distances", "reference_bandwidth", "squared_distances", "unbiased_hsic"]

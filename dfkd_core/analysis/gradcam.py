@@ -10,7 +10,8 @@ input size with `LayerAttribution.interpolate`, models in eval mode. Overlap of 
   largest value, k = round(fraction · H · W), ties at the cut included, pixels with zero attention never included
   (NaN if both regions are empty).
 
-Means over a set skip undefined (NaN) images and report how many there were.
+Means over a set skip undefined (NaN) images and report how many there were; each mean carries its 95% bootstrap
+interval over images (images are the independent units: dfkd_core.stats.mean_interval).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from dfkd_core.analysis.features import LayerRef, default_attention_layer, resolve_layers
 from dfkd_core.device import prepare_input
+from dfkd_core.stats import mean_interval
 
 TARGETS = ("true", "predicted", "teacher")
 
@@ -102,12 +104,18 @@ class AttentionComparison:
     def students(self) -> list[str]:
         return list(self.correlation)
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Per student: mean correlation, mean top-region IoU (undefined images skipped) and their counts."""
-        return {s: {"correlation_mean": nan_mean(self.correlation[s]), "iou_mean": nan_mean(self.iou[s]),
-                    "images": len(self.iou[s]),
-                    "correlation_undefined": int(torch.isnan(self.correlation[s]).sum()),
-                    "iou_undefined": int(torch.isnan(self.iou[s]).sum())} for s in self.students}
+    def summary(self, intervals: bool = False) -> dict[str, dict]:
+        """Per student: mean correlation, mean top-region IoU (undefined images skipped) and their counts; with
+        `intervals`, each mean's 95% bootstrap interval over the images (`*_interval`, Interval.to_dict())."""
+        out = {s: {"correlation_mean": nan_mean(self.correlation[s]), "iou_mean": nan_mean(self.iou[s]),
+                   "images": len(self.iou[s]),
+                   "correlation_undefined": int(torch.isnan(self.correlation[s]).sum()),
+                   "iou_undefined": int(torch.isnan(self.iou[s]).sum())} for s in self.students}
+        if intervals:
+            for s in self.students:
+                out[s]["correlation_interval"] = mean_interval(self.correlation[s]).to_dict()
+                out[s]["iou_interval"] = mean_interval(self.iou[s]).to_dict()
+        return out
 
     @staticmethod
     def concat(parts: Sequence["AttentionComparison"], keep_maps: int | None = None) -> "AttentionComparison":

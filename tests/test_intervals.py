@@ -1,0 +1,134 @@
+"""Bootstrap intervals of CKA (dfkd_core.analysis.cka_intervals) and the dfkd_core.stats helpers they use: by hand,
+against a recomputation of CKA on each resample, and per estimator of the layer × layer matrix."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfkd_core.analysis.cka import center_gram, debiased_linear_cka, gram_cka, gram_linear, gram_rbf, linear_cka
+from dfkd_core.analysis.cka_intervals import cka_with_draws, m_out_of_n_bounds, minibatch_draws, resample_weights
+from dfkd_core.analysis.cka_matrix import CKAResult, cka_matrix
+from dfkd_core.stats import Interval, interval_from_json, percentile_bounds
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cka import SliceModel, correlated  # noqa: E402
+
+
+# ---------------------------------------------------------------- dfkd_core.stats additions
+
+def test_percentile_bounds_by_hand_per_cell_and_with_nan():
+    # Draws 1..5 in one cell: the 25% / 75% quantiles (level 0.5) interpolate to 2 and 4.
+    low, high = percentile_bounds(torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]]), level=0.5)
+    assert low.tolist() == [2.0] and high.tolist() == [4.0]
+    # NaN draws are left out (cell 0: 1, 3 → 1.5, 2.5); a cell with one finite draw has no interval.
+    nan = float("nan")
+    low, high = percentile_bounds(torch.tensor([[1.0, nan], [nan, 1.0], [3.0, nan]]), level=0.5)
+    assert low[0] == 1.5 and high[0] == 2.5 and math.isnan(low[1]) and math.isnan(high[1])
+    empty_low, _ = percentile_bounds(torch.empty(0, 2, 3))
+    assert empty_low.shape == (2, 3) and torch.isnan(empty_low).all()
+
+
+def test_interval_read_back_from_a_runs_json():
+    stored = json.loads(json.dumps({**Interval(0.5, 0.4, 0.6, 30).to_dict(), "low": "nan", "high": None}))
+    again = interval_from_json(stored)
+    assert again.estimate == 0.5 and math.isnan(again.low) and not again.defined and again.units == 30
+
+
+# ---------------------------------------------------------------- the resampling algebra
+
+def resampled(x: torch.Tensor, weights: torch.Tensor, r: int) -> torch.Tensor:
+    """The rows of resample r (column r of the counts), duplicates repeated."""
+    return x[torch.repeat_interleave(torch.arange(len(x)), weights[:, r].long())]
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_draws_equal_cka_recomputed_on_each_resample(debiased):
+    x, y = correlated(n=30, p1=5, p2=4, seed=20)
+    grams = [center_gram(gram_linear(t - t.mean(0))) for t in (x, y)]
+    estimate, draws = cka_with_draws([grams[0]], [grams[1]], debiased, resamples=6, seed=3)
+    weights = resample_weights(30, 6, seed=3)
+    direct = debiased_linear_cka if debiased else linear_cka
+    assert float(estimate) == pytest.approx(direct(x, y), abs=1e-12)
+    for r in range(6):
+        assert float(draws[r, 0, 0]) == pytest.approx(direct(resampled(x, weights, r + 1),
+                                                             resampled(y, weights, r + 1)), abs=1e-12)
+
+
+def test_rbf_draws_hold_the_full_sample_bandwidth():
+    x, y = correlated(n=25, p1=5, p2=4, seed=21)
+    k, l = gram_rbf(x), gram_rbf(y)
+    _, draws = cka_with_draws([center_gram(k)], [center_gram(l)], False, resamples=4, seed=5)
+    weights = resample_weights(25, 4, seed=5)
+    for r in range(4):
+        idx = torch.repeat_interleave(torch.arange(25), weights[:, r + 1].long())
+        assert float(draws[r, 0, 0]) == pytest.approx(gram_cka(k[idx][:, idx], l[idx][:, idx]), abs=1e-12)
+
+
+def test_m_out_of_n_bounds_by_hand():
+    # Subsample of m = 100: estimate 0.6, bounds 0.5 / 0.7; n = 400 → widths × √(100/400) = ½ around 0.5.
+    low, high = m_out_of_n_bounds(torch.tensor(0.5), torch.tensor(0.6), torch.tensor(0.5), torch.tensor(0.7), 100,
+                                  400)
+    assert float(low) == pytest.approx(0.45) and float(high) == pytest.approx(0.55)
+
+
+def test_minibatch_draws_resample_whole_batches():
+    # Batch terms (cross, self_x, self_y) = (1, 1, 1) and (3, 4, 4): {b1, b1} → 2/2 = 1, {b2, b2} → 6/8 = 0.75,
+    # {b1, b2} → 4/5 = 0.8. Nothing else can come out.
+    draws = minibatch_draws(torch.tensor([[[1.0]], [[3.0]]]), torch.tensor([[1.0], [4.0]]),
+                            torch.tensor([[1.0], [4.0]]), resamples=200)
+    values = {round(float(v), 6) for v in draws.flatten()}
+    assert values == {1.0, 0.75, 0.8}
+
+
+# ---------------------------------------------------------------- intervals of the layer × layer matrix
+
+def stacked(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = correlated(n=n, p1=12, p2=8, seed=seed)
+    return x, y, torch.cat([x, y], 1)[:, None, None, :]
+
+
+def test_full_estimator_interval_covers_the_estimate_and_a_copy_scores_exactly_one():
+    x, y, images = stacked(300, seed=22)
+    result = cka_matrix(SliceModel(0, 12), SliceModel(12, 20), ["part"], ["part"], images, resamples=500)
+    interval = result.interval("part", "part")
+    assert result.estimator == "full" and interval.units == 300 and interval.resamples == 500
+    assert interval.low < interval.estimate < interval.high and interval.method == "percentile bootstrap over inputs"
+    same = cka_matrix(SliceModel(0, 12), SliceModel(0, 12), ["part"], ["part"], images, resamples=200)
+    assert same.interval("part", "part").low == pytest.approx(1.0, abs=1e-12)
+
+
+def test_auto_streaming_beyond_3000_inputs_is_exact_with_a_rescaled_subsample_interval():
+    x, y, images = stacked(3200, seed=23)
+    streaming = cka_matrix(SliceModel(0, 12), SliceModel(12, 20), ["part"], ["part"], images, resamples=300)
+    full = cka_matrix(SliceModel(0, 12), SliceModel(12, 20), ["part"], ["part"], images, estimator="full",
+                      resamples=300)
+    assert streaming.estimator == "streaming" and streaming.kernel == "linear" and not streaming.note
+    assert streaming.value("part", "part") == pytest.approx(linear_cka(x, y), abs=1e-9)
+    s, f = streaming.interval("part", "part"), full.interval("part", "part")
+    assert "m = 1,000 of 3,200" in s.method and s.low < s.estimate < s.high
+    assert 0.5 < (s.high - s.low) / (f.high - f.low) < 2   # the same spread, from a third of the inputs
+
+
+def test_auto_rbf_beyond_3000_inputs_runs_minibatch_and_says_it_is_debiased():
+    _, _, images = stacked(3200, seed=24)
+    result = cka_matrix(SliceModel(0, 12), SliceModel(12, 20), ["part"], ["part"], images, kernel="rbf",
+                        resamples=200)
+    assert (result.estimator, result.kernel, result.requested_kernel) == ("minibatch", "debiased_rbf", "rbf")
+    assert "3,200 inputs exceed" in result.note and "not the 'rbf' asked for" in result.note
+    assert result.quantity.startswith("debiased RBF CKA") and result.interval("part", "part").units == 7
+
+
+def test_result_with_intervals_round_trips_and_old_files_are_read_honestly():
+    _, _, images = stacked(120, seed=25)
+    result = cka_matrix(SliceModel(0, 12), SliceModel(12, 20), ["part"], ["part"], images, kernel="rbf",
+                        resamples=100)
+    again = CKAResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.interval("part", "part") == result.interval("part", "part")
+    old = {"matrix": [[0.5]], "layers_teacher": ["a"], "layers_student": ["b"], "kernel": "linear",
+           "estimator": "minibatch", "samples": 5000, "threshold": 1.0, "reduce": "flatten"}
+    legacy = CKAResult.from_dict(old)
+    assert legacy.kernel == "debiased" and legacy.requested_kernel == "linear" and "older run" in legacy.note
+    assert not legacy.interval("a", "b").defined
