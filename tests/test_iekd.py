@@ -164,6 +164,10 @@ def test_iedml_trains_two_students_and_saves_both(iedml_job):
     a, b = load_checkpoint(run.path("model.pt")), load_checkpoint(run.path("model_b.pt"))
     assert r["student_accuracy"] > 6 * CHANCE and r["student_b_accuracy"] > 6 * CHANCE
     assert b.metrics["test_accuracy"] == r["student_b_accuracy"] and r["student_b_checkpoint"] == str(b.path)
+    ci = r["student_b_accuracy_ci"]   # the peer's accuracy carries its interval too, and its hits are stored
+    assert ci["low"] <= ci["estimate"] == r["student_b_accuracy"] <= ci["high"] and ci["units"] == 360
+    hits = torch.load(run.path("test_hits.pt"), weights_only=True)["hits"]
+    assert set(hits) == {"student", "teacher", "student_b"} and hits["student_b"].float().mean() == ci["estimate"]
     assert not torch.equal(a.model.features[0].weight, b.model.features[0].weight)
     last = iedml_job.history[-1]
     assert {"loss_inh_b", "loss_exp_b", "loss_dml", "loss_dml_b", "loss_rec", "loss_rec_b"} <= set(last)

@@ -2,7 +2,13 @@
 exactly where an uninterrupted run with the same seed ends (tolerance 0: every weight of the student is equal)."""
 import copy
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +126,36 @@ def test_resume_from_an_older_progress_save_after_a_kill(digits_teacher, store, 
     _assert_each_step_logged_once(run, reference.total_steps)
 
 
+def test_cli_run_killed_outright_resumes_from_its_last_periodic_save(digits_teacher, tmp_path, capsys):
+    """A real SIGKILL of `dfkd distill` (progress saved every 0.05 s by the job loop), then `--resume`: the run, now
+    'interrupted', continues from the save and ends with the student an uninterrupted run makes."""
+    home = tmp_path / "home"
+    flags = ["--method", "deepinversion", "--images", "500", "--inv-batch-size", "50", "--inv-iterations", "10",
+             "--kd-steps-per-round", "3", "--steps", "20", "--eval-every", "50"]
+    env = {**os.environ, "DFKD_PROGRESS_EVERY_S": "0.05", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "dfkd_core.cli", "--home", str(home), "--quiet", "distill",
+                                "--teacher", digits_teacher.path, *flags], cwd=Path(__file__).resolve().parents[1],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(home.glob("runs/distill-*/metrics.jsonl")) or \
+            len(next(home.glob("runs/distill-*/metrics.jsonl")).read_text().splitlines()) < 40:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read().decode()[-2000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    (run_dir,) = home.glob("runs/distill-*")
+    assert (run_dir / RESUME_FILE).exists()
+    assert main(["--home", str(home), "distill", "--resume", run_dir.name]) == 0
+    assert f"resuming run {run_dir.name} (interrupted) at student step" in capsys.readouterr().out
+    config = DistillConfig(method="deepinversion", images=500, synthesis={"iterations": 10, "batch_size": 50},
+                           kd_steps_per_round=3, steps=20, eval_every=50)
+    reference = DistillJob(copy.deepcopy(digits_teacher), config)
+    reference.run()
+    _assert_same_student(load_checkpoint(run_dir / "model.pt").model, reference.student)
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == \
+        list(range(reference.total_steps))
+
+
 def test_cli_resume_continues_the_same_run_and_says_where(digits_teacher, store, uninterrupted, capsys):
     reference = uninterrupted("deepinversion")
     run = _stopped_run(digits_teacher, store, "deepinversion", 60)
@@ -127,10 +163,28 @@ def test_cli_resume_continues_the_same_run_and_says_where(digits_teacher, store,
     out = capsys.readouterr().out
     assert f"resuming run {run.id} (cancelled) at student step 31 of 41, 3 of 3 synthesis rounds done" in out
     assert f"run {run.id} [done]" in out and "[95% CI]" in out
+    printed = json.JSONDecoder().raw_decode(out[out.index("{"):])[0]
+    assert printed["student_accuracy_ci"]["units"] == 360 and printed["ratio_ci"]["level"] == 0.95
     record = store.get_record(run.id)
     assert record.status == "done" and record.dir == run.dir and len(store.list()) == 1
     _assert_same_student(load_checkpoint(run.path("model.pt")).model, reference.student)
     assert json.loads(run.path("summary.json").read_text())["student_steps"] == 41
+
+
+def test_first_ctrl_c_stops_after_the_step_and_the_run_resumes_exactly(digits_teacher, store, uninterrupted):
+    from dfkd_core.distill.cli import ctrl_c_stops_after_the_step
+
+    reference = uninterrupted("generator")
+    config = _config("generator")
+    run = store.create("distill", {**config.to_dict(), "teacher": digits_teacher.path}, method="generator")
+    job = DistillJob(copy.deepcopy(digits_teacher), config, run=run)
+    job.subscribe(lambda e: os.kill(os.getpid(), signal.SIGINT) if e.kind == "step" and e.step == 9 else None)
+    before = signal.getsignal(signal.SIGINT)
+    with ctrl_c_stops_after_the_step(job):
+        job.run()
+    assert job.status == "cancelled" and job.error is None and len(job.history) == 10
+    assert signal.getsignal(signal.SIGINT) is before
+    _assert_same_student(_resume(digits_teacher, store, run).student, reference.student)
 
 
 def test_resume_refuses_what_it_cannot_continue(digits_teacher, store):
