@@ -9,7 +9,8 @@ for each seed, adds given data-free students, and measures every student against
 
     student | accuracy | MagSim | AngSim | accepted pairs
 
-plus, for each seed, BSS-KD − KD with a 95% bootstrap interval over base samples (paired: same resample for both).
+each with its 95% bootstrap interval (accuracy over test images, MagSim/AngSim over base samples), plus, for each
+seed, BSS-KD − KD with the tool's paired interval (`paired_differences`: the same base samples resampled for both).
 
     python benchmarks/boundary_table.py --teacher /work/helpers/fmnist_teacher_bncnn6_w32.pt \\
         --data-free /tmp/lead_home/runs/distill-20261125-065727-ac5d/model.pt --steps 600 --seeds 0 1
@@ -21,17 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from dfkd_core.analysis.boundary import METRIC_ATTACK, BoundarySimilarity, compare_students
+from dfkd_core.analysis.boundary import METRIC_ATTACK, compare_students, paired_differences
 from dfkd_core.data import load_split
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
+from dfkd_core.stats import Interval, accuracy_interval, interval_from_json
 from dfkd_core.training import evaluate
 
 DEFAULT_TEACHER = "/work/helpers/fmnist_teacher_bncnn6_w32.pt"
@@ -62,26 +63,6 @@ def train_student(teacher_path: str, store: RunStore, label: str, seed: int, arg
     return r["checkpoint"], r["student_accuracy"], r["wall_minutes"]
 
 
-def weighted_metric(result: BoundarySimilarity, key: str, base_counts: torch.Tensor) -> float:
-    """MagSim (key='magnitude_ratio') or AngSim ('cosine') with each base sample counted base_counts[n] times."""
-    d = result.pair_data
-    both = (d["teacher_outcome"] == 0) & (d["student_outcome"] == 0)
-    w = d["weight"] * both * base_counts[d["base"]]
-    return float((w * d[key]).sum() / w.sum()) if w.sum() > 0 else math.nan
-
-
-def bootstrap_difference(a: BoundarySimilarity, b: BoundarySimilarity, key: str, n_base: int,
-                         resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of metric(a) − metric(b) over base samples resampled with replacement (paired)."""
-    g = torch.Generator().manual_seed(seed)
-    diffs = []
-    for _ in range(resamples):
-        counts = torch.bincount(torch.randint(0, n_base, (n_base,), generator=g), minlength=n_base).float()
-        diffs.append(weighted_metric(a, key, counts) - weighted_metric(b, key, counts))
-    diffs = torch.tensor([d for d in diffs if not math.isnan(d)])
-    return float(diffs.quantile(0.025)), float(diffs.quantile(0.975))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=DEFAULT_TEACHER)
@@ -98,19 +79,19 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=500, help="base samples of the metric (test split)")
     p.add_argument("--home", default="/tmp/boundary_table_home", help="run store for the trained students")
     p.add_argument("--out", help="write the table as JSON here")
+    p.add_argument("--data-root", help="where the teacher's dataset lives (default: $DFKD_<NAME>, then standard)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
     store = RunStore(args.home)
     students: dict[str, str] = {}
-    accuracy: dict[str, float] = {}
     minutes: dict[str, float] = {}
     if not args.no_train:
         print(f"training {len(TRAINED) * len(args.seeds)} students, {args.steps} steps each", flush=True)
         for seed in args.seeds:
             for label in TRAINED:
                 name = f"{label} s{seed}"
-                students[name], accuracy[name], minutes[name] = train_student(args.teacher, store, label, seed, args)
+                students[name], _, minutes[name] = train_student(args.teacher, store, label, seed, args)
     for path in args.data_free if args.data_free is not None else [DEFAULT_DATA_FREE]:
         students[f"data-free {Path(path).parent.name[-4:]}"] = path
     for pair in args.student:
@@ -118,35 +99,38 @@ def main() -> None:
         students[label] = path
 
     teacher = load_checkpoint(args.teacher)
-    test = load_split(teacher.dataset.name, "test", teacher.dataset.root)
+    test = load_split(teacher.dataset.name, "test", args.data_root)
     models = {name: load_checkpoint(path).model.eval() for name, path in students.items()}
-    for name, model in models.items():
-        accuracy.setdefault(name, evaluate(model, test)["accuracy"])
+    hits: dict[str, Interval] = {name: accuracy_interval(evaluate(model, test)["correct"])
+                                 for name, model in models.items()}
     start = time.time()
     comparison = compare_students(teacher.model.eval(), models, test.normalized(), test.labels, n_base=args.samples,
                                   settings=METRIC_ATTACK, pixel_bounds=teacher.dataset.pixel_bounds(),
                                   progress=lambda m: print("  " + m, flush=True))
     pairs, t_counts = comparison.pairs, comparison.teacher_attack.counts()
-    print(f"\nteacher {teacher.name} {evaluate(teacher.model, test)['accuracy']:.2%}; {len(pairs.labels)} base "
+    print(f"\nteacher {teacher.name} {accuracy_interval(evaluate(teacher.model, test)['correct']).format('.2%')}; "
+          f"{len(pairs.labels)} base "
           f"samples (test split), {len(pairs)} (n, k) pairs weighted by p_n^k; attack η={METRIC_ATTACK.eta}, "
           f"I={METRIC_ATTACK.max_steps}; teacher accepted {t_counts['accepted']}; {time.time() - start:.0f} s\n")
     rows = []
     print("| student | accuracy | MagSim | AngSim | accepted pairs |")
     print("|---|---|---|---|---|")
     for name, r in comparison.results.items():
-        rows.append({"student": name, "checkpoint": students[name], "accuracy": accuracy[name], "magsim": r.magsim,
-                     "angsim": r.angsim, "both_accepted": r.both_accepted, "student_accepted": r.student_accepted,
-                     "pairs": r.pairs, "train_minutes": minutes.get(name)})
-        print(f"| {name} | {accuracy[name]:.2%} | {r.magsim:.3f} | {r.angsim:.3f} | {r.both_accepted} / {r.pairs} |")
+        rows.append({"student": name, "checkpoint": students[name], "accuracy": hits[name].to_dict(),
+                     "magsim": r.magsim_interval.to_dict(), "angsim": r.angsim_interval.to_dict(),
+                     "both_accepted": r.both_accepted, "student_accepted": r.student_accepted, "pairs": r.pairs,
+                     "train_minutes": minutes.get(name)})
+        print(f"| {name} | {hits[name].format('.2%')} | {r.magsim_interval} | {r.angsim_interval} | "
+              f"{r.both_accepted} / {r.pairs}{' (too few)' if r.too_few_pairs else ''} |")
     print()
     for seed in args.seeds:
         bss, kd = comparison.results.get(f"BSS-KD s{seed}"), comparison.results.get(f"KD s{seed}")
         if bss is None or kd is None:
             continue
-        for key, metric in (("magnitude_ratio", "MagSim"), ("cosine", "AngSim")):
-            low, high = bootstrap_difference(bss, kd, key, len(pairs.labels), seed=seed)
-            diff = (bss.magsim - kd.magsim) if metric == "MagSim" else (bss.angsim - kd.angsim)
-            print(f"seed {seed}: {metric}(BSS-KD) − {metric}(KD) = {diff:+.3f}  95% CI [{low:+.3f}, {high:+.3f}]")
+        (d,) = paired_differences({"BSS-KD": bss, "KD": kd})
+        for key, metric in (("magsim", "MagSim"), ("angsim", "AngSim")):
+            difference = interval_from_json(d[key]).format("+.3f")
+            print(f"seed {seed}: {metric}(BSS-KD) − {metric}(KD) = {difference} (95% CI)")
     if args.out:
         Path(args.out).write_text(json.dumps({"teacher": args.teacher, "args": vars(args), "rows": rows,
                                               "base_samples": len(pairs.labels), "pairs": len(pairs)}, indent=2))

@@ -2,17 +2,20 @@
 import streamlit as st
 import torch
 
-from dfkd_core.analysis.boundary import METRIC_ATTACK, attack_both
+from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS, attack_both, qualifying_base_samples
 from dfkd_core.analysis.boundary_cli import student_label
 from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run
+from dfkd_core.analysis.checks import require_comparable
+from dfkd_core.data import DatasetMissingError
 from dfkd_core.models import CheckpointError
-from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text, per_class_figure,
-                                      similarity_bar_figure)
+from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, difference_figure, outcome_text,
+                                      per_class_figure, similarity_bar_figure)
+from dfkd_core.stats import interval_from_json
 from dfkd_core.synthesis.bss import AttackSettings
-from pages.views.analysis_view import analysis_job, show_progress, stored_analyses
-from pages.views.common import (checkpoint_runs, describe_run, fresh_model, get_store, keep_widget_state,
-                                    open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
-                                    start_stop_buttons, submit, teacher_or_stop)
+from pages.views.analysis_view import analysis_job, incomparable, interval_text, show_progress, stored_analyses
+from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, fresh_model, get_store,
+                                keep_widget_state, open_checkpoint, real_test_split, real_test_split_or_stop,
+                                require_job_slot, start_stop_buttons, submit, teacher_or_stop)
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -32,18 +35,23 @@ $$\mathrm{MagSim} = \frac{\sum p_n^k\,\min(\lVert\bar x^{k,t}_n\rVert,\lVert\bar
 \mathrm{AngSim} = \frac{\sum p_n^k\,\max\!\big(0, \cos(\bar x^{k,t}_n, \bar x^{k,s}_n)\big)}{\sum p_n^k}$$
 
 Both lie in $[0, 1]$: 1 = the boundary is as far (MagSim) and in the same direction (AngSim) as the teacher's. Every
-figure states how many pairs both models crossed: on a handful of pairs the numbers mean little. METHODS' training
-step ($\eta=0.3$, $I=10$) shrinks $L_a$ only by $(1-\eta)$ per step, so almost nothing crosses; the metric uses
-$\eta=1$ (a full step onto the linearized boundary) and $I=20$.
+figure states how many pairs both models crossed: on a handful of pairs the numbers mean little, so a bar resting on
+fewer than 100 is drawn faded with a warning. Error bars are 95% bootstrap intervals over base samples (a base
+sample's pairs share its image, so whole base samples are resampled); two students compared on the same base
+samples get a paired interval for their difference. METHODS' training step ($\eta=0.3$, $I=10$) shrinks $L_a$
+only by $(1-\eta)$ per step, so almost nothing crosses; the metric uses $\eta=1$ (a full step onto the
+linearized boundary) and $I=20$.
 """
 
 
 def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryConfig) -> BoundaryAnalysis:
+    config.validate()
     require_job_slot()
     store, teacher = get_store(), open_checkpoint(teacher_run)
     students = {}
     for run_id in student_runs:
         label = student_label(store, run_id, open_checkpoint(run_id))
+        require_comparable(teacher, open_checkpoint(run_id), f"student '{label}'")
         students[label + "'" * list(students).count(label)] = fresh_model(run_id)
     run = store.create("analysis", config.to_dict(), teacher=teacher_run, method="boundary",
                        dataset=teacher.dataset.name, name=f"MagSim/AngSim {teacher.name} vs {len(students)} student(s)")
@@ -59,7 +67,25 @@ def render_progress(job: BoundaryAnalysis) -> None:
     if job.status == "failed":
         st.error(job.error)
     if job.results:
-        st.dataframe(job.table(), hide_index=True)
+        st.dataframe(display_rows(job.table()), hide_index=True)
+
+
+def display_rows(rows: list[dict]) -> list[dict]:
+    """Table rows with every metric's 95% interval beside it, and a flag where the numbers rest on too little."""
+    return [{"student": r["student"], "accuracy": interval_text(r.get("accuracy_interval"), r["accuracy"], ".2%"),
+             "MagSim": interval_text(r.get("magsim_interval"), r["magsim"]),
+             "AngSim": interval_text(r.get("angsim_interval"), r["angsim"]),
+             "pairs accepted by both": r["both_accepted"], "by the student": r["student_accepted"],
+             "pairs": r["pairs"], "enough pairs": "no ⚠" if r["both_accepted"] < MIN_PAIRS else "yes",
+             "note": r["note"]} for r in rows]
+
+
+@st.cache_data(show_spinner="Checking which test images qualify as base samples…", max_entries=32)
+def qualifying(teacher_ref: str, student_refs: tuple[str, ...], dataset: str, root: str | None) -> tuple[int, int]:
+    """(test images, of which classified correctly by the teacher and every student)."""
+    split = real_test_split(dataset, root)
+    models = [open_checkpoint(r).model for r in (teacher_ref, *student_refs)]
+    return len(split), qualifying_base_samples(models[0], models[1:], split.normalized(), split.labels)
 
 
 @st.cache_data(show_spinner="Attacking teacher and student…", max_entries=64)
@@ -113,8 +139,24 @@ with st.sidebar:
                              disabled=running)
     power = st.radio("step", [2, 1], key="boundary_power", disabled=running, horizontal=True,
                      format_func={2: "÷‖∇‖² (METHODS)", 1: "÷‖∇‖ (official code)"}.get)
+    data_root = data_root_setting(dataset.name)
     config = BoundaryConfig(teacher=teacher_run, students=students, samples=int(samples), targets=targets, eta=eta,
-                            max_steps=steps, gradient_norm_power=power)
+                            max_steps=steps, gradient_norm_power=power, data_root=data_root)
+    refused = incomparable(teacher, {ref: open_checkpoint(ref) for ref in students}, candidates)
+    if refused:
+        st.error(refused)
+    elif students:
+        try:
+            available, qualified = qualifying(teacher_run, tuple(students), dataset.name, data_root)
+        except DatasetMissingError as e:
+            st.error(str(e))
+        else:
+            said = (f"{qualified:,} of the {available:,} test images qualify as base samples (classified correctly "
+                    f"by the teacher and every chosen student)")
+            if qualified < samples:
+                st.warning(f"{int(samples):,} base samples asked: {said}, so {qualified:,} will be used.")
+            else:
+                st.caption(f"{said}.")
     start_stop_buttons(job, lambda: start_analysis(teacher_run, students, config), label="Compare",
                        disabled=not students, slots=st.columns(2))
 show_progress(job, render_progress)
@@ -137,13 +179,24 @@ settings, first_images = (eta, METRIC_ATTACK.eps, steps, power), [0, 1, 2]
 if opened is not None:
     data, saved = load_boundary_run(get_store().get(opened))
     rows, c = list(data["students"].values()), data["config"]
+    if data.get("samples_note"):
+        st.warning(data["samples_note"] + ".")
+    few = [r["student"] for r in rows if r["both_accepted"] < MIN_PAIRS]
+    if few:
+        st.warning(f"Resting on fewer than {MIN_PAIRS} pairs accepted by both models (faded below): "
+                   + ", ".join(f"**{n}**" for n in few) + ". Too few to compare students: use more base samples.")
     st.plotly_chart(similarity_bar_figure(rows), key="boundary_bars")
     st.caption(f"{data['base_samples']} base samples ({c['split']} split, {c['selection']} selection), "
                f"{data['pairs']} (n, k) pairs, targets: {c['targets']}; attack η = {c['eta']}, I = {c['max_steps']}, "
                f"step ÷‖∇‖^{c['gradient_norm_power']}; the teacher crossed on {data['teacher_outcomes']['accepted']}"
                f" pairs" + (" · **partial: stopped before every student was measured**" if data["partial"] else ""))
-    st.dataframe([{k: r[k] for k in ("student", "accuracy", "magsim", "angsim", "both_accepted", "student_accepted",
-                                     "pairs", "note")} for r in rows], hide_index=True)
+    st.dataframe(display_rows(rows), hide_index=True)
+    if data.get("differences"):
+        st.plotly_chart(difference_figure(data["differences"]), key="boundary_differences")
+        st.dataframe([{"students": f"{d['student_a']} − {d['student_b']}",
+                       **{label: interval_text(d[k], interval_from_json(d[k]).estimate, "+.3f")
+                          for k, label in (("magsim", "MagSim difference"), ("angsim", "AngSim difference"))}}
+                      for d in data["differences"]], hide_index=True)
     with st.expander("By base class"):
         st.plotly_chart(per_class_figure({n: r["per_class"] for n, r in data["results"].items()}, names),
                         key="boundary_per_class")
@@ -169,7 +222,8 @@ target = cols[2].selectbox("Target class k", [RUNNER_UP] + names, key="one_targe
 if not chosen:
     st.stop()
 try:
-    shot = attack_images(teacher_ref, student_ref, tuple(chosen), target, dataset.name, dataset.root, settings)
+    shot = attack_images(teacher_ref, student_ref, tuple(chosen), target, dataset.name,
+                         data_root_setting(dataset.name), settings)
 except (FileNotFoundError, CheckpointError) as e:   # a model of a stored comparison was deleted since
     st.error(f"Cannot attack these models: {e}")
     st.stop()

@@ -1,5 +1,6 @@
 """AppTest of the Boundaries page: explanation, a background MagSim/AngSim comparison that lands in the run store and
-reopens in a new session, and the one-image attack panels with the step each attack crossed."""
+reopens in a new session (with intervals, paired differences, faded bars resting on too few pairs, and how many base
+samples qualified, said before and after), and the one-image attack panels with the step each attack crossed."""
 import copy
 import json
 import shutil
@@ -79,8 +80,11 @@ def test_page_explains_the_metric_and_asks_for_students(home):
 def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     at = page()
     at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids)
-    at.sidebar.number_input(key="boundary_samples").set_value(15)
+    at.sidebar.number_input(key="boundary_samples").set_value(2000)
     at.run()
+    before = at.sidebar.warning[0].value   # said before the run: the test split cannot give 2,000
+    assert before.startswith("2,000 base samples asked: ") and "of the 360 test images qualify" in before
+    qualified = int(before.split("asked: ")[1].split(" of the")[0].replace(",", ""))
     next(b for b in at.sidebar.button if b.label == "Compare").click().run()
     from pages.views.common import get_job_manager
     job = get_job_manager().get(at.query_params.get("job"))
@@ -97,11 +101,23 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
 
     bars = figures(at)[0]
     assert [t["name"] for t in bars["data"]] == ["MagSim", "AngSim"] and len(bars["data"][0]["x"]) == 2
+    assert all(len(t["error_y"]["array"]) == 2 for t in bars["data"])   # 95% intervals as error bars
     counts = [a["text"] for a in bars["layout"]["annotations"]]
     assert len(counts) == 2 and all(text.startswith("n = ") and "pairs" in text for text in counts)
     table = at.dataframe[0].value
-    assert len(table) == 2 and (table["both_accepted"] >= 0).all()
+    assert len(table) == 2 and (table["pairs accepted by both"] >= 0).all()
+    assert all("[" in v for v in table["accuracy"]) and all("[" in v or v == "undefined" for v in table["MagSim"])
     assert "base samples" in " ".join(c.value for c in at.caption)
+    after = " ".join(w.value for w in at.warning)   # said after the run, from the stored result
+    assert f"2,000 base samples asked, {qualified} qualified" in after
+    few = [r for r in job.table() if r["too_few_pairs"]]
+    opacity = bars["data"][0]["marker"]["opacity"]
+    assert [o < 1 for o in opacity] == [r["too_few_pairs"] for r in job.table()]
+    if few:
+        assert "fewer than 100 pairs" in after and "⚠" in " ".join(counts)
+    differences = figures(at)[1]   # two students on the same base samples: their paired difference
+    assert [t["name"] for t in differences["data"]] == ["MagSim", "AngSim"] and "error_x" in differences["data"][0]
+    assert " − " in at.dataframe[1].value["students"][0]
 
     fresh = page()   # another session: the stored comparison is offered and shown, without a job
     assert fresh.selectbox(key="boundary_open").value == analysis.id
@@ -113,6 +129,27 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     again.multiselect(key="one_images").set_value([7]).run()   # not attacked before, so not in the cache
     assert "Cannot attack these models" in again.error[0].value
 
+
+def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
+    at = page()
+    at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids[:1])
+    at.sidebar.number_input(key="boundary_samples").set_value(5)   # at most 5 · 9 = 45 pairs < 100
+    at.run()
+    next(b for b in at.sidebar.button if b.label == "Compare").click().run()
+    from pages.views.common import get_job_manager
+    job = get_job_manager().get(at.query_params.get("job"))
+    end = time.time() + 60
+    while job.running:
+        assert time.time() < end, "analysis timed out"
+        time.sleep(0.1)
+    at.run()
+    assert not at.exception, at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert "Resting on fewer than 100 pairs" in warning and "Too few to compare students" in warning
+    bars = figures(at)[0]
+    assert bars["data"][0]["marker"]["opacity"] == [0.3]
+    assert "⚠ only" in bars["layout"]["annotations"][0]["text"]
+    assert at.dataframe[0].value["enough pairs"][0] == "no ⚠"
 
 def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
     at = page()

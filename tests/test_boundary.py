@@ -1,4 +1,5 @@
 """MagSim / AngSim (METHODS §4): hand-computed pairs, exact geometry of linear models, real digits models, CLI."""
+import copy
 import json
 import math
 from pathlib import Path
@@ -6,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfkd_core.analysis.boundary import (BasePairs, angle_similarity, boundary_similarity, choose_base_pairs,
-                                         clipped_cosine, compare_students, decision_boundary_similarity,
-                                         magnitude_ratio, magnitude_similarity)
+from dfkd_core.analysis.boundary import (MIN_PAIRS, BasePairs, angle_similarity, boundary_similarity,
+                                         choose_base_pairs, clipped_cosine, compare_students,
+                                         decision_boundary_similarity, magnitude_ratio, magnitude_similarity,
+                                         paired_differences)
 from dfkd_core.synthesis.bss import (ACCEPTED, REJECTED_MAX_STEPS, AttackSettings, BoundaryAttackResult,
                                      select_base_samples)
 
@@ -67,6 +69,59 @@ def test_weighted_similarities_by_hand():
     assert (partial.teacher_accepted, partial.student_accepted, partial.both_accepted) == (3, 2, 2)
     assert partial.student_outcomes == {"accepted": 2, "rejected_third_class": 0, "rejected_max_steps": 1}
     assert partial.pair_data["cosine"].tolist() == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_intervals_resample_base_samples_not_pairs():
+    # Same pairs as above. Per base sample: a = (.25·.5 + .75·1, 1·.5) = (.875, .5) for MagSim, b = (1, 1).
+    # Resampling base samples gives only .875, .6875 or .5: the interval cannot leave [.5, .875].
+    teacher = fake_attack([[1, 0], [0, 1], [0, 2]], [ACCEPTED] * 3)
+    student = fake_attack([[2, 0], [1, 0], [0, -1]], [ACCEPTED] * 3)
+    result = boundary_similarity(hand_pairs([.25, .75, 1.0]), teacher, student)
+    assert result.pair_data["base_magsim"].tolist() == pytest.approx([0.875, 0.5])
+    assert result.pair_data["base_weight"].tolist() == [1.0, 1.0]
+    interval = result.magsim_interval
+    assert interval.units == 2 and interval.estimate == result.magsim == pytest.approx(0.6875)
+    assert 0.5 <= interval.low <= interval.high <= 0.875
+    assert result.too_few_pairs and "rests on only 3 pairs" in result.note
+    assert result.to_dict()["angsim_interval"]["units"] == 2
+
+
+def test_paired_difference_of_two_students_on_the_same_base_samples():
+    # Student A = the hand case (MagSim .6875); student B crosses exactly where the teacher does (MagSim 1).
+    pairs = hand_pairs([.25, .75, 1.0])
+    teacher = fake_attack([[1, 0], [0, 1], [0, 2]], [ACCEPTED] * 3)
+    a = boundary_similarity(pairs, teacher, fake_attack([[2, 0], [1, 0], [0, -1]], [ACCEPTED] * 3))
+    b = boundary_similarity(pairs, teacher, fake_attack([[1, 0], [0, 1], [0, 2]], [ACCEPTED] * 3))
+    (d,) = paired_differences({"a": a, "b": b})
+    assert (d["student_a"], d["student_b"]) == ("a", "b")
+    assert d["magsim"]["estimate"] == pytest.approx(0.6875 - 1.0) and d["magsim"]["units"] == 2
+    # Per base sample the differences are (.875 − 1, .5 − 1): every resample lies in [−.5, −.125].
+    assert -0.5 <= d["magsim"]["low"] <= d["magsim"]["high"] <= -0.125
+
+
+def test_an_exact_copy_of_a_trained_teacher_scores_exactly_one(digits_teacher):
+    from dfkd_core.data import load_split
+
+    test = load_split("digits", "test")
+    teacher = digits_teacher.model
+    comparison = compare_students(teacher, {"copy": copy.deepcopy(teacher)}, test.normalized(), test.labels,
+                                  n_base=300, pixel_bounds=digits_teacher.dataset.pixel_bounds())
+    same = comparison.results["copy"]
+    assert same.both_accepted > 0
+    assert same.magsim == 1.0 and same.angsim == 1.0   # exactly (float32 cosines gave AngSim 0.99999988 here)
+    assert (same.magsim_interval.low, same.angsim_interval.high) == (1.0, 1.0)
+    assert (same.pair_data["cosine"][same.pair_data["teacher_outcome"] == ACCEPTED] == 1.0).all()
+
+
+def test_base_samples_that_do_not_qualify_are_said_not_silently_dropped():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    labels = torch.tensor([0, 1, 1])   # the third is wrong for the teacher: 2 qualify
+    x = torch.zeros(3, 1, 1, 2)
+    pairs = choose_base_pairs(probs, [probs], x, labels, n_base=200)
+    assert (pairs.asked, pairs.qualified, len(pairs.labels)) == (200, 2, 2)
+    assert pairs.shortfall_note() == ("200 base samples asked, 2 qualified: only 2 test images are classified "
+                                      "correctly by the teacher and every student")
+    assert choose_base_pairs(probs, [probs], x, labels, n_base=2).shortfall_note() == ""
 
 
 def test_pure_functions_stay_in_unit_interval():
@@ -168,14 +223,21 @@ def test_cli_boundary_table_and_run(tmp_path, capsys, digits_teacher, digits_stu
     assert code == 0, out
     assert "MagSim" in out and "AngSim" in out and "accepted pairs" in out
     run_dir = Path(teacher).parent.name   # a run's model.pt outside this store is named by its directory
-    same_row = next(line for line in out.splitlines() if line.startswith(f"{run_dir}:{digits_teacher.name}"))
-    assert "1.000   1.000" in same_row
+    same_row = next(line for line in out.splitlines() if f"{run_dir}:{digits_teacher.name}" in line)
+    assert "1.000 [1.000, 1.000]   1.000 [1.000, 1.000]" in same_row
+    assert same_row.startswith("! ") and f"fewer than {MIN_PAIRS} pairs" in out   # 6 base samples: too few pairs
+    assert "MagSim(" in out and ") − MagSim(" in out   # the paired difference of the two students
     run = RunStore(home).list(kind="analysis")[0]
     assert run.method == "boundary" and run.status == "done"
     summary, tensors = load_boundary_run(RunStore(home).get(run.id))
     assert summary["config"]["max_steps"] == 15 and len(summary["students"]) == 2
     rows = list(summary["students"].values())
     assert rows[0]["both_accepted"] == summary["teacher_outcomes"]["accepted"]
+    assert rows[0]["too_few_pairs"] and rows[0]["magsim_interval"]["units"] == 6
+    accuracy = rows[1]["accuracy_interval"]
+    assert accuracy["low"] <= accuracy["estimate"] <= accuracy["high"] and accuracy["units"] == 360
+    (difference,) = summary["differences"]
+    assert difference["magsim"]["units"] == 6 and "magsim_interval" in run.summary["students"][rows[0]["student"]]
     assert tensors["teacher_perturbation"].shape[0] == len(tensors["kept_pairs"])
     assert (run.dir / "boundary_bars.json").exists()
 
@@ -187,21 +249,34 @@ def test_cli_boundary_rejects_student_of_another_dataset(tmp_path, digits_teache
 
     other = save_checkpoint(tmp_path / "fmnist.pt", create_model("bncnn6_w16", 10, 1, 28),
                             dataset_info("fashion-mnist"))
-    with pytest.raises(SystemExit, match="trained on fashion-mnist"):
+    with pytest.raises(SystemExit, match="made for dataset fashion-mnist"):
         main(["--home", str(tmp_path / "home"), "boundary", "--teacher", digits_teacher.path,
               "--student", str(other)])
 
 
 def test_figures():
-    from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, outcome_text,
-                                          per_class_figure, similarity_bar_figure)
+    from dfkd_core.plots.boundary import (FADED, attack_loss_figure, attack_panels_figure, difference_figure,
+                                          outcome_text, per_class_figure, similarity_bar_figure)
+    from dfkd_core.stats import Interval
 
-    rows = [{"student": "kd", "magsim": 0.8, "angsim": 0.6, "both_accepted": 120, "pairs": 200, "accuracy": 0.9},
-            {"student": "none", "magsim": float("nan"), "angsim": float("nan"), "both_accepted": 0, "pairs": 200}]
+    rows = [{"student": "kd", "magsim": 0.8, "angsim": 0.6, "both_accepted": 120, "pairs": 200, "accuracy": 0.9,
+             "magsim_interval": Interval(0.8, 0.75, 0.82, 40).to_dict(),
+             "accuracy_interval": Interval(0.9, 0.88, 0.92, 360).to_dict()},
+            {"student": "none", "magsim": float("nan"), "angsim": float("nan"), "both_accepted": 0, "pairs": 200},
+            {"student": "few", "magsim": 0.9, "angsim": 0.7, "both_accepted": 27, "pairs": 200}]
     bars = similarity_bar_figure(rows)
-    assert [t.name for t in bars.data] == ["MagSim", "AngSim"] and list(bars.data[0].y) == [0.8, None]
+    assert [t.name for t in bars.data] == ["MagSim", "AngSim"] and list(bars.data[0].y) == [0.8, None, 0.9]
+    assert list(bars.data[0].error_y.array)[0] == pytest.approx(0.02)
+    assert list(bars.data[0].error_y.arrayminus)[0] == pytest.approx(0.05)
+    assert list(bars.data[0].marker.opacity) == [1.0, FADED, FADED]   # too few pairs: faded, not hidden
     notes = [a.text for a in bars.layout.annotations]
-    assert notes[0].startswith("n = 120 pairs") and "acc 90.0%" in notes[0] and "undefined" in notes[1]
+    assert notes[0].startswith("n = 120 pairs") and "acc 90.0% [88.0%, 92.0%]" in notes[0] and "undefined" in notes[1]
+    assert "⚠ only 27 pairs: too few to compare" in notes[2] and "⚠" not in notes[0]
+    differences = difference_figure([{"student_a": "bss", "student_b": "kd",
+                                      "magsim": Interval(-0.051, -0.08, -0.02, 500).to_dict(),
+                                      "angsim": Interval(0.01, -0.01, 0.03, 500).to_dict()}])
+    assert list(differences.data[0].y) == ["bss − kd"] and list(differences.data[0].x) == [-0.051]
+    assert list(differences.data[0].error_x.array) == pytest.approx([0.031])
     per_class = per_class_figure({"kd": {"0": {"magsim": .5, "angsim": .4, "both_accepted": 3, "pairs": 9}}},
                                  ["zero"])
     assert list(per_class.data[0].x) == ["zero"] and per_class.data[1].y[0] == .4

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfkd_core.analysis.cka import (cka, debiased_linear_cka, debiased_rbf_cka, describe_kernel, gram_linear,
-                                    linear_cka, rbf_cka, unbiased_hsic)
+from dfkd_core.analysis.cka import (cka, debiased_linear_cka, debiased_rbf_cka, describe_kernel, linear_cka,
+                                    rbf_cka, unbiased_hsic)
 from dfkd_core.analysis.cka_accumulators import LinearCKAAccumulator, MinibatchCKA
 from dfkd_core.analysis.cka_matrix import CKAResult, cka_matrix
 from dfkd_core.analysis.features import capture_features

@@ -7,8 +7,15 @@ pairs (n, k) where BOTH attacks were accepted, with weights p_n^k normalized by 
     MagSim = Σ p_n^k · min(||x̄^t||, ||x̄^s||) / max(||x̄^t||, ||x̄^s||) / Σ p_n^k
     AngSim = Σ p_n^k · max(0, cos(x̄^t, x̄^s)) / Σ p_n^k
 
-Both lie in [0, 1]; 1 means the same boundary distance / direction. Without a single pair accepted by both
-models the metric does not exist: the result holds NaN and a note saying why, never a made-up number.
+Both lie in [0, 1]; 1 means the same boundary distance / direction — exactly 1.0 for an exact copy of the teacher,
+as ratios and cosines are taken in float64. Without a single pair accepted by both models the metric does not
+exist: the result holds NaN and a note saying why, never a made-up number; on fewer than `MIN_PAIRS` pairs it is
+flagged as resting on too little.
+
+Uncertainty: the pairs of one base sample share its image, so they are not independent. Each base sample n
+contributes a_n = Σ_k p_n^k·sim and b_n = Σ_k p_n^k (over its pairs accepted by both), MagSim = Σ a_n / Σ b_n, and
+the 95% interval resamples base samples (`stats.ratio_interval`, a cluster bootstrap). Two students measured on the
+same base samples are compared with a paired interval (`paired_differences`).
 
 Pairs: by default every k ≠ b of each base sample, weighted by p_n^k (the sum of METHODS §4 taken exactly).
 `targets="sampled"` draws one k per base sample with probability p_n^k instead, as BSS-KD training does; the draw
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Callable, Mapping
 
 import torch
@@ -25,6 +33,7 @@ import torch.nn as nn
 
 from dfkd_core.synthesis.bss import (ACCEPTED, AttackSettings, BoundaryAttackResult, PixelBounds, pair_gap_score,
                                      sample_target_classes, target_class_weights)
+from dfkd_core.stats import Interval, paired_ratio_difference_interval, ratio_interval
 from dfkd_core.training import predict_logits
 
 METRIC_ATTACK = AttackSettings(eta=1.0, eps=1e-4, max_steps=20)
@@ -34,28 +43,48 @@ METRIC_ATTACK = AttackSettings(eta=1.0, eps=1e-4, max_steps=20)
 boundary; with 20 steps 86% of pairs cross, ending within ~0.01 logits of the boundary, which is what the
 perturbation norms are meant to measure."""
 
-FEW_PAIRS = 30
+MIN_PAIRS = 100
+"""Below this many pairs accepted by both models a MagSim/AngSim is flagged as resting on too little (drawn faded
+with a warning in the app, marked in the CLI): on 27 pairs a 10%-accuracy student once scored above a 94% one."""
+
+
+def _squared_norms(perturbations: torch.Tensor) -> torch.Tensor:
+    flat = perturbations.flatten(1).to(torch.float64)
+    return (flat * flat).sum(1)
 
 
 def magnitude_ratio(teacher_perturbations: torch.Tensor, student_perturbations: torch.Tensor) -> torch.Tensor:
-    """min(||x̄^t||, ||x̄^s||) / max(||x̄^t||, ||x̄^s||) per pair (1 when both are zero)."""
-    t = teacher_perturbations.flatten(1).norm(dim=1)
-    s = student_perturbations.flatten(1).norm(dim=1)
+    """min(||x̄^t||, ||x̄^s||) / max(||x̄^t||, ||x̄^s||) per pair, float64 (1 when both are zero)."""
+    t, s = _squared_norms(teacher_perturbations).sqrt(), _squared_norms(student_perturbations).sqrt()
     high = torch.maximum(t, s)
-    return torch.where(high > 0, torch.minimum(t, s) / high.clamp_min(1e-30), torch.ones_like(high))
+    return torch.where(high > 0, torch.minimum(t, s) / high.clamp_min(1e-300), torch.ones_like(high))
 
 
 def clipped_cosine(teacher_perturbations: torch.Tensor, student_perturbations: torch.Tensor) -> torch.Tensor:
-    """max(0, cos(x̄^t, x̄^s)) per pair."""
-    cos = torch.nn.functional.cosine_similarity(teacher_perturbations.flatten(1), student_perturbations.flatten(1),
-                                                dim=1, eps=1e-30)
+    """max(0, cos(x̄^t, x̄^s)) per pair, cos = <x̄^t, x̄^s> / sqrt(||x̄^t||²·||x̄^s||²) in float64 (0 for a zero
+    vector).
+
+    Why this form: for identical perturbations the three sums are the same number q and sqrt(q·q) = q exactly in
+    IEEE arithmetic, so a model against its own copy gets exactly 1 (float32 cosine_similarity gave 0.99999988)."""
+    t = teacher_perturbations.flatten(1).to(torch.float64)
+    s = student_perturbations.flatten(1).to(torch.float64)
+    den = (_squared_norms(t) * _squared_norms(s)).sqrt()
+    cos = torch.where(den > 0, (t * s).sum(1) / den.clamp_min(1e-300), torch.zeros_like(den))
     return cos.clamp(0.0, 1.0)
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float:
-    """Σ w·v / Σ w; NaN when there is no weight at all (no pair to average over)."""
+    """Σ w·v / Σ w in float64; NaN when there is no weight at all (no pair to average over)."""
+    values, weights = values.to(torch.float64), weights.to(torch.float64)
     total = weights.sum()
     return float((weights * values).sum() / total) if total > 0 else math.nan
+
+
+def per_base_sums(values: torch.Tensor, weights: torch.Tensor, pair_base: torch.Tensor, n_base: int
+                  ) -> torch.Tensor:
+    """a_n = Σ_k w_nk·v_nk over the pairs of each base sample n (float64, length n_base): the cluster totals the
+    interval resamples."""
+    return torch.zeros(n_base, dtype=torch.float64).index_add_(0, pair_base, (weights * values).to(torch.float64))
 
 
 def magnitude_similarity(teacher_perturbations: torch.Tensor, student_perturbations: torch.Tensor,
@@ -81,13 +110,40 @@ class BasePairs:
     pair_target: torch.Tensor    # (P,) target class k
     pair_weight: torch.Tensor    # (P,) p_n^k ("all") or 1 ("sampled")
     targets: str = "all"
+    asked: int = 0               # base samples asked for
+    qualified: int = 0           # inputs classified correctly by the teacher and every student
 
     def __len__(self) -> int:
         return len(self.pair_base)
 
+    def shortfall_note(self, what: str = "test images") -> str:
+        """'200 base samples asked, 33 qualified: only 33 test images are classified correctly by the teacher and
+        every student' — or '' when every base sample asked for was found."""
+        if len(self.labels) >= self.asked:
+            return ""
+        return (f"{self.asked:,} base samples asked, {self.qualified:,} qualified: only {self.qualified:,} {what} "
+                "are classified correctly by the teacher and every student")
+
     @property
     def pair_class(self) -> torch.Tensor:
         return self.labels[self.pair_base]
+
+
+def correct_for_all(teacher_scores: torch.Tensor, students_scores: list[torch.Tensor], labels: torch.Tensor
+                    ) -> torch.Tensor:
+    """Which inputs can be base samples: classified correctly by the teacher and every student (METHODS §4)."""
+    correct = teacher_scores.argmax(1) == labels
+    for scores in students_scores:
+        correct &= scores.argmax(1) == labels
+    return correct
+
+
+def qualifying_base_samples(teacher: nn.Module, students: list[nn.Module], inputs: torch.Tensor,
+                            labels: torch.Tensor) -> int:
+    """How many of `inputs` qualify as base samples — known before any attack, so a page can say it up front."""
+    with torch.no_grad():
+        scores = [predict_logits(m, inputs) for m in [teacher, *students]]
+    return int(correct_for_all(scores[0], scores[1:], labels.cpu()).sum())
 
 
 def choose_base_pairs(teacher_probs: torch.Tensor, students_probs: list[torch.Tensor], inputs: torch.Tensor,
@@ -98,10 +154,7 @@ def choose_base_pairs(teacher_probs: torch.Tensor, students_probs: list[torch.Te
     if targets not in ("all", "sampled") or selection not in ("gap", "random"):
         raise ValueError(f"targets must be 'all' or 'sampled' and selection 'gap' or 'random' "
                          f"(got {targets!r}, {selection!r})")
-    correct = teacher_probs.argmax(1) == labels
-    for p in students_probs:
-        correct &= p.argmax(1) == labels
-    candidates = correct.nonzero().flatten()
+    candidates = correct_for_all(teacher_probs, students_probs, labels).nonzero().flatten()
     generator = torch.Generator().manual_seed(seed)
     if selection == "gap":
         score = torch.stack([pair_gap_score(teacher_probs[candidates], p[candidates])
@@ -118,7 +171,8 @@ def choose_base_pairs(teacher_probs: torch.Tensor, students_probs: list[torch.Te
         pair_target, _ = sample_target_classes(teacher_probs[chosen], base_labels, generator)
         pair_base = torch.arange(len(chosen))
         pair_weight = torch.ones(len(chosen))
-    return BasePairs(inputs[chosen], base_labels, chosen, pair_base, pair_target, pair_weight, targets)
+    return BasePairs(inputs[chosen], base_labels, chosen, pair_base, pair_target, pair_weight, targets, n_base,
+                     len(candidates))
 
 
 def attack_pairs(model: nn.Module, pairs: BasePairs, settings: AttackSettings = METRIC_ATTACK,
@@ -152,11 +206,22 @@ class BoundarySimilarity:
     student_outcomes: dict[str, int]
     per_class: dict[int, dict[str, float]]   # base class → magsim, angsim, both_accepted, pairs
     note: str = ""
-    pair_data: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # per pair, for the app
+    magsim_interval: Interval | None = None   # 95%, base samples resampled (module docstring)
+    angsim_interval: Interval | None = None
+    pair_data: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # per pair / base sample
+
+    @property
+    def too_few_pairs(self) -> bool:
+        """Fewer than MIN_PAIRS pairs accepted by both models: the numbers rest on too little to compare."""
+        return self.both_accepted < MIN_PAIRS
 
     def to_dict(self) -> dict:
-        """Everything but the per-pair tensors (JSON-ready; NaN stays NaN)."""
-        return {k: v for k, v in self.__dict__.items() if k != "pair_data"}
+        """Everything but the per-pair tensors (JSON-ready; NaN stays NaN); intervals as dicts."""
+        d = {k: v for k, v in self.__dict__.items() if k != "pair_data"}
+        d.update(magsim_interval=self.magsim_interval.to_dict() if self.magsim_interval else None,
+                 angsim_interval=self.angsim_interval.to_dict() if self.angsim_interval else None,
+                 too_few_pairs=self.too_few_pairs)
+        return d
 
 
 def boundary_similarity(pairs: BasePairs, teacher_attack: BoundaryAttackResult,
@@ -168,7 +233,7 @@ def boundary_similarity(pairs: BasePairs, teacher_attack: BoundaryAttackResult,
     t_ok, s_ok = teacher_attack.outcome == ACCEPTED, student_attack.outcome == ACCEPTED
     both = t_ok & s_ok
     ratio, cosine = magnitude_ratio(t_pert, s_pert), clipped_cosine(t_pert, s_pert)
-    weight = pairs.pair_weight * both
+    weight = pairs.pair_weight.to(torch.float64) * both
     per_class = {}
     for c in pairs.labels.unique().tolist():
         in_c = pairs.pair_class == c
@@ -181,17 +246,38 @@ def boundary_similarity(pairs: BasePairs, teacher_attack: BoundaryAttackResult,
         note = (f"no pair was accepted by both models (teacher accepted {int(t_ok.sum())}, student "
                 f"{int(s_ok.sum())} of {len(pairs)}): MagSim/AngSim are undefined. Use more base samples, more "
                 f"attack steps or a larger η.")
-    elif n_both < FEW_PAIRS:
-        note = f"only {n_both} pairs accepted by both models: the numbers are noisy"
-    pair_data = {"base": pairs.pair_base, "base_class": pairs.pair_class, "target": pairs.pair_target,
+    elif n_both < MIN_PAIRS:
+        note = (f"rests on only {n_both} pairs accepted by both models (< {MIN_PAIRS}): too few to compare "
+                "students; use more base samples")
+    n_base = len(pairs.labels)
+    base = {"base_magsim": per_base_sums(ratio, weight, pairs.pair_base, n_base),
+            "base_angsim": per_base_sums(cosine, weight, pairs.pair_base, n_base),
+            "base_weight": per_base_sums(torch.ones_like(weight), weight, pairs.pair_base, n_base)}
+    magsim = ratio_interval(base["base_magsim"], base["base_weight"])
+    angsim = ratio_interval(base["base_angsim"], base["base_weight"])
+    pair_data = {**base, "base": pairs.pair_base, "base_class": pairs.pair_class, "target": pairs.pair_target,
                  "weight": pairs.pair_weight, "teacher_perturbation": t_pert, "student_perturbation": s_pert,
                  "teacher_outcome": teacher_attack.outcome, "student_outcome": student_attack.outcome,
                  "teacher_crossed_step": teacher_attack.crossed_step,
                  "student_crossed_step": student_attack.crossed_step,
                  "magnitude_ratio": ratio, "cosine": cosine}
-    return BoundarySimilarity(weighted_mean(ratio, weight), weighted_mean(cosine, weight), len(pairs),
-                              len(pairs.labels), int(t_ok.sum()), int(s_ok.sum()), n_both,
-                              teacher_attack.counts(), student_attack.counts(), per_class, note, pair_data)
+    return BoundarySimilarity(magsim.estimate, angsim.estimate, len(pairs), n_base, int(t_ok.sum()), int(s_ok.sum()),
+                              n_both, teacher_attack.counts(), student_attack.counts(), per_class, note, magsim, angsim,
+                              pair_data)
+
+
+def paired_differences(results: Mapping[str, BoundarySimilarity]) -> list[dict]:
+    """For every two students measured on the same base samples: MagSim(a) − MagSim(b) and AngSim(a) − AngSim(b)
+    with paired 95% intervals (both students' base-sample totals resampled together), e.g. the README's
+    "MagSim(BSS-KD) − MagSim(KD) = −0.051 [−0.08, −0.02]"."""
+    out = []
+    for (a, ra), (b, rb) in combinations(results.items(), 2):
+        da, db = ra.pair_data, rb.pair_data
+        out.append({"student_a": a, "student_b": b, **{
+            metric: paired_ratio_difference_interval(da[f"base_{metric}"], da["base_weight"],
+                                                     db[f"base_{metric}"], db["base_weight"]).to_dict()
+            for metric in ("magsim", "angsim")}})
+    return out
 
 
 @dataclass
@@ -252,7 +338,7 @@ def attack_both(teacher: nn.Module, student: nn.Module, x: torch.Tensor, base_cl
                  for m in (teacher, student))
 
 
-__all__ = ["METRIC_ATTACK", "BasePairs", "BoundaryComparison", "BoundarySimilarity", "angle_similarity",
+__all__ = ["METRIC_ATTACK", "MIN_PAIRS", "BasePairs", "BoundaryComparison", "BoundarySimilarity", "angle_similarity",
            "attack_both", "attack_pairs", "boundary_similarity", "choose_base_pairs", "clipped_cosine",
-           "compare_students", "decision_boundary_similarity", "magnitude_ratio", "magnitude_similarity",
-           "weighted_mean"]
+           "compare_students", "correct_for_all", "decision_boundary_similarity", "magnitude_ratio",
+           "magnitude_similarity", "paired_differences", "per_base_sums", "qualifying_base_samples", "weighted_mean"]

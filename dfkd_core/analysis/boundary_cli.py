@@ -1,12 +1,15 @@
-"""`dfkd boundary`: MagSim / AngSim of students against a teacher (METHODS §4); prints a table, saves a run."""
+"""`dfkd boundary`: MagSim / AngSim of students against a teacher (METHODS §4); prints a table (or `--json`) with
+95% intervals and paired differences between students, saves a run."""
 from __future__ import annotations
 
-import argparse
+import json
 import math
 import sys
 from pathlib import Path
 
-from dfkd_core.analysis.boundary import METRIC_ATTACK
+from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS
+from dfkd_core.analysis.cli import _fmt_interval, json_ready
+from dfkd_core.stats import interval_from_json
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -25,17 +28,50 @@ def student_label(store, ref: str, checkpoint) -> str:
     return f"{path.parent.name if path.stem == 'model' else path.stem}:{checkpoint.name}"
 
 
-def print_table(rows: list[dict], teacher_accuracy: float | None, teacher_outcomes: dict, pairs: int,
-                base_samples: int) -> None:
-    print(f"teacher accuracy {_fmt(teacher_accuracy, '.2%')}; {base_samples} base samples, {pairs} (n, k) pairs; "
-          f"teacher attack: " + ", ".join(f"{k} {v}" for k, v in teacher_outcomes.items()))
+def print_table(summary: dict) -> None:
+    """The boundary run's summary as a table: accuracy, MagSim, AngSim with 95% intervals; rows resting on fewer than
+    MIN_PAIRS pairs marked '!'; then the paired differences between students."""
+    teacher = summary["teacher_accuracy_interval"]
+    print(f"teacher accuracy {_fmt_interval(interval_from_json(teacher), '.2%') if teacher else 'n/a'}; "
+          f"{summary['base_samples']} base samples, {summary['pairs']} (n, k) pairs; teacher attack: "
+          + ", ".join(f"{k} {v}" for k, v in summary["teacher_outcomes"].items()))
+    rows = list(summary["students"].values())
     width = max(12, *(len(r["student"]) for r in rows)) + 2
-    print(f"{'student':{width}} {'accuracy':>9} {'MagSim':>7} {'AngSim':>7} {'accepted pairs':>15}")
+    print(f"[95% intervals: accuracy over test images, MagSim/AngSim over base samples; '!' = fewer than "
+          f"{MIN_PAIRS} pairs accepted by both models, too few to compare]")
+    print(f"  {'student':{width}} {'accuracy':>24} {'MagSim':>22} {'AngSim':>22} {'accepted pairs':>15}")
     for r in rows:
-        print(f"{r['student']:{width}} {_fmt(r['accuracy'], '.2%'):>9} {_fmt(r['magsim']):>7} "
-              f"{_fmt(r['angsim']):>7} {r['both_accepted']:>8} / {r['pairs']}")
+        cells = [_fmt_interval(interval_from_json(r[k]), spec) for k, spec in
+                 (("accuracy_interval", ".2%"), ("magsim_interval", ".3f"), ("angsim_interval", ".3f"))]
+        flag = "!" if r["too_few_pairs"] else " "
+        print(f"{flag} {r['student']:{width}} {cells[0]:>24} {cells[1]:>22} {cells[2]:>22} "
+              f"{r['both_accepted']:>8} / {r['pairs']}")
         if r["note"]:
-            print(f"{'':{width}} note: {r['note']}")
+            print(f"  {'':{width}} note: {r['note']}")
+    if summary["differences"]:
+        print("paired differences on the same base samples (95% interval):")
+        for d in summary["differences"]:
+            for metric, label in (("magsim", "MagSim"), ("angsim", "AngSim")):
+                print(f"  {label}({d['student_a']}) − {label}({d['student_b']}) = "
+                      f"{_fmt_interval(interval_from_json(d[metric]), '+.3f')}")
+    if summary["samples_note"]:
+        print(f"note: {summary['samples_note']}")
+
+
+def _check_before_run(config, teacher, students: dict, data_root: str | None) -> None:
+    """Settings, every teacher/student pair and the split's size, before a run exists (one sentence each)."""
+    from dfkd_core.analysis.checks import require_comparable
+    from dfkd_core.data import DatasetMissingError, load_split
+    try:
+        config.validate()
+        for ref, checkpoint in students.items():
+            require_comparable(teacher, checkpoint, f"student '{ref}'")
+        split_size = len(load_split(teacher.dataset.name, config.split, data_root))
+    except (ValueError, DatasetMissingError) as e:
+        raise SystemExit(f"error: {e}")
+    note = config.available_note(split_size, teacher.dataset.name)
+    if note:
+        print(f"note: {note}")
 
 
 def cmd_boundary(args, store) -> int:
@@ -43,36 +79,32 @@ def cmd_boundary(args, store) -> int:
     from dfkd_core.cli import ProgressBar, _load
 
     teacher = _load(store, args.teacher, "teacher")
+    checkpoints = {ref: _load(store, ref, "student") for ref in args.student}
+    config = BoundaryConfig(teacher=args.teacher, students=list(args.student), samples=args.samples, pool=args.pool,
+                            split=args.split, targets=args.targets, selection=args.selection, eta=args.eta,
+                            eps=args.eps, max_steps=args.max_steps, gradient_norm_power=args.gradient_norm_power,
+                            batch_size=args.batch_size, seed=args.seed, device=args.device, data_root=args.data_root)
+    _check_before_run(config, teacher, checkpoints, args.data_root)
     students = {}
-    for ref in args.student:
-        checkpoint = _load(store, ref, "student")
-        if checkpoint.dataset.name != teacher.dataset.name:
-            raise SystemExit(f"error: student '{ref}' was trained on {checkpoint.dataset.name}, the teacher on "
-                             f"{teacher.dataset.name}")
+    for ref, checkpoint in checkpoints.items():
         label = student_label(store, ref, checkpoint)
         while label in students:
             label += "'"
         students[label] = checkpoint.model
-    config = BoundaryConfig(teacher=args.teacher, students=list(args.student), samples=args.samples, pool=args.pool,
-                            split=args.split, targets=args.targets, selection=args.selection, eta=args.eta,
-                            eps=args.eps, max_steps=args.max_steps, gradient_norm_power=args.gradient_norm_power,
-                            batch_size=args.batch_size, seed=args.seed, device=args.device)
     run = store.create("analysis", config.to_dict(), teacher=store.run_id_of(teacher.path), method="boundary",
                        dataset=teacher.dataset.name, name=f"MagSim/AngSim {teacher.name} vs {len(students)} student(s)")
-    try:
-        job = BoundaryAnalysis(teacher.model, students, teacher.dataset, config, run)
-    except ValueError as e:
-        run.set_status("failed", error=str(e))
-        raise SystemExit(f"error: {e}")
+    job = BoundaryAnalysis(teacher.model, students, teacher.dataset, config, run)
     job.subscribe(ProgressBar(("magsim", "angsim", "both_accepted"), args.quiet))
     job.run()
     if not job.results:
         print(f"error: {job.error or job.status}", file=sys.stderr)
         print(f"run {run.id} [{job.status}] -> {run.dir}")
         return 1
-    print_table(job.table(), job.accuracy.get("teacher"), job.teacher_attack.counts(), len(job.pairs),
-                len(job.pairs.labels))
-    print(f"run {run.id} [{job.status}] -> {run.dir} (boundary.json, boundary_pairs.pt, boundary_bars.json)")
+    if args.json:
+        print(json.dumps(json_ready({"run": run.id, "status": job.status, **job.result}), indent=2))
+    else:
+        print_table(job.result)
+        print(f"run {run.id} [{job.status}] -> {run.dir} (boundary.json, boundary_pairs.pt, boundary_bars.json)")
     return 0 if job.status == "done" else 1
 
 
@@ -100,4 +132,7 @@ def add_commands(sub) -> None:
     b.add_argument("--batch-size", type=int, default=1024)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto")
+    b.add_argument("--data-root", help="where the teacher's dataset lives (default: $DFKD_<NAME>, then the "
+                                       "standard location)")
+    b.add_argument("--json", action="store_true", help="print the results, intervals included, as JSON")
     b.set_defaults(func=cmd_boundary)

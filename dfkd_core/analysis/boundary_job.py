@@ -2,8 +2,9 @@
 
 Step 0 chooses the base samples and attacks the teacher; step i attacks student i from the same base samples
 toward the same targets. A cancelled run keeps the students it finished. Files written:
-boundary.json (config, table, per-class breakdown, outcome counts), boundary_pairs.pt (per-pair scalars for every
-pair and perturbations for the first `keep_base_samples` base samples; plain tensors, weights_only-loadable),
+boundary.json (config, table with 95% intervals, paired differences between students, per-class breakdown,
+outcome counts, how many base samples qualified), boundary_pairs.pt (per-pair scalars for every pair and
+perturbations for the first `keep_base_samples` base samples; plain tensors, weights_only-loadable),
 boundary_bars.json (the plotly bar chart).
 """
 from __future__ import annotations
@@ -14,11 +15,12 @@ import torch
 import torch.nn as nn
 
 from dfkd_core.analysis.boundary import (METRIC_ATTACK, BoundarySimilarity, attack_pairs, boundary_similarity,
-                                         choose_base_pairs)
+                                         choose_base_pairs, paired_differences)
 from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo, load_split
 from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.jobs import Job
+from dfkd_core.stats import Interval, accuracy_interval
 from dfkd_core.synthesis.bss import AttackSettings
 from dfkd_core.training import evaluate, predict_logits
 
@@ -40,10 +42,42 @@ class BoundaryConfig(Config):
     keep_base_samples: int = 50                         # base samples whose perturbations are saved
     seed: int = 0
     device: str = "auto"
+    data_root: str | None = None                        # where the dataset lives (None: $DFKD_<NAME>, default)
 
     @property
     def attack(self) -> AttackSettings:
         return AttackSettings(self.eta, self.eps, self.max_steps, self.gradient_norm_power)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot give a meaningful MagSim/AngSim, in one sentence, before any run exists."""
+        self.require_finite()
+        checks = [
+            (self.samples >= 1, f"samples (base samples N) must be at least 1, got {self.samples}"),
+            (self.pool >= 0, f"pool must be ≥ 0 (0: the whole split), got {self.pool}"),
+            (self.split in ("test", "train"), f"split must be 'test' or 'train', got '{self.split}'"),
+            (self.targets in ("all", "sampled"), f"targets must be 'all' or 'sampled', got '{self.targets}'"),
+            (self.selection in ("gap", "random"), f"selection must be 'gap' or 'random', got '{self.selection}'"),
+            (self.eta > 0, f"eta (the attack's step factor) must be > 0, got {self.eta}"),
+            (self.eps >= 0, f"eps (the attack's overshoot) must be ≥ 0, got {self.eps}"),
+            (self.max_steps >= 1, f"max_steps must be at least 1, got {self.max_steps}"),
+            (self.gradient_norm_power in (1, 2), f"gradient_norm_power must be 1 or 2, got "
+                                                 f"{self.gradient_norm_power}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.keep_base_samples >= 0, f"keep_base_samples must be ≥ 0, got {self.keep_base_samples}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def available_note(self, split_size: int, dataset: str) -> str:
+        """Before the run: '500 base samples asked; the digits test split has 360 images: at most 360 can qualify
+        …' when the split (or pool) is smaller than the request, else ''."""
+        available = min(self.pool, split_size) if self.pool else split_size
+        if self.samples <= available:
+            return ""
+        where = f"a {available:,}-image pool of the {dataset} {self.split} split" if self.pool else \
+            f"the {dataset} {self.split} split has {available:,} images"
+        return (f"{self.samples:,} base samples asked; {where}: at most {available:,} can qualify (those the "
+                "teacher and every student classify correctly)")
 
 
 class BoundaryAnalysis(Job):
@@ -56,25 +90,25 @@ class BoundaryAnalysis(Job):
         super().__init__(run)
         if not students:
             raise ValueError("BoundaryAnalysis needs at least one student")
+        config.validate()
         self.teacher, self.students, self.dataset, self.config = teacher, students, dataset, config
         self.results: dict[str, BoundarySimilarity] = {}
-        self.accuracy: dict[str, float] = {}
+        self.accuracy: dict[str, Interval] = {}   # over the test images (`evaluate`'s per-image hits)
 
     def setup(self) -> None:
         c = self.config
         device = resolve_device(c.device)
         self.teacher = prepare_model(self.teacher, device)
         self.students = {k: prepare_model(m, device) for k, m in self.students.items()}
-        split = load_split(self.dataset.name, c.split, self.dataset.root)
-        self.test_split = split if c.split == "test" else load_split(self.dataset.name, "test", self.dataset.root)
+        split = load_split(self.dataset.name, c.split, c.data_root)
+        self.test_split = split if c.split == "test" else load_split(self.dataset.name, "test", c.data_root)
+        self.source = f"{c.split} images"
         if c.pool and c.pool < len(split):
             split = split.subset(c.pool, c.seed)
+            self.source = f"images of the {c.pool:,}-image pool"
         inputs, labels = split.normalized(), split.labels
         teacher_probs = predict_logits(self.teacher, inputs).softmax(1)
         students_probs = [predict_logits(m, inputs).softmax(1) for m in self.students.values()]
-        for name, p in zip(self.students, students_probs):
-            if p.shape[1] != teacher_probs.shape[1]:
-                raise ValueError(f"student '{name}' has {p.shape[1]} classes, the teacher {teacher_probs.shape[1]}")
         self.pairs = choose_base_pairs(teacher_probs, students_probs, inputs, labels, c.samples, c.seed,
                                        c.targets, c.selection)
         if len(self.pairs) == 0:
@@ -87,7 +121,7 @@ class BoundaryAnalysis(Job):
         c = self.config
         if index == 0:
             self.teacher_attack = attack_pairs(self.teacher, self.pairs, c.attack, self.bounds, c.batch_size)
-            self.accuracy["teacher"] = evaluate(self.teacher, self.test_split)["accuracy"]
+            self.accuracy["teacher"] = accuracy_interval(evaluate(self.teacher, self.test_split)["correct"])
             counts = self.teacher_attack.counts()
             return {"model": "teacher", "base_samples": len(self.pairs.labels), "pairs": len(self.pairs),
                     **{f"teacher_{k}": v for k, v in counts.items()}}
@@ -96,23 +130,32 @@ class BoundaryAnalysis(Job):
         result = boundary_similarity(self.pairs, self.teacher_attack,
                                      attack_pairs(model, self.pairs, c.attack, self.bounds, c.batch_size))
         self.results[name] = result
-        self.accuracy[name] = evaluate(model, self.test_split)["accuracy"]
+        self.accuracy[name] = accuracy_interval(evaluate(model, self.test_split)["correct"])
         return {"model": name, "magsim": result.magsim, "angsim": result.angsim,
-                "both_accepted": result.both_accepted, "accuracy": self.accuracy[name],
+                "both_accepted": result.both_accepted, "accuracy": self.accuracy[name].estimate,
                 **{f"student_{k}": v for k, v in result.student_outcomes.items()}}
 
     def table(self) -> list[dict]:
-        return [{"student": n, "accuracy": self.accuracy.get(n, float("nan")), "magsim": r.magsim,
-                 "angsim": r.angsim, "both_accepted": r.both_accepted, "student_accepted": r.student_accepted,
-                 "teacher_accepted": r.teacher_accepted, "pairs": r.pairs, "note": r.note}
+        """One row per student; every metric with its 95% interval (`*_interval`, Interval.to_dict())."""
+        return [{"student": n, "accuracy": self.accuracy[n].estimate, "accuracy_interval": self.accuracy[n].to_dict(),
+                 "magsim": r.magsim, "magsim_interval": r.magsim_interval.to_dict(), "angsim": r.angsim,
+                 "angsim_interval": r.angsim_interval.to_dict(), "both_accepted": r.both_accepted,
+                 "student_accepted": r.student_accepted, "teacher_accepted": r.teacher_accepted, "pairs": r.pairs,
+                 "too_few_pairs": r.too_few_pairs, "note": r.note}
                 for n, r in self.results.items()]
 
     def finish(self, status: str) -> dict:
         if not self.results:
             return {}
-        summary = {"teacher_accuracy": self.accuracy.get("teacher"), "base_samples": len(self.pairs.labels),
+        teacher = self.accuracy.get("teacher")
+        summary = {"teacher_accuracy": teacher.estimate if teacher else None,
+                   "teacher_accuracy_interval": teacher.to_dict() if teacher else None,
+                   "base_samples": len(self.pairs.labels), "base_samples_asked": self.config.samples,
+                   "base_samples_qualified": self.pairs.qualified,
+                   "samples_note": self.pairs.shortfall_note(self.source),
                    "pairs": len(self.pairs), "teacher_outcomes": self.teacher_attack.counts(),
-                   "students": {row["student"]: row for row in self.table()}, "partial": status != "done"}
+                   "students": {row["student"]: row for row in self.table()},
+                   "differences": paired_differences(self.results), "partial": status != "done"}
         if self.run_record is not None:
             from dfkd_core.plots.boundary import similarity_bar_figure
 

@@ -1,7 +1,9 @@
-"""Figures for decision-boundary similarity (METHODS §4): MagSim/AngSim bars with the accepted-pair counts beside
-every number, the per-class breakdown, and image panels of one attack pair (base sample, teacher and student
-BSS, and the two perturbations on one shared diverging colour scale). Inputs are plain data (the rows of
-`BoundaryComparison.table()` or of a saved boundary.json), so the app and notebooks share them.
+"""Figures for decision-boundary similarity (METHODS §4): MagSim/AngSim bars with their 95% intervals as error bars
+and the accepted-pair counts beside every number (a bar resting on fewer than MIN_PAIRS pairs is faded and
+carries a warning), the paired differences between students, the per-class breakdown, and image panels of one
+attack pair (base sample, teacher and student BSS, and the two perturbations on one shared diverging colour scale).
+Inputs are plain data (the rows of `BoundaryAnalysis.table()` or of a saved boundary.json), so the app and
+notebooks share them.
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from dfkd_core.analysis.boundary import MIN_PAIRS
+from dfkd_core.stats import interval_from_json
 from dfkd_core.synthesis.bss import OUTCOMES, BoundaryAttackResult
 
-MAGSIM_COLOR, ANGSIM_COLOR = "#1f77b4", "#ff7f0e"
+MAGSIM_COLOR, ANGSIM_COLOR, WARNING_COLOR = "#1f77b4", "#ff7f0e", "#c44e52"
+FADED = 0.3   # opacity of a bar that rests on too few pairs
 OUTCOME_TEXT = {"accepted": "crossed at step {step}", "rejected_third_class": "rejected: entered a third class",
                 "rejected_max_steps": "rejected: no crossing in {steps} steps"}
 
@@ -28,27 +33,73 @@ def outcome_text(outcome: int, crossed_step: int, steps: int) -> str:
     return OUTCOME_TEXT[OUTCOMES[outcome]].format(step=crossed_step, steps=steps)
 
 
+def _error_bars(intervals: Sequence[Mapping | None]) -> dict:
+    """plotly asymmetric error bars (estimate − low, high − estimate) from Interval dicts; none where undefined."""
+    parsed = [interval_from_json(i) if i else None for i in intervals]
+    up = [i.high - i.estimate if i is not None and i.defined else None for i in parsed]
+    down = [i.estimate - i.low if i is not None and i.defined else None for i in parsed]
+    return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.5, width=4)
+
+
+def _interval_text(interval: Mapping | None, spec: str) -> str:
+    if not interval:
+        return ""
+    i = interval_from_json(interval)
+    return f" [{format(i.low, spec)}, {format(i.high, spec)}]" if i.defined else " [no interval]"
+
+
 def similarity_bar_figure(rows: Sequence[Mapping], title: str = "Decision-boundary similarity to the teacher"
                           ) -> go.Figure:
-    """Grouped MagSim / AngSim bars per student; each group is labelled with the pairs accepted by both models
-    (and the student's accuracy when the row has one). An undefined metric (no pair) is written, not drawn."""
+    """Grouped MagSim / AngSim bars per student with 95% error bars; each group is labelled with the pairs accepted
+    by both models (and the student's accuracy with its interval when the row has one). A group resting on fewer
+    than MIN_PAIRS pairs is faded and labelled with a warning; an undefined metric (no pair) is written, not drawn."""
     names = [str(r["student"]) for r in rows]
+    too_few = [r.get("too_few_pairs", r["both_accepted"] < MIN_PAIRS) for r in rows]
     fig = go.Figure()
     for key, label, color in (("magsim", "MagSim", MAGSIM_COLOR), ("angsim", "AngSim", ANGSIM_COLOR)):
         values = [r[key] if _finite(r[key]) else None for r in rows]
-        fig.add_bar(name=label, x=names, y=values, marker_color=color,
+        intervals = [r.get(f"{key}_interval") for r in rows]
+        fig.add_bar(name=label, x=names, y=values, marker=dict(color=color, opacity=[FADED if f else 1.0
+                                                                                    for f in too_few]),
+                    error_y=_error_bars(intervals),
                     text=[f"{v:.3f}" if v is not None else "" for v in values], textposition="outside",
-                    customdata=[[r["both_accepted"], r.get("pairs", float("nan"))] for r in rows],
-                    hovertemplate=f"%{{x}}<br>{label} %{{y:.4f}}<br>pairs accepted by both: %{{customdata[0]}} "
-                                  "of %{customdata[1]}<extra></extra>")
-    for name, r in zip(names, rows):
-        accuracy = f"<br>acc {r['accuracy']:.1%}" if _finite(r.get("accuracy")) else ""
+                    customdata=[[r["both_accepted"], r.get("pairs", float("nan")), _interval_text(i, ".3f")]
+                                for r, i in zip(rows, intervals)],
+                    hovertemplate=f"%{{x}}<br>{label} %{{y:.4f}}%{{customdata[2]}} (95%)<br>pairs accepted by "
+                                  "both: %{customdata[0]} of %{customdata[1]}<extra></extra>")
+    for name, r, few in zip(names, rows, too_few):
+        accuracy = (f"<br>acc {r['accuracy']:.1%}{_interval_text(r.get('accuracy_interval'), '.1%')}"
+                    if _finite(r.get("accuracy")) else "")
         undefined = "" if _finite(r["magsim"]) else "<br>undefined"
-        fig.add_annotation(x=name, y=1.12, text=f"n = {r['both_accepted']} pairs{accuracy}{undefined}",
-                           showarrow=False, font=dict(size=11), yanchor="bottom")
+        warning = f"<br>⚠ only {r['both_accepted']} pairs: too few to compare" if few and _finite(r["magsim"]) \
+            else ""
+        fig.add_annotation(x=name, y=1.12, text=f"n = {r['both_accepted']} pairs{accuracy}{undefined}{warning}",
+                           showarrow=False, font=dict(size=11, color=WARNING_COLOR if few else None),
+                           yanchor="bottom")
     fig.update_layout(title=title, barmode="group", yaxis=dict(range=[0, 1.3], title="similarity (1 = same)",
                       tickvals=[0, 0.25, 0.5, 0.75, 1.0]), legend=dict(orientation="h", y=-0.15),
-                      margin=dict(t=80))
+                      margin=dict(t=100))
+    return fig
+
+
+def difference_figure(differences: Sequence[Mapping], title: str = "Paired differences between students "
+                      "(same base samples, 95% interval)") -> go.Figure:
+    """One row per (student a, student b): MagSim(a) − MagSim(b) and AngSim(a) − AngSim(b) as points with their
+    paired intervals; an interval that does not cross the dotted zero line is a resolved difference."""
+    labels = [f"{d['student_a']} − {d['student_b']}" for d in differences]
+    fig = go.Figure()
+    for key, label, color in (("magsim", "MagSim", MAGSIM_COLOR), ("angsim", "AngSim", ANGSIM_COLOR)):
+        intervals = [d[key] for d in differences]
+        estimates = [interval_from_json(i).estimate for i in intervals]
+        bars = _error_bars(intervals)
+        fig.add_scatter(x=[e if _finite(e) else None for e in estimates], y=labels, mode="markers", name=label,
+                        marker=dict(color=color, size=10),
+                        error_x=dict(type="data", symmetric=False, array=bars["array"],
+                                     arrayminus=bars["arrayminus"], thickness=1.5, width=4),
+                        hovertemplate=f"%{{y}}<br>{label} difference %{{x:+.3f}}<extra></extra>")
+    fig.add_vline(x=0, line_dash="dot")
+    fig.update_layout(title=title, xaxis_title="difference (a − b)", height=120 + 60 * len(labels),
+                      legend=dict(orientation="h", y=-0.3), margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 
@@ -145,5 +196,5 @@ def attack_loss_figure(teacher: BoundaryAttackResult, student: BoundaryAttackRes
     return fig
 
 
-__all__ = ["attack_loss_figure", "attack_panels_figure", "outcome_text", "per_class_figure",
+__all__ = ["attack_loss_figure", "attack_panels_figure", "difference_figure", "outcome_text", "per_class_figure",
            "similarity_bar_figure"]

@@ -1,13 +1,17 @@
 """What the analysis pages (Boundaries, Representations, Attention) share: this tab's analysis job and its
-progress, which stored models and image sets can be compared, and which stored analyses can be reopened. Run-store
-lookups and layout only; the computations live in dfkd_core.analysis."""
+progress, which stored models and image sets can be compared (and whether a chosen pair can be), which stored
+analyses can be reopened, and how a number is written with its interval. Run-store lookups and layout only; the
+computations live in dfkd_core.analysis."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import math
+from typing import Callable, Mapping, TypeVar
 
 import streamlit as st
 
+from dfkd_core.analysis.checks import require_comparable
 from dfkd_core.jobs import Job
+from dfkd_core.stats import interval_from_json
 from pages.views.common import attached_job, checkpoint_runs, describe_run, get_store, live
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
@@ -72,3 +76,26 @@ def stored_analyses(method: str, result_file: str, dataset: str) -> dict:
     """{run id: record} of finished or partial analyses of one method ('boundary' | 'cka' | 'gradcam') for `dataset`."""
     return {r.id: r for r in get_store().list("analysis") if r.method == method and r.dataset == dataset
             and (r.dir / result_file).is_file()}
+
+
+def incomparable(teacher, students: Mapping[str, object], labels: Mapping[str, str]) -> str:
+    """The sentence saying why a chosen student cannot be compared with the teacher (dataset, input shape or
+    classes differ), or '' when all can. `students`: {ref: checkpoint}; `labels`: {ref: what the user saw}."""
+    for ref, checkpoint in students.items():
+        try:
+            require_comparable(teacher, checkpoint, f"student '{labels.get(ref, ref)}'")
+        except ValueError as e:
+            return str(e)
+    return ""
+
+
+def interval_text(interval: Mapping | None, estimate: float | None = None, spec: str = ".3f") -> str:
+    """'0.912 [0.893, 0.929]' from a stored Interval dict; the bare estimate when the run predates intervals."""
+    if interval:
+        i = interval_from_json(interval)
+        if math.isnan(i.estimate):
+            return "undefined"
+        return i.format(spec) if i.defined else f"{format(i.estimate, spec)} [no interval: {i.units} unit(s)]"
+    if estimate is None or (isinstance(estimate, float) and math.isnan(estimate)):
+        return "undefined"
+    return format(estimate, spec)
