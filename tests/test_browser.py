@@ -38,7 +38,8 @@ def test_start_on_digits_shows_images_forming_and_a_loss_curve(tmp_path, digits_
 # Every page of app.py's navigation by URL; the default page (Synthesize) is served at the root, which
 # the test above visits, and Streamlit gives it no URL of its own whatever its url_path.
 DEEP_LINKS = {"/teacher": "Teacher", "/distill": "Distill", "/runs": "Runs", "/boundaries": "Boundaries",
-              "/representations": "Representations", "/attention": "Attention", "/methods": "Methods"}
+              "/representations": "Representations", "/attention": "Attention", "/methods": "Methods",
+              "/applications": "Applications"}
 NAVIGATION = {"Synthesize", *DEEP_LINKS.values()}
 UNKNOWN = "/no_such_page"
 FINISHED = '[data-testid="stApp"][data-test-script-state="notRunning"]'

@@ -9,7 +9,7 @@ from dfkd_core.applications import surgery  # noqa: F401  (registers the `pruned
 from dfkd_core.applications.continual import ContinualConfig
 from dfkd_core.applications.pruning import CRITERIA, PruningConfig
 from dfkd_core.applications.quantization import SOURCES, QuantizationConfig
-from dfkd_core.applications.report import TABLES
+from dfkd_core.applications.report import format_results
 from dfkd_core.data import DATASETS
 
 # CLI flag → SynthesisConfig key, for images synthesized when no --pool is given.
@@ -67,7 +67,7 @@ def _run(job, store, kind: str, config, name: str, teacher=None, quiet: bool = F
                                   method=kind)
     code = _run_job(job, ("phase", "accuracy", "old_accuracy"), quiet)
     if job.rows:
-        print(TABLES[kind](job.results(job.status)))
+        print(format_results(job.results(job.status)))
     return code
 
 

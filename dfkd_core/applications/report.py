@@ -30,10 +30,6 @@ def _table(header: list[str], lines: list[list[str]]) -> str:
     return "\n".join(rows + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
-def _notes(results: Mapping) -> str:
-    return "".join(f"\nnote: {note}" for note in results.get("notes", []))
-
-
 def pruning_table(results: Mapping) -> str:
     """One line per pruned network: its size and latency, then the accuracy of each variant."""
     rows = results["rows"]
@@ -50,7 +46,7 @@ def pruning_table(results: Mapping) -> str:
         lines.append([key[0] if key[0] != "-" else "unpruned", f"{first['kept_flops']:.3f} ({key[1]:g})",
                       f"{first['macs'] / 1e6:.2f}", f"{first['parameters']:,}", f"{first['latency_ms']:.2f}",
                       *accuracy, points(comparisons.get(key))])
-    return _table(header, lines) + _notes(results)
+    return _table(header, lines)
 
 
 def quantization_table(results: Mapping) -> str:
@@ -66,7 +62,7 @@ def quantization_table(results: Mapping) -> str:
                     "size KiB", "CPU ms/batch"], lines)
     others = [c for c in results.get("comparisons", []) if c["b"] != "fp32"]
     extra = "".join(f"\n{c['comparison']}: {points(c['difference_ci'])}" for c in others)
-    return table + "\n" + extra + _notes(results)
+    return table + "\n" + extra
 
 
 def continual_table(results: Mapping) -> str:
@@ -76,7 +72,13 @@ def continual_table(results: Mapping) -> str:
               percent(r["all"]["accuracy_ci"]), percent(r.get("old_retention_ci"))] for r in results["rows"]]
     table = _table(["model", "data-free", "old classes", "new classes", "all classes", "old accuracy kept"], lines)
     extra = "".join(f"\n{c['comparison']}: {points(c['difference_ci'])}" for c in results.get("comparisons", []))
-    return table + "\n" + extra + _notes(results)
+    return table + "\n" + extra
 
 
 TABLES = {"prune": pruning_table, "quantize": quantization_table, "continual": continual_table}
+
+
+def format_results(results: Mapping) -> str:
+    """The run's table, its paired comparisons and its notes (what the results must be read with)."""
+    notes = "".join(f"\nnote: {note}" for note in results.get("notes", []))
+    return TABLES[results["kind"]](results) + notes

@@ -23,6 +23,7 @@ PAGES = [
     ("boundaries", "Boundaries", ":material/compare_arrows:"),
     ("representations", "Representations", ":material/grid_on:"),
     ("attention", "Attention", ":material/visibility:"),
+    ("applications", "Applications", ":material/apps:"),
     ("methods", "Methods", ":material/menu_book:"),
 ]
 DEFAULT_PAGE = "synthesize"
