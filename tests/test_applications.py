@@ -23,6 +23,7 @@ from dfkd_core.data import dataset_info, load_split
 from dfkd_core.distill.pool import SyntheticPool
 from dfkd_core.models import Checkpoint, create_model, load_checkpoint, save_checkpoint
 from dfkd_core.synthesis import SynthesisConfig
+from test_app import app, button, elements, home, job_of, teacher_home  # noqa: F401 (fixtures)
 
 DIGITS = dataset_info("digits")
 EXAMPLE = torch.zeros(2, 1, 8, 8)
@@ -257,3 +258,36 @@ def test_cli_bad_input_is_one_sentence_and_creates_no_run(digits_teacher, tmp_pa
     with pytest.raises(SystemExit, match="old_classes must leave classes"):
         main(["--home", str(home), "continual", "--old-classes", "12"])
     assert not list((home / "runs").iterdir())
+
+
+# ------------------------------------------------------------------ the app page
+
+def test_applications_page_runs_a_quantization_and_shows_its_table_and_figure(teacher_home):
+    at = app("pages/applications.py")
+    assert at.title[0].value == "Applications"
+    assert {"criteria", "FLOPs to keep"} <= {w.label for w in at.sidebar.multiselect}   # pruning first
+    at.radio(key="apps_kind").set_value("continual").run()
+    assert at.sidebar.selectbox(key="apps_dataset").value == "digits"
+    at.radio(key="apps_kind").set_value("quantize").run()
+    for name, value in (("images", 40), ("iterations", 10), ("calibration_images", 64)):
+        at.sidebar.number_input(key=f"apps_{name}").set_value(value)
+    at.run()
+    button(at, "Start").click().run()
+    assert not at.error, at.error[0].value
+    job = job_of(at)
+    assert job.kind == "quantize" and job.wait(120) == "done", job.error
+    at.run()
+    assert not at.exception
+    record = teacher_home.list("quantize")[0]
+    assert record.status == "done" and record.teacher == teacher_home.teacher_id
+    assert "| int8 | synthetic | yes | 40 |" in " ".join(m.value for m in at.markdown)
+    assert "used all 40 pool images" in at.warning[0].value   # fewer than asked: said where the result is shown
+    assert len(elements(at, "plotly_chart")) == 1
+
+
+def test_applications_page_explains_bad_settings_and_creates_no_run(teacher_home):
+    at = app("pages/applications.py")
+    at.sidebar.multiselect(key="apps_criteria").set_value([]).run()
+    button(at, "Start").click().run()
+    assert "criteria must be distinct names" in at.error[0].value
+    assert not teacher_home.list("prune")
