@@ -1,14 +1,17 @@
-"""Attention: Grad-CAM of a stored teacher and its students on the same real images, with overlap scores (§6)."""
+"""Attention: Grad-CAM of a stored teacher and its students on the same real images, with overlap scores and their
+95% intervals over images (§6)."""
 import streamlit as st
 import torch
 
 from dfkd_core.analysis import TARGETS, compare_attention
+from dfkd_core.analysis.checks import require_comparable, sample_count_note
 from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
-from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure
-from pages.views.analysis_view import analysis_job, model_choices, short_label, show_progress, stored_analyses
-from pages.views.common import (describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint,
-                                    real_test_split, real_test_split_or_stop, require_job_slot, start_stop_buttons,
-                                    submit, teacher_or_stop)
+from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure, overlap_interval_figure
+from pages.views.analysis_view import (analysis_job, incomparable, interval_text, model_choices, short_label,
+                                       show_progress, stored_analyses)
+from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, keep_widget_state,
+                                open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
+                                start_stop_buttons, submit, teacher_or_stop)
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -28,12 +31,15 @@ def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[in
                           fraction=fraction)
     return {"images": split.info.denormalize(split.normalized(idx)), "maps": c.maps, "predictions": c.predictions,
             "scores": {s: {"correlation": c.correlation[s], "iou": c.iou[s]} for s in c.students},
-            "summary": c.summary(), "labels": split.labels[idx]}
+            "summary": c.summary(intervals=True), "labels": split.labels[idx]}
 
 
 def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> GradCAMAnalysis:
-    require_job_slot()
+    config.validate()
     teacher = open_checkpoint(teacher_run)
+    for ref in student_refs:
+        require_comparable(teacher, open_checkpoint(ref), f"student '{short_label(ref)}'")
+    require_job_slot()
     inputs = load_inputs("real", teacher.dataset, config.samples, config.seed, data_root=config.data_root)
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
                              dataset=teacher.dataset.name,
@@ -54,8 +60,8 @@ def render_progress(job: GradCAMAnalysis) -> None:
 st.title("Attention")
 st.caption("Where do teacher and student look? Grad-CAM $\\mathrm{ReLU}(\\sum_c \\alpha_c A_c)$ at each model's "
            "last spatial block, overlaid on the same real test images; per image, the Pearson correlation $r$ of "
-           "the two maps and the IoU of their top regions. IE-KD students are expected to keep the teacher's "
-           "attention (METHODS §5.5).")
+           "the two maps and the IoU of their top regions; means with 95% bootstrap intervals over the images. "
+           "IE-KD students are expected to keep the teacher's attention (METHODS §5.5).")
 keep_widget_state("att_teacher", "att_students", "att_target", "att_fraction", "att_images", "att_samples",
                   "att_open")
 job = analysis_job(GradCAMAnalysis, open_key="att_open")
@@ -73,19 +79,29 @@ with st.sidebar:
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
     st.stop()
+refused = incomparable(open_checkpoint(teacher_run), {ref: open_checkpoint(ref) for ref in students}, choices)
+if refused:
+    st.error(refused)
+    st.stop()
+data_root = data_root_setting(dataset.name)
 split = real_test_split_or_stop(dataset)
 names = dataset.class_names or [str(k) for k in range(dataset.num_classes)]
 chosen = st.multiselect("Test images", range(min(SHOWN, len(split))), default=list(range(6)), key="att_images",
                         max_selections=12, format_func=lambda i: f"#{i} · {names[int(split.labels[i])]}")
 if chosen:
-    shot = attention(teacher_run, tuple(students), tuple(chosen), target, fraction, dataset.name, dataset.root)
+    shot = attention(teacher_run, tuple(students), tuple(chosen), target, fraction, dataset.name, data_root)
     captions = [f"#{i} {names[int(y)]} · T→{names[int(p)]}" for i, y, p in
                 zip(chosen, shot["labels"], shot["predictions"]["teacher"])]
     st.plotly_chart(gradcam_grid_figure(shot["images"], shot["maps"], shot["scores"], captions),
                     key="gradcam_grid")
     cols = st.columns(len(shot["summary"]))
     for col, (name, s) in zip(cols, shot["summary"].items()):
-        col.metric(f"{name}: mean r / IoU", f"{s['correlation_mean']:.2f} / {s['iou_mean']:.2f}")
+        col.metric(f"{name}: mean r / IoU", f"{s['correlation_mean']:.2f} / {s['iou_mean']:.2f}",
+                   help=f"95% intervals over these {len(chosen)} images: r {interval_text(s['correlation_interval'])}, "
+                        f"IoU {interval_text(s['iou_interval'])}")
+    st.caption("95% intervals over the images shown: " + "; ".join(
+        f"{name}: r {interval_text(s['correlation_interval'], spec='.2f')}, IoU "
+        f"{interval_text(s['iou_interval'], spec='.2f')}" for name, s in shot["summary"].items()))
     st.dataframe([{"image": f"#{i} {names[int(y)]}", **{f"{n} {k}": round(float(v[k][j]), 3)
                                                        for n, v in shot["scores"].items() for k in v}}
                   for j, (i, y) in enumerate(zip(chosen, shot["labels"]))], hide_index=True)
@@ -94,7 +110,11 @@ st.subheader("Overlap on many images")
 cols = st.columns([2, 1, 1])
 samples = cols[0].select_slider("Real test images", [100, 250, 500, 1000], 500, key="att_samples",
                                 disabled=running)
-config = GradCAMConfig(teacher=teacher_run, students=students, target=target, fraction=fraction, samples=samples)
+shortfall = sample_count_note(samples, len(split), f"the {dataset.name} test split")
+if shortfall:
+    st.warning(f"{shortfall}.")
+config = GradCAMConfig(teacher=teacher_run, students=students, target=target, fraction=fraction, samples=samples,
+                       data_root=data_root)
 start_stop_buttons(job, lambda: start(teacher_run, students, config), label="Score them", slots=cols[1:])
 show_progress(job, render_progress)
 stored = stored_analyses("gradcam", "gradcam.json", dataset.name)
@@ -104,9 +124,15 @@ if stored:
     opened = st.selectbox("Scored set", list(stored), key="att_open",
                           format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
     saved = get_store().get(opened).load_json("gradcam.json")
-    st.dataframe([{"student": n, "mean r": s["correlation_mean"], "mean IoU": s["iou_mean"], "images": s["images"],
-                   "undefined r / IoU": f"{s['correlation_undefined']} / {s['iou_undefined']}"}
+    if saved.get("samples_note"):
+        st.warning(f"{saved['samples_note']}.")
+    st.dataframe([{"student": n, "mean r (95% interval)": interval_text(s.get("correlation_interval"),
+                                                                         s["correlation_mean"]),
+                   "mean IoU (95% interval)": interval_text(s.get("iou_interval"), s["iou_mean"]),
+                   "images": s["images"], "undefined r / IoU": f"{s['correlation_undefined']} / {s['iou_undefined']}"}
                   for n, s in saved["students"].items()], hide_index=True)
+    if all("correlation_interval" in s for s in saved["students"].values()):
+        st.plotly_chart(overlap_interval_figure(saved["students"]), key="overlap_intervals")
     left, right = st.columns(2)
     for col, metric in ((left, "correlation"), (right, "iou")):
         col.plotly_chart(overlap_histogram_figure({n: torch.tensor([float(x) for x in v[metric]], dtype=torch.float64)

@@ -1,12 +1,18 @@
-"""Representations: layer × layer CKA between a stored teacher and student (METHODS §7), as a background job."""
+"""Representations: layer × layer CKA between a stored teacher and student (METHODS §7), as a background job, with
+a 95% interval for every cell."""
 import streamlit as st
 
 from dfkd_core.analysis import KERNELS, CKAResult, layer_names
-from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, load_inputs
-from dfkd_core.plots.representations import cka_heatmap_figure
-from pages.views.analysis_view import analysis_job, input_choices, model_choices, show_progress, stored_analyses
-from pages.views.common import (START_ERRORS, describe_run, fresh_model, get_store, keep_widget_state,
-                                    open_checkpoint, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from dfkd_core.analysis.checks import require_comparable, sample_count_note
+from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES
+from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs
+from dfkd_core.data import DatasetMissingError
+from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure
+from pages.views.analysis_view import (analysis_job, incomparable, input_choices, model_choices, show_progress,
+                                       stored_analyses)
+from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,
+                                keep_widget_state, open_checkpoint, require_job_slot, start_stop_buttons, submit,
+                                teacher_or_stop)
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -16,14 +22,22 @@ KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"
 
 
 def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
-    require_job_slot()
+    config.validate()
     teacher = open_checkpoint(teacher_run)
+    require_comparable(teacher, open_checkpoint(student_ref), "this student")
+    require_job_slot()
     inputs = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store(), config.data_root)
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
                              dataset=teacher.dataset.name,
                              name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
     return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), inputs.images, config, run,
                                       samples_note=inputs.note), run, label="CKA")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def available(teacher_run: str, source: str, data_root: str | None) -> tuple[int, str]:
+    """(images in the chosen source, its description), for saying before the run how many will be used."""
+    return available_inputs(source, open_checkpoint(teacher_run).dataset, get_store(), data_root)
 
 
 def render_progress(job: CKAAnalysis) -> None:
@@ -36,9 +50,12 @@ def render_progress(job: CKAAnalysis) -> None:
 st.title("Representations")
 st.caption(r"Do teacher and student represent the same images alike? Linear CKA of centered features $X$ "
            r"(teacher layer, $n\times p_1$) and $Y$ (student layer): $\mathrm{CKA}=\lVert Y^\top X\rVert_F^2/"
-           r"(\lVert X^\top X\rVert_F\,\lVert Y^\top Y\rVert_F)$, 1 = the same up to rotation and scale; the RBF "
-           r"kernel uses bandwidth $\sigma$ = threshold × median distance. IE-KD students are expected to score "
-           r"*lower* than plain KD students at their split layer (METHODS §5.5).")
+           r"(\lVert X^\top X\rVert_F\,\lVert Y^\top Y\rVert_F)$, 1 = the same up to rotation and scale. The RBF "
+           r"kernel $k(x,x')=\exp(-\lVert x-x'\rVert^2/(2\,t^2\,m))$ takes $m$ = the median of all $n^2$ squared "
+           r"distances, diagonal included, exactly as Kornblith et al.'s reference code, with threshold $t$; "
+           r"'debiased' replaces HSIC by its unbiased estimator. Every cell carries a 95% bootstrap interval over "
+           r"the images. IE-KD students are expected to score *lower* than plain KD students at their split layer "
+           r"(METHODS §5.5).")
 keep_widget_state("cka_teacher", "cka_student", "cka_kernel", "cka_threshold", "cka_inputs", "cka_samples",
                   "cka_reduce", "cka_open")
 job = analysis_job(CKAAnalysis, open_key="cka_open")
@@ -65,6 +82,23 @@ with st.sidebar:
                                disabled=running)
     reduce = st.radio("Feature maps", ["flatten", "mean"], key="cka_reduce", horizontal=True, disabled=running,
                       help="flatten: every unit (c, h, w) is a feature; mean: one feature per channel")
+    data_root = data_root_setting(dataset.name)
+    refused = incomparable(teacher, {student_ref: open_checkpoint(student_ref)}, choices)
+    if refused:
+        st.error(refused)
+    else:
+        try:
+            count, where = available(teacher_run, source, data_root)
+        except (DatasetMissingError, FileNotFoundError, KeyError, ValueError) as e:
+            st.error(f"Cannot use these images: {e}")
+        else:
+            note = sample_count_note(samples, count, where)
+            if note:
+                st.warning(f"{note}.")
+            if min(samples, count) > FULL_MAX_SAMPLES:
+                st.caption(f"Above {FULL_MAX_SAMPLES:,} images the exact n×n estimator does not fit: linear CKA is "
+                           "streamed exactly when its features allow; otherwise the minibatch estimator runs and "
+                           "the result is named for what it estimates (debiased CKA).")
     with st.expander("Layers (default: every block and the logits)"):
         layers_t = st.multiselect("Teacher layers", layer_names(teacher.model), disabled=running,
                                   key=f"cka_layers_t_{teacher_run}")
@@ -72,7 +106,7 @@ with st.sidebar:
                                   disabled=running, key=f"cka_layers_s_{student_ref}")
     config = CKAConfig(teacher=teacher_run, student=student_ref, kernel=kernel, threshold=threshold,
                        layers_teacher=layers_t, layers_student=layers_s, inputs=source, samples=samples,
-                       reduce=reduce)
+                       reduce=reduce, data_root=data_root)
     start_stop_buttons(job, lambda: start(teacher_run, student_ref, config), label="Compute CKA",
                        errors=(*START_ERRORS, KeyError), slots=st.columns(2))   # KeyError: a deleted input run
 show_progress(job, render_progress)
@@ -86,15 +120,25 @@ if st.session_state.get("cka_open") not in stored:
 opened = st.selectbox("Comparison", list(stored), key="cka_open",
                       format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
 record = stored[opened]
-result = CKAResult.from_dict(get_store().get(opened).load_json("cka.json"))
+saved = get_store().get(opened).load_json("cka.json")
+result = CKAResult.from_dict(saved)
+if result.note:
+    st.warning(f"Estimator: {result.note}.")
+if saved.get("samples_note"):
+    st.warning(f"{saved['samples_note']}.")
 st.plotly_chart(cka_heatmap_figure(result), key="cka_heatmap")
 summary = record.summary
-facts = [f"{result.samples} images ({summary.get('inputs', '?')})", f"features: {result.reduce}"]
+facts = [f"{result.samples} images ({summary.get('inputs', '?')})", f"features: {result.reduce}",
+         f"{result.estimator} estimator"]
 if "cka_diagonal_mean" in summary:
     facts.append(f"mean of the diagonal (layer i vs layer i): {summary['cka_diagonal_mean']:.3f}")
 if summary.get("partial"):
     facts.append("**partial: stopped early**")
 st.caption(" · ".join(facts))
+if result.low is not None:
+    st.plotly_chart(cka_interval_figure(result), key="cka_intervals")
+else:
+    st.caption("This comparison was computed before CKA carried intervals: recompute it for error bars.")
 student_run = get_store().get(opened).config().get("student", "")
 try:
     split = get_store().get_record(student_run).summary.get("layer_student")
@@ -102,5 +146,5 @@ except KeyError:   # a peer B checkpoint path, or a deleted run
     split = None
 if split in result.layers_student:
     st.caption(f"This student was trained with IE-KD/IE-DML: its split layer is **{split}** (CKA with the "
-               f"teacher's layers: " + ", ".join(f"{t} {result.value(t, split):.3f}" for t in
-                                                 result.layers_teacher) + ").")
+               f"teacher's layers, 95% interval: " + ", ".join(f"{t} {result.interval(t, split).format()}" for t in
+                                                               result.layers_teacher) + ").")

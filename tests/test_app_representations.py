@@ -1,5 +1,6 @@
 """AppTest of the Representations (CKA) and Attention (Grad-CAM) pages on a stored digits teacher and real IE-KD /
-IE-DML students: background jobs that land in the run store and reopen, overlays with per-image scores."""
+IE-DML students: background jobs that land in the run store and reopen, overlays with per-image scores, 95%
+intervals as error bars, sample counts said before and after a run, and a student of another task refused."""
 import base64
 import copy
 import json
@@ -115,18 +116,28 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     labels = student.options   # iekd and iedml students, and IE-DML's peer B
     assert len(labels) == 3 and sum("peer B" in o for o in labels) == 1 and sum("iekd" in o for o in labels) == 1
     student.set_value(home.ie["iekd"])
+    at.run()
+    note = "1,000 images asked, the digits test split has 360: all 360 are used"
+    assert at.sidebar.warning[0].value == f"{note}."   # said before the run
+    assert "median of all $n^2$ squared distances" in at.caption[0].value   # the reference RBF bandwidth
     at.sidebar.select_slider(key="cka_samples").set_value(100).run()
+    assert not at.sidebar.warning
     click(at, "Compute CKA", sidebar=True)
     finish_job(at, "CKAAnalysis")
     (analysis,) = home.list("analysis")
     assert analysis.method == "cka" and at.selectbox(key="cka_open").value == analysis.id
-    (heatmap,) = figures(at)
+    heatmap, intervals = figures(at)
+    assert "95% interval" in heatmap["data"][0]["hovertemplate"]
+    assert len(intervals["data"]) == len(layer_names(digits_teacher.model))   # one line per teacher layer
+    assert all("error_y" in t for t in intervals["data"]) and "500 resamples" in intervals["layout"]["title"]["text"]
     layers = layer_names(digits_teacher.model)
     assert heatmap["data"][0]["type"] == "heatmap" and heatmap["data"][0]["y"] == layers
     z = heatmap_values(heatmap["data"][0])
     assert len(z) == len(layers) and all(0 <= v <= 1 + 1e-6 for row in z for v in row)
     captions = " ".join(c.value for c in at.caption)
     assert "100 images (real)" in captions and "split layer is **features.10**" in captions
+
+    assert "split layer is **features.10**" in captions and "95% interval" in captions
 
     fresh = page("pages/representations.py")   # another session: the stored matrix, no job needed
     assert fresh.selectbox(key="cka_open").value == analysis.id and heatmap_values(figures(fresh)[0]["data"][0]) == z
@@ -138,11 +149,14 @@ def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
     at.sidebar.radio(key="cka_kernel").set_value("rbf")
     at.sidebar.selectbox(key="cka_inputs").set_value(home.synthesis_id)
     at.sidebar.select_slider(key="cka_samples").set_value(100).run()   # the pool has 60: all are used
+    note = f"100 images asked, synthesis run {home.synthesis_id} has 60: all 60 are used"
+    assert at.sidebar.warning[0].value == f"{note}."
     click(at, "Compute CKA", sidebar=True)
     job = finish_job(at, "CKAAnalysis")
-    assert job.cka.kernel == "rbf" and job.cka.samples == 60
+    assert job.cka.kernel == "rbf" and job.cka.samples == 60 and job.cka.bandwidth == "reference"
     assert job.config.inputs == home.synthesis_id and job.config.student == home.peer
     assert "60 images" in " ".join(c.value for c in at.caption)
+    assert f"{note}." in [w.value for w in at.warning]   # and after it, from the stored result
 
 
 # ------------------------------------------------------------------ Attention
@@ -157,6 +171,7 @@ def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
     titles = [a["text"] for a in grid["layout"]["annotations"]]
     assert sum("r=" in t and "IoU=" in t for t in titles) == 6 * 2
     assert len(at.metric) == 2 and all("/" in m.value for m in at.metric)
+    assert "95% intervals over the images shown" in " ".join(c.value for c in at.caption)
     table = at.dataframe[0].value
     assert len(table) == 6 and table.shape[1] == 1 + 2 * 2
     assert ((table.iloc[:, 1:] >= -1) & (table.iloc[:, 1:] <= 1)).all().all()
@@ -170,14 +185,35 @@ def test_attention_scores_many_images_in_the_background(home):
     at = page("pages/attention.py")
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iedml"]]).run()
     at.multiselect(key="att_images").set_value([0]).run()
+    assert "500 images asked, the digits test split has 360: all 360 are used." in [w.value for w in at.warning]
     at.select_slider(key="att_samples").set_value(100).run()
     click(at, "Score them")
     job = finish_job(at, "GradCAMAnalysis")
     assert job.result["samples"] == 100
     (analysis,) = home.list("analysis")
     assert analysis.method == "gradcam" and at.selectbox(key="att_open").value == analysis.id
-    histograms = figures(at)[1:]
+    intervals, histograms = figures(at)[1], figures(at)[2:]
     assert [f["layout"]["xaxis"]["title"]["text"] for f in histograms] == [
         "Pearson correlation with teacher map", "top-region IoU with teacher map"]
+    assert [t["name"] for t in intervals["data"]] == ["mean r", "mean IoU"] and "error_y" in intervals["data"][0]
     summary = at.dataframe[1].value
-    assert len(summary) == 1 and summary["images"][0] == 100
+    assert len(summary) == 1 and summary["images"][0] == 100 and "[" in summary["mean r (95% interval)"][0]
+
+
+# ------------------------------------------------------------------ a pair that cannot be compared
+
+def test_a_student_made_for_another_input_shape_is_refused_before_any_run(home, tmp_path):
+    from dfkd_core.data import dataset_info
+    from dfkd_core.models import create_model, save_checkpoint
+
+    other = tmp_path / "other"
+    save_checkpoint(other / "model.pt", create_model("bncnn3_w16", 10, 1, 16), dataset_info("digits"))
+    wrong = add_run(home, "distill", other, "16×16 digits student", "real-kd", {"student_accuracy": 0.5})
+    at = page("pages/representations.py")
+    at.sidebar.selectbox(key="cka_student").set_value(wrong).run()
+    assert "cannot be compared with the teacher" in at.sidebar.error[0].value
+    click(at, "Compute CKA", sidebar=True)
+    assert "image size 16 (teacher: 8)" in at.error[-1].value and not home.list("analysis")
+    att = page("pages/attention.py")
+    att.sidebar.multiselect(key="att_students").set_value([wrong]).run()
+    assert "image size 16 (teacher: 8)" in att.error[0].value and not figures(att)

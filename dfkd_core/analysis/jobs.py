@@ -54,6 +54,14 @@ def _synthesized(inputs: str, info: DatasetInfo, store) -> dict:
     return payload
 
 
+def available_inputs(inputs: str, info: DatasetInfo, store=None, data_root: str | None = None) -> tuple[int, str]:
+    """(how many images `inputs` holds, where they are): what a page says before a run, e.g. (360, "the digits test
+    split")."""
+    if inputs == "real":
+        return len(load_split(info.name, "test", data_root)), f"the {info.name} test split"
+    return len(_synthesized(inputs, info, store)["images"]), f"synthesis run {inputs}"
+
+
 def load_inputs(inputs: str, info: DatasetInfo, samples: int = 0, seed: int = 0, store=None,
                 data_root: str | None = None) -> AnalysisInputs:
     """Normalized images and labels from 'real' (the test split of the teacher's dataset, read from `data_root` or
@@ -253,4 +261,4 @@ class GradCAMAnalysis(Job):
 
 
 __all__ = ["AnalysisInputs", "CKAAnalysis", "CKAConfig", "GRADCAM_MAPS_KEPT", "GradCAMAnalysis", "GradCAMConfig",
-           "load_inputs"]
+           "available_inputs", "load_inputs"]

@@ -1,4 +1,5 @@
-"""Figures for representation analysis: CKA heatmap (METHODS §7), Grad-CAM overlays and overlap scores (§6).
+"""Figures for representation analysis: CKA heatmap and its 95% intervals as error bars (METHODS §7), Grad-CAM
+overlays and overlap scores with their intervals (§6).
 
 Builders take plain tensors / dicts (or a `CKAResult` / `AttentionComparison`) and return plotly figures; the
 overlay colouring is shared with the PNG the CLI writes, so app and files look the same.
@@ -15,6 +16,8 @@ import torch
 from plotly.colors import sample_colorscale, unlabel_rgb
 from plotly.subplots import make_subplots
 
+from dfkd_core.stats import interval_from_json
+
 
 def cka_heatmap_figure(matrix, layers_teacher: Sequence[str] | None = None,
                        layers_student: Sequence[str] | None = None, title: str | None = None,
@@ -23,21 +26,65 @@ def cka_heatmap_figure(matrix, layers_teacher: Sequence[str] | None = None,
 
     `matrix` may be a `CKAResult` (its layers and kernel are used) or a (Lt, Ls) tensor/array.
     """
+    bounds = None
     if hasattr(matrix, "layers_teacher"):
         result = matrix
         layers_teacher, layers_student = result.layers_teacher, result.layers_student
-        title = title or f"{result.kernel} CKA ({result.estimator}, n = {result.samples})"
+        title = title or f"{result.quantity}<br><sup>{result.estimator} estimator, n = {result.samples:,}</sup>"
         matrix = result.matrix
+        if result.low is not None:
+            bounds = np.stack([np.asarray(result.low), np.asarray(result.high)], -1)
     z = np.asarray(torch.as_tensor(matrix, dtype=torch.float64))
     layers_teacher = list(layers_teacher or [f"layer {i}" for i in range(z.shape[0])])
     layers_student = list(layers_student or [f"layer {j}" for j in range(z.shape[1])])
+    interval = "<br>95% interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}]" if bounds is not None else ""
     fig = go.Figure(go.Heatmap(
-        z=z, x=layers_student, y=layers_teacher, zmin=0, zmax=1, colorscale="Viridis",
+        z=z, x=layers_student, y=layers_teacher, zmin=0, zmax=1, colorscale="Viridis", customdata=bounds,
         text=np.where(np.isnan(z), "", np.round(z, 2).astype(str)), texttemplate="%{text}",
-        hovertemplate=f"{teacher_label} %{{y}}<br>{student_label} %{{x}}<br>CKA %{{z:.4f}}<extra></extra>",
+        hovertemplate=f"{teacher_label} %{{y}}<br>{student_label} %{{x}}<br>CKA %{{z:.4f}}{interval}<extra></extra>",
         colorbar={"title": "CKA"}))
     fig.update_layout(title=title or "CKA", xaxis_title=f"{student_label} layer", yaxis_title=f"{teacher_label} layer",
                       yaxis_autorange="reversed", margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return fig
+
+
+def cka_interval_figure(result, teacher_label: str = "teacher", student_label: str = "student") -> go.Figure:
+    """Every cell of a `CKAResult` as a point with its 95% interval as an error bar: x = student layer, one line
+    per teacher layer (where two lines' bars overlap, the data cannot tell those cells apart)."""
+    fig = go.Figure()
+    for i, t in enumerate(result.layers_teacher):
+        values = [result.value(t, s) for s in result.layers_student]
+        intervals = [result.interval(t, s) for s in result.layers_student]
+        fig.add_scatter(x=result.layers_student, y=[v if not np.isnan(v) else None for v in values],
+                        mode="markers+lines", name=f"{teacher_label} {t}",
+                        error_y=dict(type="data", symmetric=False, thickness=1.5, width=4,
+                                     array=[iv.high - iv.estimate if iv.defined else None for iv in intervals],
+                                     arrayminus=[iv.estimate - iv.low if iv.defined else None for iv in intervals]),
+                        hovertemplate=f"{teacher_label} {t}<br>{student_label} %{{x}}<br>CKA %{{y:.4f}}"
+                                      "<extra></extra>")
+    fig.update_layout(title=f"{result.quantity}: 95% intervals ({result.interval_method}, {result.resamples} "
+                            "resamples)", xaxis_title=f"{student_label} layer", yaxis_title="CKA",
+                      yaxis_range=[0, 1.05], legend=dict(orientation="h", y=-0.25),
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return fig
+
+
+def overlap_interval_figure(summary: Mapping[str, Mapping]) -> go.Figure:
+    """Mean Grad-CAM correlation and top-region IoU per student with 95% error bars over images; `summary` is
+    `AttentionComparison.summary(intervals=True)` or a saved gradcam.json's "students"."""
+    fig = go.Figure()
+    names = list(summary)
+    for key, label, color in (("correlation", "mean r", "#1f77b4"), ("iou", "mean IoU", "#ff7f0e")):
+        intervals = [interval_from_json(summary[n][f"{key}_interval"]) for n in names]
+        fig.add_bar(x=names, y=[iv.estimate for iv in intervals], name=label, marker_color=color,
+                    error_y=dict(type="data", symmetric=False, thickness=1.5, width=4,
+                                 array=[iv.high - iv.estimate if iv.defined else None for iv in intervals],
+                                 arrayminus=[iv.estimate - iv.low if iv.defined else None for iv in intervals]),
+                    customdata=[[iv.units] for iv in intervals],
+                    hovertemplate=f"%{{x}}<br>{label} %{{y:.3f}} over %{{customdata[0]}} images<extra></extra>")
+    fig.update_layout(barmode="group", yaxis_title="overlap with the teacher's map", yaxis_range=[-0.1, 1.05],
+                      title="Mean overlap with 95% intervals (bootstrap over images)",
+                      margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
 
 
@@ -134,5 +181,5 @@ def overlap_histogram_figure(scores: Mapping[str, torch.Tensor], metric: str = "
     return fig
 
 
-__all__ = ["attention_overlay", "cka_heatmap_figure", "gradcam_grid_figure", "overlap_histogram_figure",
-           "overlay_grid", "save_overlay_png"]
+__all__ = ["attention_overlay", "cka_heatmap_figure", "cka_interval_figure", "gradcam_grid_figure",
+           "overlap_histogram_figure", "overlap_interval_figure", "overlay_grid", "save_overlay_png"]
