@@ -2,6 +2,8 @@
 
     method | data-free | student | student acc | teacher acc | ratio | minutes | images
 
+(each accuracy and the ratio with its 95% bootstrap interval over the real test images),
+
 plus the curve of student accuracy (held-out real test images) vs images synthesized for each data-free method.
 Settings come from the named recipe in `dfkd_core/distill/recipes.py` (the CLI's `--recipe` uses the same ones).
 
@@ -28,6 +30,7 @@ from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
 from dfkd_core.distill.recipes import DATASET_RECIPE, RECIPES, list_recipes, recipe_overrides
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
+from dfkd_core.stats import Interval
 from dfkd_core.training import TeacherConfig, train_teacher
 
 DEFAULT_METHODS = ["noise", "deepdream", "deepinversion", "adi", "generator", "generator-ensemble", "real-kd"]
@@ -61,11 +64,13 @@ def distill(teacher, method: str, args, store: RunStore) -> dict:
 
 
 def format_table(summaries: list[dict]) -> str:
-    lines = ["| method | data-free | student | student acc | teacher acc | ratio | minutes | images |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | data-free | student | student acc [95% CI] | teacher acc [95% CI] | ratio [95% CI] | minutes "
+             "| images |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
+        student, teacher, ratio = (Interval.from_dict(s[f"{k}_ci"]) for k in ("student_accuracy", "teacher_accuracy",
+                                                                                "ratio"))
         lines.append(f"| {s['method']} | {'yes' if s['data_free'] else 'no'} | {s['student']} | "
-                     f"{100 * s['student_accuracy']:.2f}% | {100 * s['teacher_accuracy']:.2f}% | {s['ratio']:.3f} | "
+                     f"{student.format('.2%')} | {teacher.format('.2%')} | {ratio.format('.3f')} | "
                      f"{s['wall_minutes']:.1f} | {s['images_synthesized']:,} |")
     return "\n".join(lines)
 

@@ -156,9 +156,16 @@ def test_cli_run_killed_outright_resumes_from_its_last_periodic_save(digits_teac
         list(range(reference.total_steps))
 
 
-def test_cli_resume_continues_the_same_run_and_says_where(digits_teacher, store, uninterrupted, capsys):
+def test_cli_resume_continues_the_same_run_and_says_where(digits_teacher, store, uninterrupted, capsys,
+                                                          monkeypatch):
+    from dfkd_core.distill import cli as distill_cli
+
     reference = uninterrupted("deepinversion")
     run = _stopped_run(digits_teacher, store, "deepinversion", 60)
+    status_while_running = []
+    run_distillation = distill_cli.run_distillation
+    monkeypatch.setattr(distill_cli, "run_distillation", lambda job, quiet: (
+        status_while_running.append(store.get_record(run.id).status), run_distillation(job, quiet))[1])
     assert main(["--home", str(store.home), "distill", "--resume", run.id[:-1]]) == 0
     out = capsys.readouterr().out
     assert f"resuming run {run.id} (cancelled) at student step 31 of 41, 3 of 3 synthesis rounds done" in out
@@ -166,6 +173,7 @@ def test_cli_resume_continues_the_same_run_and_says_where(digits_teacher, store,
     printed = json.JSONDecoder().raw_decode(out[out.index("{"):])[0]
     assert printed["student_accuracy_ci"]["units"] == 360 and printed["ratio_ci"]["level"] == 0.95
     record = store.get_record(run.id)
+    assert status_while_running == ["running"]
     assert record.status == "done" and record.dir == run.dir and len(store.list()) == 1
     _assert_same_student(load_checkpoint(run.path("model.pt")).model, reference.student)
     assert json.loads(run.path("summary.json").read_text())["student_steps"] == 41

@@ -3,10 +3,11 @@ from dfkd_core.distill.config import DistillConfig, default_student
 from dfkd_core.distill.job import DistillJob
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod, list_methods, register_method
 from dfkd_core.distill.pool import PoolError, SyntheticPool
+from dfkd_core.distill.results import compare_students_accuracy
 from dfkd_core.distill.student import StudentTrainer
 
 __all__ = ["DISTILL_METHODS", "DistillConfig", "DistillJob", "DistillMethod", "PoolError", "StudentTrainer",
-           "SyntheticPool", "default_student", "list_methods", "register_method"]
+           "SyntheticPool", "compare_students_accuracy", "default_student", "list_methods", "register_method"]
 from dfkd_core.distill import baselines  # noqa: F401,E402  (registers noise, real-kd, scratch)
 from dfkd_core.distill import iekd  # noqa: F401,E402  (registers iekd, iedml)
 from dfkd_core.distill import bss  # noqa: F401,E402  (registers bss)
