@@ -280,6 +280,7 @@ def test_figures():
     per_class = per_class_figure({"kd": {"0": {"magsim": .5, "angsim": .4, "both_accepted": 3, "pairs": 9}}},
                                  ["zero"])
     assert list(per_class.data[0].x) == ["zero"] and per_class.data[1].y[0] == .4
+    assert list(per_class.data[0].marker.opacity) == [FADED]   # 3 pairs: faded
     base = torch.zeros(2, 1, 4, 4)
     t_adv, s_adv = base.clone(), base.clone()
     t_adv[:, 0, 0, 0], s_adv[:, 0, 0, 0] = 2.0, -1.0

@@ -47,7 +47,8 @@ def print_cka_table(result) -> None:
           f"(rows: teacher layers, columns: student layers)")
     if result.note:
         print(f"note: {result.note}")
-    print(f"[95% interval: {result.interval_method}, {result.resamples} resamples]")
+    print(f"[95% interval: {result.interval_method}, {result.resamples} resamples]" if result.resamples else
+          "[no intervals: --resamples 0]")
     print(" " * width + " ".join(f"{c:>{col}}" for c in result.layers_student))
     for t in result.layers_teacher:
         print(f"{t:<{width}}" + " ".join(f"{_fmt_interval(result.interval(t, s)):>{col}}"

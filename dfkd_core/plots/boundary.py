@@ -106,7 +106,8 @@ def difference_figure(differences: Sequence[Mapping], title: str = "Paired diffe
 def per_class_figure(per_class: Mapping[str, Mapping], class_names: Sequence[str] | None = None,
                      title: str = "MagSim / AngSim by base class") -> go.Figure:
     """One row per metric, one bar per (class, student); `per_class` maps student → {class: {magsim, angsim,
-    both_accepted, pairs}} (JSON keys may be strings). Hover shows how many pairs each bar rests on."""
+    both_accepted, pairs}} (JSON keys may be strings). Hover shows how many pairs each bar rests on; a bar resting
+    on fewer than MIN_PAIRS is faded, as in `similarity_bar_figure`."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("MagSim", "AngSim"),
                         vertical_spacing=0.1)
     palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
@@ -116,12 +117,15 @@ def per_class_figure(per_class: Mapping[str, Mapping], class_names: Sequence[str
         for row, metric in ((1, "magsim"), (2, "angsim")):
             values = [classes[c][metric] if _finite(classes[c][metric]) else None for c in keys]
             fig.add_bar(x=labels, y=values, name=student, legendgroup=student, showlegend=row == 1,
-                        marker_color=palette[i % len(palette)], row=row, col=1,
+                        marker=dict(color=palette[i % len(palette)],
+                                    opacity=[FADED if classes[c]["both_accepted"] < MIN_PAIRS else 1.0
+                                             for c in keys]), row=row, col=1,
                         customdata=[[classes[c]["both_accepted"], classes[c]["pairs"]] for c in keys],
                         hovertemplate=f"{student}<br>%{{x}}: %{{y:.3f}}<br>accepted by both: "
                                       "%{customdata[0]} of %{customdata[1]} pairs<extra></extra>")
     fig.update_yaxes(range=[0, 1.05])
-    fig.update_layout(title=title, barmode="group", legend=dict(orientation="h", y=-0.12))
+    fig.update_layout(title=f"{title}<br><sup>faded: fewer than {MIN_PAIRS} pairs accepted by both models, too "
+                            "few to compare</sup>", barmode="group", legend=dict(orientation="h", y=-0.12))
     return fig
 
 
