@@ -51,11 +51,14 @@ def spread(values: list[float], unit: str) -> str:
     return f"min {min(values):+.2f}{unit}, mean {statistics.mean(values):+.2f}{unit} over {len(values)} seed(s)"
 
 
+def inversion_flags(args) -> list[str]:
+    return ["--inv-iterations", str(args.inv_iterations), "--inv-batch-size", str(args.inv_batch_size)]
+
+
 def quantization(args, pool: str | None) -> tuple[list[dict], str, str]:
     runs = []
     for seed in args.seeds:
-        source = ["--pool", pool] if pool else ["--images", str(args.images), "--inv-iterations",
-                                                str(args.inv_iterations)]
+        source = ["--pool", pool] if pool else ["--images", str(args.images), *inversion_flags(args)]
         runs.append(run(args.home, ["quantize", "--teacher", args.teacher, *source, "--seed", str(seed),
                                     "--calibration-images", str(args.calibration_images)]))
         pool = pool or runs[0]["run"]
@@ -79,7 +82,7 @@ def pruning(args, pool: str) -> tuple[list[dict], str]:
 
 def continual(args, dataset: str) -> tuple[list[dict], str]:
     runs = [run(args.home, ["continual", "--dataset", dataset, "--seed", str(seed), "--images", str(args.cl_images),
-                            "--inv-iterations", str(args.inv_iterations), "--old-steps", str(args.old_steps),
+                            *inversion_flags(args), "--old-steps", str(args.old_steps),
                             "--new-steps", str(args.new_steps)]) for seed in args.seeds]
     kept = {v: [100 * next(r for r in res["rows"] if r["model"] == v)["old_retention"] for res in runs]
             for v in ("replay", "naive")}
@@ -99,6 +102,7 @@ def main(argv=None) -> None:
                    default=["quantize", "prune", "continual"])
     p.add_argument("--images", type=int, default=2000, help="DeepInversion pool size")
     p.add_argument("--inv-iterations", type=int, default=200)
+    p.add_argument("--inv-batch-size", type=int, default=200)
     p.add_argument("--calibration-images", type=int, default=512)
     p.add_argument("--keep-flops", default="0.75,0.5,0.25")
     p.add_argument("--target-keep", type=float, default=0.5)

@@ -164,7 +164,8 @@ def test_quantization_synthetic_calibration_beats_noise(digits_teacher, digits_p
     config = QuantizationConfig(calibration_images=200, activation_bits=3, latency_repeats=3)
     results = run_job(QuantizationJob(teacher_copy(digits_teacher), config, pool=digits_pool), store, "quantize")
     model = "int8, 3-bit activations"
-    synthetic, noise = row(results, model=model, calibration="synthetic"), row(results, model=model, calibration="noise")
+    synthetic = row(results, model=model, calibration="synthetic")
+    noise = row(results, model=model, calibration="noise")
     assert synthetic["accuracy"] > noise["accuracy"]
     assert synthetic["size_bytes"] < row(results, model="fp32")["size_bytes"] / 2
     recalibrated = {r["calibration"]: r["accuracy"] for r in results["rows"] if r["model"] == "fp32, BN recalibrated"}
@@ -227,8 +228,8 @@ def test_models_that_cannot_be_pruned_or_quantized_are_refused_before_a_run(digi
 # ------------------------------------------------------------------ command line
 
 def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp_path, capsys):
-    home = str(tmp_path / "home")
-    common = ["--home", home, "--quiet"]
+    home_dir = str(tmp_path / "home")
+    common = ["--home", home_dir, "--quiet"]
     assert main([*common, "prune", "--teacher", digits_teacher.path, "--pool", digits_pool.source, "--criteria",
                  "bn_scale", "--keep-flops", "0.5", "--finetune-steps", "5", "--no-real-finetune",
                  "--latency-repeats", "3"]) == 0
@@ -239,7 +240,7 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
     assert main([*common, "continual", "--old-steps", "20", "--new-steps", "10", "--images", "20",
                  "--inv-iterations", "5"]) == 0
     assert "| replay | yes |" in capsys.readouterr().out
-    assert main(["--home", home, "runs", "--json"]) == 0
+    assert main(["--home", home_dir, "runs", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert sorted(r["kind"] for r in runs) == ["continual", "prune", "quantize"]
     assert all(r["status"] == "done" for r in runs)
@@ -252,12 +253,12 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
     (["quantize", "--activation-bits", "9"], "activation_bits must be in 2..8"),
 ])
 def test_cli_bad_input_is_one_sentence_and_creates_no_run(digits_teacher, tmp_path, argv, says):
-    home = tmp_path / "home"
+    home_dir = tmp_path / "home"
     with pytest.raises(SystemExit, match=says):
-        main(["--home", str(home), argv[0], "--teacher", digits_teacher.path, *argv[1:]])
+        main(["--home", str(home_dir), argv[0], "--teacher", digits_teacher.path, *argv[1:]])
     with pytest.raises(SystemExit, match="old_classes must leave classes"):
-        main(["--home", str(home), "continual", "--old-classes", "12"])
-    assert not list((home / "runs").iterdir())
+        main(["--home", str(home_dir), "continual", "--old-classes", "12"])
+    assert not list((home_dir / "runs").iterdir())
 
 
 # ------------------------------------------------------------------ the app page
