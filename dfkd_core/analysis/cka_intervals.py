@@ -33,9 +33,9 @@ from dfkd_core.stats import resample_counts
 
 CKA_RESAMPLES = 500
 """Resamples per CKA interval: fewer than stats.RESAMPLES because each costs (Lt·Ls + Lt + Ls) n×n-by-n products.
-Measured with 1,000 on one core (`python benchmarks/cka_speed.py --threads 1 --repeats 1 --intervals ...`, 4 × 4
-layers): n = 360 0.3 s, 1,000 2.7 s, 2,000 7.2 s, 3,000 16 s; 500 halves these (the CLI's default n = 2,000:
-~3.6 s, the app's 1,000: ~1.4 s)."""
+Measured for a 4 × 4 layer matrix, one thread on a busy 2-core machine (`python benchmarks/cka_speed.py --threads 1
+--repeats 1 --intervals 360 1000 2000 3000`): n = 360 0.2 s, 1,000 0.9 s (the app's default), 2,000 3.7 s (the
+CLI's), 3,000 8.7 s; 1,000 resamples take twice as long."""
 
 
 def resample_weights(n: int, resamples: int, seed: int = 0) -> torch.Tensor:
