@@ -356,7 +356,7 @@ def test_cli_cka_saves_an_analysis_run(digits_teacher, digits_student_checkpoint
                  str(digits_student_checkpoint), "--samples", "200", "--kernel", "debiased"]) == 0
     out = capsys.readouterr().out
     assert "debiased linear CKA, full estimator, 200 inputs" in out and "features.10" in out
-    assert "[95% interval: percentile bootstrap over inputs, 500 resamples]" in out
+    assert "[95% interval: half-sampling over inputs, 500 resamples]" in out
     run = RunStore(home).list(kind="analysis")[0]
     assert run.status == "done" and run.method == "cka" and run.dataset == "digits"
     saved = json.loads((run.dir / "cka.json").read_text())

@@ -1,5 +1,6 @@
-"""Bootstrap intervals of CKA (dfkd_core.analysis.cka_intervals) and the dfkd_core.stats helpers they use: by hand,
-against a recomputation of CKA on each resample, and per estimator of the layer × layer matrix."""
+"""Intervals of CKA (dfkd_core.analysis.cka_intervals: half-sampling over inputs, batches resampled for minibatch)
+and the dfkd_core.stats helpers they use: by hand, against a recomputation of CKA on each half, and per estimator of
+the layer × layer matrix."""
 import json
 import math
 import sys
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from dfkd_core.analysis.cka import center_gram, debiased_linear_cka, gram_cka, gram_linear, gram_rbf, linear_cka
-from dfkd_core.analysis.cka_intervals import cka_with_draws, m_out_of_n_bounds, minibatch_draws, resample_weights
+from dfkd_core.analysis.cka_intervals import (cka_with_draws, half_sample_bounds, half_sample_weights,
+                                              m_out_of_n_bounds, minibatch_draws)
 from dfkd_core.analysis.cka_matrix import CKAResult, cka_matrix
 from dfkd_core.stats import Interval, interval_from_json, percentile_bounds
 
@@ -39,32 +41,48 @@ def test_interval_read_back_from_a_runs_json():
 
 # ---------------------------------------------------------------- the resampling algebra
 
-def resampled(x: torch.Tensor, weights: torch.Tensor, r: int) -> torch.Tensor:
-    """The rows of resample r (column r of the counts), duplicates repeated."""
-    return x[torch.repeat_interleave(torch.arange(len(x)), weights[:, r].long())]
+def half(x: torch.Tensor, weights: torch.Tensor, r: int) -> torch.Tensor:
+    """The rows of subset r (column r of the weights)."""
+    return x[weights[:, r].bool()]
+
+
+def test_halves_are_drawn_without_replacement():
+    weights = half_sample_weights(11, 20, seed=1)
+    assert weights.shape == (11, 21) and (weights[:, 0] == 1).all()
+    assert set(weights[:, 1:].unique().tolist()) == {0.0, 1.0} and (weights[:, 1:].sum(0) == 5).all()
 
 
 @pytest.mark.parametrize("debiased", [False, True])
-def test_linear_draws_equal_cka_recomputed_on_each_resample(debiased):
+def test_linear_draws_equal_cka_recomputed_on_each_half(debiased):
     x, y = correlated(n=30, p1=5, p2=4, seed=20)
     grams = [center_gram(gram_linear(t - t.mean(0))) for t in (x, y)]
     estimate, draws = cka_with_draws([grams[0]], [grams[1]], debiased, resamples=6, seed=3)
-    weights = resample_weights(30, 6, seed=3)
+    weights = half_sample_weights(30, 6, seed=3)
     direct = debiased_linear_cka if debiased else linear_cka
     assert float(estimate) == pytest.approx(direct(x, y), abs=1e-12)
     for r in range(6):
-        assert float(draws[r, 0, 0]) == pytest.approx(direct(resampled(x, weights, r + 1),
-                                                             resampled(y, weights, r + 1)), abs=1e-12)
+        assert float(draws[r, 0, 0]) == pytest.approx(direct(half(x, weights, r + 1), half(y, weights, r + 1)),
+                                                      abs=1e-12)
 
 
 def test_rbf_draws_hold_the_full_sample_bandwidth():
     x, y = correlated(n=25, p1=5, p2=4, seed=21)
     k, l = gram_rbf(x), gram_rbf(y)
     _, draws = cka_with_draws([center_gram(k)], [center_gram(l)], False, resamples=4, seed=5)
-    weights = resample_weights(25, 4, seed=5)
+    weights = half_sample_weights(25, 4, seed=5)
     for r in range(4):
-        idx = torch.repeat_interleave(torch.arange(25), weights[:, r + 1].long())
+        idx = weights[:, r + 1].bool()
         assert float(draws[r, 0, 0]) == pytest.approx(gram_cka(k[idx][:, idx], l[idx][:, idx]), abs=1e-12)
+
+
+def test_half_sample_bounds_recentre_the_halves_on_the_estimate():
+    # Halves 0.60, 0.62, ..., 0.68 (median 0.64, biased upward by their smaller size); level 0.5 takes the 25% and
+    # 75% quantiles of the deviations (−0.02, +0.02) around the estimate 0.5.
+    draws = torch.tensor([0.60, 0.62, 0.64, 0.66, 0.68], dtype=torch.float64)[:, None]
+    low, high = half_sample_bounds(torch.tensor([0.5], dtype=torch.float64), draws, level=0.5)
+    assert float(low) == pytest.approx(0.48) and float(high) == pytest.approx(0.52)
+    none_low, _ = half_sample_bounds(torch.tensor([0.5]), torch.empty(0, 1))
+    assert torch.isnan(none_low).all()
 
 
 def test_m_out_of_n_bounds_by_hand():
@@ -95,7 +113,7 @@ def test_full_estimator_interval_covers_the_estimate_and_a_copy_scores_exactly_o
     result = cka_matrix(SliceModel(0, 12), SliceModel(12, 20), ["part"], ["part"], images, resamples=500)
     interval = result.interval("part", "part")
     assert result.estimator == "full" and interval.units == 300 and interval.resamples == 500
-    assert interval.low < interval.estimate < interval.high and interval.method == "percentile bootstrap over inputs"
+    assert interval.low < interval.estimate < interval.high and interval.method == "half-sampling over inputs"
     same = cka_matrix(SliceModel(0, 12), SliceModel(0, 12), ["part"], ["part"], images, resamples=200)
     assert same.interval("part", "part").low == pytest.approx(1.0, abs=1e-12)
 
@@ -108,7 +126,7 @@ def test_auto_streaming_beyond_3000_inputs_is_exact_with_a_rescaled_subsample_in
     assert streaming.estimator == "streaming" and streaming.kernel == "linear" and not streaming.note
     assert streaming.value("part", "part") == pytest.approx(linear_cka(x, y), abs=1e-9)
     s, f = streaming.interval("part", "part"), full.interval("part", "part")
-    assert "m = 1,000 of 3,200" in s.method and s.low < s.estimate < s.high
+    assert "random 1,000 of the 3,200 inputs" in s.method and s.low < s.estimate < s.high
     assert 0.5 < (s.high - s.low) / (f.high - f.low) < 2   # the same spread, from a third of the inputs
 
 
@@ -132,3 +150,27 @@ def test_result_with_intervals_round_trips_and_old_files_are_read_honestly():
     legacy = CKAResult.from_dict(old)
     assert legacy.kernel == "debiased" and legacy.requested_kernel == "linear" and "older run" in legacy.note
     assert not legacy.interval("a", "b").defined
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_half_sampling_interval_covers_95_percent_of_fresh_samples(kernel):
+    """The interval's promise, checked by simulation: over fresh samples of n inputs from one population, it covers
+    the estimator's mean about 95% of the time. Measured (300 samples of n = 200): linear 95.3%, RBF 95.3%; the
+    plain bootstrap with replacement covered 82% (linear) and 49% (RBF), its repeated inputs inflating CKA. Here
+    120 samples of n = 100 keep the test short: 95% ± 4% is two binomial standard deviations."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(10, 6, generator=g, dtype=torch.float64)
+
+    def gram(t):
+        return center_gram(gram_rbf(t)) if kernel == "rbf" else center_gram(gram_linear(t - t.mean(0)))
+
+    estimates, bounds = [], []
+    for _ in range(120):
+        x = torch.randn(100, 10, generator=g, dtype=torch.float64)
+        y = torch.tanh(x @ w) + 0.8 * torch.randn(100, 6, generator=g, dtype=torch.float64)
+        estimate, draws = cka_with_draws([gram(x)], [gram(y)], False, resamples=200)
+        estimates.append(float(estimate))
+        bounds.append([float(b) for b in half_sample_bounds(estimate, draws)])
+    target = sum(estimates) / len(estimates)
+    coverage = sum(low <= target <= high for low, high in bounds) / len(bounds)
+    assert 0.91 <= coverage <= 0.99, coverage

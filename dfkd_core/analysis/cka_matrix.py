@@ -15,8 +15,8 @@ Batches are random groups of the inputs (a seeded permutation): the minibatch es
 are often one class, as in a synthesized pool, and a one-class batch measures within-class similarity), and the
 streaming interval's subsample is then a random one. The exact estimators do not depend on the order.
 
-Intervals (`cka_intervals`): full — percentile bootstrap over inputs; streaming — the same bootstrap on a random
-subsample of `INTERVAL_SUBSAMPLE` inputs, widths rescaled by √(m/n); minibatch — the batches resampled.
+Intervals (`cka_intervals`): full — half-sampling over inputs; streaming — the same on a random subsample of
+`INTERVAL_SUBSAMPLE` inputs, widths rescaled by √(m/n); minibatch — the batches resampled.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ import torch.nn as nn
 from dfkd_core.analysis.cka import (KERNELS, RBF_BANDWIDTHS, _as_matrix, center_gram, describe_kernel, gram_linear,
                                     gram_rbf)
 from dfkd_core.analysis.cka_accumulators import LinearCKAAccumulator, MinibatchCKA
-from dfkd_core.analysis.cka_intervals import CKA_RESAMPLES, cka_with_draws, m_out_of_n_bounds, minibatch_draws
+from dfkd_core.analysis.cka_intervals import (CKA_RESAMPLES, cka_with_draws, half_sample_bounds, m_out_of_n_bounds,
+                                              minibatch_draws)
 from dfkd_core.analysis.features import (FeatureCapture, Inputs, LayerRef, batch_bounds, batch_of, layer_names,
                                         resolve_layers, trace_layers)
 from dfkd_core.data import ImageSplit
@@ -138,7 +139,7 @@ class _FullCKA:
         return center_gram(gram_linear(x - x.mean(0)))
 
     def estimate(self, resamples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(matrix, bootstrap draws (resamples, Lt, Ls)); one teacher Gram at a time beside the student Grams."""
+        """(matrix, CKA of random halves (resamples, Lt, Ls)); one teacher Gram at a time beside the student Grams."""
         grams_y = [self._centered_gram(c) for c in self.ys]
         return cka_with_draws((self._centered_gram(c) for c in self.xs), grams_y,
                               self.kernel in ("debiased", "debiased_rbf"), resamples, seed)
@@ -258,14 +259,15 @@ class CKAMatrix:
         acc = self.accumulator
         if isinstance(acc, _FullCKA):
             matrix, draws = acc.estimate(resamples, self.seed)
-            return (matrix, *percentile_bounds(draws), "percentile bootstrap over inputs", self.samples)
+            return (matrix, *half_sample_bounds(matrix, draws), "half-sampling over inputs", self.samples)
         if isinstance(acc, _StreamingCKA):
             matrix = acc.exact.value()
             sub_matrix, sub_draws = acc.subsample.estimate(resamples, self.seed)
             m = acc.subsample.n
-            low, high = m_out_of_n_bounds(matrix, sub_matrix, *percentile_bounds(sub_draws), m, self.samples)
-            method = "percentile bootstrap over inputs" if m == self.samples else \
-                f"m-out-of-n bootstrap over inputs (m = {m:,} of {self.samples:,}, widths × √(m/n))"
+            low, high = m_out_of_n_bounds(matrix, sub_matrix, *half_sample_bounds(sub_matrix, sub_draws), m,
+                                          self.samples)
+            method = "half-sampling over inputs" if m == self.samples else \
+                f"half-sampling on a random {m:,} of the {self.samples:,} inputs, widths × √(m/n)"
             return matrix, low, high, method, self.samples
         cross, self_x, self_y = acc.batch_terms()
         draws = minibatch_draws(cross, self_x, self_y, resamples, self.seed)
