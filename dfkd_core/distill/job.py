@@ -16,12 +16,12 @@ from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.distill.config import DistillConfig, default_student
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod
 from dfkd_core.distill.pool import SyntheticPool
-from dfkd_core.distill.resume import (RESUME_FILE, RESUME_FORMAT, Progress, atomic_torch_save, clone_state,
-                                      truncate_metrics)
+from dfkd_core.distill.resume import RESUME_FILE, RESUME_FORMAT, Progress, clone_state, truncate_metrics
 from dfkd_core.distill.results import accuracy_summary, save_test_hits
 from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, save_checkpoint
+from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.images import save_grid
 from dfkd_core.training import evaluate
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from dfkd_core.data import DatasetInfo
+from dfkd_core.runs import atomic_torch_save
 
 
 class PoolError(ValueError):
@@ -37,11 +38,8 @@ class SyntheticPool:
         return self.images[idx], self.targets[idx]
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"images": self.images, "targets": self.targets, "dataset": self.dataset.to_dict()}, tmp)
-        tmp.replace(path)
-        return path
+        return atomic_torch_save({"images": self.images, "targets": self.targets, "dataset": self.dataset.to_dict()},
+                                 path)
 
     @classmethod
     def load(cls, path: str | Path, dataset: DatasetInfo) -> "SyntheticPool":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dfkd_core.distill.resume import atomic_torch_save
+from dfkd_core.runs import atomic_torch_save
 from dfkd_core.stats import Interval, accuracy_interval, paired_difference_interval, ratio_interval
 
 TEST_HITS_FILE = "test_hits.pt"

@@ -11,13 +11,13 @@ at the round's start, and a resume repeats that round.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dfkd_core.config import Config
+from dfkd_core.runs import atomic_write_text
 
 RESUME_FILE = "resume.pt"
 RESUME_FORMAT = 1
@@ -36,14 +36,6 @@ class Progress(Config):
 
 class ResumeError(ValueError):
     """A run that `--resume` cannot continue; the message says why."""
-
-
-def atomic_torch_save(obj, path: Path) -> Path:
-    """torch.save to a hidden temporary file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def clone_state(state):
@@ -90,11 +82,8 @@ def truncate_metrics(path: Path, step: int) -> list[dict]:
             break  # a line cut off by a kill: everything after it is lost anyway
         if row.get("step", step) < step:
             kept.append(row)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
     return kept
 
 
-__all__ = ["Progress", "RESUME_FILE", "ResumeError", "atomic_torch_save", "clone_state", "load_resume_state",
-           "truncate_metrics"]
+__all__ = ["Progress", "RESUME_FILE", "ResumeError", "clone_state", "load_resume_state", "truncate_metrics"]
