@@ -53,7 +53,8 @@ class DistillJob(Job):
         self.device = resolve_device(config.device)
         self.method: DistillMethod = DISTILL_METHODS[config.method](self)
         self.method.check_student()
-        self.resume_state = resume
+        self.resume_state = resume        # dropped once restored in setup()
+        self.resumed = resume is not None
         self.start_progress = Progress.from_dict(resume["progress"]) if resume is not None else Progress()
         self.steps_before = resume["step"] if resume is not None else 0   # job steps a resumed run already took
         self.steps_taken = self.steps_before
@@ -94,12 +95,13 @@ class DistillJob(Job):
         self.trainer = StudentTrainer(self.student, self.teacher, c, self.dataset, self.device,
                                       self.method.student_steps(), parameters=self.method.student_parameters())
         self.method.setup()
-        if self.resume_state is not None:
+        if self.resumed:
             self._restore(self.resume_state)
+            self.resume_state = None
         self.method.done = self.start_progress.replace()
         self._plan = self.method.plan(self.start_progress)
         self.t0 = time.time()
-        if self.resume_state is None:
+        if not self.resumed:   # a resumed run's curve already has this point
             self._record_accuracy()
 
     def step(self, index: int) -> dict:
@@ -159,11 +161,9 @@ class DistillJob(Job):
     def save_progress(self) -> None:
         """Write resume.pt atomically: the held state during a round, else the state now. Mid-step (a Ctrl-C or an
         error inside a step) there is no consistent state to write, and the last save stands."""
-        if self.run_record is None or not hasattr(self, "_plan"):
+        if self.run_record is None or not hasattr(self, "_plan") or (self._in_step and self._held is None):
             return
-        state = self._held if self._held is not None else None if self._in_step else self.progress_state()
-        if state is not None:
-            atomic_torch_save(state, self.run_record.dir / RESUME_FILE)
+        atomic_torch_save(self._held or self.progress_state(), self.run_record.dir / RESUME_FILE)
 
     def _restore(self, state: dict) -> None:
         """Put the trainer, RNGs, method and bookkeeping back where `state` was saved; keep the run's metric rows of
