@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS runs (
 )"""
 COLUMNS = ("id", "kind", "name", "created", "updated", "status", "teacher", "method", "dataset", "summary", "error",
            "pid", "pid_start", "host", "dir")
+MISSING = "it was missing"
 _INSERT = f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -43,6 +44,7 @@ class RunIndex:
         self.stale_marker = path.with_name(path.name + ".stale")
         self._read_directories = read_directories
         self._warned_locked = False
+        self._set_aside_because: str | None = None   # why the index file is missing, when this object moved it
 
     # ------------------------------------------------------------------ verbs
     def rows(self, id_prefix: str = "") -> list[dict]:
@@ -100,11 +102,18 @@ class RunIndex:
                 _add_missing_columns(db)
                 if missing:
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                if missing or self.stale_marker.exists():
-                    self._rebuild(db, "it was missing" if missing else "it missed writes while locked")
+                reason = self._rebuild_reason(missing)
+                if reason:
+                    self._rebuild(db, reason)
                 yield db
         finally:
             db.close()
+
+    def _rebuild_reason(self, missing: bool) -> str | None:
+        if missing:
+            reason, self._set_aside_because = self._set_aside_because or MISSING, None
+            return reason
+        return "it missed writes while locked" if self.stale_marker.exists() else None
 
     def _rebuild(self, db: sqlite3.Connection, reason: str) -> None:
         # The marker goes before the directories are read: a write that marks the index stale meanwhile is then
@@ -114,9 +123,9 @@ class RunIndex:
         rows = self._read_directories()
         db.execute("DELETE FROM runs")
         db.executemany(_INSERT, [self._values(row) for row in rows])
-        if rows:
-            log.warning("rebuilt the run index %s from %d run directories (%s); no run was lost", self.path,
-                        len(rows), reason)
+        if rows or reason != MISSING:   # a new store's first index is no news
+            log.warning("rebuilt the run index %s from the run directories (%d runs) because %s; no run was lost",
+                        self.path, len(rows), reason)
 
     def _mark_stale(self) -> None:
         self.stale_marker.touch()
@@ -133,8 +142,7 @@ class RunIndex:
             pass  # another process set it aside first
         for suffix in ("-journal", "-wal", "-shm"):  # a journal of the old file must not be replayed into the new
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
-        log.warning("the run index %s was unreadable (%s); kept as %s and rebuilt from the run directories",
-                    self.path, error, aside)
+        self._set_aside_because = f"it was unreadable ({error}; kept as {aside.name})"
 
     def _values(self, row: dict) -> tuple[Any, ...]:
         values = {**row, "summary": json.dumps(row.get("summary") or {}), "dir": str(self.runs_dir / row["id"])}

@@ -2,8 +2,10 @@ import json
 import os
 import sqlite3
 import subprocess
+import threading
 
 import pytest
+import torch
 
 from dfkd_core.runs import RunStore
 
@@ -192,3 +194,56 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(store):
     finally:
         other.kill()
         other.wait()
+
+
+def _read_while_writing(write, read, writes: int = 20) -> list:
+    """`read()` results (or the exception type) gathered in a thread while `write()` runs `writes` times."""
+    stop, seen = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append(read())
+            except Exception as e:   # what a reader of a half-written file gets
+                seen.append(type(e).__name__)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(writes):
+        write()
+    stop.set()
+    thread.join()
+    return seen
+
+
+def test_readers_never_see_a_half_written_json_file(store):
+    run = store.create("synthesis", {})
+    summary = {"curve": list(range(100_000))}
+    run.save_json("summary.json", summary)
+    seen = _read_while_writing(lambda: run.save_json("summary.json", summary),
+                               lambda: len(run.load_json("summary.json")["curve"]), writes=10)
+    assert seen and set(seen) == {100_000}
+
+
+def test_readers_never_see_a_half_written_grid(store):
+    from PIL import Image
+
+    from dfkd_core.synthesis.images import save_grid
+    path, images = store.runs_dir / "grid.png", torch.rand(400, 3, 32, 32)
+    save_grid(images, path)
+
+    def read():
+        with Image.open(path) as image:
+            image.load()
+            return image.size
+    seen = _read_while_writing(lambda: save_grid(images, path), read, writes=5)
+    assert seen and len(set(seen)) == 1 and isinstance(seen[0], tuple)
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(store):
+    from dfkd_core.runs import atomic_open
+    path = store.runs_dir / "images.pt"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_open(path) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_bytes() == b"old" and [p.name for p in store.runs_dir.iterdir()] == ["images.pt"]
