@@ -53,9 +53,9 @@ st.caption(r"Do teacher and student represent the same images alike? Linear CKA 
            r"(\lVert X^\top X\rVert_F\,\lVert Y^\top Y\rVert_F)$, 1 = the same up to rotation and scale. The RBF "
            r"kernel $k(x,x')=\exp(-\lVert x-x'\rVert^2/(2\,t^2\,m))$ takes $m$ = the median of all $n^2$ squared "
            r"distances, diagonal included, exactly as Kornblith et al.'s reference code, with threshold $t$; "
-           r"'debiased' replaces HSIC by its unbiased estimator. Every cell carries a 95% bootstrap interval over "
-           r"the images. IE-KD students are expected to score *lower* than plain KD students at their split layer "
-           r"(METHODS §5.5).")
+           r"'debiased' replaces HSIC by its unbiased estimator. Every cell carries a 95% interval from random "
+           r"halves of the images (how far it moves with the draw of images). IE-KD students are expected to "
+           r"score *lower* than plain KD students at their split layer (METHODS §5.5).")
 keep_widget_state("cka_teacher", "cka_student", "cka_kernel", "cka_threshold", "cka_inputs", "cka_samples",
                   "cka_reduce", "cka_open")
 job = analysis_job(CKAAnalysis, open_key="cka_open")

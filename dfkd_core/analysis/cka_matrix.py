@@ -1,5 +1,5 @@
 """Layer × layer CKA between a teacher and a student on the same inputs (METHODS §7), batch by batch, with a 95%
-bootstrap interval for every cell.
+interval for every cell.
 
 The kernel names the quantity (`cka.KERNELS`, one estimator each); the estimator says how it was computed, and
 'auto' picks the first that fits:
@@ -111,7 +111,7 @@ class CKAResult:
 
 
 class _FullCKA:
-    """Exact CKA per layer pair from all inputs' features (the 'full' estimator), with bootstrap draws."""
+    """Exact CKA per layer pair from all inputs' features (the 'full' estimator), with its halves' values."""
 
     def __init__(self, kernel: str, threshold: float, bandwidth: str, max_inputs: int | None = None):
         self.kernel, self.threshold, self.bandwidth = kernel, threshold, bandwidth
@@ -172,7 +172,7 @@ class CKAMatrix:
 
     Layers default to `layer_names(model)` ('blocks'). Both models run in eval mode without gradients and are left
     in the mode they were found in; hooks are removed after every batch. `seed` orders the inputs into batches and
-    draws the bootstrap resamples.
+    draws the interval's resamples.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, inputs: Inputs,
@@ -275,7 +275,7 @@ class CKAMatrix:
                 len(cross))
 
     def result(self, resamples: int = CKA_RESAMPLES) -> CKAResult:
-        """The CKA matrix of the inputs seen so far, with `resamples` bootstrap resamples for its intervals."""
+        """The CKA matrix of the inputs seen so far, with `resamples` resamples for its intervals (cka_intervals)."""
         matrix, low, high, method, units = self._matrix_and_bounds(resamples)
         return CKAResult(matrix.to(torch.float64), self.layers_teacher, self.layers_student, self.kernel,
                          self.estimator, self.samples, self.threshold, self.reduce, self.bandwidth,
@@ -292,7 +292,8 @@ def cka_matrix(teacher: nn.Module, student: nn.Module, layers_teacher: Sequence[
 
     `layers_*`: names or modules (None: each model's `layer_names`). `kernel`: one of `cka.KERNELS`.
     `reduce`: 'flatten' (default, Kornblith et al.) or 'mean' (global average pooling per channel).
-    `progress(step, total)` is called after every batch. `resamples`: bootstrap resamples (0: no interval).
+    `progress(step, total)` is called after every batch. `resamples`: the interval's resamples (random halves of the
+    inputs, or of the minibatches; 0: no interval).
     """
     matrix = CKAMatrix(teacher, student, inputs, layers_teacher, layers_student, kernel, threshold, batch_size,
                        reduce, estimator, bandwidth, seed)

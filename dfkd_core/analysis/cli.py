@@ -1,5 +1,5 @@
 """`dfkd cka` and `dfkd gradcam`: compare a teacher with students; print a table (or `--json`), save an "analysis"
-run. Every number comes with its 95% bootstrap interval; everything is checked before the run exists."""
+run. Every number comes with its 95% interval (resampled inputs); everything is checked before the run exists."""
 from __future__ import annotations
 
 import argparse
@@ -203,7 +203,7 @@ def add_commands(sub) -> None:
                    help="full: exact, n<=3000; streaming: exact linear, small features; minibatch: any size, "
                         "estimates debiased CKA (and is reported so)")
     c.add_argument("--resamples", type=int, default=CKA_RESAMPLES,
-                   help="bootstrap resamples for the 95%% intervals (0: none)")
+                   help="resamples for the 95%% intervals: random halves of the inputs (0: none)")
     c.set_defaults(func=cmd_cka)
 
     g = sub.add_parser("gradcam", help="Grad-CAM teacher vs students, per-image overlap (METHODS §6)")

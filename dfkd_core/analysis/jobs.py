@@ -101,7 +101,7 @@ class CKAConfig(Config):
     batch_size: int = 500
     reduce: str = "flatten"           # flatten | mean
     estimator: str = "auto"           # auto | full | streaming | minibatch
-    resamples: int = CKA_RESAMPLES    # bootstrap resamples for the intervals (0: none)
+    resamples: int = CKA_RESAMPLES    # resamples for the 95% intervals (cka_intervals; 0: none)
     seed: int = 0
     device: str = "auto"
     data_root: str | None = None      # where the real dataset lives (None: $DFKD_<NAME>, then the default)
