@@ -81,8 +81,10 @@ def pruning(args, pool: str) -> tuple[list[dict], str]:
 
 
 def continual(args, dataset: str) -> tuple[list[dict], str]:
-    runs = [run(args.home, ["continual", "--dataset", dataset, "--seed", str(seed), "--images", str(args.cl_images),
-                            *inversion_flags(args), "--old-steps", str(args.old_steps),
+    model = ["--model", args.cl_model] if args.cl_model else []
+    runs = [run(args.home, ["continual", "--dataset", dataset, *model, "--seed", str(seed), "--images",
+                            str(args.cl_images), "--inv-iterations", str(args.cl_inv_iterations), "--inv-batch-size",
+                            str(args.inv_batch_size), "--old-steps", str(args.old_steps),
                             "--new-steps", str(args.new_steps)]) for seed in args.seeds]
     kept = {v: [100 * next(r for r in res["rows"] if r["model"] == v)["old_retention"] for res in runs]
             for v in ("replay", "naive")}
@@ -107,7 +109,9 @@ def main(argv=None) -> None:
     p.add_argument("--keep-flops", default="0.75,0.5,0.25")
     p.add_argument("--target-keep", type=float, default=0.5)
     p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--cl-model", help="continual learning's model (default: the dataset's teacher architecture)")
     p.add_argument("--cl-images", type=int, default=1000, help="images synthesized from the old model")
+    p.add_argument("--cl-inv-iterations", type=int, default=200)
     p.add_argument("--old-steps", type=int, default=600)
     p.add_argument("--new-steps", type=int, default=600)
     args = p.parse_args(argv)
