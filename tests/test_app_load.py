@@ -78,7 +78,8 @@ def test_server_killed_mid_synthesis_leaves_an_interrupted_run_with_its_images(t
         set_slider(page, "iterations T", ITERATION_OPTIONS.index(2000))
         page.get_by_role("button", name="Start").click()
         deadline = time.time() + 60
-        while not [r for r in store.list(kind="synthesis") if (r.dir / "images.pt").exists()]:
+        while not [r for r in store.list(kind="synthesis")
+                   if (r.dir / "images.pt").exists() and (r.dir / "grid.png").exists()]:
             assert time.time() < deadline, "no progress saved"
             time.sleep(0.1)
         [run] = store.list(kind="synthesis")

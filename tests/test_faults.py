@@ -49,6 +49,11 @@ def metrics_rows(run_dir: Path) -> int:
     return len(_read_jsonl(run_dir / "metrics.jsonl"))
 
 
+def progress_saved(run_dir: Path) -> bool:
+    """A synthesis's first progress save is complete (each file appears atomically, the pair one after the other)."""
+    return (run_dir / "images.pt").exists() and (run_dir / "grid.png").exists()
+
+
 def assert_every_file_readable(run_dir: Path) -> dict[str, object]:
     """Each file of the run opens as what its name says (temp files of a cut write are hidden and never read)."""
     opened = {}
@@ -80,7 +85,7 @@ def test_cli_synthesis_killed_keeps_its_latest_images(tmp_path, digits_teacher):
     home = tmp_path / "home"
     process = start(["-m", "dfkd_core.cli", "--home", str(home), "--quiet", "synthesize", "--teacher",
                      digits_teacher.path, "--iterations", "100000", "--batch-size", "20"], home)
-    run_dir = kill_when(process, home, lambda d: (d / "images.pt").exists() and metrics_rows(d) > 20)
+    run_dir = kill_when(process, home, lambda d: progress_saved(d) and metrics_rows(d) > 20)
     files = assert_interrupted_with_its_work(home, run_dir)
     assert files["images.pt"]["images"].shape == (20, 1, 8, 8) and "grid.png" in files
     assert len(files["metrics.jsonl"]) > 20
@@ -91,11 +96,9 @@ def test_cli_distillation_killed_keeps_its_metrics_and_progress(tmp_path, digits
     process = start(["-m", "dfkd_core.cli", "--home", str(home), "--quiet", "distill", "--teacher",
                      digits_teacher.path, "--method", "deepinversion", "--images", "100000", "--inv-batch-size",
                      "20", "--inv-iterations", "20", "--kd-steps-per-round", "2"], home)
-    # two progress intervals: whatever the distillation saves between steps has been written at least once
-    started = time.time()
-    run_dir = kill_when(process, home, lambda d: metrics_rows(d) > 30 and time.time() - started > 3)
+    run_dir = kill_when(process, home, lambda d: (d / "resume.pt").exists() and metrics_rows(d) > 30)
     files = assert_interrupted_with_its_work(home, run_dir)
-    assert len(files["metrics.jsonl"]) > 30
+    assert len(files["metrics.jsonl"]) > 30 and "resume.pt" in files   # DistillJob.save_progress's checkpoint
 
 
 JOB_MANAGER_SCRIPT = """
@@ -116,7 +119,7 @@ def test_job_manager_process_killed_mid_job_leaves_an_interrupted_run(tmp_path, 
     """The app's way of running jobs (background threads of a JobManager), in a process killed like a server."""
     home = tmp_path / "home"
     process = start(["-c", textwrap.dedent(JOB_MANAGER_SCRIPT), str(home), digits_teacher.path], home)
-    run_dir = kill_when(process, home, lambda d: (d / "images.pt").exists())
+    run_dir = kill_when(process, home, progress_saved)
     files = assert_interrupted_with_its_work(home, run_dir)
     assert files["images.pt"]["images"].shape == (20, 1, 8, 8)
 
