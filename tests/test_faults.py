@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dfkd_core.runs import RunStore, _read_jsonl
+from dfkd_core.runs import RunStore, _read_jsonl, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_EVERY_S = 0.3
@@ -158,3 +158,27 @@ def test_upload_limit_matches_the_servers(app_home):
     from pages.views.common import MAX_CHECKPOINT_MB
     config = (ROOT / ".streamlit" / "config.toml").read_text()
     assert f"maxUploadSize = {MAX_CHECKPOINT_MB}" in config
+
+
+def test_deleting_a_run_another_tab_deleted_meanwhile_is_explained(app_home, digits_teacher, monkeypatch):
+    """Runs page: the opened run is deleted by another tab (or `dfkd delete`) between this page's listing and its
+    Delete: a sentence, not a traceback."""
+    from streamlit.testing.v1 import AppTest
+    teacher = app_home.create("teacher", {}, method="bncnn3_w32", dataset="digits")   # no first-launch training
+    atomic_write_bytes(teacher.path("model.pt"), Path(digits_teacher.path).read_bytes())
+    teacher.set_status("done")
+    run = app_home.create("synthesis", {}, method="deepinversion", dataset="digits")
+    run.set_status("cancelled")
+    page = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    page.run()
+    page.switch_page("pages/runs.py").run()
+    page.selectbox(key="runs_open").set_value(run.id).run()
+    page.checkbox(key=f"sure_{run.id}").check().run()
+    delete = RunStore.delete
+
+    def deleted_by_another_tab_first(store, reference):
+        delete(store, reference)
+        return delete(store, reference)
+    monkeypatch.setattr(RunStore, "delete", deleted_by_another_tab_first)
+    next(b for b in page.button if b.label == "Delete").click().run()
+    assert not page.exception and f"no run '{run.id}'" in page.error[0].value
