@@ -10,7 +10,8 @@ sample's units (test images, base samples, inputs) gives, and says how many unit
   the correlation between a base sample's pairs in the interval.
 - `paired_difference_interval(a, b)`: the mean of a − b on the SAME units, resampled together: two students
   compared on the same test images or base samples (much tighter than two separate intervals).
-- `bootstrap_interval(n, statistic)`: any statistic of a resample (given as indices into the n units), e.g. CKA.
+- Kernel statistics such as CKA are not bootstrapped with replacement: a repeated input inflates them
+  (`dfkd_core.analysis.cka_intervals` uses random halves instead).
 
 Resampling is seeded, so a stored result is reproducible; resample counts are vectors of multinomial counts, so the
 mean-type intervals cost a matrix product, not a Python loop.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
@@ -155,20 +155,7 @@ def paired_ratio_difference_interval(num_a, den_a, num_b, den_b, resamples: int 
     return _percentiles(torch.cat(out), estimate, len(na), resamples, level)
 
 
-def bootstrap_interval(n: int, statistic: Callable[[torch.Tensor], float], estimate: float | None = None,
-                       resamples: int = 200, level: float = LEVEL, seed: int = 0) -> Interval:
-    """Any statistic: `statistic(indices)` on `resamples` resamples of n units drawn with replacement. Fewer
-    resamples by default than the vectorized intervals, because each one reruns the statistic."""
-    generator = torch.Generator().manual_seed(seed)
-    value = statistic(torch.arange(n)) if estimate is None else estimate
-    if n < 2:
-        return _undefined(value, n, resamples, level)
-    draws = torch.tensor([statistic(torch.randint(0, n, (n,), generator=generator)) for _ in range(resamples)],
-                         dtype=torch.float64)
-    return _percentiles(draws, float(value), n, resamples, level)
-
-
-__all__ = ["Interval", "LEVEL", "RESAMPLES", "accuracy_interval", "bootstrap_interval", "mean_interval",
+__all__ = ["Interval", "LEVEL", "RESAMPLES", "accuracy_interval", "mean_interval",
            "paired_difference_interval", "paired_ratio_difference_interval", "ratio_interval", "resample_counts"]
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dfkd_core.stats import (Interval, accuracy_interval, bootstrap_interval, mean_interval,
+from dfkd_core.stats import (Interval, accuracy_interval, mean_interval,
                              paired_difference_interval, paired_ratio_difference_interval, ratio_interval,
                              resample_counts)
 
@@ -58,13 +58,6 @@ def test_paired_ratio_difference_of_identical_students_is_exactly_zero():
     num, den = torch.rand(50, dtype=torch.float64), torch.rand(50, dtype=torch.float64) + 0.1
     ci = paired_ratio_difference_interval(num, den, num, den)
     assert ci.estimate == 0 and ci.low == 0 and ci.high == 0
-
-
-def test_bootstrap_interval_of_any_statistic_is_seeded():
-    x = torch.randn(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    stat = lambda idx: float(x[idx].median())  # noqa: E731
-    a, b = bootstrap_interval(100, stat, resamples=100), bootstrap_interval(100, stat, resamples=100)
-    assert a == b and a.low < a.estimate < a.high
 
 
 def test_interval_round_trips_and_formats():
