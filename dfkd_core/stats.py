@@ -53,7 +53,12 @@ class Interval:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Interval":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """Read back from a run's JSON too, where an undefined bound was stored as None or "nan"."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for k in ("estimate", "low", "high", "level"):
+            if k in fields:
+                fields[k] = math.nan if fields[k] is None or fields[k] == "nan" else float(fields[k])
+        return cls(**fields)
 
     def format(self, spec: str = ".3f") -> str:
         """'0.912 [0.893, 0.929]' (percent specs too: '.1%')."""
@@ -176,14 +181,7 @@ def percentile_bounds(draws: torch.Tensor, level: float = LEVEL) -> tuple[torch.
 
 
 def interval_from_json(d: dict) -> Interval:
-    """An `Interval` read back from a run's JSON, where an undefined bound was stored as None or "nan"."""
-    def number(v):
-        return math.nan if v is None or v == "nan" else float(v)
-    fields = {k: d[k] for k in Interval.__dataclass_fields__ if k in d}
-    for k in ("estimate", "low", "high", "level"):
-        if k in fields:
-            fields[k] = number(fields[k])
-    return Interval(**fields)
+    return Interval.from_dict(d)
 
 
 __all__ += ["interval_from_json", "percentile_bounds"]

@@ -145,6 +145,13 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
     overlaid = [json.loads(c.proto.spec) for c in charts.values()]
     two_lines = [f for f in overlaid if sum(t.get("mode") == "lines+markers" for t in f["data"]) == 2]
     assert len(two_lines) == 2  # vs images synthesized and vs student steps
+    for rid in ids:   # each accuracy beside its 95% interval, in the table and as an error bar
+        row = table[table["run"] == rid].iloc[0]
+        assert row["student acc, 95% CI"].startswith(f"{row['student acc']:.2%} [")
+    bars = [t for f in overlaid for t in f["data"] if t.get("type") == "bar"]
+    assert any(len(b["x"]) == 2 and len(b["error_y"]["array"]) == 2 for b in bars)
+    paired = next(t.value for t in runs.dataframe if "verdict" in t.value.columns)
+    assert len(paired) == 1 and paired.iloc[0]["difference"].endswith("]")   # on the same test images
     runs.multiselect(key="runs_students").set_value([ids[1]]).run()
     assert not runs.exception
 

@@ -126,7 +126,7 @@ def cmd_distill(args, store) -> int:
         raise SystemExit(f"error: {e}")
     run = store.create("distill", {**config.to_dict(), "teacher": teacher.path}, teacher=store.run_id_of(teacher.path),
                        method=config.method, dataset=teacher.dataset.name,
-                       name=f"{config.method}: {teacher.name} → {job.student_name}")
+                       name=job.title())
     job.run_record = run
     return run_distillation(job, args.quiet)
 

@@ -67,6 +67,24 @@ class DistillJob(Job):
         self._held: dict | None = None    # the progress state a save writes while the plan cannot stop (a round)
         self._in_step = False             # a Ctrl-C or an error mid-step leaves no consistent state to save
 
+    def title(self) -> str:
+        """A run name that tells runs apart: method, teacher → student, the data the student learns from, its steps
+        and the settings most often varied, e.g. 'deepinversion: bncnn3_w32 → bncnn3_w16 · 400 images · 400 KD
+        steps · mixup 0.5'."""
+        c = self.config
+        parts = [f"{c.method}: {self.teacher_checkpoint.name} → {self.student_name}"]
+        if c.pool:
+            parts.append(f"pool {len(self.pool):,} images")
+        elif c.method in ("deepdream", "deepinversion", "adi"):
+            parts.append(f"{c.images:,} images")
+        elif c.method.startswith("generator"):
+            parts.append(f"{c.generator_steps:,} generator steps")
+        parts.append(f"{c.steps:,} KD steps")
+        parts += [f"{name} {getattr(c, name):g}" for name in ("mixup", "alpha_ce") if getattr(c, name)]
+        if c.seed:
+            parts.append(f"seed {c.seed}")
+        return " · ".join(parts)
+
     def real_split(self, split: str) -> ImageSplit:
         """The teacher's real data (test: evaluation only; train: only methods with data_free = False), read where
         the user says (`data_root`, else $DFKD_<NAME>, else the default), never where the teacher was trained."""

@@ -66,3 +66,33 @@ def kd_loss_figure(history: Sequence[Mapping], height: int = 320, max_points: in
     figure.update_xaxes(title="student steps", rangemode="tozero")
     figure.update_yaxes(title="loss", type="log")
     return figure
+
+
+def student_accuracy_figure(summaries: Mapping[str, Mapping], height: int = 320) -> go.Figure:
+    """Final student accuracy per run with its 95% interval over the test images as an error bar, and the
+    teacher's accuracy as a grey tick (summaries: label -> a distill run's summary with `*_accuracy_ci`)."""
+    from dfkd_core.stats import Interval
+
+    labels, values, low, high, teachers = [], [], [], [], []
+    for label, summary in summaries.items():
+        if not _finite(summary.get("student_accuracy")):
+            continue
+        stored = summary.get("student_accuracy_ci")
+        ci = Interval.from_dict(stored) if isinstance(stored, Mapping) else None
+        labels.append(label)
+        values.append(summary["student_accuracy"])
+        low.append(values[-1] - ci.low if ci is not None and ci.defined else 0.0)
+        high.append(ci.high - values[-1] if ci is not None and ci.defined else 0.0)
+        teachers.append(summary.get("teacher_accuracy") if _finite(summary.get("teacher_accuracy")) else None)
+    figure = go.Figure(go.Bar(x=labels, y=values, name="student", marker_color=PALETTE[0],
+                              error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+                              hovertemplate="%{x}<br>student %{y:.2%}<extra></extra>"))
+    figure.add_trace(go.Scatter(x=labels, y=teachers, mode="markers", name="teacher",
+                                marker={"symbol": "line-ew-open", "size": 40, "color": "#555",
+                                        "line": {"width": 2}},
+                                hovertemplate="%{x}<br>teacher %{y:.2%}<extra></extra>"))
+    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, bargap=0.5,
+                         title="final accuracy on the real test set, 95% interval over its images",
+                         legend={"orientation": "h", "y": -0.3})
+    figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    return figure

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import streamlit as st
-import torch
 
 from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
-from dfkd_core.models import create_model
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.runs import RunRecord
+from dfkd_core.stats import Interval
 from dfkd_core.synthesis import SynthesisConfig
 from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_store, live,
                                     open_checkpoint, require_job_slot, submit)
@@ -204,23 +204,12 @@ def uses_pool(method: str) -> bool:
     return issubclass(DISTILL_METHODS[method], (PoolKD, RealOrPoolMethod))
 
 
-def _check_student(name: str, info) -> None:
-    try:
-        model = create_model(name, info.num_classes, info.in_channels, info.image_size).eval()
-        with torch.no_grad():
-            model(torch.zeros(2, info.in_channels, info.image_size, info.image_size))
-    except Exception as e:  # any registered model may not fit these inputs; say which and why
-        raise ValueError(f"student '{name}' cannot take {info.in_channels}×{info.image_size}×{info.image_size} "
-                         f"{info.name} images: {str(e).splitlines()[0][:200]}") from None
-
-
 def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
     """Check everything that can be checked here, create the distill run and submit its job. Raises ValueError,
     FileNotFoundError (a missing dataset or pool, with the install hint) or JobLimitError with a message."""
     require_job_slot()
     store, checkpoint = get_store(), open_checkpoint(teacher_run)
     info = checkpoint.dataset
-    _check_student(config.student, info)
     load_split(info.name, "test", config.data_root, info.image_size)  # real test set: evaluation
     if config.pool:
         config.pool = str(store.resolve_checkpoint(config.pool, "images.pt"))
@@ -228,7 +217,7 @@ def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
     job.config.eval_every = max(1, round(job.method.student_steps() / CURVE_POINTS))
     run = store.create("distill", {**job.config.to_dict(), "teacher": checkpoint.path}, teacher=teacher_run,
                        method=config.method, dataset=info.name,
-                       name=f"{config.method}: {checkpoint.name} → {job.student_name} (app)")
+                       name=f"{job.title()} · {time.strftime('%H:%M')} (app)")
     job.run_record = run
     return submit(job, run, label=f"{config.method} distillation on {info.name}", snapshot_interval_s=SNAPSHOT_SECONDS)
 
@@ -236,13 +225,19 @@ def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
 # ------------------------------------------------------------------ results (also used by the Runs page)
 
 def result_row(summary: Mapping, name: str = "") -> dict:
-    """The report every method shares (issue 5): one table row."""
+    """The report every method shares: one table row, each accuracy beside its 95% interval over the test images."""
     def number(key):
         v = summary.get(key)
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def interval(key, spec):
+        stored = summary.get(f"{key}_ci")
+        return Interval.from_dict(stored).format(spec) if isinstance(stored, dict) else "–"
     return {"run": name, "method": summary.get("method"), "student": summary.get("student"),
-            "student acc": number("student_accuracy"), "teacher acc": number("teacher_accuracy"),
-            "ratio": number("ratio"), "minutes": number("wall_minutes"), "images": number("images_synthesized")}
+            "student acc": number("student_accuracy"), "student acc, 95% CI": interval("student_accuracy", ".2%"),
+            "teacher acc": number("teacher_accuracy"), "ratio": number("ratio"),
+            "ratio, 95% CI": interval("ratio", ".3f"), "minutes": number("wall_minutes"),
+            "images": number("images_synthesized")}
 
 
 RESULT_COLUMNS = {"student acc": st.column_config.NumberColumn(format="percent"),

@@ -9,10 +9,11 @@ import torch
 from dfkd_core.data import DatasetInfo
 from dfkd_core.models import CheckpointError
 from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_figure, kd_loss_figure,
-                             loss_curves_figure)
+                             loss_curves_figure, student_accuracy_figure)
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
 from pages.views.common import get_store, open_checkpoint
+from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.distill_view import result_row, show_results
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
@@ -106,6 +107,9 @@ def show_student_comparison(records: list[RunRecord], key: str = "students") -> 
     show_results([result_row(r.summary, r.id) for r in records])
     labels = {r.id: f"{r.summary.get('method', r.method)} → {r.summary.get('student', '?')} · {r.id[-4:]}"
               for r in records}
+    st.plotly_chart(student_accuracy_figure({labels[r.id]: r.summary for r in records}), key=f"{key}_final")
+    if len(records) > 1:
+        show_paired_differences(records, labels)
     curves = {labels[r.id]: r.summary.get("curve") or [] for r in records}
     teachers = {labels[r.id]: r.summary.get("teacher_accuracy") for r in records}
     left, right = st.columns(2)
@@ -113,3 +117,23 @@ def show_student_comparison(records: list[RunRecord], key: str = "students") -> 
     right.plotly_chart(accuracy_curves_figure(curves, "student_steps", teachers), key=f"{key}_steps")
     if any(not r.summary.get("data_free", True) for r in records):
         st.caption("Runs marked data_free = false read the real training set (baselines, not data-free).")
+
+
+def show_paired_differences(records: list[RunRecord], labels: dict[str, str]) -> None:
+    """Each student against the first one on the same test images: the difference with its paired interval,
+    which resolves gaps that two separate intervals cannot."""
+    reference, rows = records[0], []
+    for record in records[1:]:
+        try:
+            diff = compare_students_accuracy(record.dir, reference.dir)
+        except (FileNotFoundError, ValueError) as e:   # an older run without per-image hits, another test set
+            rows.append({"student": labels[record.id], "minus": labels[reference.id], "difference": str(e)})
+            continue
+        verdict = ("better" if diff.low > 0 else "worse" if diff.high < 0 else "not resolved") if diff.defined \
+            else "no interval"
+        rows.append({"student": labels[record.id], "minus": labels[reference.id],
+                     "difference": f"{diff.estimate * 100:+.2f} points [{diff.low * 100:+.2f}, {diff.high * 100:+.2f}]",
+                     "verdict": verdict})
+    st.markdown("**Paired differences** on the same test images (95% interval, images resampled together for "
+                "both students):")
+    st.dataframe(rows, hide_index=True)
