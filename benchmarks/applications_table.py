@@ -34,7 +34,7 @@ def run(home: str, argv: list[str]) -> dict:
     before = {r.id for r in store.list()}
     with contextlib.redirect_stdout(sys.stderr):   # the command's own report: stdout keeps only the tables
         code = dfkd(["--home", home, "--quiet", *argv])
-    made = [r for r in store.list() if r.id not in before]
+    made = [r for r in store.list(argv[0]) if r.id not in before]   # (other processes may share the store)
     if code != 0 or len(made) != 1:
         raise SystemExit(f"`dfkd {shlex.join(argv)}` exited {code}")
     results = json.loads((made[0].dir / "results.json").read_text())
