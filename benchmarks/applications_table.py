@@ -56,15 +56,21 @@ def inversion_flags(args) -> list[str]:
 
 
 def quantization(args, pool: str | None) -> tuple[list[dict], str, str]:
-    runs = []
-    for seed in args.seeds:
-        source = ["--pool", pool] if pool else ["--images", str(args.images), *inversion_flags(args)]
-        runs.append(run(args.home, ["quantize", "--teacher", args.teacher, *source, "--seed", str(seed),
-                                    "--calibration-images", str(args.calibration_images)]))
-        pool = pool or runs[0]["run"]
-    real = [difference(r, "int8: synthetic − real") for r in runs]
-    noise = [difference(r, "int8: synthetic − noise") for r in runs]
-    return runs, (f"int8 synthetic − real: {spread(real, ' pt')}; synthetic − noise: {spread(noise, ' pt')}"), pool
+    """Every seed at every activation width; the first run synthesizes the pool when none is given."""
+    runs, lines = [], []
+    for bits in args.activation_bits:
+        model = "int8" if bits == 8 else f"int8, {bits}-bit activations"
+        for seed in args.seeds:
+            source = ["--pool", pool] if pool else ["--images", str(args.images), *inversion_flags(args)]
+            runs.append(run(args.home, ["quantize", "--teacher", args.teacher, *source, "--seed", str(seed),
+                                        "--calibration-images", str(args.calibration_images), "--activation-bits",
+                                        str(bits)]))
+            pool = pool or runs[0]["run"]
+        done = runs[-len(args.seeds):]
+        real = [difference(r, f"{model}: synthetic − real") for r in done]
+        noise = [difference(r, f"{model}: synthetic − noise") for r in done]
+        lines.append(f"{model}: synthetic − real {spread(real, ' pt')}; synthetic − noise {spread(noise, ' pt')}")
+    return runs, "; ".join(lines), pool
 
 
 def pruning(args, pool: str) -> tuple[list[dict], str]:
@@ -106,6 +112,8 @@ def main(argv=None) -> None:
     p.add_argument("--inv-iterations", type=int, default=200)
     p.add_argument("--inv-batch-size", type=int, default=200)
     p.add_argument("--calibration-images", type=int, default=512)
+    p.add_argument("--activation-bits", type=int, nargs="+", default=[8, 4],
+                   help="int8 at 8; fewer activation levels show where the calibration images matter")
     p.add_argument("--keep-flops", default="0.75,0.5,0.25")
     p.add_argument("--target-keep", type=float, default=0.5)
     p.add_argument("--finetune-steps", type=int, default=300)
