@@ -40,7 +40,8 @@ EXPLANATIONS = {
                   r"$T^2\,\mathrm{KL}([p_{old}^{(T)}, 0]\,\|\,p^{(T)})$; **joint** trains on every class's real "
                   r"images (the upper bound).",
 }
-# Sizes that finish in about a minute on 2 CPU cores (digits) or ten (Fashion-MNIST); the CLI takes any.
+# Synthesis sizes the page starts from: seconds on digits; on Fashion-MNIST the benchmark's pool size (1,000 images
+# took 17 minutes with one thread on the loaded 2-core machine, so reuse a stored pool there). The CLI takes any.
 SYNTHESIS_DEFAULTS = {"digits": {"images": 400, "iterations": 60}, "fashion-mnist": {"images": 1000, "iterations": 200}}
 
 
