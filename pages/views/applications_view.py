@@ -41,7 +41,7 @@ EXPLANATIONS = {
                   r"images (the upper bound).",
 }
 # Synthesis sizes the page starts from: seconds on digits; on Fashion-MNIST the benchmark's pool size (1,000 images
-# took 17 minutes with one thread on the loaded 2-core machine, so reuse a stored pool there). The CLI takes any.
+# took 9 minutes with one thread on the loaded 2-core machine, so reuse a stored pool there). The CLI takes any.
 SYNTHESIS_DEFAULTS = {"digits": {"images": 400, "iterations": 60}, "fashion-mnist": {"images": 1000, "iterations": 200}}
 
 
