@@ -28,6 +28,8 @@ from typing import Any, BinaryIO, Iterator
 
 import torch
 
+from dfkd_core.run_index import RunIndex
+
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 INTERRUPTED_ERROR = "the process running it stopped before it finished; its files are kept"
@@ -206,9 +208,10 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 class RunStore:
-    def __init__(self, home: str | Path | None = None):
-        from dfkd_core.run_index import RunIndex
+    """Run directories under <home>/runs and their index; safe to share between threads and processes (each call
+    opens its own index connection; every file is written atomically)."""
 
+    def __init__(self, home: str | Path | None = None):
         self.home = Path(home).expanduser() if home else default_home()
         self.runs_dir = self.home / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
