@@ -1,7 +1,8 @@
 """Soak: N minutes of starting and stopping short syntheses and distillations on digits through the job API, the way
 the app does it (`JobManager.submit` / `cancel`, each job on its own copy of the teacher), then a table of what
-leaked, if anything: jobs started / done / cancelled / failed, resident memory (start, after warm-up, end, max, and
-its trend after warm-up), threads, open file descriptors, and hooks left on the models after their jobs ended.
+leaked, if anything: jobs started / done / cancelled / failed, resident memory (start, a quarter and half way, end,
+max, its trend over the second half, and what is left after glibc returns freed heap pages to the system), threads,
+open file descriptors, and hooks left on the models after their jobs ended.
 
 Bounded: at most `--max-running` jobs at once (the app's limit on 2 cores), each a few seconds long; each finished
 run is deleted from the run store (exercising delete under load) except the last few, so the disk use stays flat.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import dataclasses
 import gc
 import os
@@ -40,7 +42,6 @@ from dfkd_core.synthesis import ModelInversion, SynthesisConfig  # noqa: E402
 from dfkd_core.training import TeacherConfig, train_teacher  # noqa: E402
 
 KEEP_RUNS = 8          # finished runs kept (newest); older ones are deleted
-WARM_UP_S = 120.0      # memory before this is the allocator and torch settling, not a leak
 
 
 def process_status(field: str) -> int:
@@ -143,9 +144,10 @@ def soak(minutes: float, teacher: Checkpoint, store: RunStore, max_running: int,
 
 
 def memory_trend_mb_per_hour(samples: list[dict]) -> float:
-    """Least-squares slope of RSS over the samples after warm-up (0 if too few)."""
-    t0 = samples[0]["time"]
-    points = [((s["time"] - t0) / 3600, s["rss_mb"]) for s in samples if s["time"] - t0 >= WARM_UP_S]
+    """Least-squares slope of RSS over the second half of the run (0 if too few samples): the first minutes are
+    torch and the allocator settling (their growth is returned by malloc_trim, see `rss_after_malloc_trim`)."""
+    t0, half = samples[0]["time"], (samples[-1]["time"] - samples[0]["time"]) / 2
+    points = [((s["time"] - t0) / 3600, s["rss_mb"]) for s in samples if s["time"] - t0 >= half]
     if len(points) < 3:
         return 0.0
     mean_t = sum(t for t, _ in points) / len(points)
@@ -154,9 +156,23 @@ def memory_trend_mb_per_hour(samples: list[dict]) -> float:
     return sum((t - mean_t) * (m - mean_m) for t, m in points) / var if var else 0.0
 
 
+def rss_after_malloc_trim() -> float | None:
+    """RSS (MB) once glibc has returned its free heap pages to the system: what is left is memory in use, so growth
+    that disappears here was allocator fragmentation across job threads, not a leak. None without glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return process_status("VmRSS") / 1024
+
+
+def at_fraction(samples: list[dict], fraction: float) -> dict:
+    t0, t1 = samples[0]["time"], samples[-1]["time"]
+    return next(s for s in samples if s["time"] - t0 >= fraction * (t1 - t0))
+
+
 def print_tables(minutes: float, tally: Tally, samples: list[dict], teacher_hooks: int, store: RunStore) -> None:
-    start, end = samples[0], samples[-1]
-    warm = next((s for s in samples if s["time"] - start["time"] >= WARM_UP_S), end)
+    start, quarter, half, end = samples[0], at_fraction(samples, 0.25), at_fraction(samples, 0.5), samples[-1]
     statuses = Counter()
     for (_, status), count in tally.ended.items():
         statuses[status] += count
@@ -170,12 +186,15 @@ def print_tables(minutes: float, tally: Tally, samples: list[dict], teacher_hook
           f"{statuses['failed']} |")
     print(f"\nStop pressed {tally.cancel_requested} times; {tally.deleted} runs deleted on the way; the run store "
           f"ends with {dict(left)} (none should be 'running').\n")
-    print("| measure | start | after warm-up | end | max |\n|---|---|---|---|---|")
-    print(f"| RSS (MB) | {start['rss_mb']:.0f} | {warm['rss_mb']:.0f} | {end['rss_mb']:.0f} | "
-          f"{max(s['rss_mb'] for s in samples):.0f} (peak VmHWM {process_status('VmHWM') / 1024:.0f}) |")
+    print("| measure | start | ¼ of the time | ½ of the time | end | max |\n|---|---|---|---|---|---|")
+    print(f"| RSS (MB) | {start['rss_mb']:.0f} | {quarter['rss_mb']:.0f} | {half['rss_mb']:.0f} | "
+          f"{end['rss_mb']:.0f} | {max(s['rss_mb'] for s in samples):.0f} |")
     for key, name in (("os_threads", "OS threads"), ("python_threads", "Python threads"), ("fds", "open fds")):
-        print(f"| {name} | {start[key]} | {warm[key]} | {end[key]} | {max(s[key] for s in samples)} |")
-    print(f"\nRSS trend after warm-up: {memory_trend_mb_per_hour(samples):+.1f} MB/hour. Hooks left on the models "
+        print(f"| {name} | {start[key]} | {quarter[key]} | {half[key]} | {end[key]} | "
+              f"{max(s[key] for s in samples)} |")
+    trimmed = rss_after_malloc_trim()
+    print(f"\nRSS trend over the second half: {memory_trend_mb_per_hour(samples):+.1f} MB/hour; RSS at the end "
+          f"after malloc_trim: {f'{trimmed:.0f} MB' if trimmed else 'n/a (no glibc)'}. Hooks left on the models "
           f"of ended jobs: {tally.hooks_left}; on the shared teacher: {teacher_hooks}.")
     for error, count in tally.errors.most_common(5):
         print(f"- failed ×{count}: {error}")
