@@ -67,6 +67,7 @@ def test_four_users_synthesize_at_once_each_on_their_own_run(tmp_path, digits_te
           f"{finished - started:.1f} s after the clicks")
 
 
+@pytest.mark.slow   # ~10 s; tests/test_faults.py kills a JobManager process (the app's job runner) in the default suite
 def test_server_killed_mid_synthesis_leaves_an_interrupted_run_with_its_images(tmp_path, digits_teacher,
                                                                                 monkeypatch):
     monkeypatch.setenv("DFKD_PROGRESS_EVERY_S", "0.3")
