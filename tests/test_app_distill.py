@@ -35,7 +35,7 @@ def test_every_method_is_offered_data_free_first_with_its_weights(teacher_home):
     assert flags == sorted(flags, reverse=True)  # data-free ones first
     assert method.value == "deepinversion"
     assert at.sidebar.selectbox(key="distill_student").value == "bncnn3_w16"  # the teacher's half-width student
-    common = {"student steps", "student batch", "student learning rate", "temperature T"}
+    common = {"KD steps after synthesis", "student batch", "student learning rate", "temperature T"}
     assert common | {"images N", "inversion iterations T", "α_f · BN feature statistics",
                      "trajectory KD from iteration k", "KD steps per round", "mixup share"} <= sidebar_labels(at)
     assert "α_c · competition" not in sidebar_labels(at)
@@ -70,7 +70,10 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert table["teacher acc"][0] == pytest.approx(summary["teacher_accuracy"])
     assert table["images"][0] == 40
     assert len(elements(at, "plotly_chart")) == 3 and elements(at, "image")  # 2 accuracy curves, KD loss; grid
-    assert at.get("progress")[0].proto.text.startswith("**done** · phase **kd**")
+    total = job.method.total_steps()
+    assert at.get("progress")[0].proto.text.startswith(f"**done** · step {total:,} of {total:,} · done")
+    plan = next(c.value for c in at.caption if " steps = " in c.value)   # one step count, its parts explained
+    assert plan.startswith(f"{total:,} steps = ") and f"{job.trainer.steps_done:,} student steps" in plan
 
     reloaded = app(PAGE, job=job.id)   # a page reload: same job, its settings in the widgets
     assert job_of(reloaded) is job

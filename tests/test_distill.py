@@ -320,3 +320,19 @@ def test_real_data_is_read_where_the_user_says_never_where_the_teacher_was(tmp_p
     flag = make_imagefolder(tmp_path / "flag", per_class=1)
     job = DistillJob(teacher, DistillConfig(method="noise", student="lenet5_half", steps=1, data_root=str(flag)))
     assert len(job.real_split("test")) == 3
+
+
+def test_the_live_phase_label_says_synthesizing_while_a_round_is_made(digits_teacher):
+    """Trajectory KD steps happen during synthesis: they must not read as 'KD, 0 images synthesized'."""
+    config = DistillConfig(method="deepinversion", images=40, kd_steps_per_round=2, steps=3, batch_size=16,
+                           synthesis={"iterations": 4, "batch_size": 20}, options={"trajectory_kd_from": 1})
+    job = DistillJob(copy.deepcopy(digits_teacher), config)
+    job.setup()
+    rows = [job.step(i) for i in range(job.total_steps)]
+    said = [job.method.describe_step(m) for m in rows]
+    assert rows[2]["phase"] == "kd" and said[2] == ("synthesizing round 1 of 2, inversion iteration 2 of 4; the "
+                                                    "student learns from each half-formed batch")
+    assert said[-1] == "the student learns by KD on the finished pool"
+    assert job.method.describe_plan() == ("21 steps = 2 rounds × 4 inversion iterations + 13 student steps (3 on the "
+                                          "finished pool, 4 after each round, 6 on half-formed batches)")
+    assert job.trainer.steps_done == 13 and len(rows) == 21

@@ -139,6 +139,14 @@ class DistillMethod:
     def describe_progress(self, progress: Progress) -> str:
         return f"student step {progress.student_steps:,} of {self.student_steps():,}"
 
+    def describe_plan(self) -> str:
+        """What the job's steps are made of, so that one step count explains every other number shown."""
+        return f"{self.total_steps():,} steps = {self.student_steps():,} student steps"
+
+    def describe_step(self, metrics: dict) -> str:
+        """What the job is doing at the step that produced `metrics` (the live view's phase label)."""
+        return "the student learns by KD"
+
     def kd_step(self, x: torch.Tensor, **kw) -> dict:
         return {"phase": "kd", **self.job.trainer.train_step(x, **kw)}
 
@@ -252,10 +260,10 @@ class PoolKD(DistillMethod):
             inversion.setup()
             for i in range(inversion.total_steps):
                 m = inversion.step(i)
-                yield {"phase": "synthesis", "round": r,
+                yield {"phase": "synthesis", "round": r, "inv_iteration": i,
                        **{f"inv_{k}": v for k, v in m.items() if not isinstance(v, list)}}
                 if 0 <= self.options.trajectory_kd_from <= i:
-                    yield self._trajectory_kd_step(inversion)
+                    yield {**self._trajectory_kd_step(inversion), "round": r, "inv_iteration": i}
             inversion.finish("done")
             images, targets = inversion.images(), inversion.targets.cpu()
             j.pool.append(images, targets)
@@ -274,6 +282,27 @@ class PoolKD(DistillMethod):
     def describe_progress(self, progress: Progress) -> str:
         rounds = f", {progress.rounds_done} of {self.rounds} synthesis rounds done" if self.rounds else ""
         return super().describe_progress(progress) + rounds
+
+    def describe_plan(self) -> str:
+        if not self.rounds:
+            return f"{self.total_steps():,} steps = {self.config.steps:,} student steps on the reused pool"
+        trajectory, per_round = self.trajectory_steps_per_round(), self.config.kd_steps_per_round
+        parts = [f"{self.config.steps:,} on the finished pool"]
+        if per_round:
+            parts.append(f"{self.rounds * per_round:,} after each round")
+        if trajectory:
+            parts.append(f"{self.rounds * trajectory:,} on half-formed batches")
+        return (f"{self.total_steps():,} steps = {self.rounds} rounds × {self.synthesis.iterations} inversion "
+                f"iterations + {self.student_steps():,} student steps ({', '.join(parts)})")
+
+    def describe_step(self, metrics: dict) -> str:
+        if "round" not in metrics:
+            return "the student learns by KD on the finished pool" if self.rounds else "KD on the reused pool"
+        text = (f"synthesizing round {metrics['round'] + 1} of {self.rounds}, inversion iteration "
+                f"{metrics['inv_iteration'] + 1} of {self.synthesis.iterations}")
+        if self.trajectory_steps_per_round() and metrics["inv_iteration"] >= self.options.trajectory_kd_from:
+            text += "; the student learns from each half-formed batch"
+        return text
 
     def _trajectory_kd_step(self, inversion: ModelInversion) -> dict:
         """A KD step on the batch mid-inversion. ADI's inversion holds the student frozen as its critic: thaw it
@@ -329,6 +358,15 @@ class GeneratorKD(DistillMethod):
 
     def total_steps(self) -> int:
         return self.config.generator_steps + self.config.steps
+
+    def describe_plan(self) -> str:
+        return (f"{self.total_steps():,} steps = {self.config.generator_steps:,} generator steps + "
+                f"{self.config.steps:,} student steps on fresh samples")
+
+    def describe_step(self, metrics: dict) -> str:
+        if metrics.get("phase") == "generator":
+            return "training the generator against the teacher (the student waits)"
+        return "the student learns by KD on fresh generator samples"
 
     def setup(self) -> None:
         c, j = self.config, self.job

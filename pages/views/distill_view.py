@@ -19,8 +19,8 @@ from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figu
 from dfkd_core.runs import RunRecord
 from dfkd_core.stats import Interval
 from dfkd_core.synthesis import SynthesisConfig
-from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, fresh_model, get_store, live,
-                                    open_checkpoint, require_job_slot, submit)
+from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, eta_text, fresh_model, get_store,
+                                live, open_checkpoint, require_job_slot, submit)
 from pages.views.synthesis_view import ALPHAS, cached
 
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
@@ -69,8 +69,8 @@ WEIGHTS = (
            r"($L_G$, METHODS §2) before the student learns.", lambda c: issubclass(c, GeneratorKD)),
     Weight("lambda_bn", "λ_bn · BN moment matching", r"$\lambda_{bn}$ in $L_G$: the generated batch's BN "
            r"statistics against the teacher's running ones.", lambda c: issubclass(c, GeneratorKD), options=ALPHAS),
-    Weight("steps", "student steps", r"KD steps after synthesis (METHODS §3); a pool method adds its rounds' "
-           r"steps.", lambda c: True),
+    Weight("steps", "KD steps after synthesis", r"Student steps once the images exist; the progress bar counts "
+           r"these plus any taken during synthesis (after each round, on half-formed batches).", lambda c: True),
     Weight("batch_size", "student batch", r"Images per KD step.", lambda c: True, minimum=1),
     Weight("lr", "student learning rate", r"Adam, cosine decay over all student steps.", lambda c: True,
            options=LRS),
@@ -262,11 +262,14 @@ def render_progress(job: DistillJob) -> None:
     last = history[-1] if history else {}
     curve = list(job.curve)
     accuracy = curve[-1]["student_accuracy"] if curve else None
-    phase = last.get("phase", "preparing")
-    st.progress(min(1.0, len(history) / max(job.total_steps, 1)),
-                text=f"**{job.status}** · phase **{phase}** · step {len(history)}/{job.total_steps} · "
-                     f"{last.get('images_synthesized', 0)} images synthesized · "
-                     f"{last.get('student_steps', 0)} student steps")
+    total = job.method.total_steps()
+    done = last["step"] + 1 if "step" in last else 0
+    doing = job.method.describe_step(last) if last else "preparing: measuring the teacher on the real test set"
+    st.progress(min(1.0, done / max(total, 1)),
+                text=f"**{job.status}** · step {done:,} of {total:,} · {doing if job.running else job.status}"
+                     + eta_text(job))
+    st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps, "
+               f"{last.get('images_synthesized', 0):,} images finished.")
     if job.status == "failed":
         st.error(job.error)
     teacher = getattr(job, "teacher_accuracy", None)
@@ -281,7 +284,7 @@ def render_progress(job: DistillJob) -> None:
     if snap is not None and snap.images is not None and len(snap.images):
         st.image(cached("distill_grid", (job.id, snap.step),
                         lambda: image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4)),
-                 caption=f"latest {phase} images, step {snap.step + 1}: the teacher's prediction and confidence "
+                 caption=f"the images at step {snap.step + 1}: the teacher's prediction and confidence "
                          "under each (green = the class it was made for)", output_format="PNG")
 
 
