@@ -66,8 +66,8 @@ class Job:
     live_parameters: tuple[str, ...] = ()  # names `update()` accepts while running
     snapshot_every = 0
     # Seconds between `save_progress()` calls: often enough that a killed run loses little, rarely enough that
-    # writing its files costs nothing noticeable (a digits batch: ~5 ms).
-    progress_every_s = progress_interval_from_env()
+    # writing its files costs nothing noticeable (a digits batch: ~5 ms). None: $DFKD_PROGRESS_EVERY_S, else 30.
+    progress_every_s: float | None = None
 
     def __init__(self, run=None):
         self.id = uuid.uuid4().hex[:12]
@@ -148,6 +148,7 @@ class Job:
         try:
             self.setup()
             self._emit("started", message=f"{self.kind} started")
+            progress_every_s = self.progress_every_s or progress_interval_from_env()
             progress_saved_at = time.monotonic()
             for i in range(self.total_steps):
                 if self._cancel.is_set():
@@ -164,7 +165,7 @@ class Job:
                 self._emit("step", step=i, metrics=metrics)
                 if self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0):
                     self._emit_snapshot(i)
-                if i + 1 < self.total_steps and time.monotonic() - progress_saved_at >= self.progress_every_s:
+                if i + 1 < self.total_steps and time.monotonic() - progress_saved_at >= progress_every_s:
                     self.save_progress()   # (after the last step `finish()` saves)
                     progress_saved_at = time.monotonic()
             if final == "done" and self._cancel.is_set():

@@ -104,9 +104,11 @@ def test_progress_is_saved_between_steps_at_most_every_interval():
     assert all(0 < steps < 40 for _, steps in job.saves)
 
 
-def test_default_progress_interval_saves_nothing_in_a_short_job():
+def test_default_progress_interval_saves_nothing_in_a_short_job(monkeypatch):
+    from dfkd_core.jobs import progress_interval_from_env
+    monkeypatch.delenv("DFKD_PROGRESS_EVERY_S", raising=False)
     job = SlowSteps(5, 0)
-    assert Job.progress_every_s == 30
+    assert job.progress_every_s is None and progress_interval_from_env() == 30
     job.run()
     assert job.saves == []
 
@@ -119,6 +121,9 @@ def test_progress_interval_from_environment_is_checked(monkeypatch):
         monkeypatch.setenv("DFKD_PROGRESS_EVERY_S", bad)
         with pytest.raises(ValueError, match="positive number of seconds"):
             progress_interval_from_env()
+    job = SlowSteps(3, 0)   # a job fails with the sentence; nothing else (imports, other commands) does
+    job.run()
+    assert job.status == "failed" and "DFKD_PROGRESS_EVERY_S must be a positive number" in job.error
 
 
 def test_inversion_progress_save_keeps_the_latest_images_atomically(digits_teacher, store):
