@@ -98,14 +98,15 @@ def latency_table(results: dict, home: str, rounds: int = 15) -> str:
     for r in results["rows"]:
         if r["variant"] == "synthetic KD":
             name = f"{r['criterion']}-keep{round(100 * r['keep_target'])}"
-            models[(r["criterion"], r["kept_flops"])] = load_checkpoint(directory / f"pruned-{name}-synthetic-kd.pt").model
+            path = directory / f"pruned-{name}-synthetic-kd.pt"
+            models[(r["criterion"], r["kept_flops"])] = load_checkpoint(path).model
     info = load_checkpoint(results["teacher"]).dataset
     example = torch.randn(results["config"]["latency_batch"], info.in_channels, info.image_size, info.image_size)
     times = {key: [] for key in models}
     for _ in range(rounds):
         for key, model in models.items():
             times[key].append(cpu_latency_ms(model, example, repeats=5))
-    lines = ["| network | kept FLOPs | CPU ms per batch of %d: median [min, max] over %d rounds |" % (len(example), rounds),
+    lines = [f"| network | kept FLOPs | CPU ms per batch of {len(example)}: median [min, max] over {rounds} rounds |",
              "|---|---|---|"]
     for (criterion, kept), t in times.items():
         lines.append(f"| {criterion} | {kept:.3f} | {statistics.median(t):.2f} [{min(t):.2f}, {max(t):.2f}] |")
