@@ -158,7 +158,9 @@ def test_figures_show_every_model_and_score():
     maps = {"teacher": torch.rand(2, 6, 6), "student": torch.zeros(2, 6, 6)}
     scores = {"student": {"correlation": torch.tensor([0.5, float("nan")]), "iou": torch.tensor([0.25, 0.0])}}
     fig = gradcam_grid_figure(images, maps, scores, captions=["label 1", "label 2"])
-    assert len(fig.data) == 6 and fig.data[0].type == "image"
+    assert len(fig.data) == 7 and fig.data[0].type == "image"
+    scale = fig.data[-1].marker   # the maps' colour scale, with room above the first titles for the toolbar
+    assert scale.colorscale and scale.colorbar.title.text.startswith("Grad-CAM") and fig.layout.margin.t >= 60
     titles = [a.text for a in fig.layout.annotations]
     assert titles[:3] == ["label 1", "teacher", "student: r=0.50 IoU=0.25"] and "r=nan" in titles[5]
     overlay = attention_overlay(images[0], maps["student"][0])

@@ -156,10 +156,17 @@ def gradcam_grid_figure(images01: torch.Tensor, maps: Mapping[str, torch.Tensor]
         fig.add_trace(go.Image(z=plain), row=i + 1, col=1)
         for c, name in enumerate(names):
             fig.add_trace(go.Image(z=attention_overlay(images01[i], maps[name][i], alpha)), row=i + 1, col=c + 2)
+    # The colour scale of the overlays: each map is scaled by its own maximum (see `attention_overlay`).
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker={"colorscale": "Jet", "cmin": 0, "cmax": 1, "color": [0],
+                                     "colorbar": {"title": {"text": "Grad-CAM<br>÷ map max", "side": "right"},
+                                                  "thickness": 12, "len": min(1.0, 300 / max(220, 170 * n)),
+                                                  "y": 1, "yanchor": "top", "tickvals": [0, 0.5, 1]}}))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=11)
-    fig.update_layout(height=max(220, 170 * n), margin={"l": 5, "r": 5, "t": 30, "b": 5})
+    # Room above the first row: plotly's toolbar sits at the top right and would cover the first titles.
+    fig.update_layout(height=max(220, 170 * n) + 40, margin={"l": 5, "r": 5, "t": 70, "b": 5})
     return fig
 
 
