@@ -41,12 +41,16 @@ else:
         show_run(by_id[opened], "left", compact=True)
     with right:
         show_run(by_id[other], "right", compact=True)
-    histories = {i: history_of(by_id[i]) for i in (opened, other)}
-    shared = set.intersection(*(set(sum(curve_keys(h), [])) for h, _ in histories.values()))
-    keys = [k for k in sum(curve_keys(histories[opened][0]), []) if k in shared]
-    if keys:
-        st.plotly_chart(run_comparison_figure({i: h for i, (h, _) in histories.items()}, keys,
-                                              {i: u for i, (_, u) in histories.items()}), key="comparison")
+    pair = [by_id[opened], by_id[other]]
+    if len(distill_runs(pair)) == 2:   # two students: what matters is how well each learned, not their synthesis
+        show_student_comparison(pair, key="pair")
+    else:
+        histories = {i: history_of(by_id[i]) for i in (opened, other)}
+        shared = set.intersection(*(set(sum(curve_keys(h), [])) for h, _ in histories.values()))
+        keys = [k for k in sum(curve_keys(histories[opened][0]), []) if k in shared]
+        if keys:
+            st.plotly_chart(run_comparison_figure({i: h for i, (h, _) in histories.items()}, keys,
+                                                  {i: u for i, (_, u) in histories.items()}), key="comparison")
 
 students = {r.id: r for r in distill_runs(records)}
 if students:

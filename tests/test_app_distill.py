@@ -155,6 +155,10 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
     assert any(len(b["x"]) == 2 and len(b["error_y"]["array"]) == 2 for b in bars)
     paired = next(t.value for t in runs.dataframe if "verdict" in t.value.columns)
     assert len(paired) == 1 and paired.iloc[0]["difference"].endswith("]")   # on the same test images
+    runs.multiselect(key="runs_students").set_value([]).run()
+    runs.selectbox(key="runs_compare").set_value(ids[1]).run()   # "Compare with" on two students: accuracies
+    pair = [json.loads(c.proto.spec) for c in elements(runs, "plotly_chart")]
+    assert any(t.get("type") == "bar" and len(t["x"]) == 2 for f in pair for t in f["data"])
     runs.multiselect(key="runs_students").set_value([ids[1]]).run()
     assert not runs.exception
 
