@@ -142,7 +142,8 @@ with left:
     if report:
         st.markdown("**Real test images**: column = true class; under each the teacher's prediction")
         st.plotly_chart(image_grid_figure(report["images"], report["labels"], ncols=len(report["names"]),
-                                          column_titles=report["names"]), config={"displayModeBar": False})
+                                          column_titles=report["names"]), config={"displayModeBar": False},
+                        width="content")
 with right:
     st.markdown("**BN layers** (what DeepInversion matches)")
     st.dataframe([{"layer": n, "channels": m.num_features, "mean of running μ": float(m.running_mean.mean()),

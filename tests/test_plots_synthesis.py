@@ -34,6 +34,11 @@ def test_grid_png_layout_and_pixels():
     assert any(c[1] > c[0] + 60 for c in colours) and any(c[0] > c[1] + 60 for c in colours)  # green and red
 
 
+def test_a_one_image_grid_keeps_its_own_small_width():
+    fig = image_grid_figure(torch.rand(1, 1, 8, 8), ["3 → 3 0.9"])
+    assert fig.layout.width == 200   # a 64-px cell on a 200-px figure, not the page's full width
+
+
 def test_grid_figure_has_hover_labels():
     labels = ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"]
     fig = image_grid_figure(torch.rand(4, 3, 8, 8), labels, ncols=2)

@@ -147,8 +147,10 @@ def image_grid_figure(images01: torch.Tensor, labels: Sequence[str] | None = Non
         fig.add_trace(go.Scatter(x=centres_x[:len(titles)], y=[layout.header / 2 + 1] * len(titles), mode="text",
                                  text=[f"<b>{_short(t, 10)}</b>" for t in titles], textfont=dict(size=11),
                                  hoverinfo="skip", showlegend=False))
-    fig.update_layout(height=height + (40 if title else 10), title=title, plot_bgcolor="white",
-                      margin=dict(l=0, r=0, t=30 if title else 0, b=0))
+    # The figure's own width is the canvas's: shown with width="content", a one-image pool stays a 64-px cell
+    # instead of being stretched across the page.
+    fig.update_layout(height=height + (40 if title else 10), width=max(width, 200), title=title,
+                      plot_bgcolor="white", margin=dict(l=0, r=0, t=30 if title else 0, b=0))
     fig.update_xaxes(visible=False, range=[0, width], constrain="domain")
     fig.update_yaxes(visible=False, range=[height, 0], scaleanchor="x", constrain="domain")
     return fig

@@ -67,7 +67,7 @@ def show_images(record: RunRecord, key: str) -> None:
         ncols, titles = class_columns(targets, names)
         st.plotly_chart(image_grid_figure(info.denormalize(images), labels_for(record, images, targets, names),
                                           ncols=ncols, column_titles=titles), key=f"grid_{key}",
-                        config={"displayModeBar": False})
+                        config={"displayModeBar": False}, width="content")
     elif grid_png.is_file():
         st.image(str(grid_png))
 
