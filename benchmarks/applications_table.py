@@ -23,10 +23,8 @@ import sys
 
 import torch
 
-from dfkd_core.applications.common import cpu_latency_ms
 from dfkd_core.applications.report import format_results
 from dfkd_core.cli import main as dfkd
-from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
 
 
@@ -88,31 +86,6 @@ def pruning(args, pool: str) -> tuple[list[dict], str]:
     return runs, "; ".join(lines)
 
 
-def latency_table(results: dict, home: str, rounds: int = 15) -> str:
-    """The unpruned teacher and every pruned network of one run timed back to back: in each round every model runs
-    once (a median of 5 passes), so a change of load on the shared machine hits all of them alike; the median over
-    rounds, with the range it moved in."""
-    store = RunStore(home)
-    directory = store.get(results["run"]).dir
-    models = {("unpruned", 1.0): load_checkpoint(results["teacher"]).model}
-    for r in results["rows"]:
-        if r["variant"] == "synthetic KD":
-            name = f"{r['criterion']}-keep{round(100 * r['keep_target'])}"
-            path = directory / f"pruned-{name}-synthetic-kd.pt"
-            models[(r["criterion"], r["kept_flops"])] = load_checkpoint(path).model
-    info = load_checkpoint(results["teacher"]).dataset
-    example = torch.randn(results["config"]["latency_batch"], info.in_channels, info.image_size, info.image_size)
-    times = {key: [] for key in models}
-    for _ in range(rounds):
-        for key, model in models.items():
-            times[key].append(cpu_latency_ms(model, example, repeats=5))
-    lines = [f"| network | kept FLOPs | CPU ms per batch of {len(example)}: median [min, max] over {rounds} rounds |",
-             "|---|---|---|"]
-    for (criterion, kept), t in times.items():
-        lines.append(f"| {criterion} | {kept:.3f} | {statistics.median(t):.2f} [{min(t):.2f}, {max(t):.2f}] |")
-    return "\n".join(lines)
-
-
 def continual(args, dataset: str) -> tuple[list[dict], str]:
     model = ["--model", args.cl_model] if args.cl_model else []
     runs = [run(args.home, ["continual", "--dataset", dataset, *model, "--seed", str(seed), "--images",
@@ -133,7 +106,6 @@ def main(argv=None) -> None:
     p.add_argument("--pool", help="reuse this run's images.pt instead of synthesizing a pool")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (latencies are measured with these)")
-    p.add_argument("--latency-of", metavar="PRUNE_RUN", help="only time a stored pruning run's networks back to back")
     p.add_argument("--only", nargs="+", choices=["quantize", "prune", "continual"],
                    default=["quantize", "prune", "continual"])
     p.add_argument("--images", type=int, default=2000, help="DeepInversion pool size")
@@ -153,10 +125,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.home = str(RunStore(args.home).home)
-    if args.latency_of:
-        results = RunStore(args.home).get(args.latency_of).load_json("results.json")
-        print(latency_table({**results, "run": args.latency_of}, args.home))
-        return
     from dfkd_core.models import load_checkpoint
     dataset = load_checkpoint(RunStore(args.home).resolve_checkpoint(args.teacher)).dataset.name
     pool, sections = args.pool, []
@@ -164,9 +132,7 @@ def main(argv=None) -> None:
         runs, summary, pool = quantization(args, pool)
         sections.append(("Quantization calibration", runs, summary))
     if "prune" in args.only:
-        runs, summary = pruning(args, pool)
-        summary += "\n\nLatency, back to back (run %s):\n\n%s" % (runs[0]["run"], latency_table(runs[0], args.home))
-        sections.append(("Pruning", runs, summary))
+        sections.append(("Pruning", *pruning(args, pool)))
     if "continual" in args.only:
         sections.append(("Continual learning", *continual(args, dataset)))
     for title, runs, summary in sections:

@@ -15,6 +15,7 @@ from dfkd_core.applications import (ContinualConfig, ContinualJob, PruningConfig
                                     QuantizationJob, recalibrate_bn_statistics)
 from dfkd_core.applications.common import RESULTS_FILE, synthesize_into, trainable_copy
 from dfkd_core.applications.continual import grow_head, replay_kd_loss
+from dfkd_core.applications.report import format_results
 from dfkd_core.applications.pruning import (bn_scale_importance, prune_to_flops, taylor_fo_bn_term,
                                             taylor_importance)
 from dfkd_core.applications.surgery import channel_groups, count_macs, registered_copy
@@ -144,7 +145,7 @@ def test_grow_head_keeps_the_old_model_and_its_class_rows():
 
 def test_pruning_job_reports_every_variant_and_fine_tuning_recovers(digits_teacher, digits_pool, store):
     config = PruningConfig(keep_flops=[0.5], finetune_steps=40, batch_size=64, importance_images=128,
-                           latency_repeats=3)
+                           latency_rounds=3)
     results = run_job(PruningJob(teacher_copy(digits_teacher), config, pool=digits_pool), store, "prune")
     assert len(results["rows"]) == 1 + 2 * 4
     for criterion in ("taylor", "bn_scale"):
@@ -161,7 +162,7 @@ def test_pruning_job_reports_every_variant_and_fine_tuning_recovers(digits_teach
 
 def test_quantization_synthetic_calibration_beats_noise(digits_teacher, digits_pool, store):
     # 3-bit activation ranges: on 8x8 digits, int8 forgives any calibration; coarser levels show the ordering.
-    config = QuantizationConfig(calibration_images=200, activation_bits=3, latency_repeats=3)
+    config = QuantizationConfig(calibration_images=200, activation_bits=3, latency_rounds=3)
     results = run_job(QuantizationJob(teacher_copy(digits_teacher), config, pool=digits_pool), store, "quantize")
     model = "int8, 3-bit activations"
     synthetic = row(results, model=model, calibration="synthetic")
@@ -188,7 +189,7 @@ def test_continual_replay_keeps_the_old_classes_naive_forgets(store):
 
 
 def test_a_stopped_job_keeps_its_rows_and_says_so(digits_teacher, digits_pool, store):
-    config = PruningConfig(criteria=["bn_scale"], keep_flops=[0.5, 0.25], finetune_steps=20, latency_repeats=3,
+    config = PruningConfig(criteria=["bn_scale"], keep_flops=[0.5, 0.25], finetune_steps=20, latency_rounds=3,
                            real_finetune=False)
     job = PruningJob(teacher_copy(digits_teacher), config, pool=digits_pool)
     job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.step == 25 else None)
@@ -197,6 +198,7 @@ def test_a_stopped_job_keeps_its_rows_and_says_so(digits_teacher, digits_pool, s
     results = json.loads((job.run_record.dir / RESULTS_FILE).read_text())
     assert job.status == results["status"] == "cancelled" and 1 < len(results["rows"]) < 1 + 2 * 3
     assert any("only the rows listed" in note for note in results["notes"])
+    assert "| – |" in format_results(results)   # stopped before the timing step: no latency, said as such
 
 
 @pytest.mark.parametrize("config, says", [
@@ -217,6 +219,8 @@ def test_models_that_cannot_be_pruned_or_quantized_are_refused_before_a_run(digi
     plain = create_model("plaincnn3_w32", 10, 1, 8)
     with pytest.raises(ValueError, match="without BatchNorm"):
         PruningJob(Checkpoint(plain, dict(plain.default_cfg), DIGITS), PruningConfig())
+    with pytest.raises(ValueError, match="with one filter per conv"):
+        PruningJob(teacher_copy(digits_teacher), PruningConfig(keep_flops=[0.5, 0.001]))
     fashion = dataset_info("fashion-mnist")
     lenet = create_model("lenet5", 10, 1, 28)   # its forward branches on the input size: torch.fx cannot trace it
     with pytest.raises(ValueError, match="FX graph mode"):
@@ -232,10 +236,10 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
     common = ["--home", home_dir, "--quiet"]
     assert main([*common, "prune", "--teacher", digits_teacher.path, "--pool", digits_pool.source, "--criteria",
                  "bn_scale", "--keep-flops", "0.5", "--finetune-steps", "5", "--no-real-finetune",
-                 "--latency-repeats", "3"]) == 0
+                 "--latency-rounds", "3"]) == 0
     assert "| bn_scale | " in capsys.readouterr().out
     assert main([*common, "quantize", "--teacher", digits_teacher.path, "--pool", digits_pool.source,
-                 "--calibration-images", "64", "--no-bn-recalibration", "--latency-repeats", "3"]) == 0
+                 "--calibration-images", "64", "--no-bn-recalibration", "--latency-rounds", "3"]) == 0
     assert "int8: synthetic − noise" in capsys.readouterr().out
     assert main([*common, "continual", "--old-steps", "20", "--new-steps", "10", "--images", "20",
                  "--inv-iterations", "5"]) == 0

@@ -37,7 +37,7 @@ def _settings(args, names: tuple[str, ...]) -> dict:
 
 
 COMMON = ("images", "seed", "device", "data_root")
-COMPRESSION = (*COMMON, "latency_batch", "latency_repeats")
+COMPRESSION = (*COMMON, "latency_batch", "latency_rounds")
 
 
 def _compression_job(args, store, job_class, config):
@@ -127,7 +127,8 @@ def _compression_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
     p.add_argument("--pool", help="reuse synthesized images: a synthesis/distill/application run id or an images.pt")
     p.add_argument("--latency-batch", type=int, help="images per timed forward pass (default 64)")
-    p.add_argument("--latency-repeats", type=int, help="timed passes, median reported (default 20)")
+    p.add_argument("--latency-rounds", type=int,
+                   help="rounds timing every model once, back to back at the end; median reported (default 15)")
     _common_flags(p)
 
 

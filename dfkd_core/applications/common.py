@@ -68,13 +68,13 @@ class CompressionConfig(ApplicationConfig):
 
     pool: str | None = None           # images.pt of a stored run (the CLI resolves a run id); None: synthesize here
     latency_batch: int = 64           # images per timed forward pass
-    latency_repeats: int = 20         # timed passes; the median is reported
+    latency_rounds: int = 15          # rounds of timing every model once, at the end of the run; the median is kept
 
     def validate_common(self) -> None:
         super().validate_common()
-        if self.latency_batch < 1 or self.latency_repeats < 3:
-            raise ValueError(f"latency_batch must be >= 1 and latency_repeats >= 3 (a median of fewer is noise), "
-                             f"got {self.latency_batch} and {self.latency_repeats}")
+        if self.latency_batch < 1 or self.latency_rounds < 3:
+            raise ValueError(f"latency_batch must be >= 1 and latency_rounds >= 3 (a median of fewer is noise), "
+                             f"got {self.latency_batch} and {self.latency_rounds}")
 
 
 # ---------------------------------------------------------------------- measurements
@@ -91,7 +91,7 @@ def paired_difference(hits_a: torch.Tensor, hits_b: torch.Tensor, seed: int = 0)
 
 
 @torch.inference_mode()
-def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 5, warmup: int = 2) -> float:
     """Median wall time (ms) of one forward pass of `example` through `model` on CPU, after `warmup` passes.
 
     The median, because a shared machine adds one-sided outliers (another process takes the core)."""
@@ -294,6 +294,7 @@ class CompressionJob(ApplicationJob):
         if pool is not None:
             self.pool = pool
         self.synthesized_here = self.uses_pool() and not len(self.pool)
+        self.timed: dict[str, nn.Module] = {}   # CPU models the last step times, by the `timing` key of their rows
         self.total_steps = self.count_steps()
 
     def uses_pool(self) -> bool:
@@ -313,6 +314,26 @@ class CompressionJob(ApplicationJob):
         if self.synthesized_here:
             yield from synthesize_into(self.pool, self.teacher, self.dataset, self.synthesis, self.config.images,
                                        self.config.seed, self.device)
+
+    def time_later(self, key: str, model: nn.Module) -> str:
+        """Keep a CPU copy of `model` for the run's last step to time; rows measured on it carry `timing: key`."""
+        self.timed[key] = copy.deepcopy(model).cpu().eval()
+        return key
+
+    def measure_latencies(self) -> dict:
+        """The run's last step: every model timed back to back, `latency_rounds` rounds of each model once (the
+        median of 5 passes), so a change of load on a shared machine hits every model alike; each row gets its
+        model's median over rounds and the range it moved in."""
+        times = {key: [] for key in self.timed}
+        for _ in range(self.config.latency_rounds):
+            for key, model in self.timed.items():
+                times[key].append(cpu_latency_ms(model, self.example))
+        for row in self.rows:
+            measured = times.get(row.get("timing"))
+            if measured:
+                row["latency_ms"], row["latency_range_ms"] = statistics.median(measured), [min(measured), max(measured)]
+        self.save_progress()
+        return {"phase": "latency", "models_timed": len(times)}
 
     def latency_example(self) -> torch.Tensor:
         d = self.dataset

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dfkd_core.applications.common import (CompressionConfig, CompressionJob, accuracy_entry, cpu_latency_ms,
+from dfkd_core.applications.common import (CompressionConfig, CompressionJob, accuracy_entry,
                                            recalibrate_bn_statistics, trainable_copy)
 from dfkd_core.applications.surgery import (ChannelGroup, channel_groups, count_macs, registered_copy,
                                             remove_channels)
@@ -151,8 +151,9 @@ class PruningJob(CompressionJob):
     def __init__(self, teacher, config: PruningConfig, run=None, pool=None):
         super().__init__(teacher, config, run, pool)
         example = torch.zeros(2, self.dataset.in_channels, self.dataset.image_size, self.dataset.image_size)
+        model = trainable_copy(teacher.model).cpu().eval()
         try:
-            groups = channel_groups(trainable_copy(teacher.model).cpu().eval(), example, self.dataset.num_classes)
+            groups = channel_groups(model, example, self.dataset.num_classes)
         except Exception as e:   # a model torch-pruning cannot trace: say so before any run exists
             raise ValueError(f"cannot trace {teacher.name} for pruning: {str(e).splitlines()[0][:200]}") from None
         if not groups:
@@ -161,6 +162,12 @@ class PruningJob(CompressionJob):
         if without_bn:
             raise ValueError(f"{teacher.name} has conv layers without BatchNorm ({', '.join(without_bn[:3])}); both "
                              "pruning criteria read the BN layer after each pruned conv")
+        fewest = remove_channels(copy.deepcopy(model), example,
+                                 removal_plan(groups, {g.name: torch.zeros(g.channels) for g in groups}, 1.0))
+        floor = count_macs(fewest, example) / count_macs(model, example)
+        if min(config.keep_flops) < floor:
+            raise ValueError(f"{teacher.name} keeps at least {floor:.1%} of its FLOPs with one filter per conv; "
+                             f"keep_flops {min(config.keep_flops)} is below that")
 
     def variants(self) -> list[str]:
         return [v for v in VARIANTS if v != "real KD" or self.config.real_finetune]
@@ -171,7 +178,7 @@ class PruningJob(CompressionJob):
             if "taylor" in c.criteria else 0
         finetunes = len(self.variants()) - 2
         per_target = 3 + finetunes * (c.finetune_steps + 1)
-        return self.synthesis_steps() + 1 + taylor + len(c.criteria) * len(c.keep_flops) * per_target
+        return self.synthesis_steps() + 1 + taylor + len(c.criteria) * len(c.keep_flops) * per_target + 1
 
     def plan(self) -> Iterator[dict]:
         c = self.config
@@ -187,6 +194,7 @@ class PruningJob(CompressionJob):
         for criterion in c.criteria:
             for keep in c.keep_flops:
                 yield from self._prune_and_finetune(criterion, keep, importance[criterion])
+        yield self.measure_latencies()
 
     # ------------------------------------------------------------------ phases
     def _groups(self, model: nn.Module) -> list[ChannelGroup]:
@@ -195,10 +203,10 @@ class PruningJob(CompressionJob):
 
     def _measure_unpruned(self) -> dict:
         self.base_macs = count_macs(copy.deepcopy(self.teacher).cpu(), self.example)
-        latency = cpu_latency_ms(copy.deepcopy(self.teacher).cpu(), self.example, self.config.latency_repeats)
         hits = self.test_hits(self.teacher, "unpruned")
         self.add_row({"criterion": "-", "keep_target": 1.0, "kept_flops": 1.0, "macs": self.base_macs,
-                      "parameters": sum(p.numel() for p in self.teacher.parameters()), "latency_ms": latency,
+                      "parameters": sum(p.numel() for p in self.teacher.parameters()),
+                      "timing": self.time_later("unpruned", self.teacher), "latency_ms": None,
                       "variant": "unpruned", "data_free": True, **accuracy_entry(hits, self.config.seed)})
         return {"phase": "evaluate", "accuracy": self.rows[-1]["accuracy"]}
 
@@ -216,19 +224,17 @@ class PruningJob(CompressionJob):
 
     def _prune_and_finetune(self, criterion: str, keep: float, importance: dict[str, torch.Tensor]
                             ) -> Iterator[dict]:
-        c = self.config
         pruned, share, macs = prune_to_flops(self.teacher, self.example, self.dataset.num_classes, importance, keep)
         if pruned is None:
             raise ValueError(f"keeping {keep:.0%} of the FLOPs is impossible with one filter left per conv; "
                              "choose a larger keep share")
         pruned = registered_copy(pruned, self.teacher_checkpoint.model_cfg)
+        name = f"{criterion}-keep{round(100 * keep)}"
         architecture = {"criterion": criterion, "keep_target": keep, "kept_flops": macs / self.base_macs,
                         "macs": macs, "parameters": sum(p.numel() for p in pruned.parameters()),
-                        "removed_share": share, "latency_ms": cpu_latency_ms(pruned, self.example,
-                                                                              c.latency_repeats)}
+                        "removed_share": share, "timing": self.time_later(name, pruned), "latency_ms": None}
         pruned = prepare_model(trainable_copy(pruned), self.device)
         yield {"phase": "prune", "criterion": criterion, "kept_flops": architecture["kept_flops"]}
-        name = f"{criterion}-keep{round(100 * keep)}"
         self._add_variant(architecture, "no fine-tune", pruned, name)
         yield {"phase": "evaluate"}
         recalibrated = recalibrate_bn_statistics(copy.deepcopy(pruned), self.pool.images)

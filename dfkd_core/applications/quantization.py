@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from dfkd_core.applications.common import (CompressionConfig, CompressionJob, accuracy_entry, cpu_latency_ms,
+from dfkd_core.applications.common import (CompressionConfig, CompressionJob, accuracy_entry,
                                            recalibrate_bn_statistics, serialized_size_bytes)
 
 SOURCES = ("synthetic", "real", "noise")
@@ -112,7 +112,7 @@ class QuantizationJob(CompressionJob):
     def count_steps(self) -> int:
         c = self.config
         calibration = math.ceil(c.calibration_images / c.calibration_batch) + 1
-        return self.synthesis_steps() + 1 + len(c.sources) * (calibration + int(c.bn_recalibration))
+        return self.synthesis_steps() + 1 + len(c.sources) * (calibration + int(c.bn_recalibration)) + 1
 
     def setup(self) -> None:
         if torch.backends.quantized.engine != self.backend:
@@ -130,6 +130,7 @@ class QuantizationJob(CompressionJob):
         if c.bn_recalibration:
             for source in c.sources:
                 yield self._recalibrate(source, images[source])
+        yield self.measure_latencies()
         self._compare(self.int8)
         if c.bn_recalibration:
             self._compare("fp32, BN recalibrated")
@@ -149,8 +150,8 @@ class QuantizationJob(CompressionJob):
 
     def _measure_fp32(self) -> dict:
         fp32 = copy.deepcopy(self.teacher).cpu().eval()
-        self.fp32 = {"size_bytes": serialized_size_bytes(fp32),
-                     "latency_ms": cpu_latency_ms(fp32, self.example, self.config.latency_repeats)}
+        self.fp32 = {"size_bytes": serialized_size_bytes(fp32), "timing": self.time_later("fp32", fp32),
+                     "latency_ms": None}   # a BN recalibration changes no tensor's size: the same network
         hits = self.test_hits(fp32, "fp32", CPU)
         self.add_row({"model": "fp32", "calibration": "-", "data_free": True, **self.fp32,
                       **accuracy_entry(hits, self.config.seed)})
@@ -167,7 +168,7 @@ class QuantizationJob(CompressionJob):
         hits = self.test_hits(int8, f"{self.int8}/{source}", CPU)
         self.add_row({"model": self.int8, "calibration": source, "calibration_images": len(images),
                       "data_free": DATA_FREE[source], "size_bytes": serialized_size_bytes(int8),
-                      "latency_ms": cpu_latency_ms(int8, self.example, self.config.latency_repeats),
+                      "timing": self.time_later(f"int8/{source}", int8), "latency_ms": None,
                       **accuracy_entry(hits, self.config.seed)})
         yield {"phase": "evaluate", "accuracy": self.rows[-1]["accuracy"]}
 

@@ -25,6 +25,11 @@ def points(ci: Mapping | None) -> str:
     return f"{100 * interval.estimate:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] pt"
 
 
+def milliseconds(row: Mapping) -> str:
+    """The row's latency, or '–' for a run stopped before its timing step."""
+    return f"{row['latency_ms']:.2f}" if row.get("latency_ms") is not None else "–"
+
+
 def _table(header: list[str], lines: list[list[str]]) -> str:
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(rows + ["| " + " | ".join(cells) + " |" for cells in lines])
@@ -44,7 +49,7 @@ def pruning_table(results: Mapping) -> str:
         if "unpruned" in group:
             accuracy = [percent(group["unpruned"]["accuracy_ci"])] + ["–"] * (len(variants) - 1)
         lines.append([key[0] if key[0] != "-" else "unpruned", f"{first['kept_flops']:.3f} ({key[1]:g})",
-                      f"{first['macs'] / 1e6:.2f}", f"{first['parameters']:,}", f"{first['latency_ms']:.2f}",
+                      f"{first['macs'] / 1e6:.2f}", f"{first['parameters']:,}", milliseconds(first),
                       *accuracy, points(comparisons.get(key))])
     return _table(header, lines)
 
@@ -57,7 +62,7 @@ def quantization_table(results: Mapping) -> str:
         name = f"{r['model']}/{r['calibration']}"
         lines.append([r["model"], r["calibration"], "yes" if r["data_free"] else "no",
                       str(r.get("calibration_images", "–")), percent(r["accuracy_ci"]), points(to_fp32.get(name)),
-                      f"{r['size_bytes'] / 1024:.0f}", f"{r['latency_ms']:.2f}"])
+                      f"{r['size_bytes'] / 1024:.0f}", milliseconds(r)])
     table = _table(["model", "calibration", "data-free", "images", "accuracy [95% CI]", "− fp32 (paired)",
                     "size KiB", "CPU ms/batch"], lines)
     others = [c for c in results.get("comparisons", []) if c["b"] != "fp32"]

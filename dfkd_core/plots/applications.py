@@ -60,7 +60,8 @@ def pruning_accuracy_figure(rows: Sequence[Mapping], height: int = 380) -> go.Fi
 def pruning_latency_figure(rows: Sequence[Mapping], height: int = 300) -> go.Figure:
     """Measured CPU time of one forward pass of a batch against the share of FLOPs kept, per criterion."""
     figure = go.Figure()
-    architectures = {(r["criterion"], r["keep_target"]): r for r in rows}.values()   # variants share a network
+    # Variants share a network; a run stopped before its timing step has no latencies.
+    architectures = {(r["criterion"], r["keep_target"]): r for r in rows if r.get("latency_ms") is not None}.values()
     for criterion in dict.fromkeys(r["criterion"] for r in architectures):
         points = sorted((r for r in architectures if r["criterion"] == criterion), key=lambda r: r["kept_flops"])
         figure.add_trace(go.Scatter(x=[r["kept_flops"] for r in points], y=[r["latency_ms"] for r in points],
