@@ -35,9 +35,9 @@ def test_start_on_digits_shows_images_forming_and_a_loss_curve(tmp_path, digits_
         page.get_by_text(re.compile(r"(cancelled|done) · step")).first.wait_for(timeout=30_000)
 
 
-# Every page of app.py's navigation by URL; the default page (Synthesize) is served at the root, which
-# the test above visits, and Streamlit gives it no URL of its own whatever its url_path.
-DEEP_LINKS = {"/teacher": "Teacher", "/distill": "Distill", "/runs": "Runs", "/boundaries": "Boundaries",
+# Every page of app.py's navigation by URL; the root hands over to the default page (Synthesize), which has its own
+# URL like every other page.
+DEEP_LINKS = {"/synthesize": "Synthesize", "/teacher": "Teacher", "/distill": "Distill", "/runs": "Runs", "/boundaries": "Boundaries",
               "/representations": "Representations", "/attention": "Attention", "/methods": "Methods",
               "/applications": "Applications"}
 NAVIGATION = {"Synthesize", *DEEP_LINKS.values()}
@@ -68,3 +68,18 @@ def test_first_direct_visit_to_each_deep_link_after_a_server_start(tmp_path, dig
                 assert NAVIGATION <= {t.split("\n")[-1] for t in nav}, (path, nav)
                 notices = page_not_found(page).count()
                 assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"
+
+
+def test_every_deep_link_on_a_server_already_in_use(tmp_path, digits_teacher):
+    """The same visits on one server that has served other pages before (the navigation is declared by then): a
+    bookmark to /synthesize used to get "Page not found" here, since Streamlit served the default page only at /."""
+    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
+    with chromium_page() as page, serve_app(tmp_path) as url:
+        for path, title in [("/", "Synthesize"), *DEEP_LINKS.items(), ("/", "Synthesize"), (UNKNOWN, "Synthesize")]:
+            page.goto(url + path)
+            page.locator("h1").first.wait_for(timeout=60_000)
+            page.locator(FINISHED).wait_for(timeout=60_000)
+            page.wait_for_timeout(250)
+            assert page.locator("h1").first.inner_text() == title, path
+            notices = page_not_found(page).count()
+            assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"

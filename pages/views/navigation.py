@@ -32,10 +32,15 @@ _inside_app = threading.local()   # set while app.py runs a page (each session's
 
 
 def app_navigation():
-    """Declare the app's pages (top navigation) and return the one this URL asks for."""
-    pages = [st.Page(f"pages/{name}.py", title=title, icon=icon, url_path=name, default=name == DEFAULT_PAGE)
-             for name, title, icon in PAGES]
-    return st.navigation(pages, position="top")
+    """Declare the app's pages (top navigation) and return the one this URL asks for.
+
+    Every page has its own URL, the default one included: Streamlit serves a default page only at "/" while it still
+    reserves its name, so a link or bookmark to /synthesize would raise "Page not found" once any session has
+    declared the navigation. The root is therefore a hidden page that hands over to DEFAULT_PAGE."""
+    pages = {name: st.Page(f"pages/{name}.py", title=title, icon=icon, url_path=name) for name, title, icon in PAGES}
+    root = st.Page(lambda: st.switch_page(pages[DEFAULT_PAGE], query_params=st.query_params.to_dict()),
+                   title="dfkd studio", url_path="start", default=True, visibility="hidden")
+    return st.navigation([root, *pages.values()], position="top")
 
 
 def run_app() -> None:
