@@ -2,8 +2,9 @@
 its 95% bootstrap interval over the test images and each comparison with its paired interval, plus the targets over
 seeds (min / mean). Every number comes from a `dfkd` command, printed beside its table.
 
-    # Fashion-MNIST (teacher: `dfkd train-teacher --dataset fashion-mnist --model bncnn6_w32 --epochs 3`)
-    python benchmarks/applications_table.py --teacher <teacher run id> --seeds 0 1 2 --threads 1
+    # Fashion-MNIST (teacher: `dfkd train-teacher --dataset fashion-mnist --model bncnn6_w32 --epochs 3`); the settings
+    # of the measured tables (about 80 CPU minutes with one thread on the shared 2-core machine)
+    python benchmarks/applications_table.py --teacher <teacher run id> --seeds 0 1 2 --threads 1 --cl-model bncnn6_w16
     # digits, in about a minute
     python benchmarks/applications_table.py --teacher <digits teacher run id> --images 400 --inv-iterations 60
 
@@ -108,7 +109,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (latencies are measured with these)")
     p.add_argument("--only", nargs="+", choices=["quantize", "prune", "continual"],
                    default=["quantize", "prune", "continual"])
-    p.add_argument("--images", type=int, default=2000, help="DeepInversion pool size")
+    p.add_argument("--images", type=int, default=1000, help="DeepInversion pool size")
     p.add_argument("--inv-iterations", type=int, default=200)
     p.add_argument("--inv-batch-size", type=int, default=200)
     p.add_argument("--calibration-images", type=int, default=512)
@@ -116,9 +117,9 @@ def main(argv=None) -> None:
                    help="int8 at 8; fewer activation levels show where the calibration images matter")
     p.add_argument("--keep-flops", default="0.75,0.5,0.25")
     p.add_argument("--target-keep", type=float, default=0.5)
-    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--cl-model", help="continual learning's model (default: the dataset's teacher architecture)")
-    p.add_argument("--cl-images", type=int, default=1000, help="images synthesized from the old model")
+    p.add_argument("--cl-images", type=int, default=600, help="images synthesized from the old model")
     p.add_argument("--cl-inv-iterations", type=int, default=200)
     p.add_argument("--old-steps", type=int, default=600)
     p.add_argument("--new-steps", type=int, default=600)
