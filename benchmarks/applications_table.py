@@ -3,7 +3,7 @@ its 95% bootstrap interval over the test images and each comparison with its pai
 seeds (min / mean). Every number comes from a `dfkd` command, printed beside its table.
 
     # Fashion-MNIST (teacher: `dfkd train-teacher --dataset fashion-mnist --model bncnn6_w32 --epochs 3`); the settings
-    # of the measured tables (about 80 CPU minutes with one thread on the shared 2-core machine)
+    # of the measured tables (about 65 minutes with one thread on the shared 2-core machine)
     python benchmarks/applications_table.py --teacher <teacher run id> --seeds 0 1 2 --threads 1 --cl-model bncnn6_w16
     # digits, in about a minute
     python benchmarks/applications_table.py --teacher <digits teacher run id> --images 400 --inv-iterations 60
