@@ -1,4 +1,6 @@
 """Boundaries: how close a student's decision boundaries are to its teacher's (MagSim / AngSim, METHODS §4)."""
+import dataclasses
+
 import streamlit as st
 import torch
 
@@ -128,9 +130,9 @@ with st.sidebar:
     dataset = teacher.dataset
     candidates = {r.id: describe_run(r) for r in checkpoint_runs(("distill", "teacher"), dataset.name)
                   if r.id != teacher_run}
-    students = st.multiselect("Students", list(candidates), format_func=candidates.get, key="boundary_students",
-                              disabled=running, placeholder="distilled or trained students",
-                              help="Every student is attacked from the same base samples toward the same targets")
+    students = st.pills("Students", list(candidates), selection_mode="multi", format_func=candidates.get,
+                        key="boundary_students", disabled=running,
+                        help="Every student is attacked from the same base samples toward the same targets") or []
     samples = st.number_input("base samples N", 5, 2000, 200, step=50, key="boundary_samples", disabled=running)
     targets = st.radio("targets per base sample", ["all", "sampled"], key="boundary_targets", disabled=running,
                        horizontal=True, help="all: every k ≠ b weighted by p_n^k; sampled: one k drawn ∝ p_n^k")
@@ -142,6 +144,22 @@ with st.sidebar:
     data_root = data_root_setting(dataset.name)
     config = BoundaryConfig(teacher=teacher_run, students=students, samples=int(samples), targets=targets, eta=eta,
                             max_steps=steps, gradient_norm_power=power, data_root=data_root)
+
+    def compare() -> BoundaryAnalysis:
+        """Read the widgets as they are at the click: a number still being typed commits its value only as
+        Compare is clicked, after the script that drew the button has run."""
+        state = st.session_state
+        chosen = list(state.get("boundary_students") or [])
+        if not chosen:
+            raise ValueError("Pick one or more students in the sidebar first.")
+        now = dataclasses.replace(config, students=chosen, samples=int(state["boundary_samples"]),
+                                  targets=state["boundary_targets"], eta=state["boundary_eta"],
+                                  max_steps=state["boundary_steps"], gradient_norm_power=state["boundary_power"])
+        return start_analysis(teacher_run, chosen, now)
+
+    start_stop_buttons(job, compare, label="Compare", slots=st.columns(2))
+    # After the buttons: this check can take a second on a cache miss, and a Compare drawn only after it would
+    # miss a click made meanwhile (right after a multiselect closes).
     refused = incomparable(teacher, {ref: open_checkpoint(ref) for ref in students}, candidates)
     if refused:
         st.error(refused)
@@ -157,8 +175,6 @@ with st.sidebar:
                 st.warning(f"{int(samples):,} base samples asked: {said}, so {qualified:,} will be used.")
             else:
                 st.caption(f"{said}.")
-    start_stop_buttons(job, lambda: start_analysis(teacher_run, students, config), label="Compare",
-                       disabled=not students, slots=st.columns(2))
 show_progress(job, render_progress)
 stored = stored_analyses("boundary", "boundary_pairs.pt", dataset.name)
 if not students and not stored:

@@ -74,12 +74,12 @@ def test_page_explains_the_metric_and_asks_for_students(home):
     explanation = " ".join(m.value for m in at.markdown)
     assert r"\mathrm{MagSim}" in explanation and r"\mathrm{AngSim}" in explanation and "p_n^k" in explanation
     assert "Pick one or more students" in at.info[0].value
-    assert at.sidebar.multiselect(key="boundary_students").options   # both stored students offered
+    assert at.sidebar.pills(key="boundary_students").options   # both stored students offered
 
 
 def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     at = page()
-    at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids)
+    at.sidebar.pills(key="boundary_students").set_value(home.student_ids)
     at.sidebar.number_input(key="boundary_samples").set_value(2000)
     at.run()
     before = at.sidebar.warning[0].value   # said before the run: the test split cannot give 2,000
@@ -132,7 +132,7 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
 
 def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
     at = page()
-    at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids[:1])
+    at.sidebar.pills(key="boundary_students").set_value(home.student_ids[:1])
     at.sidebar.number_input(key="boundary_samples").set_value(5)   # at most 5 · 9 = 45 pairs < 100
     at.run()
     next(b for b in at.sidebar.button if b.label == "Compare").click().run()
@@ -153,7 +153,7 @@ def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
 
 def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
     at = page()
-    at.sidebar.multiselect(key="boundary_students").set_value(home.student_ids[:1]).run()
+    at.sidebar.pills(key="boundary_students").set_value(home.student_ids[:1]).run()
     at.multiselect(key="one_images").set_value([0, 1]).run()
     assert not at.exception, at.exception
     panels, loss = figures(at)

@@ -1,5 +1,6 @@
 """The real app in a real browser: Playwright drives Debian's chromium against a server started here."""
 import re
+import time
 
 import pytest
 
@@ -83,3 +84,29 @@ def test_every_deep_link_on_a_server_already_in_use(tmp_path, digits_teacher):
             assert page.locator("h1").first.inner_text() == title, path
             notices = page_not_found(page).count()
             assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"
+
+
+def test_boundaries_compare_starts_on_the_first_click_after_picking_a_student(tmp_path, digits_teacher):
+    """Picking students used to need a multiselect, whose choice is committed only when it loses focus: the first
+    click on Compare went into that commit and did nothing. The students are pills now: one click each, then one
+    click on Compare starts the comparison."""
+    import copy
+
+    from dfkd_core.distill import DistillConfig, DistillJob
+    from dfkd_core.runs import RunStore
+    teacher_id = add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
+    store = RunStore(tmp_path)
+    config = DistillConfig(method="noise", steps=5, batch_size=16, eval_every=5)
+    job = DistillJob(copy.deepcopy(digits_teacher), config,
+                     run=store.create("distill", config.to_dict(), teacher=teacher_id, method="noise",
+                                      dataset="digits", name="noise student"))
+    job.run()
+    with chromium_page() as page, serve_app(tmp_path) as url:
+        page.goto(url + "/boundaries")
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        page.get_by_role("button", name="noise student").first.click()
+        page.get_by_role("button", name="Compare").click()
+        deadline = time.time() + 60
+        while not store.list(kind="analysis") and time.time() < deadline:
+            time.sleep(0.2)
+        assert store.list(kind="analysis"), "the first click on Compare started nothing"
