@@ -32,7 +32,7 @@ from dfkd_core.data import load_split
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
-from dfkd_core.stats import Interval, accuracy_interval, interval_from_json
+from dfkd_core.stats import Interval, accuracy_interval
 from dfkd_core.training import evaluate
 
 DEFAULT_TEACHER = "/work/helpers/fmnist_teacher_bncnn6_w32.pt"
@@ -129,7 +129,7 @@ def main() -> None:
             continue
         (d,) = paired_differences({"BSS-KD": bss, "KD": kd})
         for key, metric in (("magsim", "MagSim"), ("angsim", "AngSim")):
-            difference = interval_from_json(d[key]).format("+.3f")
+            difference = Interval.from_dict(d[key]).format("+.3f")
             print(f"seed {seed}: {metric}(BSS-KD) − {metric}(KD) = {difference} (95% CI)")
     if args.out:
         Path(args.out).write_text(json.dumps({"teacher": args.teacher, "args": vars(args), "rows": rows,

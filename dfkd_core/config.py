@@ -38,7 +38,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        from dfkd_core.runs import atomic_write_text   # runs imports torch: only when a config is saved
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:

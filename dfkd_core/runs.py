@@ -246,6 +246,20 @@ class RunStore:
         atomic_write_text(self.runs_dir / run_id / RUN_FILE, json.dumps(_jsonable(row), indent=2))
         self.index.put(row)
 
+    def reopen(self, reference: str) -> Run:
+        """A stopped run runs again in this process (`dfkd distill --resume`): status 'running' under this pid, so a
+        listing from another process sees a live run, not an interrupted one, and a second resume is refused."""
+        record = self.get_record(reference)
+        if record.status == "running":
+            raise RunStillRunningError(f"run {record.id} is running in another process; stop it first")
+        row = self._read_run_file(self.runs_dir / record.id)
+        pid = os.getpid()
+        row.update(status="running", updated=time.time(), error=None, pid=pid, pid_start=process_start_ticks(pid),
+                   host=socket.gethostname())
+        atomic_write_text(self.runs_dir / record.id / RUN_FILE, json.dumps(_jsonable(row), indent=2))
+        self.index.put(row)
+        return Run(self, record.id, self.runs_dir / record.id)
+
     def delete(self, reference: str) -> RunRecord:
         """Delete the one run `reference` names (its id or a unique prefix): its index row and its directory.
 

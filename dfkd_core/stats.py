@@ -160,11 +160,7 @@ def paired_ratio_difference_interval(num_a, den_a, num_b, den_b, resamples: int 
     return _percentiles(torch.cat(out), estimate, len(na), resamples, level)
 
 
-__all__ = ["Interval", "LEVEL", "RESAMPLES", "accuracy_interval", "mean_interval",
-           "paired_difference_interval", "paired_ratio_difference_interval", "ratio_interval", "resample_counts"]
-
-
-# ---------------------------------------------------------------- many statistics at once, and stored intervals
+# ---------------------------------------------------------------- many statistics at once
 
 def percentile_bounds(draws: torch.Tensor, level: float = LEVEL) -> tuple[torch.Tensor, torch.Tensor]:
     """Percentile-bootstrap bounds of many statistics at once: `draws` is (resamples, ...) (e.g. a CKA matrix per
@@ -180,8 +176,5 @@ def percentile_bounds(draws: torch.Tensor, level: float = LEVEL) -> tuple[torch.
     return torch.where(enough, bounds[0], nan), torch.where(enough, bounds[1], nan)
 
 
-def interval_from_json(d: dict) -> Interval:
-    return Interval.from_dict(d)
-
-
-__all__ += ["interval_from_json", "percentile_bounds"]
+__all__ = ["Interval", "LEVEL", "RESAMPLES", "accuracy_interval", "mean_interval", "percentile_bounds",
+           "paired_difference_interval", "paired_ratio_difference_interval", "ratio_interval", "resample_counts"]

@@ -12,7 +12,7 @@ from dfkd_core.data import DatasetMissingError
 from dfkd_core.models import CheckpointError
 from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, difference_figure, outcome_text,
                                       per_class_figure, similarity_bar_figure)
-from dfkd_core.stats import interval_from_json
+from dfkd_core.stats import Interval
 from dfkd_core.synthesis.bss import AttackSettings
 from pages.views.analysis_view import analysis_job, incomparable, interval_text, show_progress, stored_analyses
 from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, fresh_model, get_store,
@@ -210,7 +210,7 @@ if opened is not None:
     if data.get("differences"):
         st.plotly_chart(difference_figure(data["differences"]), key="boundary_differences")
         st.dataframe([{"students": f"{d['student_a']} − {d['student_b']}",
-                       **{label: interval_text(d[k], interval_from_json(d[k]).estimate, "+.3f")
+                       **{label: interval_text(d[k], Interval.from_dict(d[k]).estimate, "+.3f")
                           for k, label in (("magsim", "MagSim difference"), ("angsim", "AngSim difference"))}}
                       for d in data["differences"]], hide_index=True)
     with st.expander("By base class"):

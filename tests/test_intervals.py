@@ -13,7 +13,7 @@ from dfkd_core.analysis.cka import center_gram, debiased_linear_cka, gram_cka, g
 from dfkd_core.analysis.cka_intervals import (cka_with_draws, half_sample_bounds, half_sample_weights,
                                               m_out_of_n_bounds, minibatch_draws)
 from dfkd_core.analysis.cka_matrix import CKAResult, cka_matrix
-from dfkd_core.stats import Interval, interval_from_json, percentile_bounds
+from dfkd_core.stats import Interval, percentile_bounds
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cka import SliceModel, correlated  # noqa: E402
@@ -35,7 +35,7 @@ def test_percentile_bounds_by_hand_per_cell_and_with_nan():
 
 def test_interval_read_back_from_a_runs_json():
     stored = json.loads(json.dumps({**Interval(0.5, 0.4, 0.6, 30).to_dict(), "low": "nan", "high": None}))
-    again = interval_from_json(stored)
+    again = Interval.from_dict(stored)
     assert again.estimate == 0.5 and math.isnan(again.low) and not again.defined and again.units == 30
 
 

@@ -10,7 +10,8 @@ from dfkd_core.models import CheckpointError, create_model, list_models, load_ch
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_runs_on_its_kind_of_input(name):
     size, channels = (32, 3) if ("resnet" in name or "mobilenet" in name) else ((8, 1) if "3_" in name else (28, 1))
-    model = create_model(name, num_classes=7, in_channels=channels, image_size=size).eval()
+    derived = {"pruned": {"base": "bncnn6_w16", "channels": {"features.0": 4}}}   # a model made from another one
+    model = create_model(name, num_classes=7, in_channels=channels, image_size=size, **derived.get(name, {})).eval()
     assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
 
 
@@ -87,3 +88,19 @@ def test_a_damaged_file_gets_torchs_first_sentence_only(tmp_path):
     message = str(refused.value)
     assert "corrupt, truncated or not a PyTorch file (PytorchStreamReader failed reading zip archive" in message
     assert "internal miniz error" not in message and "weights_only" not in message
+
+
+def test_a_pruned_checkpoint_loads_without_importing_the_pruning_code(tmp_path):
+    """The registered `pruned` model lives with the other models, so every page and command can load a pruned
+    checkpoint (the Teacher and Distill pages never import dfkd_core.applications)."""
+    import subprocess
+    import sys
+
+    from dfkd_core.data import dataset_info
+    model = create_model("pruned", 10, 1, 8, base="bncnn3_w16", channels={"features.0": 8})
+    save_checkpoint(tmp_path / "pruned.pt", model, dataset_info("digits"))
+    code = ("import sys; from dfkd_core.models import load_checkpoint; "
+            f"m = load_checkpoint({str(tmp_path / 'pruned.pt')!r}).model; "
+            "assert 'dfkd_core.applications' not in sys.modules; print(sum(p.numel() for p in m.parameters()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) == sum(p.numel() for p in model.parameters())

@@ -247,3 +247,16 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(store)
         f.write(b"half of the new")
         raise RuntimeError("killed mid-write")
     assert path.read_bytes() == b"old" and [p.name for p in store.runs_dir.iterdir()] == ["images.pt"]
+
+
+def test_a_reopened_run_is_live_for_other_processes_and_cannot_be_reopened_twice(store):
+    """`dfkd distill --resume` reopens a stopped run: its dead process's pid must not make another process's
+    listing call it interrupted again while it runs, and a second resume of the same run is refused."""
+    run = store.create("distill", {})
+    with sqlite3.connect(store.db_path) as db:   # the process that ran it died
+        db.execute("UPDATE runs SET pid=? WHERE id=?", (2 ** 22 + 12345, run.id))
+    assert store.get_record(run.id).status == "interrupted"
+    store.reopen(run.id)
+    assert RunStore(store.home).get_record(run.id).status == "running"   # another process's view
+    with pytest.raises(RuntimeError, match="running in another process"):
+        store.reopen(run.id)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS
 from dfkd_core.analysis.cli import _fmt_interval, json_ready
-from dfkd_core.stats import interval_from_json
+from dfkd_core.stats import Interval
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -32,7 +32,7 @@ def print_table(summary: dict) -> None:
     """The boundary run's summary as a table: accuracy, MagSim, AngSim with 95% intervals; rows resting on fewer than
     MIN_PAIRS pairs marked '!'; then the paired differences between students."""
     teacher = summary["teacher_accuracy_interval"]
-    print(f"teacher accuracy {_fmt_interval(interval_from_json(teacher), '.2%') if teacher else 'n/a'}; "
+    print(f"teacher accuracy {_fmt_interval(Interval.from_dict(teacher), '.2%') if teacher else 'n/a'}; "
           f"{summary['base_samples']} base samples, {summary['pairs']} (n, k) pairs; teacher attack: "
           + ", ".join(f"{k} {v}" for k, v in summary["teacher_outcomes"].items()))
     rows = list(summary["students"].values())
@@ -41,7 +41,7 @@ def print_table(summary: dict) -> None:
           f"{MIN_PAIRS} pairs accepted by both models, too few to compare]")
     print(f"  {'student':{width}} {'accuracy':>24} {'MagSim':>22} {'AngSim':>22} {'accepted pairs':>15}")
     for r in rows:
-        cells = [_fmt_interval(interval_from_json(r[k]), spec) for k, spec in
+        cells = [_fmt_interval(Interval.from_dict(r[k]), spec) for k, spec in
                  (("accuracy_interval", ".2%"), ("magsim_interval", ".3f"), ("angsim_interval", ".3f"))]
         flag = "!" if r["too_few_pairs"] else " "
         print(f"{flag} {r['student']:{width}} {cells[0]:>24} {cells[1]:>22} {cells[2]:>22} "
@@ -53,7 +53,7 @@ def print_table(summary: dict) -> None:
         for d in summary["differences"]:
             for metric, label in (("magsim", "MagSim"), ("angsim", "AngSim")):
                 print(f"  {label}({d['student_a']}) − {label}({d['student_b']}) = "
-                      f"{_fmt_interval(interval_from_json(d[metric]), '+.3f')}")
+                      f"{_fmt_interval(Interval.from_dict(d[metric]), '+.3f')}")
     if summary["samples_note"]:
         print(f"note: {summary['samples_note']}")
 

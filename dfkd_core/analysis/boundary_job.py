@@ -20,6 +20,7 @@ from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo, load_split
 from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.jobs import Job
+from dfkd_core.runs import atomic_torch_save, atomic_write_text
 from dfkd_core.stats import Interval, accuracy_interval
 from dfkd_core.synthesis.bss import AttackSettings
 from dfkd_core.training import evaluate, predict_logits
@@ -162,8 +163,8 @@ class BoundaryAnalysis(Job):
             self.run_record.save_json("boundary.json", {
                 "config": self.config.to_dict(), "dataset": self.dataset.to_dict(), **summary,
                 "results": {n: r.to_dict() for n, r in self.results.items()}})
-            torch.save(self._pair_tensors(), self.run_record.path("boundary_pairs.pt"))
-            self.run_record.path("boundary_bars.json").write_text(similarity_bar_figure(self.table()).to_json())
+            atomic_torch_save(self._pair_tensors(), self.run_record.path("boundary_pairs.pt"))
+            atomic_write_text(self.run_record.path("boundary_bars.json"), similarity_bar_figure(self.table()).to_json())
         return summary
 
     def _pair_tensors(self) -> dict:

@@ -11,7 +11,7 @@ from dfkd_core.analysis.cka import KERNELS, RBF_BANDWIDTHS
 from dfkd_core.analysis.cka_intervals import CKA_RESAMPLES
 from dfkd_core.analysis.cka_matrix import ESTIMATORS
 from dfkd_core.analysis.gradcam import TARGETS
-from dfkd_core.stats import Interval, interval_from_json
+from dfkd_core.stats import Interval
 
 
 def _models(store, refs: list[str], what: str):
@@ -130,7 +130,7 @@ def print_gradcam_table(result: dict, fraction: float) -> None:
           f"{result['samples']:,} images, top-{fraction:.0%} IoU; [95% interval: percentile bootstrap over images]")
     print(f"{'student':34} {'layer':14} {'correlation':>22} {'IoU':>22} {'undefined r/IoU':>16}")
     for name, s in result["students"].items():
-        r, iou = (interval_from_json(s[k]) for k in ("correlation_interval", "iou_interval"))
+        r, iou = (Interval.from_dict(s[k]) for k in ("correlation_interval", "iou_interval"))
         print(f"{name:34} {result['layers'][name]:14} {_fmt_interval(r):>22} {_fmt_interval(iou):>22} "
               f"{s['correlation_undefined']:>8}/{s['iou_undefined']}")
     if result.get("samples_note"):

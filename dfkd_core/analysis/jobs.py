@@ -20,6 +20,7 @@ from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo, load_split
 from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.jobs import Job
+from dfkd_core.runs import atomic_torch_save, atomic_write_text
 
 GRADCAM_MAPS_KEPT = 16   # images whose maps are saved for display; scores are kept for all
 
@@ -167,7 +168,7 @@ class CKAAnalysis(Job):
 
             self.run_record.save_json("cka.json", {**r.to_dict(), "samples_asked": self.config.samples,
                                                    "samples_note": self.samples_note})
-            self.run_record.path("cka_heatmap.json").write_text(cka_heatmap_figure(r).to_json())
+            atomic_write_text(self.run_record.path("cka_heatmap.json"), cka_heatmap_figure(r).to_json())
         return summary
 
 
@@ -252,9 +253,9 @@ class GradCAMAnalysis(Job):
                                      "targets": {k: v.tolist() for k, v in c.targets.items()},
                                      "predictions": {k: v.tolist() for k, v in c.predictions.items()}})
         kept = self.images[:len(c.maps["teacher"])]
-        torch.save({"images": kept, "maps": c.maps, "labels": c.labels[:len(kept)]
-                    if c.labels is not None else None, "dataset": self.dataset.to_dict() if self.dataset else None},
-                   r.path("gradcam_maps.pt"))
+        atomic_torch_save({"images": kept, "maps": c.maps, "labels": c.labels[:len(kept)]
+                           if c.labels is not None else None,
+                           "dataset": self.dataset.to_dict() if self.dataset else None}, r.path("gradcam_maps.pt"))
         if self.dataset is not None:
             save_overlay_png(self.dataset.denormalize(kept[:8]), {k: v[:8] for k, v in c.maps.items()},
                              r.path("gradcam_overlays.png"))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from dfkd_core.stats import interval_from_json
+from dfkd_core.stats import Interval
 
 
 def percent(ci: Mapping | None) -> str:
     """'91.23% [90.67, 91.78]' from a stored interval."""
     if not ci:
         return "–"
-    interval = interval_from_json(dict(ci))
+    interval = Interval.from_dict(dict(ci))
     if not interval.defined:
         return f"{100 * interval.estimate:.2f}% [no interval]"
     return f"{100 * interval.estimate:.2f}% [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
@@ -21,7 +21,7 @@ def points(ci: Mapping | None) -> str:
     """A difference of accuracies in percentage points: '−0.41 [−0.80, −0.02] pt'."""
     if not ci:
         return "–"
-    interval = interval_from_json(dict(ci))
+    interval = Interval.from_dict(dict(ci))
     return f"{100 * interval.estimate:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] pt"
 
 

@@ -5,8 +5,9 @@ graph knows that removing output channel m of a conv also removes channel m of t
 channel m of every layer that reads it (the next conv, a Linear after global pooling, the other branch of a residual
 sum), for any model it can trace. This file only says which channels go; `pruning.py` decides that.
 
-A pruned model is stored as the registered model `pruned`: its `base` model rebuilt with the number of filters
-each conv kept (`channels`), so `load_checkpoint` rebuilds it from the registry like any other model.
+A pruned model is stored as the registered model `pruned` (dfkd_core/models/pruned.py): its `base` model rebuilt
+with the number of filters each conv kept (`channels`), so `load_checkpoint` rebuilds it from the registry like any
+other model, on every page and command.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from dfkd_core.models import create_model, register_model
+from dfkd_core.models import create_model
+from dfkd_core.models.pruned import conv_channels, dependency_graph
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -38,15 +40,6 @@ class ChannelGroup:
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     """Linear layers that output the classes: never pruned (their outputs are the model's answer)."""
     return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
-
-
-def dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    # torch-pruning leaves out layers whose parameters take no gradient, so a frozen model (an inverted teacher)
-    # would silently have nothing to prune.
-    if any(not p.requires_grad for p in model.parameters()):
-        raise ValueError("pruning needs a model whose parameters take gradients (torch-pruning skips frozen layers); "
-                         "pass a trainable copy")
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
 def channel_groups(model: nn.Module, example: torch.Tensor, num_classes: int) -> list[ChannelGroup]:
@@ -72,34 +65,10 @@ def remove_channels(model: nn.Module, example: torch.Tensor, removals: dict[str,
     return model
 
 
-def conv_channels(model: nn.Module) -> dict[str, int]:
-    """Output channels of every conv: what the registered `pruned` model needs to rebuild the architecture."""
-    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-
-
 def count_macs(model: nn.Module, example: torch.Tensor) -> float:
     """Multiply-accumulates of one image's forward pass (torch-pruning's counter; `example`'s first image)."""
     macs, _ = tp.utils.count_ops_and_params(model, example[:1])
     return float(macs)
-
-
-@register_model
-def pruned(num_classes=10, in_channels=1, image_size=28, base: str = "", channels: dict | None = None, **_):
-    """A registered model with conv filters removed (`dfkd prune`): `base` with `channels` filters per conv."""
-    model = create_model(base, num_classes, in_channels, image_size)
-    example = torch.zeros(2, in_channels, image_size, image_size)
-    current = conv_channels(model)
-    unknown = sorted(set(channels or {}) - set(current))
-    if unknown:
-        raise ValueError(f"pruned model: {base} has no conv layers {unknown[:3]}")
-    graph = dependency_graph(model, example)
-    modules = dict(model.named_modules())
-    for name, kept in (channels or {}).items():
-        conv = modules[name]
-        if conv.out_channels > kept:   # a conv coupled to one pruned before it already has its size
-            graph.get_pruning_group(conv, tp.prune_conv_out_channels,
-                                    idxs=list(range(kept, conv.out_channels))).prune()
-    return model
 
 
 def registered_copy(model: nn.Module, base_cfg: dict) -> nn.Module:

@@ -142,6 +142,7 @@ def cmd_resume(args, store) -> int:
     from dfkd_core.data import DatasetMissingError
     from dfkd_core.distill.job import DistillJob
     from dfkd_core.distill.pool import PoolError
+    from dfkd_core.runs import RunStillRunningError
     from dfkd_core.distill.resume import ResumeError, load_resume_state
 
     given = [k for k in NEW_RUN_SETTINGS if getattr(args, k, None) is not None]
@@ -167,7 +168,10 @@ def cmd_resume(args, store) -> int:
         job.real_split("test")
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
-    job.run_record.set_status("running")
+    try:
+        job.run_record = store.reopen(record.id)
+    except RunStillRunningError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"resuming run {record.id} ({record.status}) at {job.describe_start()}")
     return run_distillation(job, args.quiet)
 

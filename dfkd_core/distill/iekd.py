@@ -34,6 +34,7 @@ from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.jobs import check_finite
 from dfkd_core.losses import cross_entropy_loss, kd_loss
 from dfkd_core.models import save_checkpoint
+from dfkd_core.runs import atomic_torch_save
 from dfkd_core.training import evaluate
 
 POOL_LABELS = ("teacher", "synthesized")
@@ -263,8 +264,8 @@ class InheritanceExplorationKD(RealOrPoolMethod):
         if not hasattr(self, "student_factors"):
             return {}
         info = self.describe()
-        torch.save({**info, "autoencoder": _cpu_state(self.autoencoder),
-                    "student_factors": _cpu_state(self.student_factors)}, directory / "iekd.pt")
+        atomic_torch_save({**info, "autoencoder": _cpu_state(self.autoencoder),
+                           "student_factors": _cpu_state(self.student_factors)}, directory / "iekd.pt")
         return info
 
 
@@ -395,9 +396,9 @@ class InheritanceExplorationDML(InheritanceExplorationKD):
         path = save_checkpoint(directory / "model_b.pt", self.student_b, j.dataset,
                                {"test_accuracy": accuracy, "teacher_accuracy": j.teacher_accuracy,
                                 "peer_of": str(directory / "model.pt")})
-        torch.save({**self.describe(), **{f"peer_{i}": {"autoencoder": _cpu_state(p.autoencoder),
-                                                        "factors": _cpu_state(p.factors)}
-                                          for i, p in enumerate(self.peers)}}, directory / "iekd.pt")
+        atomic_torch_save({**self.describe(), **{f"peer_{i}": {"autoencoder": _cpu_state(p.autoencoder),
+                                                               "factors": _cpu_state(p.factors)}
+                                                 for i, p in enumerate(self.peers)}}, directory / "iekd.pt")
         return {**self.describe(), "student_b_checkpoint": str(path)}
 
 

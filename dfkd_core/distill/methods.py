@@ -26,6 +26,7 @@ from dfkd_core.jobs import check_finite
 from dfkd_core.distill.pool import PoolError
 from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.models import create_model, list_models
+from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
 
@@ -415,9 +416,10 @@ class GeneratorKD(DistillMethod):
     def artifacts(self, directory) -> dict:
         if not hasattr(self, "generator"):
             return {}
-        torch.save({"mode": self.mode, "latent_dim": self.config.latent_dim, "width": self.config.generator_width,
-                    "state_dict": {k: v.cpu() for k, v in self.generator.state_dict().items()}},
-                   directory / "generator.pt")
+        atomic_torch_save({"mode": self.mode, "latent_dim": self.config.latent_dim,
+                           "width": self.config.generator_width,
+                           "state_dict": {k: v.cpu() for k, v in self.generator.state_dict().items()}},
+                          directory / "generator.pt")
         members = len(getattr(self.generator, "members", [])) or 1
         return {"generators": members}
 

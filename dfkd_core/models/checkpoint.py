@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from dfkd_core.data import DatasetInfo
 from dfkd_core.models.registry import create_model, list_models
+from dfkd_core.runs import atomic_torch_save
 
 CHECKPOINT_FORMAT = "dfkd-checkpoint/1"
 
@@ -46,10 +47,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, dataset: DatasetInfo, me
         "metrics": {k: float(v) if isinstance(v, (int, float)) else v for k, v in (metrics or {}).items()},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint under the real name
-    return path
+    return atomic_torch_save(payload, path)   # a crash mid-write never leaves half a checkpoint under the name
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -15,7 +15,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from dfkd_core.analysis.boundary import MIN_PAIRS
-from dfkd_core.stats import interval_from_json
+from dfkd_core.stats import Interval
 from dfkd_core.synthesis.bss import OUTCOMES, BoundaryAttackResult
 
 MAGSIM_COLOR, ANGSIM_COLOR, WARNING_COLOR = "#1f77b4", "#ff7f0e", "#c44e52"
@@ -35,7 +35,7 @@ def outcome_text(outcome: int, crossed_step: int, steps: int) -> str:
 
 def _error_bars(intervals: Sequence[Mapping | None]) -> dict:
     """plotly asymmetric error bars (estimate − low, high − estimate) from Interval dicts; none where undefined."""
-    parsed = [interval_from_json(i) if i else None for i in intervals]
+    parsed = [Interval.from_dict(i) if i else None for i in intervals]
     up = [i.high - i.estimate if i is not None and i.defined else None for i in parsed]
     down = [i.estimate - i.low if i is not None and i.defined else None for i in parsed]
     return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.5, width=4)
@@ -44,7 +44,7 @@ def _error_bars(intervals: Sequence[Mapping | None]) -> dict:
 def _interval_text(interval: Mapping | None, spec: str) -> str:
     if not interval:
         return ""
-    i = interval_from_json(interval)
+    i = Interval.from_dict(interval)
     return f" [{format(i.low, spec)}, {format(i.high, spec)}]" if i.defined else " [no interval]"
 
 
@@ -90,7 +90,7 @@ def difference_figure(differences: Sequence[Mapping], title: str = "Paired diffe
     fig = go.Figure()
     for key, label, color in (("magsim", "MagSim", MAGSIM_COLOR), ("angsim", "AngSim", ANGSIM_COLOR)):
         intervals = [d[key] for d in differences]
-        estimates = [interval_from_json(i).estimate for i in intervals]
+        estimates = [Interval.from_dict(i).estimate for i in intervals]
         bars = _error_bars(intervals)
         fig.add_scatter(x=[e if _finite(e) else None for e in estimates], y=labels, mode="markers", name=label,
                         marker=dict(color=color, size=10),

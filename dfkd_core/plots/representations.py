@@ -16,7 +16,7 @@ import torch
 from plotly.colors import sample_colorscale, unlabel_rgb
 from plotly.subplots import make_subplots
 
-from dfkd_core.stats import interval_from_json
+from dfkd_core.stats import Interval
 
 
 def cka_heatmap_figure(matrix, layers_teacher: Sequence[str] | None = None,
@@ -75,7 +75,7 @@ def overlap_interval_figure(summary: Mapping[str, Mapping]) -> go.Figure:
     fig = go.Figure()
     names = list(summary)
     for key, label, color in (("correlation", "mean r", "#1f77b4"), ("iou", "mean IoU", "#ff7f0e")):
-        intervals = [interval_from_json(summary[n][f"{key}_interval"]) for n in names]
+        intervals = [Interval.from_dict(summary[n][f"{key}_interval"]) for n in names]
         fig.add_bar(x=names, y=[iv.estimate for iv in intervals], name=label, marker_color=color,
                     error_y=dict(type="data", symmetric=False, thickness=1.5, width=4,
                                  array=[iv.high - iv.estimate if iv.defined else None for iv in intervals],
@@ -129,7 +129,10 @@ def save_overlay_png(images01: torch.Tensor, maps: Mapping[str, torch.Tensor], p
                      alpha: float = 0.5) -> Path:
     from PIL import Image
 
-    Image.fromarray(overlay_grid(images01, maps, alpha)).save(path)
+    from dfkd_core.runs import atomic_open
+
+    with atomic_open(path) as f:
+        Image.fromarray(overlay_grid(images01, maps, alpha)).save(f, format="PNG")
     return Path(path)
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 
 from dfkd_core.analysis.checks import require_comparable
 from dfkd_core.jobs import Job
-from dfkd_core.stats import interval_from_json
+from dfkd_core.stats import Interval
 from pages.views.common import attached_job, checkpoint_runs, describe_run, get_store, live
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
@@ -92,7 +92,7 @@ def incomparable(teacher, students: Mapping[str, object], labels: Mapping[str, s
 def interval_text(interval: Mapping | None, estimate: float | None = None, spec: str = ".3f") -> str:
     """'0.912 [0.893, 0.929]' from a stored Interval dict; the bare estimate when the run predates intervals."""
     if interval:
-        i = interval_from_json(interval)
+        i = Interval.from_dict(interval)
         if math.isnan(i.estimate):
             return "undefined"
         return i.format(spec) if i.defined else f"{format(i.estimate, spec)} [no interval: {i.units} unit(s)]"
