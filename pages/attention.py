@@ -61,7 +61,7 @@ st.title("Attention")
 st.caption("Where do teacher and student look? Grad-CAM $\\mathrm{ReLU}(\\sum_c \\alpha_c A_c)$ at each model's "
            "last spatial block, overlaid on the same real test images; per image, the Pearson correlation $r$ of "
            "the two maps and the IoU of their top regions; means with 95% bootstrap intervals over the images. "
-           "IE-KD students are expected to keep the teacher's attention (METHODS §5.5).")
+           "IE-KD students are expected to keep the teacher's attention ([Methods: IE-KD](/methods#ie-kd)).")
 keep_widget_state("att_teacher", "att_students", "att_target", "att_fraction", "att_images", "att_samples",
                   "att_open")
 job = analysis_job(GradCAMAnalysis, open_key="att_open")

@@ -40,7 +40,7 @@ Both lie in $[0, 1]$: 1 = the boundary is as far (MagSim) and in the same direct
 figure states how many pairs both models crossed: on a handful of pairs the numbers mean little, so a bar resting on
 fewer than 100 is drawn faded with a warning. Error bars are 95% bootstrap intervals over base samples (a base
 sample's pairs share its image, so whole base samples are resampled); two students compared on the same base
-samples get a paired interval for their difference. METHODS' training step ($\eta=0.3$, $I=10$) shrinks $L_a$
+samples get a paired interval for their difference. The paper's training step ($\eta=0.3$, $I=10$) shrinks $L_a$
 only by $(1-\eta)$ per step, so almost nothing crosses; the metric uses $\eta=1$ (a full step onto the
 linearized boundary) and $I=20$.
 """
@@ -115,7 +115,8 @@ def attack_images(teacher_ref: str, student_ref: str, indices: tuple[int, ...], 
 
 st.title("Boundaries")
 st.caption("Do the student's decision boundaries sit where the teacher's do? Attack both from the same real images "
-           "toward the same classes and compare the distances (MagSim) and directions (AngSim) — METHODS §4.")
+           "toward the same classes and compare the distances (MagSim) and directions (AngSim) — "
+           "[Methods: BSS and MagSim / AngSim](/methods#bss).")
 with st.expander("What MagSim and AngSim measure"):
     st.markdown(EXPLANATION)
 keep_widget_state("boundary_teacher", "boundary_students", "boundary_samples", "boundary_targets", "boundary_eta",
@@ -140,7 +141,7 @@ with st.sidebar:
     steps = st.select_slider("I (max steps)", [5, 10, 20, 40], METRIC_ATTACK.max_steps, key="boundary_steps",
                              disabled=running)
     power = st.radio("step", [2, 1], key="boundary_power", disabled=running, horizontal=True,
-                     format_func={2: "÷‖∇‖² (METHODS)", 1: "÷‖∇‖ (official code)"}.get)
+                     format_func={2: "÷‖∇‖² (paper)", 1: "÷‖∇‖ (official code)"}.get)
     data_root = data_root_setting(dataset.name)
     config = BoundaryConfig(teacher=teacher_run, students=students, samples=int(samples), targets=targets, eta=eta,
                             max_steps=steps, gradient_norm_power=power, data_root=data_root)

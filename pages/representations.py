@@ -55,7 +55,7 @@ st.caption(r"Do teacher and student represent the same images alike? Linear CKA 
            r"distances, diagonal included, exactly as Kornblith et al.'s reference code, with threshold $t$; "
            r"'debiased' replaces HSIC by its unbiased estimator. Every cell carries a 95% interval from random "
            r"halves of the images (how far it moves with the draw of images). IE-KD students are expected to "
-           r"score *lower* than plain KD students at their split layer (METHODS §5.5).")
+           r"score *lower* than plain KD students at their split layer ([Methods: IE-KD](/methods#ie-kd)).")
 keep_widget_state("cka_teacher", "cka_student", "cka_kernel", "cka_threshold", "cka_inputs", "cka_samples",
                   "cka_reduce", "cka_open")
 job = analysis_job(CKAAnalysis, open_key="cka_open")

@@ -1,5 +1,5 @@
 """Runs: every stored run (teachers, syntheses, distillations), one opened in full or two side by side, and
-distilled students compared (METHODS §3 report: student vs teacher accuracy, ratio, time, images)."""
+distilled students compared (the report every method shares: student vs teacher accuracy, ratio, time, images)."""
 import streamlit as st
 
 from dfkd_core.plots import run_comparison_figure

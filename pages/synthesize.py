@@ -83,7 +83,7 @@ with st.sidebar:
         else:
             apply_preset(st.session_state["preset"], dataset.name)
         st.session_state["knobs_for"] = (teacher_run, dataset.name)
-    method = st.radio("Preset (sets the weights as in METHODS §1)", methods, key="preset", horizontal=True,
+    method = st.radio("Preset (sets the weights of its method)", methods, key="preset", horizontal=True,
                       format_func=PRESET_NAMES.get, disabled=running,
                       on_change=lambda: apply_preset(st.session_state["preset"], dataset.name))
     if not bn:

@@ -109,7 +109,7 @@ def cmd_boundary(args, store) -> int:
 
 
 def add_commands(sub) -> None:
-    b = sub.add_parser("boundary", help="MagSim / AngSim decision-boundary similarity of students (METHODS §4)",
+    b = sub.add_parser("boundary", help="MagSim / AngSim decision-boundary similarity of students (docs/methods.md#bss)",
                        description="Attack teacher and students from the same real base samples toward the same "
                                    "target classes (BSS attack) and compare the perturbations' lengths (MagSim) "
                                    "and directions (AngSim), weighted by p_n^k over pairs both models crossed.")
@@ -123,12 +123,12 @@ def add_commands(sub) -> None:
     b.add_argument("--targets", default="all", choices=["all", "sampled"],
                    help="all: every k ≠ b weighted by p_n^k; sampled: one k drawn ∝ p_n^k per base sample")
     b.add_argument("--selection", default="gap", choices=["gap", "random"],
-                   help="gap: largest Σ_k (p_T,k − p_S,k)² (METHODS §4); random: uniform among correct samples")
+                   help="gap: largest Σ_k (p_T,k − p_S,k)² (the paper's); random: uniform among correct samples")
     b.add_argument("--eta", type=float, default=METRIC_ATTACK.eta, help="attack step factor η")
     b.add_argument("--eps", type=float, default=METRIC_ATTACK.eps, help="attack overshoot ε")
     b.add_argument("--max-steps", type=int, default=METRIC_ATTACK.max_steps, help="attack step limit I")
     b.add_argument("--gradient-norm-power", type=int, default=2, choices=[1, 2],
-                   help="2: step / ||∇||² (METHODS); 1: step / ||∇|| (official BSS code)")
+                   help="2: step / ||∇||² (the paper's); 1: step / ||∇|| (official BSS code)")
     b.add_argument("--batch-size", type=int, default=1024)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto")

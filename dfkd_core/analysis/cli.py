@@ -186,7 +186,7 @@ def _common(p: argparse.ArgumentParser, samples: int, batch_size: int) -> None:
 
 
 def add_commands(sub) -> None:
-    c = sub.add_parser("cka", help="layer x layer CKA between a teacher and a student (METHODS §7)")
+    c = sub.add_parser("cka", help="layer x layer CKA between a teacher and a student (docs/methods.md#cka)")
     _common(c, 2000, 500)
     c.add_argument("--kernel", default="linear", choices=KERNELS,
                    help="the quantity: linear / rbf CKA, or either with the unbiased HSIC estimator")
@@ -206,7 +206,7 @@ def add_commands(sub) -> None:
                    help="resamples for the 95%% intervals: random halves of the inputs (0: none)")
     c.set_defaults(func=cmd_cka)
 
-    g = sub.add_parser("gradcam", help="Grad-CAM teacher vs students, per-image overlap (METHODS §6)")
+    g = sub.add_parser("gradcam", help="Grad-CAM teacher vs students, per-image overlap (docs/methods.md#grad-cam)")
     _common(g, 500, 100)
     g.add_argument("--students", nargs="+", help="more students compared on the same images")
     g.add_argument("--target", default="true", choices=TARGETS,

@@ -111,7 +111,7 @@ def cmd_continual(args, store) -> int:
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("synthesized images (DeepInversion, METHODS §1)")
+    g = p.add_argument_group("synthesized images (DeepInversion, docs/methods.md#model-inversion)")
     g.add_argument("--images", type=int, help="images to synthesize (default 1000)")
     g.add_argument("--inv-batch-size", type=int, help="images per inversion batch")
     g.add_argument("--inv-iterations", type=int, help="Adam steps per inversion batch")

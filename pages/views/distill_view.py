@@ -21,6 +21,7 @@ from dfkd_core.stats import Interval
 from dfkd_core.synthesis import SynthesisConfig
 from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, eta_text, fresh_model, get_store,
                                 live, open_checkpoint, require_job_slot, submit)
+from pages.views.methods_doc import section_link
 from pages.views.synthesis_view import ALPHAS, cached
 
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
@@ -39,13 +40,20 @@ class Weight:
     options: tuple = ()            # select_slider values; () = a number input
     minimum: int = 0
 
+    @property
+    def section(self) -> str:
+        """The section of docs/methods.md its help links to."""
+        if self.target == "synthesis" or self.name in ("images", "kd_steps_per_round"):
+            return "model-inversion"
+        return "generator" if self.name in ("generator_steps", "lambda_bn") else "knowledge-distillation"
+
 
 def _pool(cls) -> bool:
     return issubclass(cls, PoolKD)
 
 
 WEIGHTS = (
-    Weight("images", "images N", r"Images synthesized in total, one inverted batch per round (METHODS §1).", _pool,
+    Weight("images", "images N", r"Images synthesized in total, one inverted batch per round.", _pool,
            minimum=1),
     Weight("iterations", "inversion iterations T", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
            "synthesis", minimum=1),
@@ -66,7 +74,7 @@ WEIGHTS = (
     Weight("trajectory_kd_from", "trajectory KD from iteration k", r"From inversion iteration $k$ on, each "
            r"half-formed batch is also a KD batch ($-1$ = off).", _pool, "option", minimum=-1),
     Weight("generator_steps", "generator steps", r"Steps training $G(z|y)$ against the frozen teacher "
-           r"($L_G$, METHODS §2) before the student learns.", lambda c: issubclass(c, GeneratorKD)),
+           r"($L_G$) before the student learns.", lambda c: issubclass(c, GeneratorKD)),
     Weight("lambda_bn", "λ_bn · BN moment matching", r"$\lambda_{bn}$ in $L_G$: the generated batch's BN "
            r"statistics against the teacher's running ones.", lambda c: issubclass(c, GeneratorKD), options=ALPHAS),
     Weight("steps", "KD steps after synthesis", r"Student steps once the images exist; the progress bar counts "
@@ -138,10 +146,11 @@ def weights_of(config: DistillConfig) -> dict:
 def weight_widget(name: str, disabled: bool) -> None:
     w = WEIGHT[name]
     key = weight_key(name)
+    help = section_link(w.section)
     if w.options:
-        st.select_slider(w.label, w.options, key=key, disabled=disabled, format_func=lambda v: f"{v:g}")
+        st.select_slider(w.label, w.options, key=key, disabled=disabled, format_func=lambda v: f"{v:g}", help=help)
     else:
-        st.number_input(w.label, min_value=w.minimum, step=1, key=key, disabled=disabled)
+        st.number_input(w.label, min_value=w.minimum, step=1, key=key, disabled=disabled, help=help)
     st.caption(w.explanation)
 
 

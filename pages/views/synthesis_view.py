@@ -14,6 +14,7 @@ from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png,
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
 from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_store, live, open_checkpoint,
                                     require_job_slot, submit)
+from pages.views.methods_doc import section_link
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
 UNTRAINED = "untrained "  # student option prefix: a fresh model of the teacher's half-width student
@@ -24,7 +25,7 @@ ALPHAS = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.
 class Knob:
     name: str              # SynthesisConfig field ('pace' is the job manager's, not the method's)
     label: str
-    explanation: str       # one line, LaTeX in $...$ (METHODS §1)
+    explanation: str       # one line, LaTeX in $...$ (docs/methods.md, model inversion)
     options: tuple = ()    # select_slider values; () for a toggle
     live: bool = False     # may change while the job runs (job.update at the next step)
     fmt: str = "{:g}"
@@ -102,11 +103,13 @@ def knob_widget(name: str, running: bool, disabled: bool = False, on_live_change
     knob = KNOB[name]
     key = knob_key(name)
     locked = disabled or (running and not knob.live)
+    help = section_link("model-inversion")
     if knob.options:
         st.select_slider(knob.label, knob.options, key=key, disabled=locked, on_change=on_live_change,
-                         args=(name,), format_func=lambda v: "∞" if name == "pace" and v == 0 else knob.fmt.format(v))
+                         args=(name,), format_func=lambda v: "∞" if name == "pace" and v == 0 else knob.fmt.format(v),
+                         help=help)
     else:
-        st.toggle(knob.label, key=key, disabled=locked, on_change=on_live_change, args=(name,))
+        st.toggle(knob.label, key=key, disabled=locked, on_change=on_live_change, args=(name,), help=help)
     st.caption(knob.explanation)
 
 
