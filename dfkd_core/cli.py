@@ -12,6 +12,7 @@ from dfkd_core.data import DATASETS, DatasetMissingError, load_split
 from dfkd_core.jobs import Event, Job
 from dfkd_core.models import CheckpointError, describe_model, list_models, load_checkpoint
 from dfkd_core.runs import RunStillRunningError, RunStore, UnknownRunError
+from dfkd_core.stats import Interval
 
 EXIT = {"done": 0, "failed": 1, "cancelled": 130}
 
@@ -111,12 +112,22 @@ def cmd_runs(args, store: RunStore) -> int:
     key_metrics = ("test_accuracy", "teacher_accuracy", "student_accuracy", "bn_distance_end", "ratio")
     print(f"{'id':36} {'kind':10} {'status':11} {'dataset':14} {'method':16} {'teacher':22} metrics")
     for r in records:
-        shown = " ".join(f"{k}={r.summary[k]:.4g}" for k in key_metrics
+        shown = " ".join(_metric_text(k, r.summary) for k in key_metrics
                          if isinstance(r.summary.get(k), (int, float)))
         teacher = (r.teacher or "-")[-22:]
         print(f"{r.id:36} {r.kind:10} {r.status:11} {r.dataset or '-':14} {r.method or '-':16} {teacher:22} "
               f"{shown}")
     return 0
+
+
+def _metric_text(key: str, summary: dict) -> str:
+    """'student_accuracy=0.8605[0.8537,0.8672]' when the run stored the metric's 95% interval, else the value."""
+    stored = summary.get(f"{key}_ci")
+    if isinstance(stored, dict):
+        ci = Interval.from_dict(stored)
+        if ci.defined:
+            return f"{key}={summary[key]:.4g}[{ci.low:.4g},{ci.high:.4g}]"
+    return f"{key}={summary[key]:.4g}"
 
 
 def cmd_models(args, store: RunStore) -> int:

@@ -1,4 +1,5 @@
 import json
+import re
 
 from dfkd_core.cli import main
 
@@ -12,6 +13,9 @@ def test_cli_train_synthesize_list(tmp_path, capsys):
     assert main(["--home", home, "--quiet", "synthesize", "--teacher", teacher_id, "--iterations", "5",
                  "--batch-size", "20", "--alpha-tv", "0.01", "--targets", "1,2"]) == 0
     capsys.readouterr()
+    assert main(["--home", home, "runs"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"test_accuracy=0\.\d+\[0\.\d+,(0\.\d+|1)\]", table)   # the teacher's accuracy with its interval
     assert main(["--home", home, "runs", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     synth = next(r for r in runs if r["kind"] == "synthesis")
