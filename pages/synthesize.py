@@ -8,6 +8,8 @@ from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_
 from pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
                                             init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
                                             start_inversion, student_options)
+from pages.views.compare_view import compare_panel
+from pages.views.inspect_view import inspect_batch
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -107,8 +109,14 @@ def start() -> ModelInversion:
 
 
 start_stop_buttons(job, start)
+compare_panel(teacher_run, bn, lambda: config_from_knobs(st.session_state["preset"],
+                                                         sorted(st.session_state.get("synth_targets") or [])),
+              st.session_state[knob_key("pace")], running)
 if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
             "watch the batch turn from noise into images the teacher recognizes.")
     render_idle(teacher_run)
 render_live(job)
+if job is not None and not job.running and job.run_record is not None and hasattr(job, "x"):
+    st.subheader("Inspect one image")
+    inspect_batch(job.images(), job.targets.tolist(), job.run_record.record().teacher, job.dataset, "synth_inspect")

@@ -110,3 +110,22 @@ def test_boundaries_compare_starts_on_the_first_click_after_picking_a_student(tm
         while not store.list(kind="analysis") and time.time() < deadline:
             time.sleep(0.2)
         assert store.list(kind="analysis"), "the first click on Compare started nothing"
+
+
+def test_compare_live_shows_both_syntheses_forming_side_by_side(tmp_path, digits_teacher):
+    """One click on Compare: DeepDream and DeepInversion from the same noise, two grids and the per-layer BN chart."""
+    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
+    with chromium_page() as page, serve_app(tmp_path) as url:
+        page.goto(url + "/synthesize")
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.get_by_role("strong").filter(has_text="A: DeepDream").wait_for(timeout=30_000)
+        page.get_by_role("strong").filter(has_text="B: DeepInversion").wait_for(timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 2",
+                               timeout=30_000)
+        page.get_by_text("BN distance per layer").first.wait_for(timeout=30_000)
+        assert "compare=" in page.url   # a reload reattaches to the pair
+        stop = page.get_by_role("button", name="Stop both")
+        if stop.is_enabled():
+            stop.click()
+        assert page_not_found(page).count() == 0

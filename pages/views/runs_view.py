@@ -15,6 +15,7 @@ from dfkd_core.runs import RunRecord
 from pages.views.common import get_store, open_checkpoint
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.distill_view import result_row, show_results
+from pages.views.inspect_view import inspect_batch
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
                "ratio", "steps", "elapsed_s")
@@ -77,7 +78,13 @@ def show_run(record: RunRecord, key: str, compact: bool = False) -> None:
     st.caption(f"{record.id} · {record.kind} · **{record.status}** · {record.created_str}")
     if record.error:
         (st.warning if record.status == "cancelled" else st.error)(f"{record.status}: {record.error}")
-    show_images(record, key)
+    inspectable = record.kind == "synthesis" and not compact and (record.dir / "images.pt").is_file()
+    # A toggle, not an expander: the diagnosis is computed only when asked; its clickable grid replaces the plain one.
+    if inspectable and st.toggle("Inspect one image: the teacher's probabilities, its share of the BN mismatch, its "
+                                 "nearest real images", key=f"inspect_on_{key}"):
+        inspect_stored(record, key)
+    else:
+        show_images(record, key)
     history, updates = history_of(record)
     if record.kind == "distill" and record.summary.get("curve") and not compact:
         show_student_comparison([record], key=key)
@@ -94,6 +101,17 @@ def show_run(record: RunRecord, key: str, compact: bool = False) -> None:
     for col, (name, mime) in zip(st.columns(max(3, len(files))), files):
         col.download_button(f"⬇ {name}", (record.dir / name).read_bytes(), file_name=f"{record.id}-{name}",
                             mime=mime, key=f"dl_{name}_{key}", on_click="ignore")
+
+
+def inspect_stored(record: RunRecord, key: str) -> None:
+    try:
+        open_checkpoint(record.teacher)
+    except (FileNotFoundError, CheckpointError, KeyError, TypeError) as e:   # its teacher was deleted since
+        st.info(f"The teacher of this run is no longer in the run store, so its images cannot be inspected: {e}")
+        return
+    saved = torch.load(record.dir / "images.pt", map_location="cpu", weights_only=True)
+    inspect_batch(saved["images"].float(), saved["targets"].tolist(), record.teacher,
+                  DatasetInfo.from_dict(saved["dataset"]), f"inspect_{key}")
 
 
 def distill_runs(records: list[RunRecord]) -> list[RunRecord]:

@@ -132,9 +132,10 @@ def student_options(teacher_run: str) -> list[str]:
         return []
 
 
-def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: str | None, pace: float
-                    ) -> ModelInversion:
-    """Create the synthesis run and submit its job; raises ValueError / JobLimitError with a message to show."""
+def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: str | None, pace: float,
+                    origin: str = "app") -> ModelInversion:
+    """Create the synthesis run and submit its job; raises ValueError / JobLimitError with a message to show.
+    `origin` ends the run's name ('app', 'compare A'...)."""
     require_job_slot()
     store, teacher = get_store(), open_checkpoint(teacher_run)
     student, student_name = None, None
@@ -148,7 +149,7 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
     job = ModelInversion(fresh_model(teacher_run), teacher.dataset, config, student=student)  # validates first
     run = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path, "student": student_name},
                        teacher=teacher_run, method=config.method, dataset=teacher.dataset.name,
-                       name=f"{config.title()} · {teacher.name} · {time.strftime('%H:%M')} (app)")
+                       name=f"{config.title()} · {teacher.name} · {time.strftime('%H:%M')} ({origin})")
     job.run_record = run
     submit(job, run, label=f"{PRESET_NAMES[config.method]} on {teacher.dataset.name}", steps_per_second=pace or None,
            snapshot_interval_s=SNAPSHOT_SECONDS)

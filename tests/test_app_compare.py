@@ -1,0 +1,54 @@
+"""Synthesize's live comparison of two settings, and the one-image inspection (Synthesize and Runs pages)."""
+import json
+
+from test_app import app, button, elements, home, teacher_home, wait  # noqa: F401 (fixtures)
+
+from pages.views.synthesis_view import knob_key
+
+
+def test_one_click_compares_deepdream_and_deepinversion_from_the_same_noise(teacher_home):
+    at = app()
+    at.sidebar.select_slider(key=knob_key("iterations")).set_value(50)
+    at.sidebar.select_slider(key=knob_key("pace")).set_value(0).run()
+    assert at.selectbox(key="compare_a").value == "deepdream" and at.selectbox(key="compare_b").value == "deepinversion"
+    button(at, "Compare").click().run()
+    assert not at.error, at.error[0].value
+    from pages.views.common import get_job_manager
+    ids = at.query_params["compare"][0].split(",") if isinstance(at.query_params["compare"], list) \
+        else at.query_params["compare"].split(",")
+    jobs = [get_job_manager().get(i) for i in ids]
+    assert [j.config.alpha_f for j in jobs] == [0.0, 1.0]
+    assert jobs[0].config.seed == jobs[1].config.seed and jobs[0].config.batch_size == jobs[1].config.batch_size
+    for job in jobs:
+        assert job.wait(120) == "done", job.error
+    at.run()
+    assert not at.exception
+    assert len(elements(at, "image")) == 2   # the two grids, side by side
+    charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
+    grouped = [f for f in charts if f["layout"].get("barmode") == "group"]
+    assert grouped and len(grouped[0]["data"]) == 2   # BN distance per layer, one bar series per run
+    said = " ".join(c.value for c in at.caption)
+    assert "only α_f differs" in said and "/methods#model-inversion" in said
+    names = sorted(r.name for r in teacher_home.list(kind="synthesis"))
+    assert names[0].endswith("(compare A)") and names[1].endswith("(compare B)")
+    final = {j.config.method: j.history[-1]["bn_distance"] for j in jobs}
+    assert final["deepinversion"] < final["deepdream"]   # what the caption tells the user to look at
+
+
+def test_a_finished_run_offers_one_image_for_inspection(teacher_home):
+    at = app()
+    at.sidebar.select_slider(key=knob_key("iterations")).set_value(50)
+    at.sidebar.select_slider(key=knob_key("pace")).set_value(0).run()
+    button(at, "Start").click().run()
+    from pages.views.common import get_job_manager
+    job = get_job_manager().get(at.query_params["job"] if isinstance(at.query_params["job"], str)
+                                else at.query_params["job"][0])
+    assert job.wait(120) == "done", job.error
+    at.run()
+    assert any(s.value == "Inspect one image" for s in at.subheader)
+    at.number_input(key="synth_inspect_index").set_value(7).run()
+    assert not at.exception
+    charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
+    titles = [str(f["layout"].get("title", {}).get("text", "")) for f in charts]
+    assert any("teacher's probabilities" in t for t in titles) and any("share of each BN layer" in t for t in titles)
+    assert any("among all 1,437 training images" in c.value for c in at.caption)   # digits: every image searched
