@@ -8,6 +8,7 @@ from pages.views.applications_view import (EXPLANATIONS, KINDS, NEW_POOL, contin
                                            start_compression, start_continual, stored_runs, synthesis_widgets)
 from pages.views.common import (attached_job, describe_run, get_store, keep_widget_state, open_checkpoint,
                                 start_stop_buttons, teacher_or_stop)
+from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -15,7 +16,7 @@ hand_over_to_app()
 st.title("Applications")
 keep_widget_state(key("kind"), key("teacher"), key("pool"), key("open"))
 kind = st.radio("Application", list(KINDS), format_func=KINDS.get, horizontal=True, key=key("kind"))
-st.caption(EXPLANATIONS[kind])
+st.caption(EXPLANATIONS[kind] + " " + section_link("applications"))
 job = attached_job(kind)
 running = job is not None and job.running
 
