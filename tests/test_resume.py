@@ -212,7 +212,7 @@ def test_resume_refuses_what_it_cannot_continue(digits_teacher, store):
     with pytest.raises(SystemExit, match="has no resume.pt"):
         main([*home, "--resume", stopped.id])
     stopped.path(RESUME_FILE).write_bytes(b"half a file")
-    with pytest.raises(SystemExit, match="cannot be read"):
+    with pytest.raises(SystemExit, match="not a readable resume checkpoint"):
         main([*home, "--resume", stopped.id])
     with pytest.raises(SystemExit, match="no run 'no-such-run'"):
         main([*home, "--resume", "no-such-run"])

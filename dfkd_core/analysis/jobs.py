@@ -20,6 +20,7 @@ from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo, load_split
 from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.jobs import Job
+from dfkd_core.models import CheckpointError, load_tensors
 from dfkd_core.runs import atomic_torch_save, atomic_write_text
 
 GRADCAM_MAPS_KEPT = 16   # images whose maps are saved for display; scores are kept for all
@@ -48,8 +49,13 @@ def _synthesized(inputs: str, info: DatasetInfo, store) -> dict:
     path = run.path("images.pt")
     if not path.exists():
         raise FileNotFoundError(f"run {run.id} has no images.pt; --inputs takes 'real' or a synthesis run id")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    saved = payload.get("dataset", {}).get("name")
+    try:
+        payload = load_tensors(path, "image pool")
+    except CheckpointError as e:   # a damaged or foreign file: our sentence, not torch's
+        raise ValueError(str(e)) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("images"), torch.Tensor):
+        raise ValueError(f"{path} holds no 'images' tensor; --inputs takes 'real' or a synthesis run id")
+    saved = (payload.get("dataset") or {}).get("name")
     if saved and saved != info.name:
         raise ValueError(f"run {run.id} holds {saved} images but the teacher was trained on {info.name}")
     return payload

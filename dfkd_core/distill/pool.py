@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from dfkd_core.data import DatasetInfo
+from dfkd_core.models import CheckpointError, load_tensors
 from dfkd_core.runs import atomic_torch_save
 
 
@@ -46,9 +47,9 @@ class SyntheticPool:
         """Load an images.pt written by a synthesis or distillation run and check it fits `dataset`."""
         path = Path(path)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for a damaged or foreign file
-            raise PoolError(f"{path} is not a readable image pool: {str(e).splitlines()[0][:200]}") from e
+            payload = load_tensors(path, "image pool")
+        except CheckpointError as e:   # our sentence for a damaged, foreign or unsafe file
+            raise PoolError(str(e)) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("images"), torch.Tensor):
             raise PoolError(f"{path} holds no 'images' tensor; expected the images.pt of a synthesis run")
         images = payload["images"].float()

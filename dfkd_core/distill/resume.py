@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from dfkd_core.config import Config
+from dfkd_core.models import CheckpointError, load_tensors
 from dfkd_core.runs import atomic_write_text
 
 RESUME_FILE = "resume.pt"
@@ -62,9 +63,9 @@ def load_resume_state(record) -> dict:
         raise ResumeError(f"run {record.id} has no {RESUME_FILE}: it stopped before its first progress save (or "
                           "was made by an older version), so start it again")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise ResumeError(f"{path} cannot be read ({str(e).splitlines()[0][:200]}); start the run again") from e
+        state = load_tensors(path, "resume checkpoint")
+    except CheckpointError as e:   # our sentence for a damaged or unsafe file
+        raise ResumeError(f"{e} Start the run again.") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise ResumeError(f"{path} is not a resume checkpoint of this version of dfkd studio; start the run again")
     return state
