@@ -69,7 +69,7 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert table["student acc"][0] == pytest.approx(summary["student_accuracy"])
     assert table["teacher acc"][0] == pytest.approx(summary["teacher_accuracy"])
     assert table["images"][0] == 40
-    assert len(elements(at, "plotly_chart")) == 3 and elements(at, "image")  # 2 accuracy curves, KD loss; grid
+    assert len(elements(at, "plotly_chart")) == 4 and elements(at, "image")  # 2 accuracy curves, KD loss, per class
     total = job.method.total_steps()
     assert at.get("progress")[0].proto.text.startswith(f"**done** · step {total:,} of {total:,} · done")
     plan = next(c.value for c in at.caption if " steps = " in c.value)   # one step count, its parts explained
@@ -190,3 +190,16 @@ def test_a_deep_link_to_distill_on_an_empty_store_offers_the_starter_teacher(hom
     at.run()
     assert "starter" in at.sidebar.selectbox(key="distill_teacher").format_func(
         at.sidebar.selectbox(key="distill_teacher").value)
+
+
+def test_the_live_view_shows_accuracy_per_class_teacher_beside_student(teacher_home):
+    at = app(PAGE)
+    set_numbers(at, TINY)
+    button(at, "Start").click().run()
+    job = job_of(at)
+    assert job.wait(120) == "done", job.error
+    at.run()
+    assert len(job.per_class["teacher"]) == len(job.per_class["student"]) == 10
+    charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
+    per_class = [f for f in charts if "per class" in str(f["layout"].get("title", {}).get("text", ""))]
+    assert per_class and [t["name"] for t in per_class[0]["data"]] == ["teacher", "student"]

@@ -32,6 +32,13 @@ def accuracy_summary(hits: dict[str, torch.Tensor]) -> dict:
     return {**summary, "ratio": ratio.estimate, "ratio_ci": ratio.to_dict()}
 
 
+def per_class_accuracy(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Accuracy among the images of each class (NaN for a class with no image)."""
+    hits, labels = hits.bool().cpu(), labels.cpu()
+    return [float(hits[labels == k].float().mean()) if bool((labels == k).any()) else float("nan")
+            for k in range(num_classes)]
+
+
 def save_test_hits(directory: Path, hits: dict[str, torch.Tensor], labels: torch.Tensor, dataset: str) -> Path:
     """Per-image hits (bool) of each model on the real test set, with the labels that identify the images."""
     return atomic_torch_save({"dataset": dataset, "labels": labels.cpu(),
@@ -62,4 +69,5 @@ def compare_students_accuracy(run_a, run_b, model_a: str = "student", model_b: s
     return paired_difference_interval(a["hits"][model_a], b["hits"][model_b])
 
 
-__all__ = ["TEST_HITS_FILE", "accuracy_summary", "compare_students_accuracy", "load_test_hits", "save_test_hits"]
+__all__ = ["TEST_HITS_FILE", "accuracy_summary", "compare_students_accuracy", "load_test_hits", "per_class_accuracy",
+           "save_test_hits"]

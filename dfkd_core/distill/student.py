@@ -14,13 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dfkd_core.data import DatasetInfo, ImageSplit
+from dfkd_core.data import DatasetInfo
 from dfkd_core.device import autocast, prepare_input
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.resume import clone_state
 from dfkd_core.jobs import check_finite
 from dfkd_core.losses import cross_entropy_loss, kd_loss
-from dfkd_core.training import evaluate
 
 ExtraTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -136,6 +135,3 @@ class StudentTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.steps_done = state["steps_done"]
-
-    def evaluate(self, split: ImageSplit) -> float:
-        return evaluate(self.student, split, self.device)["accuracy"]

@@ -96,3 +96,17 @@ def student_accuracy_figure(summaries: Mapping[str, Mapping], height: int = 320)
                          legend={"orientation": "h", "y": -0.3})
     figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
     return figure
+
+
+def per_class_accuracy_figure(per_class: Mapping[str, Sequence[float]], class_names: Sequence[str],
+                              height: int = 280) -> go.Figure:
+    """Accuracy per class on the held-out real images, teacher beside student (`DistillJob.per_class`)."""
+    figure = go.Figure()
+    for name, colour in (("teacher", "#888888"), ("student", PALETTE[0])):
+        if name in per_class:
+            figure.add_trace(go.Bar(x=list(class_names), y=list(per_class[name]), name=name, marker_color=colour,
+                                    hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}}<extra></extra>"))
+    figure.update_layout(barmode="group", height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                         title="accuracy per class, held-out real test images", legend={"orientation": "h", "y": -0.3})
+    figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    return figure

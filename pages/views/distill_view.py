@@ -16,6 +16,7 @@ from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, defaul
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
+from dfkd_core.plots.distill import per_class_accuracy_figure
 from dfkd_core.runs import RunRecord
 from dfkd_core.stats import Interval
 from dfkd_core.synthesis import SynthesisConfig
@@ -307,6 +308,11 @@ def render_curves(job: DistillJob) -> None:
     right.plotly_chart(cached("distill_acc_steps", version, lambda: accuracy_curves_figure(
         {"student": curve}, "student_steps", teacher)), key="live_acc_steps")
     st.plotly_chart(cached("distill_kd", version, lambda: kd_loss_figure(history)), key="live_kd")
+    per_class = getattr(job, "per_class", None)
+    if per_class and "student" in per_class:
+        names = job.dataset.class_names or [str(k) for k in range(job.dataset.num_classes)]
+        st.plotly_chart(cached("distill_classes", (job.id, len(curve)),
+                               lambda: per_class_accuracy_figure(per_class, names)), key="live_classes")
 
 
 def render_live(job: DistillJob | None) -> None:
