@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from dfkd_core.applications.quantization import OBSERVERS
 from dfkd_core.applications.report import format_results
 from dfkd_core.cli import main as dfkd
 from dfkd_core.runs import RunStore
@@ -57,20 +58,22 @@ def inversion_flags(args) -> list[str]:
 
 
 def quantization(args, pool: str | None) -> tuple[list[dict], str, str]:
-    """Every seed at every activation width; the first run synthesizes the pool when none is given."""
+    """Every seed at every activation observer and width; the first run synthesizes the pool when none is given."""
     runs, lines = [], []
-    for bits in args.activation_bits:
-        model = "int8" if bits == 8 else f"int8, {bits}-bit activations"
-        for seed in args.seeds:
-            source = ["--pool", pool] if pool else ["--images", str(args.images), *inversion_flags(args)]
-            runs.append(run(args.home, ["quantize", "--teacher", args.teacher, *source, "--seed", str(seed),
-                                        "--calibration-images", str(args.calibration_images), "--activation-bits",
-                                        str(bits)]))
-            pool = pool or runs[0]["run"]
-        done = runs[-len(args.seeds):]
-        real = [difference(r, f"{model}: synthetic − real") for r in done]
-        noise = [difference(r, f"{model}: synthetic − noise") for r in done]
-        lines.append(f"{model}: synthetic − real {spread(real, ' pt')}; synthetic − noise {spread(noise, ' pt')}")
+    for observer in args.observers:
+        for bits in args.activation_bits:
+            model = "int8" if bits == 8 else f"int8, {bits}-bit activations"
+            for seed in args.seeds:
+                source = ["--pool", pool] if pool else ["--images", str(args.images), *inversion_flags(args)]
+                runs.append(run(args.home, ["quantize", "--teacher", args.teacher, *source, "--seed", str(seed),
+                                            "--calibration-images", str(args.calibration_images),
+                                            "--activation-bits", str(bits), "--observer", observer]))
+                pool = pool or runs[0]["run"]
+            done = runs[-len(args.seeds):]
+            real = [difference(r, f"{model}: synthetic − real") for r in done]
+            noise = [difference(r, f"{model}: synthetic − noise") for r in done]
+            lines.append(f"{model} ({observer}): synthetic − real {spread(real, ' pt')}; "
+                         f"synthetic − noise {spread(noise, ' pt')}")
     return runs, "; ".join(lines), pool
 
 
@@ -115,6 +118,8 @@ def main(argv=None) -> None:
     p.add_argument("--calibration-images", type=int, default=512)
     p.add_argument("--activation-bits", type=int, nargs="+", default=[8, 4],
                    help="int8 at 8; fewer activation levels show where the calibration images matter")
+    p.add_argument("--observers", nargs="+", choices=OBSERVERS, default=list(OBSERVERS),
+                   help="activation observers: minmax (the papers' calibration) and histogram (torch's default)")
     p.add_argument("--keep-flops", default="0.75,0.5,0.25")
     p.add_argument("--target-keep", type=float, default=0.5)
     p.add_argument("--finetune-steps", type=int, default=200)

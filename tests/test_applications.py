@@ -10,12 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.ao.quantization.observer import ObserverBase
 
 from dfkd_core.applications import (ContinualConfig, ContinualJob, PruningConfig, PruningJob, QuantizationConfig,
                                     QuantizationJob, recalibrate_bn_statistics)
 from dfkd_core.applications.common import RESULTS_FILE, synthesize_into, trainable_copy
 from dfkd_core.applications.continual import grow_head, replay_kd_loss
 from dfkd_core.applications.report import format_results
+from dfkd_core.applications.quantization import prepare_int8
 from dfkd_core.applications.pruning import (bn_scale_importance, prune_to_flops, taylor_fo_bn_term,
                                             taylor_importance)
 from dfkd_core.applications.surgery import channel_groups, count_macs, registered_copy
@@ -160,9 +162,23 @@ def test_pruning_job_reports_every_variant_and_fine_tuning_recovers(digits_teach
     assert kept.name == "pruned" and kept.model_cfg["base"] == "bncnn3_w32"
 
 
-def test_quantization_synthetic_calibration_beats_noise(digits_teacher, digits_pool, store):
+def test_observer_choice_puts_torch_aos_observers_on_the_activations(digits_teacher):
+    from torch.ao.quantization import HistogramObserver, MinMaxObserver
+    images = torch.randn(20, 1, 8, 8) * 2
+    for observer, kind, bits, levels in (("minmax", MinMaxObserver, 8, 127), ("histogram", HistogramObserver, 8, 127),
+                                         ("minmax", MinMaxObserver, 4, 15)):
+        prepared = prepare_int8(digits_teacher.model, EXAMPLE, "x86", bits, observer)
+        observers = [m for m in prepared.modules() if isinstance(m, ObserverBase)]   # FX: activations only
+        assert observers and all(type(m) is kind and m.quant_max == levels for m in observers)   # x86: reduce_range
+    prepared(images)
+    first = observers[0]   # the input's observer: min/max over every calibration image, nothing clipped
+    assert first.min_val == images.min() and first.max_val == images.max()
+
+
+@pytest.mark.parametrize("observer", ["minmax", "histogram"])
+def test_quantization_synthetic_calibration_beats_noise(digits_teacher, digits_pool, store, observer):
     # 3-bit activation ranges: on 8x8 digits, int8 forgives any calibration; coarser levels show the ordering.
-    config = QuantizationConfig(calibration_images=200, activation_bits=3, latency_rounds=3)
+    config = QuantizationConfig(calibration_images=200, activation_bits=3, latency_rounds=3, observer=observer)
     results = run_job(QuantizationJob(teacher_copy(digits_teacher), config, pool=digits_pool), store, "quantize")
     model = "int8, 3-bit activations"
     synthetic = row(results, model=model, calibration="synthetic")
@@ -171,6 +187,7 @@ def test_quantization_synthetic_calibration_beats_noise(digits_teacher, digits_p
     assert synthetic["size_bytes"] < row(results, model="fp32")["size_bytes"] / 2
     recalibrated = {r["calibration"]: r["accuracy"] for r in results["rows"] if r["model"] == "fp32, BN recalibrated"}
     assert recalibrated["synthetic"] > recalibrated["noise"]
+    assert synthetic["observer"] == observer and results["config"]["observer"] == observer
     names = {c["comparison"] for c in results["comparisons"]}
     assert f"{model}: synthetic − noise" in names and f"{model} (synthetic) − fp32" in names
 
@@ -207,6 +224,7 @@ def test_a_stopped_job_keeps_its_rows_and_says_so(digits_teacher, digits_pool, s
     (PruningConfig(criteria=["l1"]), "criteria must be distinct names"),
     (QuantizationConfig(activation_bits=1), "activation_bits must be in 2..8"),
     (QuantizationConfig(sources=[]), "sources must be distinct names"),
+    (QuantizationConfig(observer="l2"), "observer must be one of"),
     (ContinualConfig(new_steps=0), "new_steps"),
     (ContinualConfig(synthesis={"alpha_q": 1}), "unknown inversion setting"),
 ])
@@ -239,8 +257,10 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
                  "--latency-rounds", "3"]) == 0
     assert "| bn_scale | " in capsys.readouterr().out
     assert main([*common, "quantize", "--teacher", digits_teacher.path, "--pool", digits_pool.source,
-                 "--calibration-images", "64", "--no-bn-recalibration", "--latency-rounds", "3"]) == 0
-    assert "int8: synthetic − noise" in capsys.readouterr().out
+                 "--calibration-images", "64", "--no-bn-recalibration", "--latency-rounds", "3", "--observer",
+                 "histogram"]) == 0
+    out = capsys.readouterr().out
+    assert "int8: synthetic − noise" in out and "| int8 | synthetic | histogram | yes | 64 |" in out
     assert main([*common, "continual", "--old-steps", "20", "--new-steps", "10", "--images", "20",
                  "--inv-iterations", "5"]) == 0
     assert "| replay | yes |" in capsys.readouterr().out
@@ -276,6 +296,7 @@ def test_applications_page_runs_a_quantization_and_shows_its_table_and_figure(te
     at.radio(key="apps_kind").set_value("quantize").run()
     for name, value in (("images", 40), ("iterations", 10), ("calibration_images", 64)):
         at.sidebar.number_input(key=f"apps_{name}").set_value(value)
+    at.sidebar.radio(key="apps_observer").set_value("histogram")
     at.run()
     button(at, "Start").click().run()
     assert not at.error, at.error[0].value
@@ -285,7 +306,7 @@ def test_applications_page_runs_a_quantization_and_shows_its_table_and_figure(te
     assert not at.exception
     record = teacher_home.list("quantize")[0]
     assert record.status == "done" and record.teacher == teacher_home.teacher_id
-    assert "| int8 | synthetic | yes | 40 |" in " ".join(m.value for m in at.markdown)
+    assert "| int8 | synthetic | histogram | yes | 40 |" in " ".join(m.value for m in at.markdown)
     assert "used all 40 pool images" in at.warning[0].value   # fewer than asked: said where the result is shown
     assert len(elements(at, "plotly_chart")) == 1
 

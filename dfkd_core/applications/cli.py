@@ -8,7 +8,7 @@ import sys
 from dfkd_core.applications import surgery  # noqa: F401  (registers the `pruned` model: pruned checkpoints load)
 from dfkd_core.applications.continual import ContinualConfig
 from dfkd_core.applications.pruning import CRITERIA, PruningConfig
-from dfkd_core.applications.quantization import SOURCES, QuantizationConfig
+from dfkd_core.applications.quantization import OBSERVERS, SOURCES, QuantizationConfig
 from dfkd_core.applications.report import format_results
 from dfkd_core.data import DATASETS
 
@@ -84,7 +84,8 @@ def cmd_prune(args, store) -> int:
 
 
 def cmd_quantize(args, store) -> int:
-    values = _settings(args, (*COMPRESSION, "calibration_images", "calibration_batch", "backend", "activation_bits"))
+    values = _settings(args, (*COMPRESSION, "calibration_images", "calibration_batch", "backend", "activation_bits",
+                              "observer"))
     config = QuantizationConfig(sources=_words(args.sources),
                                 bn_recalibration=not args.no_bn_recalibration, **values)
     from dfkd_core.applications.quantization import QuantizationJob
@@ -153,6 +154,9 @@ def add_commands(sub) -> None:
     q.add_argument("--calibration-batch", type=int)
     q.add_argument("--backend", help="torch.backends.quantized engine (default: the current one)")
     q.add_argument("--activation-bits", type=int, help="2..8: activation levels 2^bits (default 8)")
+    q.add_argument("--observer", choices=OBSERVERS,
+                   help="activation ranges: minmax (ZeroQ, The Knowledge Within; default) or histogram (torch's "
+                        "backend default, clips outliers)")
     q.add_argument("--no-bn-recalibration", action="store_true", help="skip the BN-statistics-only rows")
     q.set_defaults(func=cmd_quantize)
 

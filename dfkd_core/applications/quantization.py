@@ -7,9 +7,15 @@ the activation ranges calibrated on
     real        real training images (the reference, not data-free)
     noise       x ~ N(0, 1) in the normalized input space (where inversion starts; data-free, the lower bound)
 
-the same number of images from each. The observers are the backend's default QConfigMapping (x86: per-channel
-symmetric int8 weights; activations by a HistogramObserver whose range minimizes the L2 error of quantizing the
-histogram it saw), so what changes between rows is only the images the ranges were estimated from.
+the same number of images from each. Weights keep the backend's default observer (x86: per-channel symmetric int8);
+the activation ranges come from one of torch.ao's observers (`observer`):
+
+    minmax      MinMaxObserver: [min, max] of every activation over all calibration images, as ZeroQ and The
+                Knowledge Within calibrate (the default: the protocol the data-free calibration claims were made with)
+    histogram   the backend default's HistogramObserver: the range that minimizes the L2 error of quantizing the
+                histogram it saw, which clips outliers and so forgives almost any calibration images
+
+so what changes between rows is only the images the ranges were estimated from.
 
 BN-statistics-only recalibration (Yin et al. 2020 match these statistics; Haroush et al. read them as a measure of
 data similarity): every BN layer's running mean and variance of the fp32 teacher re-estimated on each source, no
@@ -31,6 +37,7 @@ from dfkd_core.applications.common import (CompressionConfig, CompressionJob, ac
                                            recalibrate_bn_statistics, serialized_size_bytes)
 
 SOURCES = ("synthetic", "real", "noise")
+OBSERVERS = ("minmax", "histogram")
 DATA_FREE = {"synthetic": True, "real": False, "noise": True}
 CPU = torch.device("cpu")
 
@@ -42,6 +49,7 @@ class QuantizationConfig(CompressionConfig):
     calibration_batch: int = 64
     backend: str = ""                 # torch.backends.quantized engine; "" = the current one (x86 on this machine)
     activation_bits: int = 8          # < 8: activation ranges of 2^bits levels (int8 kernels), where calibration bites
+    observer: str = "minmax"          # activation observer, one of OBSERVERS (weights: the backend's default)
     bn_recalibration: bool = True     # also report the fp32 teacher with BN statistics re-estimated on each source
 
     def validate(self) -> None:
@@ -55,38 +63,65 @@ class QuantizationConfig(CompressionConfig):
                              f"and {self.calibration_batch}")
         if not 2 <= self.activation_bits <= 8:
             raise ValueError(f"activation_bits must be in 2..8, got {self.activation_bits}")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {list(OBSERVERS)}, got '{self.observer}'")
         engines = torch.backends.quantized.supported_engines
         if self.backend and self.backend not in engines:
             raise ValueError(f"quantization backend '{self.backend}' is not available here; choose one of {engines}")
 
 
-def fx_quantization_config(backend: str, activation_bits: int = 8):
-    """The backend's default QConfigMapping; with activation_bits < 8 the activation observer (the same
-    HistogramObserver) spreads its range over 2^bits levels [0, 2^bits − 1] instead of 256: coarser activations
-    make the calibrated range matter more, as at the 4-bit settings of Haroush et al. and ZeroQ."""
-    from torch.ao.quantization import (QConfig, HistogramObserver, default_per_channel_weight_observer,
-                                       get_default_qconfig_mapping)
-    mapping = get_default_qconfig_mapping(backend)
+def activation_observer(default, observer: str, activation_bits: int):
+    """The activation observer factory replacing the backend default's `default` (a HistogramObserver): the same
+    class for 'histogram', MinMaxObserver for 'minmax', with the default's settings (x86: reduce_range, 128 levels)
+    at 8 bits, and 2^bits levels [0, 2^bits − 1] below (coarser activations make the calibrated range matter more,
+    as at the 4-bit settings of Haroush et al. and ZeroQ)."""
+    from torch.ao.quantization import HistogramObserver, MinMaxObserver
+    settings = dict(default.p.keywords) if hasattr(default, "p") else {}
     if activation_bits < 8:
-        activation = HistogramObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=2 ** activation_bits - 1)
-        mapping.set_global(QConfig(activation=activation, weight=default_per_channel_weight_observer))
+        settings = {"dtype": torch.quint8, "quant_min": 0, "quant_max": 2 ** activation_bits - 1}
+    return {"histogram": HistogramObserver, "minmax": MinMaxObserver}[observer].with_args(**settings)
+
+
+def _observer_class(factory) -> type:
+    """The class an observer factory (a bare class or torch.ao's `with_args` partial) builds."""
+    return factory.p.func if hasattr(factory, "p") else factory
+
+
+def fx_quantization_config(backend: str, activation_bits: int = 8, observer: str = "minmax"):
+    """The backend's default QConfigMapping with every HistogramObserver on activations (the global entry and the
+    per-op ones) replaced by `activation_observer`; weight observers and fixed-range ops (sigmoid, softmax) keep the
+    default's."""
+    from torch.ao.quantization import HistogramObserver, QConfig, get_default_qconfig_mapping
+    mapping = get_default_qconfig_mapping(backend)
+
+    def replaced(qconfig):
+        if qconfig is None or _observer_class(qconfig.activation) is not HistogramObserver:
+            return qconfig
+        return QConfig(activation=activation_observer(qconfig.activation, observer, activation_bits),
+                       weight=qconfig.weight)
+    mapping.set_global(replaced(mapping.global_qconfig))
+    for kind, qconfig in list(mapping.object_type_qconfigs.items()):
+        mapping.set_object_type(kind, replaced(qconfig))
     return mapping
 
 
-def prepare_int8(model: nn.Module, example: torch.Tensor, backend: str, activation_bits: int = 8) -> nn.Module:
+def prepare_int8(model: nn.Module, example: torch.Tensor, backend: str, activation_bits: int = 8,
+                 observer: str = "minmax") -> nn.Module:
     """An fp32 copy of `model` (CPU, eval) traced by torch.fx, BN folded into the convs, observers inserted."""
     from torch.ao.quantization.quantize_fx import prepare_fx
     with warnings.catch_warnings():
         # Every activation observer repeats torch's notice that `reduce_range` will become quant_min/max.
         warnings.filterwarnings("ignore", message="Please use quant_min and quant_max")
-        return prepare_fx(copy.deepcopy(model).cpu().eval(), fx_quantization_config(backend, activation_bits),
-                          (example,))
+        return prepare_fx(copy.deepcopy(model).cpu().eval(),
+                          fx_quantization_config(backend, activation_bits, observer), (example,))
 
 
 def convert_int8(prepared: nn.Module) -> nn.Module:
     """The calibrated model with int8 weights and activations (quantized kernels of the backend)."""
     from torch.ao.quantization.quantize_fx import convert_fx
-    return convert_fx(prepared)
+    with warnings.catch_warnings():   # convert_fx builds each observer once more to read its dtype
+        warnings.filterwarnings("ignore", message="Please use quant_min and quant_max")
+        return convert_fx(prepared)
 
 
 class QuantizationJob(CompressionJob):
@@ -158,8 +193,9 @@ class QuantizationJob(CompressionJob):
         return {"phase": "evaluate", "accuracy": self.rows[-1]["accuracy"]}
 
     def _quantize(self, source: str, images: torch.Tensor) -> Iterator[dict]:
-        batch = self.config.calibration_batch
-        prepared = prepare_int8(self.teacher, self.example, self.backend, self.config.activation_bits)
+        c = self.config
+        batch = c.calibration_batch
+        prepared = prepare_int8(self.teacher, self.example, self.backend, c.activation_bits, c.observer)
         with torch.inference_mode():
             for start in range(0, len(images), batch):
                 prepared(images[start:start + batch])
@@ -167,9 +203,9 @@ class QuantizationJob(CompressionJob):
         int8 = convert_int8(prepared)
         hits = self.test_hits(int8, f"{self.int8}/{source}", CPU)
         self.add_row({"model": self.int8, "calibration": source, "calibration_images": len(images),
-                      "data_free": DATA_FREE[source], "size_bytes": serialized_size_bytes(int8),
+                      "observer": c.observer, "data_free": DATA_FREE[source], "size_bytes": serialized_size_bytes(int8),
                       "timing": self.time_later(f"int8/{source}", int8), "latency_ms": None,
-                      **accuracy_entry(hits, self.config.seed)})
+                      **accuracy_entry(hits, c.seed)})
         yield {"phase": "evaluate", "accuracy": self.rows[-1]["accuracy"]}
 
     def _recalibrate(self, source: str, images: torch.Tensor) -> dict:
@@ -194,4 +230,5 @@ class QuantizationJob(CompressionJob):
         """fp32_accuracy and int8_<source>_accuracy for the run index and the CLI."""
         out = {"fp32_accuracy" if r["model"] == "fp32" else f"int8_{r['calibration']}_accuracy": r["accuracy"]
                for r in self.rows if r["model"] in ("fp32", self.int8)}
-        return {**out, "backend": self.backend, "activation_bits": self.config.activation_bits}
+        c = self.config
+        return {**out, "backend": self.backend, "activation_bits": c.activation_bits, "observer": c.observer}

@@ -55,16 +55,17 @@ def pruning_table(results: Mapping) -> str:
 
 
 def quantization_table(results: Mapping) -> str:
-    """One line per model: accuracy, its paired difference to fp32, serialized size and latency."""
+    """One line per model: its activation observer (int8), accuracy, its paired difference to fp32, serialized size
+    and latency."""
     to_fp32 = {c["a"]: c["difference_ci"] for c in results.get("comparisons", []) if c["b"] == "fp32"}
     lines = []
     for r in results["rows"]:
         name = f"{r['model']}/{r['calibration']}"
-        lines.append([r["model"], r["calibration"], "yes" if r["data_free"] else "no",
+        lines.append([r["model"], r["calibration"], r.get("observer", "–"), "yes" if r["data_free"] else "no",
                       str(r.get("calibration_images", "–")), percent(r["accuracy_ci"]), points(to_fp32.get(name)),
                       f"{r['size_bytes'] / 1024:.0f}", milliseconds(r)])
-    table = _table(["model", "calibration", "data-free", "images", "accuracy [95% CI]", "− fp32 (paired)",
-                    "size KiB", "CPU ms/batch"], lines)
+    table = _table(["model", "calibration", "observer", "data-free", "images", "accuracy [95% CI]",
+                    "− fp32 (paired)", "size KiB", "CPU ms/batch"], lines)
     others = [c for c in results.get("comparisons", []) if c["b"] != "fp32"]
     extra = "".join(f"\n{c['comparison']}: {points(c['difference_ci'])}" for c in others)
     return table + "\n" + extra

@@ -12,7 +12,7 @@ from dfkd_core.applications import (ContinualConfig, ContinualJob, PruningConfig
                                     QuantizationJob)
 from dfkd_core.applications.common import RESULTS_FILE
 from dfkd_core.applications.pruning import CRITERIA
-from dfkd_core.applications.quantization import SOURCES
+from dfkd_core.applications.quantization import OBSERVERS, SOURCES
 from dfkd_core.applications.report import TABLES
 from dfkd_core.data import DATASETS, load_split
 from dfkd_core.jobs import Job
@@ -31,8 +31,9 @@ EXPLANATIONS = {
              r"\partial L/\partial\beta_m)^2}$ (Molchanov et al.) — remove the least important until the target "
              r"share of FLOPs is left (smaller tensors, not masks), then fine-tune by KD from the unpruned teacher "
              r"on synthesized images (data-free) or on real ones (the reference).",
-    "quantize": r"Post-training int8 quantization (torch.ao FX graph mode): the activation ranges come from "
-                r"calibration images — the teacher's synthesized images, real ones, or $\mathcal N(0,1)$ noise. "
+    "quantize": r"Post-training int8 quantization (torch.ao FX graph mode): the activation ranges (min/max, or "
+                r"torch's histogram observer) come from calibration images — the teacher's synthesized images, real "
+                r"ones, or $\mathcal N(0,1)$ noise. "
                 r"BN-statistics-only recalibration re-estimates the fp32 teacher's BN running statistics on each "
                 r"source, no weight changed: a source that matches the training statistics keeps the accuracy.",
     "continual": r"A model learns classes $0..k-1$, then the rest from real images of the new classes only. "
@@ -83,9 +84,13 @@ def quantization_widgets(running: bool) -> dict:
                             disabled=running)
     bits = st.select_slider("activation bits", list(range(2, 9)), 8, key=key("activation_bits"), disabled=running,
                             help="8: int8. Fewer levels for the activations make the calibrated range matter more")
+    observer = st.radio("activation observer", OBSERVERS, key=key("observer"), horizontal=True, disabled=running,
+                        help="minmax: the [min, max] of every activation over the calibration images, as ZeroQ and "
+                             "The Knowledge Within calibrate. histogram: torch's backend default, which clips "
+                             "outliers and so forgives almost any calibration images")
     bn = st.toggle("BN-statistics-only recalibration", True, key=key("bn_recalibration"), disabled=running)
     return {"sources": list(sources), "calibration_images": int(count), "activation_bits": int(bits),
-            "bn_recalibration": bn}
+            "observer": observer, "bn_recalibration": bn}
 
 
 def continual_widgets(running: bool) -> dict:
