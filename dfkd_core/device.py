@@ -37,3 +37,13 @@ def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def thread_policy() -> str:
+    """How this process's CPU threads behave, in words: the torch thread count and OpenMP's wait policy (set by
+    importing dfkd_core before torch, see `dfkd_core/__init__.py`)."""
+    from dfkd_core import OMP_WAIT_POLICY_IN_EFFECT as policy
+    waiting = (f"OMP_WAIT_POLICY={policy}" if policy else
+               "OpenMP's default wait policy (threads spin before they sleep: torch was imported before dfkd_core "
+               "and the environment names no OMP_WAIT_POLICY)")
+    return f"{torch.get_num_threads()} torch threads, {waiting}"

@@ -68,6 +68,10 @@ class Job:
     # Seconds between `save_progress()` calls: often enough that a killed run loses little, rarely enough that
     # writing its files costs nothing noticeable (a digits batch: ~5 ms). None: $DFKD_PROGRESS_EVERY_S, else 30.
     progress_every_s: float | None = None
+    # Seconds between reads of the metrics a step leaves on its device (`read_metrics`): a GPU step that read its
+    # losses back at once would wait for the GPU every step, and the live app shows ~10 updates a second anyway.
+    # 0: every step. A snapshot, the last step and a cancel always read what is pending first.
+    metrics_every_s: float | None = 0.0
 
     def __init__(self, run=None):
         self.id = uuid.uuid4().hex[:12]
@@ -99,6 +103,11 @@ class Job:
     def apply_updates(self, updates: dict[str, Any]) -> None:
         for k, v in updates.items():
             setattr(self.config, k, v)
+
+    def read_metrics(self, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The metrics of the steps since the last read as plain values (one device read for all of them); raising
+        fails the job. By default steps return plain values already."""
+        return pending
 
     def save_progress(self) -> None:
         """Save the work so far to the run directory (atomically), for a process that may be killed before
@@ -145,11 +154,12 @@ class Job:
         """Run to completion in this thread. Never raises for a failed job: see `status` and `error`."""
         self.status, self.started_at = "running", time.time()
         final = "done"
+        pending: list[tuple[int, dict[str, Any]]] = []   # (index, metrics) of steps not read yet
         try:
             self.setup()
             self._emit("started", message=f"{self.kind} started")
             progress_every_s = self.progress_every_s or progress_interval_from_env()
-            progress_saved_at = time.monotonic()
+            progress_saved_at = read_at = time.monotonic()
             for i in range(self.total_steps):
                 if self._cancel.is_set():
                     final = "cancelled"
@@ -159,11 +169,13 @@ class Job:
                 metrics = self.step(i)
                 metrics.setdefault("step", i)
                 metrics.setdefault("elapsed_s", time.time() - self.started_at)
-                self.history.append(metrics)
-                if self.run_record is not None:
-                    self.run_record.log_metrics(metrics)
-                self._emit("step", step=i, metrics=metrics)
-                if self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0):
+                pending.append((i, metrics))
+                snapshot_due = self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0)
+                if (snapshot_due or i + 1 == self.total_steps or self._cancel.is_set()
+                        or time.monotonic() - read_at >= (self.metrics_every_s or 0.0)):
+                    self._publish(pending)
+                    pending, read_at = [], time.monotonic()
+                if snapshot_due:
                     self._emit_snapshot(i)
                 if i + 1 < self.total_steps and time.monotonic() - progress_saved_at >= progress_every_s:
                     self.save_progress()   # (after the last step `finish()` saves)
@@ -175,6 +187,12 @@ class Job:
         except Exception as e:  # the job reports; a background thread has nobody to raise to
             final, self.error = "failed", f"{type(e).__name__}: {e}"
             self._traceback = traceback.format_exc()
+        if pending:   # steps finished before a Ctrl-C or a failure are reported like any other
+            try:
+                self._publish(pending)
+            except Exception as e:
+                if final != "failed":
+                    final, self.error = "failed", f"{type(e).__name__}: {e}"
         try:
             self.result = self.finish(final) or {}
         except Exception as e:
@@ -187,6 +205,15 @@ class Job:
         return self.result
 
     # ------------------------------------------------------------------ internals
+    def _publish(self, pending: list[tuple[int, dict[str, Any]]]) -> None:
+        """Read the pending steps' metrics, then record and announce each step in order."""
+        read = self.read_metrics([metrics for _, metrics in pending])
+        for (i, _), metrics in zip(pending, read):
+            self.history.append(metrics)
+            if self.run_record is not None:
+                self.run_record.log_metrics(metrics)
+            self._emit("step", step=i, metrics=metrics)
+
     def _apply_pending(self) -> None:
         with self._lock:
             updates, self._pending = self._pending, {}

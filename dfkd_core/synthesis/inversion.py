@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo
 from dfkd_core.device import autocast, prepare_model, resolve_device
-from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
+from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.jobs import Job, check_finite
-from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
-                              total_variation_loss)
+from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
+from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective
 from dfkd_core.synthesis.images import save_grid
 
 METHODS = ("deepdream", "deepinversion", "adi")
@@ -69,6 +69,7 @@ class SynthesisConfig(Config):
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    compile: bool = False   # torch.compile the objective: pays for long runs (a pool), costs seconds to start
     snapshot_every: int = 10
 
     @classmethod
@@ -122,9 +123,12 @@ class ModelInversion(Job):
 
     kind = "synthesis"
     live_parameters = LIVE_PARAMETERS
+    metrics_every_s: float | None = None   # None: every step on the CPU, every 0.1 s on a GPU (see `setup`)
 
     def __init__(self, teacher: nn.Module, dataset: DatasetInfo, config: SynthesisConfig,
-                 student: nn.Module | None = None, run=None):
+                 student: nn.Module | None = None, run=None, objective: InversionObjective | None = None):
+        """`objective`: one made earlier for this teacher and student (a pool's rounds share one, and with it one
+        compilation); by default the job makes its own."""
         super().__init__(run)
         config.validate()
         self.config, self.dataset = config, dataset
@@ -141,6 +145,7 @@ class ModelInversion(Job):
         self.snapshot_every = config.snapshot_every
         self.total_steps = config.iterations
         self.latest_bn_statistics: list[dict] = []  # per BN layer, at the latest snapshot (see `snapshot`)
+        self.objective = objective
 
     # ------------------------------------------------------------------ job interface
     def update(self, **changes) -> None:
@@ -149,6 +154,10 @@ class ModelInversion(Job):
         if set(changes) <= set(self.live_parameters):   # else the base class names what cannot change
             self.config.replace(**changes).validate()
         super().update(**changes)
+
+    def apply_updates(self, updates: dict) -> None:
+        super().apply_updates(updates)
+        self.weights = self._weight_vector()
 
     def setup(self) -> None:
         c = self.config
@@ -176,8 +185,14 @@ class ModelInversion(Job):
         generator = torch.Generator(device=self.device).manual_seed(c.seed)
         init = torch.randn(c.batch_size, self.dataset.in_channels, start_size, start_size, device=self.device,
                            generator=generator)
+        if self.objective is None:
+            self.objective = InversionObjective(self.teacher, self.student, c.compete_temperature, c.compile)
+        self.recorder = self.objective.recorder
+        self.weights = self._weight_vector()
+        if self.metrics_every_s is None:   # a read waits for the GPU; on the CPU it costs nothing
+            self.metrics_every_s = 0.1 if self.device.type == "cuda" else 0.0
         self._new_parameter(init)
-        self.recorder = BNStatisticsRecorder(self.teacher)
+        self._last_finite = self.x.detach().clone()
         self.initial = self.measure()
         self.t0 = time.time()
 
@@ -190,31 +205,38 @@ class ModelInversion(Job):
         lr = cosine_lr(c.lr, index, c.iterations)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x = self._augment(self.x)
-        terms, per_layer, logits = self._losses(x)
-        weighted = {"ce": c.alpha_ce, "tv": c.alpha_tv, "l2": c.alpha_l2, "bn_feature": c.alpha_f,
-                    "compete": c.alpha_c}
-        total = sum(weighted[k] * v for k, v in terms.items() if weighted[k] > 0)
-        check_finite({**terms, "total": total}, index)
+        compete = c.alpha_c > 0 and self.student is not None
+        with self.recorder, autocast(self.device, c.amp):
+            total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete)
+        metrics = {"lr": lr, "resolution": self.x.shape[-1], **{k: float(getattr(c, k)) for k in WEIGHT_NAMES},
+                   "step": index, "_vector": vector.detach(), "_compete": compete}
+        if not self.metrics_every_s:
+            metrics = self._read(metrics)   # a non-finite loss stops the job before it reaches the images
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         with torch.no_grad():
-            self.x.data = torch.max(torch.min(self.x.data, self.high), self.low)
-        probs = logits.detach().float().softmax(1)
-        metrics = {f"loss_{k}": float(v.detach()) for k, v in terms.items()}
-        metrics.update({
-            "loss_total": float(total.detach()), "lr": lr,
-            "teacher_accuracy": (probs.argmax(1) == self.targets).float().mean().item(),
-            "mean_confidence": probs.max(1).values.mean().item(),
-            "resolution": self.x.shape[-1],
-            **{k: float(getattr(c, k)) for k in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c",
-                                                  "first_bn_multiplier")},
-        })
-        if per_layer is not None:
-            metrics["bn_distance"] = float(per_layer.detach().sum())
-            metrics["bn_per_layer"] = [round(float(v), 5) for v in per_layer.detach()]
+            self.x.clamp_(min=self.low, max=self.high)
         return metrics
+
+    def read_metrics(self, pending: list[dict]) -> list[dict]:
+        """The metrics of the steps since the last read, from one device read. A non-finite loss among them fails
+        the job with the batch as it was at the previous read (the last one known to be finite)."""
+        unread = [m for m in pending if "_vector" in m]
+        if unread:
+            host = torch.cat([m["_vector"] for m in unread]).cpu()
+            offset = 0
+            for m in unread:
+                size = m["_vector"].numel()
+                m["_vector"], offset = host[offset:offset + size], offset + size
+        try:
+            pending = [self._read(m) if "_vector" in m else m for m in pending]
+        except FloatingPointError:
+            self.x = self._last_finite.clone().requires_grad_(True)
+            raise
+        if unread:
+            self._last_finite = self.x.detach().clone()
+        return pending
 
     def snapshot(self) -> tuple[torch.Tensor, list[str]]:
         images = self.dataset.denormalize(self.x.detach()).float().cpu()
@@ -247,6 +269,7 @@ class ModelInversion(Job):
             "bn_distance_start": self.initial.get("bn_distance"), "bn_distance_end": final.get("bn_distance"),
             "bn_per_layer_end": final.get("bn_per_layer"), "elapsed_s": elapsed,
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
+            "engine": self.objective.describe(),
         }
         if self.run_record is not None:
             self.save(self.run_record.dir)
@@ -290,29 +313,37 @@ class ModelInversion(Job):
         self.x = init.clone().requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.x], lr=self.config.lr, betas=(0.5, 0.9), eps=1e-8)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+    def _draw_offsets(self) -> torch.Tensor:
+        """This step's jitter (dy, dx) and flip as a tensor on the device, drawn from the job's own
+        `random.Random` in the order the engine has always drawn them (dx, dy, then the coin only when flip is on):
+        a seed gives the same images as before."""
         c = self.config
+        dx = dy = flip = 0
         if c.jitter > 0:
             dx, dy = self._rng.randint(-c.jitter, c.jitter), self._rng.randint(-c.jitter, c.jitter)
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         if c.flip and self._rng.random() < 0.5:
-            x = torch.flip(x, dims=(3,))
-        return x
+            flip = 1
+        offsets = torch.tensor([dy, dx, flip])
+        if self.device.type == "cuda":   # pinned, so the copy does not wait for the GPU
+            return offsets.pin_memory().to(self.device, non_blocking=True)
+        return offsets
 
-    def _losses(self, x: torch.Tensor):
-        c = self.config
-        with self.recorder, autocast(self.device, c.amp):
-            logits = self.teacher(x)
-            terms = {"ce": cross_entropy_loss(logits.float(), self.targets),
-                     "tv": total_variation_loss(x), "l2": l2_prior_loss(x)}
-            per_layer = None
-            if self.has_bn:
-                terms["bn_feature"], per_layer = bn_feature_loss(self.recorder.statistics(),
-                                                                 c.first_bn_multiplier)
-            if c.alpha_c > 0 and self.student is not None:
-                terms["compete"] = js_competition_loss(logits.float(), self.student(x).float(),
-                                                       c.compete_temperature)
-        return terms, per_layer, logits
+    def _weight_vector(self) -> torch.Tensor:
+        """The live weights as the objective's tensor argument: changing one changes a value, not the code."""
+        return torch.tensor([float(getattr(self.config, k)) for k in WEIGHT_NAMES], device=self.device)
+
+    def _read(self, metrics: dict) -> dict:
+        """One step's metrics with its metric vector (already on the host, or read now) turned into named
+        values; a non-finite loss term raises `NonFiniteLossError` naming it."""
+        metrics = dict(metrics)
+        values, compete = metrics.pop("_vector").tolist(), metrics.pop("_compete")
+        names = self.objective.metric_names(compete)
+        read = dict(zip(names, values))
+        if self.objective.has_bn:
+            read["bn_per_layer"] = [round(v, 5) for v in values[len(names):]]
+        check_finite({**{k: read[f"loss_{k}"] for k in self.objective.term_names(compete)},
+                      "total": read["loss_total"]}, metrics["step"])
+        return {**read, **metrics}
 
     def _check_teacher_accepts(self, size: int) -> None:
         probe = torch.zeros(2, self.dataset.in_channels, size, size, device=self.device)
