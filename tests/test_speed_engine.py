@@ -1,0 +1,142 @@
+"""The fast synthesis engine computes what a plain DeepInversion loop computes (issue 18). Speed itself is measured
+by benchmarks/synthesis_speed.py, never asserted here."""
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+from dfkd_core.synthesis.engine import InversionObjective, shift_and_flip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference_loop():
+    spec = importlib.util.spec_from_file_location("deepinversion_reference",
+                                                  ROOT / "benchmarks" / "deepinversion_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reference_deepinversion
+
+
+def _config(**kw):
+    return SynthesisConfig.preset("deepinversion", "digits", **{"batch_size": 40, "iterations": 12,
+                                                                 "snapshot_every": 0, "flip": True, **kw})
+
+
+def _job(teacher, config, **kw):
+    return ModelInversion(copy.deepcopy(teacher.model), teacher.dataset, config, **kw)
+
+
+@pytest.mark.parametrize("flip", [0, 1])
+def test_shift_and_flip_is_roll_then_flip(flip):
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            expected = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            if flip:
+                expected = torch.flip(expected, dims=(3,))
+            assert torch.equal(shift_and_flip(x, torch.tensor([dy, dx, flip])), expected)
+
+
+def test_engine_follows_the_reference_loop(digits_teacher):
+    """Same noise, same augmentation draws, same objective: after 12 Adam steps the engine's images are the
+    reference loop's up to float rounding (the fused statistics sum in another order). Over hundreds of steps
+    rounding differences grow as large as a 1e-6 change of the initial noise makes them (docs: issue 18)."""
+    config = _config()
+    job = _job(digits_teacher, config)
+    job.run()
+    teacher = copy.deepcopy(digits_teacher.model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    init = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(config.seed))
+    low, high = digits_teacher.dataset.pixel_bounds()
+    reference = _reference_loop()(teacher, init, job.targets, low, high, iterations=12, lr=config.lr,
+                                  jitter=config.jitter, flip=config.flip, seed=config.seed)
+    assert (job.images() - reference).abs().max() < 1e-3
+    assert "fused into all 3 BatchNorm layers" in job.result["engine"]
+
+
+def test_metrics_read_in_batches_are_the_metrics_read_every_step(digits_teacher):
+    """A GPU job reads its metrics every 0.1 s instead of every step: the history and the step
+    events must be the same, in order, as when every step is read."""
+    every_step = _job(digits_teacher, _config())
+    every_step.run()
+    batched = _job(digits_teacher, _config())
+    batched.metrics_every_s = 3600.0   # read only at the end
+    steps_seen = []
+    batched.subscribe(lambda e: steps_seen.append(e.step) if e.kind == "step" else None)
+    batched.run()
+    assert batched.status == "done" and steps_seen == list(range(12))
+    def without_times(history):
+        return [{k: v for k, v in m.items() if k != "elapsed_s"} for m in history]
+    assert without_times(batched.history) == without_times(every_step.history)
+    assert torch.equal(batched.images(), every_step.images())
+
+
+def test_a_nan_found_in_a_batched_read_keeps_the_last_finite_images(digits_teacher, store):
+    run = store.create("synthesis", {})
+    job = _job(digits_teacher, _config(iterations=30), run=run)
+    job.metrics_every_s = 3600.0
+    job.snapshot_every = 5    # a snapshot reads what is pending first
+    job.subscribe(lambda e: job.update(alpha_tv=1e308) if e.kind == "step" and e.step == 7 else None)
+    job.run()
+    assert job.status == "failed" and "at step 10" in job.error
+    assert len(job.history) == 10 and torch.isfinite(job.images()).all()
+    saved = torch.load(run.path("images.pt"), weights_only=True)["images"]
+    assert torch.isfinite(saved).all()
+
+
+def test_compiled_objective_computes_the_eager_objective(digits_teacher):
+    eager = _job(digits_teacher, _config(iterations=6))
+    eager.run()
+    compiled = _job(digits_teacher, _config(iterations=6, compile=True))
+    compiled.run()
+    assert compiled.status == "done", compiled.error
+    assert "torch.compile" in compiled.result["engine"], compiled.result["engine"]
+    assert [h["loss_total"] for h in compiled.history] == pytest.approx([h["loss_total"] for h in eager.history],
+                                                                       rel=1e-3)
+
+
+def test_a_pool_of_rounds_shares_one_objective(digits_teacher):
+    """One objective serves several jobs on the same teacher (a pool's rounds), and with it one compilation."""
+    teacher = copy.deepcopy(digits_teacher.model)
+    objective = InversionObjective(teacher)
+    first = ModelInversion(teacher, digits_teacher.dataset, _config(seed=1), objective=objective)
+    second = ModelInversion(teacher, digits_teacher.dataset, _config(seed=2), objective=objective)
+    first.run(), second.run()
+    alone = _job(digits_teacher, _config(seed=2))
+    alone.run()
+    assert torch.equal(second.images(), alone.images())
+
+
+def test_a_failed_compilation_runs_eagerly_and_says_so(digits_teacher, monkeypatch):
+    def no_compiler(fn, **kw):
+        def fails(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+        return fails
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    job = _job(digits_teacher, _config(iterations=3, compile=True))
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        job.run()
+    assert job.status == "done" and "torch.compile failed (RuntimeError: no C++ compiler found)" in \
+        job.result["engine"]
+
+
+@pytest.mark.parametrize("first, spin_count", [("import dfkd_core, torch", "0"),
+                                               ("import torch, dfkd_core", "300000")])
+def test_openmp_threads_wait_passively_when_dfkd_core_comes_before_torch(first, spin_count):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: dfkd_core sets PASSIVE (spin count 0) only if it
+    is imported first, and says which policy is in effect."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=str(ROOT))
+    code = f"{first}; from dfkd_core.device import thread_policy; print(thread_policy())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"GOMP_SPINCOUNT = '{spin_count}'" in done.stderr
+    assert ("OMP_WAIT_POLICY=PASSIVE" in done.stdout) == (spin_count == "0"), done.stdout
