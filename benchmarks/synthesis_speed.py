@@ -166,7 +166,29 @@ def benchmark_batch(checkpoint, batch_size: int, args, device: torch.device) -> 
     base = next((r["images_per_s"] for r in rows if r["variant"] == "reference"), None)
     for r in rows:
         r["ratio"] = r["images_per_s"] / base if base else None
+    if args.profile and device.type == "cuda":
+        short = config.replace(iterations=20, snapshot_every=0)
+        profiled = {"reference": lambda: run_reference(checkpoint, short, device),
+                    "engine": lambda: run_engine(checkpoint, short, device),
+                    "compiled": lambda: run_engine(checkpoint, short, device, objective)}
+        for variant in args.variants:
+            print(f"batch {batch_size:,}, {variant}: {gpu_busy(profiled[variant], 20)}")
     return rows
+
+
+def gpu_busy(run, steps: int) -> str:
+    """Share of `run()`'s wall time the GPU spends in kernels, and kernels per step (torch profiler; `run` is
+    called once before, to warm the allocator and cuDNN's choices)."""
+    from torch.profiler import ProfilerActivity, profile
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        run()
+        wall = time.perf_counter() - start
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_s = sum(getattr(e, "device_time", 0.0) for e in kernels) / 1e6
+    return f"GPU busy {100 * busy_s / wall:.0f}% of {wall:.2f} s, {len(kernels) / steps:.0f} kernels per step"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -193,6 +215,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--variants", nargs="+", default=["reference", "engine", "compiled"],
                    choices=["reference", "engine", "compiled"])
+    p.add_argument("--profile", action="store_true", help="CUDA: GPU busy share and kernels per step")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

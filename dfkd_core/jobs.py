@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import torch
 
+from dfkd_core.device import CPUShare
+
 EVENT_KINDS = ("started", "step", "snapshot", "updated", "done", "cancelled", "failed")
 TERMINAL = ("done", "cancelled", "failed")
 
@@ -151,7 +153,12 @@ class Job:
         return self.status in ("pending", "running")
 
     def run(self) -> dict[str, Any]:
-        """Run to completion in this thread. Never raises for a failed job: see `status` and `error`."""
+        """Run to completion in this thread. Never raises for a failed job: see `status` and `error`. While it runs,
+        its thread uses its share of the CPU threads (`CPUShare`: fewer while other dfkd jobs run)."""
+        with CPUShare(self.id) as self.cpu_share:
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         self.status, self.started_at = "running", time.time()
         final = "done"
         pending: list[tuple[int, dict[str, Any]]] = []   # (index, metrics) of steps not read yet
@@ -166,6 +173,7 @@ class Job:
                     break
                 self.step_index = i
                 self._apply_pending()
+                self.cpu_share.refresh()
                 metrics = self.step(i)
                 metrics.setdefault("step", i)
                 metrics.setdefault("elapsed_s", time.time() - self.started_at)

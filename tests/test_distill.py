@@ -135,10 +135,11 @@ def test_generator_ensemble_has_one_generator_per_class(digits_teacher, session_
     assert job.result["generators"] == 10
     ensemble = job.method.generator
     assert isinstance(ensemble, GeneratorEnsemble) and len(ensemble.members) == 10
-    y = torch.tensor([3, 3, 7])
-    x = ensemble(torch.randn(3, ensemble.latent_dim), y)
+    device = next(ensemble.parameters()).device   # the job's device: CUDA on a GPU machine
+    y = torch.tensor([3, 3, 7], device=device)
+    x = ensemble(torch.randn(3, ensemble.latent_dim, device=device), y)
     assert x.shape == (3, 1, 8, 8)
-    low, high = digits_teacher.dataset.pixel_bounds()
+    low, high = digits_teacher.dataset.pixel_bounds(device)
     assert x.min() >= low.min() - 1e-5 and x.max() <= high.max() + 1e-5
 
 

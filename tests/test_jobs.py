@@ -138,3 +138,50 @@ def test_inversion_progress_save_keeps_the_latest_images_atomically(digits_teach
     job.run()
     assert len(saved) == 5 and not torch.equal(saved[0], saved[-1])   # images.pt followed the batch
     assert run.path("grid.png").is_file() and not list(run.dir.glob(".*.tmp"))
+
+
+class ThreadsSeen(Job):
+    """Records the torch threads its own thread has at every step; steps wait on `gate` after `wait_after`."""
+
+    def __init__(self, steps, wait_after=None):
+        super().__init__()
+        self.total_steps, self.wait_after = steps, wait_after
+        self.seen, self.gate, self.waiting = [], threading.Event(), threading.Event()
+
+    def step(self, i):
+        self.seen.append(torch.get_num_threads())
+        if i == self.wait_after:
+            self.waiting.set()
+            self.gate.wait(10)
+        return {}
+
+
+def test_running_jobs_share_the_cpu_threads(tmp_path, monkeypatch):
+    """Alone a job uses its process's threads; while a second job runs (here in another thread; in another process
+    it is the same file in the same directory) each uses half of them; when the other ends, all again."""
+    from dfkd_core.device import CPUShare
+    monkeypatch.setenv("DFKD_RUNNING_DIR", str(tmp_path))
+    monkeypatch.setattr(CPUShare, "refresh_every_s", 0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        first = ThreadsSeen(4, wait_after=1)
+        first.start()
+        assert first.waiting.wait(10)
+        second = ThreadsSeen(1).start()   # starts while the first waits in its second step
+        assert second.wait(10) == "done"
+        first.gate.set()
+        assert first.wait(10) == "done"
+    finally:
+        torch.set_num_threads(threads)
+    assert first.seen[:2] == [4, 4] and second.seen == [2] and first.seen[2:] == [4, 4]
+    assert list(tmp_path.iterdir()) == []   # both files removed
+
+
+def test_files_of_ended_processes_do_not_count(tmp_path):
+    from dfkd_core.device import CPUShare
+    (tmp_path / "999999999-123-abc").touch()   # no such process
+    share = CPUShare("job", tmp_path)
+    with share:
+        assert share.running() == 1
+    assert list(tmp_path.iterdir()) == []
