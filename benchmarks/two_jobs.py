@@ -6,10 +6,12 @@
 Each job is a separate `dfkd` process of this checkout, as a user starts them from two terminals:
 `dfkd synthesize --batch-size 200 --iterations 40` on the teacher, and (with --digits-teacher) a digits
 `dfkd train-teacher` beside one. Conditions:
-- `spin`: OpenMP's default wait policy (threads spin before they sleep), what every run had before dfkd_core set
-  one (OMP_WAIT_POLICY set to an empty value, which dfkd_core leaves alone and OpenMP reads as unset);
-- `passive`: what a run gets now (dfkd_core sets OMP_WAIT_POLICY=PASSIVE before torch loads);
-- `passive-1thread`: passive, and one torch thread per process.
+- `spin`: what every run had before issue 18: OpenMP's default wait policy (threads spin before they sleep;
+  OMP_WAIT_POLICY set to an empty value, which dfkd_core leaves alone and OpenMP reads as unset) and every process
+  with all its threads ($DFKD_CPU_SHARE=0);
+- `passive`: the passive wait policy alone (dfkd_core sets OMP_WAIT_POLICY=PASSIVE before torch loads), every
+  process with all its threads;
+- `default`: what a run gets now: passive waiting, and each job takes its share of the threads (`CPUShare`).
 Alone and paired runs alternate, condition by condition, so a change of load hits all alike; the table gives
 medians of wall and CPU (user + system) seconds per process, and the slowdown = paired wall ÷ alone wall.
 """
@@ -25,8 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDITIONS = {"spin": {"OMP_WAIT_POLICY": ""}, "passive": {},
-              "passive-1thread": {"OMP_NUM_THREADS": "1"}}
+CONDITIONS = {"spin": {"OMP_WAIT_POLICY": "", "DFKD_CPU_SHARE": "0"}, "passive": {"DFKD_CPU_SHARE": "0"},
+              "default": {}}
 
 
 def job_command(kind: str, teacher: str, home: str) -> list[str]:
@@ -74,7 +76,8 @@ def main() -> None:
     loads = []
     for _ in range(args.repeats):
         for condition in args.conditions:
-            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "DFKD_CPU_SHARE")}
             env.update(PYTHONPATH=str(ROOT), **CONDITIONS[condition])
             for pair, kinds in pairs.items():
                 loads.append(os.getloadavg()[0])

@@ -30,7 +30,7 @@ def test_start_on_digits_shows_images_forming_and_a_loss_curve(tmp_path, digits_
 
         page.reload()  # reattach: the same job keeps drawing
         page.locator('[data-testid="stImage"] img').first.wait_for(timeout=30_000)
-        stop = page.get_by_role("button", name="Stop")
+        stop = page.get_by_role("button", name="Stop", exact=True)
         if stop.is_enabled():
             stop.click()
         page.get_by_text(re.compile(r"(cancelled|done) · step")).first.wait_for(timeout=30_000)

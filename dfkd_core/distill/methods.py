@@ -28,6 +28,7 @@ from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.models import create_model, list_models
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
+from dfkd_core.synthesis.engine import InversionObjective
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
 
 if TYPE_CHECKING:
@@ -231,6 +232,16 @@ class PoolKD(DistillMethod):
                              f"({self.synthesis.multi_resolution_iterations}): the student learns at full size")
         per_round = self.synthesis.batch_size
         self.rounds = 0 if self.config.pool else math.ceil(self.config.images / per_round)
+        self._objective: InversionObjective | None = None
+
+    def objective(self) -> InversionObjective:
+        """One inversion objective for every round, so a compiled one (`synthesis.compile`) compiles once per
+        batch shape, not once per round."""
+        if self._objective is None:
+            j = self.job
+            self._objective = InversionObjective(j.teacher, j.student if self.compete else None,
+                                                 self.synthesis.compete_temperature, self.synthesis.compile)
+        return self._objective
 
     def trajectory_steps_per_round(self) -> int:
         start = self.options.trajectory_kd_from
@@ -256,7 +267,7 @@ class PoolKD(DistillMethod):
             # at its start, and a resume repeats the round.
             j.hold_progress()
             inversion = ModelInversion(j.teacher, j.dataset, self._round_config(r),
-                                       student=j.student if self.compete else None)
+                                       student=j.student if self.compete else None, objective=self.objective())
             self.inversion = inversion
             inversion.setup()
             for i in range(inversion.total_steps):
