@@ -104,3 +104,34 @@ def test_a_pruned_checkpoint_loads_without_importing_the_pruning_code(tmp_path):
             "assert 'dfkd_core.applications' not in sys.modules; print(sum(p.numel() for p in m.parameters()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == sum(p.numel() for p in model.parameters())
+
+
+def _edited_checkpoint(tmp_path, **changes) -> str:
+    """A dfkd checkpoint whose entries were changed afterwards (by hand, another tool or another version)."""
+    path = save_checkpoint(tmp_path / "m.pt", create_model("bncnn3_w32", 10, 1, 8), dataset_info("digits"))
+    payload = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            del payload[key]
+        else:
+            payload[key] = value(payload[key]) if callable(value) else value
+    torch.save(payload, tmp_path / "edited.pt")
+    return str(tmp_path / "edited.pt")
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"model_cfg": lambda cfg: {**cfg, "name": "bncnn3_w16"}}, "weights do not fit 'bncnn3_w16'"),
+    ({"model_cfg": lambda cfg: {**cfg, "num_classes": 5}}, "weights do not fit 'bncnn3_w32'"),
+    ({"model_cfg": lambda cfg: {**cfg, "name": "lenet5"}}, "settings that model 'lenet5' does not take"),
+    ({"dataset": "digits"}, "its 'dataset' entry"),
+    ({"dataset": lambda d: {"name": d["name"]}}, "its 'dataset' entry"),
+    ({"state_dict": None}, "its 'state_dict' entry"),
+    ({"model_cfg": None}, "its 'model_cfg' entry"),
+])
+def test_a_checkpoint_whose_entries_disagree_gets_one_sentence_not_a_traceback(tmp_path, changes, says):
+    """Issue 14 item 9: a foreign or edited checkpoint (weights of another width, a dataset entry in another form)
+    raised torch's multi-line RuntimeError or a TypeError from deep inside instead of our sentence."""
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(_edited_checkpoint(tmp_path, **changes))
+    message = str(refused.value)
+    assert says in message and "\n" not in message and len(message) < 400, message

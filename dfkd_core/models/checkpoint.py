@@ -104,14 +104,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "dataset. Rebuild the model with create_model(...), load_state_dict it, and save it with "
                 "dfkd_core.models.save_checkpoint(...).")
         raise CheckpointError(f"{path} is not a dfkd checkpoint (keys: {sorted(payload)[:8]})")
+    for key in ("model_cfg", "dataset", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            found = "missing" if key not in payload else f"a {type(payload[key]).__name__}"
+            raise CheckpointError(f"{path} is a damaged dfkd checkpoint: its '{key}' entry is {found}, not a "
+                                  "dictionary; save the model again with dfkd_core.models.save_checkpoint(...)")
     cfg = dict(payload["model_cfg"])
     if cfg.get("name") not in list_models():
         raise CheckpointError(f"{path} needs model '{cfg.get('name')}', which this version does not register")
-    model = create_model(**cfg)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    try:
+        dataset = DatasetInfo.from_dict(payload["dataset"])
+    except TypeError as e:
+        raise CheckpointError(f"{path} is a damaged dfkd checkpoint: its 'dataset' entry lacks facts this version "
+                              f"needs ({_torch_detail(e)}); save the model again with "
+                              "dfkd_core.models.save_checkpoint(...)") from None
+    try:
+        model = create_model(**cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} records settings that model '{cfg['name']}' does not take "
+                              f"({_torch_detail(e)})") from None
+    try:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except RuntimeError as e:   # shapes that differ: torch lists every tensor over many lines
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        raise CheckpointError(f"{path}: weights do not fit '{cfg['name']}' as its recorded settings build it "
+                              f"({len(lines)} tensors of another shape, e.g. "
+                              f"{(lines[0] if lines else _torch_detail(e))[:200].rstrip('.')})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit '{cfg['name']}' "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
-    return Checkpoint(model, cfg, DatasetInfo.from_dict(payload["dataset"]), dict(payload.get("metrics", {})),
-                      str(path))
+    return Checkpoint(model, cfg, dataset, dict(payload.get("metrics", {})), str(path))
