@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -39,9 +40,15 @@ class ProgressBar:
             self.bar.close()
 
 
-def _run_job(job: Job, keys: tuple[str, ...], quiet: bool) -> int:
+def _run_job(job: Job, keys: tuple[str, ...], quiet: bool, report: bool = True) -> int:
+    """Run `job` with a progress bar; print where its run is and its summary (`report`: not on torchrun's other
+    ranks, which have no run and would print the leader's lines N times). The exit code says how it ended."""
     job.subscribe(ProgressBar(keys, quiet))
     job.run()
+    if not report:
+        if job.status == "failed":
+            print(f"error (rank {job.world.rank}): {job.error}", file=sys.stderr)
+        return EXIT.get(job.status, 1)
     run = job.run_record
     if job.status == "failed":
         print(f"error: {job.error}", file=sys.stderr)
@@ -77,7 +84,9 @@ def cmd_train_teacher(args, store: RunStore) -> int:
 
 
 def cmd_synthesize(args, store: RunStore) -> int:
+    from dfkd_core.distributed import init_from_environment, shutdown, signals_request_cancel, stop_signals
     from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+    from dfkd_core.synthesis.sharded import ShardedSynthesis
 
     teacher = _load(store, args.teacher, "teacher")
     student = _load(store, args.student, "student").model if args.student else None
@@ -90,15 +99,38 @@ def cmd_synthesize(args, store: RunStore) -> int:
     except ValueError:
         raise SystemExit(f"error: --targets takes comma-separated class indices like 0,3,7; got '{args.targets}'")
     overrides["amp"] = not args.no_amp
+    world = init_from_environment(args.device or "auto")   # torchrun's processes join one group; a plain run: none
     try:  # every check (settings, teacher, student) before the run exists: a typo is not a failed run
         config = SynthesisConfig.preset(args.method, teacher.dataset.name, **overrides)
-        job = ModelInversion(teacher.model, teacher.dataset, config, student=student)
+        config.device = world.device_name(config.device)
+        if args.batches == 1 and not world.active:
+            job = ModelInversion(teacher.model, teacher.dataset, config, student=student)
+        else:
+            job = ShardedSynthesis(teacher.model, teacher.dataset, config, args.batches, world, student=student)
     except ValueError as e:
+        shutdown(world)
         raise SystemExit(f"error: {e}")
-    job.run_record = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path},
-                                  teacher=store.run_id_of(teacher.path), method=config.method,
-                                  dataset=teacher.dataset.name, name=f"{config.title()} · {teacher.name}")
-    return _run_job(job, ("loss_total", "bn_distance", "teacher_accuracy"), args.quiet)
+    if world.leader:
+        title = config.title() + (f" ×{args.batches} batches" if args.batches > 1 else "")
+        job.run_record = store.create("synthesis", {**config.to_dict(), "batches": args.batches,
+                                                    "processes": world.world, "teacher": teacher.path},
+                                      teacher=store.run_id_of(teacher.path), method=config.method,
+                                      dataset=teacher.dataset.name, name=f"{title} · {teacher.name}")
+    if world.active and args.batches < world.world:
+        print(f"note: {args.batches} batch(es) over {world.world} processes: {world.world - args.batches} process(es) "
+              "have nothing to do; --batches sets how many batches the pool has", file=sys.stderr)
+    try:
+        with signals_request_cancel(job, stop_signals(world)) if world.active else _no_handlers():
+            return _run_job(job, ("loss_total", "bn_distance", "teacher_accuracy"), args.quiet or not world.leader,
+                            report=world.leader)
+    finally:
+        shutdown(world)
+
+
+@contextmanager
+def _no_handlers():
+    """A one-process synthesis keeps Python's Ctrl-C: it stops the batch at once, which is saved as it is."""
+    yield
 
 
 def cmd_runs(args, store: RunStore) -> int:
@@ -170,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
     s.add_argument("--method", default="deepinversion", choices=["deepdream", "deepinversion", "adi"])
     s.add_argument("--student", help="checkpoint or run id of the student ADI competes against")
+    s.add_argument("--batches", type=int, default=1,
+                   help="batches in the pool (batch k uses seed + k); under torchrun they are shared by the processes")
     s.add_argument("--batch-size", type=int)
     s.add_argument("--iterations", type=int)
     s.add_argument("--lr", type=float)

@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
 COLLECTIVE_TIMEOUT_S = 120
+
+
+class RankLostError(RuntimeError):
+    """A collective failed: another process of the job died, was killed or lost its connection."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,20 @@ class Distributed:
     def my_units(self, count: int) -> list[int]:
         """The units of work (0..count-1) this rank does: i ≡ rank (mod world)."""
         return list(range(self.rank, count, self.world))
+
+    def seed(self, seed: int) -> int:
+        """This rank's seed for a random stream that must differ between ranks (minibatches, augmentations); rank 0's
+        is `seed` itself, so a one-process run draws what it always drew. Kept within 32 bits: torch's CPU generator
+        keeps only the low 32 bits of a seed, so `seed + (rank << 32)` would give every rank the same stream."""
+        return (seed + self.rank * 0x9E3779B1) % 2**32
+
+    def split_batch(self, batch_size: int) -> int:
+        """Each rank's share of a global batch (gradients are averaged over ranks, so the student sees
+        `batch_size` images a step whatever the number of processes)."""
+        if batch_size % self.world:
+            raise ValueError(f"batch_size {batch_size} does not split evenly over {self.world} processes; choose a "
+                             f"multiple of {self.world}")
+        return batch_size // self.world
 
     def device_name(self, requested: str) -> str:
         """The CUDA device of this local rank when running on GPUs, else the requested device."""
@@ -79,13 +101,32 @@ def shutdown(world: Distributed) -> None:
         dist.destroy_process_group()
 
 
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo takes CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@contextmanager
+def lost_rank_is_explained(world: Distributed) -> Iterator[None]:
+    """A collective that fails because a peer is gone raises `RankLostError` with one sentence, not gloo's trace."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RankLostError(f"another process of this {world.world}-process job stopped or lost its connection "
+                            f"(rank {world.rank} saw: {detail}); the finished part of the run was kept") from e
+
+
 def agree_to_stop(world: Distributed, wants_to_stop: bool) -> bool:
     """True on every rank as soon as any rank wants to stop (a Ctrl-C, a cancel, a failure it survived)."""
     if not world.active:
         return wants_to_stop
-    flag = torch.tensor([1.0 if wants_to_stop else 0.0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
+    with lost_rank_is_explained(world):
+        flag = torch.tensor([1.0 if wants_to_stop else 0.0], device=_collective_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
 
 
 def gather_units(world: Distributed, mine: dict[int, Any]) -> dict[int, Any]:
@@ -93,7 +134,8 @@ def gather_units(world: Distributed, mine: dict[int, Any]) -> dict[int, Any]:
     if not world.active:
         return dict(mine)
     parts: list[dict[int, Any]] = [{} for _ in range(world.world)]
-    dist.all_gather_object(parts, dict(mine))
+    with lost_rank_is_explained(world):
+        dist.all_gather_object(parts, dict(mine))
     merged: dict[int, Any] = {}
     for part in parts:
         merged.update(part)
@@ -105,9 +147,56 @@ def broadcast_object(world: Distributed, value: Any) -> Any:
     if not world.active:
         return value
     box = [value if world.leader else None]
-    dist.broadcast_object_list(box, src=0)
+    with lost_rank_is_explained(world):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-__all__ = ["COLLECTIVE_TIMEOUT_S", "Distributed", "agree_to_stop", "broadcast_object", "environment_world",
-           "gather_units", "init_from_environment", "shutdown"]
+def data_parallel(module: torch.nn.Module, world: Distributed) -> torch.nn.Module:
+    """`module` wrapped in DistributedDataParallel when the job runs in several processes (its backward averages the
+    gradients over ranks), else `module` itself. The replicas start from rank 0's parameters and buffers."""
+    if not world.active:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+    device = next(module.parameters()).device
+    # Gradients as views of DDP's buckets: no copy into them, and a 1-channel conv's weight (whose strides are
+    # ambiguous) does not warn about a layout mismatch every step.
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
+
+
+def stop_signals(world: Distributed) -> tuple[signal.Signals, ...]:
+    """The signals that ask a CLI job to stop after its step: Ctrl-C, and in a multi-process job also SIGTERM (what
+    torchrun sends every rank on a Ctrl-C of the launcher or when one rank dies), so no rank is killed
+    mid-collective and the leader saves what was finished."""
+    return (signal.SIGINT, signal.SIGTERM) if world.active else (signal.SIGINT,)
+
+
+@contextmanager
+def signals_request_cancel(job, signals: tuple[signal.Signals, ...] = (signal.SIGINT,), message: str = ""
+                           ) -> Iterator[None]:
+    """While the block runs, the first of `signals` cancels `job` (it stops before its next step, on every rank of
+    a multi-process job) and prints `message`; a second one interrupts at once (KeyboardInterrupt). Off the main
+    thread (a server, a test runner's worker) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_cancel(signum, frame):
+        if job.cancel_requested:
+            raise KeyboardInterrupt
+        if message:
+            print(message, file=sys.stderr)
+        job.cancel()
+
+    previous = {s: signal.signal(s, request_cancel) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+__all__ = ["COLLECTIVE_TIMEOUT_S", "Distributed", "RankLostError", "agree_to_stop", "broadcast_object",
+           "data_parallel", "environment_world", "gather_units", "init_from_environment", "lost_rank_is_explained",
+           "shutdown", "signals_request_cancel", "stop_signals"]

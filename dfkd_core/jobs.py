@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from dfkd_core.device import CPUShare
+from dfkd_core.distributed import Distributed, agree_to_stop
 
 EVENT_KINDS = ("started", "step", "snapshot", "updated", "done", "cancelled", "failed")
 TERMINAL = ("done", "cancelled", "failed")
@@ -92,6 +93,9 @@ class Job:
         self._pending: dict[str, Any] = {}
         self._listeners: list[Callable[[Event], None]] = []
         self._thread: threading.Thread | None = None
+        # The processes this job runs in (torchrun): one by default. With more, they step in lockstep and stop at
+        # the same step (`stop_requested`); only the leader has a run record.
+        self.world = Distributed()
 
     # ------------------------------------------------------------------ subclass interface
     def setup(self) -> None: ...
@@ -128,6 +132,11 @@ class Job:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
+
+    def stop_requested(self) -> bool:
+        """Whether to stop before the next step. A job in several processes asks them all (one collective), so a
+        cancel in any of them stops every one at the same step instead of leaving the others in a collective."""
+        return agree_to_stop(self.world, self._cancel.is_set())
 
     def update(self, **changes: Any) -> None:
         """Change live parameters; they take effect at the start of the next step."""
@@ -168,7 +177,7 @@ class Job:
             progress_every_s = self.progress_every_s or progress_interval_from_env()
             progress_saved_at = read_at = time.monotonic()
             for i in range(self.total_steps):
-                if self._cancel.is_set():
+                if self.stop_requested():
                     final = "cancelled"
                     break
                 self.step_index = i

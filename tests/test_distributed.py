@@ -51,3 +51,11 @@ def test_a_single_process_is_rank_0_of_1_and_joins_nothing(monkeypatch):
     me = init_from_environment()
     assert me == Distributed() and not me.active and me.leader and me.my_units(3) == [0, 1, 2]
     assert agree_to_stop(me, True) and gather_units(me, {1: "x"}) == {1: "x"}
+
+
+def test_each_rank_draws_its_own_stream_and_rank_0_the_one_process_stream():
+    draws = [torch.randint(0, 10**6, (8,), generator=torch.Generator().manual_seed(Distributed(r, 4).seed(7)))
+             for r in range(4)]
+    alone = torch.randint(0, 10**6, (8,), generator=torch.Generator().manual_seed(Distributed().seed(7)))
+    assert torch.equal(draws[0], alone)
+    assert len({tuple(d.tolist()) for d in draws}) == 4   # no two ranks share a minibatch stream

@@ -180,7 +180,7 @@ def test_cli_resume_continues_the_same_run_and_says_where(digits_teacher, store,
 
 
 def test_first_ctrl_c_stops_after_the_step_and_the_run_resumes_exactly(digits_teacher, store, uninterrupted):
-    from dfkd_core.distill.cli import ctrl_c_stops_after_the_step
+    from dfkd_core.distributed import signals_request_cancel
 
     reference = uninterrupted("generator")
     config = _config("generator")
@@ -188,7 +188,7 @@ def test_first_ctrl_c_stops_after_the_step_and_the_run_resumes_exactly(digits_te
     job = DistillJob(copy.deepcopy(digits_teacher), config, run=run)
     job.subscribe(lambda e: os.kill(os.getpid(), signal.SIGINT) if e.kind == "step" and e.step == 9 else None)
     before = signal.getsignal(signal.SIGINT)
-    with ctrl_c_stops_after_the_step(job):
+    with signals_request_cancel(job):
         job.run()
     assert job.status == "cancelled" and job.error is None and len(job.history) == 10
     assert signal.getsignal(signal.SIGINT) is before

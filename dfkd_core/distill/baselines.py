@@ -20,10 +20,10 @@ class NoiseKD(DistillMethod):
 
     def plan(self, start: Progress) -> Iterator[dict]:
         j, c = self.job, self.config
-        shape = (c.batch_size, j.dataset.in_channels, j.dataset.image_size, j.dataset.image_size)
+        shape = (j.batch_size, j.dataset.in_channels, j.dataset.image_size, j.dataset.image_size)
         for _ in range(c.steps - start.student_steps):
             x = torch.randn(shape, generator=j.rng)
-            j.images_synthesized += len(x)
+            j.images_synthesized += len(x) * j.world.world
             self.latest = (x, torch.full((len(x),), -1))
             yield self.kd_step(x, augment=False)
 
@@ -39,7 +39,7 @@ class RealDataKD(DistillMethod):
     def plan(self, start: Progress) -> Iterator[dict]:
         c, split = self.config, self.train_split
         for _ in range(c.steps - start.student_steps):
-            idx = torch.randint(0, len(split), (c.batch_size,), generator=self.job.rng)
+            idx = torch.randint(0, len(split), (self.job.batch_size,), generator=self.job.rng)
             x = split.normalized(idx)
             self.latest = (x, split.labels[idx])
             yield self.kd_step(x, labels=split.labels[idx])

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from dataclasses import fields
 
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.methods import DISTILL_METHODS
 from dfkd_core.distill.recipes import RECIPES, merge_overrides, recipe_overrides
+from dfkd_core.distributed import signals_request_cancel, stop_signals
 from dfkd_core.stats import Interval
 
 DEFAULT_METHOD = "deepinversion"
@@ -74,32 +72,16 @@ def format_result(summary: dict) -> str:
     return head + "\n" + row
 
 
-@contextmanager
-def ctrl_c_stops_after_the_step(job):
-    """The first Ctrl-C stops the run after the step in progress, so its progress save is exact and `--resume`
-    continues from there; a second one stops at once (the last progress save stands)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        if job.cancel_requested:
-            raise KeyboardInterrupt
-        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
-        job.cancel()
-
-    previous = signal.signal(signal.SIGINT, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run_distillation(job, quiet: bool) -> int:
+    """Run with progress bar; the first Ctrl-C stops the run after the step in progress, so its progress save is
+    exact and `--resume` continues from there; a second one stops at once (the last progress save stands)."""
     from dfkd_core.cli import _run_job
 
-    with ctrl_c_stops_after_the_step(job):
-        code = _run_job(job, ("phase", "loss_kd", "student_accuracy", "images_synthesized"), quiet)
+    leader = job.world.leader
+    with signals_request_cancel(job, stop_signals(job.world),
+                                "\nstopping after this step (Ctrl-C again to stop at once)" if leader else ""):
+        code = _run_job(job, ("phase", "loss_kd", "student_accuracy", "images_synthesized"), quiet or not leader,
+                        report=leader)
     if job.result.get("student_accuracy") is not None:
         print(format_result(job.result))
     return code
@@ -111,24 +93,35 @@ def cmd_distill(args, store) -> int:
     from dfkd_core.distill.job import DistillJob
     from dfkd_core.distill.pool import PoolError
 
+    from dfkd_core.distributed import environment_world, init_from_environment, shutdown
+
     if args.resume:
+        if environment_world().active:
+            raise SystemExit("error: a run resumes in one process: `dfkd distill --resume <run>` without torchrun")
         return cmd_resume(args, store)
     if not args.teacher:
         raise SystemExit("error: --teacher is required (a checkpoint path or teacher run id), or --resume <run>")
     teacher = _load(store, args.teacher, "teacher")
     config = config_from_args(args)
+    world = init_from_environment(config.device)   # torchrun's processes join one group; a plain run: none
     try:
+        config.device = world.device_name(config.device)
         load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
         if args.pool:
             config.pool = str(store.resolve_checkpoint(args.pool, "images.pt"))
-        job = DistillJob(teacher, config)   # loads and checks config.pool
+        job = DistillJob(teacher, config, world=world)   # loads and checks config.pool
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
+        shutdown(world)
         raise SystemExit(f"error: {e}")
-    run = store.create("distill", {**config.to_dict(), "teacher": teacher.path}, teacher=store.run_id_of(teacher.path),
-                       method=config.method, dataset=teacher.dataset.name,
-                       name=job.title())
-    job.run_record = run
-    return run_distillation(job, args.quiet)
+    try:
+        if world.leader:
+            job.run_record = store.create("distill", {**config.to_dict(), "teacher": teacher.path,
+                                                      "processes": world.world},
+                                          teacher=store.run_id_of(teacher.path), method=config.method,
+                                          dataset=teacher.dataset.name, name=job.title())
+        return run_distillation(job, args.quiet)
+    finally:
+        shutdown(world)
 
 
 # Settings of a new run; `--resume` continues a run with its own (config in resume.pt), where only the machine's

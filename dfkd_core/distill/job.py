@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from dfkd_core.data import ImageSplit, load_split
 from dfkd_core.device import prepare_model, resolve_device
+from dfkd_core.distributed import Distributed
 from dfkd_core.distill.config import DistillConfig, default_student
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod
 from dfkd_core.distill.pool import SyntheticPool
@@ -36,11 +37,21 @@ class DistillJob(Job):
     kind = "distill"
 
     def __init__(self, teacher: Checkpoint, config: DistillConfig, run=None, pool: SyntheticPool | None = None,
-                 resume: dict | None = None):
+                 resume: dict | None = None, world: Distributed | None = None):
+        """`world`: the processes of a torchrun job (see distributed.py); each takes its share of every batch and
+        the student's gradients are averaged over them (DistributedDataParallel). Only the leader evaluates and
+        writes the run."""
         super().__init__(run)
         config.validate()
         if config.method not in DISTILL_METHODS:
             raise ValueError(f"unknown distillation method '{config.method}'; choose one of {list(DISTILL_METHODS)}")
+        self.world = world or Distributed()
+        if self.world.active:
+            if not DISTILL_METHODS[config.method].multi_process:
+                raise ValueError(f"method '{config.method}' runs in one process only; start it without torchrun")
+            if resume is not None:
+                raise ValueError("a run resumes in one process: `dfkd distill --resume <run>` without torchrun")
+        self.batch_size = self.world.split_batch(config.batch_size)   # this process's share of a student batch
         self.config, self.teacher_checkpoint = config, teacher
         self.teacher: nn.Module = teacher.model
         self.dataset = teacher.dataset
@@ -101,21 +112,25 @@ class DistillJob(Job):
     def setup(self) -> None:
         c = self.config
         torch.manual_seed(c.seed)
-        self.rng = torch.Generator().manual_seed(c.seed)
+        self.rng = torch.Generator().manual_seed(self.world.seed(c.seed))   # each rank its own minibatches
         test = self.real_split("test")   # fails early, with the install hint, if the dataset is missing
         self.heldout = test.subset(min(c.eval_samples, len(test)), seed=c.seed)
         self.teacher = prepare_model(self.teacher, self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher_hits = evaluate(self.teacher, test, self.device)["correct"]
-        self.teacher_accuracy = int(self.teacher_hits.sum()) / max(len(test), 1)
-        # Per class on the held-out images, beside the student's (read by the live view; replaced whole, never
-        # mutated): where the student falls behind is usually a few confusable classes, not all of them.
-        held_hits = evaluate(self.teacher, self.heldout, self.device)["correct"]
-        self.per_class = {"teacher": per_class_accuracy(held_hits, self.heldout.labels, self.dataset.num_classes)}
+        self.per_class = {}
+        if self.world.leader:   # the other ranks only train: the leader measures and reports
+            self.teacher_hits = evaluate(self.teacher, test, self.device)["correct"]
+            self.teacher_accuracy = int(self.teacher_hits.sum()) / max(len(test), 1)
+            # Per class on the held-out images, beside the student's (read by the live view; replaced whole, never
+            # mutated): where the student falls behind is usually a few confusable classes, not all of them.
+            held_hits = evaluate(self.teacher, self.heldout, self.device)["correct"]
+            self.per_class = {"teacher": per_class_accuracy(held_hits, self.heldout.labels,
+                                                            self.dataset.num_classes)}
         self.student = prepare_model(self.method.build_student(), self.device)
         self.trainer = StudentTrainer(self.student, self.teacher, c, self.dataset, self.device,
-                                      self.method.student_steps(), parameters=self.method.student_parameters())
+                                      self.method.student_steps(), parameters=self.method.student_parameters(),
+                                      world=self.world)
         self.method.setup()
         if self.resumed:
             self._restore(self.resume_state)
@@ -123,7 +138,7 @@ class DistillJob(Job):
         self.method.done = self.start_progress.replace()
         self._plan = self.method.plan(self.start_progress)
         self.t0 = time.time()
-        if not self.resumed:   # a resumed run's curve already has this point
+        if not self.resumed and self.world.leader:   # a resumed run's curve already has this point
             self._record_accuracy()
 
     def step(self, index: int) -> dict:
@@ -135,8 +150,8 @@ class DistillJob(Job):
         metrics["elapsed_s"] = self._elapsed()
         metrics["images_synthesized"] = self.images_synthesized
         metrics["student_steps"] = self.trainer.steps_done
-        if metrics.get("phase") == "kd" and (self.trainer.steps_done % self.config.eval_every == 0
-                                              or index == self.total_steps - 1):
+        if self.world.leader and metrics.get("phase") == "kd" and (
+                self.trainer.steps_done % self.config.eval_every == 0 or index == self.total_steps - 1):
             metrics["student_accuracy"] = self._record_accuracy()
         return metrics
 
@@ -204,7 +219,7 @@ class DistillJob(Job):
 
     # ------------------------------------------------------------------ results
     def finish(self, status: str) -> dict:
-        if not hasattr(self, "trainer"):
+        if not hasattr(self, "trainer") or not self.world.leader:
             return {}
         if status != "done":
             self.save_progress()   # Stop, Ctrl-C or a failure: `dfkd distill --resume` continues from here
@@ -217,7 +232,8 @@ class DistillJob(Job):
                    "teacher": self.teacher_checkpoint.name, **accuracy_summary(hits), "test_images": len(test),
                    "wall_minutes": self._elapsed() / 60, "images_synthesized": self.images_synthesized,
                    "pool_size": len(self.pool), "student_steps": self.trainer.steps_done, "status": status,
-                   "curve": self.curve, "student_parameters": sum(p.numel() for p in self.student.parameters())}
+                   "curve": self.curve, "student_parameters": sum(p.numel() for p in self.student.parameters()),
+                   "processes": self.world.world}
         if self.run_record is not None:
             directory = self.run_record.dir
             save_checkpoint(directory / "model.pt", self.student, self.dataset,

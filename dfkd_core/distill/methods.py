@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from dfkd_core.config import Config
+from dfkd_core.distributed import data_parallel, gather_units
 from dfkd_core.hooks import BNStatisticsRecorder, batchnorm_layers
 from dfkd_core.jobs import check_finite
 from dfkd_core.distill.pool import PoolError
@@ -75,6 +76,7 @@ class DistillMethod:
     name = ""
     data_free = True          # False for methods that read the real training set (shown in every report)
     synthesizes_pool = False  # True for the pool methods, the only ones the inversion settings (`synthesis`) apply to
+    multi_process = True      # runs under torchrun (DDP); False: one process only, said before a run exists
     description = ""
     Options: type[Config] = NoOptions
 
@@ -176,6 +178,7 @@ class RealOrPoolMethod(DistillMethod):
     `validate()`."""
 
     data_free = False
+    multi_process = False   # their epochs, attacks and extra modules are written for one process
 
     def __init__(self, job):
         super().__init__(job)
@@ -233,6 +236,15 @@ class PoolKD(DistillMethod):
         per_round = self.synthesis.batch_size
         self.rounds = 0 if self.config.pool else math.ceil(self.config.images / per_round)
         self._objective: InversionObjective | None = None
+        world = job.world
+        if world.active and self.rounds and (self.compete or self.config.kd_steps_per_round
+                                             or self.options.trajectory_kd_from >= 0):
+            raise ValueError(f"in a {world.world}-process run the rounds are synthesized {world.world} at a time, so "
+                             "the student can only learn once the pool is made: set kd_steps_per_round 0 and "
+                             "trajectory_kd_from -1 (recipe fashion-best does); ADI, whose rounds compete with the "
+                             "student of the round before, runs in one process")
+        # Rounds are made `world` at a time, rank r making round g·world + r of group g (see distributed.py).
+        self.groups = math.ceil(self.rounds / world.world)
 
     def objective(self) -> InversionObjective:
         """One inversion objective for every round, so a compiled one (`synthesis.compile`) compiles once per
@@ -252,7 +264,7 @@ class PoolKD(DistillMethod):
         return self.rounds * per_round + self.config.steps
 
     def total_steps(self) -> int:
-        return self.rounds * self.synthesis.iterations + self.student_steps()
+        return self.groups * self.synthesis.iterations + self.student_steps()
 
     def _round_config(self, r: int) -> SynthesisConfig:
         remaining = self.config.images - r * self.synthesis.batch_size
@@ -261,35 +273,42 @@ class PoolKD(DistillMethod):
                                       device=str(self.job.device), snapshot_every=0)
 
     def plan(self, start: Progress) -> Iterator[dict]:
-        j, c = self.job, self.config
-        for r in range(start.rounds_done, self.rounds):
+        j, c, world = self.job, self.config, self.job.world
+        for g in range(start.rounds_done // world.world, self.groups):
             # A round's batch is half-made until its last iteration: progress saves during the round keep the state
             # at its start, and a resume repeats the round.
             j.hold_progress()
-            inversion = ModelInversion(j.teacher, j.dataset, self._round_config(r),
-                                       student=j.student if self.compete else None, objective=self.objective())
-            self.inversion = inversion
-            inversion.setup()
-            for i in range(inversion.total_steps):
-                m = inversion.step(i)
-                yield {"phase": "synthesis", "round": r, "inv_iteration": i,
-                       **{f"inv_{k}": v for k, v in m.items() if not isinstance(v, list)}}
-                if 0 <= self.options.trajectory_kd_from <= i:
-                    yield {**self._trajectory_kd_step(inversion), "round": r, "inv_iteration": i}
-            inversion.finish("done")
-            images, targets = inversion.images(), inversion.targets.cpu()
-            j.pool.append(images, targets)
-            j.images_synthesized += len(images)
-            self.latest = (images, targets)
-            self.inversion = None
+            r = g * world.world + world.rank
+            made = {}
+            if r < self.rounds:
+                inversion = ModelInversion(j.teacher, j.dataset, self._round_config(r),
+                                           student=j.student if self.compete else None, objective=self.objective())
+                self.inversion = inversion
+                inversion.setup()
+                for i in range(inversion.total_steps):
+                    m = inversion.step(i)
+                    yield {"phase": "synthesis", "round": r, "inv_iteration": i,
+                           **{f"inv_{k}": v for k, v in m.items() if not isinstance(v, list)}}
+                    if 0 <= self.options.trajectory_kd_from <= i:
+                        yield {**self._trajectory_kd_step(inversion), "round": r, "inv_iteration": i}
+                inversion.finish("done")
+                made[r] = (inversion.images(), inversion.targets.cpu())
+                self.inversion = None
+            else:   # the last group has fewer rounds than processes: this one waits for the others
+                for i in range(self.synthesis.iterations):
+                    yield {"phase": "synthesis", "round": -1, "inv_iteration": i}
+            for round_index, (images, targets) in sorted(gather_units(world, made).items()):
+                j.pool.append(images, targets)
+                j.images_synthesized += len(images)
+                self.latest = (images, targets)
             for _ in range(c.kd_steps_per_round):
-                yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
-            self.done.rounds_done = r + 1
+                yield self.kd_step(j.pool.sample(j.batch_size, j.rng)[0])
+            self.done.rounds_done = min((g + 1) * world.world, self.rounds)
             j.release_progress()
         if self.latest is None and len(j.pool):
             self.latest = (j.pool.images[:64], j.pool.targets[:64])
         for _ in range(self.student_steps() - j.trainer.steps_done):
-            yield self.kd_step(j.pool.sample(c.batch_size, j.rng)[0])
+            yield self.kd_step(j.pool.sample(j.batch_size, j.rng)[0])
 
     def describe_progress(self, progress: Progress) -> str:
         rounds = f", {progress.rounds_done} of {self.rounds} synthesis rounds done" if self.rounds else ""
@@ -304,10 +323,14 @@ class PoolKD(DistillMethod):
             parts.append(f"{self.rounds * per_round:,} after each round")
         if trajectory:
             parts.append(f"{self.rounds * trajectory:,} on half-formed batches")
-        return (f"{self.total_steps():,} steps = {self.rounds} rounds × {self.synthesis.iterations} inversion "
+        rounds = (f"{self.rounds} rounds" if not self.job.world.active else
+                  f"{self.groups} groups of {self.job.world.world} rounds at once ({self.rounds} rounds)")
+        return (f"{self.total_steps():,} steps = {rounds} × {self.synthesis.iterations} inversion "
                 f"iterations + {self.student_steps():,} student steps ({', '.join(parts)})")
 
     def describe_step(self, metrics: dict) -> str:
+        if metrics.get("round") == -1:
+            return "waiting for the other processes' last rounds"
         if "round" not in metrics:
             return "the student learns by KD on the finished pool" if self.rounds else "KD on the reused pool"
         text = (f"synthesizing round {metrics['round'] + 1} of {self.rounds}, inversion iteration "
@@ -383,18 +406,20 @@ class GeneratorKD(DistillMethod):
     def setup(self) -> None:
         c, j = self.config, self.job
         self.generator = build_generator(self.mode, c.latent_dim, j.dataset, c.generator_width).to(j.device)
+        # Several processes: each draws its own latents, and the generator's gradients are averaged over them.
+        self.training_generator = data_parallel(self.generator, j.world)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.generator_lr, betas=(0.5, 0.999))
         self.recorder = BNStatisticsRecorder(j.teacher)
 
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch_size: int, training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         z, y = sample_latents(self.generator, batch_size, self.job.dataset.num_classes, self.job.device, self.job.rng)
-        return self.generator(z, y), y
+        return (self.training_generator if training else self.generator)(z, y), y
 
     def plan(self, start: Progress) -> Iterator[dict]:
         c, j = self.config, self.job
         self.generator.train()
         for _ in range(c.generator_steps - start.generator_steps):
-            x, y = self.sample(c.batch_size)
+            x, y = self.sample(j.batch_size, training=True)
             total, terms, logits = generator_loss(j.teacher, x, y, self.recorder, c.lambda_tv, c.lambda_l2,
                                                   c.lambda_bn)
             check_finite({f"generator_{k}": v for k, v in terms.items()}, j.step_index)
@@ -408,8 +433,8 @@ class GeneratorKD(DistillMethod):
                    "gen_teacher_accuracy": (logits.argmax(1) == y).float().mean().item()}
         for _ in range(c.steps - j.trainer.steps_done):
             with torch.no_grad():
-                x, y = self.sample(c.batch_size)
-            j.images_synthesized += len(x)
+                x, y = self.sample(j.batch_size)
+            j.images_synthesized += len(x) * j.world.world
             self.latest = (x.cpu(), y.cpu())
             yield self.kd_step(x)
 

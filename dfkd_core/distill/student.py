@@ -18,6 +18,7 @@ from dfkd_core.data import DatasetInfo
 from dfkd_core.device import autocast, prepare_input
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.resume import clone_state
+from dfkd_core.distributed import Distributed, data_parallel
 from dfkd_core.jobs import check_finite
 from dfkd_core.losses import cross_entropy_loss, kd_loss
 
@@ -75,8 +76,11 @@ class StudentTrainer:
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, dataset: DatasetInfo,
-                 device: torch.device, total_steps: int, parameters=None):
+                 device: torch.device, total_steps: int, parameters=None, world: Distributed | None = None):
         self.student, self.teacher, self.config, self.dataset, self.device = student, teacher, config, dataset, device
+        world = world or Distributed()
+        # Several processes: the forward runs through DDP, whose backward averages the gradients over the ranks.
+        self.forward_model = data_parallel(student, world)
         self.augment = resolve_augment(config.augment, dataset)
         self.max_shift = max(1, dataset.image_size // 14) if self.augment != "none" else 0
         self.optimizer = torch.optim.AdamW(parameters if parameters is not None else student.parameters(),
@@ -84,7 +88,7 @@ class StudentTrainer:
         total = max(1, total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.generator = torch.Generator().manual_seed(world.seed(config.seed + 1))
         self.steps_done = 0
 
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,11 +104,11 @@ class StudentTrainer:
         x = prepare_input(x, self.device)
         if augment:
             x = self.augment_batch(x)
-        self.student.train()
+        self.forward_model.train()
         with autocast(self.device, c.amp):
             with torch.no_grad():
                 teacher_logits = self.teacher(x).float()
-            student_logits = self.student(x).float()
+            student_logits = self.forward_model(x).float()
             terms = {"kd": kd_loss(student_logits, teacher_logits, c.temperature)}
             if labels is not None and (c.alpha_ce > 0 or force_ce):
                 terms["ce"] = cross_entropy_loss(student_logits, labels.to(self.device))
