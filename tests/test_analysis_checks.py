@@ -40,6 +40,8 @@ def test_sample_count_note_says_when_fewer_exist():
 @pytest.mark.parametrize("config, field", [
     (CKAConfig(threshold=math.nan), "threshold"), (CKAConfig(threshold=-1.0), "threshold"),
     (CKAConfig(samples=-3), "samples"), (CKAConfig(kernel="cosine"), "kernel"), (CKAConfig(batch_size=2), "batch"),
+    (CKAConfig(kernel="rbf", estimator="streaming"), "streaming"),
+    (CKAConfig(kernel="debiased", estimator="streaming"), "streaming"),
     (GradCAMConfig(fraction=0.0), "fraction"), (GradCAMConfig(fraction=1.5), "fraction"),
     (GradCAMConfig(fraction=math.inf), "fraction"), (GradCAMConfig(samples=-1), "samples"),
     (BoundaryConfig(eta=math.nan), "eta"), (BoundaryConfig(eta=0.0), "eta"), (BoundaryConfig(samples=0), "samples"),
@@ -80,6 +82,29 @@ def test_every_analysis_refuses_bad_numbers_before_a_run(command, setting, tmp_p
     with pytest.raises(SystemExit, match="^error: .*must be"):
         main(["--home", str(home), *analysis(command, digits_teacher.path, digits_teacher.path, *setting)])
     assert not RunStore(home).list()
+
+
+def test_cka_refuses_a_kernel_its_estimator_cannot_compute_before_a_run(tmp_path, digits_teacher):
+    """The streaming estimator is exact linear CKA only: asking it for RBF left a failed run behind (item 3)."""
+    home = tmp_path / "home"
+    with pytest.raises(SystemExit, match="^error: the streaming estimator is exact linear CKA only"):
+        main(["--home", str(home), *analysis("cka", digits_teacher.path, digits_teacher.path, "--kernel", "rbf",
+                                             "--estimator", "streaming")])
+    assert not RunStore(home).list()
+
+
+def test_a_repeated_student_is_never_silently_dropped(tmp_path, digits_teacher):
+    """`--student` repeats as in `dfkd boundary`: gradcam compares every one given; cka, which takes one, refuses a
+    second rather than keeping only the last (argparse's default)."""
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "--quiet", "gradcam", "--teacher", digits_teacher.path, "--student",
+                 digits_teacher.path, "--student", digits_teacher.path, "--samples", "8"]) == 0
+    (run,) = RunStore(home).list()
+    assert sorted(run.summary["students"]) == ["student1:bncnn3_w32", "student2:bncnn3_w32"]
+    with pytest.raises(SystemExit, match="^error: cka compares one student"):
+        main(["--home", str(home), "--quiet", "cka", "--teacher", digits_teacher.path, "--student",
+              digits_teacher.path, "--student", digits_teacher.path])
+    assert len(RunStore(home).list()) == 1
 
 
 @pytest.mark.parametrize("command", ["cka", "gradcam", "boundary"])

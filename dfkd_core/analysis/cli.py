@@ -96,6 +96,10 @@ def cmd_cka(args, store) -> int:
     from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig
     from dfkd_core.cli import ProgressBar
 
+    if len(args.student) > 1:   # argparse would keep only the last: never drop a model the user named
+        raise SystemExit(f"error: cka compares one student with the teacher, got {len(args.student)} --student; "
+                         "run it once per student")
+    args.student = args.student[0]
     teacher, student = _models(store, [args.teacher, args.student], "model")
     config = CKAConfig(teacher=args.teacher, student=args.student, kernel=args.kernel, threshold=args.threshold,
                        bandwidth=args.bandwidth, layers_teacher=args.layers_teacher or [],
@@ -141,7 +145,7 @@ def cmd_gradcam(args, store) -> int:
     from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig
     from dfkd_core.cli import ProgressBar
 
-    refs = [args.student] + (args.students or [])
+    refs = args.student + (args.students or [])   # --student repeats (as in `dfkd boundary`), --students lists
     teacher, *students = _models(store, [args.teacher] + refs, "model")
     names = [f"student{i + 1}:{s.name}" if len(refs) > 1 else f"student:{s.name}" for i, s in enumerate(students)]
     config = GradCAMConfig(teacher=args.teacher, students=refs, target=args.target,
@@ -174,7 +178,7 @@ def cmd_gradcam(args, store) -> int:
 
 def _common(p: argparse.ArgumentParser, samples: int, batch_size: int) -> None:
     p.add_argument("--teacher", required=True, help="checkpoint path or run id")
-    p.add_argument("--student", required=True, help="checkpoint path or run id")
+    p.add_argument("--student", required=True, action="append", help="checkpoint path or run id")
     p.add_argument("--inputs", default="real", help="'real' (teacher's test split) or a synthesis run id")
     p.add_argument("--samples", type=int, default=samples, help="number of inputs (0: all)")
     p.add_argument("--batch-size", type=int, default=batch_size)

@@ -118,6 +118,8 @@ class CKAConfig(Config):
         self.require_finite()
         _require(self.kernel in KERNELS, f"kernel must be one of {KERNELS}, got '{self.kernel}'")
         _require(self.estimator in ESTIMATORS, f"estimator must be one of {ESTIMATORS}, got '{self.estimator}'")
+        _require(self.estimator != "streaming" or self.kernel == "linear",
+                 f"the streaming estimator is exact linear CKA only; use 'full' or 'minibatch' for '{self.kernel}'")
         _require(self.bandwidth in RBF_BANDWIDTHS, f"bandwidth must be one of {RBF_BANDWIDTHS}, got "
                                                    f"'{self.bandwidth}'")
         _require(self.reduce in ("flatten", "mean"), f"reduce must be 'flatten' or 'mean', got '{self.reduce}'")
