@@ -257,13 +257,28 @@ def _add_extra_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    store = RunStore(args.home)
     try:
-        return args.func(args, store)
-    except DatasetMissingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        try:
+            args = build_parser().parse_args(argv)   # --help prints, then exits
+        finally:
+            sys.stdout.flush()
+        store = RunStore(args.home)
+        try:
+            code = args.func(args, store)
+        except DatasetMissingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = 2
+        sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped early (`dfkd runs | head -1`): exit quietly as other tools do (128 + SIGPIPE), with
+        # stdout on devnull so Python's own flush at exit does not fail a second time (the recipe in Python's docs).
+        import os
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass   # stdout is not a real file (captured in tests): nothing is left to flush into the pipe
+        return 141
 
 
 if __name__ == "__main__":
