@@ -63,6 +63,7 @@ import pytest  # noqa: E402
     (["--lr", "nan"], "lr must be a finite number"),
     (["--lr", "0"], "lr must be > 0"),
     (["--jitter", "-3"], "jitter"),
+    (["--jitter", "1000"], "jitter 1000 is a shift of up to ±1000 pixels"),   # digits are 8x8
     (["--targets", "1,x"], "--targets takes comma-separated class indices"),
     (["--targets", "12"], "outside 0..9"),
     (["--method", "adi"], "needs a student"),

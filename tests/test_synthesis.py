@@ -97,6 +97,19 @@ def test_bad_targets_and_config_are_rejected(digits_teacher):
         SynthesisConfig(alpha_tv=-1).validate()
 
 
+def test_a_jitter_as_large_as_the_image_is_refused(digits_teacher):
+    """SynthesisConfig cannot know the image size; the job refuses it before a run exists (and as a live change)."""
+    for jitter in (8, 1000):   # digits are 8x8
+        with pytest.raises(ValueError, match=f"jitter {jitter} .* 8x8 digits image .* below 8") as refused:
+            _job(digits_teacher, jitter=jitter, iterations=2)
+        assert "\n" not in str(refused.value)
+    job = _job(digits_teacher, jitter=7, iterations=2)   # below the size: an augmentation, accepted
+    with pytest.raises(ValueError, match="jitter 8 "):
+        job.update(jitter=8)
+    job.run()
+    assert job.status == "done" and job.config.jitter == 7
+
+
 @pytest.mark.parametrize("name", ["alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier",
                                   "lr", "compete_temperature"])
 def test_a_nan_weight_is_refused_not_read_as_term_off(name):

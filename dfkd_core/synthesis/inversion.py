@@ -114,6 +114,15 @@ class SynthesisConfig(Config):
             raise ValueError(f"targets are class indices >= 0, got {self.targets}")
 
 
+def _check_jitter(jitter: int, dataset: DatasetInfo) -> None:
+    """The config cannot know the image size; the job can. A shift of ±J wraps round (`torch.roll`), so J ≥ the
+    image's side is no augmentation at all, and most likely a typo."""
+    size = dataset.image_size
+    if jitter >= size:
+        raise ValueError(f"jitter {jitter} is a shift of up to ±{jitter} pixels, which wraps a {size}x{size} "
+                         f"{dataset.name} image round on itself; use a jitter below {size}")
+
+
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
     return 0.5 * base_lr * (1 + math.cos(math.pi * step / max(total, 1)))
 
@@ -131,6 +140,7 @@ class ModelInversion(Job):
         compilation); by default the job makes its own."""
         super().__init__(run)
         config.validate()
+        _check_jitter(config.jitter, dataset)
         self.config, self.dataset = config, dataset
         self.teacher, self.student = teacher, student
         self.has_bn = bool(batchnorm_layers(teacher))
@@ -153,6 +163,8 @@ class ModelInversion(Job):
         with the same sentence, instead of silently dropping its term at the next step)."""
         if set(changes) <= set(self.live_parameters):   # else the base class names what cannot change
             self.config.replace(**changes).validate()
+            if "jitter" in changes:
+                _check_jitter(changes["jitter"], self.dataset)
         super().update(**changes)
 
     def apply_updates(self, updates: dict) -> None:
