@@ -260,6 +260,17 @@ class RunStore:
         self.index.put(row)
         return Run(self, record.id, self.runs_dir / record.id)
 
+    def hand_over(self, reference: str) -> Run:
+        """A run created by one process is written by another from now on (the app creates a run, torchrun's
+        leader runs it): it stays 'running', under this pid, so its liveness is this process's."""
+        record = self.get_record(reference)
+        row = self._read_run_file(self.runs_dir / record.id)
+        pid = os.getpid()
+        row.update(updated=time.time(), pid=pid, pid_start=process_start_ticks(pid), host=socket.gethostname())
+        atomic_write_text(self.runs_dir / record.id / RUN_FILE, json.dumps(_jsonable(row), indent=2))
+        self.index.put(row)
+        return Run(self, record.id, self.runs_dir / record.id)
+
     def delete(self, reference: str) -> RunRecord:
         """Delete the one run `reference` names (its id or a unique prefix): its index row and its directory.
 

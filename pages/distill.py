@@ -6,9 +6,9 @@ from pages.views.common import (attached_job, data_root_setting, ensure_starter_
                                 keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
                                 teacher_or_stop)
 from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
-                                          extra_option_widgets, method_label, ordered_methods, pool_runs, render_live,
-                                          set_weights, start_distillation, student_choices, uses_pool, weight_key,
-                                          weight_widget, weights_of)
+                                      extra_option_widgets, method_label, ordered_methods, pool_runs,
+                                      processes_widget, render_live, set_weights, start_distillation,
+                                      student_choices, uses_pool, weight_key, weight_widget, weights_of)
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -74,11 +74,12 @@ with st.sidebar:
         if weight.applies(cls) and not (pool_run and synthesis_only):
             weight_widget(weight.name, running)
     extra_options = extra_option_widgets(method, running)
+    processes = processes_widget(method, running)
 
 
 def start() -> DistillJob:
     new = start_distillation(teacher_run, config_from_widgets(method, student, pool_run, extra_options,
-                                                              data_root_setting(dataset.name)))
+                                                              data_root_setting(dataset.name)), processes)
     st.session_state["distill_synced"] = new.id   # the widgets already show its settings
     return new
 

@@ -203,3 +203,32 @@ def test_the_live_view_shows_accuracy_per_class_teacher_beside_student(teacher_h
     charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
     per_class = [f for f in charts if "per class" in str(f["layout"].get("title", {}).get("text", ""))]
     assert per_class and [t["name"] for t in per_class[0]["data"]] == ["teacher", "student"]
+
+
+def test_a_two_process_run_starts_from_the_page_and_is_shown_like_any_other(teacher_home):
+    """processes = 2: torchrun runs the job; the page follows its run (steps, accuracy curve, result)."""
+    at = app(PAGE)
+    set_numbers(at, {**TINY, "kd_steps_per_round": 0, "trajectory_kd_from": -1, "processes": 2})
+    button(at, "Start").click().run()
+    assert not at.error, at.error[0].value
+    job = job_of(at)
+    assert job is not None and job.processes == 2
+    assert job.wait(180) == "done", (job.error, job.log_path().read_text()[-2000:])
+    at.run()
+    assert not at.exception
+    record = teacher_home.get_record(job.run_record.id)
+    assert record.status == "done" and record.summary["processes"] == 2 and "2 processes" in record.name
+    assert len(job.history) == job.method.total_steps() and job.curve   # every step of the leader, mirrored
+    assert at.dataframe[0].value["student acc"][0] == pytest.approx(record.summary["student_accuracy"])
+    assert any("torchrun processes" in c.value for c in at.caption)
+
+
+def test_a_method_that_needs_one_process_says_so_and_offers_no_choice(teacher_home):
+    at = app(PAGE)
+    at.sidebar.selectbox(key="distill_method").set_value("bss").run()
+    assert not [w for w in at.sidebar.number_input if w.key == "distill_processes"]
+    assert any("Runs in one process" in c.value for c in at.sidebar.caption)
+    at.sidebar.selectbox(key="distill_method").set_value("deepinversion").run()
+    set_numbers(at, {**TINY, "processes": 2})   # KD after each round needs one process: refused with the reason
+    button(at, "Start").click().run()
+    assert at.error and "the student can only learn once the pool is made" in at.error[0].value

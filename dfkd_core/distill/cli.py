@@ -99,10 +99,13 @@ def cmd_distill(args, store) -> int:
         if environment_world().active:
             raise SystemExit("error: a run resumes in one process: `dfkd distill --resume <run>` without torchrun")
         return cmd_resume(args, store)
-    if not args.teacher:
-        raise SystemExit("error: --teacher is required (a checkpoint path or teacher run id), or --resume <run>")
-    teacher = _load(store, args.teacher, "teacher")
-    config = config_from_args(args)
+    if args.attach_run:
+        teacher, config = attached_settings(args, store)
+    else:
+        if not args.teacher:
+            raise SystemExit("error: --teacher is required (a checkpoint path or teacher run id), or --resume <run>")
+        teacher = _load(store, args.teacher, "teacher")
+        config = config_from_args(args)
     world = init_from_environment(config.device)   # torchrun's processes join one group; a plain run: none
     try:
         config.device = world.device_name(config.device)
@@ -114,7 +117,9 @@ def cmd_distill(args, store) -> int:
         shutdown(world)
         raise SystemExit(f"error: {e}")
     try:
-        if world.leader:
+        if world.leader and args.attach_run:
+            job.run_record = store.hand_over(args.attach_run)
+        elif world.leader:
             job.run_record = store.create("distill", {**config.to_dict(), "teacher": teacher.path,
                                                       "processes": world.world},
                                           teacher=store.run_id_of(teacher.path), method=config.method,
@@ -122,6 +127,28 @@ def cmd_distill(args, store) -> int:
         return run_distillation(job, args.quiet)
     finally:
         shutdown(world)
+
+
+def attached_settings(args, store):
+    """The teacher and config of a run another process created for this command to run (`--attach-run`: the app
+    starts a multi-process distillation this way); no other setting may be given."""
+    from dfkd_core.cli import _load
+    given = [k for k in NEW_RUN_SETTINGS if getattr(args, k, None) is not None]
+    if given:
+        raise SystemExit(f"error: --attach-run runs a run with its own settings; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    try:
+        saved = store.get(args.attach_run).config()
+    except KeyError as e:
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+    teacher = saved.pop("teacher", None)
+    saved.pop("processes", None)
+    if not teacher:
+        raise SystemExit(f"error: run {args.attach_run} names no teacher in its config.json")
+    try:
+        return _load(store, teacher, "teacher"), DistillConfig.from_dict(saved)
+    except ValueError as e:
+        raise SystemExit(f"error: run {args.attach_run}'s config.json: {e}") from None
 
 
 # Settings of a new run; `--resume` continues a run with its own (config in resume.pt), where only the machine's
@@ -215,6 +242,7 @@ def add_commands(sub) -> None:
     d.add_argument("--device")
     d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only; default: "
                                        "$DFKD_<DATASET>, else the dataset's default location)")
+    d.add_argument("--attach-run", help=argparse.SUPPRESS)   # run a run created elsewhere (dfkd_core/launch.py)
     d.set_defaults(func=cmd_distill)
 
 

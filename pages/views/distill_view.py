@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -15,6 +16,7 @@ from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
+from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.plots.distill import per_class_accuracy_figure
 from dfkd_core.runs import RunRecord
@@ -192,6 +194,19 @@ def config_from_widgets(method: str, student: str, pool_run: str | None, extra_o
     return config
 
 
+def processes_widget(method: str, disabled: bool) -> int:
+    """How many local processes run the job (torchrun, DDP); 1 = this process, live images included."""
+    if not DISTILL_METHODS[method].multi_process:
+        st.caption("Runs in one process (its epochs and extra modules are written for one).")
+        return 1
+    return int(st.number_input(
+        "processes", min_value=1, max_value=max(1, os.cpu_count() or 1), value=1, step=1, key="distill_processes",
+        disabled=disabled, help="More than 1: torchrun starts that many processes on this machine; each inverts "
+        "its share of the rounds and the student trains with DistributedDataParallel (the batch is split over "
+        "them). The pool is the same whatever the number; rounds with KD during synthesis need 1. "
+        + section_link("scaling-out")))
+
+
 def student_choices(teacher_run: str) -> tuple[list[str], str]:
     """(every registered model, the default: the teacher's half-width student or else the teacher's own model)."""
     from dfkd_core.models import list_models
@@ -214,20 +229,26 @@ def uses_pool(method: str) -> bool:
     return issubclass(DISTILL_METHODS[method], (PoolKD, RealOrPoolMethod))
 
 
-def start_distillation(teacher_run: str, config: DistillConfig) -> DistillJob:
+def start_distillation(teacher_run: str, config: DistillConfig, processes: int = 1) -> DistillJob:
     """Check everything that can be checked here, create the distill run and submit its job. Raises ValueError,
-    FileNotFoundError (a missing dataset or pool, with the install hint) or JobLimitError with a message."""
+    FileNotFoundError (a missing dataset or pool, with the install hint) or JobLimitError with a message.
+    `processes` > 1: the job runs in that many torchrun processes on this machine (dfkd_core/launch.py)."""
     require_job_slot()
     store, checkpoint = get_store(), open_checkpoint(teacher_run)
     info = checkpoint.dataset
     load_split(info.name, "test", config.data_root, info.image_size)  # real test set: evaluation
     if config.pool:
         config.pool = str(store.resolve_checkpoint(config.pool, "images.pt"))
-    job = DistillJob(dataclasses.replace(checkpoint, model=fresh_model(teacher_run)), config)   # loads config.pool
+    teacher = dataclasses.replace(checkpoint, model=fresh_model(teacher_run))
+    if processes > 1:   # the same checks and plan as a job of this process, for N processes
+        job = LaunchedDistillJob(teacher, config, processes, store)
+    else:
+        job = DistillJob(teacher, config)   # loads config.pool
     job.config.eval_every = max(1, round(job.method.student_steps() / CURVE_POINTS))
-    run = store.create("distill", {**job.config.to_dict(), "teacher": checkpoint.path}, teacher=teacher_run,
-                       method=config.method, dataset=info.name,
-                       name=f"{job.title()} · {time.strftime('%H:%M')} (app)")
+    where = f" · {processes} processes" if processes > 1 else ""
+    run = store.create("distill", {**job.config.to_dict(), "teacher": checkpoint.path, "processes": processes},
+                       teacher=teacher_run, method=config.method, dataset=info.name,
+                       name=f"{job.title()}{where} · {time.strftime('%H:%M')} (app)")
     job.run_record = run
     return submit(job, run, label=f"{config.method} distillation on {info.name}", snapshot_interval_s=SNAPSHOT_SECONDS)
 
@@ -290,6 +311,9 @@ def render_progress(job: DistillJob) -> None:
     cols[2].metric("images synthesized", last.get("images_synthesized", 0))
     kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
+    if isinstance(job, LaunchedDistillJob):
+        st.caption(f"Runs in {job.processes} torchrun processes on this machine (log: `{job.log_path()}`): the "
+                   "curves follow the run's files; its images are on the Runs page when it ends.")
     snap = job.latest_snapshot
     if snap is not None and snap.images is not None and len(snap.images):
         st.image(cached("distill_grid", (job.id, snap.step),
