@@ -234,6 +234,9 @@ class PoolKD(DistillMethod):
             raise ValueError("trajectory_kd_from must be at or after the half-resolution iterations "
                              f"({self.synthesis.multi_resolution_iterations}): the student learns at full size")
         per_round = self.synthesis.batch_size
+        if not self.config.pool and self.config.images < 1:
+            raise ValueError(f"'{self.name}' synthesizes its pool: images must be >= 1 (or pass --pool to reuse "
+                             "a stored one)")
         self.rounds = 0 if self.config.pool else math.ceil(self.config.images / per_round)
         self._objective: InversionObjective | None = None
         world = job.world
