@@ -1,12 +1,15 @@
 """Attention: Grad-CAM of a stored teacher and its students on the same real images, with overlap scores and their
-95% intervals over images (§6)."""
+95% intervals over images (§6), and the paired difference of every two students on those images."""
 import streamlit as st
 import torch
 
 from dfkd_core.analysis import TARGETS, compare_attention
 from dfkd_core.analysis.checks import require_comparable, sample_count_note
+from dfkd_core.analysis.gradcam import paired_differences
 from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
-from dfkd_core.plots.representations import gradcam_grid_figure, overlap_histogram_figure, overlap_interval_figure
+from dfkd_core.plots.representations import (gradcam_grid_figure, overlap_difference_figure, overlap_histogram_figure,
+                                             overlap_interval_figure)
+from dfkd_core.stats import Interval
 from pages.views.analysis_view import (analysis_job, incomparable, interval_text, model_choices, short_label,
                                        show_progress, stored_analyses)
 from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, keep_widget_state,
@@ -31,7 +34,16 @@ def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[in
                           fraction=fraction)
     return {"images": split.info.denormalize(split.normalized(idx)), "maps": c.maps, "predictions": c.predictions,
             "scores": {s: {"correlation": c.correlation[s], "iou": c.iou[s]} for s in c.students},
-            "summary": c.summary(intervals=True), "labels": split.labels[idx]}
+            "summary": c.summary(intervals=True), "differences": c.paired_differences(), "labels": split.labels[idx]}
+
+
+def difference_rows(differences: list[dict]) -> list[dict]:
+    """One row per two students: r and IoU differences (later − earlier) with their paired 95% intervals."""
+    return [{"students": f"{d['student_a']} − {d['student_b']}",
+             **{label: interval_text(d[k], Interval.from_dict(d[k]).estimate, "+.3f")
+                for k, label in (("correlation", "r difference (95% interval)"),
+                                 ("iou", "IoU difference (95% interval)"))},
+             "images": Interval.from_dict(d["iou"]).units} for d in differences]
 
 
 def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> GradCAMAnalysis:
@@ -102,6 +114,10 @@ if chosen:
     st.caption("95% intervals over the images shown: " + "; ".join(
         f"{name}: r {interval_text(s['correlation_interval'], spec='.2f')}, IoU "
         f"{interval_text(s['iou_interval'], spec='.2f')}" for name, s in shot["summary"].items()))
+    if shot["differences"]:
+        st.caption("Paired differences on these images (95% paired interval): " + "; ".join(
+            f"{d['student_a']} − {d['student_b']}: r {interval_text(d['correlation'], spec='+.2f')}, IoU "
+            f"{interval_text(d['iou'], spec='+.2f')}" for d in shot["differences"]))
     st.dataframe([{"image": f"#{i} {names[int(y)]}", **{f"{n} {k}": round(float(v[k][j]), 3)
                                                        for n, v in shot["scores"].items() for k in v}}
                   for j, (i, y) in enumerate(zip(chosen, shot["labels"]))], hide_index=True)
@@ -133,6 +149,14 @@ if stored:
                   for n, s in saved["students"].items()], hide_index=True)
     if all("correlation_interval" in s for s in saved["students"].values()):
         st.plotly_chart(overlap_interval_figure(saved["students"]), key="overlap_intervals")
+    # every two students on the same images: a paired interval (a run scored before they were stored: from its
+    # per-image scores)
+    differences = saved.get("differences")
+    if differences is None and len(saved["per_image"]) > 1:
+        differences = paired_differences(saved["per_image"])
+    if differences:
+        st.plotly_chart(overlap_difference_figure(differences), key="overlap_differences")
+        st.dataframe(difference_rows(differences), hide_index=True)
     left, right = st.columns(2)
     for col, metric in ((left, "correlation"), (right, "iou")):
         col.plotly_chart(overlap_histogram_figure({n: torch.tensor([float(x) for x in v[metric]], dtype=torch.float64)

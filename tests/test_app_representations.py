@@ -200,6 +200,41 @@ def test_attention_scores_many_images_in_the_background(home):
     assert len(summary) == 1 and summary["images"][0] == 100 and "[" in summary["mean r (95% interval)"][0]
 
 
+def test_attention_shows_the_paired_difference_of_two_students_on_the_same_images(home):
+    at = page("pages/attention.py")
+    at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.ie["iedml"]]).run()
+    assert not at.exception, at.exception
+    shown = " ".join(c.value for c in at.caption)
+    assert "Paired differences on these images (95% paired interval)" in shown and " − iekd" in shown
+    at.select_slider(key="att_samples").set_value(100).run()
+    click(at, "Score them")
+    finish_job(at, "GradCAMAnalysis")
+    (analysis,) = home.list("analysis")
+    run = home.get(analysis.id)
+    saved = run.load_json("gradcam.json")
+    (d,) = saved["differences"]   # the second student minus the first, on the same 100 images
+    later, earlier = list(saved["students"])[1], list(saved["students"])[0]
+    assert (d["student_a"], d["student_b"]) == (later, earlier) and d["iou"]["units"] == 100
+
+    def shown_differences():
+        (fig,) = [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith("Paired differences")]
+        table = next(df.value for df in at.dataframe if "students" in df.value.columns)
+        return fig, table
+
+    fig, table = shown_differences()
+    assert [t["name"] for t in fig["data"]] == ["r", "IoU"] and "error_x" in fig["data"][1]
+    assert fig["data"][1]["y"] == [f"{later} − {earlier}"]
+    assert fig["data"][1]["x"][0] == pytest.approx(d["iou"]["estimate"])
+    assert table["students"][0] == f"{later} − {earlier}" and table["images"][0] == 100
+    assert table["IoU difference (95% interval)"][0].count("[") == 1
+    # a run stored before differences were: computed from its per-image scores, the same numbers
+    run.save_json("gradcam.json", {k: v for k, v in saved.items() if k != "differences"})
+    at.run()
+    assert not at.exception, at.exception
+    fig, _ = shown_differences()
+    assert fig["data"][1]["x"][0] == pytest.approx(d["iou"]["estimate"])
+
+
 # ------------------------------------------------------------------ a pair that cannot be compared
 
 def test_a_student_made_for_another_input_shape_is_refused_before_any_run(home, tmp_path):

@@ -3,13 +3,14 @@ and `dfkd gradcam`."""
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
 import torch.nn as nn
 
 from dfkd_core.analysis.gradcam import (AttentionComparator, attention_correlation, compare_attention, grad_cam,
-                                        top_region_iou)
+                                        paired_differences, top_region_iou)
 from dfkd_core.models import create_model
 
 
@@ -127,6 +128,42 @@ def test_target_rules_and_errors():
         grad_cam(teacher, images, 0, "classifier")
 
 
+def test_paired_differences_are_later_minus_earlier_on_the_images_defined_for_both():
+    from dfkd_core.stats import paired_difference_interval
+
+    nan = float("nan")
+    a = {"correlation": torch.tensor([0.1, 0.2, nan, 0.4, 0.5, 0.3]),
+         "iou": torch.tensor([0.2, 0.3, 0.4, 0.1, 0.5, 0.6])}
+    b = {"correlation": torch.tensor([0.3, nan, 0.5, 0.6, 0.6, 0.5]),
+         "iou": torch.tensor([0.3, 0.3, 0.5, 0.3, 0.5, 0.8])}
+    c = {"correlation": torch.zeros(6), "iou": torch.zeros(6)}
+    out = paired_differences({"A": a, "B": b, "C": c})
+    assert [(d["student_a"], d["student_b"]) for d in out] == [("B", "A"), ("C", "A"), ("C", "B")]
+    r = out[0]["correlation"]   # images 0, 3, 4, 5: defined for both
+    assert r["units"] == 4 and r["estimate"] == pytest.approx((0.2 + 0.2 + 0.1 + 0.2) / 4)
+    assert r == paired_difference_interval(b["correlation"], a["correlation"]).to_dict()   # the project's bootstrap
+    iou = out[0]["iou"]
+    assert iou["units"] == 6 and iou["estimate"] == pytest.approx(0.1) and 0 <= iou["low"] <= 0.1 <= iou["high"]
+    # a saved gradcam.json's per-image lists (NaN stored as "nan" or None) give the same numbers
+    stored = {n: {k: [("nan" if i % 2 else None) if math.isnan(v) else v for i, v in enumerate(t.tolist())]
+                  for k, t in s.items()} for n, s in {"A": a, "B": b, "C": c}.items()}
+    assert paired_differences(stored) == out
+    assert paired_differences({"A": a}) == []
+
+
+def test_cli_gradcam_json_carries_the_paired_difference(digits_teacher, digits_student_checkpoint, tmp_path,
+                                                        capsys):
+    from dfkd_core.cli import main
+
+    assert main(["--home", str(tmp_path / "home"), "--quiet", "gradcam", "--teacher", digits_teacher.path,
+                 "--student", digits_teacher.path, "--student", str(digits_student_checkpoint), "--samples", "20",
+                 "--json"]) == 0
+    (d,) = json.loads(capsys.readouterr().out)["differences"]
+    assert (d["student_a"], d["student_b"]) == ("student2:bncnn3_w16", "student1:bncnn3_w32")
+    assert d["iou"]["estimate"] < 0 and d["iou"]["high"] < 0   # B − A: the untrained student against the teacher
+    assert d["correlation"]["resamples"] == 1000 and d["correlation"]["units"] <= 20
+
+
 def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_checkpoint, tmp_path, capsys):
     from dfkd_core.cli import main
     from dfkd_core.runs import RunStore
@@ -149,6 +186,16 @@ def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_ch
     maps = torch.load(run.dir / "gradcam_maps.pt", weights_only=True)
     assert maps["maps"]["teacher"].shape == (16, 8, 8) and maps["images"].shape == (16, 1, 8, 8)
     assert (run.dir / "gradcam_overlays.png").stat().st_size > 0
+    # the paired difference of the two students on the same images: student2 − student1, in the table and stored
+    assert "paired differences on the same images" in out
+    assert re.search(r"IoU\(student2:bncnn3_w32\) − IoU\(student1:bncnn3_w16\) = \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] "
+                     r"over 40 images", out)   # the teacher itself overlaps its own map better than an untrained one
+    (d,) = saved["differences"]
+    assert (d["student_a"], d["student_b"]) == ("student2:bncnn3_w32", "student1:bncnn3_w16")
+    iou = saved["students"]["student1:bncnn3_w16"]["iou_mean"]
+    assert d["iou"]["estimate"] == pytest.approx(1.0 - iou) and d["iou"]["units"] == 40
+    assert d["iou"]["low"] <= d["iou"]["estimate"] <= d["iou"]["high"]
+    assert run.summary["differences"] == saved["differences"]
 
 
 def test_figures_show_every_model_and_score():

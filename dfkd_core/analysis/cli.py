@@ -129,7 +129,8 @@ def cmd_cka(args, store) -> int:
 
 
 def print_gradcam_table(result: dict, fraction: float) -> None:
-    """One row per student: mean correlation and top-region IoU with their intervals over images."""
+    """One row per student: mean correlation and top-region IoU with their intervals over images; then the paired
+    differences between students (later − earlier)."""
     print(f"Grad-CAM overlap with the teacher ({result['layers']['teacher']}), target = {result['target']}, "
           f"{result['samples']:,} images, top-{fraction:.0%} IoU; [95% interval: percentile bootstrap over images]")
     print(f"{'student':34} {'layer':14} {'correlation':>22} {'IoU':>22} {'undefined r/IoU':>16}")
@@ -137,6 +138,13 @@ def print_gradcam_table(result: dict, fraction: float) -> None:
         r, iou = (Interval.from_dict(s[k]) for k in ("correlation_interval", "iou_interval"))
         print(f"{name:34} {result['layers'][name]:14} {_fmt_interval(r):>22} {_fmt_interval(iou):>22} "
               f"{s['correlation_undefined']:>8}/{s['iou_undefined']}")
+    if result.get("differences"):
+        print("paired differences on the same images (95% interval, images defined for both):")
+        for d in result["differences"]:
+            for metric, label in (("correlation", "r"), ("iou", "IoU")):
+                interval = Interval.from_dict(d[metric])
+                print(f"  {label}({d['student_a']}) − {label}({d['student_b']}) = "
+                      f"{_fmt_interval(interval, '+.3f')} over {interval.units} images")
     if result.get("samples_note"):
         print(f"note: {result['samples_note']}")
 

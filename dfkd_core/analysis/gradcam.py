@@ -11,11 +11,15 @@ input size with `LayerAttribution.interpolate`, models in eval mode. Overlap of 
   (NaN if both regions are empty).
 
 Means over a set skip undefined (NaN) images and report how many there were; each mean carries its 95% bootstrap
-interval over images (images are the independent units: dfkd_core.stats.mean_interval).
+interval over images (images are the independent units: dfkd_core.stats.mean_interval). Two students scored on
+the same images are compared by their paired difference (`paired_differences`: dfkd_core.stats.
+paired_difference_interval, both students' per-image scores resampled together).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Mapping, Sequence
 
 import torch
@@ -23,7 +27,7 @@ import torch.nn as nn
 
 from dfkd_core.analysis.features import LayerRef, default_attention_layer, resolve_layers
 from dfkd_core.device import prepare_input
-from dfkd_core.stats import mean_interval
+from dfkd_core.stats import mean_interval, paired_difference_interval
 
 TARGETS = ("true", "predicted", "teacher")
 
@@ -86,6 +90,27 @@ def nan_mean(values: torch.Tensor) -> float:
     return float(values[ok].double().mean()) if ok.any() else float("nan")
 
 
+def _scores(values) -> torch.Tensor:
+    """Per-image scores as float64, from a tensor or a run's JSON list (where NaN may have been stored as None)."""
+    if isinstance(values, torch.Tensor):
+        return values.double()
+    return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
+
+
+def paired_differences(scores: Mapping[str, Mapping[str, Sequence[float]]]) -> list[dict]:
+    """For every two students scored on the same images, a given before b: the paired differences
+    r(b) − r(a) and IoU(b) − IoU(a) (mean over the images defined for both) with their 95% paired bootstrap
+    intervals over those images. `scores`: student → {"correlation": (N,), "iou": (N,)} (the `AttentionComparison`'s
+    tensors, or a saved gradcam.json's "per_image"). As in `boundary.paired_differences`, each entry's value is
+    student_a − student_b, so here student_a is the later student: `--student A --student B` gives B − A."""
+    out = []
+    for (a, sa), (b, sb) in combinations(scores.items(), 2):
+        out.append({"student_a": b, "student_b": a, **{
+            metric: paired_difference_interval(_scores(sb[metric]), _scores(sa[metric])).to_dict()
+            for metric in ("correlation", "iou")}})
+    return out
+
+
 @dataclass
 class AttentionComparison:
     """Grad-CAM maps of a teacher and its students on the same images, and each student's overlap with it."""
@@ -116,6 +141,12 @@ class AttentionComparison:
                 out[s]["correlation_interval"] = mean_interval(self.correlation[s]).to_dict()
                 out[s]["iou_interval"] = mean_interval(self.iou[s]).to_dict()
         return out
+
+    def paired_differences(self) -> list[dict]:
+        """Every later student minus every earlier one on these images, with paired 95% intervals
+        (module-level `paired_differences`)."""
+        return paired_differences({s: {"correlation": self.correlation[s], "iou": self.iou[s]}
+                                   for s in self.students})
 
     @staticmethod
     def concat(parts: Sequence["AttentionComparison"], keep_maps: int | None = None) -> "AttentionComparison":
@@ -211,4 +242,4 @@ def compare_attention(teacher: nn.Module, students: Mapping[str, nn.Module] | Se
 
 
 __all__ = ["AttentionComparator", "AttentionComparison", "TARGETS", "attention_correlation", "compare_attention",
-           "grad_cam", "nan_mean", "top_region", "top_region_iou"]
+           "grad_cam", "nan_mean", "paired_differences", "top_region", "top_region_iou"]

@@ -247,7 +247,8 @@ class GradCAMAnalysis(Job):
         summary = {"target": self.config.target, "inputs": self.config.inputs,
                    "samples": len(self.comparison.targets["teacher"]), "samples_asked": self.config.samples,
                    "samples_note": self.samples_note, "partial": status != "done",
-                   "layers": self.comparison.layers, "students": self.comparison.summary(intervals=True)}
+                   "layers": self.comparison.layers, "students": self.comparison.summary(intervals=True),
+                   "differences": self.comparison.paired_differences()}   # same images: paired intervals
         if self.run_record is not None:
             self._save(summary)
         return summary

@@ -15,6 +15,8 @@ import torch
 from plotly.subplots import make_subplots
 
 from dfkd_core.analysis.boundary import MIN_PAIRS
+from dfkd_core.plots.intervals import error_bars as _error_bars
+from dfkd_core.plots.intervals import paired_difference_figure
 from dfkd_core.stats import Interval
 from dfkd_core.synthesis.bss import OUTCOMES, BoundaryAttackResult
 
@@ -31,14 +33,6 @@ def _finite(v) -> bool:
 def outcome_text(outcome: int, crossed_step: int, steps: int) -> str:
     """'crossed at step 3' / 'rejected: entered a third class' / 'rejected: no crossing in 20 steps'."""
     return OUTCOME_TEXT[OUTCOMES[outcome]].format(step=crossed_step, steps=steps)
-
-
-def _error_bars(intervals: Sequence[Mapping | None]) -> dict:
-    """plotly asymmetric error bars (estimate − low, high − estimate) from Interval dicts; none where undefined."""
-    parsed = [Interval.from_dict(i) if i else None for i in intervals]
-    up = [i.high - i.estimate if i is not None and i.defined else None for i in parsed]
-    down = [i.estimate - i.low if i is not None and i.defined else None for i in parsed]
-    return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.5, width=4)
 
 
 def _interval_text(interval: Mapping | None, spec: str) -> str:
@@ -86,21 +80,8 @@ def difference_figure(differences: Sequence[Mapping], title: str = "Paired diffe
                       "(same base samples, 95% interval)") -> go.Figure:
     """One row per (student a, student b): MagSim(a) − MagSim(b) and AngSim(a) − AngSim(b) as points with their
     paired intervals; an interval that does not cross the dotted zero line is a resolved difference."""
-    labels = [f"{d['student_a']} − {d['student_b']}" for d in differences]
-    fig = go.Figure()
-    for key, label, color in (("magsim", "MagSim", MAGSIM_COLOR), ("angsim", "AngSim", ANGSIM_COLOR)):
-        intervals = [d[key] for d in differences]
-        estimates = [Interval.from_dict(i).estimate for i in intervals]
-        bars = _error_bars(intervals)
-        fig.add_scatter(x=[e if _finite(e) else None for e in estimates], y=labels, mode="markers", name=label,
-                        marker=dict(color=color, size=10),
-                        error_x=dict(type="data", symmetric=False, array=bars["array"],
-                                     arrayminus=bars["arrayminus"], thickness=1.5, width=4),
-                        hovertemplate=f"%{{y}}<br>{label} difference %{{x:+.3f}}<extra></extra>")
-    fig.add_vline(x=0, line_dash="dot")
-    fig.update_layout(title=title, xaxis_title="difference (a − b)", height=120 + 60 * len(labels),
-                      legend=dict(orientation="h", y=-0.3), margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    return paired_difference_figure(differences, (("magsim", "MagSim", MAGSIM_COLOR),
+                                                  ("angsim", "AngSim", ANGSIM_COLOR)), title, "base samples")
 
 
 def per_class_figure(per_class: Mapping[str, Mapping], class_names: Sequence[str] | None = None,

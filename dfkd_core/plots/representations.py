@@ -16,6 +16,7 @@ import torch
 from plotly.colors import sample_colorscale, unlabel_rgb
 from plotly.subplots import make_subplots
 
+from dfkd_core.plots.intervals import paired_difference_figure
 from dfkd_core.stats import Interval
 
 
@@ -86,6 +87,13 @@ def overlap_interval_figure(summary: Mapping[str, Mapping]) -> go.Figure:
                       title="Mean overlap with 95% intervals (bootstrap over images)",
                       margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig
+
+
+def overlap_difference_figure(differences: Sequence[Mapping]) -> go.Figure:
+    """Paired differences of mean r and mean IoU between students on the same images, with their paired 95%
+    intervals: `AttentionComparison.paired_differences()` or a saved gradcam.json's "differences"."""
+    return paired_difference_figure(differences, (("correlation", "r", "#1f77b4"), ("iou", "IoU", "#ff7f0e")),
+                                    "Paired differences between students (same images, 95% interval)", "images")
 
 
 @lru_cache(maxsize=4)
@@ -192,4 +200,5 @@ def overlap_histogram_figure(scores: Mapping[str, torch.Tensor], metric: str = "
 
 
 __all__ = ["attention_overlay", "cka_heatmap_figure", "cka_interval_figure", "gradcam_grid_figure",
-           "overlap_histogram_figure", "overlap_interval_figure", "overlay_grid", "save_overlay_png"]
+           "overlap_difference_figure", "overlap_histogram_figure", "overlap_interval_figure", "overlay_grid",
+           "save_overlay_png"]
