@@ -283,6 +283,7 @@ def test_recipe_settings_yield_to_explicit_flags():
     (["--method", "noise", "--student", "lenet5_half"], "16x16"),
     (["--method", "noise", "--student", "no_such_model"], "unknown student model"),
     (["--method", "deepinversion", "--images", "0"], "images must be >= 1"),
+    (["--method", "deepdream", "--jitter", "1000"], "jitter"),
 ])
 def test_bad_settings_exit_with_one_sentence_and_create_no_run(tmp_path, digits_teacher, flags, named):
     """Issue 14 items 1 and 3: NaN, inf and out-of-range knobs are refused before a run exists (a NaN weight used

@@ -30,7 +30,7 @@ from dfkd_core.models import create_model, list_models
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.generator import build_generator, generator_loss, sample_latents
 from dfkd_core.synthesis.engine import InversionObjective
-from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
+from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig, check_jitter
 
 if TYPE_CHECKING:
     from dfkd_core.distill.job import DistillJob
@@ -227,6 +227,7 @@ class PoolKD(DistillMethod):
         if not self.compete:
             self.synthesis.alpha_c = 0.0
         self.synthesis.validate()
+        check_jitter(self.synthesis.jitter, job.dataset)   # a round would refuse it after the run exists
         if self.synthesis.alpha_f > 0 and not batchnorm_layers(job.teacher):
             raise ValueError(f"'{self.name}' matches BatchNorm statistics (α_f > 0) but this teacher has no "
                              "BatchNorm layers; use --method deepdream or noise, or set α_f = 0")

@@ -114,7 +114,7 @@ class SynthesisConfig(Config):
             raise ValueError(f"targets are class indices >= 0, got {self.targets}")
 
 
-def _check_jitter(jitter: int, dataset: DatasetInfo) -> None:
+def check_jitter(jitter: int, dataset: DatasetInfo) -> None:
     """The config cannot know the image size; the job can. A shift of ±J wraps round (`torch.roll`), so J ≥ the
     image's side is no augmentation at all, and most likely a typo."""
     size = dataset.image_size
@@ -140,7 +140,7 @@ class ModelInversion(Job):
         compilation); by default the job makes its own."""
         super().__init__(run)
         config.validate()
-        _check_jitter(config.jitter, dataset)
+        check_jitter(config.jitter, dataset)
         self.config, self.dataset = config, dataset
         self.teacher, self.student = teacher, student
         self.has_bn = bool(batchnorm_layers(teacher))
@@ -164,7 +164,7 @@ class ModelInversion(Job):
         if set(changes) <= set(self.live_parameters):   # else the base class names what cannot change
             self.config.replace(**changes).validate()
             if "jitter" in changes:
-                _check_jitter(changes["jitter"], self.dataset)
+                check_jitter(changes["jitter"], self.dataset)
         super().update(**changes)
 
     def apply_updates(self, updates: dict) -> None:
