@@ -27,6 +27,11 @@ def test_one_click_compares_deepdream_and_deepinversion_from_the_same_noise(teac
     charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
     grouped = [f for f in charts if f["layout"].get("barmode") == "group"]
     assert grouped and len(grouped[0]["data"]) == 2   # BN distance per layer, one bar series per run
+    # Each run has one colour in both charts side by side (the bars once had A orange, the curves A blue).
+    bars = {t["name"]: t["marker"]["color"] for t in grouped[0]["data"]}
+    lines = {t["name"]: t["line"]["color"] for f in charts if f is not grouped[0] for t in f["data"]
+             if t.get("type") == "scatter" and t.get("name") in bars}
+    assert set(lines) == set(bars) and lines == bars, (bars, lines)
     said = " ".join(c.value for c in at.caption)
     assert "only α_f differs" in said and "/methods#model-inversion" in said
     names = sorted(r.name for r in teacher_home.list(kind="synthesis"))
@@ -51,4 +56,7 @@ def test_a_finished_run_offers_one_image_for_inspection(teacher_home):
     charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
     titles = [str(f["layout"].get("title", {}).get("text", "")) for f in charts]
     assert any("teacher's probabilities" in t for t in titles) and any("share of each BN layer" in t for t in titles)
+    # Drawn a third of the page wide: title lines short enough not to be cut off.
+    lines = [line for t in titles if "probabilities" in t or "share of each" in t for line in t.split("<br>")]
+    assert max(map(len, lines)) <= 40, lines
     assert any("among all 1,437 training images" in c.value for c in at.caption)   # digits: every image searched

@@ -129,3 +129,54 @@ def test_compare_live_shows_both_syntheses_forming_side_by_side(tmp_path, digits
         if stop.is_enabled():
             stop.click()
         assert page_not_found(page).count() == 0
+
+
+def test_a_pool_of_one_tiny_image_is_not_blown_up_on_the_distill_page(tmp_path, digits_teacher):
+    """A pool of one 8x8 digit: its grid is a 64-px cell, shown at that size, not stretched to the width of the
+    caption under it (a content-width st.image is as wide as its caption)."""
+    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
+    with chromium_page() as page, serve_app(tmp_path) as url:
+        page.goto(url + "/distill")
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        for label, value in (("images N", "1"), ("KD steps after synthesis", "10")):
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+            page.wait_for_timeout(500)
+            page.locator(FINISHED).wait_for(timeout=60_000)
+        page.get_by_role("button", name="Start", exact=True).click()
+        page.get_by_text(re.compile(r"^done · step")).first.wait_for(timeout=120_000)
+        grid = page.locator('[data-testid="stImage"] img').first
+        grid.wait_for(timeout=30_000)
+        natural, shown = grid.evaluate("img => [img.naturalWidth, img.clientWidth]")
+        assert natural < 100 and shown <= natural, (natural, shown)
+
+
+def test_clicking_an_image_to_inspect_it_frames_it_and_keeps_every_caption_readable(tmp_path, digits_teacher):
+    """The one-image view's grid is a selectable plotly figure: a click selects that image's point, and plotly
+    fades every unselected point, which used to leave the captions under all images at a fifth of their colour."""
+    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
+    with chromium_page(height=2400) as page, serve_app(tmp_path) as url:
+        page.goto(url + "/synthesize")
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        page.get_by_role("button", name="Start", exact=True).click()
+        page.get_by_role("heading", name="Inspect one image").wait_for(timeout=120_000)
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        heading = page.get_by_role("heading", name="Inspect one image").bounding_box()
+        grid = next(c for c in page.locator('[data-testid="stPlotlyChart"]').all()
+                    if c.bounding_box()["y"] > heading["y"])
+        box = grid.bounding_box()
+        page.mouse.click(box["x"] + 4 + 2 * 60 + 28, box["y"] + 4 + 28)   # the third image: 56-px cells, 4-px gaps
+        page.wait_for_function("document.querySelector('input[aria-label=\"image #\"]').value === '2'",
+                               timeout=60_000)
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        grid = next(c for c in page.locator('[data-testid="stPlotlyChart"]').all()
+                    if c.bounding_box()["y"] > heading["y"])
+        faded = grid.evaluate("""g => [...g.querySelectorAll('.textpoint text')].filter(t =>
+            parseFloat(getComputedStyle(t).opacity) < 1 || parseFloat(getComputedStyle(t).fillOpacity) < 1).length""")
+        captions = grid.locator(".textpoint").count()
+        assert captions >= 50 and faded == 0, f"{faded} of {captions} captions faded after the click"
+        framed = grid.evaluate("""g => [...g.querySelectorAll('.scatterlayer .point')].filter(p =>
+            parseFloat(getComputedStyle(p).opacity) > 0.5).length""")
+        assert framed == 1, f"{framed} images framed"

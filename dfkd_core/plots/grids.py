@@ -135,12 +135,22 @@ def image_grid_figure(images01: torch.Tensor, labels: Sequence[str] | None = Non
     fig = go.Figure(go.Image(source=source, x0=0, y0=0, dx=1, dy=1, hoverinfo="skip"))
     centres_x = [left + layout.cell_w / 2 for _, left in layout.cells]
     if labels:
-        texts, colours = zip(*(caption(label) for label in labels[:len(layout.cells)]))
-        fig.add_trace(go.Scatter(x=centres_x, y=[top + layout.cell_h + layout.band / 2 for top, _ in layout.cells],
-                                 mode="text", text=texts, textfont=dict(size=9, color=colours), hoverinfo="skip",
-                                 showlegend=False))
+        captions = [caption(label) for label in labels[:len(layout.cells)]]
+        centres_y = [top + layout.cell_h + layout.band / 2 for top, _ in layout.cells]
+        # One caption trace per colour, each keeping its colour when unselected: a click on a selectable grid
+        # (the app's one-image view) selects a point, and plotly fades every unselected point, captions included.
+        for colour in dict.fromkeys(c for _, c in captions):
+            shown = [i for i, (_, c) in enumerate(captions) if c == colour]
+            fig.add_trace(go.Scatter(x=[centres_x[i] for i in shown], y=[centres_y[i] for i in shown],
+                                     mode="text", text=[captions[i][0] for i in shown],
+                                     textfont=dict(size=9, color=colour), hoverinfo="skip", showlegend=False,
+                                     selected=dict(textfont=dict(color=colour)),
+                                     unselected=dict(textfont=dict(color=colour))))
+        # Invisible hover and click targets, one per image; the clicked one is framed.
         fig.add_trace(go.Scatter(x=centres_x, y=[top + layout.cell_h / 2 for top, _ in layout.cells],
-                                 mode="markers", marker=dict(opacity=0, size=layout.cell_w * 0.8),
+                                 mode="markers", marker=dict(opacity=0, size=layout.cell_w * 0.8, symbol="square-open",
+                                                             color=WRONG, line=dict(width=3)),
+                                 selected=dict(marker=dict(opacity=1)), unselected=dict(marker=dict(opacity=0)),
                                  hovertext=list(labels[:len(layout.cells)]), hoverinfo="text", showlegend=False))
     if column_titles:
         titles = list(column_titles)[:min(len(column_titles), len(layout.cells))]

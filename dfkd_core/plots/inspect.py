@@ -6,8 +6,9 @@ from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from dfkd_core.plots.synthesis import RUN_COLOURS
+
 GOOD, BAD, NEUTRAL = "#1a7f37", "#cf222e", "#1f77b4"
-RUN_COLOURS = ("#ff7f0e", "#1f77b4", "#2ca02c", "#9467bd")
 
 
 def class_probability_figure(probabilities: Sequence[float], class_names: Sequence[str], target: int | None = None,
@@ -16,8 +17,9 @@ def class_probability_figure(probabilities: Sequence[float], class_names: Sequen
     colours = [GOOD if k == target else NEUTRAL for k in range(len(probabilities))]
     figure = go.Figure(go.Bar(x=list(class_names), y=[float(p) for p in probabilities], marker_color=colours,
                               hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         title="teacher's probabilities" + (" (green: the target class)" if target is not None
+    # Two short title lines: the figure is drawn in a third of the page, where one long line was cut off.
+    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                         title="teacher's probabilities" + ("<br>(green: the target class)" if target is not None
                                                             else ""))
     figure.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return figure
@@ -32,8 +34,8 @@ def bn_contribution_figure(rows: Sequence[Mapping], height: int = 260) -> go.Fig
                               hovertemplate="%{x}<br>Δ = %{y:.4f}<br>batch %{customdata[0]:.3f}, without it "
                                             "%{customdata[1]:.3f}<extra></extra>"))
     figure.add_hline(y=0, line={"color": "#888", "width": 1})
-    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         title="its share of each BN layer's distance (red: pulls away)")
+    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                         title="its share of each BN layer's distance<br>(red: pulls away)")
     figure.update_yaxes(title="Δ distance")
     return figure
 

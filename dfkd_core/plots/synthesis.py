@@ -151,6 +151,11 @@ def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figu
     return fig
 
 
+# One colour per run, in the order given, for every figure that compares runs (the compare-live view draws its
+# per-layer bars and its curves side by side: run A must be the same colour in both).
+RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+
+
 def run_comparison_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequence[str],
                           updates: Mapping[str, Iterable[Mapping]] | None = None, log_y_for_losses: bool = True,
                           max_points: int = 600, height_per_row: int = 230) -> go.Figure:
@@ -159,7 +164,7 @@ def run_comparison_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequ
     keys = list(keys)
     fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.05,
                         subplot_titles=[TERM_NAMES.get(k, k) for k in keys])
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    palette = RUN_COLOURS
     for r, key in enumerate(keys, 1):
         for i, (name, history) in enumerate(histories.items()):
             xs, ys = _series(_thin(history, max_points), key)

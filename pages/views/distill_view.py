@@ -316,10 +316,13 @@ def render_progress(job: DistillJob) -> None:
                    "curves follow the run's files; its images are on the Runs page when it ends.")
     snap = job.latest_snapshot
     if snap is not None and snap.images is not None and len(snap.images):
+        # The caption below, not st.image's own: a content-width image is as wide as its caption, so a long one
+        # stretched a pool of a few 8x8 images across the page.
         st.image(cached("distill_grid", (job.id, snap.step),
                         lambda: image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4)),
-                 caption=f"the images at step {snap.step + 1}: the teacher's prediction and confidence "
-                         "under each (green = the class it was made for)", output_format="PNG")
+                 output_format="PNG")
+        st.caption(f"the images at step {snap.step + 1}: the teacher's prediction and confidence under each "
+                   "(green = the class it was made for)")
 
 
 def render_curves(job: DistillJob) -> None:
