@@ -44,8 +44,11 @@ def test_grid_figure_has_hover_labels():
     fig = image_grid_figure(torch.rand(4, 3, 8, 8), labels, ncols=2)
     hover = [t for t in fig.data if t.type == "scatter" and t.hovertext is not None][0]
     assert list(hover.hovertext) == ["a → a 0.9", "a → b 0.5", "b → b 0.7", "b → a 0.6"]
-    text = [t for t in fig.data if t.type == "scatter" and t.mode == "text"][0]
-    assert list(text.textfont.color) == [RIGHT, WRONG, RIGHT, WRONG]
+    # One caption trace per colour, which a selection (a click in the one-image view) does not fade.
+    texts = [t for t in fig.data if t.type == "scatter" and t.mode == "text"]
+    colour_at = {(x, y): t.textfont.color for t in texts for x, y in zip(t.x, t.y)}
+    assert [colour_at[p] for p in sorted(colour_at, key=lambda p: (p[1], p[0]))] == [RIGHT, WRONG, RIGHT, WRONG]
+    assert all(t.unselected.textfont.color == t.textfont.color for t in texts)
 
 
 def test_loss_curves_mark_live_updates_at_their_step():
