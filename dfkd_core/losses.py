@@ -4,7 +4,7 @@ Conventions: images x are (B, C, H, W) in the teacher's normalized input space; 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -60,6 +60,26 @@ def bn_feature_loss(stats: Sequence[BNStatistics], first_bn_multiplier: float = 
     return (weights * per_layer).sum(), per_layer
 
 
+def blend_statistics(stats: Sequence[BNStatistics], memory: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
+                     momentum: float) -> list[BNStatistics]:
+    """Each layer's batch (μ, σ²) blended with a memory of earlier batches': (1 − m)·μ(x̂) + m·μ_memory (the same
+    for σ²). With it R_feature pulls the pool as a whole, not each batch alone, toward the running statistics
+    (Fast-Datafree's `bn_mmt`). No memory, or m = 0: the statistics as they are."""
+    if memory is None or momentum == 0:
+        return list(stats)
+    return [replace(s, batch_mean=(1 - momentum) * s.batch_mean + momentum * mean,
+                    batch_var=(1 - momentum) * s.batch_var + momentum * var)
+            for s, (mean, var) in zip(stats, memory)]
+
+
+def disagreement_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The adversarial term of DFAD / Fast-Datafree: −KL(p_T ‖ p_S) (T = 1), counted only on the images whose argmax
+    the student and the teacher still share, mean over the batch. Minimizing it moves images to where the student is
+    most wrong about the teacher's distribution, without pushing them into another class of the teacher's."""
+    agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).to(student_logits.dtype)
+    return -(kd_loss(student_logits, teacher_logits, 1.0, reduction="none") * agree).mean()
+
+
 def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Jensen–Shannon divergence (natural log, mean over the batch) between rows of two distributions."""
     m = 0.5 * (p + q)
@@ -103,4 +123,5 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "bn_feature": bn_feature_loss,
     "compete": js_competition_loss,
     "kd": kd_loss,
+    "disagreement": disagreement_loss,
 }

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from dfkd_core.losses import (BNStatistics, bn_feature_loss, bn_layer_distance, cross_entropy_loss, js_competition_loss,
-                              js_divergence, kd_loss, l2_prior_loss, total_variation_loss)
+from dfkd_core.losses import (BNStatistics, blend_statistics, bn_feature_loss, bn_layer_distance, cross_entropy_loss,
+                              disagreement_loss, js_competition_loss, js_divergence, kd_loss, l2_prior_loss,
+                              total_variation_loss)
 
 
 def test_total_variation_four_neighbour_differences():
@@ -74,3 +75,21 @@ def test_kd_loss_hand_value():
 def test_cross_entropy_hand_value():
     logits = torch.tensor([[math.log(3.0), 0.0]])
     assert cross_entropy_loss(logits, torch.tensor([0])).item() == pytest.approx(-math.log(0.75), rel=1e-6)
+
+
+def test_blended_statistics_mix_the_batch_with_the_memory():
+    s = BNStatistics("bn1", torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]), torch.zeros(2), torch.ones(2))
+    [b] = blend_statistics([s], [(torch.tensor([5.0, 7.0]), torch.tensor([4.0, 0.0]))], 0.75)
+    # 0.25 · batch + 0.75 · memory
+    assert b.batch_mean.tolist() == [4.0, 6.0] and b.batch_var.tolist() == [3.5, 0.5]
+    assert b.running_mean.tolist() == [0.0, 0.0] and b.running_var.tolist() == [1.0, 1.0]
+    assert blend_statistics([s], None, 0.75)[0] is s and blend_statistics([s], [(s.batch_mean, s.batch_var)], 0)[0] is s
+
+
+def test_disagreement_is_minus_kl_on_the_images_where_student_and_teacher_agree():
+    teacher = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    student = torch.tensor([[1.0, 0.0], [3.0, 0.0]])   # agrees on image 0 (class 0), disagrees on image 1
+    p_t, p_s = torch.softmax(teacher[0], 0), torch.softmax(student[0], 0)
+    kl = float((p_t * (p_t.log() - p_s.log())).sum())
+    assert disagreement_loss(student, teacher).item() == pytest.approx(-kl / 2, rel=1e-6)   # mean over both images
+    assert disagreement_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)

@@ -11,3 +11,4 @@ __all__ = ["DISTILL_METHODS", "DistillConfig", "DistillJob", "DistillMethod", "P
 from dfkd_core.distill import baselines  # noqa: F401,E402  (registers noise, real-kd, scratch)
 from dfkd_core.distill import iekd  # noqa: F401,E402  (registers iekd, iedml)
 from dfkd_core.distill import bss  # noqa: F401,E402  (registers bss)
+from dfkd_core.distill import fast  # noqa: F401,E402  (registers fast)

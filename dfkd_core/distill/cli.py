@@ -20,6 +20,7 @@ SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations
                    "first_bn_multiplier": "first_bn_multiplier", "jitter": "jitter",
                    "multi_resolution": "multi_resolution_iterations"}
 CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
+                "generator_width",
                 "lambda_tv", "lambda_l2", "lambda_bn", "steps", "batch_size", "lr", "temperature", "alpha_ce", "augment",
                 "mixup",
                 "eval_every", "seed", "device", "data_root")
@@ -226,6 +227,7 @@ def add_commands(sub) -> None:
     gen.add_argument("--generator-steps", type=int)
     gen.add_argument("--generator-lr", type=float)
     gen.add_argument("--latent-dim", type=int)
+    gen.add_argument("--generator-width", type=int, help="channels of the generator's first conv block")
     gen.add_argument("--lambda-tv", type=float)
     gen.add_argument("--lambda-l2", type=float)
     gen.add_argument("--lambda-bn", type=float)

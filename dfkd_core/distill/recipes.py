@@ -31,6 +31,12 @@ _FASHION_DI_BEST = {**_FASHION_DI, "images": 2000, "options": {"trajectory_kd_fr
 # a quarter of the real contrast (pixel std 0.26 vs 1.0). A student trained on them normalizes real images wrongly
 # (27.5%, below noise's 30.2%; with batch statistics at test time 43%). α_tv = 1e-4 keeps the contrast (std 0.61).
 _FASHION_DREAM = {**_FASHION_POOL, "synthesis": {**_FASHION_POOL["synthesis"], "alpha_tv": 1e-4}}
+# `fast` (a meta-generator adapted per batch, fast.py): 300 plain generator steps, then 20 rounds of 200 images with
+# 5 steps each and 100 KD steps after each round from the fourth, then 2,000 more with mixup. One teacher, one seed:
+# 85.43% (0.920) in 12.3 min while another run shared the cores; synthesis is a small part of it (KD dominates).
+_FASHION_FAST = {"images": 4000, "kd_steps_per_round": 100, "steps": 2000, "mixup": 0.5, "generator_width": 64,
+                 "eval_every": 500, "options": {"synthesis_batch": 200, "warmup_rounds": 3, "pretrain_steps": 300,
+                                                "lr_g": 1e-3, "lr_z": 0.01}}
 _DIGITS_POOL = {"images": 400, "synthesis": {"batch_size": 200, "iterations": 60}, "kd_steps_per_round": 0,
                 "options": {"trajectory_kd_from": 10}, "steps": 400, "eval_every": 100}
 
@@ -45,6 +51,7 @@ RECIPES: dict[str, dict] = {
             "adi": _FASHION_POOL,
             "generator": {"generator_steps": 600, "generator_width": 64, "steps": 2000, "eval_every": 400},
             "generator-ensemble": {"generator_steps": 600, "generator_width": 64, "steps": 2000, "eval_every": 400},
+            "fast": _FASHION_FAST,
             "real-kd": {"steps": 2000, "eval_every": 400},
             "scratch": {"steps": 2000, "eval_every": 400},
         },

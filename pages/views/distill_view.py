@@ -14,6 +14,7 @@ import streamlit as st
 
 from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
+from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
 from dfkd_core.launch import LaunchedDistillJob
@@ -55,8 +56,13 @@ def _pool(cls) -> bool:
     return issubclass(cls, PoolKD)
 
 
+def _makes_pool(cls) -> bool:
+    """Methods that build a pool round by round (inversion rounds, or fast's generator rounds)."""
+    return issubclass(cls, (PoolKD, FastMetaKD))
+
+
 WEIGHTS = (
-    Weight("images", "images N", r"Images synthesized in total, one inverted batch per round.", _pool,
+    Weight("images", "images N", r"Images synthesized in total, one batch per round.", _makes_pool,
            minimum=1),
     Weight("iterations", "inversion iterations T", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
            "synthesis", minimum=1),
@@ -73,7 +79,7 @@ WEIGHTS = (
     Weight("alpha_c", "α_c · competition", r"$\alpha_c(1-\mathrm{JS}(p_T,p_S))$: seek images where the current "
            r"student disagrees with the teacher (Adaptive DI).", lambda c: c.name == "adi", "synthesis", ALPHAS),
     Weight("kd_steps_per_round", "KD steps per round", r"Student steps on the pool so far after each batch (the "
-           r"ADI loop); the rest come after synthesis.", _pool),
+           r"ADI loop); the rest come after synthesis.", _makes_pool),
     Weight("trajectory_kd_from", "trajectory KD from iteration k", r"From inversion iteration $k$ on, each "
            r"half-formed batch is also a KD batch ($-1$ = off).", _pool, "option", minimum=-1),
     Weight("generator_steps", "generator steps", r"Steps training $G(z|y)$ against the frozen teacher "
@@ -87,7 +93,7 @@ WEIGHTS = (
            options=LRS),
     Weight("mixup", "mixup share", r"Share of each KD batch replaced by $\lambda x_i+(1-\lambda)x_j$, "
            r"$\lambda\sim U(0,1)$, labelled by the teacher: fills the space between pool images; pays off with a "
-           r"long KD (`fashion-best`: 0.5, 8,000 steps).", lambda c: issubclass(c, (PoolKD, GeneratorKD)),
+           r"long KD (`fashion-best`: 0.5, 8,000 steps).", lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)),
            options=(0.0, 0.25, 0.5, 0.75, 1.0)),
     Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(\mathrm{softmax}(z_T/T)\,\|\,\mathrm{softmax}"
            r"(z_S/T))$: larger $T$ shows the student more of the teacher's dark knowledge.", lambda c: True,
