@@ -71,7 +71,8 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert table["images"][0] == 40
     assert len(elements(at, "plotly_chart")) == 4 and elements(at, "image")  # 2 accuracy curves, KD loss, per class
     total = job.method.total_steps()
-    assert at.get("progress")[0].proto.text.startswith(f"**done** · step {total:,} of {total:,} · done")
+    progress = at.get("progress")[0].proto.text   # one status, then the time taken: no "done · ... · done"
+    assert progress.startswith(f"**done** · step {total:,} of {total:,} · ") and progress.endswith("elapsed")
     plan = next(c.value for c in at.caption if " steps = " in c.value)   # one step count, its parts explained
     assert plan.startswith(f"{total:,} steps = ") and f"{job.trainer.steps_done:,} student steps" in plan
 

@@ -80,7 +80,7 @@ class DistillJob(Job):
 
     def title(self) -> str:
         """A run name that tells runs apart: method, teacher → student, the data the student learns from, its steps
-        and the settings most often varied, e.g. 'deepinversion: bncnn3_w32 → bncnn3_w16 · 400 images · 400 KD
+        and the settings most often varied, e.g. 'deepinversion: bncnn3_w32 → bncnn3_w16 · 400 images · 400 student
         steps · mixup 0.5'."""
         c = self.config
         parts = [f"{c.method}: {self.teacher_checkpoint.name} → {self.student_name}"]
@@ -90,7 +90,7 @@ class DistillJob(Job):
             parts.append(f"{c.images:,} images")
         elif c.method.startswith("generator"):
             parts.append(f"{c.generator_steps:,} generator steps")
-        parts.append(f"{c.steps:,} KD steps")
+        parts.append(f"{self.method.student_steps():,} student steps")   # the count the progress bar shows
         parts += [f"{name} {getattr(c, name):g}" for name in ("mixup", "alpha_ce") if getattr(c, name)]
         if c.seed:
             parts.append(f"seed {c.seed}")

@@ -303,7 +303,7 @@ def render_progress(job: DistillJob) -> None:
     done = last["step"] + 1 if "step" in last else 0
     doing = job.method.describe_step(last) if last else "preparing: measuring the teacher on the real test set"
     st.progress(min(1.0, done / max(total, 1)),
-                text=f"**{job.status}** · step {done:,} of {total:,} · {doing if job.running else job.status}"
+                text=f"**{job.status}** · step {done:,} of {total:,}" + (f" · {doing}" if job.running else "")
                      + eta_text(job))
     st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps, "
                f"{last.get('images_synthesized', 0):,} images finished.")
