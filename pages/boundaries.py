@@ -18,6 +18,7 @@ from pages.views.analysis_view import analysis_job, incomparable, interval_text,
 from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, fresh_model, get_store,
                                 keep_widget_state, open_checkpoint, real_test_split, real_test_split_or_stop,
                                 require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
@@ -123,6 +124,7 @@ keep_widget_state("boundary_teacher", "boundary_students", "boundary_samples", "
                   "boundary_steps", "boundary_power", "boundary_open", "one_student", "one_images", "one_target")
 job = analysis_job(BoundaryAnalysis, open_key="boundary_open")
 running = job is not None and job.running
+BSS = section_link("bss")
 
 with st.sidebar:
     st.subheader("New comparison")
@@ -133,15 +135,21 @@ with st.sidebar:
                   if r.id != teacher_run}
     students = st.pills("Students", list(candidates), selection_mode="multi", format_func=candidates.get,
                         key="boundary_students", disabled=running,
-                        help="Every student is attacked from the same base samples toward the same targets") or []
-    samples = st.number_input("base samples N", 5, 2000, 200, step=50, key="boundary_samples", disabled=running)
+                        help="Every student is attacked from the same base samples toward the same targets. " + BSS) or []
+    samples = st.number_input("base samples N", 5, 2000, 200, step=50, key="boundary_samples", disabled=running,
+                              help="Test images classified correctly by the teacher and every student, the N with "
+                                   "the largest Σ_k (p_T,k − p_S,k)². " + BSS)
     targets = st.radio("targets per base sample", ["all", "sampled"], key="boundary_targets", disabled=running,
-                       horizontal=True, help="all: every k ≠ b weighted by p_n^k; sampled: one k drawn ∝ p_n^k")
-    eta = st.select_slider("η", [0.3, 0.5, 1.0, 1.5], METRIC_ATTACK.eta, key="boundary_eta", disabled=running)
+                       horizontal=True, help="all: every k ≠ b weighted by p_n^k; sampled: one k drawn ∝ p_n^k. "
+                       + BSS)
+    eta = st.select_slider("η", [0.3, 0.5, 1.0, 1.5], METRIC_ATTACK.eta, key="boundary_eta", disabled=running,
+                           help="The attack's step size. " + BSS)
     steps = st.select_slider("I (max steps)", [5, 10, 20, 40], METRIC_ATTACK.max_steps, key="boundary_steps",
-                             disabled=running)
+                             disabled=running, help="An attack not across the boundary after I steps is rejected. "
+                             + BSS)
     power = st.radio("step", [2, 1], key="boundary_power", disabled=running, horizontal=True,
-                     format_func={2: "÷‖∇‖² (paper)", 1: "÷‖∇‖ (official code)"}.get)
+                     format_func={2: "÷‖∇‖² (paper)", 1: "÷‖∇‖ (official code)"}.get,
+                     help="How the attack step is normalized by the gradient. " + BSS)
     data_root = data_root_setting(dataset.name)
     config = BoundaryConfig(teacher=teacher_run, students=students, samples=int(samples), targets=targets, eta=eta,
                             max_steps=steps, gradient_norm_power=power, data_root=data_root)

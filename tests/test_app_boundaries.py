@@ -165,3 +165,13 @@ def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
     assert {t["name"] for t in loss["data"] if t.get("name")} == {"teacher", "student"}
     at.selectbox(key="one_target").set_value(at.selectbox(key="one_target").options[1]).run()   # a fixed class
     assert not at.exception, at.exception
+
+
+def test_every_knob_links_its_methods_section(home):
+    """Issue 17: each setting's help ends with a link to the Methods section it belongs to."""
+    at = page()
+    knobs = [*at.sidebar.number_input, *at.sidebar.radio, *at.sidebar.select_slider, at.sidebar.pills(
+        key="boundary_students")]
+    assert len(knobs) >= 6
+    assert all("(/methods#bss)" in (k.help or "") for k in knobs), [k.label for k in knobs if "/methods#" not in
+                                                                    (k.help or "")]

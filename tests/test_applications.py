@@ -317,3 +317,18 @@ def test_applications_page_explains_bad_settings_and_creates_no_run(teacher_home
     button(at, "Start").click().run()
     assert "criteria must be distinct names" in at.error[0].value
     assert not teacher_home.list("prune")
+
+
+def test_every_applications_knob_links_its_methods_section(teacher_home):
+    """Issue 17: each setting's help ends with a link to the Methods section it belongs to."""
+    at = app("pages/applications.py")
+    seen = []
+    for kind in ("prune", "quantize", "continual"):
+        at.radio(key="apps_kind").set_value(kind).run()
+        knobs = [w for w in (*at.sidebar.number_input, *at.sidebar.multiselect, *at.sidebar.select_slider,
+                             *at.sidebar.toggle, *at.sidebar.radio, *at.sidebar.selectbox)
+                 if w.key and w.key.startswith("apps_") and w.key not in ("apps_pool", "apps_teacher")]   # inputs, not knobs
+        missing = [w.label for w in knobs if "(/methods#" not in (w.help or "")]
+        assert not missing, (kind, missing)
+        seen += [w.label for w in knobs]
+    assert {"criteria", "calibration images", "old model steps"} <= set(seen)

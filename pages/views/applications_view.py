@@ -22,7 +22,9 @@ from dfkd_core.plots.applications import (continual_per_class_figure, pruning_ac
 from dfkd_core.training import DEFAULT_TEACHER
 from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, live, open_checkpoint,
                                 require_job_slot, submit)
+from pages.views.methods_doc import section_link
 
+APPS = section_link("applications")   # every knob's help ends with the Methods section it belongs to
 KINDS = {"prune": "Pruning", "quantize": "Quantization calibration", "continual": "Continual learning"}
 NEW_POOL = ""   # the pool option meaning: synthesize new images
 EXPLANATIONS = {
@@ -61,46 +63,57 @@ def synthesis_widgets(dataset: str, running: bool) -> dict:
     """How many images DeepInversion makes and in how many Adam iterations per batch."""
     defaults = SYNTHESIS_DEFAULTS.get(dataset, SYNTHESIS_DEFAULTS["fashion-mnist"])
     images = st.number_input("images to synthesize", 20, 20000, defaults["images"], step=100, key=key("images"),
-                             disabled=running)
+                             disabled=running, help="DeepInversion images the application uses. " + APPS)
     iterations = st.number_input("inversion iterations", 1, 2000, defaults["iterations"], step=10,
-                                 key=key("iterations"), disabled=running)
+                                 key=key("iterations"), disabled=running,
+                                 help="Adam steps on each batch. " + section_link("model-inversion"))
     return {"images": int(images), "synthesis": {"iterations": int(iterations)}}
 
 
 def pruning_widgets(running: bool) -> dict:
-    criteria = st.multiselect("criteria", CRITERIA, list(CRITERIA), key=key("criteria"), disabled=running)
+    criteria = st.multiselect("criteria", CRITERIA, list(CRITERIA), key=key("criteria"), disabled=running,
+                              help="Filter importance: BN scale |γ| or first-order Taylor on synthesized images. "
+                                   + APPS)
     keep = st.multiselect("FLOPs to keep", [0.9, 0.75, 0.5, 0.25, 0.1], [0.75, 0.5, 0.25], key=key("keep"),
-                          format_func=lambda k: f"{k:.0%}", disabled=running)
+                          format_func=lambda k: f"{k:.0%}", disabled=running,
+                          help="Filters are removed until this share of the FLOPs is left. " + APPS)
     steps = st.number_input("fine-tune steps (KD)", 0, 20000, 300, step=50, key=key("finetune_steps"),
-                            disabled=running)
-    real = st.toggle("also fine-tune on real images (reference)", True, key=key("real_finetune"), disabled=running)
+                            disabled=running, help="KD steps of the pruned model on the images. " + APPS)
+    real = st.toggle("also fine-tune on real images (reference)", True, key=key("real_finetune"), disabled=running,
+                     help="The real-data reference the synthetic fine-tuning is measured against. " + APPS)
     return {"criteria": list(criteria), "keep_flops": sorted(keep, reverse=True), "finetune_steps": int(steps),
             "real_finetune": real}
 
 
 def quantization_widgets(running: bool) -> dict:
-    sources = st.multiselect("calibration images", SOURCES, list(SOURCES), key=key("sources"), disabled=running)
+    sources = st.multiselect("calibration images", SOURCES, list(SOURCES), key=key("sources"), disabled=running,
+                             help="What the activation ranges are calibrated on. " + APPS)
     count = st.number_input("images per source", 1, 10000, 512, step=64, key=key("calibration_images"),
-                            disabled=running)
+                            disabled=running, help="Calibration images from each source. " + APPS)
     bits = st.select_slider("activation bits", list(range(2, 9)), 8, key=key("activation_bits"), disabled=running,
-                            help="8: int8. Fewer levels for the activations make the calibrated range matter more")
+                            help="8: int8. Fewer levels for the activations make the calibrated range matter more. "
+                                 + APPS)
     observer = st.radio("activation observer", OBSERVERS, key=key("observer"), horizontal=True, disabled=running,
                         help="minmax: the [min, max] of every activation over the calibration images, as ZeroQ and "
                              "The Knowledge Within calibrate. histogram: torch's backend default, which clips "
-                             "outliers and so forgives almost any calibration images")
-    bn = st.toggle("BN-statistics-only recalibration", True, key=key("bn_recalibration"), disabled=running)
+                             "outliers and so forgives almost any calibration images. " + APPS)
+    bn = st.toggle("BN-statistics-only recalibration", True, key=key("bn_recalibration"), disabled=running,
+                   help="Also re-estimate the fp32 model's BN running statistics on each source. " + APPS)
     return {"sources": list(sources), "calibration_images": int(count), "activation_bits": int(bits),
             "observer": observer, "bn_recalibration": bn}
 
 
 def continual_widgets(running: bool) -> dict:
     datasets = [d for d in DATASETS if d in DEFAULT_TEACHER and d in ("digits", "fashion-mnist")]
-    dataset = st.selectbox("dataset", datasets, key=key("dataset"), disabled=running)
+    dataset = st.selectbox("dataset", datasets, key=key("dataset"), disabled=running,
+                           help="Classes 0–4 first, then 5–9 with real data for the new classes only. " + APPS)
     models = list_models()
     model = st.selectbox("model", models, models.index(DEFAULT_TEACHER[dataset]), key=key(f"model_{dataset}"),
-                         disabled=running)
-    old_steps = st.number_input("old model steps", 1, 20000, 600, step=100, key=key("old_steps"), disabled=running)
-    new_steps = st.number_input("steps per variant", 1, 20000, 600, step=100, key=key("new_steps"), disabled=running)
+                         disabled=running, help="The network trained on the old classes and extended. " + APPS)
+    old_steps = st.number_input("old model steps", 1, 20000, 600, step=100, key=key("old_steps"), disabled=running,
+                                help="Training of the old model on classes 0–4. " + APPS)
+    new_steps = st.number_input("steps per variant", 1, 20000, 600, step=100, key=key("new_steps"), disabled=running,
+                                help="Steps of each way of adding classes 5–9 (naive, replay, joint). " + APPS)
     return {"dataset": dataset, "model": model, "old_steps": int(old_steps), "new_steps": int(new_steps)}
 
 
