@@ -15,9 +15,11 @@ from pages.views.analysis_view import (analysis_job, incomparable, interval_text
 from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, keep_widget_state,
                                 open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
                                 start_stop_buttons, submit, teacher_or_stop)
+from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
+GRAD_CAM = section_link("grad-cam")
 
 
 TARGET_NAMES = {"true": "true label", "predicted": "each model's prediction", "teacher": "teacher's prediction"}
@@ -85,9 +87,11 @@ with st.sidebar:
     choices = model_choices(dataset.name, exclude=teacher_run)
     students = st.multiselect("Students", list(choices), format_func=choices.get, key="att_students",
                               max_selections=4, placeholder="distilled students, side by side")
-    target = st.radio("Class explained", TARGETS, format_func=TARGET_NAMES.get, key="att_target")
+    target = st.radio("Class explained", TARGETS, format_func=TARGET_NAMES.get, key="att_target",
+                      help="Each model's Grad-CAM is taken for this class. " + GRAD_CAM)
     fraction = st.select_slider("Top region for the IoU", [0.1, 0.2, 0.3, 0.5], 0.2, key="att_fraction",
-                                format_func=lambda f: f"{f:.0%}")
+                                format_func=lambda f: f"{f:.0%}",
+                                help="IoU of the two maps' top regions of this share of the pixels. " + GRAD_CAM)
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
     st.stop()
@@ -125,7 +129,8 @@ if chosen:
 st.subheader("Overlap on many images")
 cols = st.columns([2, 1, 1])
 samples = cols[0].select_slider("Real test images", [100, 250, 500, 1000], 500, key="att_samples",
-                                disabled=running)
+                                disabled=running, help="Images the overlap scores and their intervals rest on. "
+                                + GRAD_CAM)
 shortfall = sample_count_note(samples, len(split), f"the {dataset.name} test split")
 if shortfall:
     st.warning(f"{shortfall}.")

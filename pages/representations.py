@@ -13,9 +13,11 @@ from pages.views.analysis_view import (analysis_job, incomparable, input_choices
 from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,
                                 keep_widget_state, open_checkpoint, require_job_slot, start_stop_buttons, submit,
                                 teacher_or_stop)
+from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
+CKA = section_link("cka")
 
 
 KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased", "debiased_rbf": "RBF, debiased"}
@@ -73,15 +75,19 @@ with st.sidebar:
     student_ref = st.selectbox("Student", list(choices), format_func=choices.get, key="cka_student",
                                disabled=running)
     kernel = st.radio("Kernel", KERNELS, format_func=KERNEL_NAMES.get, key="cka_kernel", horizontal=True,
-                      disabled=running)
+                      disabled=running, help="Linear CKA, RBF CKA as in Kornblith et al.'s code, or the debiased "
+                      "(unbiased HSIC) estimator. " + CKA)
     threshold = st.select_slider("RBF threshold", [0.2, 0.5, 1.0, 2.0], 1.0, key="cka_threshold",
-                                 disabled=running or "rbf" not in kernel)
+                                 disabled=running or "rbf" not in kernel,
+                                 help="The RBF bandwidth is threshold × the median distance. " + CKA)
     inputs = input_choices(dataset.name)
-    source = st.selectbox("Images", list(inputs), format_func=inputs.get, key="cka_inputs", disabled=running)
+    source = st.selectbox("Images", list(inputs), format_func=inputs.get, key="cka_inputs", disabled=running,
+                          help="The inputs both models' features are taken on. " + CKA)
     samples = st.select_slider("How many", [100, 250, 500, 1000, 2000, 5000], 1000, key="cka_samples",
-                               disabled=running)
+                               disabled=running, help="Inputs n; the intervals come from random halves of them. "
+                               + CKA)
     reduce = st.radio("Feature maps", ["flatten", "mean"], key="cka_reduce", horizontal=True, disabled=running,
-                      help="flatten: every unit (c, h, w) is a feature; mean: one feature per channel")
+                      help="flatten: every unit (c, h, w) is a feature; mean: one feature per channel. " + CKA)
     data_root = data_root_setting(dataset.name)
     refused = incomparable(teacher, {student_ref: open_checkpoint(student_ref)}, choices)
     if refused:
