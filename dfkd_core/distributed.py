@@ -90,6 +90,11 @@ def init_from_environment(device: str = "auto") -> Distributed:
     if world.active and not dist.is_initialized():
         use_cuda = device not in ("cpu",) and torch.cuda.is_available()
         if use_cuda:
+            gpus = torch.cuda.device_count()
+            if world.local_rank >= gpus:   # NCCL refuses two processes on one GPU: say so before it hangs
+                raise SystemExit(f"error: process {world.local_rank} of this machine has no GPU of its own "
+                                 f"({gpus} visible); NCCL needs one GPU per process: use --nproc_per_node {gpus}, "
+                                 "or --device cpu (gloo)")
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))

@@ -4,7 +4,8 @@
 #      the compiled objective;
 #   2. benchmarks/synthesis_speed.py on the GPU at batch 256, 1,024 and 16,384: the plain DeepInversion loop
 #      against the engine (eager and compiled), images/s, ratio, overhead, BN distance, teacher accuracy, and the
-#      GPU's busy share and kernels per step.
+#      GPU's busy share and kernels per step;
+#   3. with a Fashion-MNIST teacher: one `fashion-best` student, timed (the robustness table's GPU figure).
 #
 #   scripts/gpu_checks.sh [fashion teacher model.pt]     (or FASHION_TEACHER=<model.pt>)
 #
@@ -56,6 +57,11 @@ if [ "$DEVICE" = cuda ]; then
     done
 else
     speed --teacher "${FASHION:-$DIGITS}" --batch-sizes 256 --iterations 20 --repeats 1 --variants reference engine
+fi
+if [ "$DEVICE" = cuda ] && [ -n "$FASHION" ]; then
+    echo "== a fashion-best student on the GPU (issue 19: the GPU column of the robustness table)"
+    /usr/bin/time -f "%e s wall" python3 -m dfkd_core.cli --home "$HOME_DIR" --quiet distill --teacher "$FASHION" \
+        --method deepinversion --recipe fashion-best --device cuda | tail -2 || status=1
 fi
 echo "== done (exit $status); log: $LOG"
 exit $status
