@@ -87,7 +87,7 @@ class DistillJob(Job):
         if c.pool:
             parts.append(f"pool {len(self.pool):,} images")
         elif c.method in ("deepdream", "deepinversion", "adi"):
-            parts.append(f"{c.images:,} images")
+            parts.append(f"{c.images:,} image{'s' if c.images != 1 else ''}")
         elif c.method.startswith("generator"):
             parts.append(f"{c.generator_steps:,} generator steps")
         parts.append(f"{self.method.student_steps():,} student steps")   # the count the progress bar shows

@@ -327,7 +327,7 @@ class PoolKD(DistillMethod):
             parts.append(f"{self.rounds * per_round:,} after each round")
         if trajectory:
             parts.append(f"{self.rounds * trajectory:,} on half-formed batches")
-        rounds = (f"{self.rounds} rounds" if not self.job.world.active else
+        rounds = (f"{self.rounds} round{'s' if self.rounds != 1 else ''}" if not self.job.world.active else
                   f"{self.groups} groups of {self.job.world.world} rounds at once ({self.rounds} rounds)")
         return (f"{self.total_steps():,} steps = {rounds} × {self.synthesis.iterations} inversion "
                 f"iterations + {self.student_steps():,} student steps ({', '.join(parts)})")
