@@ -116,6 +116,15 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, targets)
 
 
+def feature_distillation_loss(student_features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
+    """L_feat = Σ_i ‖f_S(x_i) − f_old(x_i)‖² / Σ_i ‖f_old(x_i)‖²: the student's penultimate features against the old
+    model's on the same images, relative to the old features' energy so one weight fits any width or scale. In
+    continual learning it holds the feature extractor where the old classes' decision regions are, on real images
+    as well as synthesized ones; the old model gets no gradient."""
+    old = old_features.detach().flatten(1)
+    return (student_features.flatten(1) - old).pow(2).sum() / old.pow(2).sum().clamp_min(1e-12)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "ce": cross_entropy_loss,
     "tv": total_variation_loss,
@@ -123,5 +132,6 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "bn_feature": bn_feature_loss,
     "compete": js_competition_loss,
     "kd": kd_loss,
+    "feature": feature_distillation_loss,
     "disagreement": disagreement_loss,
 }

@@ -15,7 +15,7 @@ from torch.ao.quantization.observer import ObserverBase
 from dfkd_core.applications import (ContinualConfig, ContinualJob, PruningConfig, PruningJob, QuantizationConfig,
                                     QuantizationJob, recalibrate_bn_statistics)
 from dfkd_core.applications.common import RESULTS_FILE, synthesize_into, trainable_copy
-from dfkd_core.applications.continual import grow_head, replay_kd_loss
+from dfkd_core.applications.continual import PenultimateFeatures, grow_head, replay_kd_loss
 from dfkd_core.applications.report import format_results
 from dfkd_core.applications.quantization import prepare_int8
 from dfkd_core.applications.pruning import (bn_scale_importance, prune_to_flops, taylor_fo_bn_term,
@@ -203,6 +203,27 @@ def test_continual_replay_keeps_the_old_classes_naive_forgets(store):
     comparison = next(c for c in results["comparisons"] if c["comparison"] == "replay − naive (old classes)")
     assert comparison["difference_ci"]["units"] == int((load_split("digits", "test").labels < 5).sum())
     assert (store.list("continual")[0].dir / "replay_images.pt").is_file()
+    replay_steps = [m for m in job_history(store) if m.get("phase") == "replay"]
+    assert replay_steps and all(m["loss_feature"] >= 0 for m in replay_steps)
+    assert replay_steps[-1]["loss_feature"] > 0   # the student's features moved, and the term measures it
+
+
+def job_history(store) -> list[dict]:
+    path = store.list("continual")[0].dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_penultimate_features_are_the_classifier_input():
+    model = create_model("bncnn3_w16", 10, 1, 8).eval()
+    caught = PenultimateFeatures(model)
+    x = torch.randn(3, 1, 8, 8)
+    logits = model(x)
+    assert torch.allclose(model.classifier(caught.features), logits)
+    caught.remove()
+    model(torch.randn(1, 1, 8, 8))
+    assert len(caught.features) == 3   # removed: later forwards leave it alone
+    with pytest.raises(ValueError, match="no Linear classifier"):
+        PenultimateFeatures(nn.Sequential(nn.Conv2d(1, 2, 3)))
 
 
 def test_a_stopped_job_keeps_its_rows_and_says_so(digits_teacher, digits_pool, store):
@@ -226,6 +247,7 @@ def test_a_stopped_job_keeps_its_rows_and_says_so(digits_teacher, digits_pool, s
     (QuantizationConfig(sources=[]), "sources must be distinct names"),
     (QuantizationConfig(observer="l2"), "observer must be one of"),
     (ContinualConfig(new_steps=0), "new_steps"),
+    (ContinualConfig(feature_weight=-1.0), "feature_weight must be >= 0"),
     (ContinualConfig(synthesis={"alpha_q": 1}), "unknown inversion setting"),
 ])
 def test_bad_settings_get_one_sentence(config, says):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dfkd_core.losses import (BNStatistics, blend_statistics, bn_feature_loss, bn_layer_distance, cross_entropy_loss,
-                              disagreement_loss, js_competition_loss, js_divergence, kd_loss, l2_prior_loss,
-                              total_variation_loss)
+                              disagreement_loss, feature_distillation_loss, js_competition_loss, js_divergence, kd_loss,
+                              l2_prior_loss, total_variation_loss)
 
 
 def test_total_variation_four_neighbour_differences():
@@ -70,6 +70,17 @@ def test_kd_loss_hand_value():
     assert kd_loss(teacher, teacher, temperature).item() == pytest.approx(0.0, abs=1e-6)
     per_sample = kd_loss(torch.cat([student, teacher]), torch.cat([teacher, teacher]), temperature, reduction="none")
     assert per_sample.shape == (2,) and per_sample[1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_distillation_loss_hand_value():
+    old = torch.tensor([[3.0, 4.0], [0.0, 0.0]], requires_grad=True)    # energy 25 + 0
+    student = torch.tensor([[3.0, 5.0], [1.0, -1.0]], requires_grad=True)  # squared errors 1 + 2
+    loss = feature_distillation_loss(student, old)
+    assert loss.item() == pytest.approx(3.0 / 25.0)
+    assert feature_distillation_loss(old, old).item() == 0.0
+    assert feature_distillation_loss(2 * student, 2 * old).item() == pytest.approx(3.0 / 25.0)   # scale-free
+    loss.backward()
+    assert old.grad is None and torch.allclose(student.grad, 2 * (student - old).detach() / 25.0)
 
 
 def test_cross_entropy_hand_value():
