@@ -11,6 +11,7 @@ import streamlit as st
 from dfkd_core.applications import (ContinualConfig, ContinualJob, PruningConfig, PruningJob, QuantizationConfig,
                                     QuantizationJob)
 from dfkd_core.applications.common import RESULTS_FILE
+from dfkd_core.applications.continual import FEATURE_WEIGHT
 from dfkd_core.applications.pruning import CRITERIA
 from dfkd_core.applications.quantization import OBSERVERS, SOURCES
 from dfkd_core.applications.report import TABLES
@@ -40,8 +41,11 @@ EXPLANATIONS = {
                 r"source, no weight changed: a source that matches the training statistics keeps the accuracy.",
     "continual": r"A model learns classes $0..k-1$, then the rest from real images of the new classes only. "
                   r"**naive** forgets; **replay** adds KD on images synthesized from the old model, "
-                  r"$T^2\,\mathrm{KL}([p_{old}^{(T)}, 0]\,\|\,p^{(T)})$; **joint** trains on every class's real "
-                  r"images (the upper bound).",
+                  r"$T^2\,\mathrm{KL}([p_{old}^{(T)}, 0]\,\|\,p^{(T)})$, and holds the penultimate features to the "
+                  r"old model's on real and synthesized images, "
+                  r"$\lambda_{feat}\,\sum\lVert f - f_{old}\rVert^2 / \sum\lVert f_{old}\rVert^2$ (without it the "
+                  r"network learns *synthetic = old, real = new*); **joint** trains on every class's real images (the "
+                  r"upper bound).",
 }
 # Synthesis sizes the page starts from: seconds on digits; on Fashion-MNIST the benchmark's pool size (1,000 images
 # took 9 minutes with one thread on the loaded 2-core machine, so reuse a stored pool there). The CLI takes any.
@@ -114,7 +118,13 @@ def continual_widgets(running: bool) -> dict:
                                 help="Training of the old model on classes 0–4. " + APPS)
     new_steps = st.number_input("steps per variant", 1, 20000, 600, step=100, key=key("new_steps"), disabled=running,
                                 help="Steps of each way of adding classes 5–9 (naive, replay, joint). " + APPS)
-    return {"dataset": dataset, "model": model, "old_steps": int(old_steps), "new_steps": int(new_steps)}
+    feature_weight = st.number_input(
+        "λ_feat (replay's feature distillation)", 0.0, 1000.0, float(FEATURE_WEIGHT), step=1.0,
+        key=key("feature_weight"), disabled=running,
+        help="Higher keeps more of the old classes and learns the new ones less; 0 = KD replay alone, which forgets "
+             "the old classes on real images within one dataset. " + APPS)
+    return {"dataset": dataset, "model": model, "old_steps": int(old_steps), "new_steps": int(new_steps),
+            "feature_weight": float(feature_weight)}
 
 
 def start_compression(kind: str, teacher_run: str, pool_run: str | None, values: Mapping) -> Job:
