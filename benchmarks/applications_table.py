@@ -92,14 +92,20 @@ def pruning(args, pool: str) -> tuple[list[dict], str]:
 
 def continual(args, dataset: str) -> tuple[list[dict], str]:
     model = ["--model", args.cl_model] if args.cl_model else []
+    feature = [] if args.feature_weight is None else ["--feature-weight", str(args.feature_weight)]
     runs = [run(args.home, ["continual", "--dataset", dataset, *model, "--seed", str(seed), "--images",
                             str(args.cl_images), "--inv-iterations", str(args.cl_inv_iterations), "--inv-batch-size",
                             str(args.inv_batch_size), "--old-steps", str(args.old_steps),
-                            "--new-steps", str(args.new_steps)]) for seed in args.seeds]
-    kept = {v: [100 * next(r for r in res["rows"] if r["model"] == v)["old_retention"] for res in runs]
-            for v in ("replay", "naive")}
+                            "--new-steps", str(args.new_steps), *feature]) for seed in args.seeds]
+
+    def rows(variant: str) -> list[dict]:
+        return [next(r for r in res["rows"] if r["model"] == variant) for res in runs]
+    kept = {v: [100 * r["old_retention"] for r in rows(v)] for v in ("replay", "naive")}
     summary = "; ".join(f"{v} keeps {min(k):.1f}% (min) / {statistics.mean(k):.1f}% (mean) of the old model's "
                         "old-class accuracy" for v, k in kept.items())
+    for part in ("new", "all"):
+        values = [100 * r[part]["accuracy"] for r in rows("replay")]
+        summary += f"; replay's {part}-class accuracy {min(values):.2f}% (min) / {statistics.mean(values):.2f}% (mean)"
     return runs, summary
 
 
@@ -128,6 +134,7 @@ def main(argv=None) -> None:
     p.add_argument("--cl-inv-iterations", type=int, default=200)
     p.add_argument("--old-steps", type=int, default=600)
     p.add_argument("--new-steps", type=int, default=600)
+    p.add_argument("--feature-weight", type=float, help="replay's λ_feat (default: dfkd continual's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.home = str(RunStore(args.home).home)
