@@ -59,6 +59,8 @@ class VariantsJob(C.ContinualJob):
         yield self._evaluate_old()
         for name, weight, options in self.variant_rows:
             started = time.time()
+            torch.manual_seed(c.seed)   # every variant: the same new head rows and batches, cached pool or not
+            self.rng = torch.Generator().manual_seed(c.seed)
             model = self._grown()
             self.features = C.PenultimateFeatures(model), C.PenultimateFeatures(self.old_model)
             teacher = C.OldClassesTeacher(self.old_model, self.dataset.num_classes)
