@@ -285,7 +285,7 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
     assert "int8: synthetic − noise" in out and "| int8 | synthetic | histogram | yes | 64 |" in out
     assert main([*common, "continual", "--old-steps", "20", "--new-steps", "10", "--images", "20",
                  "--inv-iterations", "5"]) == 0
-    assert "| replay | yes |" in capsys.readouterr().out
+    assert "| replay (λ_feat 1) | yes |" in capsys.readouterr().out
     assert main(["--home", home_dir, "runs", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert sorted(r["kind"] for r in runs) == ["continual", "prune", "quantize"]

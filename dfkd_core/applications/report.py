@@ -73,7 +73,11 @@ def quantization_table(results: Mapping) -> str:
 
 def continual_table(results: Mapping) -> str:
     """One line per model: accuracy on old-class, new-class and all test images, and the old accuracy it kept."""
-    lines = [[r["model"], "yes" if r["data_free"] else "no", percent(r["old"]["accuracy_ci"]),
+    weight = results.get("config", {}).get("feature_weight")
+
+    def name(model: str) -> str:   # the replay row says its feature weight: the result depends on it
+        return f"replay (λ_feat {weight:g})" if model == "replay" and weight is not None else model
+    lines = [[name(r["model"]), "yes" if r["data_free"] else "no", percent(r["old"]["accuracy_ci"]),
               percent(r["new"]["accuracy_ci"]) if r["model"] != "old model" else "– (never saw them)",
               percent(r["all"]["accuracy_ci"]), percent(r.get("old_retention_ci"))] for r in results["rows"]]
     table = _table(["model", "data-free", "old classes", "new classes", "all classes", "old accuracy kept"], lines)
