@@ -36,27 +36,25 @@ class VariantsJob(C.ContinualJob):
         super().__init__(config)
         self.variant_rows, self.cache = rows, cache
 
+    def old_model_and_replay(self):
+        """The job's phases 1 and 2, or their cached result."""
+        if not (self.cache and os.path.exists(self.cache)):
+            yield from super().old_model_and_replay()
+            if self.cache:
+                torch.save({"old": self.old_model.state_dict(), "images": self.pool.images,
+                            "targets": self.pool.targets}, self.cache)
+            return
+        self.split_classes()
+        blob = torch.load(self.cache, weights_only=True)
+        self.old_model = self.new_old_model()
+        self.old_model.load_state_dict(blob["old"])
+        self.old_model.eval()
+        self.pool = SyntheticPool(self.old_info, blob["images"], blob["targets"])
+        yield self._evaluate_old()
+
     def plan(self):
         c = self.config
-        train = self.real_split("train")
-        self.splits = {"old": C.class_subset(train, range(self.k), self.old_info),
-                       "new": C.class_subset(train, range(self.k, self.dataset.num_classes)), "all": train}
-        old = C.prepare_model(C.create_model(self.model_name, self.k, self.dataset.in_channels,
-                                             self.dataset.image_size), self.device)
-        if self.cache and os.path.exists(self.cache):
-            blob = torch.load(self.cache, weights_only=True)
-            old.load_state_dict(blob["old"])
-            self.pool = SyntheticPool(self.old_info, blob["images"], blob["targets"])
-            self.old_model = old.eval()
-        else:
-            yield from self._train(old, C.NoTeacher(self.k), c.old_steps, "old model", lambda: self._label_step("old"))
-            self.old_model = old.eval()
-            yield from C.synthesize_into(self.pool, self.old_model, self.old_info, self.synthesis, c.images, c.seed,
-                                         self.device)
-            if self.cache:
-                torch.save({"old": old.state_dict(), "images": self.pool.images, "targets": self.pool.targets},
-                           self.cache)
-        yield self._evaluate_old()
+        yield from self.old_model_and_replay()
         for name, weight, options in self.variant_rows:
             started = time.time()
             torch.manual_seed(c.seed)   # every variant: the same new head rows and batches, cached pool or not

@@ -191,16 +191,7 @@ class ContinualJob(ApplicationJob):
 
     def plan(self) -> Iterator[dict]:
         c = self.config
-        train = self.real_split("train")
-        self.splits = {"old": class_subset(train, range(self.k), self.old_info),
-                       "new": class_subset(train, range(self.k, self.dataset.num_classes)), "all": train}
-        old = prepare_model(create_model(self.model_name, self.k, self.dataset.in_channels, self.dataset.image_size),
-                            self.device)
-        yield from self._train(old, NoTeacher(self.k), c.old_steps, "old model", lambda: self._label_step("old"))
-        self.old_model = old.eval()
-        yield self._evaluate_old()
-        yield from synthesize_into(self.pool, self.old_model, self.old_info, self.synthesis, c.images, c.seed,
-                                   self.device)
+        yield from self.old_model_and_replay()
         for variant in VARIANTS:
             model = self._grown()
             teacher = OldClassesTeacher(self.old_model, self.dataset.num_classes) if variant == "replay" \
@@ -219,6 +210,26 @@ class ContinualJob(ApplicationJob):
         for variant in ("naive", "joint"):
             self.add_comparison(f"replay − {variant} (old classes)", "replay", variant, among=old)
         self.add_comparison("replay − naive (all classes)", "replay", "naive")
+
+    def old_model_and_replay(self) -> Iterator[dict]:
+        """Phases 1 and 2: the old model on the old classes' real images, its evaluation, its synthesized images."""
+        c = self.config
+        self.split_classes()
+        old = self.new_old_model()
+        yield from self._train(old, NoTeacher(self.k), c.old_steps, "old model", lambda: self._label_step("old"))
+        self.old_model = old.eval()
+        yield self._evaluate_old()
+        yield from synthesize_into(self.pool, self.old_model, self.old_info, self.synthesis, c.images, c.seed,
+                                   self.device)
+
+    def split_classes(self) -> None:
+        train = self.real_split("train")
+        self.splits = {"old": class_subset(train, range(self.k), self.old_info),
+                       "new": class_subset(train, range(self.k, self.dataset.num_classes)), "all": train}
+
+    def new_old_model(self) -> nn.Module:
+        d = self.dataset
+        return prepare_model(create_model(self.model_name, self.k, d.in_channels, d.image_size), self.device)
 
     # ------------------------------------------------------------------ training
     def _grown(self) -> nn.Module:
