@@ -315,10 +315,13 @@ def test_applications_page_runs_a_quantization_and_shows_its_table_and_figure(te
     assert {"criteria", "FLOPs to keep"} <= {w.label for w in at.sidebar.multiselect}   # pruning first
     at.radio(key="apps_kind").set_value("continual").run()
     assert at.sidebar.selectbox(key="apps_dataset").value == "digits"
-    assert at.sidebar.number_input(key="apps_feature_weight_digits").value == ContinualConfig().feature_weight == 1.0
+    assert at.sidebar.number_input(key="apps_feature_weight_digits_bncnn3_w32").value == \
+        ContinualConfig().feature_weight == 1.0
     at.sidebar.selectbox(key="apps_dataset").set_value("fashion-mnist").run()
-    assert at.sidebar.number_input(key="apps_feature_weight_fashion-mnist").value == \
-        ContinualConfig(dataset="fashion-mnist").feature_weight
+    assert at.sidebar.number_input(key="apps_feature_weight_fashion-mnist_bncnn6_w32").value == \
+        ContinualConfig(dataset="fashion-mnist").feature_weight == 24.0
+    assert ContinualConfig(dataset="fashion-mnist", model="bncnn6_w16").feature_weight == 12.0
+    assert ContinualConfig(dataset="fashion-mnist", feature_weight=0.0).feature_weight == 0.0   # 0 is a choice
     at.radio(key="apps_kind").set_value("quantize").run()
     for name, value in (("images", 40), ("iterations", 10), ("calibration_images", 64)):
         at.sidebar.number_input(key=f"apps_{name}").set_value(value)

@@ -43,12 +43,23 @@ from dfkd_core.training import DEFAULT_TEACHER, evaluate
 
 VARIANTS = ("naive", "replay", "joint")
 REPLAY_FILE = "replay_images.pt"
-# λ_feat measured per dataset (docs/results.md, benchmarks/continual_variants.py): the knee of old classes kept
-# against new ones learned. The right weight depends on how far the features must move to take the new classes:
-# digits' 8×8 classes are apart (1 keeps 97% of both; 10 stops the new ones), Fashion-MNIST's Shirt sits among the
-# old tops (12 keeps over 80% of the old classes; 1 keeps 25%). Other datasets start from the within-dataset case.
-FEATURE_WEIGHTS = {"digits": 1.0, "fashion-mnist": 12.0}
-FEATURE_WEIGHT = FEATURE_WEIGHTS["fashion-mnist"]
+# λ_feat measured per dataset and model (docs/results.md, benchmarks/continual_variants.py): the knee of old classes
+# kept against new ones learned. The right weight depends on how far the features must move to take the new classes,
+# and on how much room the network has: digits' 8×8 classes are apart (1 keeps 97% of both; 10 stops the new ones),
+# Fashion-MNIST's Shirt sits among the old tops (bncnn6_w16: 12 keeps over 85% of the old classes, 1 keeps 26%), and
+# the wider bncnn6_w32 needs twice the weight for the same (24: 90%; 12: 71%). Unmeasured models take their
+# dataset's value, unknown datasets the within-dataset case.
+FEATURE_WEIGHTS = {("digits", None): 1.0, ("fashion-mnist", None): 24.0, ("fashion-mnist", "bncnn6_w32"): 24.0,
+                   ("fashion-mnist", "bncnn6_w16"): 12.0}
+FEATURE_WEIGHT = 24.0
+
+
+def default_feature_weight(dataset: str, model: str = "") -> float:
+    """The measured λ_feat for this dataset and model ("" = the dataset's default architecture)."""
+    model = model or DEFAULT_TEACHER.get(dataset, "")
+    return FEATURE_WEIGHTS.get((dataset, model), FEATURE_WEIGHTS.get((dataset, None), FEATURE_WEIGHT))
+
+
 NEW_CLASS_LOGIT = -1e4   # the old model's "logit" for a class it never saw: softmax gives it exactly 0
 
 
@@ -64,11 +75,11 @@ class ContinualConfig(ApplicationConfig):
     lr: float = 1e-3
     temperature: float = 4.0
     feature_weight: float | None = None   # λ_feat of replay's feature distillation; 0 = KD replay alone; None = the
-                                          # dataset's measured value (FEATURE_WEIGHTS), filled in at creation
+                                          # measured value for the dataset and model, filled in at creation
 
     def __post_init__(self) -> None:
         if self.feature_weight is None:
-            self.feature_weight = FEATURE_WEIGHTS.get(self.dataset, FEATURE_WEIGHT)
+            self.feature_weight = default_feature_weight(self.dataset, self.model)
 
     def validate(self) -> None:
         """One sentence for the first bad setting, before any run exists."""

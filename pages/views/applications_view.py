@@ -11,7 +11,7 @@ import streamlit as st
 from dfkd_core.applications import (ContinualConfig, ContinualJob, PruningConfig, PruningJob, QuantizationConfig,
                                     QuantizationJob)
 from dfkd_core.applications.common import RESULTS_FILE
-from dfkd_core.applications.continual import FEATURE_WEIGHT, FEATURE_WEIGHTS
+from dfkd_core.applications.continual import default_feature_weight
 from dfkd_core.applications.pruning import CRITERIA
 from dfkd_core.applications.quantization import OBSERVERS, SOURCES
 from dfkd_core.applications.report import TABLES
@@ -119,10 +119,10 @@ def continual_widgets(running: bool) -> dict:
     new_steps = st.number_input("steps per variant", 1, 20000, 600, step=100, key=key("new_steps"), disabled=running,
                                 help="Steps of each way of adding classes 5–9 (naive, replay, joint). " + APPS)
     feature_weight = st.number_input(
-        "λ_feat (replay's feature distillation)", 0.0, 1000.0, float(FEATURE_WEIGHTS.get(dataset, FEATURE_WEIGHT)),
-        step=0.5, key=key(f"feature_weight_{dataset}"), disabled=running,
+        "λ_feat (replay's feature distillation)", 0.0, 1000.0, default_feature_weight(dataset, model),
+        step=0.5, key=key(f"feature_weight_{dataset}_{model}"), disabled=running,
         help="Higher keeps more of the old classes and learns the new ones less; 0 = KD replay alone, which forgets "
-             "the old classes on real images within one dataset. Starts from the value measured on this dataset. "
+             "the old classes on real images within one dataset. Starts from the value measured for this dataset and model. "
              + APPS)
     return {"dataset": dataset, "model": model, "old_steps": int(old_steps), "new_steps": int(new_steps),
             "feature_weight": float(feature_weight)}
