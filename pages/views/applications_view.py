@@ -122,8 +122,8 @@ def continual_widgets(running: bool) -> dict:
         "λ_feat (replay's feature distillation)", 0.0, 1000.0, default_feature_weight(dataset, model),
         step=0.5, key=key(f"feature_weight_{dataset}_{model}"), disabled=running,
         help="Higher keeps more of the old classes and learns the new ones less; 0 = KD replay alone, which forgets "
-             "the old classes on real images within one dataset. Starts from the value measured for this dataset and model. "
-             + APPS)
+             "the old classes on real images within one dataset. Starts from the value measured for this dataset and "
+             "model. " + APPS)
     return {"dataset": dataset, "model": model, "old_steps": int(old_steps), "new_steps": int(new_steps),
             "feature_weight": float(feature_weight)}
 
