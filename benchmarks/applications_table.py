@@ -37,7 +37,7 @@ def run(home: str, argv: list[str]) -> dict:
     before = {r.id for r in store.list()}
     with contextlib.redirect_stdout(sys.stderr):   # the command's own report: stdout keeps only the tables
         code = dfkd(["--home", home, "--quiet", *argv])
-    made = [r for r in store.list(argv[0]) if r.id not in before and made_here(r)]   # others may share the store
+    made = [r for r in store.list(argv[0]) if r.id not in before and made_here(store, r)]   # others share the store
     if code != 0 or len(made) != 1:
         raise SystemExit(f"`dfkd {shlex.join(argv)}` exited {code}")
     results = json.loads((made[0].dir / "results.json").read_text())
@@ -45,10 +45,10 @@ def run(home: str, argv: list[str]) -> dict:
     return results
 
 
-def made_here(record) -> bool:
+def made_here(store: RunStore, record) -> bool:
     """Whether this process created the run (run.json records its creator's pid): another process's run of the same
     kind, made while this command ran, is not this command's."""
-    return json.loads((record.dir / "run.json").read_text()).get("pid") == os.getpid()
+    return store.get(record.id).load_json("run.json").get("pid") == os.getpid()
 
 
 def difference(results: dict, label: str) -> float:

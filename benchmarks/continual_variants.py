@@ -59,12 +59,11 @@ class VariantsJob(C.ContinualJob):
             started = time.time()
             torch.manual_seed(c.seed)   # every variant: the same new head rows and batches, cached pool or not
             self.rng = torch.Generator().manual_seed(c.seed)
+            c.feature_weight = weight   # what the job's own replay step reads
             model = self._grown()
-            self.features = C.PenultimateFeatures(model), C.PenultimateFeatures(self.old_model)
             teacher = C.OldClassesTeacher(self.old_model, self.dataset.num_classes)
-            yield from self._train(model, teacher, c.new_steps, name, lambda w=weight, o=options: self._step(w, o))
-            for hook in self.features:
-                hook.remove()
+            with self.catching_features(model):
+                yield from self._train(model, teacher, c.new_steps, name, lambda o=options: self._step(o))
             if "weight-align" in options:
                 weight_align(model, self.k)
             if "balanced-head" in options:
@@ -72,7 +71,10 @@ class VariantsJob(C.ContinualJob):
             yield self._evaluate(model, name)
             self.rows[-1]["minutes"] = (time.time() - started) / 60
 
-    def _step(self, weight: float, options: set[str]) -> dict:
+    def _step(self, options: set[str]) -> dict:
+        """A λ_feat row is `dfkd continual`'s replay step itself; a named variant changes its terms."""
+        if not options & {"lwf", "local-ce", "local-ce+lwf"}:
+            return self._replay_step()
         c, k = self.config, self.k
         x_new, y_new = self._sample("new", c.batch_size)
         x_old = self.pool.sample(c.replay_batch, self.rng)[0]
@@ -85,15 +87,15 @@ class VariantsJob(C.ContinualJob):
                    "kd_replay": C.replay_kd_loss(s[n:], t[n:], c.temperature)}
             if "lwf" in options or "local-ce+lwf" in options:
                 out["lwf"] = kd_loss(s[:n, :k], t[:n, :k], c.temperature)
-            if weight > 0:
+            if c.feature_weight > 0:
                 out["feature"] = feature_distillation_loss(self.features[0].features, self.features[1].features)
             return out
         return self.trainer.train_step(torch.cat([x_new, x_old]), extra_terms=terms,
-                                       weights={"kd": 0.0, "feature": weight})
+                                       weights={"kd": 0.0, "feature": c.feature_weight})
 
     def _balanced_head(self, model: nn.Module, steps: int = 300) -> None:
         caught = C.PenultimateFeatures(model)
-        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        head = C.last_linear(model)
         optimizer = torch.optim.Adam(head.parameters(), lr=self.config.lr)
         model.eval()
         for _ in range(steps):
@@ -115,7 +117,7 @@ def percent(entry: dict) -> str:
 
 
 def weight_align(model: nn.Module, old_classes: int) -> None:
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    head = C.last_linear(model)
     with torch.no_grad():
         ratio = head.weight[:old_classes].norm(dim=1).mean() / head.weight[old_classes:].norm(dim=1).mean()
         head.weight[old_classes:] *= ratio

@@ -203,14 +203,9 @@ def test_continual_replay_keeps_the_old_classes_naive_forgets(store):
     comparison = next(c for c in results["comparisons"] if c["comparison"] == "replay − naive (old classes)")
     assert comparison["difference_ci"]["units"] == int((load_split("digits", "test").labels < 5).sum())
     assert (store.list("continual")[0].dir / "replay_images.pt").is_file()
-    replay_steps = [m for m in job_history(store) if m.get("phase") == "replay"]
+    replay_steps = [m for m in store.get(store.list("continual")[0].id).metrics() if m.get("phase") == "replay"]
     assert replay_steps and all(m["loss_feature"] >= 0 for m in replay_steps)
     assert replay_steps[-1]["loss_feature"] > 0   # the student's features moved, and the term measures it
-
-
-def job_history(store) -> list[dict]:
-    path = store.list("continual")[0].dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_penultimate_features_are_the_classifier_input():

@@ -22,6 +22,7 @@ images, with a paired interval).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -51,7 +52,7 @@ REPLAY_FILE = "replay_images.pt"
 # dataset's value, unknown datasets the within-dataset case.
 FEATURE_WEIGHTS = {("digits", None): 1.0, ("fashion-mnist", None): 24.0, ("fashion-mnist", "bncnn6_w32"): 24.0,
                    ("fashion-mnist", "bncnn6_w16"): 12.0}
-FEATURE_WEIGHT = 24.0
+FEATURE_WEIGHT = FEATURE_WEIGHTS[("fashion-mnist", None)]   # unknown datasets: the within-dataset case
 
 
 def default_feature_weight(dataset: str, model: str = "") -> float:
@@ -143,16 +144,21 @@ def grow_head(old: nn.Module, new: nn.Module, old_classes: int) -> nn.Module:
     return new
 
 
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's last Linear layer: its classifier, whose input is the penultimate features."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ValueError(f"{type(model).__name__} has no Linear classifier, so its penultimate features are "
+                         "undefined; use feature_weight=0")
+    return linear[-1]
+
+
 class PenultimateFeatures:
     """The input of a model's last Linear layer (its penultimate features) at each forward, caught by a hook."""
 
     def __init__(self, model: nn.Module):
-        linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linear:
-            raise ValueError(f"{type(model).__name__} has no Linear classifier, so its penultimate features are "
-                             "undefined; use feature_weight=0")
         self.features: torch.Tensor | None = None
-        self.handle = linear[-1].register_forward_hook(self._keep)
+        self.handle = last_linear(model).register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output) -> None:
         self.features = inputs[0]
@@ -209,13 +215,10 @@ class ContinualJob(ApplicationJob):
                 else NoTeacher(self.dataset.num_classes)
             step = self._replay_step if variant == "replay" else lambda v=variant: self._label_step(
                 "new" if v == "naive" else "all")
-            catch = variant == "replay" and c.feature_weight > 0
-            if catch:
-                self.features = PenultimateFeatures(model), PenultimateFeatures(self.old_model)
-            yield from self._train(model, teacher, c.new_steps, variant, step)
-            if catch:
-                for hook in self.features:
-                    hook.remove()
+            catch = self.catching_features(model) if variant == "replay" and c.feature_weight > 0 \
+                else contextlib.nullcontext()
+            with catch:
+                yield from self._train(model, teacher, c.new_steps, variant, step)
             yield self._evaluate(model, variant)
         old = self.real_split("test").labels < self.k
         for variant in ("naive", "joint"):
@@ -243,6 +246,17 @@ class ContinualJob(ApplicationJob):
         return prepare_model(create_model(self.model_name, self.k, d.in_channels, d.image_size), self.device)
 
     # ------------------------------------------------------------------ training
+    @contextlib.contextmanager
+    def catching_features(self, model: nn.Module) -> Iterator[None]:
+        """`self.features`: the penultimate features of `model` and of the old model at each forward, for replay's
+        feature distillation; the hooks go when the block ends, also when a stopped run closes the plan."""
+        self.features = PenultimateFeatures(model), PenultimateFeatures(self.old_model)
+        try:
+            yield
+        finally:
+            for hook in self.features:
+                hook.remove()
+
     def _grown(self) -> nn.Module:
         d = self.dataset
         new = create_model(self.model_name, d.num_classes, d.in_channels, d.image_size)
