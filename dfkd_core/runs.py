@@ -39,7 +39,8 @@ _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("DFKD_HOME", "~/.dfkd")).expanduser()
+    # `DFKD_HOME= dfkd ...` (set but empty) means the default, not the current directory
+    return Path(os.environ.get("DFKD_HOME") or "~/.dfkd").expanduser()
 
 
 class UnknownRunError(KeyError):

@@ -260,3 +260,12 @@ def test_a_reopened_run_is_live_for_other_processes_and_cannot_be_reopened_twice
     assert RunStore(store.home).get_record(run.id).status == "running"   # another process's view
     with pytest.raises(RuntimeError, match="running in another process"):
         store.reopen(run.id)
+
+
+def test_empty_dfkd_home_means_the_default_not_the_current_directory(monkeypatch, tmp_path):
+    from dfkd_core.runs import default_home
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DFKD_HOME", "")
+    assert default_home() == tmp_path / ".dfkd"
+    monkeypatch.setenv("DFKD_HOME", str(tmp_path / "elsewhere"))
+    assert default_home() == tmp_path / "elsewhere"
