@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from dfkd_core.device import describe_machine
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.distill.recipes import list_recipes, recipe_overrides
 from dfkd_core.distill.results import load_test_hits
@@ -130,7 +131,7 @@ def main() -> None:
     if not rows:
         raise SystemExit("no student in the run store yet")
     print(f"\n{args.method} [{args.recipe}], {args.dataset}: {args.teacher_model} teachers → students "
-          f"(95% intervals over the test images)\n")
+          f"(95% intervals over the test images)\nmachine: {describe_machine()}\n")
     print("| teacher seed | teacher acc | seed | student acc | ratio | minutes |")
     print("|---|---|---|---|---|---|")
     ratios = []

@@ -34,7 +34,7 @@ import dfkd_core  # noqa: E402,F401
 import torch  # noqa: E402
 from deepinversion_reference import reference_deepinversion  # noqa: E402
 
-from dfkd_core.device import thread_policy  # noqa: E402
+from dfkd_core.device import describe_machine, thread_policy  # noqa: E402
 from dfkd_core.hooks import BNStatisticsRecorder  # noqa: E402
 from dfkd_core.losses import bn_feature_loss  # noqa: E402
 from dfkd_core.models import load_checkpoint  # noqa: E402
@@ -222,9 +222,8 @@ def main() -> None:
     checkpoint = load_checkpoint(RunStore().resolve_checkpoint(args.teacher))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
     print(f"teacher {checkpoint.name} on {checkpoint.dataset.name}; {args.iterations} iterations, seed {args.seed}, "
-          f"{args.repeats} interleaved repeats; {where}, {thread_policy()}; torch {torch.__version__}")
+          f"{args.repeats} interleaved repeats; {describe_machine(device)}, {thread_policy()}")
     rows = []
     for batch_size in args.batch_sizes:
         rows += benchmark_batch(checkpoint, batch_size, args, device)

@@ -46,6 +46,23 @@ def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
+def describe_machine(device: torch.device | None = None) -> str:
+    """The machine a figure was measured on, in one line: CPU model and vector ISA (float results and speed differ
+    between an AVX2 and an AVX-512 CPU: the same teacher seed trains to a different teacher), cores, torch, and the
+    GPU when `device` is one."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        import platform
+        cpu = platform.processor() or cpu
+    where = f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} cores, torch {torch.__version__}"
+    if device is not None and torch.device(device).type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}; host {where}"
+    return where
+
+
 def thread_policy() -> str:
     """How this process's CPU threads behave, in words: the torch thread count and OpenMP's wait policy (set by
     importing dfkd_core before torch, see `dfkd_core/__init__.py`)."""

@@ -140,3 +140,10 @@ def test_openmp_threads_wait_passively_when_dfkd_core_comes_before_torch(first, 
     assert done.returncode == 0, done.stderr
     assert f"GOMP_SPINCOUNT = '{spin_count}'" in done.stderr
     assert ("OMP_WAIT_POLICY=PASSIVE" in done.stdout) == (spin_count == "0"), done.stdout
+
+
+def test_describe_machine_names_the_vector_isa_and_torch():
+    from dfkd_core.device import describe_machine
+    line = describe_machine(torch.device("cpu"))
+    assert torch.backends.cpu.get_cpu_capability() in line and torch.__version__ in line
+    assert f"{os.cpu_count()} cores" in line
