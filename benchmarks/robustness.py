@@ -7,7 +7,10 @@ intervals do not cover), per-class accuracy of the worst student against its tea
 
 A full Fashion-MNIST `fashion-best` table is 9 runs of 20–35 CPU minutes each, so the script resumes: teachers and
 students already in the run store (found by the run names this script gives them) are reused, and the table can be
-completed over several sittings.
+completed over several sittings. A stored student is reused only if its config equals the one the recipe gives now
+(after a recipe change it is run again, and the script says which settings changed); a student whose pool another
+stored run already synthesized with the same teacher, seed and synthesis settings reuses those images and runs only
+its KD (the table's `pool` column says so; --no-pool-reuse synthesizes anew).
 
     python benchmarks/robustness.py --home ~/.dfkd --recipe fashion-best                      # 3 teachers x 3 seeds
     python benchmarks/robustness.py --dataset digits --recipe digits-quick --teacher-epochs 20   # a quick check
@@ -18,6 +21,7 @@ import argparse
 import math
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,6 +53,48 @@ def find_run(store: RunStore, kind: str, name: str):
     return next((r for r in store.list(kind=kind, status="done") if r.name == name), None)
 
 
+# Settings that say where a run ran or where its images came from, not what it computed.
+_PLACE_KEYS = {"teacher", "pool", "device", "data_root"}
+# Settings that decide a pool's images when no KD runs during synthesis (the student cannot steer them then).
+_SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "lambda_bn", "generator_steps",
+                   "generator_lr", "latent_dim", "generator_width", "seed", "kd_steps_per_round"}
+
+
+def config_differences(stored: dict, wanted: dict, keys=None) -> list[str]:
+    """'key: stored → wanted' for each setting where a stored run's config differs from the one asked for."""
+    keys = sorted((set(stored) | set(wanted)) - _PLACE_KEYS if keys is None else keys)
+    return [f"{k}: {stored.get(k)} → {wanted.get(k)}" for k in keys if stored.get(k) != wanted.get(k)]
+
+
+def find_student(store: RunStore, name: str, wanted: dict):
+    """The newest finished student of this name made with exactly the settings asked for, and the differences of
+    the newest one that was not (a recipe changed since it ran), so a stale student is never reused silently."""
+    stale = []
+    for record in store.list(kind="distill", status="done"):
+        if record.name != name:
+            continue
+        diff = config_differences(store.get(record.id).config(), wanted)
+        if not diff:
+            return record, stale
+        stale = stale or diff
+    return None, stale
+
+
+def reusable_pool(store: RunStore, teacher_path: str, wanted: dict):
+    """A finished run of the same teacher whose stored images.pt is the pool this config would synthesize: same
+    synthesis settings and seed, and no KD during synthesis (the student then cannot shape the images). Reusing it
+    repeats the run's KD exactly (tests/test_distill.py), minus the synthesis time."""
+    if wanted.get("kd_steps_per_round") != 0:
+        return None
+    for record in store.list(kind="distill", status="done"):
+        run = store.get(record.id)
+        stored = run.config()
+        if (stored.get("teacher") == teacher_path and not stored.get("pool") and (run.dir / "images.pt").exists()
+                and not config_differences(stored, wanted, _SYNTHESIS_KEYS)):
+            return record
+    return None
+
+
 def teacher_for(seed: int, args, store: RunStore):
     name = f"robustness teacher {args.teacher_model} {args.dataset} seed {seed} ({args.teacher_epochs} epochs)"
     record = find_run(store, "teacher", name)
@@ -65,14 +111,29 @@ def teacher_for(seed: int, args, store: RunStore):
     return record
 
 
+def student_name(args, teacher_seed: int) -> str:
+    return f"robustness {args.method} [{args.recipe}] teacher seed {teacher_seed} seed {{seed}}"
+
+
+def student_config(args, seed: int) -> dict:
+    return DistillConfig(method=args.method, seed=seed, device=args.device, data_root=args.data_root,
+                         **recipe_overrides(args.recipe, args.method)).to_dict()
+
+
 def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunStore):
-    name = f"robustness {args.method} [{args.recipe}] teacher seed {teacher_seed} seed {seed}"
-    record = find_run(store, "distill", name)
+    name = student_name(args, teacher_seed).format(seed=seed)
+    config = DistillConfig(**student_config(args, seed))
+    record, stale = find_student(store, name, config.to_dict())
     if record is not None:
-        return record, False
+        return record
+    if stale:
+        print(f"  {name}: the stored student was made with other settings ({'; '.join(stale)}); running it again",
+              flush=True)
     teacher = load_checkpoint(teacher_record.dir / "model.pt")
-    config = DistillConfig(method=args.method, seed=seed, device=args.device, data_root=args.data_root,
-                           **recipe_overrides(args.recipe, args.method))
+    source = None if args.no_pool_reuse else reusable_pool(store, str(teacher.path), config.to_dict())
+    if source is not None:
+        config.pool = str(source.dir / "images.pt")
+        print(f"  {name}: reusing the identical pool of {source.id} (synthesis skipped)", flush=True)
     job = DistillJob(teacher, config)
     job.run_record = store.create("distill", {**config.to_dict(), "teacher": str(teacher.path)},
                                   teacher=teacher_record.id, method=args.method, dataset=teacher.dataset.name,
@@ -82,7 +143,13 @@ def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunSt
     if job.status != "done":
         raise SystemExit(f"{name}: {job.status}: {job.error}")
     print(f"  {name}: {job.result['student_accuracy']:.2%} in {(time.time() - started) / 60:.1f} min", flush=True)
-    return job.run_record.record(), True
+    return job.run_record.record()
+
+
+def pool_source(store: RunStore, record) -> str:
+    """'own' when the run synthesized its pool, else the run it reused it from (its minutes are KD only)."""
+    pool = store.get(record.id).config().get("pool")
+    return "own" if not pool else f"reused from {Path(pool).parent.name} (KD time only)"
 
 
 def per_class(record) -> dict[str, list[float]]:
@@ -106,6 +173,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--only-table", action="store_true", help="print the table of what is stored; run nothing")
+    p.add_argument("--no-pool-reuse", action="store_true",
+                   help="synthesize every student's pool even when an identical one is stored")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     store = RunStore(args.home)
@@ -121,19 +190,22 @@ def main() -> None:
             teacher = teacher_for(teacher_seed, args, store)
         for seed in args.seeds:
             if args.only_table:
-                record = find_run(store, "distill",
-                                  f"robustness {args.method} [{args.recipe}] teacher seed {teacher_seed} seed {seed}")
+                record, stale = find_student(store, student_name(args, teacher_seed).format(seed=seed),
+                                             student_config(args, seed))
                 if record is None:
+                    if stale:
+                        print(f"  teacher seed {teacher_seed} seed {seed}: only a student of other settings is "
+                              f"stored ({'; '.join(stale)}); left out")
                     continue
             else:
-                record, _ = student_for(teacher, teacher_seed, seed, args, store)
+                record = student_for(teacher, teacher_seed, seed, args, store)
             rows.append((teacher_seed, seed, record))
     if not rows:
         raise SystemExit("no student in the run store yet")
     print(f"\n{args.method} [{args.recipe}], {args.dataset}: {args.teacher_model} teachers → students "
           f"(95% intervals over the test images)\nmachine: {describe_machine()}\n")
-    print("| teacher seed | teacher acc | seed | student acc | ratio | minutes |")
-    print("|---|---|---|---|---|---|")
+    print("| teacher seed | teacher acc | seed | student acc | ratio | minutes | pool |")
+    print("|---|---|---|---|---|---|---|")
     ratios = []
     for teacher_seed, seed, record in rows:
         s = record.summary
@@ -141,9 +213,9 @@ def main() -> None:
                for k in ("teacher_accuracy", "student_accuracy", "ratio")}
         ratios.append(s["ratio"])
         print(f"| {teacher_seed} | {fmt['teacher_accuracy']} | {seed} | {fmt['student_accuracy']} | {fmt['ratio']} "
-              f"| {s['wall_minutes']:.1f} |")
+              f"| {s['wall_minutes']:.1f} | {pool_source(store, record)} |")
     mean, low, high = mean_t_interval(ratios)
-    print(f"\n{len(ratios)} students: ratio min {min(ratios):.3f}, mean {mean:.3f} (95% t-interval over students "
+    print(f"\n{len(ratios)} students: ratio min {min(ratios):.4f}, mean {mean:.3f} (95% t-interval over students "
           f"[{low:.3f}, {high:.3f}]); {sum(r >= 0.95 for r in ratios)} of {len(ratios)} at or above 0.950")
     worst = min(rows, key=lambda row: row[2].summary["ratio"])
     names = load_checkpoint(worst[2].dir / "model.pt").dataset.class_names

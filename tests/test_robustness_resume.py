@@ -1,0 +1,61 @@
+"""benchmarks/robustness.py resumes over sittings; it must never reuse a student made with other settings (a recipe
+changed since) and may reuse only a pool that the asked-for run would synthesize identically."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from dfkd_core.distill import DistillConfig
+from dfkd_core.distill.recipes import recipe_overrides
+from dfkd_core.runs import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _robustness():
+    spec = importlib.util.spec_from_file_location("robustness", ROOT / "benchmarks" / "robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stored(store, name, config, teacher="/t/model.pt", images=False):
+    run = store.create("distill", {**config, "teacher": teacher}, method=config["method"], dataset="fashion-mnist",
+                       name=name)
+    if images:
+        torch.save({"images": torch.zeros(1)}, run.dir / "images.pt")
+    run.set_status("done", {"ratio": 0.95})
+    return run
+
+
+def _wanted(**kw):
+    return DistillConfig(**{"method": "deepinversion", "seed": 0,
+                            **recipe_overrides("fashion-best", "deepinversion"), **kw}).to_dict()
+
+
+def test_a_student_is_reused_only_with_the_settings_asked_for(tmp_path):
+    rb, store = _robustness(), RunStore(tmp_path)
+    old = _stored(store, "s", _wanted(temperature=4.0))
+    record, stale = rb.find_student(store, "s", _wanted(temperature=4.0))
+    assert record.id == old.id and stale == []
+    record, stale = rb.find_student(store, "s", _wanted(temperature=20.0))
+    assert record is None and stale == ["temperature: 4.0 → 20.0"]
+    # Where the run ran is not a difference; another name is not the same student.
+    assert rb.find_student(store, "s", {**_wanted(temperature=4.0), "device": "cuda"})[0].id == old.id
+    assert rb.find_student(store, "other", _wanted(temperature=4.0)) == (None, [])
+
+
+def test_a_pool_is_reused_only_when_it_is_the_one_the_run_would_synthesize(tmp_path):
+    rb, store = _robustness(), RunStore(tmp_path)
+    _stored(store, "no images kept", _wanted(temperature=4.0))
+    assert rb.reusable_pool(store, "/t/model.pt", _wanted(temperature=20.0)) is None
+    source = _stored(store, "s", _wanted(temperature=4.0), images=True)
+    # KD settings may differ (the pool does not depend on them) ...
+    assert rb.reusable_pool(store, "/t/model.pt", _wanted(temperature=20.0, mixup=0.0)).id == source.id
+    # ... synthesis settings, the seed and the teacher may not.
+    assert rb.reusable_pool(store, "/t/model.pt", _wanted(seed=1)) is None
+    assert rb.reusable_pool(store, "/t/model.pt", _wanted(synthesis={"batch_size": 200, "iterations": 100})) is None
+    assert rb.reusable_pool(store, "/other/model.pt", _wanted()) is None
+    # With KD during synthesis the student steers the images: never reused.
+    _stored(store, "adi-like", _wanted(kd_steps_per_round=20), images=True)
+    assert rb.reusable_pool(store, "/t/model.pt", _wanted(kd_steps_per_round=20)) is None
