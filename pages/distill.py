@@ -7,19 +7,20 @@ from pages.views.common import (attached_job, data_root_setting, ensure_starter_
                                 teacher_or_stop)
 from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
                                       extra_option_widgets, method_label, ordered_methods, pool_runs,
-                                      processes_widget, render_live, set_weights, start_distillation,
+                                      processes_widget, recipe_widget, render_live, set_weights, start_distillation,
                                       student_choices, uses_pool, weight_key, weight_widget, weights_of)
 from pages.views.navigation import hand_over_to_app
 
 hand_over_to_app()
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
+JOB_SETTINGS = "job"   # the weights show a re-attached job's settings, whichever recipe the box shows
 
 st.title("Distill")
 st.caption("A smaller student learns from the teacher alone: the teacher is inverted into images (or a generator "
            "learns to make them) and the student matches the teacher's softened outputs on them, "
            "$T^2\\,\\mathrm{KL}(p_T^{(T)}\\,\\|\\,p_S^{(T)})$. Real test images only measure the student.")
-keep_widget_state("distill_teacher", "distill_method", "distill_student", "distill_pool",
+keep_widget_state("distill_teacher", "distill_method", "distill_recipe", "distill_student", "distill_pool",
                   *(weight_key(w.name) for w in WEIGHTS))
 job = attached_job("distill")
 running = job is not None and job.running
@@ -33,7 +34,7 @@ if job is not None and st.session_state.get("distill_synced") != job.id:
     st.session_state["distill_pool"] = get_store().run_id_of(job.config.pool) or NEW_POOL
     if job.run_record is not None:
         st.session_state["distill_teacher"] = job.run_record.record().teacher
-    st.session_state["distill_for"] = (st.session_state.get("distill_teacher"), job.config.method)
+    st.session_state["distill_for"] = (st.session_state.get("distill_teacher"), job.config.method, JOB_SETTINGS)
     st.session_state["distill_synced"] = job.id
 
 with st.sidebar:
@@ -49,13 +50,16 @@ with st.sidebar:
                           help="Data-free methods first; 'uses real data' marks the comparison baselines")
     st.caption(DISTILL_METHODS[method].description)
     models, default_model = student_choices(teacher_run)
+    recipe = recipe_widget(dataset.name, method, running)
     previous = st.session_state.get("distill_for")
     if previous is None or previous[0] != teacher_run:   # first visit or another teacher: its defaults
-        set_weights(defaults(method, dataset.name))
+        set_weights(defaults(method, dataset.name, recipe))
         st.session_state["distill_student"] = default_model
+    elif previous[2] not in (recipe, JOB_SETTINGS):      # another recipe: all of its settings
+        set_weights(defaults(method, dataset.name, recipe))
     elif previous[1] != method:                          # another method: its synthesis preset, other weights kept
-        set_weights({k: v for k, v in defaults(method, dataset.name).items() if k in SYNTHESIS_FIELD})
-    st.session_state["distill_for"] = (teacher_run, method)
+        set_weights({k: v for k, v in defaults(method, dataset.name, recipe).items() if k in SYNTHESIS_FIELD})
+    st.session_state["distill_for"] = (teacher_run, method, recipe)
     student = st.selectbox("Student", models, key="distill_student", disabled=running,
                            format_func=lambda m: f"{m} (default: half width)" if m == default_model else m)
     pool_run = None

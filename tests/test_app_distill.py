@@ -49,6 +49,21 @@ def test_every_method_is_offered_data_free_first_with_its_weights(teacher_home):
     assert not button(at, "Start").disabled and button(at, "Stop").disabled
 
 
+def test_the_recipe_box_sets_every_weight_and_a_moved_weight_then_wins(teacher_home):
+    at = app(PAGE)
+    recipe = at.sidebar.selectbox(key="distill_recipe")
+    assert recipe.value == "digits-quick" and recipe.options[-1].startswith("none")
+    steps = at.sidebar.number_input(key="distill_steps")
+    assert steps.value == 400   # digits-quick's, not DistillConfig's 2,000
+    recipe.set_value("").run()
+    assert at.sidebar.number_input(key="distill_steps").value == 2000
+    at.sidebar.number_input(key="distill_steps").set_value(123).run()
+    at.sidebar.selectbox(key="distill_method").set_value("adi").run()   # same recipe: a moved weight stays
+    assert at.sidebar.number_input(key="distill_steps").value == 123
+    at.sidebar.selectbox(key="distill_recipe").set_value("digits-quick").run()
+    assert at.sidebar.number_input(key="distill_steps").value == 400
+
+
 def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     at = app(PAGE)
     set_numbers(at, TINY)
@@ -167,14 +182,18 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
 def test_page_defaults_are_the_recipe_of_the_teachers_dataset_down_to_the_inversion_lr():
     """The Distill page starts from the same settings as `dfkd distill --recipe` (README tables), including the
     inversion learning rate, which has no widget default of its own: fashion DI at 0.25, ADI as measured at 0.1,
-    and DeepDream's weaker TV prior."""
+    and DeepDream's weaker TV prior. Where the robust recipe covers a method it is the default (issue 19)."""
     from dfkd_core.distill.recipes import RECIPES
-    from pages.views.distill_view import defaults
-    for method in ("deepinversion", "adi"):
-        recipe = RECIPES["fashion-10min"]["methods"][method]
+    from pages.views.distill_view import NO_RECIPE, defaults
+    for method, recipe_name in (("deepinversion", "fashion-best"), ("adi", "fashion-10min")):
+        recipe = RECIPES[recipe_name]["methods"][method]
         values = defaults(method, "fashion-mnist")
         assert values["inv_lr"] == recipe["synthesis"]["lr"] and values["images"] == recipe["images"]
-        assert values["iterations"] == recipe["synthesis"]["iterations"]
+        assert values["iterations"] == recipe["synthesis"]["iterations"] and values["steps"] == recipe["steps"]
+        assert values["mixup"] == recipe.get("mixup", 0.0)
+        assert values["temperature"] == recipe.get("temperature", 4.0)
+    assert defaults("deepinversion", "fashion-mnist", "fashion-10min")["images"] == 1200
+    assert defaults("deepinversion", "fashion-mnist", NO_RECIPE)["steps"] == 2000   # DistillConfig's own
     assert defaults("deepinversion", "fashion-mnist")["inv_lr"] != defaults("adi", "fashion-mnist")["inv_lr"]
     assert defaults("deepinversion", "digits")["inv_lr"] == 0.1
     dream = RECIPES["fashion-10min"]["methods"]["deepdream"]["synthesis"]

@@ -16,7 +16,7 @@ from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
 from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
-from dfkd_core.distill.recipes import DATASET_RECIPE, recipe_overrides
+from dfkd_core.distill.recipes import RECIPES, default_recipe, recipe_overrides, recipes_for
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.plots.distill import per_class_accuracy_figure
@@ -117,18 +117,44 @@ def method_label(name: str) -> str:
     return name if DISTILL_METHODS[name].data_free else f"{name} (uses real data)"
 
 
-def defaults(method: str, dataset: str) -> dict:
-    """Every weight's value: DistillConfig's defaults and the method's synthesis preset for this dataset, then the
-    dataset's measured recipe (dfkd_core/distill/recipes.py, the settings behind the README's table) on top."""
+NO_RECIPE = ""   # the recipe option meaning: the library's defaults and the method's synthesis preset only
+AUTO_RECIPE = "auto"
+
+
+def defaults(method: str, dataset: str, recipe: str | None = AUTO_RECIPE) -> dict:
+    """Every weight's value: DistillConfig's defaults and the method's synthesis preset for this dataset, then a
+    measured recipe (dfkd_core/distill/recipes.py, the settings behind the README's tables) on top: `recipe`, or
+    by default the one the app prefers for this dataset and method; NO_RECIPE/None for none."""
+    if recipe == AUTO_RECIPE:
+        recipe = default_recipe(dataset, method)
     config = DistillConfig()
     values = {w.name: getattr(config, w.name) for w in WEIGHTS if w.target == "config"}
     preset = "deepinversion" if method not in ("deepdream", "adi") else method
     synthesis = SynthesisConfig.preset(preset, dataset)
     values.update({name: getattr(synthesis, field) for name, field in SYNTHESIS_FIELD.items()})
     values["trajectory_kd_from"] = -1
-    if dataset in DATASET_RECIPE:
-        values.update(weights_of(DistillConfig(method=method, **recipe_overrides(DATASET_RECIPE[dataset], method))))
+    if recipe:
+        values.update(weights_of(DistillConfig(method=method, **recipe_overrides(recipe, method))))
     return values
+
+
+def recipe_widget(dataset: str, method: str, disabled: bool) -> str:
+    """The measured recipes of this dataset for this method (the robust one first), or none; NO_RECIPE if none
+    exists. Choosing one sets every weight below to it."""
+    recipes = recipes_for(dataset, method)
+    if not recipes:
+        st.caption(f"No recipe was measured for {method} on {dataset}: the weights start at the method's "
+                   "defaults.")
+        return NO_RECIPE
+    if st.session_state.get("distill_recipe") not in (*recipes, NO_RECIPE):
+        st.session_state["distill_recipe"] = recipes[0]
+    recipe = st.selectbox("Recipe", [*recipes, NO_RECIPE], key="distill_recipe", disabled=disabled,
+                          format_func=lambda r: r or "none: the method's defaults",
+                          help="Measured settings (README results; `dfkd distill --recipe`). Choosing one sets "
+                               "every weight below; a weight you then move wins.")
+    if recipe:
+        st.caption(RECIPES[recipe]["description"])
+    return recipe
 
 
 def _snap(weight: Weight, value):
