@@ -66,33 +66,53 @@ def config_differences(stored: dict, wanted: dict, keys=None) -> list[str]:
     return [f"{k}: {stored.get(k)} → {wanted.get(k)}" for k in keys if stored.get(k) != wanted.get(k)]
 
 
-def find_student(store: RunStore, name: str, wanted: dict):
-    """The newest finished student of this name made with exactly the settings asked for, and the differences of
-    the newest one that was not (a recipe changed since it ran), so a stale student is never reused silently."""
+def _same_path(a, b) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def is_pool_source(store: RunStore, images: str | Path, teacher_path: str, wanted: dict) -> bool:
+    """`images` is the images.pt of a finished run that synthesized it itself, with this teacher, these synthesis
+    settings and seed, and no KD during synthesis (the student then cannot shape the images): the pool `wanted`
+    would synthesize. Reusing it repeats that run's KD exactly (tests/test_distill.py), minus the synthesis time."""
+    images = Path(images)
+    if wanted.get("kd_steps_per_round") != 0 or images.name != "images.pt" or not images.is_file():
+        return False
+    try:
+        source = store.get(images.parent.name)
+    except (KeyError, ValueError, FileNotFoundError):
+        return False
+    stored = source.config()
+    return (_same_path(source.dir, images.parent) and source.record().status == "done"
+            and _same_path(stored.get("teacher"), teacher_path) and not stored.get("pool")
+            and not config_differences(stored, wanted, _SYNTHESIS_KEYS))
+
+
+def same_student(store: RunStore, stored: dict, wanted: dict, teacher_path: str) -> bool:
+    """A stored config computed the student asked for: same teacher, every setting equal, and its own pool or an
+    identical one reused."""
+    if not _same_path(stored.get("teacher"), teacher_path) or config_differences(stored, wanted):
+        return False
+    return not stored.get("pool") or is_pool_source(store, stored["pool"], teacher_path, wanted)
+
+
+def find_student(store: RunStore, name: str, wanted: dict, teacher_path: str):
+    """The newest finished student computed with exactly the settings asked for (this script's run of that name, or
+    any run that did the same computation, e.g. from the CLI), and, when there is none, the differences of the
+    newest run of that name (a recipe changed since it ran), so a stale student is never reused silently."""
     stale = []
     for record in store.list(kind="distill", status="done"):
-        if record.name != name:
-            continue
-        diff = config_differences(store.get(record.id).config(), wanted)
-        if not diff:
-            return record, stale
-        stale = stale or diff
+        stored = store.get(record.id).config()
+        if same_student(store, stored, wanted, teacher_path):
+            return record, []
+        if record.name == name and not stale:
+            stale = config_differences(stored, wanted) or ["another teacher or pool"]
     return None, stale
 
 
 def reusable_pool(store: RunStore, teacher_path: str, wanted: dict):
-    """A finished run of the same teacher whose stored images.pt is the pool this config would synthesize: same
-    synthesis settings and seed, and no KD during synthesis (the student then cannot shape the images). Reusing it
-    repeats the run's KD exactly (tests/test_distill.py), minus the synthesis time."""
-    if wanted.get("kd_steps_per_round") != 0:
-        return None
-    for record in store.list(kind="distill", status="done"):
-        run = store.get(record.id)
-        stored = run.config()
-        if (stored.get("teacher") == teacher_path and not stored.get("pool") and (run.dir / "images.pt").exists()
-                and not config_differences(stored, wanted, _SYNTHESIS_KEYS)):
-            return record
-    return None
+    """A finished run whose stored images.pt is the pool this config would synthesize (is_pool_source), else None."""
+    return next((r for r in store.list(kind="distill", status="done")
+                 if is_pool_source(store, r.dir / "images.pt", teacher_path, wanted)), None)
 
 
 def teacher_for(seed: int, args, store: RunStore):
@@ -123,14 +143,15 @@ def student_config(args, seed: int) -> dict:
 def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunStore):
     name = student_name(args, teacher_seed).format(seed=seed)
     config = DistillConfig(**student_config(args, seed))
-    record, stale = find_student(store, name, config.to_dict())
+    teacher_path = str(teacher_record.dir / "model.pt")
+    record, stale = find_student(store, name, config.to_dict(), teacher_path)
     if record is not None:
         return record
     if stale:
         print(f"  {name}: the stored student was made with other settings ({'; '.join(stale)}); running it again",
               flush=True)
     teacher = load_checkpoint(teacher_record.dir / "model.pt")
-    source = None if args.no_pool_reuse else reusable_pool(store, str(teacher.path), config.to_dict())
+    source = None if args.no_pool_reuse else reusable_pool(store, teacher_path, config.to_dict())
     if source is not None:
         config.pool = str(source.dir / "images.pt")
         print(f"  {name}: reusing the identical pool of {source.id} (synthesis skipped)", flush=True)
@@ -191,7 +212,7 @@ def main() -> None:
         for seed in args.seeds:
             if args.only_table:
                 record, stale = find_student(store, student_name(args, teacher_seed).format(seed=seed),
-                                             student_config(args, seed))
+                                             student_config(args, seed), str(teacher.dir / "model.pt"))
                 if record is None:
                     if stale:
                         print(f"  teacher seed {teacher_seed} seed {seed}: only a student of other settings is "

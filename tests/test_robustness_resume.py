@@ -19,9 +19,9 @@ def _robustness():
     return module
 
 
-def _stored(store, name, config, teacher="/t/model.pt", images=False):
-    run = store.create("distill", {**config, "teacher": teacher}, method=config["method"], dataset="fashion-mnist",
-                       name=name)
+def _stored(store, name, config, teacher="/t/model.pt", images=False, pool=None):
+    run = store.create("distill", {**config, "teacher": teacher, "pool": pool}, method=config["method"],
+                       dataset="fashion-mnist", name=name)
     if images:
         torch.save({"images": torch.zeros(1)}, run.dir / "images.pt")
     run.set_status("done", {"ratio": 0.95})
@@ -36,13 +36,26 @@ def _wanted(**kw):
 def test_a_student_is_reused_only_with_the_settings_asked_for(tmp_path):
     rb, store = _robustness(), RunStore(tmp_path)
     old = _stored(store, "s", _wanted(temperature=4.0))
-    record, stale = rb.find_student(store, "s", _wanted(temperature=4.0))
+    record, stale = rb.find_student(store, "s", _wanted(temperature=4.0), "/t/model.pt")
     assert record.id == old.id and stale == []
-    record, stale = rb.find_student(store, "s", _wanted(temperature=20.0))
+    record, stale = rb.find_student(store, "s", _wanted(temperature=20.0), "/t/model.pt")
     assert record is None and stale == ["temperature: 4.0 → 20.0"]
-    # Where the run ran is not a difference; another name is not the same student.
-    assert rb.find_student(store, "s", {**_wanted(temperature=4.0), "device": "cuda"})[0].id == old.id
-    assert rb.find_student(store, "other", _wanted(temperature=4.0)) == (None, [])
+    assert rb.find_student(store, "s", _wanted(temperature=4.0), "/other/model.pt")[0] is None
+    # Where the run ran is not a difference.
+    assert rb.find_student(store, "s", {**_wanted(temperature=4.0), "device": "cuda"}, "/t/model.pt")[0].id == old.id
+
+
+def test_the_same_computation_under_another_name_is_found_but_not_on_another_pool(tmp_path):
+    rb, store = _robustness(), RunStore(tmp_path)
+    source = _stored(store, "s", _wanted(temperature=4.0), images=True)
+    # A CLI run that reused the robustness run's own pool with a new temperature: the student the script wants now.
+    cli = _stored(store, "cli", _wanted(temperature=20.0), pool=str(source.dir / "images.pt"))
+    assert rb.find_student(store, "s", _wanted(temperature=20.0), "/t/model.pt") == (store.get_record(cli.id), [])
+    # A pool grown by other means (boundary samples in /tmp) is another computation, whatever the settings say.
+    foreign = tmp_path / "bss.pt"
+    torch.save({"images": torch.zeros(1)}, foreign)
+    _stored(store, "bss", _wanted(temperature=3.0), pool=str(foreign))
+    assert rb.find_student(store, "x", _wanted(temperature=3.0), "/t/model.pt") == (None, [])
 
 
 def test_a_pool_is_reused_only_when_it_is_the_one_the_run_would_synthesize(tmp_path):
