@@ -5,10 +5,12 @@ Trains (or reuses) teachers with seeds T, and for each runs the distillation rec
 minimum and the mean ratio with a 95% t-interval over the students (the seed-to-seed spread, which the per-run
 intervals do not cover), per-class accuracy of the worst student against its teacher, and the time.
 
-A full Fashion-MNIST `fashion-best` table is 9 runs of 20–35 CPU minutes each, so the script resumes: teachers and
-students already in the run store (found by the run names this script gives them) are reused, and the table can be
-completed over several sittings. A stored student is reused only if its config equals the one the recipe gives now
-(after a recipe change it is run again, and the script says which settings changed); a student whose pool another
+A full Fashion-MNIST `fashion-best` table is 9 runs of 20–35 CPU minutes each, so the script resumes: teachers
+(found by the run names this script gives them) and students already in the run store are reused, and the table can
+be completed over several sittings. A stored student is reused only if it computed what is asked now: the same
+teacher, every setting equal to the recipe's current one, and its own pool or an identical one (so a CLI run of the
+same computation counts, and after a recipe change the student is run again, the script saying which settings
+changed); a student whose pool another
 stored run already synthesized with the same teacher, seed and synthesis settings reuses those images and runs only
 its KD (the table's `pool` column says so; --no-pool-reuse synthesizes anew).
 
@@ -60,10 +62,16 @@ _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "l
                    "generator_lr", "latent_dim", "generator_width", "seed", "kd_steps_per_round"}
 
 
+# Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way).
+_SAME_MEANING = {"processes": lambda v: v or 1}
+
+
 def config_differences(stored: dict, wanted: dict, keys=None) -> list[str]:
     """'key: stored → wanted' for each setting where a stored run's config differs from the one asked for."""
     keys = sorted((set(stored) | set(wanted)) - _PLACE_KEYS if keys is None else keys)
-    return [f"{k}: {stored.get(k)} → {wanted.get(k)}" for k in keys if stored.get(k) != wanted.get(k)]
+    same = {k: _SAME_MEANING.get(k, lambda v: v) for k in keys}
+    return [f"{k}: {stored.get(k)} → {wanted.get(k)}" for k in keys
+            if same[k](stored.get(k)) != same[k](wanted.get(k))]
 
 
 def _same_path(a, b) -> bool:

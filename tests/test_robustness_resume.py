@@ -49,7 +49,7 @@ def test_the_same_computation_under_another_name_is_found_but_not_on_another_poo
     rb, store = _robustness(), RunStore(tmp_path)
     source = _stored(store, "s", _wanted(temperature=4.0), images=True)
     # A CLI run that reused the robustness run's own pool with a new temperature: the student the script wants now.
-    cli = _stored(store, "cli", _wanted(temperature=20.0), pool=str(source.dir / "images.pt"))
+    cli = _stored(store, "cli", {**_wanted(temperature=20.0), "processes": 1}, pool=str(source.dir / "images.pt"))
     assert rb.find_student(store, "s", _wanted(temperature=20.0), "/t/model.pt") == (store.get_record(cli.id), [])
     # A pool grown by other means (boundary samples in /tmp) is another computation, whatever the settings say.
     foreign = tmp_path / "bss.pt"
