@@ -10,9 +10,9 @@ A full Fashion-MNIST `fashion-best` table is 9 runs of 20–35 CPU minutes each,
 be completed over several sittings. A stored student is reused only if it computed what is asked now: the same
 teacher, every setting equal to the recipe's current one, and its own pool or an identical one (so a CLI run of the
 same computation counts, and after a recipe change the student is run again, the script saying which settings
-changed); a student whose pool another
-stored run already synthesized with the same teacher, seed and synthesis settings reuses those images and runs only
-its KD (the table's `pool` column says so; --no-pool-reuse synthesizes anew).
+changed). A student whose pool another stored run already synthesized with the same teacher, seed and synthesis
+settings reuses those images and runs only its KD (the table's `pool` column says so; --no-pool-reuse synthesizes
+anew).
 
     python benchmarks/robustness.py --home ~/.dfkd --recipe fashion-best                      # 3 teachers x 3 seeds
     python benchmarks/robustness.py --dataset digits --recipe digits-quick --teacher-epochs 20   # a quick check
