@@ -64,8 +64,8 @@ RECIPES: dict[str, dict] = {
         "dataset": "fashion-mnist",
         "description": "Fashion-MNIST, the best measured data-free students with no time limit (DeepInversion: 20 "
                        "minutes on a quiet 2-core Intel machine, 39 on a 2-core AMD EPYC with AVX2, 1.5 on one "
-                       "H200): more inverted images, a long KD with mixup on the pool, a longer KD for the "
-                       "generator",
+                       "H200): more inverted images, a long KD at temperature 20 with mixup on the pool, a "
+                       "longer KD for the generator",
         "methods": {
             "deepinversion": _FASHION_DI_BEST,
             "generator": {"generator_steps": 600, "generator_width": 64, "steps": 5000, "eval_every": 1000},
