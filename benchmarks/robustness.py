@@ -123,8 +123,12 @@ def reusable_pool(store: RunStore, teacher_path: str, wanted: dict):
                  if is_pool_source(store, r.dir / "images.pt", teacher_path, wanted)), None)
 
 
+def teacher_name(args, seed: int) -> str:
+    return f"robustness teacher {args.teacher_model} {args.dataset} seed {seed} ({args.teacher_epochs} epochs)"
+
+
 def teacher_for(seed: int, args, store: RunStore):
-    name = f"robustness teacher {args.teacher_model} {args.dataset} seed {seed} ({args.teacher_epochs} epochs)"
+    name = teacher_name(args, seed)
     record = find_run(store, "teacher", name)
     if record is None:
         job = TeacherTraining(TeacherConfig(dataset=args.dataset, model=args.teacher_model,
@@ -139,18 +143,18 @@ def teacher_for(seed: int, args, store: RunStore):
     return record
 
 
-def student_name(args, teacher_seed: int) -> str:
-    return f"robustness {args.method} [{args.recipe}] teacher seed {teacher_seed} seed {{seed}}"
+def student_name(args, teacher_seed: int, seed: int) -> str:
+    return f"robustness {args.method} [{args.recipe}] teacher seed {teacher_seed} seed {seed}"
 
 
-def student_config(args, seed: int) -> dict:
+def student_config(args, seed: int) -> DistillConfig:
     return DistillConfig(method=args.method, seed=seed, device=args.device, data_root=args.data_root,
-                         **recipe_overrides(args.recipe, args.method)).to_dict()
+                         **recipe_overrides(args.recipe, args.method))
 
 
 def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunStore):
-    name = student_name(args, teacher_seed).format(seed=seed)
-    config = DistillConfig(**student_config(args, seed))
+    name = student_name(args, teacher_seed, seed)
+    config = student_config(args, seed)
     teacher_path = str(teacher_record.dir / "model.pt")
     record, stale = find_student(store, name, config.to_dict(), teacher_path)
     if record is not None:
@@ -210,17 +214,15 @@ def main() -> None:
     rows, started = [], time.time()
     for teacher_seed in args.teachers:
         if args.only_table:
-            name = (f"robustness teacher {args.teacher_model} {args.dataset} seed {teacher_seed} "
-                    f"({args.teacher_epochs} epochs)")
-            teacher = find_run(store, "teacher", name)
+            teacher = find_run(store, "teacher", teacher_name(args, teacher_seed))
             if teacher is None:
                 continue
         else:
             teacher = teacher_for(teacher_seed, args, store)
         for seed in args.seeds:
             if args.only_table:
-                record, stale = find_student(store, student_name(args, teacher_seed).format(seed=seed),
-                                             student_config(args, seed), str(teacher.dir / "model.pt"))
+                record, stale = find_student(store, student_name(args, teacher_seed, seed),
+                                             student_config(args, seed).to_dict(), str(teacher.dir / "model.pt"))
                 if record is None:
                     if stale:
                         print(f"  teacher seed {teacher_seed} seed {seed}: only a student of other settings is "
