@@ -14,22 +14,7 @@ from dfkd_core.analysis.boundary import (MIN_PAIRS, BasePairs, angle_similarity,
 from dfkd_core.synthesis.bss import (ACCEPTED, REJECTED_MAX_STEPS, AttackSettings, BoundaryAttackResult,
                                      select_base_samples)
 
-class LinearClassifier(torch.nn.Module):
-    """f(x) = W·flatten(x) + c in float64 (same helper as in test_bss.py)."""
-
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.fc = torch.nn.Linear(len(weight[0]), len(weight)).double()
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.tensor(weight, dtype=torch.float64))
-            self.fc.bias.copy_(torch.tensor(bias, dtype=torch.float64))
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-def images(rows):
-    return torch.tensor(rows, dtype=torch.float64).view(len(rows), 1, 1, -1)
+from hand_models import LinearClassifier, row_images as images
 
 
 NEWTON = AttackSettings(eta=1.0, max_steps=5)

@@ -3,33 +3,15 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 from dfkd_core.distill.bss_loss import bss_alpha, bss_beta, bss_kd_loss, bss_term
 from dfkd_core.synthesis.bss import (ACCEPTED, REJECTED_MAX_STEPS, REJECTED_THIRD_CLASS, AttackSettings,
                                      boundary_attack_loss, boundary_supporting_samples, sample_target_classes,
                                      select_base_samples, target_class_weights)
 
+from hand_models import LinearClassifier, row_images as images
+
 EPS = 1e-4
-
-
-class LinearClassifier(nn.Module):
-    """f(x) = W·flatten(x) + c, in float64 so the closed forms below hold to ~1e-12."""
-
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.fc = nn.Linear(len(weight[0]), len(weight)).double()
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.tensor(weight, dtype=torch.float64))
-            self.fc.bias.copy_(torch.tensor(bias, dtype=torch.float64))
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
-def images(rows):
-    """(B, D) points as (B, 1, 1, D) 'images'."""
-    return torch.tensor(rows, dtype=torch.float64).view(len(rows), 1, 1, -1)
 
 
 def predicted_crossing_step(l0: float, eta: float, eps: float = EPS) -> int:

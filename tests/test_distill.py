@@ -12,26 +12,19 @@ from dfkd_core.models import create_model, load_checkpoint, save_checkpoint
 from dfkd_core.runs import RunStore
 from dfkd_core.synthesis.generator import ConditionalGenerator, GeneratorEnsemble
 
+from hand_models import run_distill
+
 CHANCE = 0.1
-
-
-def _distill(teacher, method, store=None, pool=None, **kw):
-    config = DistillConfig(method=method, **{"steps": 300, "eval_every": 100, **kw})
-    run = store.create("distill", config.to_dict(), method=method) if store is not None else None
-    job = DistillJob(copy.deepcopy(teacher), config, run=run, pool=pool)
-    job.run()
-    assert job.status == "done", job.error
-    return job
 
 
 @pytest.fixture(scope="module")
 def noise_job(digits_teacher):
-    return _distill(digits_teacher, "noise")
+    return run_distill(digits_teacher, "noise")
 
 
 @pytest.fixture(scope="module")
 def deepinversion_job(digits_teacher, session_store):
-    return _distill(digits_teacher, "deepinversion", session_store, images=400, kd_steps_per_round=10,
+    return run_distill(digits_teacher, "deepinversion", session_store, images=400, kd_steps_per_round=10,
                     synthesis={"iterations": 80, "batch_size": 100})
 
 
@@ -84,7 +77,7 @@ def test_pool_reuse_with_the_same_seed_repeats_a_run_without_trajectory_kd(digit
     counts its pool-reuse seeds as runs of the recipe. Mixup on, as in that recipe."""
     settings = dict(images=200, kd_steps_per_round=0, steps=60, mixup=0.5, options={"trajectory_kd_from": -1},
                     synthesis={"iterations": 20, "batch_size": 100})
-    whole = _distill(digits_teacher, "deepinversion", session_store, **settings)
+    whole = run_distill(digits_teacher, "deepinversion", session_store, **settings)
     reused = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(
         method="deepinversion", pool=str(whole.run_record.path("images.pt")), eval_every=100, **settings))
     reused.run()
@@ -107,7 +100,7 @@ def test_pool_from_another_dataset_or_garbage_is_refused(tmp_path, digits_teache
 
 
 def test_adi_competes_with_the_current_student(digits_teacher):
-    job = _distill(digits_teacher, "adi", images=200, kd_steps_per_round=20, steps=100,
+    job = run_distill(digits_teacher, "adi", images=200, kd_steps_per_round=20, steps=100,
                    synthesis={"iterations": 30, "batch_size": 100})
     compete = [m["inv_loss_compete"] for m in job.history if m["phase"] == "synthesis"]
     assert len(compete) == 60 and all(0 <= c <= 1 for c in compete)
@@ -115,7 +108,7 @@ def test_adi_competes_with_the_current_student(digits_teacher):
 
 
 def test_generator_loss_falls_and_samples_match_their_condition(digits_teacher, session_store):
-    job = _distill(digits_teacher, "generator", session_store, generator_steps=150, steps=150, batch_size=100)
+    job = run_distill(digits_teacher, "generator", session_store, generator_steps=150, steps=150, batch_size=100)
     gen = [m for m in job.history if m["phase"] == "generator"]
     first, last = sum(m["gen_loss_total"] for m in gen[:10]), sum(m["gen_loss_total"] for m in gen[-10:])
     assert last < 0.5 * first
@@ -131,7 +124,7 @@ def test_generator_loss_falls_and_samples_match_their_condition(digits_teacher, 
 
 
 def test_generator_ensemble_has_one_generator_per_class(digits_teacher, session_store):
-    job = _distill(digits_teacher, "generator-ensemble", session_store, generator_steps=60, steps=60, batch_size=100)
+    job = run_distill(digits_teacher, "generator-ensemble", session_store, generator_steps=60, steps=60, batch_size=100)
     assert job.result["generators"] == 10
     ensemble = job.method.generator
     assert isinstance(ensemble, GeneratorEnsemble) and len(ensemble.members) == 10
@@ -144,12 +137,12 @@ def test_generator_ensemble_has_one_generator_per_class(digits_teacher, session_
 
 
 def test_real_kd_upper_bound_is_marked_not_data_free(digits_teacher):
-    job = _distill(digits_teacher, "real-kd", steps=200)
+    job = run_distill(digits_teacher, "real-kd", steps=200)
     assert job.result["data_free"] is False and job.result["student_accuracy"] > 0.8
 
 
 def test_scratch_learns_from_labels_alone(digits_teacher):
-    job = _distill(digits_teacher, "scratch", steps=150)
+    job = run_distill(digits_teacher, "scratch", steps=150)
     assert job.result["data_free"] is False and job.result["student_accuracy"] > 0.8
     assert all(m["loss_total"] == pytest.approx(m["loss_ce"]) for m in job.history)
 
@@ -232,7 +225,7 @@ def test_cli_distill_noise_and_pool_reuse(tmp_path, capsys, digits_teacher):
 
 def test_trajectory_kd_trains_the_student_on_every_inversion_iterate(digits_teacher):
     """trajectory_kd_from=k: one KD step per inversion iteration from k on, each on the batch being optimized."""
-    job = _distill(digits_teacher, "deepinversion", images=100, kd_steps_per_round=0, steps=10,
+    job = run_distill(digits_teacher, "deepinversion", images=100, kd_steps_per_round=0, steps=10,
                    synthesis={"iterations": 12, "batch_size": 50}, options={"trajectory_kd_from": 4})
     assert job.method.student_steps() == 2 * (12 - 4) + 10
     assert job.result["student_steps"] == 2 * 8 + 10
@@ -246,7 +239,7 @@ def test_trajectory_kd_trains_the_student_on_every_inversion_iterate(digits_teac
 
 
 def test_adi_trajectory_kd_hands_the_student_back_frozen_to_the_critic(digits_teacher):
-    job = _distill(digits_teacher, "adi", images=50, kd_steps_per_round=0, steps=5,
+    job = run_distill(digits_teacher, "adi", images=50, kd_steps_per_round=0, steps=5,
                    synthesis={"iterations": 6, "batch_size": 50}, options={"trajectory_kd_from": 3})
     assert job.result["student_steps"] == 3 + 5
     assert all(p.requires_grad for p in job.student.parameters())

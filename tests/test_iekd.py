@@ -13,6 +13,8 @@ from dfkd_core.distill.iekd_modules import (FactorAutoencoder, InheritanceExplor
                                             normalize_factor, reconstruction_loss, split_channels)
 from dfkd_core.models import create_model, load_checkpoint
 
+from hand_models import run_distill
+
 CHANCE = 0.1
 
 
@@ -104,13 +106,8 @@ def test_split_channels_and_factor_shapes():
 
 # ------------------------------------------------------------------ the methods on digits
 
-def _distill(teacher, method, store=None, pool=None, **kw):
-    config = DistillConfig(method=method, **{"steps": 200, "eval_every": 100, **kw})
-    run = store.create("distill", config.to_dict(), method=method) if store is not None else None
-    job = DistillJob(copy.deepcopy(teacher), config, run=run, pool=pool)
-    job.run()
-    assert job.status == "done", job.error
-    return job
+def _distill(teacher, method, store=None, pool=None, **settings):
+    return run_distill(teacher, method, store, pool, **{"steps": 200, **settings})
 
 
 @pytest.fixture(scope="module")
