@@ -356,3 +356,20 @@ def test_every_applications_knob_links_its_methods_section(teacher_home):
         assert not missing, (kind, missing)
         seen += [w.label for w in knobs]
     assert {"criteria", "calibration images", "old model steps"} <= set(seen)
+
+
+def test_application_figures_draw_each_interval_as_its_error_bar():
+    from dfkd_core.plots.applications import pruning_accuracy_figure, quantization_figure
+    from dfkd_core.stats import Interval
+
+    ci = Interval(0.80, 0.75, 0.82, 1000).to_dict()
+    pruning = pruning_accuracy_figure([
+        {"variant": "unpruned", "criterion": "-", "kept_flops": 1.0, "accuracy": 0.9, "accuracy_ci": None},
+        {"variant": "synthetic KD", "criterion": "taylor", "kept_flops": 0.5, "accuracy": 0.8, "accuracy_ci": ci},
+        {"variant": "synthetic KD", "criterion": "taylor", "kept_flops": 0.25, "accuracy": 0.7, "accuracy_ci": None}])
+    line = pruning.data[0]
+    assert list(line.x) == [0.25, 0.5] and list(line.error_y.array) == [None, pytest.approx(0.02)]
+    assert list(line.error_y.arrayminus) == [None, pytest.approx(0.05)]   # no interval stored: no bar, not zero
+    quant = quantization_figure([{"model": "fp32", "calibration": "-", "accuracy": 0.9, "accuracy_ci": None},
+                                 {"model": "int8", "calibration": "synthetic", "accuracy": 0.8, "accuracy_ci": ci}])
+    assert quant.data[0].error_y.array[0] == pytest.approx(0.02) and quant.data[0].y[0] == 0.8

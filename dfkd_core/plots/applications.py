@@ -10,21 +10,13 @@ from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from dfkd_core.stats import Interval
+from dfkd_core.plots.intervals import error_bars
 
 VARIANT_COLORS = {"no fine-tune": "#7f7f7f", "BN recalibrated": "#9467bd", "synthetic KD": "#1f77b4",
                   "real KD": "#d62728"}
 CRITERION_DASH = {"taylor": "solid", "bn_scale": "dot"}
 SOURCE_COLORS = {"synthetic": "#1f77b4", "real": "#d62728", "noise": "#7f7f7f"}
 CONTINUAL_COLORS = {"old model": "#7f7f7f", "naive": "#ff7f0e", "replay": "#1f77b4", "joint": "#2ca02c"}
-
-
-def error_bars(intervals: Sequence[Mapping | None]) -> dict:
-    """plotly asymmetric error bars (estimate − low, high − estimate) from stored Interval dicts."""
-    parsed = [Interval.from_dict(dict(i)) if i else None for i in intervals]
-    up = [i.high - i.estimate if i is not None and i.defined else None for i in parsed]
-    down = [i.estimate - i.low if i is not None and i.defined else None for i in parsed]
-    return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.2, width=3)
 
 
 def _layout(figure: go.Figure, height: int, y_title: str) -> go.Figure:

@@ -11,9 +11,10 @@ import plotly.graph_objects as go
 from dfkd_core.stats import Interval
 
 
-def error_bars(intervals: Sequence[Mapping | None]) -> dict:
-    """plotly asymmetric error bars (estimate − low, high − estimate) from Interval dicts; none where undefined."""
-    parsed = [Interval.from_dict(i) if i else None for i in intervals]
+def error_bars(intervals: Sequence[Interval | Mapping | None]) -> dict:
+    """plotly asymmetric error bars (estimate − low, high − estimate) from Intervals or their stored dicts; none
+    where undefined."""
+    parsed = [i if isinstance(i, Interval) else Interval.from_dict(dict(i)) if i else None for i in intervals]
     up = [i.high - i.estimate if i is not None and i.defined else None for i in parsed]
     down = [i.estimate - i.low if i is not None and i.defined else None for i in parsed]
     return dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1.5, width=4)

@@ -16,7 +16,7 @@ import torch
 from plotly.colors import sample_colorscale, unlabel_rgb
 from plotly.subplots import make_subplots
 
-from dfkd_core.plots.intervals import paired_difference_figure
+from dfkd_core.plots.intervals import error_bars, paired_difference_figure
 from dfkd_core.stats import Interval
 
 
@@ -58,9 +58,7 @@ def cka_interval_figure(result, teacher_label: str = "teacher", student_label: s
         intervals = [result.interval(t, s) for s in result.layers_student]
         fig.add_scatter(x=result.layers_student, y=[v if not np.isnan(v) else None for v in values],
                         mode="markers+lines", name=f"{teacher_label} {t}",
-                        error_y=dict(type="data", symmetric=False, thickness=1.5, width=4,
-                                     array=[iv.high - iv.estimate if iv.defined else None for iv in intervals],
-                                     arrayminus=[iv.estimate - iv.low if iv.defined else None for iv in intervals]),
+                        error_y=error_bars(intervals),
                         hovertemplate=f"{teacher_label} {t}<br>{student_label} %{{x}}<br>CKA %{{y:.4f}}"
                                       "<extra></extra>")
     fig.update_layout(title=f"{result.quantity}: 95% intervals ({result.interval_method}, {result.resamples} "
@@ -78,9 +76,7 @@ def overlap_interval_figure(summary: Mapping[str, Mapping]) -> go.Figure:
     for key, label, color in (("correlation", "mean r", "#1f77b4"), ("iou", "mean IoU", "#ff7f0e")):
         intervals = [Interval.from_dict(summary[n][f"{key}_interval"]) for n in names]
         fig.add_bar(x=names, y=[iv.estimate for iv in intervals], name=label, marker_color=color,
-                    error_y=dict(type="data", symmetric=False, thickness=1.5, width=4,
-                                 array=[iv.high - iv.estimate if iv.defined else None for iv in intervals],
-                                 arrayminus=[iv.estimate - iv.low if iv.defined else None for iv in intervals]),
+                    error_y=error_bars(intervals),
                     customdata=[[iv.units] for iv in intervals],
                     hovertemplate=f"%{{x}}<br>{label} %{{y:.3f}} over %{{customdata[0]}} images<extra></extra>")
     fig.update_layout(barmode="group", yaxis_title="overlap with the teacher's map", yaxis_range=[-0.1, 1.05],
