@@ -22,6 +22,7 @@ import torch
 from dfkd_core.data import load_split
 from dfkd_core.distill.pool import SyntheticPool
 from dfkd_core.distill.results import load_test_hits, per_class_accuracy
+from dfkd_core.distill.student import mix_images
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
 
@@ -75,17 +76,18 @@ def main() -> None:
     focus = names.index(args.focus) if args.focus else int(gaps.mean(0).argmax())
     test = load_split(info.name, "test", args.data_root, info.image_size)
     x, y = test.normalized(), test.labels
-    teachers: dict[str, torch.Tensor] = {}
+    teachers: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}   # path → (model, its test predictions)
     sent = torch.zeros(info.num_classes, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     print(f"\n| run | {names[focus]} said on the test images: teacher / student | on its pool: teacher / student "
           "| on mixes of the pool: teacher / student |\n|---|---|---|---|")
     for run, student in zip(runs, students):
         teacher_path = str(store.resolve_checkpoint(store.get_record(run.id).teacher))
-        teacher = load_checkpoint(teacher_path).model
         if teacher_path not in teachers:
-            teachers[teacher_path] = predictions(teacher, x)
-        t_test, s_test = teachers[teacher_path], predictions(student.model, x)
+            model = load_checkpoint(teacher_path).model
+            teachers[teacher_path] = model, predictions(model, x)
+        teacher, t_test = teachers[teacher_path]
+        s_test = predictions(student.model, x)
         right = (y == focus) & (t_test == focus)
         sent += torch.bincount(s_test[right], minlength=info.num_classes)
         cells = [f"{int((t_test == focus).sum())} / {int((s_test == focus).sum())} of {len(y)}"]
@@ -94,9 +96,7 @@ def main() -> None:
             cells += ["no pool", "no pool"]
         else:
             images = SyntheticPool.load(path, info).images
-            lam = torch.rand(len(images), generator=generator).view(-1, 1, 1, 1)
-            mixes = lam * images + (1 - lam) * images[torch.randperm(len(images), generator=generator)]
-            for data in (images, mixes):
+            for data in (images, mix_images(images, 1.0, generator)):
                 cells.append(f"{int((predictions(teacher, data) == focus).sum())} / "
                              f"{int((predictions(student.model, data) == focus).sum())} of {len(data)}")
         print(f"| {run.id} | " + " | ".join(cells) + " |", flush=True)

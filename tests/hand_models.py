@@ -1,4 +1,5 @@
-"""Tiny models whose answers are known in closed form, shared by the hand-computed tests."""
+"""Shared by several test files: tiny models whose answers are known in closed form, and one finished
+distillation job."""
 from __future__ import annotations
 
 import copy
