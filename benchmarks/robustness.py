@@ -30,7 +30,7 @@ import torch
 from dfkd_core.device import describe_machine
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.distill.recipes import list_recipes, recipe_overrides
-from dfkd_core.distill.results import load_test_hits
+from dfkd_core.distill.results import load_test_hits, per_class_accuracy
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
 from dfkd_core.stats import Interval
@@ -188,8 +188,8 @@ def pool_source(store: RunStore, record) -> str:
 def per_class(record) -> dict[str, list[float]]:
     hits = load_test_hits(record)
     labels = hits["labels"]
-    classes = sorted(set(labels.tolist()))
-    return {model: [float(h[labels == k].float().mean()) for k in classes] for model, h in hits["hits"].items()}
+    num_classes = int(labels.max()) + 1
+    return {model: per_class_accuracy(h, labels, num_classes) for model, h in hits["hits"].items()}
 
 
 def main() -> None:

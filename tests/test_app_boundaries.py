@@ -74,7 +74,18 @@ def test_page_explains_the_metric_and_asks_for_students(home):
     explanation = " ".join(m.value for m in at.markdown)
     assert r"\mathrm{MagSim}" in explanation and r"\mathrm{AngSim}" in explanation and "p_n^k" in explanation
     assert "Pick one or more students" in at.info[0].value
-    assert at.sidebar.pills(key="boundary_students").options   # both stored students offered
+    pills = at.sidebar.pills(key="boundary_students")
+    assert len(pills.options) == len(home.student_ids)   # both stored students offered
+    for option, run_id in zip(sorted(pills.options), sorted(home.student_ids)):
+        # a full run id in the label pushed the name out of a pill in the narrow sidebar
+        assert ": student" in option and run_id not in option, (option, run_id)
+
+
+def test_student_pills_keep_each_run_id_tail_so_equal_names_stay_apart(home):
+    at = page()
+    labels = list(at.sidebar.pills(key="boundary_students").options)
+    tails = [run_id.rsplit("-", 1)[-1] for run_id in home.student_ids]
+    assert all(any(label.endswith(tail) for label in labels) for tail in tails), labels
 
 
 def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):

@@ -70,6 +70,12 @@ def describe_run(record: RunRecord) -> str:
     return f"{record.name or record.method or record.kind}{shown}{partial} · {record.id}"
 
 
+def describe_run_briefly(record: RunRecord) -> str:
+    """`describe_run` with only the run id's random tail: short enough for a pill in the sidebar, where the full id
+    pushed the name and accuracy out of sight."""
+    return describe_run(record).replace(record.id, record.id.rsplit("-", 1)[-1])
+
+
 def eta_text(job: Job) -> str:
     """' · 1:05 elapsed, about 0:42 left' from the job's pace so far (nothing before its first step)."""
     done = len(job.history)
