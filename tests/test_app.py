@@ -7,12 +7,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from app_pages import APP
+from app_pages import open_app as app
 from dfkd_core.data import dataset_info
 from dfkd_core.models import CheckpointError, create_model, save_checkpoint
 from dfkd_core.runs import RunStore
 from dfkd_core.synthesis import LIVE_PARAMETERS, PRESETS
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def add_teacher(store: RunStore, checkpoint_path, name="bncnn3_w32 on digits", accuracy=0.99) -> str:
@@ -36,16 +37,6 @@ def home(tmp_path, monkeypatch):
 def teacher_home(home, digits_teacher):
     home.teacher_id = add_teacher(home, digits_teacher.path)
     return home
-
-
-def app(page: str | None = None, **query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update(query)
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def job_of(at: AppTest):

@@ -2,19 +2,16 @@
 reopens in a new session (with intervals, paired differences, faded bars resting on too few pairs, and how many base
 samples qualified, said before and after), and the one-image attack panels with the step each attack crossed."""
 import copy
-import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
+from app_pages import open_app, plotly_figures
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.runs import RunStore
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/boundaries.py"
 
 
@@ -56,20 +53,8 @@ def home(tmp_path, monkeypatch, digits_teacher, digits_students):
     torch.set_num_threads(threads)
 
 
-def page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.main if e.type == "plotly_chart"]
-
-
 def test_page_explains_the_metric_and_asks_for_students(home):
-    at = page()
+    at = open_app(PAGE)
     assert at.title[0].value == "Boundaries"
     explanation = " ".join(m.value for m in at.markdown)
     assert r"\mathrm{MagSim}" in explanation and r"\mathrm{AngSim}" in explanation and "p_n^k" in explanation
@@ -82,14 +67,14 @@ def test_page_explains_the_metric_and_asks_for_students(home):
 
 
 def test_student_pills_keep_each_run_id_tail_so_equal_names_stay_apart(home):
-    at = page()
+    at = open_app(PAGE)
     labels = list(at.sidebar.pills(key="boundary_students").options)
     tails = [run_id.rsplit("-", 1)[-1] for run_id in home.student_ids]
     assert all(any(label.endswith(tail) for label in labels) for tail in tails), labels
 
 
 def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
-    at = page()
+    at = open_app(PAGE)
     at.sidebar.pills(key="boundary_students").set_value(home.student_ids)
     at.sidebar.number_input(key="boundary_samples").set_value(2000)
     at.run()
@@ -110,7 +95,7 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     (analysis,) = home.list("analysis")
     assert analysis.status == "done" and at.selectbox(key="boundary_open").value == analysis.id
 
-    bars = figures(at)[0]
+    bars = plotly_figures(at)[0]
     assert [t["name"] for t in bars["data"]] == ["MagSim", "AngSim"] and len(bars["data"][0]["x"]) == 2
     assert all(len(t["error_y"]["array"]) == 2 for t in bars["data"])   # 95% intervals as error bars
     counts = [a["text"] for a in bars["layout"]["annotations"]]
@@ -126,23 +111,23 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     assert [o < 1 for o in opacity] == [r["too_few_pairs"] for r in job.table()]
     if few:
         assert "fewer than 100 pairs" in after and "⚠" in " ".join(counts)
-    differences = figures(at)[1]   # two students on the same base samples: their paired difference
+    differences = plotly_figures(at)[1]   # two students on the same base samples: their paired difference
     assert [t["name"] for t in differences["data"]] == ["MagSim", "AngSim"] and "error_x" in differences["data"][0]
     assert " − " in at.dataframe[1].value["students"][0]
 
-    fresh = page()   # another session: the stored comparison is offered and shown, without a job
+    fresh = open_app(PAGE)   # another session: the stored comparison is offered and shown, without a job
     assert fresh.selectbox(key="boundary_open").value == analysis.id
-    assert figures(fresh)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
+    assert plotly_figures(fresh)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
 
     home.delete(home.student_ids[0])   # a compared student deleted since: the stored numbers stay, attacks explain
-    again = page()
-    assert figures(again)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
+    again = open_app(PAGE)
+    assert plotly_figures(again)[0]["layout"]["annotations"] == bars["layout"]["annotations"]
     again.multiselect(key="one_images").set_value([7]).run()   # not attacked before, so not in the cache
     assert "Cannot attack these models" in again.error[0].value
 
 
 def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
-    at = page()
+    at = open_app(PAGE)
     at.sidebar.pills(key="boundary_students").set_value(home.student_ids[:1])
     at.sidebar.number_input(key="boundary_samples").set_value(5)   # at most 5 · 9 = 45 pairs < 100
     at.run()
@@ -157,17 +142,17 @@ def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
     assert not at.exception, at.exception
     warning = " ".join(w.value for w in at.warning)
     assert "Resting on fewer than 100 pairs" in warning and "Too few to compare students" in warning
-    bars = figures(at)[0]
+    bars = plotly_figures(at)[0]
     assert bars["data"][0]["marker"]["opacity"] == [0.3]
     assert "⚠ only" in bars["layout"]["annotations"][0]["text"]
     assert at.dataframe[0].value["enough pairs"][0] == "no ⚠"
 
 def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
-    at = page()
+    at = open_app(PAGE)
     at.sidebar.pills(key="boundary_students").set_value(home.student_ids[:1]).run()
     at.multiselect(key="one_images").set_value([0, 1]).run()
     assert not at.exception, at.exception
-    panels, loss = figures(at)
+    panels, loss = plotly_figures(at)
     titles = " ".join(a["text"] for a in panels["layout"]["annotations"])
     assert titles.count("teacher BSS") == 2 and titles.count("x̄ student") == 2
     assert "crossed at step" in titles or "rejected" in titles
@@ -180,7 +165,7 @@ def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
 
 def test_every_knob_links_its_methods_section(home):
     """Issue 17: each setting's help ends with a link to the Methods section it belongs to."""
-    at = page()
+    at = open_app(PAGE)
     knobs = [*at.sidebar.number_input, *at.sidebar.radio, *at.sidebar.select_slider, at.sidebar.pills(
         key="boundary_students")]
     assert len(knobs) >= 6

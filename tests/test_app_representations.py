@@ -3,7 +3,6 @@ IE-DML students: background jobs that land in the run store and reopen, overlays
 intervals as error bars, sample counts said before and after a run, and a student of another task refused."""
 import base64
 import copy
-import json
 import shutil
 import time
 from pathlib import Path
@@ -12,11 +11,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from app_pages import open_app, plotly_figures
 from dfkd_core.analysis import layer_names
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.runs import RunStore
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +66,6 @@ def home(tmp_path, monkeypatch, digits_teacher, ie_students):
     torch.set_num_threads(threads)
 
 
-def page(path: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(path).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(e.proto.spec) for e in at.main if e.type == "plotly_chart"]
-
-
 def finish_job(at: AppTest, kind: str):
     from pages.views.common import get_job_manager
     job = get_job_manager().get(at.query_params.get("job"))
@@ -109,7 +96,7 @@ def click(at: AppTest, label: str, sidebar: bool = False) -> None:
 # ------------------------------------------------------------------ Representations
 
 def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_teacher):
-    at = page("pages/representations.py")
+    at = open_app("pages/representations.py")
     assert at.title[0].value == "Representations"
     assert "Compute CKA" in at.info[0].value
     student = at.sidebar.selectbox(key="cka_student")
@@ -126,7 +113,7 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     finish_job(at, "CKAAnalysis")
     (analysis,) = home.list("analysis")
     assert analysis.method == "cka" and at.selectbox(key="cka_open").value == analysis.id
-    heatmap, intervals = figures(at)
+    heatmap, intervals = plotly_figures(at)
     assert "95% interval" in heatmap["data"][0]["hovertemplate"]
     assert len(intervals["data"]) == len(layer_names(digits_teacher.model))   # one line per teacher layer
     assert all("error_y" in t for t in intervals["data"]) and "500 resamples" in intervals["layout"]["title"]["text"]
@@ -139,12 +126,12 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
 
     assert "split layer is **features.10**" in captions and "95% interval" in captions
 
-    fresh = page("pages/representations.py")   # another session: the stored matrix, no job needed
-    assert fresh.selectbox(key="cka_open").value == analysis.id and heatmap_values(figures(fresh)[0]["data"][0]) == z
+    fresh = open_app("pages/representations.py")   # another session: the stored matrix, no job needed
+    assert fresh.selectbox(key="cka_open").value == analysis.id and heatmap_values(plotly_figures(fresh)[0]["data"][0]) == z
 
 
 def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
-    at = page("pages/representations.py")
+    at = open_app("pages/representations.py")
     at.sidebar.selectbox(key="cka_student").set_value(home.peer)
     at.sidebar.radio(key="cka_kernel").set_value("rbf")
     at.sidebar.selectbox(key="cka_inputs").set_value(home.synthesis_id)
@@ -162,11 +149,11 @@ def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
 # ------------------------------------------------------------------ Attention
 
 def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
-    at = page("pages/attention.py")
+    at = open_app("pages/attention.py")
     assert at.title[0].value == "Attention" and "Pick one or more students" in at.info[0].value
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.peer]).run()
     assert not at.exception, at.exception
-    grid = figures(at)[0]
+    grid = plotly_figures(at)[0]
     assert sum(t["type"] == "image" for t in grid["data"]) == 6 * 4   # 6 images × (input, teacher, 2 students)
     titles = [a["text"] for a in grid["layout"]["annotations"]]
     assert sum("r=" in t and "IoU=" in t for t in titles) == 6 * 2
@@ -182,7 +169,7 @@ def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
 
 
 def test_attention_scores_many_images_in_the_background(home):
-    at = page("pages/attention.py")
+    at = open_app("pages/attention.py")
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iedml"]]).run()
     at.multiselect(key="att_images").set_value([0]).run()
     assert "500 images asked, the digits test split has 360: all 360 are used." in [w.value for w in at.warning]
@@ -192,7 +179,7 @@ def test_attention_scores_many_images_in_the_background(home):
     assert job.result["samples"] == 100
     (analysis,) = home.list("analysis")
     assert analysis.method == "gradcam" and at.selectbox(key="att_open").value == analysis.id
-    intervals, histograms = figures(at)[1], figures(at)[2:]
+    intervals, histograms = plotly_figures(at)[1], plotly_figures(at)[2:]
     assert [f["layout"]["xaxis"]["title"]["text"] for f in histograms] == [
         "Pearson correlation with teacher map", "top-region IoU with teacher map"]
     assert [t["name"] for t in intervals["data"]] == ["mean r", "mean IoU"] and "error_y" in intervals["data"][0]
@@ -201,7 +188,7 @@ def test_attention_scores_many_images_in_the_background(home):
 
 
 def test_attention_shows_the_paired_difference_of_two_students_on_the_same_images(home):
-    at = page("pages/attention.py")
+    at = open_app("pages/attention.py")
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.ie["iedml"]]).run()
     assert not at.exception, at.exception
     shown = " ".join(c.value for c in at.caption)
@@ -217,7 +204,7 @@ def test_attention_shows_the_paired_difference_of_two_students_on_the_same_image
     assert (d["student_a"], d["student_b"]) == (later, earlier) and d["iou"]["units"] == 100
 
     def shown_differences():
-        (fig,) = [f for f in figures(at) if f["layout"].get("title", {}).get("text", "").startswith("Paired differences")]
+        (fig,) = [f for f in plotly_figures(at) if f["layout"].get("title", {}).get("text", "").startswith("Paired differences")]
         table = next(df.value for df in at.dataframe if "students" in df.value.columns)
         return fig, table
 
@@ -244,11 +231,11 @@ def test_a_student_made_for_another_input_shape_is_refused_before_any_run(home, 
     other = tmp_path / "other"
     save_checkpoint(other / "model.pt", create_model("bncnn3_w16", 10, 1, 16), dataset_info("digits"))
     wrong = add_run(home, "distill", other, "16×16 digits student", "real-kd", {"student_accuracy": 0.5})
-    at = page("pages/representations.py")
+    at = open_app("pages/representations.py")
     at.sidebar.selectbox(key="cka_student").set_value(wrong).run()
     assert "cannot be compared with the teacher" in at.sidebar.error[0].value
     click(at, "Compute CKA", sidebar=True)
     assert "image size 16 (teacher: 8)" in at.error[-1].value and not home.list("analysis")
-    att = page("pages/attention.py")
+    att = open_app("pages/attention.py")
     att.sidebar.multiselect(key="att_students").set_value([wrong]).run()
-    assert "image size 16 (teacher: 8)" in att.error[0].value and not figures(att)
+    assert "image size 16 (teacher: 8)" in att.error[0].value and not plotly_figures(att)
