@@ -33,13 +33,14 @@ def predictions(model: torch.nn.Module, images: torch.Tensor, batch: int = 1000)
     return torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
 
 
-def pool_path(run) -> Path | None:
-    """The run's own images.pt, else the pool it reused (a run id's images.pt or a file)."""
+def pool_paths(run) -> list[Path] | None:
+    """The run's own images.pt, else the pool files it reused (one or several), if they are all still there."""
     own = run.dir / "images.pt"
     if own.exists():
-        return own
+        return [own]
     source = run.load_json("config.json").get("pool")
-    return Path(source) if source and Path(source).exists() else None
+    paths = [Path(p) for p in ([source] if isinstance(source, str) else source or [])]
+    return paths if paths and all(p.exists() for p in paths) else None
 
 
 def main() -> None:
@@ -91,11 +92,11 @@ def main() -> None:
         right = (y == focus) & (t_test == focus)
         sent += torch.bincount(s_test[right], minlength=info.num_classes)
         cells = [f"{int((t_test == focus).sum())} / {int((s_test == focus).sum())} of {len(y)}"]
-        path = pool_path(run)
-        if path is None:
+        paths = pool_paths(run)
+        if paths is None:
             cells += ["no pool", "no pool"]
         else:
-            images = SyntheticPool.load(path, info).images
+            images = SyntheticPool.load(paths, info).images
             for data in (images, mix_images(images, 1.0, generator)):
                 cells.append(f"{int((predictions(teacher, data) == focus).sum())} / "
                              f"{int((predictions(student.model, data) == focus).sum())} of {len(data)}")

@@ -82,6 +82,8 @@ def is_pool_source(store: RunStore, images: str | Path, teacher_path: str, wante
     """`images` is the images.pt of a finished run that synthesized it itself, with this teacher, these synthesis
     settings and seed, and no KD during synthesis (the student then cannot shape the images): the pool `wanted`
     would synthesize. Reusing it repeats that run's KD exactly (tests/test_distill.py), minus the synthesis time."""
+    if not isinstance(images, (str, Path)):   # several pools joined: not the pool one synthesis makes
+        return False
     images = Path(images)
     if wanted.get("kd_steps_per_round") != 0 or images.name != "images.pt" or not images.is_file():
         return False
@@ -182,7 +184,8 @@ def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunSt
 def pool_source(store: RunStore, record) -> str:
     """'own' when the run synthesized its pool, else the run it reused it from (its minutes are KD only)."""
     pool = store.get(record.id).config().get("pool")
-    return "own" if not pool else f"reused from {Path(pool).parent.name} (KD time only)"
+    sources = [pool] if isinstance(pool, str) else pool or []
+    return "own" if not sources else f"reused from {', '.join(Path(p).parent.name for p in sources)} (KD time only)"
 
 
 def per_class(record) -> dict[str, list[float]]:

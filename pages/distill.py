@@ -31,7 +31,8 @@ if job is not None and st.session_state.get("distill_synced") != job.id:
     set_weights(weights_of(job.config))
     st.session_state["distill_method"] = job.config.method
     st.session_state["distill_student"] = job.student_name
-    st.session_state["distill_pool"] = get_store().run_id_of(job.config.pool) or NEW_POOL
+    pool = job.config.pool   # the page picks one pool; a CLI run's several are shown in its settings instead
+    st.session_state["distill_pool"] = get_store().run_id_of(pool) if isinstance(pool, str) else NEW_POOL
     if job.run_record is not None:
         st.session_state["distill_teacher"] = job.run_record.record().teacher
     st.session_state["distill_for"] = (st.session_state.get("distill_teacher"), job.config.method, JOB_SETTINGS)

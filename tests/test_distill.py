@@ -99,6 +99,38 @@ def test_pool_from_another_dataset_or_garbage_is_refused(tmp_path, digits_teache
         SyntheticPool.load(tmp_path / "nan.pt", digits_teacher.dataset)
 
 
+def test_several_pools_join_into_one_in_the_order_given(tmp_path, digits_teacher):
+    """Pools of several synthesis seeds as one (issue 19's pool ensembles): every image and target of each file, in
+    order; one bad file among them is refused by name, and an empty list is refused rather than read as no pool."""
+    info = digits_teacher.dataset
+    first, second = torch.randn(3, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    torch.save({"images": first, "targets": torch.tensor([0, 1, 2])}, tmp_path / "a.pt")
+    torch.save({"images": second, "targets": torch.tensor([7, 9])}, tmp_path / "b.pt")
+    joined = SyntheticPool.load([tmp_path / "a.pt", str(tmp_path / "b.pt")], info)
+    assert torch.equal(joined.images, torch.cat([first, second]))
+    assert joined.targets.tolist() == [0, 1, 2, 7, 9] and "a.pt" in joined.source and "b.pt" in joined.source
+    torch.save({"images": torch.full((1, 1, 8, 8), float("nan"))}, tmp_path / "nan.pt")
+    with pytest.raises(PoolError, match="nan.pt contains NaN"):
+        SyntheticPool.load([tmp_path / "a.pt", tmp_path / "nan.pt"], info)
+    with pytest.raises(PoolError, match="no pool given"):
+        SyntheticPool.load([], info)
+
+
+def test_cli_distills_one_student_on_the_pools_of_two_runs(tmp_path, capsys, digits_teacher):
+    """`--pool A B`: one pool of both runs' images; the config keeps both paths, so the run says what it used."""
+    home, teacher = str(tmp_path / "home"), str(digits_teacher.path)
+    ids = []
+    for seed, images in ((0, 100), (1, 50)):
+        assert main(["--home", home, "--quiet", "distill", "--teacher", teacher, "--method", "deepinversion",
+                     "--images", str(images), "--inv-iterations", "5", "--steps", "5", "--seed", str(seed)]) == 0
+        ids.append(capsys.readouterr().out.split("run ")[1].split()[0])
+    assert main(["--home", home, "--quiet", "distill", "--teacher", teacher, "--pool", *ids, "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert json.JSONDecoder().raw_decode(out[out.index("{"):])[0]["pool_size"] == 150
+    joined = RunStore(home).list(kind="distill")[0]   # newest first
+    assert [p.split("/")[-2] for p in RunStore(home).get(joined.id).config()["pool"]] == ids
+
+
 def test_adi_competes_with_the_current_student(digits_teacher):
     job = run_distill(digits_teacher, "adi", images=200, kd_steps_per_round=20, steps=100,
                    synthesis={"iterations": 30, "batch_size": 100})

@@ -112,7 +112,8 @@ def cmd_distill(args, store) -> int:
         config.device = world.device_name(config.device)
         load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
         if args.pool:
-            config.pool = str(store.resolve_checkpoint(args.pool, "images.pt"))
+            paths = [str(store.resolve_checkpoint(ref, "images.pt")) for ref in args.pool]
+            config.pool = paths[0] if len(paths) == 1 else paths
         job = DistillJob(teacher, config, world=world)   # loads and checks config.pool
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
         shutdown(world)
@@ -207,7 +208,9 @@ def add_commands(sub) -> None:
                         "its last progress save, with its own settings")
     d.add_argument("--method", choices=list(DISTILL_METHODS), help=f"(default: {DEFAULT_METHOD})")
     d.add_argument("--student", help="registered model name (default: the teacher's half-width student)")
-    d.add_argument("--pool", help="reuse the images of a synthesis/distill run (id) or an images.pt path")
+    d.add_argument("--pool", nargs="+", metavar="RUN",
+                   help="reuse the images of a synthesis/distill run (id) or an images.pt path; several make one pool "
+                        "of all their images")
     d.add_argument("--recipe", choices=list(RECIPES),
                    help="measured settings for a dataset (" + "; ".join(
                        f"{name}: {r['description']}" for name, r in RECIPES.items()) + "); flags still win")

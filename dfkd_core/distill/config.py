@@ -28,7 +28,7 @@ def default_student(teacher_name: str) -> str:
 class DistillConfig(Config):
     method: str = "deepinversion"
     student: str = ""                 # registered model name; empty = half-width default of the teacher
-    pool: str | None = None           # reuse synthesized images: a synthesis/distill run id or an images.pt path
+    pool: str | list[str] | None = None   # reuse synthesized images: images.pt paths (several: one pool of all)
     options: dict = field(default_factory=dict)   # method-specific settings, checked against the method's Options
 
     # --- synthesis of a pool (deepdream / deepinversion / adi): rounds of one inverted batch each

@@ -1,6 +1,7 @@
 """A pool of synthesized images that outlives its run: synthesize once, distill many students (`--pool <run>`)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -43,8 +44,15 @@ class SyntheticPool:
                                  path)
 
     @classmethod
-    def load(cls, path: str | Path, dataset: DatasetInfo) -> "SyntheticPool":
-        """Load an images.pt written by a synthesis or distillation run and check it fits `dataset`."""
+    def load(cls, path: str | Path | Sequence[str | Path], dataset: DatasetInfo) -> "SyntheticPool":
+        """Load an images.pt written by a synthesis or distillation run and check it fits `dataset`; several paths
+        make one pool of all their images (e.g. the pools of one teacher's synthesis seeds), in the order given."""
+        if not isinstance(path, (str, Path)):
+            parts = [cls.load(p, dataset) for p in path]
+            if not parts:
+                raise PoolError("no pool given: an empty list of images.pt files")
+            return cls(dataset, torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]),
+                       source=", ".join(p.source for p in parts))
         path = Path(path)
         try:
             payload = load_tensors(path, "image pool")
