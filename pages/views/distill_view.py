@@ -15,7 +15,8 @@ import streamlit as st
 from dfkd_core.data import load_split
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
 from dfkd_core.distill.fast import FastMetaKD
-from dfkd_core.distill.methods import GeneratorKD, PoolKD, RealOrPoolMethod
+from dfkd_core.distill.generator_kd import GeneratorKD
+from dfkd_core.distill.methods import PoolKD, RealOrPoolMethod
 from dfkd_core.distill.recipes import RECIPES, default_recipe, recipe_overrides, recipes_for
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
