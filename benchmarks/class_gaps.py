@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from dfkd_core.data import load_split
-from dfkd_core.distill.pool import SyntheticPool
+from dfkd_core.distill.pool import SyntheticPool, pool_files
 from dfkd_core.distill.results import load_test_hits, per_class_accuracy
 from dfkd_core.distill.student import mix_images
 from dfkd_core.models import load_checkpoint
@@ -38,8 +38,7 @@ def pool_paths(run) -> list[Path] | None:
     own = run.dir / "images.pt"
     if own.exists():
         return [own]
-    source = run.load_json("config.json").get("pool")
-    paths = [Path(p) for p in ([source] if isinstance(source, str) else source or [])]
+    paths = pool_files(run.load_json("config.json").get("pool"))
     return paths if paths and all(p.exists() for p in paths) else None
 
 

@@ -30,6 +30,7 @@ import torch
 from dfkd_core.device import describe_machine
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.distill.recipes import list_recipes, recipe_overrides
+from dfkd_core.distill.pool import pool_files
 from dfkd_core.distill.results import load_test_hits, per_class_accuracy
 from dfkd_core.models import load_checkpoint
 from dfkd_core.runs import RunStore
@@ -183,9 +184,8 @@ def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunSt
 
 def pool_source(store: RunStore, record) -> str:
     """'own' when the run synthesized its pool, else the run it reused it from (its minutes are KD only)."""
-    pool = store.get(record.id).config().get("pool")
-    sources = [pool] if isinstance(pool, str) else pool or []
-    return "own" if not sources else f"reused from {', '.join(Path(p).parent.name for p in sources)} (KD time only)"
+    sources = pool_files(store.get(record.id).config().get("pool"))
+    return "own" if not sources else f"reused from {', '.join(p.parent.name for p in sources)} (KD time only)"
 
 
 def per_class(record) -> dict[str, list[float]]:

@@ -15,8 +15,8 @@ from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, 
 from dfkd_core.stats import Interval
 from dfkd_core.synthesis.bss import AttackSettings
 from pages.views.analysis_view import analysis_job, incomparable, interval_text, show_progress, stored_analyses
-from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, describe_run_briefly, fresh_model,
-                                get_store, keep_widget_state, open_checkpoint, real_test_split, real_test_split_or_stop,
+from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, fresh_model, get_store,
+                                keep_widget_state, open_checkpoint, real_test_split, real_test_split_or_stop,
                                 require_job_slot, start_stop_buttons, submit, teacher_or_stop)
 from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
@@ -131,7 +131,7 @@ with st.sidebar:
     teacher_run = teacher_or_stop("boundary_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
-    candidates = {r.id: describe_run_briefly(r) for r in checkpoint_runs(("distill", "teacher"), dataset.name)
+    candidates = {r.id: describe_run(r, short_id=True) for r in checkpoint_runs(("distill", "teacher"), dataset.name)
                   if r.id != teacher_run}
     students = st.pills("Students", list(candidates), selection_mode="multi", format_func=candidates.get,
                         key="boundary_students", disabled=running,

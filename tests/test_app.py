@@ -7,13 +7,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app_pages import APP
-from app_pages import open_app as app
+from app_pages import APP, open_app as app
 from dfkd_core.data import dataset_info
 from dfkd_core.models import CheckpointError, create_model, save_checkpoint
 from dfkd_core.runs import RunStore
 from dfkd_core.synthesis import LIVE_PARAMETERS, PRESETS
-
 
 
 def add_teacher(store: RunStore, checkpoint_path, name="bncnn3_w32 on digits", accuracy=0.99) -> str:

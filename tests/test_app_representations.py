@@ -127,7 +127,8 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     assert "split layer is **features.10**" in captions and "95% interval" in captions
 
     fresh = open_app("pages/representations.py")   # another session: the stored matrix, no job needed
-    assert fresh.selectbox(key="cka_open").value == analysis.id and heatmap_values(plotly_figures(fresh)[0]["data"][0]) == z
+    assert fresh.selectbox(key="cka_open").value == analysis.id
+    assert heatmap_values(plotly_figures(fresh)[0]["data"][0]) == z
 
 
 def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
@@ -204,7 +205,8 @@ def test_attention_shows_the_paired_difference_of_two_students_on_the_same_image
     assert (d["student_a"], d["student_b"]) == (later, earlier) and d["iou"]["units"] == 100
 
     def shown_differences():
-        (fig,) = [f for f in plotly_figures(at) if f["layout"].get("title", {}).get("text", "").startswith("Paired differences")]
+        (fig,) = [f for f in plotly_figures(at)
+                  if f["layout"].get("title", {}).get("text", "").startswith("Paired differences")]
         table = next(df.value for df in at.dataframe if "students" in df.value.columns)
         return fig, table
 

@@ -15,6 +15,13 @@ class PoolError(ValueError):
     """A pool file that cannot serve this teacher; the message says why."""
 
 
+def pool_files(setting: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The images.pt files a `DistillConfig.pool` setting names: none, one, or several joined into one pool."""
+    if not setting:
+        return []
+    return [Path(setting)] if isinstance(setting, (str, Path)) else [Path(p) for p in setting]
+
+
 class SyntheticPool:
     """Images in the teacher's normalized input space (N, C, H, W) with the class each was synthesized for."""
 
@@ -48,7 +55,7 @@ class SyntheticPool:
         """Load an images.pt written by a synthesis or distillation run and check it fits `dataset`; several paths
         make one pool of all their images (e.g. the pools of one teacher's synthesis seeds), in the order given."""
         if not isinstance(path, (str, Path)):
-            parts = [cls.load(p, dataset) for p in path]
+            parts = [cls.load(p, dataset) for p in pool_files(path)]
             if not parts:
                 raise PoolError("no pool given: an empty list of images.pt files")
             return cls(dataset, torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]),

@@ -63,17 +63,14 @@ def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = N
             and (dataset is None or r.dataset == dataset) and (r.dir / "model.pt").is_file()]
 
 
-def describe_run(record: RunRecord) -> str:
+def describe_run(record: RunRecord, short_id: bool = False) -> str:
+    """Name, accuracy, partial status and id; `short_id`: only the id's random tail, short enough for a pill in the
+    sidebar, where the full id pushed the name and accuracy out of sight."""
     accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
     shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
     partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
-    return f"{record.name or record.method or record.kind}{shown}{partial} · {record.id}"
-
-
-def describe_run_briefly(record: RunRecord) -> str:
-    """`describe_run` with only the run id's random tail: short enough for a pill in the sidebar, where the full id
-    pushed the name and accuracy out of sight."""
-    return describe_run(record).replace(record.id, record.id.rsplit("-", 1)[-1])
+    run_id = record.id.rsplit("-", 1)[-1] if short_id else record.id
+    return f"{record.name or record.method or record.kind}{shown}{partial} · {run_id}"
 
 
 def eta_text(job: Job) -> str:
