@@ -67,6 +67,7 @@ def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: l
     st.caption(r"Classes $y$ to synthesize, cycled over the batch (empty = all).")
     for name in ("batch_size", "iterations", "multi_resolution_iterations", "seed"):
         knob_widget(name, running)
+    knob_widget("alpha_cr", running, disabled=not bn)
 
 
 with st.sidebar:

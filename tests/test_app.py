@@ -99,13 +99,16 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
     at = app()
     at.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
     at.sidebar.select_slider(key=knob_key("pace")).set_value(20)
+    at.sidebar.select_slider(key=knob_key("alpha_cr")).set_value(0.3)
     button(at, "Start").click().run()
     job = job_of(at)
     assert job is not None and job.running and at.session_state["synced_job"] == job.id
+    assert job.config.alpha_cr == 0.3 and job.objective.contrast is not None   # the knob reaches the run
     wait(lambda: job.latest_snapshot is not None and len(job.history) >= 3)
     at.run()
     assert button(at, "Start").disabled and not button(at, "Stop").disabled
     assert at.sidebar.select_slider(key=knob_key("batch_size")).disabled  # fixed per run
+    assert at.sidebar.select_slider(key=knob_key("alpha_cr")).disabled  # its head and bank are made at the start
     assert not at.sidebar.select_slider(key=knob_key("alpha_f")).disabled  # live
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["accuracy"].endswith("%") and len(elements(at, "image")) == 1
@@ -210,6 +213,7 @@ def test_teacher_without_batchnorm_offers_only_deepdream(home, tmp_path):
     from pages.views.synthesis_view import knob_key
     assert at.sidebar.select_slider(key=knob_key("alpha_f")).disabled
     assert at.session_state[knob_key("alpha_f")] == 0.0
+    assert at.sidebar.select_slider(key=knob_key("alpha_cr")).disabled   # R_cr reads BN layers' inputs
 
 
 # ------------------------------------------------------------------ Teacher

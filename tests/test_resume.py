@@ -26,6 +26,8 @@ POOL = dict(images=150, synthesis={"iterations": 10, "batch_size": 50}, kd_steps
 SETTINGS = {
     "deepinversion": POOL,
     "adi": {**POOL, "images": 100},
+    # CMI's contrastive term: its head, head optimizer and bank of earlier rounds must come back with the run.
+    "deepinversion+contrast": {**POOL, "synthesis": {**POOL["synthesis"], "alpha_cr": 0.8}},
     "generator": dict(generator_steps=12, generator_width=16, steps=12, batch_size=32, eval_every=4),
     "noise": dict(steps=16, batch_size=32, eval_every=4),
     "real-kd": dict(steps=16, batch_size=32, eval_every=4, mixup=0.5),
@@ -35,8 +37,9 @@ SETTINGS = {
 }
 
 
-def _config(method: str) -> DistillConfig:
-    return DistillConfig(method=method, **copy.deepcopy(SETTINGS[method]))
+def _config(setting: str) -> DistillConfig:
+    """The config of a SETTINGS entry; 'method+variant' names a variant of the method."""
+    return DistillConfig(method=setting.split("+")[0], **copy.deepcopy(SETTINGS[setting]))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def uninterrupted(digits_teacher):
 def _stopped_run(teacher, store, method: str, stop_at: int):
     """A run of `method` cancelled after job step `stop_at` (the app's Stop, the CLI's first Ctrl-C)."""
     config = _config(method)
-    run = store.create("distill", {**config.to_dict(), "teacher": teacher.path}, method=method)
+    run = store.create("distill", {**config.to_dict(), "teacher": teacher.path}, method=config.method)
     job = DistillJob(copy.deepcopy(teacher), config, run=run)
     job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.step == stop_at else None)
     job.run()
@@ -86,6 +89,7 @@ def _assert_each_step_logged_once(run, total: int) -> None:
     ("deepinversion", 20),    # mid-round 1: the round is repeated from its start
     ("deepinversion", 60),    # in the final KD
     ("adi", 12),              # mid-round 0, the student the inversion competes with unchanged
+    ("deepinversion+contrast", 38),   # mid-round 2: the bank then holds rounds 0 and 1
     ("generator", 5), ("generator", 15), ("noise", 7), ("real-kd", 7), ("bss", 6), ("iekd", 4), ("iekd", 12),
     ("iedml", 5),
 ])

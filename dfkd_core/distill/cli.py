@@ -17,6 +17,7 @@ DEFAULT_METHOD = "deepinversion"
 # CLI flag → key of SynthesisConfig for the pool methods' inversion rounds.
 SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations", "inv_lr": "lr",
                    "alpha_tv": "alpha_tv", "alpha_l2": "alpha_l2", "alpha_f": "alpha_f", "alpha_c": "alpha_c",
+                   "alpha_cr": "alpha_cr",
                    "first_bn_multiplier": "first_bn_multiplier", "jitter": "jitter",
                    "multi_resolution": "multi_resolution_iterations"}
 CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
@@ -224,6 +225,8 @@ def add_commands(sub) -> None:
     g.add_argument("--inv-lr", type=float)
     for name in ("alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier"):
         g.add_argument("--" + name.replace("_", "-"), type=float)
+    g.add_argument("--alpha-cr", type=float, help="CMI's contrastive diversity term: each round's images are pushed "
+                   "away from the earlier rounds' (0 = off)")
     g.add_argument("--jitter", type=int)
     g.add_argument("--multi-resolution", type=int, help="first K inversion iterations at half resolution")
     gen = d.add_argument_group("generator (generator / generator-ensemble)")

@@ -24,10 +24,10 @@ from dfkd_core.config import Config
 from dfkd_core.distributed import gather_units
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.distill.pool import PoolError
-from dfkd_core.distill.resume import Progress
+from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.models import create_model, list_models
 from dfkd_core.synthesis.engine import InversionObjective
-from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig, check_jitter
+from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig, check_jitter, make_objective
 
 if TYPE_CHECKING:
     from dfkd_core.distill.job import DistillJob
@@ -252,9 +252,18 @@ class PoolKD(DistillMethod):
         batch shape, not once per round."""
         if self._objective is None:
             j = self.job
-            self._objective = InversionObjective(j.teacher, j.student if self.compete else None,
-                                                 self.synthesis.compete_temperature, self.synthesis.compile)
+            self._objective = make_objective(j.teacher, j.student if self.compete else None, self.synthesis,
+                                             j.device)
         return self._objective
+
+    def state_dict(self) -> dict:
+        """The contrastive memory (α_cr > 0): a resumed pool pushes its next rounds away from the same bank."""
+        contrast = self.objective().contrast if self.rounds else None
+        return {"contrast": clone_state(contrast.state_dict())} if contrast is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "contrast" in state and self.rounds:
+            self.objective().contrast.load_state_dict(state["contrast"])
 
     def trajectory_steps_per_round(self) -> int:
         start = self.options.trajectory_kd_from

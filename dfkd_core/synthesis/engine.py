@@ -22,12 +22,14 @@ import torch
 import torch.nn as nn
 
 from dfkd_core.hooks import BNStatisticsRecorder
+from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
                               total_variation_loss)
 
 # The live weights, in the order of the weight vector the objective takes.
-WEIGHT_NAMES = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier")
-TERM_WEIGHTS = {"ce": "alpha_ce", "tv": "alpha_tv", "l2": "alpha_l2", "bn_feature": "alpha_f", "compete": "alpha_c"}
+WEIGHT_NAMES = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "alpha_cr")
+TERM_WEIGHTS = {"ce": "alpha_ce", "tv": "alpha_tv", "l2": "alpha_l2", "bn_feature": "alpha_f", "compete": "alpha_c",
+                "contrast": "alpha_cr"}
 
 
 def shift_and_flip(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -48,12 +50,18 @@ class InversionObjective:
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module | None = None, compete_temperature: float = 3.0,
-                 compile: bool = False):
+                 compile: bool = False, contrast: ContrastiveMemory | None = None):
+        """`contrast`: adds CMI's R_cr (weight α_cr) with this head and bank (see contrastive.py)."""
         self.teacher, self.student, self.compete_temperature = teacher, student, compete_temperature
         self.recorder = BNStatisticsRecorder(teacher, fused=True)
         self.has_bn = bool(self.recorder.layers)
-        self.compiled = compile
+        self.contrast = contrast
         self.fallback: str | None = None   # why a requested compilation is not used
+        if compile and contrast is not None:
+            # The bank grows every round, so a compiled objective would recompile each round for little gain.
+            compile, self.fallback = False, "eager: the contrastive term (α_cr > 0) is not compiled"
+            warnings.warn(f"the inversion objective runs eagerly, {self.fallback}", RuntimeWarning)
+        self.compiled = compile
         self._compiled_objective = torch.compile(self._objective, dynamic=False) if compile else None
 
     def describe(self) -> str:
@@ -68,11 +76,14 @@ class InversionObjective:
             hooked = [n for n, _ in layers if n not in fusable]
             statistics = (f"BN statistics fused into {len(fusable)} of {len(layers)} BatchNorm layers, hooks on "
                           f"{hooked[:3]} (in training mode or trainable)")
+        if self.contrast is not None:
+            statistics += f"; CMI contrastive term over {len(self.contrast.layers)} BN layers' inputs"
         how = "torch.compile" if self.compiled else (self.fallback or "eager")
         return f"{statistics}; {how}"
 
     def term_names(self, compete: bool) -> list[str]:
-        return ["ce", "tv", "l2"] + (["bn_feature"] if self.has_bn else []) + (["compete"] if compete else [])
+        return (["ce", "tv", "l2"] + (["bn_feature"] if self.has_bn else []) + (["compete"] if compete else [])
+                + (["contrast"] if self.contrast is not None else []))
 
     def metric_names(self, compete: bool) -> list[str]:
         """Names of the metric vector's entries; with BN, the last ones are the per-layer distances."""
@@ -81,10 +92,15 @@ class InversionObjective:
         return names + (["bn_distance"] if self.has_bn else [])
 
     def __call__(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                 compete: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 compete: bool = False, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, metric vector) for the batch `x` shifted and flipped by `offsets`; `weights` is the vector
-        of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student)."""
+        of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's local views
+        (`contrastive.draw_crops`), is needed when the objective has a contrastive memory."""
         compete = compete and self.student is not None
+        if self.contrast is not None:
+            if crops is None:
+                raise ValueError("this objective has a contrastive term: pass the step's crops")
+            return self._objective(x, offsets, targets, weights, compete, crops)
         if self.compiled:
             try:
                 return self._compiled_objective(x, offsets, targets, weights, compete)
@@ -96,9 +112,13 @@ class InversionObjective:
         return self._objective(x, offsets, targets, weights, compete)
 
     def _objective(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                   compete: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x = shift_and_flip(x, offsets)
-        logits = self.teacher(x).float()
+                   compete: bool, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, x = x, shift_and_flip(x, offsets)
+        if self.contrast is not None:
+            logits, global_features = self.contrast.features(self.teacher, x)
+            logits = logits.float()
+        else:
+            logits = self.teacher(x).float()
         terms = [cross_entropy_loss(logits, targets), total_variation_loss(x), l2_prior_loss(x)]
         term_weights = [weights[0], weights[1], weights[2]]
         per_layer = None
@@ -109,6 +129,10 @@ class InversionObjective:
         if compete:
             terms.append(js_competition_loss(logits, self.student(x).float(), self.compete_temperature))
             term_weights.append(weights[4])
+        if self.contrast is not None:   # after R_feature: this forward records the local view's BN statistics
+            _, local_features = self.contrast.features(self.teacher, resized_crop(batch, crops))
+            terms.append(self.contrast.loss(local_features, global_features))
+            term_weights.append(weights[6])
         values, w = torch.stack(terms), torch.stack(term_weights)
         total = torch.where(w > 0, w * values, torch.zeros_like(values)).sum()
         probs = logits.detach().softmax(1)

@@ -1,6 +1,6 @@
 """Model inversion (METHODS §1): DeepDream → DeepInversion → Adaptive DeepInversion as one configurable job.
 
-    L(x̂) = α_ce·CE(T(x̂), y) + α_tv·R_TV + α_l2·||x̂||₂ + α_f·R_feature + α_c·R_compete
+    L(x̂) = α_ce·CE(T(x̂), y) + α_tv·R_TV + α_l2·||x̂||₂ + α_f·R_feature + α_c·R_compete  [+ α_cr·R_cr, CMI]
 
 The three methods differ only in their weights (`PRESETS`). Every weight, the learning rate, jitter and flip can
 be changed while the job runs (`job.update(alpha_f=0.5)`), taking effect at the next step.
@@ -23,6 +23,7 @@ from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
+from dfkd_core.synthesis.contrastive import ContrastiveMemory, draw_crops
 from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective
 from dfkd_core.synthesis.images import save_grid
 
@@ -62,6 +63,8 @@ class SynthesisConfig(Config):
     alpha_c: float = 0.0
     first_bn_multiplier: float = 10.0
     compete_temperature: float = 3.0
+    alpha_cr: float = 0.0               # CMI's contrastive diversity term (synthesis/contrastive.py); 0 = off
+    contrast_temperature: float = 0.2   # CMI's CIFAR-10 setting (cr_T)
     jitter: int = 2
     flip: bool = True
     multi_resolution_iterations: int = 0   # first k iterations at half resolution
@@ -85,7 +88,8 @@ class SynthesisConfig(Config):
         """A run name that tells runs apart: the method, the weights that differ between its runs, and the batch,
         e.g. 'DeepInversion α_f=1 α_tv=0.001 lr=0.1 B=100×200'."""
         names = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
-        weights = [("α_f", self.alpha_f), ("α_tv", self.alpha_tv)] + ([("α_c", self.alpha_c)] if self.alpha_c else [])
+        weights = ([("α_f", self.alpha_f), ("α_tv", self.alpha_tv)] + ([("α_c", self.alpha_c)] if self.alpha_c else [])
+                   + ([("α_cr", self.alpha_cr)] if self.alpha_cr else []))
         return (f"{names.get(self.method, self.method)} " + " ".join(f"{k}={v:g}" for k, v in weights)
                 + f" lr={self.lr:g} B={self.batch_size}×{self.iterations}"
                 + (f" seed {self.seed}" if self.seed else ""))
@@ -95,7 +99,7 @@ class SynthesisConfig(Config):
         self.require_finite()
         if self.method not in METHODS:
             raise ValueError(f"unknown method '{self.method}'; choose one of {METHODS}")
-        for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier"):
+        for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "alpha_cr"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.iterations < 1:
@@ -104,6 +108,8 @@ class SynthesisConfig(Config):
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.compete_temperature > 0:
             raise ValueError(f"compete_temperature must be > 0, got {self.compete_temperature}")
+        if not self.contrast_temperature > 0:
+            raise ValueError(f"contrast_temperature must be > 0, got {self.contrast_temperature}")
         if self.jitter < 0:
             raise ValueError(f"jitter is a shift of up to ±J pixels, so J must be >= 0, got {self.jitter}")
         if self.snapshot_every < 0:
@@ -121,6 +127,13 @@ def check_jitter(jitter: int, dataset: DatasetInfo) -> None:
     if jitter >= size:
         raise ValueError(f"jitter {jitter} is a shift of up to ±{jitter} pixels, which wraps a {size}x{size} "
                          f"{dataset.name} image round on itself; use a jitter below {size}")
+
+
+def make_objective(teacher: nn.Module, student: nn.Module | None, config: SynthesisConfig,
+                   device: torch.device | str) -> InversionObjective:
+    """The objective `config` asks for; with α_cr > 0 it carries a fresh contrastive memory (head and bank)."""
+    contrast = (ContrastiveMemory(teacher, device, config.contrast_temperature) if config.alpha_cr > 0 else None)
+    return InversionObjective(teacher, student, config.compete_temperature, config.compile, contrast)
 
 
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
@@ -149,6 +162,11 @@ class ModelInversion(Job):
                              "has no statistics to match; use method 'deepdream' (α_f = 0) or a BN teacher")
         if config.alpha_c > 0 and student is None:
             raise ValueError("the competition term (α_c > 0, Adaptive DI) needs a student to compete against")
+        if config.alpha_cr > 0 and not self.has_bn:
+            raise ValueError("the contrastive term (α_cr > 0) describes each image by the inputs of the teacher's "
+                             "BatchNorm layers; this teacher has none, so set α_cr = 0")
+        if objective is not None and (config.alpha_cr > 0) != (objective.contrast is not None):
+            raise ValueError("a shared inversion objective must have a contrastive memory exactly when α_cr > 0")
         bad = [k for k in config.targets if not 0 <= k < dataset.num_classes]
         if bad:
             raise ValueError(f"target classes {bad} outside 0..{dataset.num_classes - 1}")
@@ -198,7 +216,8 @@ class ModelInversion(Job):
         init = torch.randn(c.batch_size, self.dataset.in_channels, start_size, start_size, device=self.device,
                            generator=generator)
         if self.objective is None:
-            self.objective = InversionObjective(self.teacher, self.student, c.compete_temperature, c.compile)
+            self.objective = make_objective(self.teacher, self.student, c, self.device)
+        self._crop_generator = torch.Generator().manual_seed(c.seed)
         self.recorder = self.objective.recorder
         self.weights = self._weight_vector()
         if self.metrics_every_s is None:   # a read waits for the GPU; on the CPU it costs nothing
@@ -218,8 +237,10 @@ class ModelInversion(Job):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         compete = c.alpha_c > 0 and self.student is not None
+        contrast = self.objective.contrast
+        crops = draw_crops(len(self.x), self._crop_generator, flip=c.flip) if contrast is not None else None
         with self.recorder, autocast(self.device, c.amp):
-            total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete)
+            total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete, crops)
         metrics = {"lr": lr, "resolution": self.x.shape[-1], **{k: float(getattr(c, k)) for k in WEIGHT_NAMES},
                    "step": index, "_vector": vector.detach(), "_compete": compete}
         if not self.metrics_every_s:
@@ -227,6 +248,8 @@ class ModelInversion(Job):
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        if contrast is not None:
+            contrast.step_head()
         with torch.no_grad():
             self.x.clamp_(min=self.low, max=self.high)
         return metrics
@@ -273,6 +296,10 @@ class ModelInversion(Job):
         if not hasattr(self, "x"):
             return {}
         elapsed = time.time() - self.t0
+        if status == "done" and self.objective.contrast is not None:   # later rounds are pushed away from these
+            with torch.no_grad(), self.recorder:
+                self.objective.contrast.remember(self.teacher, self._full_size(self.x.detach()),
+                                                 self._crop_generator)
         final = self.measure()
         done_steps = len(self.history)
         summary = {
@@ -307,9 +334,7 @@ class ModelInversion(Job):
     @torch.no_grad()
     def measure(self) -> dict:
         """Teacher accuracy, confidence and BN distance of the current (un-augmented) batch."""
-        x = self.x.detach()
-        if x.shape[-1] != self.dataset.image_size:
-            x = F.interpolate(x, size=(self.dataset.image_size,) * 2, mode="bilinear", align_corners=False)
+        x = self._full_size(self.x.detach())
         with self.recorder:
             probs = self.teacher(x).float().softmax(1)
             out = {"teacher_accuracy": (probs.argmax(1) == self.targets).float().mean().item(),
@@ -321,6 +346,11 @@ class ModelInversion(Job):
         return out
 
     # ------------------------------------------------------------------ internals
+    def _full_size(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dataset.image_size:
+            x = F.interpolate(x, size=(self.dataset.image_size,) * 2, mode="bilinear", align_corners=False)
+        return x
+
     def _new_parameter(self, init: torch.Tensor) -> None:
         self.x = init.clone().requires_grad_(True)
         self.optimizer = torch.optim.Adam([self.x], lr=self.config.lr, betas=(0.5, 0.9), eps=1e-8)

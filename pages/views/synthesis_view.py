@@ -45,6 +45,8 @@ KNOBS = (
          r"on the BN layer closest to the pixels.", (1.0, 2.0, 5.0, 10.0, 20.0, 50.0), live=True),
     Knob("alpha_c", "α_c · competition", r"$\alpha_c\,(1-\mathrm{JS}(p_T,p_S))$ at $T=3$: seek images where teacher "
          r"and student disagree (Adaptive DI, needs a student).", ALPHAS, live=True),
+    Knob("alpha_cr", "α_cr · contrastive diversity", r"$\alpha_{cr}R_{cr}$ (CMI): each image must be told apart from "
+         r"the batch's others through a random crop of itself, which spreads a class's images.", ALPHAS),
     Knob("lr", "learning rate η", r"Adam$(\beta=(0.5,0.9))$ on $\hat x$, cosine decay "
          r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{T})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5),
          live=True),
