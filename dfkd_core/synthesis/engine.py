@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from dfkd_core.hooks import BNStatisticsRecorder
-from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
                               total_variation_loss)
+from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 
 # The live weights, in the order of the weight vector the objective takes.
 WEIGHT_NAMES = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "alpha_cr")
