@@ -5,6 +5,7 @@ is one sentence with no run created. Sizes are tiny: seconds per test."""
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,8 +274,9 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
                  "bn_scale", "--keep-flops", "0.5", "--finetune-steps", "5", "--no-real-finetune",
                  "--latency-rounds", "3"]) == 0
     assert "| bn_scale | " in capsys.readouterr().out
+    # Two runs' images as one pool (here the same file twice: 2 × 200 images), as `dfkd distill --pool A B` takes.
     assert main([*common, "quantize", "--teacher", digits_teacher.path, "--pool", digits_pool.source,
-                 "--calibration-images", "64", "--no-bn-recalibration", "--latency-rounds", "3", "--observer",
+                 digits_pool.source, "--calibration-images", "64", "--no-bn-recalibration", "--latency-rounds", "3", "--observer",
                  "histogram"]) == 0
     out = capsys.readouterr().out
     assert "int8: synthetic − noise" in out and "| int8 | synthetic | histogram | yes | 64 |" in out
@@ -285,6 +287,9 @@ def test_cli_prune_quantize_continual_on_digits(digits_teacher, digits_pool, tmp
     runs = json.loads(capsys.readouterr().out)
     assert sorted(r["kind"] for r in runs) == ["continual", "prune", "quantize"]
     assert all(r["status"] == "done" for r in runs)
+    quantize = next(r for r in runs if r["kind"] == "quantize")
+    config = json.loads((Path(quantize["dir"]) / "config.json").read_text())
+    assert config["pool"] == [digits_pool.source] * 2 and quantize["summary"]["pool_images"] == 2 * len(digits_pool)
 
 
 @pytest.mark.parametrize("argv, says", [

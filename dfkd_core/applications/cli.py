@@ -51,7 +51,8 @@ def _compression_job(args, store, job_class, config):
         config.validate()
         load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
         if args.pool:
-            config.pool = str(store.resolve_checkpoint(args.pool, "images.pt"))
+            paths = [str(store.resolve_checkpoint(ref, "images.pt")) for ref in args.pool]
+            config.pool = paths[0] if len(paths) == 1 else paths
         return teacher, job_class(teacher, config)
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -126,7 +127,9 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 
 def _compression_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
-    p.add_argument("--pool", help="reuse synthesized images: a synthesis/distill/application run id or an images.pt")
+    p.add_argument("--pool", nargs="+", metavar="RUN",
+                   help="reuse synthesized images: a synthesis/distill/application run id or an images.pt; several "
+                        "make one pool of all their images")
     p.add_argument("--latency-batch", type=int, help="images per timed forward pass (default 64)")
     p.add_argument("--latency-rounds", type=int,
                    help="rounds timing every model once, back to back at the end; median reported (default 15)")

@@ -66,7 +66,7 @@ class ApplicationConfig(Config):
 class CompressionConfig(ApplicationConfig):
     """Pruning and quantization: a trained teacher, its synthesized images, and CPU timings of what they make."""
 
-    pool: str | None = None           # images.pt of a stored run (the CLI resolves a run id); None: synthesize here
+    pool: str | list[str] | None = None   # images.pt of stored runs (the CLI resolves run ids); None: synthesize here
     latency_batch: int = 64           # images per timed forward pass
     latency_rounds: int = 15          # rounds of timing every model once, at the end of the run; the median is kept
 
