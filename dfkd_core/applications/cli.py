@@ -44,15 +44,14 @@ def _compression_job(args, store, job_class, config):
     """Teacher, data and pool checked, then the job built (its constructor checks the rest): all before a run."""
     from dfkd_core.cli import _load
     from dfkd_core.data import DatasetMissingError, load_split
-    from dfkd_core.distill.pool import PoolError
+    from dfkd_core.distill.pool import PoolError, pool_setting
 
     teacher = _load(store, args.teacher, "teacher")
     try:
         config.validate()
         load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
         if args.pool:
-            paths = [str(store.resolve_checkpoint(ref, "images.pt")) for ref in args.pool]
-            config.pool = paths[0] if len(paths) == 1 else paths
+            config.pool = pool_setting(store, args.pool)
         return teacher, job_class(teacher, config)
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -93,7 +93,7 @@ def cmd_distill(args, store) -> int:
     from dfkd_core.cli import _load
     from dfkd_core.data import DatasetMissingError, load_split
     from dfkd_core.distill.job import DistillJob
-    from dfkd_core.distill.pool import PoolError
+    from dfkd_core.distill.pool import PoolError, pool_setting
 
     from dfkd_core.distributed import environment_world, init_from_environment, shutdown
 
@@ -113,8 +113,7 @@ def cmd_distill(args, store) -> int:
         config.device = world.device_name(config.device)
         load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
         if args.pool:
-            paths = [str(store.resolve_checkpoint(ref, "images.pt")) for ref in args.pool]
-            config.pool = paths[0] if len(paths) == 1 else paths
+            config.pool = pool_setting(store, args.pool)
         job = DistillJob(teacher, config, world=world)   # loads and checks config.pool
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
         shutdown(world)

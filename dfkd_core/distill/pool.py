@@ -15,6 +15,13 @@ class PoolError(ValueError):
     """A pool file that cannot serve this teacher; the message says why."""
 
 
+def pool_setting(store, refs: Sequence[str]) -> str | list[str]:
+    """The config's pool setting for the run ids or images.pt paths of a `--pool` flag: one path as a str, as a
+    single pool has always been stored, several as a list (one pool of all their images)."""
+    paths = [str(store.resolve_checkpoint(ref, "images.pt")) for ref in refs]
+    return paths[0] if len(paths) == 1 else paths
+
+
 def pool_files(setting: str | Path | Sequence[str | Path] | None) -> list[Path]:
     """The images.pt files a `DistillConfig.pool` setting names: none, one, or several joined into one pool."""
     if not setting:

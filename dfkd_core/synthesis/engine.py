@@ -28,8 +28,6 @@ from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 
 # The live weights, in the order of the weight vector the objective takes.
 WEIGHT_NAMES = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "alpha_cr")
-TERM_WEIGHTS = {"ce": "alpha_ce", "tv": "alpha_tv", "l2": "alpha_l2", "bn_feature": "alpha_f", "compete": "alpha_c",
-                "contrast": "alpha_cr"}
 
 
 def shift_and_flip(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -97,11 +95,9 @@ class InversionObjective:
         of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's local views
         (`contrastive.draw_crops`), is needed when the objective has a contrastive memory."""
         compete = compete and self.student is not None
-        if self.contrast is not None:
-            if crops is None:
-                raise ValueError("this objective has a contrastive term: pass the step's crops")
-            return self._objective(x, offsets, targets, weights, compete, crops)
-        if self.compiled:
+        if self.contrast is not None and crops is None:
+            raise ValueError("this objective has a contrastive term: pass the step's crops")
+        if self.compiled:   # never with a contrastive term (see __init__)
             try:
                 return self._compiled_objective(x, offsets, targets, weights, compete)
             except Exception as e:  # no C++ compiler, an op inductor cannot take...: run eagerly, and say so
@@ -109,7 +105,7 @@ class InversionObjective:
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 self.fallback = f"eager: torch.compile failed ({type(e).__name__}: {reason})"
                 warnings.warn(f"the inversion objective runs eagerly, {self.fallback}", RuntimeWarning)
-        return self._objective(x, offsets, targets, weights, compete)
+        return self._objective(x, offsets, targets, weights, compete, crops)
 
     def _objective(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                    compete: bool, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

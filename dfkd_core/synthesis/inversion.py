@@ -297,7 +297,7 @@ class ModelInversion(Job):
             return {}
         elapsed = time.time() - self.t0
         if status == "done" and self.objective.contrast is not None:   # later rounds are pushed away from these
-            with torch.no_grad(), self.recorder:
+            with self.recorder:
                 self.objective.contrast.remember(self.teacher, self._full_size(self.x.detach()),
                                                  self._crop_generator)
         final = self.measure()
