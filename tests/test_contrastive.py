@@ -78,6 +78,12 @@ def test_the_bank_keeps_the_newest_rows(digits_teacher):
     assert memory.bank.shape == (30, 2 * dim)
     _, newest = memory.features(teacher, second)
     assert torch.allclose(memory.bank[-20:, dim:], newest, atol=1e-5)   # global features of the second batch
+    # The local view is cropped as the run's steps crop: unmirrored when the run does not flip (digits).
+    memory.remember(teacher, first, torch.Generator().manual_seed(5), flip=False)
+    crops = draw_crops(20, torch.Generator().manual_seed(5), flip=False)
+    assert (crops[:, 0, 0] > 0).all()
+    _, local = memory.features(teacher, resized_crop(first, crops))
+    assert torch.allclose(memory.bank[-20:, :dim], local, atol=1e-5)
 
 
 def _inversion(teacher, **kw):

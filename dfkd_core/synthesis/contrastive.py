@@ -133,10 +133,11 @@ class ContrastiveMemory:
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def remember(self, teacher: nn.Module, x: torch.Tensor, generator: torch.Generator) -> None:
-        """Add finished images to the bank (the oldest leave once it holds `bank_size`)."""
+    def remember(self, teacher: nn.Module, x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> None:
+        """Add finished images to the bank (the oldest leave once it holds `bank_size`); their local view is cropped
+        as the steps' are (`flip` as the run's: a mirrored digit is not a digit)."""
         _, global_features = self.features(teacher, x)
-        _, local_features = self.features(teacher, resized_crop(x, draw_crops(len(x), generator)))
+        _, local_features = self.features(teacher, resized_crop(x, draw_crops(len(x), generator, flip=flip)))
         rows = torch.cat([local_features, global_features], dim=1).float()
         self.bank = torch.cat([self.bank, rows])[-self.bank_size:]
 

@@ -299,7 +299,7 @@ class ModelInversion(Job):
         if status == "done" and self.objective.contrast is not None:   # later rounds are pushed away from these
             with self.recorder:
                 self.objective.contrast.remember(self.teacher, self._full_size(self.x.detach()),
-                                                 self._crop_generator)
+                                                 self._crop_generator, flip=self.config.flip)
         final = self.measure()
         done_steps = len(self.history)
         summary = {
