@@ -63,8 +63,9 @@ _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "l
                    "generator_lr", "latent_dim", "generator_width", "seed", "kd_steps_per_round"}
 
 
-# Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way).
-_SAME_MEANING = {"processes": lambda v: v or 1}
+# Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way);
+# a run made before a setting existed stores nothing for it, which meant its default (cutmix: none).
+_SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0}
 
 
 def config_differences(stored: dict, wanted: dict, keys=None) -> list[str]:

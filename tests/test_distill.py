@@ -7,7 +7,7 @@ import torch
 
 from dfkd_core.cli import main
 from dfkd_core.distill import DistillConfig, DistillJob, PoolError, SyntheticPool, list_methods
-from dfkd_core.distill.student import mix_images, random_shift
+from dfkd_core.distill.student import cutmix_boxes, mix_batch, mix_images, random_shift
 from dfkd_core.models import create_model, load_checkpoint, save_checkpoint
 from dfkd_core.runs import RunStore
 from dfkd_core.synthesis.generator import ConditionalGenerator, GeneratorEnsemble
@@ -238,6 +238,40 @@ def test_mixup_is_identity_at_zero_and_convex_at_one():
     assert torch.allclose(mixed[..., 0, 0], mixed[..., 1, 1])  # one λ per image
 
 
+def test_cutmix_box_has_the_hand_computed_sides_and_clips_at_the_border():
+    # keep λ = 0.75 → side √0.25 = 0.5: a 4 × 4 box in an 8 × 8 image, centred where the generator puts it.
+    g = torch.Generator().manual_seed(3)
+    masks = cutmix_boxes(200, 8, 8, torch.full((200,), 0.75), g)
+    g = torch.Generator().manual_seed(3)
+    cy, cx = torch.randint(0, 8, (200,), generator=g), torch.randint(0, 8, (200,), generator=g)
+    for mask, y, x in zip(masks[:, 0], cy.tolist(), cx.tolist()):
+        rows, cols = (max(0, min(8, y - 2)), max(0, min(8, y + 2))), (max(0, min(8, x - 2)), max(0, min(8, x + 2)))
+        expected = torch.zeros(8, 8, dtype=torch.bool)
+        expected[rows[0]:rows[1], cols[0]:cols[1]] = True
+        assert torch.equal(mask, expected)
+    assert masks.sum((1, 2, 3)).max() == 16 and masks.sum((1, 2, 3)).min() < 16   # clipped at an edge
+    assert not cutmix_boxes(4, 8, 8, torch.ones(4)).any()                          # λ = 1 keeps the whole image
+
+
+def test_mix_batch_pastes_boxes_of_the_partner_and_is_mixup_without_cutmix():
+    x = torch.arange(16.0).view(16, 1, 1, 1).expand(16, 1, 6, 6).contiguous()   # image i is the constant i
+    assert torch.equal(mix_batch(x, 0.5, 0.0, torch.Generator().manual_seed(2)),
+                       mix_images(x, 0.5, torch.Generator().manual_seed(2)))    # old runs repeat draw for draw
+    pasted = mix_batch(x, 0.0, 1.0, torch.Generator().manual_seed(2))
+    for own, image in zip(range(16), pasted[:, 0]):
+        values = set(image.unique().tolist())
+        assert own in values and len(values) <= 2                   # the own image and at most one partner
+        foreign = image != own
+        if foreign.any():                                           # the partner's pixels form one rectangle
+            rows, cols = foreign.any(1).nonzero()[:, 0], foreign.any(0).nonzero()[:, 0]
+            assert foreign.sum() == len(rows) * len(cols)
+            assert foreign[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    both = mix_batch(x, 0.5, 0.5, torch.Generator().manual_seed(5))
+    blended = [(img != img.round()).any() for img in both[:, 0]]     # λ·i + (1 − λ)·j is rarely an integer
+    assert 0 < sum(blended) < 16
+    assert all(len(img.unique()) <= 2 for img, b in zip(both[:, 0], blended) if not b)
+
+
 def test_cli_distill_noise_and_pool_reuse(tmp_path, capsys, digits_teacher):
     home = str(tmp_path / "home")
     teacher = str(digits_teacher.path)
@@ -299,6 +333,7 @@ def test_recipe_settings_yield_to_explicit_flags():
     (["--method", "deepdream", "--jitter", "-3"], "jitter"),
     (["--method", "generator", "--generator-lr", "inf"], "generator_lr"),
     (["--method", "noise", "--mixup", "nan"], "mixup"),
+    (["--method", "noise", "--mixup", "0.6", "--cutmix", "0.6"], "cutmix"),
     (["--method", "noise", "--eval-every", "0"], "eval_every"),
     (["--method", "noise", "--latent-dim", "0"], "latent_dim"),
     (["--method", "noise", "--lambda-tv", "-1"], "lambda_tv"),

@@ -148,9 +148,9 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
 
     def __init__(self, job):
         super().__init__(job)
-        if self.config.mixup > 0:
-            raise ValueError("BSS-KD needs the class c_n of every image (CE and base-sample selection); mixup "
-                             "blends images of two classes, so use --mixup 0")
+        if self.config.mixup > 0 or self.config.cutmix > 0:
+            raise ValueError("BSS-KD needs the class c_n of every image (CE and base-sample selection); mixup and "
+                             "cutmix blend images of two classes, so use --mixup 0 --cutmix 0")
         if self.config.alpha_ce > 0:
             raise ValueError("BSS-KD weighs CE by 1 and KD by its α schedule (METHODS §4); --alpha-ce does not apply")
         # The run's config records every setting, defaults included, so the run replays from config.json alone.

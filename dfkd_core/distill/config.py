@@ -54,6 +54,7 @@ class DistillConfig(Config):
     alpha_ce: float = 0.0             # weight of CE on labels; only methods with real labels (real-kd variants) use it
     augment: str = "auto"             # none | shift | shift_flip | auto (the dataset's natural augmentation)
     mixup: float = 0.0                # probability of mixing two synthesized images in a KD batch
+    cutmix: float = 0.0               # probability of pasting a box of another image instead (exclusive of mixup)
 
     # --- monitoring and bookkeeping
     eval_every: int = 100             # student steps between evaluations on held-out real images (display only)
@@ -82,6 +83,9 @@ class DistillConfig(Config):
                     raise ValueError(f"{name} must be {bound}, got {value}")
         if not 0 <= self.mixup <= 1:
             raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if not 0 <= self.cutmix <= 1 - self.mixup:
+            raise ValueError(f"cutmix is a probability in [0, 1 − mixup] (an image is blended or pasted, not both), "
+                             f"got cutmix {self.cutmix} with mixup {self.mixup}")
         if self.augment not in AUGMENT_MODES:
             raise ValueError(f"augment must be one of {' | '.join(AUGMENT_MODES)}, got '{self.augment}'")
         for name in ("synthesis", "options"):

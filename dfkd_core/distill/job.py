@@ -91,7 +91,7 @@ class DistillJob(Job):
         elif c.method.startswith("generator"):
             parts.append(f"{c.generator_steps:,} generator steps")
         parts.append(f"{self.method.student_steps():,} student steps")   # the count the progress bar shows
-        parts += [f"{name} {getattr(c, name):g}" for name in ("mixup", "alpha_ce") if getattr(c, name)]
+        parts += [f"{name} {getattr(c, name):g}" for name in ("mixup", "cutmix", "alpha_ce") if getattr(c, name)]
         if c.seed:
             parts.append(f"seed {c.seed}")
         return " · ".join(parts)

@@ -61,6 +61,47 @@ def mix_images(x: torch.Tensor, probability: float, generator: torch.Generator |
     return torch.where(chosen, lam * x + (1 - lam) * partner, x)
 
 
+def cutmix_boxes(batch: int, height: int, width: int, keep: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """(B, 1, H, W) boolean masks, one axis-aligned box per image covering about a share 1 − keep[b] of it.
+
+    CutMix's box (Yun et al. 2019): sides H·√(1−λ) and W·√(1−λ) around a uniform centre, clipped at the border, so
+    a box near an edge is smaller than its λ asks for.
+    """
+    side = torch.sqrt(1 - keep)
+    cut_h, cut_w = (side * height).long(), (side * width).long()
+    cy = torch.randint(0, height, (batch,), generator=generator)
+    cx = torch.randint(0, width, (batch,), generator=generator)
+    top, bottom = (cy - cut_h // 2).clamp(0, height), (cy - cut_h // 2 + cut_h).clamp(0, height)
+    left, right = (cx - cut_w // 2).clamp(0, width), (cx - cut_w // 2 + cut_w).clamp(0, width)
+    rows, cols = torch.arange(height)[None, :], torch.arange(width)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < bottom[:, None])            # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < right[:, None])            # (B, W)
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
+def mix_batch(x: torch.Tensor, mixup: float, cutmix: float = 0.0, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """Each image is blended with a partner (share `mixup`, as `mix_images`), gets a box of the partner pasted in
+    (share `cutmix`, CutMix without labels), or stays as it is; the two shares are exclusive, so they sum to ≤ 1.
+
+    With cutmix 0 this is `mix_images` draw for draw, so runs made before CutMix existed repeat exactly. A blend
+    fills the space between two images; a pasted box puts one garment's part (a sleeve, a collar) on another's
+    body, inputs no blend and no pool image reaches.
+    """
+    if cutmix <= 0:
+        return mix_images(x, mixup, generator)
+    b, _, h, w = x.shape
+    draw = torch.rand(b, generator=generator)
+    lam = torch.rand(b, generator=generator)
+    partner = x[torch.randperm(b, generator=generator).to(x.device)]
+    blend = (draw < mixup).view(-1, 1, 1, 1)
+    paste = ((draw >= mixup) & (draw < mixup + cutmix)).view(-1, 1, 1, 1) & cutmix_boxes(b, h, w, lam, generator)
+    lam = lam.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    mixed = torch.where(blend.to(x.device), lam * x + (1 - lam) * partner, x)
+    return torch.where(paste.to(x.device), partner, mixed)
+
+
 def resolve_augment(mode: str, dataset: DatasetInfo) -> str:
     if mode != "auto":
         return mode
@@ -95,7 +136,7 @@ class StudentTrainer:
         x = random_shift(x, self.max_shift, self.generator)
         if self.augment == "shift_flip":
             x = random_flip(x, self.generator)
-        return mix_images(x, self.config.mixup, self.generator)
+        return mix_batch(x, self.config.mixup, self.config.cutmix, self.generator)
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor | None = None, extra_terms: ExtraTerms | None = None,
                    weights: dict[str, float] | None = None, augment: bool = True, force_ce: bool = False

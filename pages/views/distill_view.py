@@ -96,6 +96,9 @@ WEIGHTS = (
            r"$\lambda\sim U(0,1)$, labelled by the teacher: fills the space between pool images; pays off with a "
            r"long KD (`fashion-best`: 0.5, 8,000 steps).", lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)),
            options=(0.0, 0.25, 0.5, 0.75, 1.0)),
+    Weight("cutmix", "cutmix share", r"Share of each KD batch (not the mixed images; at most $1-$ mixup share) "
+           r"given a box of another image, CutMix without labels: one garment's sleeve or collar on another's "
+           r"body.", lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)), options=(0.0, 0.25, 0.5, 0.75, 1.0)),
     Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(\mathrm{softmax}(z_T/T)\,\|\,\mathrm{softmax}"
            r"(z_S/T))$: larger $T$ shows the student more of the teacher's dark knowledge.", lambda c: True,
            options=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0)),
