@@ -143,8 +143,8 @@ class StudentTrainer:
                    ) -> dict[str, float]:
         c = self.config
         x = prepare_input(x, self.device)
-        if augment:
-            x = self.augment_batch(x)
+        if augment:   # the augmentations return NCHW; back to the models' layout before they see the batch
+            x = prepare_input(self.augment_batch(x), self.device)
         self.forward_model.train()
         with autocast(self.device, c.amp):
             with torch.no_grad():

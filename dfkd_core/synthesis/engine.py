@@ -77,6 +77,11 @@ class InversionObjective:
         if self.contrast is not None:
             statistics += f"; CMI contrastive term over {len(self.contrast.layers)} BN layers' inputs"
         how = "torch.compile" if self.compiled else (self.fallback or "eager")
+        # (a 1-channel first convolution is both layouts at once, so the widest one tells)
+        conv = max((m.weight for m in self.teacher.modules() if isinstance(m, nn.Conv2d)),
+                   key=lambda w: w.shape[1], default=None)
+        if conv is not None:   # the layout changes float rounding, so a run says which it used
+            how += ", NHWC" if conv.is_contiguous(memory_format=torch.channels_last) else ", NCHW"
         return f"{statistics}; {how}"
 
     def term_names(self, compete: bool) -> list[str]:

@@ -1,0 +1,127 @@
+"""NCHW against NHWC (channels_last) on the CPU: a synthesis step and a KD step, side by side (issue 18).
+
+    python benchmarks/memory_format.py --teacher <ckpt|run id> [--student-model bncnn6_w16] [--threads N]
+        [--repeats 3] [--iterations 40] [--kd-steps 40]
+
+Both layouts run the project's own code, switched by `dfkd_core.device.CPU_CHANNELS_LAST` (what
+$DFKD_CPU_CHANNELS_LAST sets): `ModelInversion` as `dfkd synthesize` runs it (DeepInversion preset, batch 200), and
+`StudentTrainer.train_step` with the `fashion-best` KD settings (batch 128, mixup and CutMix, T = 20) on that
+synthesis's images. Same seeds, same initial noise, same student initialization; layouts interleaved, medians of the
+repeats. Quality: BN distance and teacher accuracy of the final synthesized batch, and after the KD steps the
+largest difference of the two students' logits on the batch (float rounding only, if the layouts compute the same).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+import dfkd_core  # noqa: E402,F401  (before torch: its OpenMP wait policy)
+
+import torch  # noqa: E402
+from synthesis_speed import frozen_teacher, quality, run_engine  # noqa: E402
+
+import dfkd_core.device as device_module  # noqa: E402
+from dfkd_core.device import describe_machine, prepare_model, thread_policy  # noqa: E402
+from dfkd_core.distill import DistillConfig  # noqa: E402
+from dfkd_core.distill.recipes import recipe_overrides  # noqa: E402
+from dfkd_core.distill.student import StudentTrainer  # noqa: E402
+from dfkd_core.models import create_model, load_checkpoint  # noqa: E402
+from dfkd_core.runs import RunStore  # noqa: E402
+from dfkd_core.synthesis import SynthesisConfig  # noqa: E402
+
+LAYOUTS = {"NCHW": False, "NHWC": True}
+
+
+def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, recipe: str
+           ) -> tuple[float, torch.Tensor]:
+    """Seconds for `steps` KD steps (after 2 warm-up steps) and the student's logits on `images` afterwards."""
+    info, device = checkpoint.dataset, torch.device("cpu")
+    overrides = {k: v for k, v in recipe_overrides(recipe, "deepinversion").items()
+                 if k in ("mixup", "cutmix", "temperature", "lr", "weight_decay", "batch_size")}
+    config = DistillConfig(**overrides, method="deepinversion", seed=0)
+    torch.manual_seed(0)
+    student = prepare_model(create_model(student_model, info.num_classes, info.in_channels, info.image_size), device)
+    teacher = prepare_model(frozen_teacher(checkpoint, device), device).eval()
+    trainer = StudentTrainer(student, teacher, config, info, device, total_steps=steps + 2)
+    order = torch.Generator().manual_seed(0)
+
+    def batch() -> torch.Tensor:
+        return images[torch.randint(0, len(images), (config.batch_size,), generator=order)]
+
+    for _ in range(2):
+        trainer.train_step(batch())
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(batch())
+    elapsed = time.perf_counter() - start
+    student.eval()
+    with torch.no_grad():
+        logits = student(device_module.prepare_input(images, device)).float()
+    return elapsed, logits
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
+    p.add_argument("--student-model", default="bncnn6_w16")
+    p.add_argument("--recipe", default="fashion-best")
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--iterations", type=int, default=40)
+    p.add_argument("--kd-steps", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    checkpoint = load_checkpoint(RunStore().resolve_checkpoint(args.teacher))
+    device = torch.device("cpu")
+    config = SynthesisConfig.preset("deepinversion", checkpoint.dataset.name, batch_size=args.batch_size,
+                                    iterations=args.iterations, seed=0, device="cpu")
+    print(f"teacher {checkpoint.name} on {checkpoint.dataset.name}, student {args.student_model}; synthesis batch "
+          f"{args.batch_size} × {args.iterations} iterations, KD batch from `{args.recipe}` × {args.kd_steps} steps; "
+          f"{args.repeats} interleaved repeats; {describe_machine(device)}, {thread_policy()}")
+    synth_s = {k: [] for k in LAYOUTS}
+    kd_s = {k: [] for k in LAYOUTS}
+    finals, logits, loads = {}, {}, []
+    saved = device_module.CPU_CHANNELS_LAST
+    try:
+        for repeat in range(args.repeats):
+            loads.append(os.getloadavg()[0])
+            names = list(LAYOUTS) if repeat % 2 == 0 else list(LAYOUTS)[::-1]
+            for name in names:
+                device_module.CPU_CHANNELS_LAST = LAYOUTS[name]
+                elapsed, finals[name], _ = run_engine(checkpoint, config, device)
+                synth_s[name].append(elapsed)
+                pool = finals.get("NCHW", finals[name]).detach()   # both layouts' KD on the same images
+                kd_elapsed, logits[name] = kd_run(checkpoint, args.student_model, pool, args.kd_steps, args.recipe)
+                kd_s[name].append(kd_elapsed)
+        loads.append(os.getloadavg()[0])
+    finally:
+        device_module.CPU_CHANNELS_LAST = saved
+    probe = copy.deepcopy(frozen_teacher(checkpoint, device))
+    targets = torch.arange(args.batch_size) % checkpoint.dataset.num_classes
+    print(f"load average {min(loads):.1f}–{max(loads):.1f}\n")
+    print("| layout | synthesis images/s | × NCHW | KD steps/s | × NCHW | BN distance | teacher acc |")
+    print("|---|---|---|---|---|---|---|")
+    base_synth = args.batch_size / statistics.median(synth_s["NCHW"])
+    base_kd = args.kd_steps / statistics.median(kd_s["NCHW"])
+    for name in LAYOUTS:
+        images_per_s = args.batch_size / statistics.median(synth_s[name])
+        steps_per_s = args.kd_steps / statistics.median(kd_s[name])
+        bn, accuracy = quality(probe, finals[name], targets)
+        print(f"| {name} | {images_per_s:.1f} | {images_per_s / base_synth:.2f} | {steps_per_s:.2f} | "
+              f"{steps_per_s / base_kd:.2f} | {bn:.3f} | {accuracy:.3f} |")
+    print(f"\nfinal synthesized batches: max |Δx| {float((finals['NCHW'] - finals['NHWC']).abs().max()):.2e}; "
+          f"students after {args.kd_steps + 2} KD steps on the same images: max |Δ logit| "
+          f"{float((logits['NCHW'] - logits['NHWC']).abs().max()):.2e}, argmax agreement "
+          f"{float((logits['NCHW'].argmax(1) == logits['NHWC'].argmax(1)).float().mean()):.3f}")
+
+
+if __name__ == "__main__":
+    main()
