@@ -13,7 +13,6 @@ largest difference of the two students' logits on the batch (float rounding only
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -104,7 +103,7 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
     finally:
         device_module.CPU_CHANNELS_LAST = saved
-    probe = copy.deepcopy(frozen_teacher(checkpoint, device))
+    probe = frozen_teacher(checkpoint, device)
     targets = torch.arange(args.batch_size) % checkpoint.dataset.num_classes
     print(f"load average {min(loads):.1f}–{max(loads):.1f}\n")
     print("| layout | synthesis images/s | × NCHW | KD steps/s | × NCHW | BN distance | teacher acc |")

@@ -49,6 +49,16 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=layout)
 
 
+def memory_layout(model: nn.Module) -> str | None:
+    """'NHWC' or 'NCHW': how the model's convolution weights sit in memory (None without convolutions). The widest
+    convolution tells, since a 1-channel first convolution is both layouts at once."""
+    weight = max((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), key=lambda w: w.shape[1],
+                 default=None)
+    if weight is None:
+        return None
+    return "NHWC" if weight.is_contiguous(memory_format=torch.channels_last) else "NCHW"
+
+
 def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if x.dim() == 4 and channels_last(torch.device(device)):

@@ -142,9 +142,9 @@ class StudentTrainer:
                    weights: dict[str, float] | None = None, augment: bool = True, force_ce: bool = False
                    ) -> dict[str, float]:
         c = self.config
+        if augment:   # the augmentations return NCHW, so the models' layout is set after them, once
+            x = self.augment_batch(x.to(self.device, non_blocking=True))
         x = prepare_input(x, self.device)
-        if augment:   # the augmentations return NCHW; back to the models' layout before they see the batch
-            x = prepare_input(self.augment_batch(x), self.device)
         self.forward_model.train()
         with autocast(self.device, c.amp):
             with torch.no_grad():

@@ -21,6 +21,7 @@ import warnings
 import torch
 import torch.nn as nn
 
+from dfkd_core.device import memory_layout
 from dfkd_core.hooks import BNStatisticsRecorder
 from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
                               total_variation_loss)
@@ -77,11 +78,9 @@ class InversionObjective:
         if self.contrast is not None:
             statistics += f"; CMI contrastive term over {len(self.contrast.layers)} BN layers' inputs"
         how = "torch.compile" if self.compiled else (self.fallback or "eager")
-        # (a 1-channel first convolution is both layouts at once, so the widest one tells)
-        conv = max((m.weight for m in self.teacher.modules() if isinstance(m, nn.Conv2d)),
-                   key=lambda w: w.shape[1], default=None)
-        if conv is not None:   # the layout changes float rounding, so a run says which it used
-            how += ", NHWC" if conv.is_contiguous(memory_format=torch.channels_last) else ", NCHW"
+        layout = memory_layout(self.teacher)
+        if layout is not None:   # the layout changes float rounding, so a run says which it used
+            how += f", {layout}"
         return f"{statistics}; {how}"
 
     def term_names(self, compete: bool) -> list[str]:
