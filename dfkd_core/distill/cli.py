@@ -71,7 +71,8 @@ def format_result(summary: dict) -> str:
     row = (f"{summary['method']:20} {estimate('student_accuracy', '.4f'):>25} "
            f"{estimate('teacher_accuracy', '.4f'):>25} {estimate('ratio', '.3f'):>22} "
            f"{summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
-    return head + "\n" + row
+    precision = f"\nKD computed in {summary['kd_precision']}" if summary.get("kd_precision") else ""
+    return head + "\n" + row + precision
 
 
 def run_distillation(job, quiet: bool) -> int:

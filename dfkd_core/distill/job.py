@@ -233,7 +233,7 @@ class DistillJob(Job):
                    "wall_minutes": self._elapsed() / 60, "images_synthesized": self.images_synthesized,
                    "pool_size": len(self.pool), "student_steps": self.trainer.steps_done, "status": status,
                    "curve": self.curve, "student_parameters": sum(p.numel() for p in self.student.parameters()),
-                   "processes": self.world.world}
+                   "processes": self.world.world, "kd_precision": self.trainer.precision}
         if self.run_record is not None:
             directory = self.run_record.dir
             save_checkpoint(directory / "model.pt", self.student, self.dataset,

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dfkd_core.data import DatasetInfo
-from dfkd_core.device import autocast, prepare_input
+from dfkd_core.device import autocast, precision, prepare_input
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.resume import clone_state
 from dfkd_core.distributed import Distributed, data_parallel
@@ -132,6 +132,11 @@ class StudentTrainer:
         self.generator = torch.Generator().manual_seed(world.seed(config.seed + 1))
         self.steps_done = 0
 
+    @property
+    def precision(self) -> str:
+        """What the KD step computes in: bfloat16 autocast on CUDA and on CPUs with native bf16, else float32."""
+        return precision(self.device, self.config.amp, cpu=True)
+
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
         x = random_shift(x, self.max_shift, self.generator)
         if self.augment == "shift_flip":
@@ -146,7 +151,7 @@ class StudentTrainer:
             x = self.augment_batch(x.to(self.device, non_blocking=True))
         x = prepare_input(x, self.device)
         self.forward_model.train()
-        with autocast(self.device, c.amp):
+        with autocast(self.device, c.amp, cpu=True):
             with torch.no_grad():
                 teacher_logits = self.teacher(x).float()
             student_logits = self.forward_model(x).float()

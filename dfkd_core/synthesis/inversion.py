@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo
-from dfkd_core.device import autocast, prepare_model, resolve_device
+from dfkd_core.device import autocast, precision, prepare_model, resolve_device
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import bn_feature_loss
@@ -239,7 +239,7 @@ class ModelInversion(Job):
         compete = c.alpha_c > 0 and self.student is not None
         contrast = self.objective.contrast
         crops = draw_crops(len(self.x), self._crop_generator, flip=c.flip) if contrast is not None else None
-        with self.recorder, autocast(self.device, c.amp):
+        with self.recorder, autocast(self.device, c.amp, cpu=True):
             total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete, crops)
         metrics = {"lr": lr, "resolution": self.x.shape[-1], **{k: float(getattr(c, k)) for k in WEIGHT_NAMES},
                    "step": index, "_vector": vector.detach(), "_compete": compete}
@@ -308,7 +308,7 @@ class ModelInversion(Job):
             "bn_distance_start": self.initial.get("bn_distance"), "bn_distance_end": final.get("bn_distance"),
             "bn_per_layer_end": final.get("bn_per_layer"), "elapsed_s": elapsed,
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
-            "engine": self.objective.describe(),
+            "engine": f"{self.objective.describe()}; {precision(self.device, self.config.amp, cpu=True)}",
         }
         if self.run_record is not None:
             self.save(self.run_record.dir)

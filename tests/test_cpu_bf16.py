@@ -1,0 +1,100 @@
+"""bfloat16 autocast on the CPU (`dfkd_core.device.CPU_BF16`, issue 18): the KD step and the inversion step run in
+bf16 where the CPU computes it natively, say so in their summaries, and compute what float32 computes to bf16
+precision. The tests force the 'native' probe on, so they run on any CPU (torch emulates bf16 where the CPU lacks it:
+slower, same numbers)."""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dfkd_core.device as device_module
+from dfkd_core.device import precision, uses_bf16
+from dfkd_core.distill import DistillConfig
+from dfkd_core.distill.student import StudentTrainer
+from dfkd_core.models import create_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    monkeypatch.setattr(device_module, "CPU_BF16", True)
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: True)
+
+
+def test_bf16_only_where_asked_for_and_computed_natively(monkeypatch, native_bf16):
+    assert uses_bf16(CPU, True, cpu=True)
+    assert precision(CPU, True, cpu=True) == "bfloat16 autocast (CPU with native bf16)"
+    assert not uses_bf16(CPU, True), "a caller that did not measure a gain (teacher training) stays in float32"
+    assert not uses_bf16(CPU, False, cpu=True), "amp=False is float32 everywhere"
+    assert uses_bf16(torch.device("cuda"), True) and not uses_bf16(torch.device("cuda"), False)
+    monkeypatch.setattr(device_module, "CPU_BF16", False)   # $DFKD_CPU_BF16=0
+    assert not uses_bf16(CPU, True, cpu=True) and precision(CPU, True, cpu=True) == "float32"
+    monkeypatch.setattr(device_module, "CPU_BF16", True)
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: False)   # an AVX2 CPU: emulated bf16 is slower
+    assert not uses_bf16(CPU, True, cpu=True)
+
+
+def test_the_native_probe_is_torchs():
+    probes = [torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported()]
+    assert device_module.cpu_computes_bf16() == any(probes)
+
+
+def test_the_environment_variable_is_read_at_import():
+    code = "import dfkd_core.device as d; print(d.CPU_BF16)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "DFKD_CPU_BF16": value}).stdout.strip()
+        assert out == expected
+
+
+def _kd(digits_teacher, amp: bool, steps: int = 4):
+    torch.manual_seed(0)
+    student = device_module.prepare_model(create_model("bncnn3_w16", 10, 1, 8), CPU)
+    teacher = device_module.prepare_model(copy.deepcopy(digits_teacher.model), CPU).eval()
+    config = DistillConfig(method="deepinversion", mixup=0.5, cutmix=0.5, temperature=20.0, batch_size=32, amp=amp)
+    trainer = StudentTrainer(student, teacher, config, digits_teacher.dataset, CPU, total_steps=steps)
+    dtypes = []
+    teacher.features[0].register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    student.features[0].register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    images = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    losses = [trainer.train_step(images[8 * i:8 * i + 32])["loss_kd"] for i in range(steps)]
+    student.eval()
+    with torch.no_grad():
+        return trainer, set(dtypes), losses, student(device_module.prepare_input(images, CPU))
+
+
+def test_the_kd_step_runs_in_bf16_and_agrees_with_float32(native_bf16, digits_teacher):
+    trainer, dtypes, losses, logits = _kd(digits_teacher, amp=True)
+    assert dtypes == {torch.bfloat16}, "teacher and student convolutions both in bf16"
+    assert trainer.precision == "bfloat16 autocast (CPU with native bf16)"
+    trainer32, dtypes32, losses32, logits32 = _kd(digits_teacher, amp=False)
+    assert dtypes32 == {torch.float32} and trainer32.precision == "float32"
+    # bf16 keeps 8 bits of mantissa: the first loss (same student, same batch) agrees to about 1%
+    assert losses[0] == pytest.approx(losses32[0], rel=2e-2)
+    assert losses != losses32, "the two precisions really ran differently"
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    agree = float((logits.argmax(1) == logits32.argmax(1)).float().mean())
+    assert agree >= 0.9, f"after 4 steps the students' predictions agree on {agree:.0%} of the batch"
+
+
+def test_an_inversion_runs_in_bf16_and_says_so(native_bf16, digits_teacher):
+    from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+    results = {}
+    for amp in (True, False):
+        config = SynthesisConfig.preset("deepinversion", "digits", batch_size=50, iterations=30, snapshot_every=0,
+                                        device="cpu", amp=amp)
+        job = ModelInversion(copy.deepcopy(digits_teacher.model), digits_teacher.dataset, config)
+        job.run()
+        assert job.status == "done", job.error
+        assert torch.isfinite(job.images()).all()
+        results[amp] = job.result
+    assert results[True]["engine"].endswith("; bfloat16 autocast (CPU with native bf16)")
+    assert results[False]["engine"].endswith("; float32")
+    start, bf16, fp32 = (results[True]["bn_distance_start"], results[True]["bn_distance_end"],
+                         results[False]["bn_distance_end"])
+    assert bf16 < 0.5 * start, "bf16 inverts: the BN distance falls as in float32"
+    assert bf16 == pytest.approx(fp32, rel=0.1), (bf16, fp32)
