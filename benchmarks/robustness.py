@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dfkd_core.device import describe_machine
+from dfkd_core.device import describe_machine, precision, resolve_device
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.distill.recipes import list_recipes, recipe_overrides
 from dfkd_core.distill.pool import pool_files
@@ -60,19 +60,31 @@ def find_run(store: RunStore, kind: str, name: str):
 _PLACE_KEYS = {"teacher", "pool", "device", "data_root"}
 # Settings that decide a pool's images when no KD runs during synthesis (the student cannot steer them then).
 _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "lambda_bn", "generator_steps",
-                   "generator_lr", "latent_dim", "generator_width", "seed", "kd_steps_per_round"}
+                   "generator_lr", "latent_dim", "generator_width", "seed", "kd_steps_per_round", "precision"}
 
 
 # Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way);
 # a run made before a setting existed stores nothing for it, which meant its default (cutmix: none).
-_SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0}
+# A run made before runs recorded their precision ran in float32 (the CPU had no bf16 path then).
+_SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0, "precision": lambda v: v or "float32"}
+
+
+def stored_settings(store: RunStore, record) -> dict:
+    """A stored run's config plus the precision its KD and synthesis computed in (its summary says), which the
+    config does not fix: `amp` means bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
+    return {**store.get(record.id).config(), "precision": (record.summary or {}).get("kd_precision")}
+
+
+def wanted_settings(config: DistillConfig) -> dict:
+    """The settings of the run `config` would make on this machine, its precision included."""
+    return {**config.to_dict(), "precision": precision(resolve_device(config.device), config.amp, cpu=True)}
 
 
 def config_differences(stored: dict, wanted: dict, keys=None) -> list[str]:
     """'key: stored → wanted' for each setting where a stored run's config differs from the one asked for."""
     keys = sorted((set(stored) | set(wanted)) - _PLACE_KEYS if keys is None else keys)
     same = {k: _SAME_MEANING.get(k, lambda v: v) for k in keys}
-    return [f"{k}: {stored.get(k)} → {wanted.get(k)}" for k in keys
+    return [f"{k}: {same[k](stored.get(k))} → {same[k](wanted.get(k))}" for k in keys
             if same[k](stored.get(k)) != same[k](wanted.get(k))]
 
 
@@ -93,7 +105,7 @@ def is_pool_source(store: RunStore, images: str | Path, teacher_path: str, wante
         source = store.get(images.parent.name)
     except (KeyError, ValueError, FileNotFoundError):
         return False
-    stored = source.config()
+    stored = stored_settings(store, source.record())
     return (_same_path(source.dir, images.parent) and source.record().status == "done"
             and _same_path(stored.get("teacher"), teacher_path) and not stored.get("pool")
             and not config_differences(stored, wanted, _SYNTHESIS_KEYS))
@@ -113,7 +125,7 @@ def find_student(store: RunStore, name: str, wanted: dict, teacher_path: str):
     newest run of that name (a recipe changed since it ran), so a stale student is never reused silently."""
     stale = []
     for record in store.list(kind="distill", status="done"):
-        stored = store.get(record.id).config()
+        stored = stored_settings(store, record)
         if same_student(store, stored, wanted, teacher_path):
             return record, []
         if record.name == name and not stale:
@@ -160,14 +172,14 @@ def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunSt
     name = student_name(args, teacher_seed, seed)
     config = student_config(args, seed)
     teacher_path = str(teacher_record.dir / "model.pt")
-    record, stale = find_student(store, name, config.to_dict(), teacher_path)
+    record, stale = find_student(store, name, wanted_settings(config), teacher_path)
     if record is not None:
         return record
     if stale:
         print(f"  {name}: the stored student was made with other settings ({'; '.join(stale)}); running it again",
               flush=True)
     teacher = load_checkpoint(teacher_record.dir / "model.pt")
-    source = None if args.no_pool_reuse else reusable_pool(store, teacher_path, config.to_dict())
+    source = None if args.no_pool_reuse else reusable_pool(store, teacher_path, wanted_settings(config))
     if source is not None:
         config.pool = str(source.dir / "images.pt")
         print(f"  {name}: reusing the identical pool of {source.id} (synthesis skipped)", flush=True)
@@ -226,7 +238,7 @@ def main() -> None:
         for seed in args.seeds:
             if args.only_table:
                 record, stale = find_student(store, student_name(args, teacher_seed, seed),
-                                             student_config(args, seed).to_dict(), str(teacher.dir / "model.pt"))
+                                             wanted_settings(student_config(args, seed)), str(teacher.dir / "model.pt"))
                 if record is None:
                     if stale:
                         print(f"  teacher seed {teacher_seed} seed {seed}: only a student of other settings is "
@@ -239,8 +251,8 @@ def main() -> None:
         raise SystemExit("no student in the run store yet")
     print(f"\n{args.method} [{args.recipe}], {args.dataset}: {args.teacher_model} teachers → students "
           f"(95% intervals over the test images)\nmachine: {describe_machine()}\n")
-    print("| teacher seed | teacher acc | seed | student acc | ratio | minutes | pool |")
-    print("|---|---|---|---|---|---|---|")
+    print("| teacher seed | teacher acc | seed | student acc | ratio | minutes | pool | precision |")
+    print("|---|---|---|---|---|---|---|---|")
     ratios = []
     for teacher_seed, seed, record in rows:
         s = record.summary
@@ -248,7 +260,7 @@ def main() -> None:
                for k in ("teacher_accuracy", "student_accuracy", "ratio")}
         ratios.append(s["ratio"])
         print(f"| {teacher_seed} | {fmt['teacher_accuracy']} | {seed} | {fmt['student_accuracy']} | {fmt['ratio']} "
-              f"| {s['wall_minutes']:.1f} | {pool_source(store, record)} |")
+              f"| {s['wall_minutes']:.1f} | {pool_source(store, record)} | {s.get('kd_precision') or 'float32'} |")
     mean, low, high = mean_t_interval(ratios)
     print(f"\n{len(ratios)} students: ratio min {min(ratios):.4f}, mean {mean:.3f} (95% t-interval over students "
           f"[{low:.3f}, {high:.3f}]); {sum(r >= 0.95 for r in ratios)} of {len(ratios)} at or above 0.950")

@@ -61,7 +61,7 @@ def precision(device: torch.device, enabled: bool = True, cpu: bool = False) -> 
     return f"bfloat16 autocast{where}"
 
 
-# NHWC on the CPU too: oneDNN's convolutions run faster on it (benchmarks/memory_format.py). $DFKD_CPU_CHANNELS_LAST=0
+# NHWC on the CPU too: oneDNN's convolutions run faster on it (benchmarks/cpu_paths.py). $DFKD_CPU_CHANNELS_LAST=0
 # keeps the CPU in NCHW (the layout every run before this setting used; results agree to float rounding).
 CPU_CHANNELS_LAST = os.environ.get("DFKD_CPU_CHANNELS_LAST", "1") != "0"
 

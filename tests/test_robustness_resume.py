@@ -72,3 +72,24 @@ def test_a_pool_is_reused_only_when_it_is_the_one_the_run_would_synthesize(tmp_p
     # With KD during synthesis the student steers the images: never reused.
     _stored(store, "adi-like", _wanted(kd_steps_per_round=20), images=True)
     assert rb.reusable_pool(store, "/t/model.pt", _wanted(kd_steps_per_round=20)) is None
+
+
+def test_a_student_of_another_precision_is_not_reused(tmp_path):
+    """`amp` means bf16 on CPUs with native bf16 too, so the config alone does not say what a run computed in: a
+    float32 student (every run before runs recorded their precision) is not the bf16 student asked for on such a
+    CPU, nor is its pool."""
+    rb, store = _robustness(), RunStore(tmp_path)
+    old = _stored(store, "s", _wanted(), images=True)
+    bf16 = {**_wanted(), "precision": "bfloat16 autocast (CPU with native bf16)"}
+    record, stale = rb.find_student(store, "s", bf16, "/t/model.pt")
+    assert record is None and stale == ["precision: float32 → bfloat16 autocast (CPU with native bf16)"]
+    assert rb.reusable_pool(store, "/t/model.pt", bf16) is None
+    assert rb.find_student(store, "s", {**_wanted(), "precision": "float32"}, "/t/model.pt")[0].id == old.id
+
+
+def test_the_wanted_precision_is_what_this_machine_computes():
+    from dfkd_core.device import precision
+    rb = _robustness()
+    for amp in (True, False):
+        config = DistillConfig(method="deepinversion", device="cpu", amp=amp)
+        assert rb.wanted_settings(config)["precision"] == precision(torch.device("cpu"), amp, cpu=True)

@@ -1,14 +1,17 @@
-"""NCHW against NHWC (channels_last) on the CPU: a synthesis step and a KD step, side by side (issue 18).
+"""The CPU's fast paths, each against its off switch: a synthesis step and a KD step, side by side (issue 18).
 
-    python benchmarks/memory_format.py --teacher <ckpt|run id> [--student-model bncnn6_w16] [--threads N]
-        [--repeats 3] [--iterations 40] [--kd-steps 40]
+    python benchmarks/cpu_paths.py --teacher <ckpt|run id> [--switch layout|precision] [--student-model bncnn6_w16]
+        [--threads N] [--repeats 3] [--iterations 40] [--kd-steps 40]
 
-Both layouts run the project's own code, switched by `dfkd_core.device.CPU_CHANNELS_LAST` (what
-$DFKD_CPU_CHANNELS_LAST sets): `ModelInversion` as `dfkd synthesize` runs it (DeepInversion preset, batch 200), and
+`--switch layout` (the default): NCHW against NHWC (channels_last), switched by `dfkd_core.device.CPU_CHANNELS_LAST`
+(what $DFKD_CPU_CHANNELS_LAST sets), both in float32. `--switch precision`: float32 against bfloat16 autocast,
+switched by `dfkd_core.device.CPU_BF16` ($DFKD_CPU_BF16), in the default layout; bf16 is used only on a CPU that
+computes it natively, so there the script says so and compares float32 with itself. Both variants run the project's
+own code: `ModelInversion` as `dfkd synthesize` runs it (DeepInversion preset, batch 200), and
 `StudentTrainer.train_step` with the `fashion-best` KD settings (batch 128, mixup and CutMix, T = 20) on that
 synthesis's images. Same seeds, same initial noise, same student initialization; layouts interleaved, medians of the
 repeats. Quality: BN distance and teacher accuracy of the final synthesized batch, and after the KD steps the
-largest difference of the two students' logits on the batch (float rounding only, if the layouts compute the same).
+largest difference of the two students' logits on the batch and how often their predictions agree.
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ from dfkd_core.models import create_model, load_checkpoint  # noqa: E402
 from dfkd_core.runs import RunStore  # noqa: E402
 from dfkd_core.synthesis import SynthesisConfig  # noqa: E402
 
-LAYOUTS = {"NCHW": False, "NHWC": True}
+# switch → (the dfkd_core.device flag it sets, {variant: value}); the first variant is the baseline.
+SWITCHES = {"layout": ("CPU_CHANNELS_LAST", {"NCHW": False, "NHWC": True}),
+            "precision": ("CPU_BF16", {"float32": False, "bf16": True})}
 
 
 def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, recipe: str
@@ -75,7 +80,10 @@ def main() -> None:
     p.add_argument("--kd-steps", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int)
+    p.add_argument("--switch", choices=list(SWITCHES), default="layout")
     args = p.parse_args()
+    flag, variants = SWITCHES[args.switch]
+    base, other = variants
     if args.threads:
         torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(RunStore().resolve_checkpoint(args.teacher))
@@ -85,41 +93,47 @@ def main() -> None:
     print(f"teacher {checkpoint.name} on {checkpoint.dataset.name}, student {args.student_model}; synthesis batch "
           f"{args.batch_size} × {args.iterations} iterations, KD batch from `{args.recipe}` × {args.kd_steps} steps; "
           f"{args.repeats} interleaved repeats; {describe_machine(device)}, {thread_policy()}")
-    synth_s = {k: [] for k in LAYOUTS}
-    kd_s = {k: [] for k in LAYOUTS}
+    if args.switch == "precision" and not device_module.cpu_computes_bf16():
+        print("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so the dfkd code runs float32 in both "
+              "variants here")
+    synth_s = {k: [] for k in variants}
+    kd_s = {k: [] for k in variants}
     finals, logits, loads = {}, {}, []
-    saved = device_module.CPU_CHANNELS_LAST
+    saved = {"CPU_CHANNELS_LAST": device_module.CPU_CHANNELS_LAST, "CPU_BF16": device_module.CPU_BF16}
+    if args.switch == "layout":
+        device_module.CPU_BF16 = False   # the layouts compared in float32, as before bf16 existed
     try:
         for repeat in range(args.repeats):
             loads.append(os.getloadavg()[0])
-            names = list(LAYOUTS) if repeat % 2 == 0 else list(LAYOUTS)[::-1]
+            names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
             for name in names:
-                device_module.CPU_CHANNELS_LAST = LAYOUTS[name]
+                setattr(device_module, flag, variants[name])
                 elapsed, finals[name], _ = run_engine(checkpoint, config, device)
                 synth_s[name].append(elapsed)
-                pool = finals.get("NCHW", finals[name]).detach()   # both layouts' KD on the same images
+                pool = finals.get(base, finals[name]).detach()   # both variants' KD on the same images
                 kd_elapsed, logits[name] = kd_run(checkpoint, args.student_model, pool, args.kd_steps, args.recipe)
                 kd_s[name].append(kd_elapsed)
         loads.append(os.getloadavg()[0])
     finally:
-        device_module.CPU_CHANNELS_LAST = saved
+        for name, value in saved.items():
+            setattr(device_module, name, value)
     probe = frozen_teacher(checkpoint, device)
     targets = torch.arange(args.batch_size) % checkpoint.dataset.num_classes
     print(f"load average {min(loads):.1f}–{max(loads):.1f}\n")
-    print("| layout | synthesis images/s | × NCHW | KD steps/s | × NCHW | BN distance | teacher acc |")
+    print(f"| {args.switch} | synthesis images/s | × {base} | KD steps/s | × {base} | BN distance | teacher acc |")
     print("|---|---|---|---|---|---|---|")
-    base_synth = args.batch_size / statistics.median(synth_s["NCHW"])
-    base_kd = args.kd_steps / statistics.median(kd_s["NCHW"])
-    for name in LAYOUTS:
+    base_synth = args.batch_size / statistics.median(synth_s[base])
+    base_kd = args.kd_steps / statistics.median(kd_s[base])
+    for name in variants:
         images_per_s = args.batch_size / statistics.median(synth_s[name])
         steps_per_s = args.kd_steps / statistics.median(kd_s[name])
         bn, accuracy = quality(probe, finals[name], targets)
         print(f"| {name} | {images_per_s:.1f} | {images_per_s / base_synth:.2f} | {steps_per_s:.2f} | "
               f"{steps_per_s / base_kd:.2f} | {bn:.3f} | {accuracy:.3f} |")
-    print(f"\nfinal synthesized batches: max |Δx| {float((finals['NCHW'] - finals['NHWC']).abs().max()):.2e}; "
+    print(f"\nfinal synthesized batches: max |Δx| {float((finals[base] - finals[other]).abs().max()):.2e}; "
           f"students after {args.kd_steps + 2} KD steps on the same images: max |Δ logit| "
-          f"{float((logits['NCHW'] - logits['NHWC']).abs().max()):.2e}, argmax agreement "
-          f"{float((logits['NCHW'].argmax(1) == logits['NHWC'].argmax(1)).float().mean()):.3f}")
+          f"{float((logits[base] - logits[other]).abs().max()):.2e}, argmax agreement "
+          f"{float((logits[base].argmax(1) == logits[other].argmax(1)).float().mean()):.3f}")
 
 
 if __name__ == "__main__":
