@@ -98,3 +98,24 @@ def test_an_inversion_runs_in_bf16_and_says_so(native_bf16, digits_teacher):
                          results[False]["bn_distance_end"])
     assert bf16 < 0.5 * start, "bf16 inverts: the BN distance falls as in float32"
     assert bf16 == pytest.approx(fp32, rel=0.1), (bf16, fp32)
+
+
+def test_no_amp_makes_a_distillation_float32_in_its_rounds_and_its_kd(native_bf16, digits_teacher, tmp_path):
+    """`dfkd distill --no-amp`: the config says amp=False, the pool's inversion rounds follow it, and the run's
+    summary says float32; without it the same run is bf16 on such a CPU."""
+    import argparse
+
+    from dfkd_core.distill.cli import add_commands, config_from_args
+    from dfkd_core.distill.job import DistillJob
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    common = ["distill", "--teacher", "t", "--method", "deepinversion", "--recipe", "digits-quick", "--images", "40",
+              "--inv-batch-size", "40", "--inv-iterations", "3", "--steps", "2", "--eval-every", "2"]
+    for flags, expected in (([], "bfloat16 autocast (CPU with native bf16)"), (["--no-amp"], "float32")):
+        config = config_from_args(parser.parse_args(common + flags))
+        assert config.amp == (not flags)
+        job = DistillJob(digits_teacher, config)
+        assert job.method._round_config(0).amp == config.amp
+        job.run()
+        assert job.status == "done", job.error
+        assert job.result["kd_precision"] == expected

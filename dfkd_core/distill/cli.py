@@ -52,6 +52,8 @@ def config_from_args(args) -> DistillConfig:
     synthesis = {key: getattr(args, flag) for flag, key in SYNTHESIS_FLAGS.items() if getattr(args, flag) is not None}
     method = args.method or DEFAULT_METHOD
     explicit = {**values, "synthesis": synthesis, "options": parse_options(args.option, method)}
+    if getattr(args, "no_amp", None):
+        explicit["amp"] = False
     base = {}
     if getattr(args, "recipe", None):
         try:
@@ -156,7 +158,7 @@ def attached_settings(args, store):
 
 # Settings of a new run; `--resume` continues a run with its own (config in resume.pt), where only the machine's
 # settings may differ: where the data lives and which device runs it.
-NEW_RUN_SETTINGS = ("teacher", "method", "pool", "recipe", "option", *SYNTHESIS_FLAGS,
+NEW_RUN_SETTINGS = ("teacher", "method", "pool", "recipe", "option", "no_amp", *SYNTHESIS_FLAGS,
                     *(k for k in CONFIG_FLAGS if k not in ("data_root", "device")))
 
 
@@ -249,6 +251,8 @@ def add_commands(sub) -> None:
     s.add_argument("--eval-every", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--device")
+    d.add_argument("--no-amp", action="store_true", default=None,
+                   help="float32 everywhere (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
     d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only; default: "
                                        "$DFKD_<DATASET>, else the dataset's default location)")
     d.add_argument("--attach-run", help=argparse.SUPPRESS)   # run a run created elsewhere (dfkd_core/launch.py)

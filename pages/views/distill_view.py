@@ -304,7 +304,7 @@ def result_row(summary: Mapping, name: str = "") -> dict:
             "student acc": number("student_accuracy"), "student acc, 95% CI": interval("student_accuracy", ".2%"),
             "teacher acc": number("teacher_accuracy"), "ratio": number("ratio"),
             "ratio, 95% CI": interval("ratio", ".3f"), "minutes": number("wall_minutes"),
-            "images": number("images_synthesized")}
+            "images": number("images_synthesized"), "KD precision": summary.get("kd_precision", "–")}
 
 
 RESULT_COLUMNS = {"student acc": st.column_config.NumberColumn(format="percent"),
