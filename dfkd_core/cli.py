@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--device")
     s.add_argument("--snapshot-every", type=int)
-    s.add_argument("--no-amp", action="store_true", help="float32 everywhere (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
+    s.add_argument("--no-amp", action="store_true",
+                   help="float32 everywhere (default: bfloat16 autocast on CUDA, and on CPUs with native bf16 if "
+                        "$DFKD_CPU_BF16=1)")
     s.set_defaults(func=cmd_synthesize)
 
     r = sub.add_parser("runs", help="list stored runs")

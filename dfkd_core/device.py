@@ -24,11 +24,12 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-# bfloat16 on the CPU where it computes bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 convolutions make a
-# Fashion-MNIST KD step about 1.9x faster (benchmarks/cpu_bf16.py); without those instructions bf16 is emulated and
-# only slows small nets. $DFKD_CPU_BF16=0 keeps such a CPU in float32 (every run before this setting: results differ
-# at bf16 precision).
-CPU_BF16 = os.environ.get("DFKD_CPU_BF16", "1") != "0"
+# bfloat16 on the CPU, asked for with $DFKD_CPU_BF16=1 and used only where the CPU computes bf16 natively (AVX512-BF16
+# or AMX): there oneDNN's bf16 convolutions make a Fashion-MNIST KD step about 1.75x faster and an inversion step
+# 1.2-1.4x (benchmarks/cpu_paths.py --switch precision), but the one fashion-best student measured lost 0.39 points
+# [0.08, 0.72] to bf16 KD on the same pool and 0.74 [0.38, 1.11] with the pool synthesized in bf16 too
+# (docs/results.md), so float32 stays the CPU default. Without those instructions bf16 is emulated: slower, not used.
+CPU_BF16 = os.environ.get("DFKD_CPU_BF16", "0") == "1"
 
 
 def cpu_computes_bf16() -> bool:
@@ -46,8 +47,9 @@ def uses_bf16(device: torch.device, enabled: bool = True, cpu: bool = False) -> 
 
 
 def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
-    """bfloat16 autocast on CUDA (no loss scaling needed). On the CPU only where the caller measured a gain
-    (`cpu=True`: the KD step) and the CPU computes bf16 natively (`cpu_computes_bf16`); else a no-op."""
+    """bfloat16 autocast on CUDA (no loss scaling needed). On the CPU only for the steps it was measured on
+    (`cpu=True`: KD and inversion), when $DFKD_CPU_BF16=1 asks for it and the CPU computes bf16 natively
+    (`cpu_computes_bf16`); else a no-op."""
     if uses_bf16(device, enabled, cpu):
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return nullcontext()

@@ -1,7 +1,7 @@
-"""bfloat16 autocast on the CPU (`dfkd_core.device.CPU_BF16`, issue 18): the KD step and the inversion step run in
-bf16 where the CPU computes it natively, say so in their summaries, and compute what float32 computes to bf16
-precision. The tests force the 'native' probe on, so they run on any CPU (torch emulates bf16 where the CPU lacks it:
-slower, same numbers)."""
+"""bfloat16 autocast on the CPU (`dfkd_core.device.CPU_BF16`, issue 18): with $DFKD_CPU_BF16=1 the KD step and the
+inversion step run in bf16 where the CPU computes it natively, say so in their summaries, and compute what float32
+computes to bf16 precision; float32 is the default. The tests force the switch and the 'native' probe on, so they run
+on any CPU (torch emulates bf16 where the CPU lacks it: slower, same numbers)."""
 import copy
 import os
 import subprocess
@@ -31,7 +31,7 @@ def test_bf16_only_where_asked_for_and_computed_natively(monkeypatch, native_bf1
     assert not uses_bf16(CPU, True), "a caller that did not measure a gain (teacher training) stays in float32"
     assert not uses_bf16(CPU, False, cpu=True), "amp=False is float32 everywhere"
     assert uses_bf16(torch.device("cuda"), True) and not uses_bf16(torch.device("cuda"), False)
-    monkeypatch.setattr(device_module, "CPU_BF16", False)   # $DFKD_CPU_BF16=0
+    monkeypatch.setattr(device_module, "CPU_BF16", False)   # the default
     assert not uses_bf16(CPU, True, cpu=True) and precision(CPU, True, cpu=True) == "float32"
     monkeypatch.setattr(device_module, "CPU_BF16", True)
     monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: False)   # an AVX2 CPU: emulated bf16 is slower
@@ -45,10 +45,12 @@ def test_the_native_probe_is_torchs():
 
 def test_the_environment_variable_is_read_at_import():
     code = "import dfkd_core.device as d; print(d.CPU_BF16)"
-    for value, expected in (("0", "False"), ("1", "True")):
+    unset = {k: v for k, v in os.environ.items() if k != "DFKD_CPU_BF16"}
+    for value, expected in ((None, "False"), ("0", "False"), ("1", "True")):
+        env = unset if value is None else {**unset, "DFKD_CPU_BF16": value}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**os.environ, "DFKD_CPU_BF16": value}).stdout.strip()
-        assert out == expected
+                             env=env).stdout.strip()
+        assert out == expected, (value, out)
 
 
 def _kd(digits_teacher, amp: bool, steps: int = 4):

@@ -24,8 +24,8 @@ def _widest_conv_weight(model: torch.nn.Module) -> torch.Tensor:
 
 @pytest.fixture
 def layout(monkeypatch):
-    # Compared in float32: on a CPU with native bf16 the KD step would run in bf16 (test_cpu_bf16.py), whose
-    # rounding differs between layouts far more than float32's.
+    # Compared in float32: with $DFKD_CPU_BF16=1 on a CPU with native bf16 the KD step runs in bf16
+    # (test_cpu_bf16.py), whose rounding differs between layouts far more than float32's.
     monkeypatch.setattr(device_module, "CPU_BF16", False)
 
     def use(nhwc: bool) -> None:

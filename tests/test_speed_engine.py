@@ -48,7 +48,7 @@ def test_engine_follows_the_reference_loop(digits_teacher):
     """Same noise, same augmentation draws, same objective: after 12 Adam steps the engine's images are the
     reference loop's up to float rounding (the fused statistics sum in another order). Over hundreds of steps
     rounding differences grow as large as a 1e-6 change of the initial noise makes them (docs: issue 18). In float32
-    as the reference computes (on a CPU with native bf16 the engine's default is bf16, test_cpu_bf16.py)."""
+    as the reference computes, also where $DFKD_CPU_BF16=1 would make the engine bf16 (test_cpu_bf16.py)."""
     config = _config().replace(amp=False)
     job = _job(digits_teacher, config)
     job.run()

@@ -252,7 +252,8 @@ def add_commands(sub) -> None:
     d.add_argument("--seed", type=int)
     d.add_argument("--device")
     d.add_argument("--no-amp", action="store_true", default=None,
-                   help="float32 everywhere (default: bfloat16 autocast on CUDA and on CPUs with native bf16)")
+                   help="float32 everywhere (default: bfloat16 autocast on CUDA, and on CPUs with native bf16 if "
+                        "$DFKD_CPU_BF16=1)")
     d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only; default: "
                                        "$DFKD_<DATASET>, else the dataset's default location)")
     d.add_argument("--attach-run", help=argparse.SUPPRESS)   # run a run created elsewhere (dfkd_core/launch.py)
