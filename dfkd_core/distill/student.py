@@ -134,7 +134,8 @@ class StudentTrainer:
 
     @property
     def precision(self) -> str:
-        """What the KD step computes in: bfloat16 autocast on CUDA and on CPUs with native bf16, else float32."""
+        """What the KD step computes in: bfloat16 autocast on CUDA (and on a CPU with native bf16 if $DFKD_CPU_BF16=1),
+        else float32."""
         return precision(self.device, self.config.amp, cpu=True)
 
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
