@@ -111,7 +111,10 @@ def test_torchrun_distillation_from_the_cli_writes_one_run(tmp_path, digits_teac
     home = tmp_path / "home"
     code, out = finished(torchrun(["distill", "--teacher", str(digits_teacher.path), "--method", "noise",
                                    "--steps", "60", "--eval-every", "30", "--batch-size", "64"], home), 180)
-    assert code == 0, out[-3000:]
+    # Both ends: a rank that fails as the run closes (seen once, SIGABRT in rank 1 on a loaded machine) prints its
+    # reason before the summary, torchrun's report after it.
+    assert code == 0, "\n".join(line for line in out.splitlines() if "Error" in line or "abort" in line.lower()
+                                 or "terminate" in line)[-3000:] + "\n...\n" + out[-2000:]
     [run] = RunStore(home).list(kind="distill")
     assert run.status == "done" and run.summary["processes"] == 2 and run.summary["student_steps"] == 60
     assert run.summary["images_synthesized"] == 60 * 64   # both ranks' noise, 32 each per step
