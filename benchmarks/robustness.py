@@ -105,8 +105,9 @@ def is_pool_source(store: RunStore, images: str | Path, teacher_path: str, wante
         source = store.get(images.parent.name)
     except (KeyError, ValueError, FileNotFoundError):
         return False
-    stored = stored_settings(store, source.record())
-    return (_same_path(source.dir, images.parent) and source.record().status == "done"
+    record = source.record()
+    stored = stored_settings(store, record)
+    return (_same_path(source.dir, images.parent) and record.status == "done"
             and _same_path(stored.get("teacher"), teacher_path) and not stored.get("pool")
             and not config_differences(stored, wanted, _SYNTHESIS_KEYS))
 
@@ -259,8 +260,9 @@ def main() -> None:
         fmt = {k: Interval.from_dict(s[f"{k}_ci"]).format(".2%" if k != "ratio" else ".3f")
                for k in ("teacher_accuracy", "student_accuracy", "ratio")}
         ratios.append(s["ratio"])
+        computed_in = _SAME_MEANING["precision"](s.get("kd_precision"))
         print(f"| {teacher_seed} | {fmt['teacher_accuracy']} | {seed} | {fmt['student_accuracy']} | {fmt['ratio']} "
-              f"| {s['wall_minutes']:.1f} | {pool_source(store, record)} | {s.get('kd_precision') or 'float32'} |")
+              f"| {s['wall_minutes']:.1f} | {pool_source(store, record)} | {computed_in} |")
     mean, low, high = mean_t_interval(ratios)
     print(f"\n{len(ratios)} students: ratio min {min(ratios):.4f}, mean {mean:.3f} (95% t-interval over students "
           f"[{low:.3f}, {high:.3f}]); {sum(r >= 0.95 for r in ratios)} of {len(ratios)} at or above 0.950")

@@ -2,6 +2,7 @@
 many threads a job uses while other dfkd jobs run on the same machine (`CPUShare`)."""
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -32,6 +33,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 CPU_BF16 = os.environ.get("DFKD_CPU_BF16", "0") == "1"
 
 
+@functools.cache   # asked every KD and inversion step once $DFKD_CPU_BF16=1; the hardware does not change
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX tiles)."""
     probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))

@@ -129,6 +129,11 @@ def check_jitter(jitter: int, dataset: DatasetInfo) -> None:
                          f"{dataset.name} image round on itself; use a jitter below {size}")
 
 
+def engine_description(objective: InversionObjective, device: torch.device, amp: bool) -> str:
+    """A synthesis run's `engine` line: how the objective runs and the precision of its steps."""
+    return f"{objective.describe()}; {precision(device, amp, cpu=True)}"
+
+
 def make_objective(teacher: nn.Module, student: nn.Module | None, config: SynthesisConfig,
                    device: torch.device | str) -> InversionObjective:
     """The objective `config` asks for; with α_cr > 0 it carries a fresh contrastive memory (head and bank)."""
@@ -308,7 +313,7 @@ class ModelInversion(Job):
             "bn_distance_start": self.initial.get("bn_distance"), "bn_distance_end": final.get("bn_distance"),
             "bn_per_layer_end": final.get("bn_per_layer"), "elapsed_s": elapsed,
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
-            "engine": f"{self.objective.describe()}; {precision(self.device, self.config.amp, cpu=True)}",
+            "engine": engine_description(self.objective, self.device, self.config.amp),
         }
         if self.run_record is not None:
             self.save(self.run_record.dir)

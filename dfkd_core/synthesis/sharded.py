@@ -19,13 +19,13 @@ import torch
 import torch.nn as nn
 
 from dfkd_core.data import DatasetInfo
-from dfkd_core.device import precision, resolve_device
+from dfkd_core.device import resolve_device
 from dfkd_core.distributed import Distributed, gather_units
 from dfkd_core.jobs import Job
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.engine import InversionObjective
 from dfkd_core.synthesis.images import save_grid
-from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig
+from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig, engine_description
 
 
 class ShardedSynthesis(Job):
@@ -131,8 +131,7 @@ class ShardedSynthesis(Job):
             if all(d is not None for d in distances):
                 summary["bn_distance_end"] = sum(distances) / len(distances)   # per batch, as one batch reports it
         if self.objective is not None:
-            device = resolve_device(self.config.device)
-            summary["engine"] = f"{self.objective.describe()}; {precision(device, self.config.amp, cpu=True)}"
+            summary["engine"] = engine_description(self.objective, resolve_device(self.config.device), self.config.amp)
         if self.run_record is not None and done:
             self._save(self.run_record.dir)
         return summary
