@@ -5,6 +5,12 @@ Trains (or reuses) teachers with seeds T, and for each runs the distillation rec
 minimum and the mean ratio with a 95% t-interval over the students (the seed-to-seed spread, which the per-run
 intervals do not cover), per-class accuracy of the worst student against its teacher, and the time.
 
+The teachers come from `benchmarks/teachers/` where a checkpoint of the asked seed, model, dataset and epochs is
+committed there (trained once by this script on a 2-core AMD EPYC, so every session pairs its students with the same
+teachers: a run store dies with its machine, and a teacher retrained on another CPU is another teacher); else they are
+trained (--train-teachers always trains). `--set key=value` changes one setting of the recipe (dotted for the
+synthesis: `--set synthesis.confidence_cap=0.5`); such students are named and reused apart from the recipe's own.
+
 A full Fashion-MNIST `fashion-best` table is 9 runs of 20–35 CPU minutes each, so the script resumes: teachers
 (found by the run names this script gives them) and students already in the run store are reused, and the table can
 be completed over several sittings. A stored student is reused only if it computed what is asked now: the same
@@ -16,11 +22,14 @@ anew).
 
     python benchmarks/robustness.py --home ~/.dfkd --recipe fashion-best                      # 3 teachers x 3 seeds
     python benchmarks/robustness.py --dataset digits --recipe digits-quick --teacher-epochs 20   # a quick check
+    python benchmarks/robustness.py --recipe fashion-best --set synthesis.confidence_cap=0.5      # a variant
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +38,7 @@ import torch
 
 from dfkd_core.device import describe_machine, precision, resolve_device
 from dfkd_core.distill import DistillConfig, DistillJob
-from dfkd_core.distill.recipes import list_recipes, recipe_overrides
+from dfkd_core.distill.recipes import list_recipes, merge_overrides, recipe_overrides
 from dfkd_core.distill.pool import pool_files
 from dfkd_core.distill.results import load_test_hits, per_class_accuracy
 from dfkd_core.models import load_checkpoint
@@ -144,9 +153,44 @@ def teacher_name(args, seed: int) -> str:
     return f"robustness teacher {args.teacher_model} {args.dataset} seed {seed} ({args.teacher_epochs} epochs)"
 
 
+TEACHERS_DIR = Path(__file__).parent / "teachers"
+
+
+def committed_teacher(args, seed: int) -> Path:
+    """Where the committed checkpoint of this teacher lies (it may not exist); its run's summary lies beside it."""
+    return TEACHERS_DIR / f"{args.dataset}-{args.teacher_model}-{args.teacher_epochs}ep-seed{seed}.pt"
+
+
+def import_teacher(path: Path, name: str, store: RunStore):
+    """A finished teacher run in `store` made of a committed checkpoint and the summary of the run that trained it."""
+    checkpoint = load_checkpoint(path)   # refuses a file that is not a checkpoint of this tool, before a run exists
+    summary = json.loads(path.with_suffix(".json").read_text())
+    run = store.create("teacher", {**summary.get("config", {}), "imported_from": str(path)},
+                       method=checkpoint.model_cfg["name"], dataset=checkpoint.dataset.name, name=name)
+    shutil.copyfile(path, run.dir / "model.pt")
+    run.set_status("done", {**summary["summary"], "checkpoint": str(run.dir / "model.pt"),
+                            "imported_from": str(path)})
+    print(f"  {name}: {summary['summary']['test_accuracy']:.2%}, imported from {path}", flush=True)
+    return run.record()
+
+
+def export_teacher(record, path: Path, store: RunStore) -> None:
+    """Write a stored teacher run where `committed_teacher` looks: the checkpoint and, beside it, its summary,
+    config and machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(record.dir / "model.pt", path)
+    summary = {k: v for k, v in record.summary.items() if k != "checkpoint"}
+    path.with_suffix(".json").write_text(json.dumps(
+        {"summary": summary, "config": store.get(record.id).config(), "run": record.id,
+         "machine": describe_machine()}, indent=2) + "\n")
+
+
 def teacher_for(seed: int, args, store: RunStore):
     name = teacher_name(args, seed)
     record = find_run(store, "teacher", name)
+    committed = committed_teacher(args, seed)
+    if record is None and not args.train_teachers and committed.is_file():
+        record = import_teacher(committed, name, store)
     if record is None:
         job = TeacherTraining(TeacherConfig(dataset=args.dataset, model=args.teacher_model,
                                             epochs=args.teacher_epochs, seed=seed, data_root=args.data_root))
@@ -161,12 +205,33 @@ def teacher_for(seed: int, args, store: RunStore):
 
 
 def student_name(args, teacher_seed: int, seed: int) -> str:
-    return f"robustness {args.method} [{args.recipe}] teacher seed {teacher_seed} seed {seed}"
+    variant = "".join(f" {k}={v}" for k, v in sorted(args.set.items()))
+    return f"robustness {args.method} [{args.recipe}{variant}] teacher seed {teacher_seed} seed {seed}"
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """`--set key=value` pairs as recipe overrides: `synthesis.x=v` goes into the synthesis dict; values are read as
+    JSON (numbers, true/false), else kept as text."""
+    settings: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set takes key=value (e.g. synthesis.confidence_cap=0.5), got {pair!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        group, dot, name = key.partition(".")
+        if dot:
+            settings.setdefault(group, {})[name] = value
+        else:
+            settings[key] = value
+    return settings
 
 
 def student_config(args, seed: int) -> DistillConfig:
-    return DistillConfig(method=args.method, seed=seed, device=args.device, data_root=args.data_root,
-                         **recipe_overrides(args.recipe, args.method))
+    overrides = merge_overrides(recipe_overrides(args.recipe, args.method), args.overrides)
+    return DistillConfig(method=args.method, seed=seed, device=args.device, data_root=args.data_root, **overrides)
 
 
 def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunStore):
@@ -225,7 +290,15 @@ def main() -> None:
     p.add_argument("--only-table", action="store_true", help="print the table of what is stored; run nothing")
     p.add_argument("--no-pool-reuse", action="store_true",
                    help="synthesize every student's pool even when an identical one is stored")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one setting of the recipe (synthesis.KEY for the inversions); repeat for several")
+    p.add_argument("--train-teachers", action="store_true",
+                   help="train the teachers here even where benchmarks/teachers/ has them")
+    p.add_argument("--export-teachers", action="store_true",
+                   help="write the stored teachers to benchmarks/teachers/ (what later sessions import)")
     args = p.parse_args()
+    args.overrides = parse_settings(args.set)
+    args.set = {k: v for pair in args.set for k, v in [pair.split("=", 1)]}
     torch.set_num_threads(args.threads)
     store = RunStore(args.home)
     rows, started = [], time.time()
@@ -236,6 +309,10 @@ def main() -> None:
                 continue
         else:
             teacher = teacher_for(teacher_seed, args, store)
+        if args.export_teachers:   # teachers only: no students
+            export_teacher(teacher, committed_teacher(args, teacher_seed), store)
+            print(f"  teacher seed {teacher_seed}: written to {committed_teacher(args, teacher_seed)}")
+            continue
         for seed in args.seeds:
             if args.only_table:
                 record, stale = find_student(store, student_name(args, teacher_seed, seed),
@@ -248,9 +325,11 @@ def main() -> None:
             else:
                 record = student_for(teacher, teacher_seed, seed, args, store)
             rows.append((teacher_seed, seed, record))
+    if args.export_teachers:
+        return
     if not rows:
         raise SystemExit("no student in the run store yet")
-    print(f"\n{args.method} [{args.recipe}], {args.dataset}: {args.teacher_model} teachers → students "
+    print(f"\n{args.method} [{args.recipe}{''.join(f' {k}={v}' for k, v in sorted(args.set.items()))}], {args.dataset}: {args.teacher_model} teachers → students "
           f"(95% intervals over the test images)\nmachine: {describe_machine()}\n")
     print("| teacher seed | teacher acc | seed | student acc | ratio | minutes | pool | precision |")
     print("|---|---|---|---|---|---|---|---|")

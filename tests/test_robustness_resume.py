@@ -93,3 +93,36 @@ def test_the_wanted_precision_is_what_this_machine_computes():
     for amp in (True, False):
         config = DistillConfig(method="deepinversion", device="cpu", amp=amp)
         assert rb.wanted_settings(config)["precision"] == precision(torch.device("cpu"), amp, cpu=True)
+
+
+def test_set_changes_one_recipe_setting_and_names_the_students_apart():
+    rb = _robustness()
+    assert rb.parse_settings(["synthesis.confidence_cap=0.5", "mixup=0.25", "augment=shift"]) == {
+        "synthesis": {"confidence_cap": 0.5}, "mixup": 0.25, "augment": "shift"}
+    args = type("Args", (), {"method": "deepinversion", "recipe": "fashion-best", "device": "cpu", "data_root": None,
+                             "overrides": rb.parse_settings(["synthesis.confidence_cap=0.5"]),
+                             "set": {"synthesis.confidence_cap": "0.5"}})()
+    config = rb.student_config(args, 1)
+    recipe = recipe_overrides("fashion-best", "deepinversion")
+    assert config.synthesis == {**recipe["synthesis"], "confidence_cap": 0.5} and config.mixup == recipe["mixup"]
+    assert "confidence_cap=0.5" in rb.student_name(args, 0, 1)
+    args.set, args.overrides = {}, {}
+    assert "confidence_cap" not in rb.student_name(args, 0, 1) and rb.student_config(args, 1).synthesis == recipe[
+        "synthesis"]
+
+
+def test_a_committed_teacher_is_imported_with_its_summary(tmp_path, digits_teacher_job, monkeypatch):
+    rb = _robustness()
+    monkeypatch.setattr(rb, "TEACHERS_DIR", tmp_path / "teachers")
+    source_store = RunStore(digits_teacher_job.run_record.dir.parents[1])
+    record = source_store.get_record(digits_teacher_job.run_record.id)
+    args = type("Args", (), {"dataset": "digits", "teacher_model": "bncnn3_w32", "teacher_epochs": 20,
+                             "train_teachers": False, "data_root": None})()
+    path = rb.committed_teacher(args, 0)
+    rb.export_teacher(record, path, source_store)
+    store = RunStore(tmp_path / "home")
+    imported = rb.teacher_for(0, args, store)   # nothing stored: imported, not trained
+    assert imported.status == "done" and imported.name == rb.teacher_name(args, 0)
+    assert imported.summary["test_accuracy"] == record.summary["test_accuracy"]
+    assert (imported.dir / "model.pt").read_bytes() == path.read_bytes()
+    assert rb.teacher_for(0, args, store).id == imported.id   # found by name the second time
