@@ -9,7 +9,7 @@ The teachers come from `benchmarks/teachers/` where a checkpoint of the asked se
 committed there (trained once by this script on a 2-core AMD EPYC, so every session pairs its students with the same
 teachers: a run store dies with its machine, and a teacher retrained on another CPU is another teacher); else they are
 trained (--train-teachers always trains). `--set key=value` changes one setting of the recipe (dotted for the
-synthesis: `--set synthesis.confidence_cap=0.5`); such students are named and reused apart from the recipe's own.
+synthesis: `--set synthesis.alpha_f=0.3`); such students are named and reused apart from the recipe's own.
 
 A full Fashion-MNIST `fashion-best` table is 9 runs of 20–35 CPU minutes each, so the script resumes: teachers
 (found by the run names this script gives them) and students already in the run store are reused, and the table can
@@ -22,7 +22,7 @@ anew).
 
     python benchmarks/robustness.py --home ~/.dfkd --recipe fashion-best                      # 3 teachers x 3 seeds
     python benchmarks/robustness.py --dataset digits --recipe digits-quick --teacher-epochs 20   # a quick check
-    python benchmarks/robustness.py --recipe fashion-best --set synthesis.confidence_cap=0.5      # a variant
+    python benchmarks/robustness.py --recipe fashion-best --set synthesis.alpha_f=0.3      # a variant
 """
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def parse_settings(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --set takes key=value (e.g. synthesis.confidence_cap=0.5), got {pair!r}")
+            raise SystemExit(f"error: --set takes key=value (e.g. synthesis.alpha_f=0.3), got {pair!r}")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:

@@ -92,7 +92,7 @@ def cmd_synthesize(args, store: RunStore) -> int:
     student = _load(store, args.student, "student").model if args.student else None
     overrides = {k: getattr(args, k) for k in (
         "batch_size", "iterations", "lr", "alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c",
-        "alpha_cr", "confidence_cap", "first_bn_multiplier", "jitter", "flip", "seed", "device", "snapshot_every")}
+        "alpha_cr", "first_bn_multiplier", "jitter", "flip", "seed", "device", "snapshot_every")}
     overrides["multi_resolution_iterations"] = args.multi_resolution
     try:
         overrides["targets"] = [int(t) for t in args.targets.split(",")] if args.targets else None
@@ -213,9 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha-f", type=float, help="α_f: BN feature-statistics loss (DeepInversion)")
     s.add_argument("--alpha-c", type=float, help="α_c: competition loss (Adaptive DI)")
     s.add_argument("--alpha-cr", type=float, help="α_cr: CMI's contrastive diversity term (0 = off)")
-    s.add_argument("--confidence-cap", type=float,
-                   help="lowest cap of the class term: each class's images get caps spread over [cap, 1], and CE "
-                        "stops pushing an image once the teacher gives its class that probability (1 = plain CE)")
     s.add_argument("--first-bn-multiplier", type=float)
     s.add_argument("--jitter", type=int)
     s.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)

@@ -116,15 +116,6 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, targets)
 
 
-def capped_cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-    """CE with a confidence cap per image: mean_i max(0, −log p_{y_i} + log c_i). An image whose teacher probability
-    of its class has reached c_i gets no push from this term, so it can stay where the teacher is unsure (between
-    classes, where real images of the hard classes lie) instead of being driven to a prototype at p ≈ 1. With every
-    c_i = 1 it is the plain CE term."""
-    per_image = F.cross_entropy(logits, targets, reduction="none") + confidence.log()
-    return per_image.clamp_min(0).mean()
-
-
 def feature_distillation_loss(student_features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
     """L_feat = Σ_i ‖f_S(x_i) − f_old(x_i)‖² / Σ_i ‖f_old(x_i)‖²: the student's penultimate features against the old
     model's on the same images, relative to the old features' energy so one weight fits any width or scale. In
@@ -136,7 +127,6 @@ def feature_distillation_loss(student_features: torch.Tensor, old_features: torc
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "ce": cross_entropy_loss,
-    "ce_capped": capped_cross_entropy_loss,
     "tv": total_variation_loss,
     "l2": l2_prior_loss,
     "bn_feature": bn_feature_loss,

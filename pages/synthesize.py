@@ -55,7 +55,7 @@ def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: l
     refreshing while the user steers."""
     keep_widget_state("synth_targets", *(knob_key(k.name) for k in KNOBS))
     st.subheader("Loss weights · live")
-    for name in ("alpha_ce", "confidence_cap", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c"):
+    for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c"):
         off = (name in ("alpha_f", "first_bn_multiplier") and not bn) or (name == "alpha_c" and not has_student)
         knob_widget(name, running, disabled=off, on_live_change=on_live_change)
     st.subheader("Optimizer and augmentation · live")

@@ -97,17 +97,17 @@ def test_the_wanted_precision_is_what_this_machine_computes():
 
 def test_set_changes_one_recipe_setting_and_names_the_students_apart():
     rb = _robustness()
-    assert rb.parse_settings(["synthesis.confidence_cap=0.5", "mixup=0.25", "augment=shift"]) == {
-        "synthesis": {"confidence_cap": 0.5}, "mixup": 0.25, "augment": "shift"}
+    assert rb.parse_settings(["synthesis.alpha_f=0.3", "mixup=0.25", "augment=shift"]) == {
+        "synthesis": {"alpha_f": 0.3}, "mixup": 0.25, "augment": "shift"}
     args = type("Args", (), {"method": "deepinversion", "recipe": "fashion-best", "device": "cpu", "data_root": None,
-                             "overrides": rb.parse_settings(["synthesis.confidence_cap=0.5"]),
-                             "set": {"synthesis.confidence_cap": "0.5"}})()
+                             "overrides": rb.parse_settings(["synthesis.alpha_f=0.3"]),
+                             "set": {"synthesis.alpha_f": "0.3"}})()
     config = rb.student_config(args, 1)
     recipe = recipe_overrides("fashion-best", "deepinversion")
-    assert config.synthesis == {**recipe["synthesis"], "confidence_cap": 0.5} and config.mixup == recipe["mixup"]
-    assert "confidence_cap=0.5" in rb.student_name(args, 0, 1)
+    assert config.synthesis == {**recipe["synthesis"], "alpha_f": 0.3} and config.mixup == recipe["mixup"]
+    assert "alpha_f=0.3" in rb.student_name(args, 0, 1)
     args.set, args.overrides = {}, {}
-    assert "confidence_cap" not in rb.student_name(args, 0, 1) and rb.student_config(args, 1).synthesis == recipe[
+    assert "alpha_f" not in rb.student_name(args, 0, 1) and rb.student_config(args, 1).synthesis == recipe[
         "synthesis"]
 
 

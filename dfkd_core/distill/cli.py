@@ -17,7 +17,7 @@ DEFAULT_METHOD = "deepinversion"
 # CLI flag → key of SynthesisConfig for the pool methods' inversion rounds.
 SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations", "inv_lr": "lr",
                    "alpha_tv": "alpha_tv", "alpha_l2": "alpha_l2", "alpha_f": "alpha_f", "alpha_c": "alpha_c",
-                   "alpha_cr": "alpha_cr", "confidence_cap": "confidence_cap",
+                   "alpha_cr": "alpha_cr",
                    "first_bn_multiplier": "first_bn_multiplier", "jitter": "jitter",
                    "multi_resolution": "multi_resolution_iterations"}
 CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
@@ -229,8 +229,6 @@ def add_commands(sub) -> None:
         g.add_argument("--" + name.replace("_", "-"), type=float)
     g.add_argument("--alpha-cr", type=float, help="CMI's contrastive diversity term: each round's images are pushed "
                    "away from the earlier rounds' (0 = off)")
-    g.add_argument("--confidence-cap", type=float, help="lowest cap of the inversion's class term: each class's "
-                   "images get caps spread over [cap, 1] and stop being pushed at that teacher probability (1 = off)")
     g.add_argument("--jitter", type=int)
     g.add_argument("--multi-resolution", type=int, help="first K inversion iterations at half resolution")
     gen = d.add_argument_group("generator (generator / generator-ensemble)")

@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from dfkd_core.device import memory_layout
 from dfkd_core.hooks import BNStatisticsRecorder
-from dfkd_core.losses import (bn_feature_loss, capped_cross_entropy_loss, cross_entropy_loss, js_competition_loss,
-                              l2_prior_loss, total_variation_loss)
+from dfkd_core.losses import (bn_feature_loss, cross_entropy_loss, js_competition_loss, l2_prior_loss,
+                              total_variation_loss)
 from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 
 # The live weights, in the order of the weight vector the objective takes.
@@ -94,37 +94,32 @@ class InversionObjective:
         return names + (["bn_distance"] if self.has_bn else [])
 
     def __call__(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                 compete: bool = False, crops: torch.Tensor | None = None,
-                 confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 compete: bool = False, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(total loss, metric vector) for the batch `x` shifted and flipped by `offsets`; `weights` is the vector
         of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's local views
-        (`contrastive.draw_crops`), is needed when the objective has a contrastive memory; `confidence`, one cap
-        c_i per image, makes the class term the capped CE (`losses.capped_cross_entropy_loss`), None the plain CE."""
+        (`contrastive.draw_crops`), is needed when the objective has a contrastive memory."""
         compete = compete and self.student is not None
         if self.contrast is not None and crops is None:
             raise ValueError("this objective has a contrastive term: pass the step's crops")
         if self.compiled:   # never with a contrastive term (see __init__)
             try:
-                return self._compiled_objective(x, offsets, targets, weights, compete, None, confidence)
+                return self._compiled_objective(x, offsets, targets, weights, compete)
             except Exception as e:  # no C++ compiler, an op inductor cannot take...: run eagerly, and say so
                 self.compiled = False
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
                 self.fallback = f"eager: torch.compile failed ({type(e).__name__}: {reason})"
                 warnings.warn(f"the inversion objective runs eagerly, {self.fallback}", RuntimeWarning)
-        return self._objective(x, offsets, targets, weights, compete, crops, confidence)
+        return self._objective(x, offsets, targets, weights, compete, crops)
 
     def _objective(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                   compete: bool, crops: torch.Tensor | None = None,
-                   confidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   compete: bool, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch, x = x, shift_and_flip(x, offsets)
         if self.contrast is not None:
             logits, global_features = self.contrast.features(self.teacher, x)
             logits = logits.float()
         else:
             logits = self.teacher(x).float()
-        ce = (cross_entropy_loss(logits, targets) if confidence is None
-              else capped_cross_entropy_loss(logits, targets, confidence))
-        terms = [ce, total_variation_loss(x), l2_prior_loss(x)]
+        terms = [cross_entropy_loss(logits, targets), total_variation_loss(x), l2_prior_loss(x)]
         term_weights = [weights[0], weights[1], weights[2]]
         per_layer = None
         if self.has_bn:

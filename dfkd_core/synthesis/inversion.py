@@ -47,7 +47,7 @@ DATASET_DEFAULTS: dict[str, dict] = {
 }
 
 LIVE_PARAMETERS = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "lr",
-                   "jitter", "flip", "confidence_cap")
+                   "jitter", "flip")
 
 
 @dataclass
@@ -65,10 +65,6 @@ class SynthesisConfig(Config):
     compete_temperature: float = 3.0
     alpha_cr: float = 0.0               # CMI's contrastive diversity term (synthesis/contrastive.py); 0 = off
     contrast_temperature: float = 0.2   # CMI's CIFAR-10 setting (cr_T)
-    # The lowest per-image cap of the class term: each class's images get caps spread evenly over
-    # [confidence_cap, 1], and the CE stops pushing an image once the teacher gives its class that probability
-    # (`confidence_caps`). 1 = plain CE, every image driven to a confident prototype.
-    confidence_cap: float = 1.0
     jitter: int = 2
     flip: bool = True
     multi_resolution_iterations: int = 0   # first k iterations at half resolution
@@ -93,8 +89,7 @@ class SynthesisConfig(Config):
         e.g. 'DeepInversion α_f=1 α_tv=0.001 lr=0.1 B=100×200'."""
         names = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
         weights = ([("α_f", self.alpha_f), ("α_tv", self.alpha_tv)] + ([("α_c", self.alpha_c)] if self.alpha_c else [])
-                   + ([("α_cr", self.alpha_cr)] if self.alpha_cr else [])
-                   + ([("cap", self.confidence_cap)] if self.confidence_cap < 1 else []))
+                   + ([("α_cr", self.alpha_cr)] if self.alpha_cr else []))
         return (f"{names.get(self.method, self.method)} " + " ".join(f"{k}={v:g}" for k, v in weights)
                 + f" lr={self.lr:g} B={self.batch_size}×{self.iterations}"
                 + (f" seed {self.seed}" if self.seed else ""))
@@ -113,9 +108,6 @@ class SynthesisConfig(Config):
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.compete_temperature > 0:
             raise ValueError(f"compete_temperature must be > 0, got {self.compete_temperature}")
-        if not 0 < self.confidence_cap <= 1:
-            raise ValueError(f"confidence_cap is the lowest teacher probability of its class an image is pushed to, "
-                             f"so it must be in (0, 1] (1: plain CE), got {self.confidence_cap}")
         if not self.contrast_temperature > 0:
             raise ValueError(f"contrast_temperature must be > 0, got {self.contrast_temperature}")
         if self.jitter < 0:
@@ -147,21 +139,6 @@ def make_objective(teacher: nn.Module, student: nn.Module | None, config: Synthe
     """The objective `config` asks for; with α_cr > 0 it carries a fresh contrastive memory (head and bank)."""
     contrast = (ContrastiveMemory(teacher, device, config.contrast_temperature) if config.alpha_cr > 0 else None)
     return InversionObjective(teacher, student, config.compete_temperature, config.compile, contrast)
-
-
-def confidence_caps(targets: torch.Tensor, lowest: float) -> torch.Tensor | None:
-    """Per-image caps c_i for the capped CE: the images of each class, in batch order, get caps spread evenly from
-    `lowest` (first) to 1 (last); a class with one image gets the middle. None when `lowest` is 1 (plain CE)."""
-    if lowest >= 1:
-        return None
-    caps = torch.ones(len(targets), device=targets.device)
-    for k in targets.unique():
-        where = (targets == k).nonzero().flatten()
-        n = len(where)
-        spread = (torch.linspace(lowest, 1.0, n, device=targets.device) if n > 1
-                  else torch.full((1,), (lowest + 1) / 2, device=targets.device))
-        caps[where] = spread
-    return caps
 
 
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
@@ -216,7 +193,6 @@ class ModelInversion(Job):
     def apply_updates(self, updates: dict) -> None:
         super().apply_updates(updates)
         self.weights = self._weight_vector()
-        self.confidence = confidence_caps(self.targets, self.config.confidence_cap)
 
     def setup(self) -> None:
         c = self.config
@@ -249,7 +225,6 @@ class ModelInversion(Job):
         self._crop_generator = torch.Generator().manual_seed(c.seed)
         self.recorder = self.objective.recorder
         self.weights = self._weight_vector()
-        self.confidence = confidence_caps(self.targets, c.confidence_cap)
         if self.metrics_every_s is None:   # a read waits for the GPU; on the CPU it costs nothing
             self.metrics_every_s = 0.1 if self.device.type == "cuda" else 0.0
         self._new_parameter(init)
@@ -270,8 +245,7 @@ class ModelInversion(Job):
         contrast = self.objective.contrast
         crops = draw_crops(len(self.x), self._crop_generator, flip=c.flip) if contrast is not None else None
         with self.recorder, autocast(self.device, c.amp, cpu=True):
-            total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete, crops,
-                                           self.confidence)
+            total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete, crops)
         metrics = {"lr": lr, "resolution": self.x.shape[-1], **{k: float(getattr(c, k)) for k in WEIGHT_NAMES},
                    "step": index, "_vector": vector.detach(), "_compete": compete}
         if not self.metrics_every_s:

@@ -34,9 +34,6 @@ class Knob:
 KNOBS = (
     Knob("alpha_ce", "α_ce · cross-entropy", r"$\alpha_{ce}\,\mathrm{CE}(T(\hat x), y)$: make $T$ classify each "
          r"image as its target $y$.", ALPHAS, live=True),
-    Knob("confidence_cap", "confidence cap c (lowest)", r"CE stops pushing image $i$ once $p_T(y_i\mid\hat x_i)\ge c_i$, "
-         r"$c_i$ spread over $[c, 1]$ within each class: low caps keep images where the teacher is unsure "
-         r"($c=1$: plain CE).", (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), live=True),
     Knob("alpha_tv", "α_tv · total variation", r"$\alpha_{tv} R_{TV}$, $R_{TV}=\sum_{d\in\{\to,\downarrow,\searrow,"
          r"\swarrow\}}\lVert \hat x_{+d}-\hat x\rVert_2$: smooth images (DeepDream prior).", ALPHAS, live=True),
     Knob("alpha_l2", "α_l2 · L2 prior", r"$\alpha_{l2}\lVert\hat x\rVert_2$ (mean per-image norm): small pixel "
