@@ -73,8 +73,8 @@ _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "l
 
 
 # Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way);
-# a run made before a setting existed stores nothing for it, which meant its default (cutmix: none; swa_from:
-# 1, no averaging).
+# a run made before a setting existed stores nothing for it, which meant its default (cutmix: none); runs made
+# while the student's weight averaging existed (e57e55f..daf7e55) store swa_from, 1 meaning off.
 # A run made before runs recorded their precision ran in float32 (the CPU had no bf16 path then).
 _SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0, "precision": lambda v: v or "float32",
                  "swa_from": lambda v: 1.0 if v is None else v}

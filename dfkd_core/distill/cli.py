@@ -23,7 +23,7 @@ SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations
 CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
                 "generator_width",
                 "lambda_tv", "lambda_l2", "lambda_bn", "steps", "batch_size", "lr", "temperature", "alpha_ce", "augment",
-                "mixup", "cutmix", "swa_from",
+                "mixup", "cutmix",
                 "eval_every", "seed", "device", "data_root")
 
 
@@ -74,13 +74,7 @@ def format_result(summary: dict) -> str:
            f"{estimate('teacher_accuracy', '.4f'):>25} {estimate('ratio', '.3f'):>22} "
            f"{summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
     precision = f"\nKD computed in {summary['kd_precision']}" if summary.get("kd_precision") else ""
-    swa = ""
-    if summary.get("swa"):   # the average is the student; say so, and what the last iterate had
-        gain = Interval.from_dict(summary["swa"]["gain_over_last_ci"])
-        swa = (f"\nstudent = the average of the weights of the last {summary['swa']['models']:,} steps (SWA); the "
-               f"last step's weights: {estimate('student_last_accuracy', '.4f')}, average − last "
-               f"{gain.estimate:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}]")
-    return head + "\n" + row + precision + swa
+    return head + "\n" + row + precision
 
 
 def run_distillation(job, quiet: bool) -> int:
@@ -254,9 +248,6 @@ def add_commands(sub) -> None:
     s.add_argument("--augment", choices=["auto", "none", "shift", "shift_flip"])
     s.add_argument("--mixup", type=float, help="share of KD images mixed with another (0..1)")
     s.add_argument("--cutmix", type=float, help="share of KD images given a box of another (0..1 − mixup)")
-    s.add_argument("--swa-from", type=float, help="average the student's weights over every step from this share of "
-                   "the student steps on (SWA); the average is the result, the last iterate reported beside it "
-                   "(1 = off)")
     s.add_argument("--eval-every", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--device")

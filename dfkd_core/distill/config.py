@@ -55,9 +55,6 @@ class DistillConfig(Config):
     augment: str = "auto"             # none | shift | shift_flip | auto (the dataset's natural augmentation)
     mixup: float = 0.0                # probability of mixing two synthesized images in a KD batch
     cutmix: float = 0.0               # probability of pasting a box of another image instead (exclusive of mixup)
-    # From this fraction of the student steps on, every step's weights join a uniform average, which becomes the
-    # run's student (SWA; the last iterate is reported beside it). 1 = off.
-    swa_from: float = 1.0
 
     # --- monitoring and bookkeeping
     eval_every: int = 100             # student steps between evaluations on held-out real images (display only)
@@ -89,9 +86,6 @@ class DistillConfig(Config):
         if not 0 <= self.cutmix <= 1 - self.mixup:
             raise ValueError(f"cutmix is a probability in [0, 1 − mixup] (an image is blended or pasted, not both), "
                              f"got cutmix {self.cutmix} with mixup {self.mixup}")
-        if not 0 <= self.swa_from <= 1:
-            raise ValueError(f"swa_from is the share of the student steps before weight averaging starts, in [0, 1] "
-                             f"(1: no averaging), got {self.swa_from}")
         if self.augment not in AUGMENT_MODES:
             raise ValueError(f"augment must be one of {' | '.join(AUGMENT_MODES)}, got '{self.augment}'")
         for name in ("synthesis", "options"):

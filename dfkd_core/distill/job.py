@@ -23,7 +23,6 @@ from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, save_checkpoint
 from dfkd_core.runs import atomic_torch_save
-from dfkd_core.stats import paired_difference_interval
 from dfkd_core.synthesis.images import save_grid
 from dfkd_core.training import evaluate
 
@@ -227,22 +226,14 @@ class DistillJob(Job):
         elif self.run_record is not None:
             self.run_record.path(RESUME_FILE).unlink(missing_ok=True)
         test = self.real_split("test")
-        averaged = self.trainer.averaged_student()
-        if averaged is not None:   # the average is the run's student; the last iterate is reported beside it
-            last_hits = evaluate(self.student, test, self.device)["correct"]
-            self.student = averaged
         hits = {"student": evaluate(self.student, test, self.device)["correct"], "teacher": self.teacher_hits,
-                **({"student_last": last_hits} if averaged is not None else {}), **self.method.test_hits()}
+                **self.method.test_hits()}
         summary = {"method": self.config.method, "data_free": self.method.data_free, "student": self.student_name,
                    "teacher": self.teacher_checkpoint.name, **accuracy_summary(hits), "test_images": len(test),
                    "wall_minutes": self._elapsed() / 60, "images_synthesized": self.images_synthesized,
                    "pool_size": len(self.pool), "student_steps": self.trainer.steps_done, "status": status,
                    "curve": self.curve, "student_parameters": sum(p.numel() for p in self.student.parameters()),
                    "processes": self.world.world, "kd_precision": self.trainer.precision}
-        if averaged is not None:
-            summary["swa"] = {"from_step": self.trainer.average_from, "models": int(self.trainer.average.n_averaged),
-                              "gain_over_last_ci": paired_difference_interval(hits["student"],
-                                                                              hits["student_last"]).to_dict()}
         if self.run_record is not None:
             directory = self.run_record.dir
             save_checkpoint(directory / "model.pt", self.student, self.dataset,

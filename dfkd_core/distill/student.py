@@ -13,7 +13,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 from dfkd_core.data import DatasetInfo
 from dfkd_core.device import autocast, precision, prepare_input
@@ -132,9 +131,6 @@ class StudentTrainer:
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         self.generator = torch.Generator().manual_seed(world.seed(config.seed + 1))
         self.steps_done = 0
-        # SWA: a uniform average of the weights (BN running statistics included) of every step from `average_from`.
-        self.average_from = math.ceil(config.swa_from * total) if config.swa_from < 1 else None
-        self.average = AveragedModel(student, use_buffers=True) if self.average_from is not None else None
 
     @property
     def precision(self) -> str:
@@ -173,29 +169,18 @@ class StudentTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.steps_done += 1
-        if self.average is not None and self.steps_done > self.average_from:
-            self.average.update_parameters(self.student)
         agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
         return {**{f"loss_{k}": float(v.detach()) for k, v in terms.items()}, "loss_total": float(total.detach()),
                 "student_lr": self.scheduler.get_last_lr()[0], "agreement": agree}
 
-    def averaged_student(self) -> nn.Module | None:
-        """The SWA average of the student (None: averaging is off, or no step has reached it yet)."""
-        if self.average is None or int(self.average.n_averaged) == 0:
-            return None
-        return self.average.module
-
     def state_dict(self) -> dict:
         """What the loop needs to continue exactly where it is (a resume): the student, its optimizer, the schedule,
-        the augmentation RNG, the step count and the weight average, copied so the live loop can move on."""
+        the augmentation RNG and the step count, copied so the live loop can move on."""
         return clone_state({"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
-                            "steps_done": self.steps_done,
-                            **({"average": self.average.state_dict()} if self.average is not None else {})})
+                            "steps_done": self.steps_done})
 
     def load_state_dict(self, state: dict) -> None:
-        if self.average is not None:
-            self.average.load_state_dict(state["average"])
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
