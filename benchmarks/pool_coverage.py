@@ -70,7 +70,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     store = RunStore(args.home)
-    path = args.teacher if args.teacher.endswith(".pt") else store.get(args.teacher).dir / "model.pt"
+    path = store.resolve_checkpoint(args.teacher)
     checkpoint = load_checkpoint(path)
     teacher, info = checkpoint.model.eval(), checkpoint.dataset
     names = info.class_names or [str(k) for k in range(info.num_classes)]
