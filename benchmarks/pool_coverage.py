@@ -10,7 +10,7 @@ For a teacher and one batch of inversions per setting (the same noise and seed f
 
     python benchmarks/pool_coverage.py --teacher <run id | model.pt> --variant "" --variant alpha_f=0.3
     python benchmarks/pool_coverage.py --teacher <run> --variant alpha_f=0.3,alpha_tv=1e-4 --iterations 100
-    python benchmarks/pool_coverage.py --teacher <run> --pool <run>/images.pt      # a stored pool as well
+    python benchmarks/pool_coverage.py --teacher <run> --pool <run>/images.pt      # stored pools only
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--data-root")
     p.add_argument("--variant", action="append", metavar="KEY=VALUE,...",
                    help="settings of one batch (SynthesisConfig fields over the DeepInversion preset of the "
-                        "dataset); repeat for several; \"\" is the preset itself (the default)")
+                        "dataset); repeat for several; \"\" is the preset itself (the default without --pool)")
     p.add_argument("--pool", nargs="*", default=[], help="stored images.pt files to describe as well")
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--iterations", type=int, default=200)
@@ -86,7 +86,7 @@ def main() -> None:
         mine = p_real[real.labels == k]
         print(f"| real test | {class_name} | {mine.median():.3f} / {mine.quantile(0.1):.3f} | — |")
     print(f"| real test | **all** | {p_real.median():.3f} / {p_real.quantile(0.1):.3f} | — |")
-    for variant in args.variant or [""]:
+    for variant in args.variant or ([] if args.pool else [""]):   # stored pools alone: nothing to synthesize
         started = time.time()
         settings = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in variant.split(",") if pair)}
         config = SynthesisConfig.preset("deepinversion", info.name, **{
