@@ -100,12 +100,13 @@ def test_set_changes_one_recipe_setting_and_names_the_students_apart():
     assert rb.parse_settings(["synthesis.alpha_f=0.3", "mixup=0.25", "augment=shift"]) == {
         "synthesis": {"alpha_f": 0.3}, "mixup": 0.25, "augment": "shift"}
     args = type("Args", (), {"method": "deepinversion", "recipe": "fashion-best", "device": "cpu", "data_root": None,
+                             "teacher_model": "bncnn6_w32",
                              "overrides": rb.parse_settings(["synthesis.alpha_f=0.3"]),
                              "set": {"synthesis.alpha_f": "0.3"}})()
     config = rb.student_config(args, 1)
     recipe = recipe_overrides("fashion-best", "deepinversion")
     assert config.synthesis == {**recipe["synthesis"], "alpha_f": 0.3} and config.mixup == recipe["mixup"]
-    assert "alpha_f=0.3" in rb.student_name(args, 0, 1)
+    assert "alpha_f=0.3" in rb.student_name(args, 0, 1) and "bncnn6_w32 teacher seed 0" in rb.student_name(args, 0, 1)
     args.set, args.overrides = {}, {}
     assert "alpha_f" not in rb.student_name(args, 0, 1) and rb.student_config(args, 1).synthesis == recipe[
         "synthesis"]
