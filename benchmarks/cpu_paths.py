@@ -1,12 +1,14 @@
 """The CPU's fast paths, each against its off switch: a synthesis step and a KD step, side by side (issue 18).
 
-    python benchmarks/cpu_paths.py --teacher <ckpt|run id> [--switch layout|precision] [--student-model bncnn6_w16]
+    python benchmarks/cpu_paths.py --teacher <ckpt|run id> [--switch layout|precision|compile] [--student-model bncnn6_w16]
         [--threads N] [--repeats 3] [--iterations 40] [--kd-steps 40]
 
 `--switch layout` (the default): NCHW against NHWC (channels_last), switched by `dfkd_core.device.CPU_CHANNELS_LAST`
 (what $DFKD_CPU_CHANNELS_LAST sets), both in float32. `--switch precision`: float32 against bfloat16 autocast,
 switched by `dfkd_core.device.CPU_BF16` ($DFKD_CPU_BF16), in the default layout; bf16 is used only on a CPU that
-computes it natively, so there the script says so and compares float32 with itself. Both variants run the project's
+computes it natively, so there the script says so and compares float32 with itself. `--switch compile`: eager against
+`torch.compile` (the synthesis through `InversionObjective(compile=True)`, as `--compile` runs it; the KD step with
+the teacher and the student compiled), compilation timed apart (the warm-up steps). Both variants run the project's
 own code: `ModelInversion` as `dfkd synthesize` runs it (DeepInversion preset, batch 200), and
 `StudentTrainer.train_step` with the `fashion-best` KD settings (batch 128, mixup and CutMix, T = 20) on that
 synthesis's images. Same seeds, same initial noise, same student initialization; layouts interleaved, medians of the
@@ -26,7 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import dfkd_core  # noqa: E402,F401  (before torch: its OpenMP wait policy)
 
 import torch  # noqa: E402
-from synthesis_speed import frozen_teacher, quality, run_engine  # noqa: E402
+from synthesis_speed import compiled_objective, frozen_teacher, quality, run_engine  # noqa: E402
 
 import dfkd_core.device as device_module  # noqa: E402
 from dfkd_core.device import describe_machine, prepare_model, thread_policy  # noqa: E402
@@ -39,12 +41,14 @@ from dfkd_core.synthesis import SynthesisConfig  # noqa: E402
 
 # switch → (the dfkd_core.device flag it sets, {variant: value}); the first variant is the baseline.
 SWITCHES = {"layout": ("CPU_CHANNELS_LAST", {"NCHW": False, "NHWC": True}),
-            "precision": ("CPU_BF16", {"float32": False, "bf16": True})}
+            "precision": ("CPU_BF16", {"float32": False, "bf16": True}),
+            "compile": (None, {"eager": False, "compiled": True})}
 
 
-def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, recipe: str
+def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, recipe: str, compiled: bool = False
            ) -> tuple[float, torch.Tensor]:
-    """Seconds for `steps` KD steps (after 2 warm-up steps) and the student's logits on `images` afterwards."""
+    """Seconds for `steps` KD steps (after 2 warm-up steps, where a compiled step compiles) and the student's logits
+    on `images` afterwards."""
     info, device = checkpoint.dataset, torch.device("cpu")
     overrides = {k: v for k, v in recipe_overrides(recipe, "deepinversion").items()
                  if k in ("mixup", "cutmix", "temperature", "lr", "weight_decay", "batch_size")}
@@ -53,6 +57,8 @@ def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, rec
     student = prepare_model(create_model(student_model, info.num_classes, info.in_channels, info.image_size), device)
     teacher = prepare_model(frozen_teacher(checkpoint, device), device).eval()
     trainer = StudentTrainer(student, teacher, config, info, device, total_steps=steps + 2)
+    if compiled:
+        trainer.teacher, trainer.forward_model = torch.compile(teacher), torch.compile(trainer.forward_model)
     order = torch.Generator().manual_seed(0)
 
     def batch() -> torch.Tensor:
@@ -99,6 +105,10 @@ def main() -> None:
     synth_s = {k: [] for k in variants}
     kd_s = {k: [] for k in variants}
     finals, logits, loads = {}, {}, []
+    objective = None
+    if args.switch == "compile":
+        objective, compile_s = compiled_objective(checkpoint, config, device)
+        print(f"synthesis compilation: {compile_s:.1f} s (not in the rates)")
     saved = {"CPU_CHANNELS_LAST": device_module.CPU_CHANNELS_LAST, "CPU_BF16": device_module.CPU_BF16}
     if args.switch == "layout":
         device_module.CPU_BF16 = False   # the layouts compared in float32, as before bf16 existed
@@ -107,11 +117,14 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             names = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
             for name in names:
-                setattr(device_module, flag, variants[name])
-                elapsed, finals[name], _ = run_engine(checkpoint, config, device)
+                compiled = args.switch == "compile" and variants[name]
+                if flag:
+                    setattr(device_module, flag, variants[name])
+                elapsed, finals[name], _ = run_engine(checkpoint, config, device, objective if compiled else None)
                 synth_s[name].append(elapsed)
                 pool = finals.get(base, finals[name]).detach()   # both variants' KD on the same images
-                kd_elapsed, logits[name] = kd_run(checkpoint, args.student_model, pool, args.kd_steps, args.recipe)
+                kd_elapsed, logits[name] = kd_run(checkpoint, args.student_model, pool, args.kd_steps, args.recipe,
+                                                  compiled)
                 kd_s[name].append(kd_elapsed)
         loads.append(os.getloadavg()[0])
     finally:
