@@ -6,7 +6,10 @@ For a teacher and one batch of inversions per setting (the same noise and seed f
   (median and 10% quantile): a pool much surer than the data sits at prototypes, away from where hard real images
   lie;
 - coverage: for each real test image, the cosine similarity of the teacher's features (last block before the
-  classifier, averaged over space) with its nearest synthetic image; the class mean, higher is closer.
+  classifier, averaged over space) with its nearest synthetic image; the class mean, higher is closer;
+- detail dependence: of the images the teacher puts in their class, the share it still puts there after a Gaussian
+  blur (σ = --blur-sigma pixels). Low means the teacher's evidence for the class lies in fine detail; a pool whose
+  class survives the blur far more often than the real images' does carries coarser evidence than the data.
 
     python benchmarks/pool_coverage.py --teacher <run id | model.pt> --variant "" --variant alpha_f=0.3
     python benchmarks/pool_coverage.py --teacher <run> --variant alpha_f=0.3,alpha_tv=1e-4 --iterations 100
@@ -19,6 +22,7 @@ import json
 import time
 
 import torch
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from dfkd_core.analysis.image_debug import embed, feature_layer
 from dfkd_core.data import load_split
@@ -29,10 +33,22 @@ from dfkd_core.synthesis import ModelInversion, SynthesisConfig
 
 
 @torch.no_grad()
-def class_probability(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def probabilities(teacher: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     teacher.eval()
-    probs = torch.cat([teacher(images[i:i + 1000]).float().softmax(1) for i in range(0, len(images), 1000)])
-    return probs.gather(1, labels[:, None]).flatten()
+    return torch.cat([teacher(images[i:i + 1000]).float().softmax(1) for i in range(0, len(images), 1000)])
+
+
+def class_probability(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return probabilities(teacher, images).gather(1, labels[:, None]).flatten()
+
+
+def kept_under_blur(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma: float
+                    ) -> torch.Tensor:
+    """Per image: NaN where the teacher does not put it in its class, else whether it still does after the blur."""
+    before = probabilities(teacher, images).argmax(1)
+    after = probabilities(teacher, gaussian_blur(images, [7, 7], [sigma, sigma])).argmax(1)
+    kept = (after == labels).float()
+    return torch.where(before == labels, kept, torch.full_like(kept, float("nan")))
 
 
 def coverage(real_features: torch.Tensor, pool_features: torch.Tensor) -> torch.Tensor:
@@ -41,16 +57,18 @@ def coverage(real_features: torch.Tensor, pool_features: torch.Tensor) -> torch.
                       for i in range(0, len(real_features), 2000)])
 
 
-def describe(name: str, teacher, images, targets, real, real_features, layer, names) -> list[str]:
+def describe(name: str, teacher, images, targets, real, real_features, layer, names, sigma: float) -> list[str]:
     p_pool = class_probability(teacher, images, targets)
     near = coverage(real_features, embed(teacher, images, layer))
+    kept = kept_under_blur(teacher, images, targets, sigma)
     rows = []
     for k, class_name in enumerate(names):
         mine = targets == k
         theirs = real.labels == k
         rows.append(f"| {name} | {class_name} | {p_pool[mine].median():.3f} / {p_pool[mine].quantile(0.1):.3f} | "
-                    f"{near[theirs].mean():.3f} |")
-    rows.append(f"| {name} | **all** | {p_pool.median():.3f} / {p_pool.quantile(0.1):.3f} | **{near.mean():.3f}** |")
+                    f"{near[theirs].mean():.3f} | {kept[mine].nanmean():.3f} |")
+    rows.append(f"| {name} | **all** | {p_pool.median():.3f} / {p_pool.quantile(0.1):.3f} | **{near.mean():.3f}** | "
+                f"{kept.nanmean():.3f} |")
     return rows
 
 
@@ -67,6 +85,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--blur-sigma", type=float, default=0.8, help="σ of the detail-dependence blur, in pixels")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     store = RunStore(args.home)
@@ -79,13 +98,18 @@ def main() -> None:
     layer = feature_layer(teacher, real_images[:2])
     real_features = embed(teacher, real, layer)
     p_real = class_probability(teacher, real_images, real.labels)
-    print(f"teacher {path}; coverage in `{layer}` features; {len(real)} real test images")
-    print("| images | class | teacher p(class): median / 10% quantile | coverage of the class's real images |")
-    print("|---|---|---|---|")
+    kept_real = kept_under_blur(teacher, real_images, real.labels, args.blur_sigma)
+    print(f"teacher {path}; coverage in `{layer}` features; {len(real)} real test images; blur σ {args.blur_sigma}")
+    print("| images | class | teacher p(class): median / 10% quantile | coverage of the class's real images | "
+          "class kept under blur |")
+    print("|---|---|---|---|---|")
     for k, class_name in enumerate(names):
-        mine = p_real[real.labels == k]
-        print(f"| real test | {class_name} | {mine.median():.3f} / {mine.quantile(0.1):.3f} | — |")
-    print(f"| real test | **all** | {p_real.median():.3f} / {p_real.quantile(0.1):.3f} | — |")
+        theirs = real.labels == k
+        mine = p_real[theirs]
+        print(f"| real test | {class_name} | {mine.median():.3f} / {mine.quantile(0.1):.3f} | — | "
+              f"{kept_real[theirs].nanmean():.3f} |")
+    print(f"| real test | **all** | {p_real.median():.3f} / {p_real.quantile(0.1):.3f} | — | "
+          f"{kept_real.nanmean():.3f} |")
     for variant in args.variant or ([] if args.pool else [""]):   # stored pools alone: nothing to synthesize
         started = time.time()
         settings = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in variant.split(",") if pair)}
@@ -98,13 +122,13 @@ def main() -> None:
             raise SystemExit(f"{variant or 'preset'}: {job.status}: {job.error}")
         rows = describe(f"{variant or 'preset'} (BN distance {job.result['bn_distance_end']:.1f}, "
                         f"{time.time() - started:.0f} s)", teacher, job.images(), job.targets.cpu(), real,
-                        real_features, layer, names)
+                        real_features, layer, names, args.blur_sigma)
         print("\n".join(rows), flush=True)
         teacher = job.teacher.eval()
     for file in args.pool:
         pool = SyntheticPool.load(file, info)
         print("\n".join(describe(f"pool {file}", teacher, pool.images, pool.targets, real, real_features, layer,
-                                 names)), flush=True)
+                                 names, args.blur_sigma)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""benchmarks/pool_coverage.py's measures, against hand-made teachers whose answers are known."""
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pool_coverage():
+    spec = importlib.util.spec_from_file_location("pool_coverage", ROOT / "benchmarks" / "pool_coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class DetailTeacher(nn.Module):
+    """Class 1 when an image's pixel-to-pixel differences (fine detail) outweigh its mean, else class 0."""
+
+    def forward(self, x):
+        detail = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+        return torch.stack([x.flatten(1).mean(1), detail], 1)
+
+
+def test_a_class_carried_by_fine_detail_does_not_survive_the_blur_and_a_coarse_one_does():
+    pc = _pool_coverage()
+    checkerboard = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2).float()
+    images = torch.stack([torch.full((1, 8, 8), 0.5), checkerboard[None], checkerboard[None]])
+    labels = torch.tensor([0, 1, 0])   # the third is checkerboard labelled 0: the teacher gets it wrong
+    kept = pc.kept_under_blur(DetailTeacher(), images, labels, sigma=1.0)
+    assert kept[0] == 1.0 and kept[1] == 0.0
+    assert torch.isnan(kept[2])   # images the teacher does not put in their class do not count
+
+
+def test_coverage_is_the_cosine_with_the_nearest_pool_image():
+    pc = _pool_coverage()
+    real = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    pool = torch.tensor([[0.0, 1.0], [0.8, 0.6]])
+    assert torch.allclose(pc.coverage(real, pool), torch.tensor([0.8, 0.96]))
