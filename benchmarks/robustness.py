@@ -288,6 +288,8 @@ def main() -> None:
     p.add_argument("--method", default="deepinversion")
     p.add_argument("--recipe", default="fashion-best", choices=list_recipes())
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--target", type=float, default=0.95,
+                   help="the ratio every student should reach (issue 19: 0.95; the LeNet pair: 0.90)")
     p.add_argument("--device", default="auto")
     p.add_argument("--only-table", action="store_true", help="print the table of what is stored; run nothing")
     p.add_argument("--no-pool-reuse", action="store_true",
@@ -346,7 +348,8 @@ def main() -> None:
               f"| {s['wall_minutes']:.1f} | {pool_source(store, record)} | {computed_in} |")
     mean, low, high = mean_t_interval(ratios)
     print(f"\n{len(ratios)} students: ratio min {min(ratios):.4f}, mean {mean:.3f} (95% t-interval over students "
-          f"[{low:.3f}, {high:.3f}]); {sum(r >= 0.95 for r in ratios)} of {len(ratios)} at or above 0.950")
+          f"[{low:.3f}, {high:.3f}]); {sum(r >= args.target for r in ratios)} of {len(ratios)} at or above "
+          f"{args.target:.3f}")
     worst = min(rows, key=lambda row: row[2].summary["ratio"])
     names = load_checkpoint(worst[2].dir / "model.pt").dataset.class_names
     classes = per_class(worst[2])
