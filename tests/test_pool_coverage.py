@@ -1,18 +1,12 @@
 """benchmarks/pool_coverage.py's measures, against hand-made teachers whose answers are known."""
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def _pool_coverage():
-    spec = importlib.util.spec_from_file_location("pool_coverage", ROOT / "benchmarks" / "pool_coverage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pool_coverage")
 
 
 class DetailTeacher(nn.Module):

@@ -1,9 +1,9 @@
 """benchmarks/robustness.py resumes over sittings; it must never reuse a student made with other settings (a recipe
 changed since) and may reuse only a pool that the asked-for run would synthesize identically."""
-import importlib.util
 from pathlib import Path
 
 import torch
+from benchmark_scripts import load_benchmark
 
 from dfkd_core.distill import DistillConfig
 from dfkd_core.distill.recipes import recipe_overrides
@@ -13,10 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _robustness():
-    spec = importlib.util.spec_from_file_location("robustness", ROOT / "benchmarks" / "robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("robustness")
 
 
 def _stored(store, name, config, teacher="/t/model.pt", images=False, pool=None):

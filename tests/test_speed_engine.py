@@ -1,7 +1,6 @@
 """The fast synthesis engine computes what a plain DeepInversion loop computes (issue 18). Speed itself is measured
 by benchmarks/synthesis_speed.py, never asserted here."""
 import copy
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 from dfkd_core.synthesis import ModelInversion, SynthesisConfig
 from dfkd_core.synthesis.engine import InversionObjective, shift_and_flip
@@ -17,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _reference_loop():
-    spec = importlib.util.spec_from_file_location("deepinversion_reference",
-                                                  ROOT / "benchmarks" / "deepinversion_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.reference_deepinversion
+    return load_benchmark("deepinversion_reference").reference_deepinversion
 
 
 def _config(**kw):
