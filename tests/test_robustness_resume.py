@@ -1,16 +1,11 @@
 """benchmarks/robustness.py resumes over sittings; it must never reuse a student made with other settings (a recipe
 changed since) and may reuse only a pool that the asked-for run would synthesize identically."""
-from pathlib import Path
-
 import torch
 from benchmark_scripts import load_benchmark
 
 from dfkd_core.distill import DistillConfig
 from dfkd_core.distill.recipes import recipe_overrides
 from dfkd_core.runs import RunStore
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _robustness():
     return load_benchmark("robustness")
