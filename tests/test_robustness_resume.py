@@ -7,6 +7,7 @@ from dfkd_core.distill import DistillConfig
 from dfkd_core.distill.recipes import recipe_overrides
 from dfkd_core.runs import RunStore
 
+
 def _robustness():
     return load_benchmark("robustness")
 
