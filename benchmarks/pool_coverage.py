@@ -38,14 +38,11 @@ def probabilities(teacher: torch.nn.Module, images: torch.Tensor) -> torch.Tenso
     return torch.cat([teacher(images[i:i + 1000]).float().softmax(1) for i in range(0, len(images), 1000)])
 
 
-def class_probability(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return probabilities(teacher, images).gather(1, labels[:, None]).flatten()
-
-
-def kept_under_blur(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, sigma: float
-                    ) -> torch.Tensor:
-    """Per image: NaN where the teacher does not put it in its class, else whether it still does after the blur."""
-    before = probabilities(teacher, images).argmax(1)
+def kept_under_blur(teacher: torch.nn.Module, images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
+                    sigma: float) -> torch.Tensor:
+    """Per image: NaN where the teacher does not put it in its class (`probs`: its probabilities on `images`), else
+    whether it still does after the blur."""
+    before = probs.argmax(1)
     after = probabilities(teacher, gaussian_blur(images, [7, 7], [sigma, sigma])).argmax(1)
     kept = (after == labels).float()
     return torch.where(before == labels, kept, torch.full_like(kept, float("nan")))
@@ -58,9 +55,10 @@ def coverage(real_features: torch.Tensor, pool_features: torch.Tensor) -> torch.
 
 
 def describe(name: str, teacher, images, targets, real, real_features, layer, names, sigma: float) -> list[str]:
-    p_pool = class_probability(teacher, images, targets)
+    probs = probabilities(teacher, images)
+    p_pool = probs.gather(1, targets[:, None]).flatten()
     near = coverage(real_features, embed(teacher, images, layer))
-    kept = kept_under_blur(teacher, images, targets, sigma)
+    kept = kept_under_blur(teacher, images, probs, targets, sigma)
     rows = []
     for k, class_name in enumerate(names):
         mine = targets == k
@@ -97,8 +95,9 @@ def main() -> None:
     real_images = real.normalized()
     layer = feature_layer(teacher, real_images[:2])
     real_features = embed(teacher, real, layer)
-    p_real = class_probability(teacher, real_images, real.labels)
-    kept_real = kept_under_blur(teacher, real_images, real.labels, args.blur_sigma)
+    probs_real = probabilities(teacher, real_images)
+    p_real = probs_real.gather(1, real.labels[:, None]).flatten()
+    kept_real = kept_under_blur(teacher, real_images, probs_real, real.labels, args.blur_sigma)
     print(f"teacher {path}; coverage in `{layer}` features; {len(real)} real test images; blur σ {args.blur_sigma}")
     print("| images | class | teacher p(class): median / 10% quantile | coverage of the class's real images | "
           "class kept under blur |")

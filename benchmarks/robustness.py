@@ -208,7 +208,8 @@ def teacher_for(seed: int, args, store: RunStore):
 
 def student_name(args, teacher_seed: int, seed: int) -> str:
     variant = "".join(f" {k}={v}" for k, v in sorted(args.set.items()))
-    return f"robustness {args.method} [{args.recipe}{variant}] {args.teacher_model} teacher seed {teacher_seed} seed {seed}"
+    return (f"robustness {args.method} [{args.recipe}{variant}] {args.teacher_model} teacher seed {teacher_seed} "
+            f"seed {seed}")
 
 
 def parse_settings(pairs: list[str]) -> dict:

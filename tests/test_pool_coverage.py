@@ -22,7 +22,8 @@ def test_a_class_carried_by_fine_detail_does_not_survive_the_blur_and_a_coarse_o
     checkerboard = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2).float()
     images = torch.stack([torch.full((1, 8, 8), 0.5), checkerboard[None], checkerboard[None]])
     labels = torch.tensor([0, 1, 0])   # the third is checkerboard labelled 0: the teacher gets it wrong
-    kept = pc.kept_under_blur(DetailTeacher(), images, labels, sigma=1.0)
+    teacher = DetailTeacher()
+    kept = pc.kept_under_blur(teacher, images, pc.probabilities(teacher, images), labels, sigma=1.0)
     assert kept[0] == 1.0 and kept[1] == 0.0
     assert torch.isnan(kept[2])   # images the teacher does not put in their class do not count
 
