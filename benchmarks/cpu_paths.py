@@ -5,8 +5,9 @@
 
 `--switch layout` (the default): NCHW against NHWC (channels_last), switched by `dfkd_core.device.CPU_CHANNELS_LAST`
 (what $DFKD_CPU_CHANNELS_LAST sets), both in float32. `--switch precision`: float32 against bfloat16 autocast,
-switched by `dfkd_core.device.CPU_BF16` ($DFKD_CPU_BF16), in the default layout; bf16 is used only on a CPU that
-computes it natively, so there the script says so and compares float32 with itself. `--switch compile`: eager against
+switched by `dfkd_core.device.CPU_BF16` ($DFKD_CPU_BF16, the default of a config's cpu_bf16), in the default
+layout; bf16 is used only on a CPU that computes it natively, elsewhere the script says so and compares float32 with
+itself. `--switch compile`: eager against
 `torch.compile` (the synthesis through `InversionObjective(compile=True)`, as `--compile` runs it; the KD step with
 the teacher and the student compiled), compilation timed apart (the warm-up steps). Both variants run the project's
 own code: `ModelInversion` as `dfkd synthesize` runs it (DeepInversion preset, batch 200), and
@@ -120,7 +121,9 @@ def main() -> None:
                 compiled = args.switch == "compile" and variants[name]
                 if flag:
                     setattr(device_module, flag, variants[name])
-                elapsed, finals[name], _ = run_engine(checkpoint, config, device, objective if compiled else None)
+                # a config's cpu_bf16 is fixed when it is made: the synthesis config follows the switch here
+                elapsed, finals[name], _ = run_engine(checkpoint, config.replace(cpu_bf16=device_module.CPU_BF16),
+                                                      device, objective if compiled else None)
                 synth_s[name].append(elapsed)
                 pool = finals.get(base, finals[name]).detach()   # both variants' KD on the same images
                 kd_elapsed, logits[name] = kd_run(checkpoint, args.student_model, pool, args.kd_steps, args.recipe,

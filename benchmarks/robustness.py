@@ -65,8 +65,9 @@ def find_run(store: RunStore, kind: str, name: str):
     return next((r for r in store.list(kind=kind, status="done") if r.name == name), None)
 
 
-# Settings that say where a run ran or where its images came from, not what it computed.
-_PLACE_KEYS = {"teacher", "pool", "device", "data_root"}
+# Settings that say where a run ran or where its images came from, not what it computed; and cpu_bf16, a request
+# whose outcome (bf16 only on a CPU with native bf16) the compared "precision" records.
+_PLACE_KEYS = {"teacher", "pool", "device", "data_root", "cpu_bf16"}
 # Settings that decide a pool's images when no KD runs during synthesis (the student cannot steer them then).
 _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "lambda_bn", "generator_steps",
                    "generator_lr", "latent_dim", "generator_width", "seed", "kd_steps_per_round", "precision"}
@@ -75,20 +76,22 @@ _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "l
 # Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way);
 # a run made before a setting existed stores nothing for it, which meant its default (cutmix: none); runs made
 # while the student's weight averaging existed (e57e55f..daf7e55) store swa_from, 1 meaning off.
-# A run made before runs recorded their precision ran in float32 (the CPU had no bf16 path then).
-_SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0, "precision": lambda v: v or "float32",
+# A run made before runs recorded their precision ran in float32 (the CPU had no bf16 path then); a float32 run that
+# asked for bf16 on a CPU without it computed what any float32 run computes.
+_SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0,
+                 "precision": lambda v: "float32" if not v or v.startswith("float32") else v,
                  "swa_from": lambda v: 1.0 if v is None else v}
 
 
 def stored_settings(store: RunStore, record) -> dict:
     """A stored run's config plus the precision its KD and synthesis computed in (its summary says), which the
-    config does not fix: `amp` means bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
+    config does not fix: `amp` means bf16 on CUDA, `cpu_bf16` bf16 on CPUs with native bf16, float32 elsewhere."""
     return {**store.get(record.id).config(), "precision": (record.summary or {}).get("kd_precision")}
 
 
 def wanted_settings(config: DistillConfig) -> dict:
     """The settings of the run `config` would make on this machine, its precision included."""
-    return {**config.to_dict(), "precision": precision(resolve_device(config.device), config.amp, cpu=True)}
+    return {**config.to_dict(), "precision": precision(resolve_device(config.device), config.amp, cpu=config.cpu_bf16)}
 
 
 def config_differences(stored: dict, wanted: dict, keys=None) -> list[str]:

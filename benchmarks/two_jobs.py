@@ -7,11 +7,12 @@ Each job is a separate `dfkd` process of this checkout, as a user starts them fr
 `dfkd synthesize --batch-size 200 --iterations 40` on the teacher, and (with --digits-teacher) a digits
 `dfkd train-teacher` beside one. Conditions:
 - `spin`: what every run had before issue 18: OpenMP's default wait policy (threads spin before they sleep;
-  OMP_WAIT_POLICY set to an empty value, which dfkd_core leaves alone and OpenMP reads as unset) and every process
-  with all its threads ($DFKD_CPU_SHARE=0);
-- `passive`: the passive wait policy alone (dfkd_core sets OMP_WAIT_POLICY=PASSIVE before torch loads), every
-  process with all its threads;
-- `default`: what a run gets now: passive waiting, and each job takes its share of the threads (`CPUShare`).
+  OMP_WAIT_POLICY set to an empty value, which OpenMP reads as unset) and every process with all its threads
+  ($DFKD_CPU_SHARE=0);
+- `passive`: the passive wait policy alone (OMP_WAIT_POLICY=PASSIVE), every process with all its threads;
+- `passive+share`: what runs got from issue 18 until 2026-12-07: passive waiting, and each job takes its share of
+  the threads (`CPUShare`);
+- `default`: what a run gets now: OpenMP's default wait policy and the shared threads.
 Alone and paired runs alternate, condition by condition, so a change of load hits all alike; the table gives
 medians of wall and CPU (user + system) seconds per process, and the slowdown = paired wall ÷ alone wall.
 """
@@ -27,8 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDITIONS = {"spin": {"OMP_WAIT_POLICY": "", "DFKD_CPU_SHARE": "0"}, "passive": {"DFKD_CPU_SHARE": "0"},
-              "default": {}}
+CONDITIONS = {"spin": {"OMP_WAIT_POLICY": "", "DFKD_CPU_SHARE": "0"},
+              "passive": {"OMP_WAIT_POLICY": "PASSIVE", "DFKD_CPU_SHARE": "0"},
+              "passive+share": {"OMP_WAIT_POLICY": "PASSIVE"}, "default": {}}
 
 
 def job_command(kind: str, teacher: str, home: str) -> list[str]:

@@ -1,17 +1,16 @@
 """dfkd studio: data-free knowledge distillation as a plain PyTorch library (the app and the CLI sit on top).
 
-Importing it sets OpenMP's wait policy to PASSIVE unless the environment already names one. Threads that spin
-while they wait for work burn the cores another job needs: two `dfkd synthesize` runs side by side took 60 s each
-with the default policy and 24-25 s with passive waiting, while one run alone is as fast either way (issue 18). The
-OpenMP runtime reads the variable once, when torch loads it, so it takes effect only where dfkd_core is imported
-before torch (the CLI, the benchmarks); `dfkd_core.device.thread_policy()` says what this process runs with.
+OpenMP's wait policy is what the environment names (OMP_WAIT_POLICY); dfkd sets none. It used to set PASSIVE
+(threads sleep at once instead of spinning a while), because two jobs side by side with spinning threads took 60 s
+each against 24-25 s. Since jobs share the cores (`dfkd_core.device.CPUShare`: two jobs on 2 cores run one thread
+each, so no team of threads spins), passive waiting only slows a job that runs alone: on 2 cores (AMD EPYC, AVX512)
+a Fashion-MNIST synthesis of 200 images × 40 iterations took 7.3 s with OpenMP's default against 9.3 s passive, a
+`fashion-best` KD step 87 against 112 ms (bf16: 56-61 against 71-75 ms), and two jobs side by side took the same
+either way (benchmarks/two_jobs.py, docs/results.md). OMP_WAIT_POLICY=PASSIVE still helps where dfkd shares the
+machine with another program's threads; `dfkd_core.device.thread_policy()` says what this process runs with.
 """
 import os
-import sys
 
 _named = os.environ.get("OMP_WAIT_POLICY")
-# What this process's OpenMP runtime reads: None for its default (spin a while, then sleep), which it keeps when
-# torch was loaded before this module and the environment named no policy.
-OMP_WAIT_POLICY_IN_EFFECT = (_named.strip().upper() or None) if _named is not None else (
-    None if "torch" in sys.modules else "PASSIVE")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # also for every process this one starts
+# What this process's OpenMP runtime reads (it reads the variable once, when torch loads it); None: its default.
+OMP_WAIT_POLICY_IN_EFFECT = (_named.strip().upper() or None) if _named is not None else None

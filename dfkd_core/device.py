@@ -25,15 +25,22 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-# bfloat16 on the CPU, asked for with $DFKD_CPU_BF16=1 and used only where the CPU computes bf16 natively (AVX512-BF16
-# or AMX): there oneDNN's bf16 convolutions make a Fashion-MNIST KD step about 1.75x faster and an inversion step
-# 1.2-1.4x (benchmarks/cpu_paths.py --switch precision), but the one fashion-best student measured lost 0.39 points
-# [0.08, 0.72] to bf16 KD on the same pool and 0.74 [0.38, 1.11] with the pool synthesized in bf16 too
-# (docs/results.md), so float32 stays the CPU default. Without those instructions bf16 is emulated: slower, not used.
+# bfloat16 on the CPU, asked for by a config's `cpu_bf16` (whose default $DFKD_CPU_BF16=1 sets) and used only where the
+# CPU computes bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 convolutions make a Fashion-MNIST KD step about
+# 1.5-1.75x faster and an inversion step 1.2-1.4x (benchmarks/cpu_paths.py --switch precision), but the one
+# fashion-best student measured lost 0.39 points [0.08, 0.72] to bf16 KD on the same pool and 0.74 [0.38, 1.11] with
+# the pool synthesized in bf16 too (docs/results.md), so float32 stays the CPU default; recipe fashion-5min asks for
+# bf16 because its budget needs the speed. Without those instructions bf16 is emulated: slower, not used, and a run
+# that asked for it says so (`precision`).
 CPU_BF16 = os.environ.get("DFKD_CPU_BF16", "0") == "1"
 
 
-@functools.cache   # asked every KD and inversion step once $DFKD_CPU_BF16=1; the hardware does not change
+def cpu_bf16_default() -> bool:
+    """The default of a config's `cpu_bf16`: what $DFKD_CPU_BF16 said when dfkd_core was imported."""
+    return CPU_BF16
+
+
+@functools.cache   # asked every KD and inversion step of a run that asks for bf16; the hardware does not change
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX tiles)."""
     probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
@@ -41,27 +48,31 @@ def cpu_computes_bf16() -> bool:
 
 
 def uses_bf16(device: torch.device, enabled: bool = True, cpu: bool = False) -> bool:
-    """Whether `autocast(device, enabled, cpu)` computes in bfloat16."""
+    """Whether `autocast(device, enabled, cpu)` computes in bfloat16: on CUDA whenever `enabled` (a config's amp); on
+    the CPU when also `cpu` (a config's cpu_bf16) asks for it and the CPU computes bf16 natively."""
     device = torch.device(device)
     if not enabled:
         return False
-    return device.type == "cuda" or (cpu and device.type == "cpu" and CPU_BF16 and cpu_computes_bf16())
+    return device.type == "cuda" or (cpu and device.type == "cpu" and cpu_computes_bf16())
 
 
 def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
-    """bfloat16 autocast on CUDA (no loss scaling needed). On the CPU only for the steps it was measured on
-    (`cpu=True`: KD and inversion), when $DFKD_CPU_BF16=1 asks for it and the CPU computes bf16 natively
-    (`cpu_computes_bf16`); else a no-op."""
+    """bfloat16 autocast where `uses_bf16` says so (no loss scaling needed), else a no-op. Only the steps bf16 was
+    measured on (KD and inversion) pass their config's `cpu_bf16` as `cpu`; teacher training stays float32."""
     if uses_bf16(device, enabled, cpu):
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 def precision(device: torch.device, enabled: bool = True, cpu: bool = False) -> str:
-    """What `autocast(device, enabled, cpu)` computes in, in words (a run's summary keeps it)."""
+    """What `autocast(device, enabled, cpu)` computes in, in words (a run's summary keeps it), including a bf16 request
+    this CPU could not honour."""
+    device = torch.device(device)
     if not uses_bf16(device, enabled, cpu):
+        if enabled and cpu and device.type == "cpu":
+            return "float32 (bf16 asked for, but this CPU has no native bf16)"
         return "float32"
-    where = "" if torch.device(device).type == "cuda" else " (CPU with native bf16)"
+    where = "" if device.type == "cuda" else " (CPU with native bf16)"
     return f"bfloat16 autocast{where}"
 
 
@@ -118,12 +129,11 @@ def describe_machine(device: torch.device | None = None) -> str:
 
 
 def thread_policy() -> str:
-    """How this process's CPU threads behave, in words: the torch thread count and OpenMP's wait policy (set by
-    importing dfkd_core before torch, see `dfkd_core/__init__.py`)."""
+    """How this process's CPU threads behave, in words: the torch thread count and OpenMP's wait policy (the
+    environment's OMP_WAIT_POLICY, see `dfkd_core/__init__.py`)."""
     from dfkd_core import OMP_WAIT_POLICY_IN_EFFECT as policy
     waiting = (f"OMP_WAIT_POLICY={policy}" if policy else
-               "OpenMP's default wait policy (threads spin before they sleep: torch was imported before dfkd_core "
-               "and the environment names no OMP_WAIT_POLICY)")
+               "OpenMP's default wait policy (threads spin a while before they sleep)")
     return f"{torch.get_num_threads()} torch threads, {waiting}"
 
 

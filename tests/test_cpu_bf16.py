@@ -1,7 +1,8 @@
-"""bfloat16 autocast on the CPU (`dfkd_core.device.CPU_BF16`, issue 18): with $DFKD_CPU_BF16=1 the KD step and the
-inversion step run in bf16 where the CPU computes it natively, say so in their summaries, and compute what float32
-computes to bf16 precision; float32 is the default. The tests force the switch and the 'native' probe on, so they run
-on any CPU (torch emulates bf16 where the CPU lacks it: slower, same numbers)."""
+"""bfloat16 autocast on the CPU (a config's `cpu_bf16`, default $DFKD_CPU_BF16; issue 18): when asked for, the KD
+step and the inversion step run in bf16 where the CPU computes it natively, say so in their summaries (and say so
+where the CPU cannot), and compute what float32 computes to bf16 precision; float32 is the default. The tests force
+the request and the 'native' probe on, so they run on any CPU (torch emulates bf16 where the CPU lacks it: slower,
+same numbers)."""
 import copy
 import os
 import subprocess
@@ -31,11 +32,23 @@ def test_bf16_only_where_asked_for_and_computed_natively(monkeypatch, native_bf1
     assert not uses_bf16(CPU, True), "a caller that did not measure a gain (teacher training) stays in float32"
     assert not uses_bf16(CPU, False, cpu=True), "amp=False is float32 everywhere"
     assert uses_bf16(torch.device("cuda"), True) and not uses_bf16(torch.device("cuda"), False)
-    monkeypatch.setattr(device_module, "CPU_BF16", False)   # the default
-    assert not uses_bf16(CPU, True, cpu=True) and precision(CPU, True, cpu=True) == "float32"
-    monkeypatch.setattr(device_module, "CPU_BF16", True)
+    assert not uses_bf16(CPU, True, cpu=False) and precision(CPU, True, cpu=False) == "float32", "not asked for"
     monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: False)   # an AVX2 CPU: emulated bf16 is slower
     assert not uses_bf16(CPU, True, cpu=True)
+    assert precision(CPU, True, cpu=True) == "float32 (bf16 asked for, but this CPU has no native bf16)"
+    assert precision(CPU, False, cpu=True) == "float32", "--no-amp asked for float32 and got it"
+
+
+def test_a_configs_cpu_bf16_defaults_to_the_environment_and_stays_with_the_run(monkeypatch):
+    from dfkd_core.synthesis import SynthesisConfig
+    for environment in (False, True):
+        monkeypatch.setattr(device_module, "CPU_BF16", environment)
+        assert DistillConfig().cpu_bf16 is environment and SynthesisConfig().cpu_bf16 is environment
+    asked = DistillConfig(cpu_bf16=True).to_dict()
+    monkeypatch.setattr(device_module, "CPU_BF16", False)
+    assert DistillConfig.from_dict(asked).cpu_bf16, "a resumed run computes in what it asked for, not what the env says"
+    older = {k: v for k, v in asked.items() if k != "cpu_bf16"}
+    assert DistillConfig.from_dict(older).cpu_bf16 is False, "a run saved before the setting existed loads"
 
 
 def test_the_native_probe_is_torchs():
@@ -53,11 +66,12 @@ def test_the_environment_variable_is_read_at_import():
         assert out == expected, (value, out)
 
 
-def _kd(digits_teacher, amp: bool, steps: int = 4):
+def _kd(digits_teacher, amp: bool, steps: int = 4, **settings):
     torch.manual_seed(0)
     student = device_module.prepare_model(create_model("bncnn3_w16", 10, 1, 8), CPU)
     teacher = device_module.prepare_model(copy.deepcopy(digits_teacher.model), CPU).eval()
-    config = DistillConfig(method="deepinversion", mixup=0.5, cutmix=0.5, temperature=20.0, batch_size=32, amp=amp)
+    config = DistillConfig(method="deepinversion", mixup=0.5, cutmix=0.5, temperature=20.0, batch_size=32, amp=amp,
+                           **settings)
     trainer = StudentTrainer(student, teacher, config, digits_teacher.dataset, CPU, total_steps=steps)
     dtypes = []
     teacher.features[0].register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
@@ -75,6 +89,9 @@ def test_the_kd_step_runs_in_bf16_and_agrees_with_float32(native_bf16, digits_te
     assert trainer.precision == "bfloat16 autocast (CPU with native bf16)"
     trainer32, dtypes32, losses32, logits32 = _kd(digits_teacher, amp=False)
     assert dtypes32 == {torch.float32} and trainer32.precision == "float32"
+    not_asked, dtypes_not_asked, losses_not_asked, _ = _kd(digits_teacher, amp=True, cpu_bf16=False)
+    assert dtypes_not_asked == {torch.float32} and not_asked.precision == "float32", "the config wins over the default"
+    assert losses_not_asked == losses32
     # bf16 keeps 8 bits of mantissa: the first loss (same student, same batch) agrees to about 1%
     assert losses[0] == pytest.approx(losses32[0], rel=2e-2)
     assert losses != losses32, "the two precisions really ran differently"
@@ -113,11 +130,13 @@ def test_no_amp_makes_a_distillation_float32_in_its_rounds_and_its_kd(native_bf1
     add_commands(parser.add_subparsers())
     common = ["distill", "--teacher", "t", "--method", "deepinversion", "--recipe", "digits-quick", "--images", "40",
               "--inv-batch-size", "40", "--inv-iterations", "3", "--steps", "2", "--eval-every", "2"]
-    for flags, expected in (([], "bfloat16 autocast (CPU with native bf16)"), (["--no-amp"], "float32")):
+    for flags, expected in (([], "bfloat16 autocast (CPU with native bf16)"), (["--no-amp"], "float32"),
+                            (["--no-cpu-bf16"], "float32")):
         config = config_from_args(parser.parse_args(common + flags))
-        assert config.amp == (not flags)
+        assert config.amp == (flags != ["--no-amp"]) and config.cpu_bf16 == (flags != ["--no-cpu-bf16"])
         job = DistillJob(digits_teacher, config)
         assert job.method._round_config(0).amp == config.amp
+        assert job.method._round_config(0).cpu_bf16 == config.cpu_bf16
         job.run()
         assert job.status == "done", job.error
         assert job.result["kd_precision"] == expected

@@ -84,8 +84,18 @@ def test_the_wanted_precision_is_what_this_machine_computes():
     from dfkd_core.device import precision
     rb = _robustness()
     for amp in (True, False):
-        config = DistillConfig(method="deepinversion", device="cpu", amp=amp)
-        assert rb.wanted_settings(config)["precision"] == precision(torch.device("cpu"), amp, cpu=True)
+        for cpu_bf16 in (True, False):
+            config = DistillConfig(method="deepinversion", device="cpu", amp=amp, cpu_bf16=cpu_bf16)
+            assert rb.wanted_settings(config)["precision"] == precision(torch.device("cpu"), amp, cpu=cpu_bf16)
+
+
+def test_a_float32_run_that_asked_for_bf16_is_a_float32_run():
+    """On a CPU without native bf16 a run asking for it computes in float32 and says so; for reuse it is the same
+    computation as any float32 run (cpu_bf16 itself is not compared: its outcome, the precision, is)."""
+    rb = _robustness()
+    asked = {**_wanted(), "cpu_bf16": True, "precision": "float32 (bf16 asked for, but this CPU has no native bf16)"}
+    assert rb.config_differences(_wanted(), asked) == []
+    assert rb.config_differences(_wanted(), {**asked, "precision": "bfloat16 autocast (CPU with native bf16)"}) != []
 
 
 def test_set_changes_one_recipe_setting_and_names_the_students_apart():

@@ -18,6 +18,12 @@ HALF_WIDTH_STUDENT = {
 AUGMENT_MODES = ("none", "shift", "shift_flip", "auto")
 
 
+def _cpu_bf16_default() -> bool:
+    """$DFKD_CPU_BF16 (dfkd_core.device, imported here only when a config is made: it imports torch)."""
+    from dfkd_core.device import cpu_bf16_default
+    return cpu_bf16_default()
+
+
 def default_student(teacher_name: str) -> str:
     if teacher_name not in HALF_WIDTH_STUDENT:
         raise ValueError(f"no default student for teacher '{teacher_name}'; pass --student <registered model>")
@@ -62,7 +68,8 @@ class DistillConfig(Config):
     snapshot_every: int = 25
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool = True                  # bfloat16 autocast on CUDA
+    cpu_bf16: bool = field(default_factory=_cpu_bf16_default)   # and on a CPU with native bf16
     data_root: str | None = None      # where the teacher's real test set lives (evaluation only)
 
     def validate(self) -> None:

@@ -280,7 +280,8 @@ class PoolKD(DistillMethod):
         remaining = self.config.images - r * self.synthesis.batch_size
         return self.synthesis.replace(seed=self.synthesis.seed + self.config.seed * 1000 + r,
                                       batch_size=min(self.synthesis.batch_size, remaining),
-                                      device=str(self.job.device), snapshot_every=0, amp=self.config.amp)
+                                      device=str(self.job.device), snapshot_every=0, amp=self.config.amp,
+                                      cpu_bf16=self.config.cpu_bf16)
 
     def plan(self, start: Progress) -> Iterator[dict]:
         j, c, world = self.job, self.config, self.job.world

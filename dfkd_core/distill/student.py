@@ -134,9 +134,9 @@ class StudentTrainer:
 
     @property
     def precision(self) -> str:
-        """What the KD step computes in: bfloat16 autocast on CUDA (and on a CPU with native bf16 if $DFKD_CPU_BF16=1),
-        else float32."""
-        return precision(self.device, self.config.amp, cpu=True)
+        """What the KD step computes in: bfloat16 autocast on CUDA (and on a CPU with native bf16 if the config's
+        cpu_bf16 asks for it), else float32."""
+        return precision(self.device, self.config.amp, cpu=self.config.cpu_bf16)
 
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
         x = random_shift(x, self.max_shift, self.generator)
@@ -152,7 +152,7 @@ class StudentTrainer:
             x = self.augment_batch(x.to(self.device, non_blocking=True))
         x = prepare_input(x, self.device)
         self.forward_model.train()
-        with autocast(self.device, c.amp, cpu=True):
+        with autocast(self.device, c.amp, cpu=c.cpu_bf16):
             with torch.no_grad():
                 teacher_logits = self.teacher(x).float()
             student_logits = self.forward_model(x).float()

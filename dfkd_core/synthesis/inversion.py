@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo
-from dfkd_core.device import autocast, precision, prepare_model, resolve_device
+from dfkd_core.device import autocast, cpu_bf16_default, precision, prepare_model, resolve_device
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import bn_feature_loss
@@ -72,6 +72,7 @@ class SynthesisConfig(Config):
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    cpu_bf16: bool = field(default_factory=cpu_bf16_default)   # bf16 on a CPU with native bf16
     compile: bool = False   # torch.compile the objective: pays for long runs (a pool), costs seconds to start
     snapshot_every: int = 10
 
@@ -129,9 +130,9 @@ def check_jitter(jitter: int, dataset: DatasetInfo) -> None:
                          f"{dataset.name} image round on itself; use a jitter below {size}")
 
 
-def engine_description(objective: InversionObjective, device: torch.device, amp: bool) -> str:
+def engine_description(objective: InversionObjective, device: torch.device, amp: bool, cpu_bf16: bool) -> str:
     """A synthesis run's `engine` line: how the objective runs and the precision of its steps."""
-    return f"{objective.describe()}; {precision(device, amp, cpu=True)}"
+    return f"{objective.describe()}; {precision(device, amp, cpu=cpu_bf16)}"
 
 
 def make_objective(teacher: nn.Module, student: nn.Module | None, config: SynthesisConfig,
@@ -244,7 +245,7 @@ class ModelInversion(Job):
         compete = c.alpha_c > 0 and self.student is not None
         contrast = self.objective.contrast
         crops = draw_crops(len(self.x), self._crop_generator, flip=c.flip) if contrast is not None else None
-        with self.recorder, autocast(self.device, c.amp, cpu=True):
+        with self.recorder, autocast(self.device, c.amp, cpu=c.cpu_bf16):
             total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete, crops)
         metrics = {"lr": lr, "resolution": self.x.shape[-1], **{k: float(getattr(c, k)) for k in WEIGHT_NAMES},
                    "step": index, "_vector": vector.detach(), "_compete": compete}
@@ -313,7 +314,7 @@ class ModelInversion(Job):
             "bn_distance_start": self.initial.get("bn_distance"), "bn_distance_end": final.get("bn_distance"),
             "bn_per_layer_end": final.get("bn_per_layer"), "elapsed_s": elapsed,
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
-            "engine": engine_description(self.objective, self.device, self.config.amp),
+            "engine": engine_description(self.objective, self.device, self.config.amp, self.config.cpu_bf16),
         }
         if self.run_record is not None:
             self.save(self.run_record.dir)

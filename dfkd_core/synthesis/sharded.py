@@ -131,7 +131,8 @@ class ShardedSynthesis(Job):
             if all(d is not None for d in distances):
                 summary["bn_distance_end"] = sum(distances) / len(distances)   # per batch, as one batch reports it
         if self.objective is not None:
-            summary["engine"] = engine_description(self.objective, resolve_device(self.config.device), self.config.amp)
+            summary["engine"] = engine_description(self.objective, resolve_device(self.config.device), self.config.amp,
+                                                   self.config.cpu_bf16)
         if self.run_record is not None and done:
             self._save(self.run_record.dir)
         return summary
