@@ -5,8 +5,8 @@ from dfkd_core.distill import DISTILL_METHODS, DistillJob
 from pages.views.common import (attached_job, data_root_setting, ensure_starter_teacher, get_store,
                                 keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
                                 teacher_or_stop)
-from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, defaults, describe_pool,
-                                      extra_option_widgets, method_label, ordered_methods, pool_runs,
+from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults,
+                                      describe_pool, extra_option_widgets, method_label, ordered_methods, pool_runs,
                                       processes_widget, recipe_widget, render_live, set_weights, start_distillation,
                                       student_choices, uses_pool, weight_key, weight_widget, weights_of)
 from pages.views.navigation import hand_over_to_app
@@ -78,6 +78,7 @@ with st.sidebar:
         synthesis_only = weight.name in ("images", "kd_steps_per_round", "trajectory_kd_from", *SYNTHESIS_FIELD)
         if weight.applies(cls) and not (pool_run and synthesis_only):
             weight_widget(weight.name, running)
+    cpu_bf16_widget(running)
     extra_options = extra_option_widgets(method, running)
     processes = processes_widget(method, running)
 

@@ -202,6 +202,21 @@ def test_page_defaults_are_the_recipe_of_the_teachers_dataset_down_to_the_invers
         "alpha_tv"]
 
 
+def test_every_recipe_value_is_one_the_page_can_show_bf16_included():
+    """A widget with fixed options snaps a value to its nearest option: a recipe value outside them would start
+    another run than the recipe's. The recipe's cpu_bf16 reaches the page's bf16 box and the config it builds."""
+    from dfkd_core.distill.recipes import RECIPES
+    from pages.views.distill_view import WEIGHTS, defaults
+    for name, spec in RECIPES.items():
+        for method, overrides in spec["methods"].items():
+            values = defaults(method, spec["dataset"], name)
+            for w in WEIGHTS:
+                if w.options:
+                    assert values[w.name] in w.options, (name, method, w.name, values[w.name])
+            assert values["cpu_bf16"] == overrides.get("cpu_bf16", False), (name, method)
+    assert defaults("deepinversion", "fashion-mnist", "fashion-5min")["cpu_bf16"] is True
+
+
 def test_a_deep_link_to_distill_on_an_empty_store_offers_the_starter_teacher(home):
     at = app("pages/distill.py")
     assert at.title[0].value == "Distill"
