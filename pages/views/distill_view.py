@@ -69,7 +69,7 @@ WEIGHTS = (
     Weight("iterations", "inversion iterations T", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
            "synthesis", minimum=1),
     Weight("inv_lr", "inversion learning rate η", r"Adam on $\hat x$, cosine decay over the $T$ iterations.", _pool,
-           "synthesis", (0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5)),
+           "synthesis", (0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5)),
     Weight("batch_size_inv", "inversion batch B", r"Images per round; BN statistics are matched over the batch.",
            _pool, "synthesis", minimum=1),
     Weight("alpha_f", "α_f · BN feature statistics", r"$\alpha_f R_{feature}$: match the teacher's BN running "
