@@ -63,6 +63,8 @@ def test_the_recipe_box_sets_every_weight_and_a_moved_weight_then_wins(teacher_h
     assert at.sidebar.number_input(key="distill_steps").value == 123
     at.sidebar.selectbox(key="distill_recipe").set_value("digits-quick").run()
     assert at.sidebar.number_input(key="distill_steps").value == 400
+    bf16 = at.sidebar.checkbox(key="distill_cpu_bf16")
+    assert bf16.label == "bfloat16 on this CPU" and bf16.value is False   # digits-quick asks for float32
 
 
 def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
