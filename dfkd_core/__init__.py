@@ -13,4 +13,4 @@ import os
 
 _named = os.environ.get("OMP_WAIT_POLICY")
 # What this process's OpenMP runtime reads (it reads the variable once, when torch loads it); None: its default.
-OMP_WAIT_POLICY_IN_EFFECT = (_named.strip().upper() or None) if _named is not None else None
+OMP_WAIT_POLICY_IN_EFFECT = (_named or "").strip().upper() or None

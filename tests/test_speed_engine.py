@@ -128,7 +128,7 @@ def test_a_failed_compilation_runs_eagerly_and_says_so(digits_teacher, monkeypat
 @pytest.mark.parametrize("named, spin_count", [(None, "300000"), ("PASSIVE", "0"), ("ACTIVE", "30000000000")])
 def test_openmp_waits_as_the_environment_says_and_the_process_says_which(named, spin_count):
     """dfkd sets no OpenMP wait policy (jobs share the cores through CPUShare, and passive waiting slowed a job
-    alone by 20-27%); one the environment names reaches OpenMP, and thread_policy() reports what is in effect."""
+    alone by 16-27%); one the environment names reaches OpenMP, and thread_policy() reports what is in effect."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(OMP_DISPLAY_ENV="VERBOSE", PYTHONPATH=str(ROOT), **({"OMP_WAIT_POLICY": named} if named else {}))
     code = ("import os, dfkd_core, torch; from dfkd_core.device import thread_policy; print(thread_policy()); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dfkd_core.config import Config
+from dfkd_core.device import cpu_bf16_default
 
 # The student a teacher gets when none is named: half width (or the published half model), METHODS §3 / issue 5.
 HALF_WIDTH_STUDENT = {
@@ -16,12 +17,6 @@ HALF_WIDTH_STUDENT = {
 
 
 AUGMENT_MODES = ("none", "shift", "shift_flip", "auto")
-
-
-def _cpu_bf16_default() -> bool:
-    """$DFKD_CPU_BF16 (dfkd_core.device, imported here only when a config is made: it imports torch)."""
-    from dfkd_core.device import cpu_bf16_default
-    return cpu_bf16_default()
 
 
 def default_student(teacher_name: str) -> str:
@@ -69,7 +64,7 @@ class DistillConfig(Config):
     seed: int = 0
     device: str = "auto"
     amp: bool = True                  # bfloat16 autocast on CUDA
-    cpu_bf16: bool = field(default_factory=_cpu_bf16_default)   # and on a CPU with native bf16
+    cpu_bf16: bool = field(default_factory=cpu_bf16_default)   # and on a CPU with native bf16
     data_root: str | None = None      # where the teacher's real test set lives (evaluation only)
 
     def validate(self) -> None:
