@@ -1,20 +1,21 @@
 """The CPU's fast paths, each against its off switch: a synthesis step and a KD step, side by side (issue 18).
 
-    python benchmarks/cpu_paths.py --teacher <ckpt|run id> [--switch layout|precision|compile] [--student-model bncnn6_w16]
-        [--threads N] [--repeats 3] [--iterations 40] [--kd-steps 40]
+    python benchmarks/cpu_paths.py --teacher <ckpt|run id> [--switch layout|precision|compile|echo]
+        [--student-model bncnn6_w16] [--threads N] [--repeats 3] [--iterations 40] [--kd-steps 40]
 
 `--switch layout` (the default): NCHW against NHWC (channels_last), switched by `dfkd_core.device.CPU_CHANNELS_LAST`
 (what $DFKD_CPU_CHANNELS_LAST sets), both in float32. `--switch precision`: float32 against bfloat16 autocast,
 switched by `dfkd_core.device.CPU_BF16` ($DFKD_CPU_BF16, the default of a config's cpu_bf16), in the default
 layout; bf16 is used only on a CPU that computes it natively, elsewhere the script says so and compares float32 with
-itself. `--switch compile`: eager against
-`torch.compile` (the synthesis through `InversionObjective(compile=True)`, as `--compile` runs it; the KD step with
-the teacher and the student compiled), compilation timed apart (the warm-up steps). Both variants run the project's
-own code: `ModelInversion` as `dfkd synthesize` runs it (DeepInversion preset, batch 200), and
-`StudentTrainer.train_step` with the `fashion-best` KD settings (batch 128, mixup and CutMix, T = 20) on that
-synthesis's images. Same seeds, same initial noise, same student initialization; layouts interleaved, medians of the
-repeats. Quality: BN distance and teacher accuracy of the final synthesized batch, and after the KD steps the
-largest difference of the two students' logits on the batch and how often their predictions agree.
+itself. `--switch compile`: eager against `torch.compile` (the synthesis through `InversionObjective(compile=True)`,
+as `--compile` runs it; the KD step with the teacher and the student compiled), compilation timed apart (the warm-up
+steps). `--switch echo`: the KD step without and with `teacher_echo` 2 (the teacher labels every other batch; the
+synthesis is the same in both). Both variants run the project's own code: `ModelInversion` as `dfkd synthesize`
+runs it (DeepInversion preset, batch 200), and `StudentTrainer.train_step` with the `fashion-best` KD settings
+(batch 128, mixup and CutMix, T = 20) on that synthesis's images. Same seeds, same initial noise, same student
+initialization; layouts interleaved, medians of the repeats. Quality: BN distance and teacher accuracy of the final
+synthesized batch, and after the KD steps the largest difference of the two students' logits on the batch and how
+often their predictions agree.
 """
 from __future__ import annotations
 
@@ -43,17 +44,18 @@ from dfkd_core.synthesis import SynthesisConfig  # noqa: E402
 # switch → (the dfkd_core.device flag it sets, {variant: value}); the first variant is the baseline.
 SWITCHES = {"layout": ("CPU_CHANNELS_LAST", {"NCHW": False, "NHWC": True}),
             "precision": ("CPU_BF16", {"float32": False, "bf16": True}),
-            "compile": (None, {"eager": False, "compiled": True})}
+            "compile": (None, {"eager": False, "compiled": True}),
+            "echo": (None, {"no echo": 1, "echo 2": 2})}
 
 
-def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, recipe: str, compiled: bool = False
-           ) -> tuple[float, torch.Tensor]:
+def kd_run(checkpoint, student_model: str, images: torch.Tensor, steps: int, recipe: str, compiled: bool = False,
+           teacher_echo: int = 1) -> tuple[float, torch.Tensor]:
     """Seconds for `steps` KD steps (after 2 warm-up steps, where a compiled step compiles) and the student's logits
     on `images` afterwards."""
     info, device = checkpoint.dataset, torch.device("cpu")
     overrides = {k: v for k, v in recipe_overrides(recipe, "deepinversion").items()
                  if k in ("mixup", "cutmix", "temperature", "lr", "weight_decay", "batch_size")}
-    config = DistillConfig(**overrides, method="deepinversion", seed=0)
+    config = DistillConfig(**overrides, method="deepinversion", seed=0, teacher_echo=teacher_echo)
     torch.manual_seed(0)
     student = prepare_model(create_model(student_model, info.num_classes, info.in_channels, info.image_size), device)
     teacher = prepare_model(frozen_teacher(checkpoint, device), device).eval()
@@ -127,7 +129,7 @@ def main() -> None:
                 synth_s[name].append(elapsed)
                 pool = finals.get(base, finals[name]).detach()   # both variants' KD on the same images
                 kd_elapsed, logits[name] = kd_run(checkpoint, args.student_model, pool, args.kd_steps, args.recipe,
-                                                  compiled)
+                                                  compiled, variants[name] if args.switch == "echo" else 1)
                 kd_s[name].append(kd_elapsed)
         loads.append(os.getloadavg()[0])
     finally:

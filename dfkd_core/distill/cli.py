@@ -23,7 +23,7 @@ SYNTHESIS_FLAGS = {"inv_batch_size": "batch_size", "inv_iterations": "iterations
 CONFIG_FLAGS = ("student", "images", "kd_steps_per_round", "generator_steps", "generator_lr", "latent_dim",
                 "generator_width",
                 "lambda_tv", "lambda_l2", "lambda_bn", "steps", "batch_size", "lr", "temperature", "alpha_ce", "augment",
-                "mixup", "cutmix", "cpu_bf16",
+                "mixup", "cutmix", "teacher_echo", "cpu_bf16",
                 "eval_every", "seed", "device", "data_root")
 
 
@@ -248,6 +248,9 @@ def add_commands(sub) -> None:
     s.add_argument("--augment", choices=["auto", "none", "shift", "shift_flip"])
     s.add_argument("--mixup", type=float, help="share of KD images mixed with another (0..1)")
     s.add_argument("--cutmix", type=float, help="share of KD images given a box of another (0..1 − mixup)")
+    s.add_argument("--teacher-echo", type=int, metavar="K",
+                   help="student steps per teacher-labelled batch: the teacher labels every K-th batch and each step "
+                        "draws from the last K labelled ones (default 1)")
     s.add_argument("--eval-every", type=int)
     d.add_argument("--seed", type=int)
     d.add_argument("--device")

@@ -56,6 +56,7 @@ class DistillConfig(Config):
     augment: str = "auto"             # none | shift | shift_flip | auto (the dataset's natural augmentation)
     mixup: float = 0.0                # probability of mixing two synthesized images in a KD batch
     cutmix: float = 0.0               # probability of pasting a box of another image instead (exclusive of mixup)
+    teacher_echo: int = 1             # student steps per teacher-labelled batch (>1: reuse labels, see StudentTrainer)
 
     # --- monitoring and bookkeeping
     eval_every: int = 100             # student steps between evaluations on held-out real images (display only)
@@ -70,9 +71,9 @@ class DistillConfig(Config):
     def validate(self) -> None:
         """One sentence for the first bad setting, before any run exists (CLI, app and library alike)."""
         self.require_finite()
-        at_least_one = {"batch_size": self.batch_size, "latent_dim": self.latent_dim,
-                        "generator_width": self.generator_width, "eval_every": self.eval_every,
-                        "eval_samples": self.eval_samples}
+        at_least_one = {"batch_size": self.batch_size, "teacher_echo": self.teacher_echo,
+                        "latent_dim": self.latent_dim, "generator_width": self.generator_width,
+                        "eval_every": self.eval_every, "eval_samples": self.eval_samples}
         positive = {"lr": self.lr, "temperature": self.temperature, "generator_lr": self.generator_lr}
         non_negative = {"steps": self.steps, "images": self.images, "kd_steps_per_round": self.kd_steps_per_round,
                         "generator_steps": self.generator_steps, "lambda_tv": self.lambda_tv,

@@ -114,6 +114,11 @@ class StudentTrainer:
     AdamW with a cosine schedule over `total_steps`. Extra loss terms are computed by `extra_terms(x, student_logits,
     teacher_logits)` after both forward passes (forward hooks placed by a method can read features there) and
     weighted by `weights[name]` (default 1).
+
+    With `teacher_echo` k > 1 the teacher labels a fresh augmented batch only every k-th step, and every step trains
+    on a batch drawn without replacement from the last k labelled batches (data echoing, Choi et al. 2019, shuffled
+    across batches): each labelled image is used about k times, and the teacher's forward, half of a CPU KD step,
+    is paid once per k steps. A step with labels or extra terms needs its own batch's features, so it cannot echo.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, dataset: DatasetInfo,
@@ -131,6 +136,7 @@ class StudentTrainer:
             self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         self.generator = torch.Generator().manual_seed(world.seed(config.seed + 1))
         self.steps_done = 0
+        self.echo_buffer: list[tuple[torch.Tensor, torch.Tensor]] = []   # the last teacher_echo labelled batches
 
     @property
     def precision(self) -> str:
@@ -148,13 +154,23 @@ class StudentTrainer:
                    weights: dict[str, float] | None = None, augment: bool = True, force_ce: bool = False
                    ) -> dict[str, float]:
         c = self.config
-        if augment:   # the augmentations return NCHW, so the models' layout is set after them, once
-            x = self.augment_batch(x.to(self.device, non_blocking=True))
-        x = prepare_input(x, self.device)
+        echo = c.teacher_echo > 1
+        if echo and (labels is not None or extra_terms is not None or force_ce or not augment):
+            raise ValueError("teacher_echo > 1 reuses the teacher's labels of earlier batches, but this method's "
+                             "steps compute labels or extra terms from each batch's own features: set "
+                             "teacher_echo 1")
+        if not echo or self.steps_done % c.teacher_echo == 0:
+            if augment:   # the augmentations return NCHW, so the models' layout is set after them, once
+                x = self.augment_batch(x.to(self.device, non_blocking=True))
+            x = prepare_input(x, self.device)
+            with autocast(self.device, c.amp, cpu=c.cpu_bf16), torch.no_grad():
+                teacher_logits = self.teacher(x).float()
+            if echo:
+                self.echo_buffer = [*self.echo_buffer[1 - c.teacher_echo:], (x, teacher_logits)]
+        if echo:
+            x, teacher_logits = self._echo_batch(len(x))
         self.forward_model.train()
         with autocast(self.device, c.amp, cpu=c.cpu_bf16):
-            with torch.no_grad():
-                teacher_logits = self.teacher(x).float()
             student_logits = self.forward_model(x).float()
             terms = {"kd": kd_loss(student_logits, teacher_logits, c.temperature)}
             if labels is not None and (c.alpha_ce > 0 or force_ce):
@@ -178,7 +194,8 @@ class StudentTrainer:
         the augmentation RNG and the step count, copied so the live loop can move on."""
         return clone_state({"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
                             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
-                            "steps_done": self.steps_done})
+                            "steps_done": self.steps_done,
+                            "echo_buffer": [[x.cpu(), z.cpu()] for x, z in self.echo_buffer]})
 
     def load_state_dict(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -186,3 +203,12 @@ class StudentTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.steps_done = state["steps_done"]
+        self.echo_buffer = [(prepare_input(x.to(self.device), self.device), z.to(self.device))
+                            for x, z in state.get("echo_buffer", [])]
+
+    def _echo_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch_size` labelled images drawn without replacement from the echo buffer (images, teacher logits)."""
+        images = torch.cat([x for x, _ in self.echo_buffer])
+        logits = torch.cat([z for _, z in self.echo_buffer])
+        chosen = torch.randperm(len(images), generator=self.generator)[:batch_size].to(self.device)
+        return prepare_input(images[chosen], self.device), logits[chosen]
