@@ -86,3 +86,10 @@ def test_echo_refuses_steps_that_need_their_own_batch(digits_teacher):
         trainer.train_step(_batches(1)[0], labels=torch.zeros(16, dtype=torch.long), force_ce=True)
     with pytest.raises(ValueError, match="teacher_echo must be >= 1"):
         DistillConfig(teacher_echo=0).validate()
+
+
+@pytest.mark.parametrize("method", ["real-kd", "scratch", "iekd", "bss"])
+def test_methods_whose_steps_need_their_own_batch_refuse_echo_before_a_run(digits_teacher, method):
+    from dfkd_core.distill import DistillJob
+    with pytest.raises(ValueError, match=f"method '{method}' trains each student step on its own batch"):
+        DistillJob(digits_teacher, DistillConfig(method=method, teacher_echo=2))

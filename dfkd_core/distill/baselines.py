@@ -31,6 +31,7 @@ class NoiseKD(DistillMethod):
 @register_method
 class RealDataKD(DistillMethod):
     name, data_free = "real-kd", False
+    echoes_teacher = False   # each step may add CE on its own batch's real labels
     description = "KD on the real training set: the upper bound (not data-free; for comparison only)"
 
     def setup(self) -> None:

@@ -74,6 +74,7 @@ class DistillMethod:
     data_free = True          # False for methods that read the real training set (shown in every report)
     synthesizes_pool = False  # True for the pool methods, the only ones the inversion settings (`synthesis`) apply to
     multi_process = True      # runs under torchrun (DDP); False: one process only, said before a run exists
+    echoes_teacher = True     # its steps are plain KD on a batch, so `teacher_echo` may reuse the teacher's labels
     description = ""
     Options: type[Config] = NoOptions
 
@@ -90,6 +91,10 @@ class DistillMethod:
             raise ValueError(f"method '{self.name}' synthesizes no pool, so the inversion settings "
                              f"{sorted(self.config.synthesis)} do not apply; drop them or use deepdream, "
                              "deepinversion or adi")
+        if self.config.teacher_echo > 1 and not self.echoes_teacher:
+            raise ValueError(f"method '{self.name}' trains each student step on its own batch's labels or features, "
+                             f"so teacher_echo {self.config.teacher_echo} (reusing the teacher's labels of earlier "
+                             "batches) does not apply: set it to 1")
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None   # last images made, for snapshots
         self.done = Progress()   # how far the plan got; the job sets the start and reads it for a progress save
 
@@ -176,6 +181,7 @@ class RealOrPoolMethod(DistillMethod):
 
     data_free = False
     multi_process = False   # their epochs, attacks and extra modules are written for one process
+    echoes_teacher = False  # their steps add terms computed from each batch's own features
 
     def __init__(self, job):
         super().__init__(job)

@@ -155,7 +155,7 @@ class StudentTrainer:
                    ) -> dict[str, float]:
         c = self.config
         echo = c.teacher_echo > 1
-        if echo and (labels is not None or extra_terms is not None or force_ce or not augment):
+        if echo and (labels is not None or extra_terms is not None or force_ce):
             raise ValueError("teacher_echo > 1 reuses the teacher's labels of earlier batches, but this method's "
                              "steps compute labels or extra terms from each batch's own features: set "
                              "teacher_echo 1")

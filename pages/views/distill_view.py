@@ -100,6 +100,10 @@ WEIGHTS = (
     Weight("cutmix", "cutmix share", r"Share of each KD batch (not the mixed images; at most $1-$ mixup share) "
            r"given a box of another image, CutMix without labels: one garment's sleeve or collar on another's "
            r"body.", lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)), options=(0.0, 0.25, 0.5, 0.75, 1.0)),
+    Weight("teacher_echo", "teacher echo K", r"Student steps per teacher-labelled batch: the teacher labels every "
+           r"$K$-th augmented batch and each step draws from the last $K$ labelled ones (data echoing), so a KD "
+           r"step costs about half as much teacher time at $K=2$; spend it on more steps.",
+           lambda c: c.echoes_teacher, options=(1, 2, 3, 4)),
     Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(\mathrm{softmax}(z_T/T)\,\|\,\mathrm{softmax}"
            r"(z_S/T))$: larger $T$ shows the student more of the teacher's dark knowledge.", lambda c: True,
            options=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0)),
