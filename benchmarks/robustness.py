@@ -74,19 +74,21 @@ _SYNTHESIS_KEYS = {"method", "images", "synthesis", "lambda_tv", "lambda_l2", "l
 
 
 # Two spellings of one setting: the CLI stores processes 1 where the library leaves None (one process either way);
-# a run made before a setting existed stores nothing for it, which meant its default (cutmix: none); runs made
-# while the student's weight averaging existed (e57e55f..daf7e55) store swa_from, 1 meaning off.
+# runs made while the student's weight averaging existed (e57e55f..daf7e55) store swa_from, 1 meaning off. (A run made
+# before a setting existed stores nothing for it: `stored_settings` fills in the default it computed with.)
 # A run made before runs recorded their precision ran in float32 (the CPU had no bf16 path then); a float32 run that
 # asked for bf16 on a CPU without it computed what any float32 run computes.
-_SAME_MEANING = {"processes": lambda v: v or 1, "cutmix": lambda v: v or 0.0,
+_SAME_MEANING = {"processes": lambda v: v or 1,
                  "precision": lambda v: "float32" if not v or v.startswith("float32") else v,
                  "swa_from": lambda v: 1.0 if v is None else v}
 
 
 def stored_settings(store: RunStore, record) -> dict:
     """A stored run's config plus the precision its KD and synthesis computed in (its summary says), which the
-    config does not fix: `amp` means bf16 on CUDA, `cpu_bf16` bf16 on CPUs with native bf16, float32 elsewhere."""
-    return {**store.get(record.id).config(), "precision": (record.summary or {}).get("kd_precision")}
+    config does not fix: `amp` means bf16 on CUDA, `cpu_bf16` bf16 on CPUs with native bf16, float32 elsewhere.
+    A setting added since the run was made is filled in with its default, which is what the run computed with."""
+    defaults = {k: v for k, v in DistillConfig().to_dict().items() if k not in _PLACE_KEYS}
+    return {**defaults, **store.get(record.id).config(), "precision": (record.summary or {}).get("kd_precision")}
 
 
 def wanted_settings(config: DistillConfig) -> dict:

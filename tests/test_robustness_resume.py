@@ -130,3 +130,15 @@ def test_a_committed_teacher_is_imported_with_its_summary(tmp_path, digits_teach
     assert imported.summary["test_accuracy"] == record.summary["test_accuracy"]
     assert (imported.dir / "model.pt").read_bytes() == path.read_bytes()
     assert rb.teacher_for(0, args, store).id == imported.id   # found by name the second time
+
+
+def test_a_run_made_before_a_setting_existed_computed_with_its_default(tmp_path):
+    """A stored config lacks the settings added since (teacher_echo, cutmix): the run computed with their defaults,
+    so it is the student asked for at the default and not at another value."""
+    rb, store = _robustness(), RunStore(tmp_path)
+    before = {k: v for k, v in _wanted().items() if k not in ("teacher_echo", "cutmix")}
+    before["mixup"] = 0.5
+    old = _stored(store, "s", before)
+    assert rb.find_student(store, "s", _wanted(cutmix=0.0, mixup=0.5), "/t/model.pt") == (store.get_record(old.id), [])
+    record, stale = rb.find_student(store, "s", _wanted(cutmix=0.0, mixup=0.5, teacher_echo=2), "/t/model.pt")
+    assert record is None and stale == ["teacher_echo: 1 → 2"]
