@@ -215,8 +215,9 @@ def add_commands(sub) -> None:
                    help="reuse the images of a synthesis/distill run (id) or an images.pt path; several make one pool "
                         "of all their images")
     d.add_argument("--recipe", choices=list(RECIPES),
-                   help="measured settings for a dataset (" + "; ".join(
-                       f"{name}: {r['description']}" for name, r in RECIPES.items()) + "); flags still win")
+                   help="measured settings for a dataset (" + "; ".join(   # argparse %-formats help: "95%" → "95%%"
+                       f"{name}: {r['description']}".replace("%", "%%") for name, r in RECIPES.items())
+                        + "); flags still win")
     d.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a setting of the chosen method (e.g. IE-KD's lambda_inh=1.0); repeat for several")
     g = d.add_argument_group("synthesis of a pool (deepdream / deepinversion / adi)")
