@@ -5,7 +5,8 @@
 #   2. benchmarks/synthesis_speed.py on the GPU at batch 256, 1,024 and 16,384: the plain DeepInversion loop
 #      against the engine (eager and compiled), images/s, ratio, overhead, BN distance, teacher accuracy, and the
 #      GPU's busy share and kernels per step;
-#   3. with a Fashion-MNIST teacher: one `fashion-best` student, timed (the robustness table's GPU figure).
+#   3. with a Fashion-MNIST teacher: one `fashion-best` student, timed (the robustness table's GPU figure), and
+#      `fashion-5min` students plain and with teacher echo (issue 18's "≤ 30 s student on one GPU").
 #
 #   scripts/gpu_checks.sh [fashion teacher model.pt]     (or FASHION_TEACHER=<model.pt>)
 #
@@ -62,6 +63,11 @@ if [ "$DEVICE" = cuda ] && [ -n "$FASHION" ]; then
     echo "== a fashion-best student on the GPU (issue 19: the GPU column of the robustness table)"
     /usr/bin/time -f "%e s wall" python3 -m dfkd_core.cli --home "$HOME_DIR" --quiet distill --teacher "$FASHION" \
         --method deepinversion --recipe fashion-best --device cuda | tail -2 || status=1
+    for extra in "" "--teacher-echo 2 --steps 3800"; do
+        echo "== a fashion-5min student on the GPU ${extra:+($extra)} (issue 18: <= 30 s)"
+        /usr/bin/time -f "%e s wall" python3 -m dfkd_core.cli --home "$HOME_DIR" --quiet distill --teacher "$FASHION" \
+            --method deepinversion --recipe fashion-5min --device cuda $extra | tail -2 || status=1
+    done
 fi
 echo "== done (exit $status); log: $LOG"
 exit $status
