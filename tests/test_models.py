@@ -106,6 +106,21 @@ def test_a_pruned_checkpoint_loads_without_importing_the_pruning_code(tmp_path):
     assert int(out) == sum(p.numel() for p in model.parameters())
 
 
+def test_the_library_imports_torchvision_only_for_a_model_or_grid_that_needs_it():
+    """Importing torchvision loads torch._dynamo through torchvision.ops: seconds on every CLI call, app start and
+    worker process. Only the tv_* models and image grids need it, and they still work."""
+    import subprocess
+    import sys
+    code = ("import sys; import dfkd_core.cli, dfkd_core.distill, dfkd_core.synthesis, dfkd_core.analysis; "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported eagerly'; "
+            "from dfkd_core.models import create_model; from dfkd_core.synthesis.images import grid_image; "
+            "import torch; m = create_model('tv_resnet18', 10, 1, 16); "
+            "print(m(torch.zeros(2, 1, 16, 16)).shape[1], grid_image(torch.zeros(4, 1, 8, 8)).shape[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["10", "3"]
+
+
 def _edited_checkpoint(tmp_path, **changes) -> str:
     """A dfkd checkpoint whose entries were changed afterwards (by hand, another tool or another version)."""
     path = save_checkpoint(tmp_path / "m.pt", create_model("bncnn3_w32", 10, 1, 8), dataset_info("digits"))
