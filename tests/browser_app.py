@@ -43,7 +43,8 @@ def serve_app(home: Path, port: int | None = None, timeout: float = 60.0) -> Ite
     """Start `streamlit run app.py` with DFKD_HOME=home; yields its URL; kills the server (and only it) after."""
     port = port or free_port()
     env = {**os.environ, "DFKD_HOME": str(home)}
-    log = open(Path(home) / "server.log", "w")
+    log_path = Path(home) / f"server-{port}.log"   # several servers may share one run store
+    log = open(log_path, "w")
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
                                str(port), "--server.headless", "true"], cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
@@ -57,7 +58,7 @@ def serve_app(home: Path, port: int | None = None, timeout: float = 60.0) -> Ite
             except OSError:
                 pass
             if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the app did not start; see {home}/server.log")
+                raise RuntimeError(f"the app did not start; see {log_path}")
             time.sleep(0.2)
         yield url
     finally:

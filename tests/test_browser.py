@@ -1,6 +1,7 @@
 """The real app in a real browser: Playwright drives Debian's chromium against a server started here."""
 import re
 import time
+from contextlib import ExitStack
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -59,20 +60,30 @@ def test_first_direct_visit_to_each_deep_link_after_a_server_start(tmp_path, dig
     the top navigation and no "Page not found" notice. Each visit gets a fresh server: only the first script run
     of a server process differs (a `pages/` folder beside app.py made Streamlit run it as an old-style multipage
     app, which knows no /distill, and pop the notice over the right page). A path that names no page must still
-    get the notice and the default page, under the same waits: the check does see a notice that is there."""
+    get the notice and the default page, under the same waits: the check does see a notice that is there.
+    A few servers at a time, each visited in its own tab: a first script run is one busy core, this machine has two."""
     add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with chromium_page() as page:
-        for path, title in [*DEEP_LINKS.items(), (UNKNOWN, "Synthesize")]:
-            with serve_app(tmp_path) as url:   # a fresh server for every visit: each is the first script run
-                page.goto(url + path)
-                page.locator("h1").first.wait_for(timeout=60_000)
-                page.locator(FINISHED).wait_for(timeout=60_000)   # the notice, if any, came before the run ended
-                page.wait_for_timeout(250)
-                assert page.locator("h1").first.inner_text() == title, path
-                nav = page.locator('[data-testid="stTopNavLink"]').all_inner_texts()
-                assert NAVIGATION <= {t.split("\n")[-1] for t in nav}, (path, nav)
-                notices = page_not_found(page).count()
-                assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"
+    visits = [*DEEP_LINKS.items(), (UNKNOWN, "Synthesize")]
+    with chromium_page() as first_tab:
+        for start in range(0, len(visits), 3):
+            batch = visits[start:start + 3]
+            with ExitStack() as servers:
+                urls = [servers.enter_context(serve_app(tmp_path)) for _ in batch]
+                tabs = [first_tab, *(first_tab.context.browser.new_page(viewport=first_tab.viewport_size)
+                                    for _ in batch[1:])]
+                for tab, url, (path, _) in zip(tabs, urls, batch):
+                    tab.goto(url + path, wait_until="commit")
+                for tab, (path, title) in zip(tabs, batch):
+                    tab.locator("h1").first.wait_for(timeout=60_000)
+                    tab.locator(FINISHED).wait_for(timeout=60_000)   # the notice, if any, came before the run ended
+                    tab.wait_for_timeout(250)
+                    assert tab.locator("h1").first.inner_text() == title, path
+                    nav = tab.locator('[data-testid="stTopNavLink"]').all_inner_texts()
+                    assert NAVIGATION <= {t.split("\n")[-1] for t in nav}, (path, nav)
+                    notices = page_not_found(tab).count()
+                    assert notices == (path == UNKNOWN), f"{path}: {page_not_found(tab).all_inner_texts()}"
+                for tab in tabs[1:]:
+                    tab.close()
 
 
 def test_every_deep_link_on_a_server_already_in_use(tmp_path, digits_teacher):
