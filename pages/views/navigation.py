@@ -10,6 +10,7 @@ every URL.
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 import streamlit as st
@@ -47,6 +48,10 @@ def run_app() -> None:
     """app.py's whole body: resolve the URL to a page and run it."""
     st.set_page_config(page_title="dfkd studio", page_icon=":material/science:", layout="wide")
     page = app_navigation()
+    if "torch" not in sys.modules:
+        # The first script run after a server start imports PyTorch (3-4 s on 2 cores); say so instead of a blank page.
+        with st.spinner("Starting up: loading PyTorch, once per server start…"):
+            import torch  # noqa: F401
     _inside_app.active = True
     try:
         page.run()
