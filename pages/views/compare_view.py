@@ -12,7 +12,8 @@ from dfkd_core.plots.inspect import bn_layer_comparison_figure
 from dfkd_core.synthesis import PRESETS, ModelInversion, SynthesisConfig
 from pages.views.common import START_ERRORS, get_job_manager, live
 from pages.views.methods_doc import section_link
-from pages.views.synthesis_view import PRESET_NAMES, cached, start_inversion, student_options
+from pages.views.synthesis_view import (PRESET_NAMES, cached, png_data_uri, start_inversion,
+                                          student_options)
 
 COMPARE_PARAM = "compare"
 KNOBS = "knobs"
@@ -88,7 +89,8 @@ def _side(job: ModelInversion, title: str) -> None:
     snap = job.latest_snapshot
     if snap is not None and snap.images is not None:
         st.image(cached(f"compare_grid_{job.id}", (job.id, snap.step),
-                        lambda: image_grid_png(snap.images[:SHOWN], snap.labels[:SHOWN], ncols=10, max_rows=2)),
+                        lambda: png_data_uri(image_grid_png(snap.images[:SHOWN], snap.labels[:SHOWN], ncols=10,
+                                                           max_rows=2))),
                  output_format="PNG")
     accuracy = f"{last['teacher_accuracy']:.0%}" if "teacher_accuracy" in last else "–"
     distance = f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–"

@@ -28,7 +28,7 @@ from dfkd_core.synthesis import SynthesisConfig
 from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, eta_text, fresh_model, get_store,
                                 live, open_checkpoint, require_job_slot, submit)
 from pages.views.methods_doc import section_link
-from pages.views.synthesis_view import ALPHAS, cached
+from pages.views.synthesis_view import ALPHAS, cached, png_data_uri
 
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1)
@@ -376,7 +376,7 @@ def render_progress(job: DistillJob) -> None:
         # The caption below, not st.image's own: a content-width image is as wide as its caption, so a long one
         # stretched a pool of a few 8x8 images across the page.
         st.image(cached("distill_grid", (job.id, snap.step),
-                        lambda: image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4)),
+                        lambda: png_data_uri(image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4))),
                  output_format="PNG")
         st.caption(f"the images at step {snap.step + 1}: the teacher's prediction and confidence under each "
                    "(green = the class it was made for)")

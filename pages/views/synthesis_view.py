@@ -2,6 +2,7 @@
 from the knobs, and the live view of a running job. `pages/synthesize.py` lays them out."""
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 
@@ -180,6 +181,12 @@ def cached(name: str, version: tuple, build):
     return cache[name][1]
 
 
+def png_data_uri(png: bytes) -> str:
+    """A live grid inline in the page: st.image of bytes serves them as a media file that the next poll replaces,
+    and a browser still fetching the old one got a broken image (about one refresh in nine on 2 cores)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def render_progress_and_grid(job: ModelInversion) -> None:
     history = list(job.history)
     last = history[-1] if history else {}
@@ -201,7 +208,7 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     if job.latest_snapshot is not None:
         snap = job.latest_snapshot
         shown = f"first {min(50, len(snap.images))} of {len(snap.images)} images"
-        st.image(cached("grid", (job.id, snap.step), lambda: grid_png(job, snap)),
+        st.image(cached("grid", (job.id, snap.step), lambda: png_data_uri(grid_png(job, snap))),
                  caption=f"step {snap.step + 1} · {shown}", output_format="PNG")
     else:
         st.info("Preparing the first step…")
