@@ -132,8 +132,8 @@ cols[3].metric("input", f"{checkpoint.dataset.in_channels}×{checkpoint.dataset.
 if report:
     ci = report["interval"]
     st.caption(f"Test accuracy {ci.format('.2%')}: the 95% bootstrap interval over the {ci.units:,} real test "
-               "images: intervals made this way contain the teacher's true accuracy (on endless data of this kind) about "
-               "95 times in 100.")
+               "images: intervals made this way contain the teacher's true accuracy (on endless data of this "
+               "kind) about 95 times in 100.")
 st.markdown(f"**{checkpoint.name}**: {describe_model(checkpoint.name)}")
 if not bn_layers:
     st.warning("No BatchNorm layers: DeepInversion's feature loss has no statistics to match; only DeepDream "
