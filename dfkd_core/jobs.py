@@ -215,9 +215,13 @@ class Job:
         except Exception as e:
             if final != "failed":
                 final, self.error = "failed", f"while saving results: {type(e).__name__}: {e}"
-        self.status = final
-        if self.run_record is not None:
-            self.run_record.set_status(final, summary=self.result, error=self.error)
+        try:
+            # The store first: a page that sees the job end (`running` False) reruns once and must find the run
+            # finished there (a stopped teacher missed its own page's picker).
+            if self.run_record is not None:
+                self.run_record.set_status(final, summary=self.result, error=self.error)
+        finally:
+            self.status = final
         self._emit(final, step=self.step_index, metrics=self.result, message=self.error or final)
         return self.result
 

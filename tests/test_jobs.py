@@ -57,6 +57,27 @@ def test_cancel_finishes_and_keeps_work(store):
     assert store.get_record(run.id).status == "cancelled"
 
 
+def test_a_job_seen_ended_has_its_run_stored_as_ended(store):
+    """A page reruns once when it sees its job end and lists the stored runs then: the store must already say how
+    the run ended (a stopped teacher was missing from its own page's picker until the next rerun)."""
+    run = store.create("counter", {})
+    job = Counter(200, run=run)
+    record_status = run.set_status
+
+    def slow_set_status(*args, **kwargs):
+        time.sleep(0.3)   # a slow disk between the job's end and the store's update
+        record_status(*args, **kwargs)
+
+    run.set_status = slow_set_status
+    job.start()
+    while job.status == "pending" or not job.history:
+        time.sleep(0.001)
+    job.cancel()
+    while job.running:
+        time.sleep(0.001)
+    assert store.get_record(run.id).status == job.status == "cancelled"
+
+
 def test_failure_is_reported_not_raised(store):
     run = store.create("counter", {})
     job = Counter(5, fail_at=2, run=run)
