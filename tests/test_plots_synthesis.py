@@ -13,9 +13,9 @@ def test_snapshot_labels_parse_with_spaces_in_class_names():
     assert parse_snapshot_label("Ankle boot → Sneaker 0.55") == ("Ankle boot", "Sneaker", 0.55)
     assert parse_snapshot_label("3 → 3 1.00") == ("3", "3", 1.0)
     assert parse_snapshot_label("just a name") is None
-    assert caption("Ankle boot → Ankle boot 0.97") == ("Ankle … .97", RIGHT)
-    assert caption("3 → 8 0.41") == ("8 .41", WRONG)
-    assert caption("7 → 7 0.999") == ("7 1.0", RIGHT)
+    assert caption("Ankle boot → Ankle boot 0.97") == ("Ankl…\u200297%", RIGHT)
+    assert caption("3 → 8 0.41") == ("8\u200241%", WRONG)
+    assert caption("7 → 7 0.999") == ("7\u2002100%", RIGHT)
 
 
 def test_grid_png_layout_and_pixels():

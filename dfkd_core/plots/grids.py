@@ -22,6 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 RIGHT, WRONG, NEUTRAL = "#1a7f37", "#cf222e", "#444444"
 
 
+WIDE_SPACE = "\u2002"   # an en space: between a caption's class name and its confidence
+
+
 def parse_snapshot_label(label: str) -> tuple[str, str, float] | None:
     """'Ankle boot → Sneaker 0.55' (a ModelInversion snapshot label) -> (target, prediction, confidence)."""
     try:
@@ -42,8 +45,9 @@ def caption(label: str) -> tuple[str, str]:
     if parsed is None:
         return _short(label, 12), NEUTRAL
     target, prediction, confidence = parsed
-    shown = "1.0" if confidence >= 0.995 else f"{confidence:.2f}"[1:]  # '.97': fits a 56-px cell
-    return f"{_short(prediction, 7)} {shown}", RIGHT if target == prediction else WRONG
+    # A percentage after a wide space: '2 1.0' and '1 .90' read as the numbers 21.0 and 1.90 (the font's space is
+    # narrow). Five characters of the name keep 'Ankl… 100%' within a 56-px cell.
+    return f"{_short(prediction, 5)}{WIDE_SPACE}{confidence:.0%}", RIGHT if target == prediction else WRONG
 
 
 def class_columns(targets: Sequence[int], class_names: Sequence[str], max_cols: int = 10
@@ -96,9 +100,16 @@ def grid_layout(images01: torch.Tensor, ncols: int = 10, max_rows: int = 5, min_
 def _text_image(text: str, colour: str, size: int) -> Image.Image:
     """A caption rendered once (FreeType is the slow part of a live grid; captions repeat from frame to frame)."""
     font = ImageFont.load_default(size=size)
-    left, top, right, bottom = font.getbbox(text)
-    image = Image.new("RGBA", (max(1, right - left), max(1, bottom - top)), (255, 255, 255, 0))
-    ImageDraw.Draw(image).text((-left, -top), text, fill=colour, font=font)
+    # PIL's default font has no en space (WIDE_SPACE) and a narrow plain one: draw the parts with a gap of its width.
+    parts, gap = text.split(WIDE_SPACE), size // 2
+    boxes = [font.getbbox(part) for part in parts]
+    top, bottom = min(b[1] for b in boxes), max(b[3] for b in boxes)
+    width = sum(b[2] - b[0] for b in boxes) + gap * (len(parts) - 1)
+    image = Image.new("RGBA", (max(1, width), max(1, bottom - top)), (255, 255, 255, 0))
+    x = 0
+    for part, (left, _, right, _) in zip(parts, boxes):
+        ImageDraw.Draw(image).text((x - left, -top), part, fill=colour, font=font)
+        x += right - left + gap
     return image
 
 
