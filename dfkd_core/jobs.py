@@ -215,6 +215,8 @@ class Job:
         except Exception as e:
             if final != "failed":
                 final, self.error = "failed", f"while saving results: {type(e).__name__}: {e}"
+        if self.updates:   # the run's settings are where it started; its summary says they changed on the way
+            self.result["live_updates"] = [dict(u) for u in self.updates]
         try:
             # The store first: a page that sees the job end (`running` False) reruns once and must find the run
             # finished there (a stopped teacher missed its own page's picker).

@@ -132,6 +132,11 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
     reloaded.run()
     assert not button(reloaded, "Start").disabled
     assert teacher_home.get_record(job.run_record.id).status == "cancelled"
+    # Its name gives the settings it started with; wherever it is listed it says they changed on the way.
+    from pages.views.common import describe_run
+    record = teacher_home.get_record(job.run_record.id)
+    assert record.summary["live_updates"] == [{"step": step, "alpha_f": 0.1}]
+    assert f"changed live: alpha_f=0.1 at step {step + 1}" in describe_run(record)
 
 
 def test_two_sessions_run_separate_jobs(teacher_home):

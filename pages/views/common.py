@@ -70,7 +70,19 @@ def describe_run(record: RunRecord, short_id: bool = False) -> str:
     shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
     partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
     run_id = record.id.rsplit("-", 1)[-1] if short_id else record.id
-    return f"{record.name or record.method or record.kind}{shown}{partial} · {run_id}"
+    return f"{record.name or record.method or record.kind}{live_edit_note(record)}{shown}{partial} · {run_id}"
+
+
+def live_edit_note(record: RunRecord) -> str:
+    """' · changed live: alpha_tv=1 at step 104' when settings moved during the run: its name gives the start."""
+    edits = record.summary.get("live_updates") or []
+    if not edits:
+        return ""
+    last = edits[-1]
+    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in last.items()
+                        if k != "step")
+    more = f" (+{len(edits) - 1} earlier)" if len(edits) > 1 else ""
+    return f" · changed live: {changes} at step {last['step'] + 1}{more}"
 
 
 def eta_text(job: Job) -> str:

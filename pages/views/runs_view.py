@@ -12,7 +12,7 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
                              loss_curves_figure, student_accuracy_figure)
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
-from pages.views.common import get_store, open_checkpoint
+from pages.views.common import get_store, live_edit_note, open_checkpoint
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.distill_view import result_row, show_results
 from pages.views.inspect_view import inspect_batch
@@ -24,7 +24,7 @@ KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_co
 def run_table(records: list[RunRecord]) -> list[dict]:
     """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
     shown = [k for k in KEY_METRICS if any(isinstance(r.summary.get(k), (int, float)) for r in records)]
-    return [{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status, "created": r.created_str,
+    return [{"id": r.id, "name": f"{r.name or ''}{live_edit_note(r)}", "kind": r.kind, "status": r.status, "created": r.created_str,
              "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
              **{k: r.summary.get(k) if isinstance(r.summary.get(k), (int, float)) else None for k in shown},
              "error": r.error} for r in records]
