@@ -86,7 +86,7 @@ def test_a_damaged_file_gets_torchs_first_sentence_only(tmp_path):
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(tmp_path / "cut.pt")
     message = str(refused.value)
-    assert "corrupt, truncated or not a PyTorch file (PytorchStreamReader failed reading zip archive" in message
+    assert "corrupt, truncated or not a PyTorch file (torch: PytorchStreamReader failed reading zip archive" in message
     assert "internal miniz error" not in message and "weights_only" not in message
 
 

@@ -80,7 +80,7 @@ def load_tensors(path: str | Path, what: str = "checkpoint", map_location: str |
         unsafe = _UNSAFE_GLOBAL.search(_ANSI.sub("", str(e)))
         if unsafe is None:
             raise CheckpointError(f"{path} is not a readable {what}: the file is corrupt, truncated or not a PyTorch "
-                                  f"file ({_torch_detail(e)}).") from None
+                                  f"file (torch: {_torch_detail(e)}).") from None
         raise CheckpointError(
             f"{path} was refused: it is a pickle that needs the Python object {unsafe.group(1)} (a whole model saved "
             f"with torch.save(model) is one), and unpickling an object can run arbitrary code, so dfkd studio reads "
@@ -88,7 +88,7 @@ def load_tensors(path: str | Path, what: str = "checkpoint", map_location: str |
             f"load its weights yourself and save it with dfkd_core.models.save_checkpoint(...).") from None
     except Exception as e:  # torch raises many types for a damaged file (IndexError, RuntimeError, EOFError...)
         raise CheckpointError(f"{path} is not a readable {what}: the file is corrupt, truncated or not a PyTorch "
-                              f"file ({_torch_detail(e)}).") from None
+                              f"file (torch: {_torch_detail(e)}).") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
