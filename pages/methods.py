@@ -16,6 +16,7 @@ with st.sidebar:
     for anchor, title, _ in parts[1:]:
         st.markdown(f"[{title}](#{anchor})")
 for anchor, _, body in parts:
-    if not anchor:   # the document's own title: the page has one already
-        body = body.split("\n", 1)[1]
+    if not anchor:   # the preamble: the page's title, caption and sidebar already give its title, intro and contents
+        body = "\n\n".join(part for part in body.split("\n\n")
+                           if not part.lstrip().startswith(("# ", "Every method", "- [")))
     st.markdown(body, unsafe_allow_html=True)   # the doc's own <a id> anchors: links from knobs land on them

@@ -340,5 +340,8 @@ def test_methods_page_renders_every_section_of_the_shipped_methods_doc(teacher_h
     for anchor, title, _ in sections()[1:]:
         assert f'<a id="{anchor}"></a>' in shown and title in shown
         assert f"[{title}](#{anchor})" in " ".join(m.value for m in at.sidebar.markdown)
+    main = " ".join(m.value for m in at.main.markdown)
+    assert "Notation:" in main and "Every method the tool runs" not in main   # the caption says it already
+    assert "](#model-inversion)" not in main   # the contents are in the sidebar, once
     assert "METHODS §" not in METHODS_DOC.read_text()   # the product cites its own document, not the spec's
     assert section_link("cka") == "[Methods: CKA](/methods#cka)"
