@@ -71,6 +71,19 @@ def render_progress(job: GradCAMAnalysis) -> None:
         st.error(job.error)
 
 
+def chance_note(summary: dict) -> str:
+    """What the scores are worth: each map's resolution, and the chance level of r and IoU on mismatched images."""
+    if not all("chance_correlation_mean" in s for s in summary.values()):
+        return "Scored before chance levels were measured: score the set again to see them."
+    sizes = {tuple(s["teacher_map_size"]) for s in summary.values()} | {tuple(s["map_size"]) for s in summary.values()}
+    coarse = " (coarse: a few cells upsampled, so r and IoU move in large steps)" if min(h * w for h, w in sizes) <= 16 \
+        else ""
+    return (f"Grad-CAM maps are {', '.join(f'{h}×{w}' for h, w in sorted(sizes))} cells before upsampling{coarse}. "
+            "Chance level, the teacher's map of each image against the student's map of another image: " + "; ".join(
+                f"{n}: r {s['chance_correlation_mean']:.2f}, IoU {s['chance_iou_mean']:.2f}" for n, s in summary.items())
+            + ". A student looks where its teacher looks only as far as it beats that.")
+
+
 st.title("Attention")
 st.caption("Where do teacher and student look? Grad-CAM $\\mathrm{ReLU}(\\sum_c \\alpha_c A_c)$ at each model's "
            "last spatial block, overlaid on the same real test images; per image, the Pearson correlation $r$ of "
@@ -118,6 +131,7 @@ if chosen:
     st.caption("95% intervals over the images shown: " + "; ".join(
         f"{name}: r {interval_text(s['correlation_interval'], spec='.2f')}, IoU "
         f"{interval_text(s['iou_interval'], spec='.2f')}" for name, s in shot["summary"].items()))
+    st.caption(chance_note(shot["summary"]))
     if shot["differences"]:
         st.caption("Paired differences on these images (95% paired interval): " + "; ".join(
             f"{d['student_a']} − {d['student_b']}: r {interval_text(d['correlation'], spec='+.2f')}, IoU "
@@ -150,8 +164,11 @@ if stored:
     st.dataframe([{"student": n, "mean r (95% interval)": interval_text(s.get("correlation_interval"),
                                                                          s["correlation_mean"]),
                    "mean IoU (95% interval)": interval_text(s.get("iou_interval"), s["iou_mean"]),
+                   "r above chance": interval_text(s.get("correlation_above_chance"), spec="+.2f"),
+                   "IoU above chance": interval_text(s.get("iou_above_chance"), spec="+.2f"),
                    "images": s["images"], "undefined r / IoU": f"{s['correlation_undefined']} / {s['iou_undefined']}"}
                   for n, s in saved["students"].items()], hide_index=True)
+    st.caption(chance_note(saved["students"]))
     if all("correlation_interval" in s for s in saved["students"].values()):
         st.plotly_chart(overlap_interval_figure(saved["students"]), key="overlap_intervals")
     # every two students on the same images: a paired interval (a run scored before they were stored: from its

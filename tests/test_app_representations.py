@@ -160,6 +160,9 @@ def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
     assert sum("r=" in t and "IoU=" in t for t in titles) == 6 * 2
     assert len(at.metric) == 2 and all("/" in m.value for m in at.metric)
     assert "95% intervals over the images shown" in " ".join(c.value for c in at.caption)
+    # digits' bncnn3 ends in 2x2 maps: said, with the chance level the scores must beat
+    assert "Grad-CAM maps are 2×2 cells before upsampling (coarse" in " ".join(c.value for c in at.caption)
+    assert "Chance level" in " ".join(c.value for c in at.caption)
     table = at.dataframe[0].value
     assert len(table) == 6 and table.shape[1] == 1 + 2 * 2
     assert ((table.iloc[:, 1:] >= -1) & (table.iloc[:, 1:] <= 1)).all().all()
@@ -186,6 +189,7 @@ def test_attention_scores_many_images_in_the_background(home):
     assert [t["name"] for t in intervals["data"]] == ["mean r", "mean IoU"] and "error_y" in intervals["data"][0]
     summary = at.dataframe[1].value
     assert len(summary) == 1 and summary["images"][0] == 100 and "[" in summary["mean r (95% interval)"][0]
+    assert "[" in summary["r above chance"][0] and "[" in summary["IoU above chance"][0]
 
 
 def test_attention_shows_the_paired_difference_of_two_students_on_the_same_images(home):

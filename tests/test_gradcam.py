@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from dfkd_core.analysis.gradcam import (AttentionComparator, attention_correlation, compare_attention, grad_cam,
-                                        paired_differences, top_region_iou)
+                                        mismatched_scores, paired_differences, top_region_iou)
 from dfkd_core.models import create_model
 
 
@@ -80,6 +80,32 @@ def test_overlap_scores_by_hand():
     assert float(top_region_iou(a, zero, 0.4)) == 0.0
     ties = torch.tensor([[[1.0, 1.0, 1.0, 0.0, 0.0]]])            # ties at the cut are all in the region
     assert float(top_region_iou(ties, a, 0.4)) == pytest.approx(2 / 3)
+
+
+def test_chance_level_scores_each_teacher_map_against_the_students_map_of_another_image():
+    # Two 2x2 one-hot maps: image 0 attends top-left, image 1 bottom-right. The student copies the teacher, so
+    # its own scores are perfect; against the other image's map r = −1/3 (Pearson of [1,0,0,0] and [0,0,0,1]) and
+    # the top cells (fraction 0.25: one of 4) are disjoint, IoU 0.
+    teacher = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
+    r, iou = mismatched_scores(teacher, teacher.clone(), fraction=0.25)
+    assert r.tolist() == pytest.approx([-1 / 3, -1 / 3]) and iou.tolist() == [0.0, 0.0]
+    alone_r, alone_iou = mismatched_scores(teacher[:1], teacher[:1])   # one image has no other image
+    assert math.isnan(float(alone_r)) and math.isnan(float(alone_iou))
+
+
+def test_a_students_scores_come_with_their_chance_level_and_map_size():
+    teacher = LeftHalfNet()
+    result = compare_attention(teacher, {"copy": copy.deepcopy(teacher)}, torch.rand(12, 1, 6, 6),
+                               target="predicted", layer_teacher="mask", layers_students={"copy": "mask"},
+                               batch_size=5)
+    s = result.summary(intervals=True)["copy"]
+    assert s["map_size"] == s["teacher_map_size"] == (6, 6)
+    # the chance level is the mean of the mismatched scores of each batch (5, 5 and 2 images)
+    chance = torch.cat([mismatched_scores(result.maps["teacher"][i:i + 5], result.maps["copy"][i:i + 5])[0]
+                        for i in (0, 5, 10)])
+    assert s["chance_correlation_mean"] == pytest.approx(float(chance.double().mean()))
+    above = s["correlation_above_chance"]
+    assert above["estimate"] == pytest.approx(1.0 - s["chance_correlation_mean"]) and above["low"] <= above["high"]
 
 
 def test_identical_teacher_and_student_overlap_perfectly_and_state_is_left_clean():

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from dfkd_core.analysis.features import LayerRef, default_attention_layer, resolve_layers
+from dfkd_core.analysis.features import LayerRef, default_attention_layer, resolve_layers, trace_layers
 from dfkd_core.device import prepare_input
 from dfkd_core.stats import mean_interval, paired_difference_interval
 
@@ -85,6 +85,18 @@ def top_region_iou(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.2) -> t
     return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
 
 
+def mismatched_scores(teacher_maps: torch.Tensor, student_maps: torch.Tensor, fraction: float = 0.2
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chance level of (r, IoU): the teacher's map of each image against the student's map of the next image
+    (a derangement; NaN for a batch of one). Unrelated maps agree too where both lean to the same place (a centre
+    bias, a layer of 2x2 cells upsampled); a student attends like its teacher only as far as it beats this."""
+    if len(student_maps) < 2:
+        nan = torch.full((len(student_maps),), float("nan"))
+        return nan, nan.clone()
+    other = student_maps.roll(1, 0)
+    return attention_correlation(teacher_maps, other), top_region_iou(teacher_maps, other, fraction)
+
+
 def nan_mean(values: torch.Tensor) -> float:
     ok = ~torch.isnan(values)
     return float(values[ok].double().mean()) if ok.any() else float("nan")
@@ -124,6 +136,9 @@ class AttentionComparison:
     target: str
     fraction: float
     labels: torch.Tensor | None = None
+    chance_correlation: dict[str, torch.Tensor] | None = None   # student name -> (N,): `mismatched_scores`
+    chance_iou: dict[str, torch.Tensor] | None = None
+    map_sizes: dict[str, tuple[int, int]] | None = None          # model name -> its Grad-CAM layer's (h, w)
 
     @property
     def students(self) -> list[str]:
@@ -136,10 +151,21 @@ class AttentionComparison:
                    "images": len(self.iou[s]),
                    "correlation_undefined": int(torch.isnan(self.correlation[s]).sum()),
                    "iou_undefined": int(torch.isnan(self.iou[s]).sum())} for s in self.students}
+        for s in self.students:
+            if self.chance_correlation is not None:
+                out[s]["chance_correlation_mean"] = nan_mean(self.chance_correlation[s])
+                out[s]["chance_iou_mean"] = nan_mean(self.chance_iou[s])
+            if self.map_sizes:
+                out[s]["map_size"], out[s]["teacher_map_size"] = self.map_sizes[s], self.map_sizes["teacher"]
         if intervals:
             for s in self.students:
                 out[s]["correlation_interval"] = mean_interval(self.correlation[s]).to_dict()
                 out[s]["iou_interval"] = mean_interval(self.iou[s]).to_dict()
+                if self.chance_correlation is not None:   # paired per image: the same teacher map in both
+                    out[s]["correlation_above_chance"] = paired_difference_interval(
+                        self.correlation[s], self.chance_correlation[s]).to_dict()
+                    out[s]["iou_above_chance"] = paired_difference_interval(
+                        self.iou[s], self.chance_iou[s]).to_dict()
         return out
 
     def paired_differences(self) -> list[dict]:
@@ -160,8 +186,19 @@ class AttentionComparison:
         if keep_maps is not None:
             maps = {k: v[:keep_maps] for k, v in maps.items()}
         labels = torch.cat([p.labels for p in parts]) if first.labels is not None else None
+        chance = first.chance_correlation is not None
         return AttentionComparison(maps, cat("targets"), cat("predictions"), cat("correlation"), cat("iou"),
-                                   first.layers, first.target, first.fraction, labels)
+                                   first.layers, first.target, first.fraction, labels,
+                                   cat("chance_correlation") if chance else None, cat("chance_iou") if chance else None,
+                                   first.map_sizes)
+
+
+def _output_size(model: nn.Module, layer: LayerRef, images: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of `layer`'s output on these images: the resolution Grad-CAM's map has before it is upsampled."""
+    (name, _), = resolve_layers(model, [layer])
+    info = next(i for i in trace_layers(model, prepare_input(images, next(model.parameters()).device))
+                if i.name == name)
+    return tuple(int(v) for v in info.output_shape[-2:])
 
 
 def _named_students(students: Mapping[str, nn.Module] | Sequence[nn.Module] | nn.Module) -> dict[str, nn.Module]:
@@ -197,6 +234,7 @@ class AttentionComparator:
         self.layers = {name: resolve_layers(model, [chosen[name]])[0][0] if chosen.get(name) is not None else None
                        for name, model in self.models.items()}
         self.target, self.fraction, self.interpolate_mode = target, fraction, interpolate_mode
+        self.map_sizes: dict[str, tuple[int, int]] | None = None
 
     def compare(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> AttentionComparison:
         """Maps and overlap scores for one batch of normalized images."""
@@ -214,14 +252,19 @@ class AttentionComparator:
             model.train(was_training)
         targets = {name: labels.long().cpu() if self.target == "true" else
                    predictions["teacher" if self.target == "teacher" else name] for name in self.models}
+        if self.map_sizes is None:
+            self.map_sizes = {name: _output_size(model, self.layers[name], images[:2])
+                              for name, model in self.models.items()}
         maps = {name: grad_cam(model, images, targets[name], self.layers[name], self.interpolate_mode)
                 for name, model in self.models.items()}
         students = list(self.models)[1:]
+        chance = {s: mismatched_scores(maps["teacher"], maps[s], self.fraction) for s in students}
         return AttentionComparison(
             maps, targets, predictions,
             {s: attention_correlation(maps["teacher"], maps[s]) for s in students},
             {s: top_region_iou(maps["teacher"], maps[s], self.fraction) for s in students},
-            dict(self.layers), self.target, self.fraction, None if labels is None else labels.long().cpu())
+            dict(self.layers), self.target, self.fraction, None if labels is None else labels.long().cpu(),
+            {s: c[0] for s, c in chance.items()}, {s: c[1] for s, c in chance.items()}, dict(self.map_sizes))
 
 
 def compare_attention(teacher: nn.Module, students: Mapping[str, nn.Module] | Sequence[nn.Module] | nn.Module,
@@ -242,4 +285,4 @@ def compare_attention(teacher: nn.Module, students: Mapping[str, nn.Module] | Se
 
 
 __all__ = ["AttentionComparator", "AttentionComparison", "TARGETS", "attention_correlation", "compare_attention",
-           "grad_cam", "nan_mean", "paired_differences", "top_region", "top_region_iou"]
+           "grad_cam", "mismatched_scores", "nan_mean", "paired_differences", "top_region", "top_region_iou"]
