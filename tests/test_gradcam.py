@@ -201,6 +201,7 @@ def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_ch
     out = capsys.readouterr().out
     assert "student2:bncnn3_w32" in out and "40 images" in out and "95% interval" in out
     assert "1.000 [1.000, 1.000]" in out   # the teacher compared with itself, and its interval
+    assert "above chance" in out and "maps 2×2 (teacher), 2×2 cells before upsampling" in out
     run = RunStore(home).list(kind="analysis")[0]
     assert run.status == "done" and run.method == "gradcam"
     saved = json.loads((run.dir / "gradcam.json").read_text())

@@ -138,6 +138,11 @@ def print_gradcam_table(result: dict, fraction: float) -> None:
         r, iou = (Interval.from_dict(s[k]) for k in ("correlation_interval", "iou_interval"))
         print(f"{name:34} {result['layers'][name]:14} {_fmt_interval(r):>22} {_fmt_interval(iou):>22} "
               f"{s['correlation_undefined']:>8}/{s['iou_undefined']}")
+    print("above chance (the teacher's map against the student's map of another image; paired 95% interval):")
+    for name, s in result["students"].items():
+        sizes = f"maps {'×'.join(map(str, s['teacher_map_size']))} (teacher), {'×'.join(map(str, s['map_size']))}"
+        print(f"  {name:32} r {_fmt_interval(Interval.from_dict(s['correlation_above_chance']), '+.3f')}, IoU "
+              f"{_fmt_interval(Interval.from_dict(s['iou_above_chance']), '+.3f')}; {sizes} cells before upsampling")
     if result.get("differences"):
         print("paired differences on the same images (95% interval, images defined for both):")
         for d in result["differences"]:
