@@ -104,3 +104,17 @@ def test_class_columns_align_cycled_targets():
     assert class_columns([2, 5, 7] * 4, names) == (9, ["2", "5", "7"] * 3)
     assert class_columns([1, 2, 2, 1], names) == (10, None)  # not a cycle: no titles
     assert class_columns(list(range(12)), [str(k) for k in range(12)]) == (10, None)
+
+
+def test_a_curve_has_the_same_colour_whichever_other_curves_are_drawn():
+    """Synthesize draws every loss term, Runs one fewer: by trace order, teacher accuracy changed colour between them."""
+    history = [{"step": i, "loss_total": 1.0 / (i + 1), "loss_tv": 0.5, "loss_ce": 0.2, "teacher_accuracy": 0.5,
+                "mean_confidence": 0.7} for i in range(5)]
+
+    def colours(keys):
+        figure = loss_curves_figure(history, keys=keys)
+        return {trace.name: trace.line.color for trace in figure.data}
+
+    every, fewer = colours(["loss_total", "loss_ce", "loss_tv"]), colours(["loss_total", "loss_tv"])
+    assert every["teacher accuracy"] == fewer["teacher accuracy"] != every["mean confidence"]
+    assert every["R_TV"] == fewer["R_TV"] and len(set(every.values())) == len(every)

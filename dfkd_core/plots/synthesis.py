@@ -15,6 +15,19 @@ from plotly.subplots import make_subplots
 # Legend names in METHODS §1 notation (unweighted terms; "total" is the weighted sum that is optimized).
 TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l2": "||x̂||₂",
               "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
+# Each curve's colour is fixed by what it shows, so the same run's curves look the same on every page (by trace order,
+# 'teacher accuracy' was green on Synthesize and orange on Runs, which lists one loss term fewer).
+CURVE_COLOURS = {"loss_total": "#1f77b4", "loss_ce": "#ff7f0e", "loss_tv": "#2ca02c", "loss_l2": "#d62728",
+                 "loss_bn_feature": "#9467bd", "loss_compete": "#8c564b", "loss_contrast": "#e377c2",
+                 "teacher_accuracy": "#17becf", "mean_confidence": "#bcbd22", "batch_accuracy": "#7f7f7f",
+                 "test_accuracy": "#17becf"}   # one legend for both panels: no colour of a loss term
+_OTHER_COLOURS = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
+
+
+def curve_colour(key: str) -> str:
+    return CURVE_COLOURS.get(key) or _OTHER_COLOURS[sum(map(ord, key)) % len(_OTHER_COLOURS)]
+
+
 GREEK = {"alpha_ce": "α_ce", "alpha_tv": "α_tv", "alpha_l2": "α_l2", "alpha_f": "α_f", "alpha_c": "α_c",
          "first_bn_multiplier": "w₁", "lr": "lr", "jitter": "jitter", "flip": "flip"}
 
@@ -81,11 +94,13 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
         if log_y:  # log axes cannot show zeros; a term switched off simply leaves a gap
             xs, ys = zip(*[(x, y) for x, y in zip(xs, ys) if y > 0]) if any(y > 0 for y in ys) else ((), ())
         fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=TERM_NAMES.get(key, key),
-                                 line=dict(width=3 if key == "loss_total" else 1.6)), row=1, col=1)
+                                 line=dict(width=3 if key == "loss_total" else 1.6, color=curve_colour(key))),
+                      row=1, col=1)
     for key in accuracy_keys:
         xs, ys = _series(rows, key)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key.replace("_", " "),
-                                 line=dict(dash="dot" if "confidence" in key else "solid")), row=2, col=1)
+                                 line=dict(dash="dot" if "confidence" in key else "solid", color=curve_colour(key))),
+                      row=2, col=1)
     updates, steps = list(updates), [r.get("step", i) for i, r in enumerate(rows)]
     for update, level in zip(updates, _label_levels([u["step"] for u in updates], steps)):
         fig.add_vline(x=update["step"], line=dict(color="#888", dash="dash", width=1))

@@ -215,7 +215,7 @@ def render_progress_and_grid(job: ModelInversion) -> None:
 
 
 def render_curves(job: ModelInversion) -> None:
-    st.markdown("**Loss terms** (unweighted) and teacher accuracy on the batch; dashed lines: live changes")
+    st.markdown("**Loss terms** (unweighted) and teacher accuracy on the batch; grey dashed verticals: live changes")
     history, updates = list(job.history), list(job.updates)
     figure = cached("curves", (job.id, len(history), len(updates)), lambda: loss_curves_figure(history, updates))
     st.plotly_chart(figure, key="live_curves")
