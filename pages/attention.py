@@ -10,8 +10,8 @@ from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
 from dfkd_core.plots.representations import (gradcam_grid_figure, overlap_difference_figure, overlap_histogram_figure,
                                              overlap_interval_figure)
 from dfkd_core.stats import Interval
-from pages.views.analysis_view import (analysis_job, incomparable, interval_text, model_choices, short_label,
-                                       show_progress, stored_analyses)
+from pages.views.analysis_view import (analysis_job, incomparable, interval_text, model_choices, sample_slider,
+                                       short_label, show_progress, stored_analyses)
 from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, keep_widget_state,
                                 open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
                                 start_stop_buttons, submit, teacher_or_stop)
@@ -142,9 +142,8 @@ if chosen:
 
 st.subheader("Overlap on many images")
 cols = st.columns([2, 1, 1])
-samples = cols[0].select_slider("Real test images", [100, 250, 500, 1000], 500, key="att_samples",
-                                disabled=running, help="Images the overlap scores and their intervals rest on. "
-                                + GRAD_CAM)
+samples = sample_slider("Real test images", [100, 250, 500, 1000], 500, len(split), key="att_samples", slot=cols[0],
+                        disabled=running, help="Images the overlap scores and their intervals rest on. " + GRAD_CAM)
 shortfall = sample_count_note(samples, len(split), f"the {dataset.name} test split")
 if shortfall:
     st.warning(f"{shortfall}.")

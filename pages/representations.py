@@ -8,8 +8,8 @@ from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs
 from dfkd_core.data import DatasetMissingError
 from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure
-from pages.views.analysis_view import (analysis_job, incomparable, input_choices, model_choices, show_progress,
-                                       stored_analyses)
+from pages.views.analysis_view import (analysis_job, incomparable, input_choices, model_choices, sample_slider,
+                                       show_progress, stored_analyses)
 from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,
                                 keep_widget_state, open_checkpoint, require_job_slot, start_stop_buttons, submit,
                                 teacher_or_stop)
@@ -83,20 +83,22 @@ with st.sidebar:
     inputs = input_choices(dataset.name)
     source = st.selectbox("Images", list(inputs), format_func=inputs.get, key="cka_inputs", disabled=running,
                           help="The inputs both models' features are taken on. " + CKA)
-    samples = st.select_slider("How many", [100, 250, 500, 1000, 2000, 5000], 1000, key="cka_samples",
-                               disabled=running, help="Inputs n; the intervals come from random halves of them. "
-                               + CKA)
+    data_root = data_root_setting(dataset.name)
+    try:
+        count, where = available(teacher_run, source, data_root)
+        unusable = None
+    except (DatasetMissingError, FileNotFoundError, KeyError, ValueError) as e:
+        count, unusable = None, e
+    samples = sample_slider("How many", [100, 250, 500, 1000, 2000, 5000], 1000, count, key="cka_samples",
+                            disabled=running, help="Inputs n; the intervals come from random halves of them. " + CKA)
     reduce = st.radio("Feature maps", ["flatten", "mean"], key="cka_reduce", horizontal=True, disabled=running,
                       help="flatten: every unit (c, h, w) is a feature; mean: one feature per channel. " + CKA)
-    data_root = data_root_setting(dataset.name)
     refused = incomparable(teacher, {student_ref: open_checkpoint(student_ref)}, choices)
     if refused:
         st.error(refused)
     else:
-        try:
-            count, where = available(teacher_run, source, data_root)
-        except (DatasetMissingError, FileNotFoundError, KeyError, ValueError) as e:
-            st.error(f"Cannot use these images: {e}")
+        if unusable is not None:
+            st.error(f"Cannot use these images: {unusable}")
         else:
             note = sample_count_note(samples, count, where)
             if note:

@@ -5,7 +5,7 @@ computations live in dfkd_core.analysis."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import streamlit as st
 
@@ -99,3 +99,15 @@ def interval_text(interval: Mapping | None, estimate: float | None = None, spec:
     if estimate is None or (isinstance(estimate, float) and math.isnan(estimate)):
         return "undefined"
     return format(estimate, spec)
+
+
+def sample_slider(label: str, options: Sequence[int], default: int, available: int | None, *, key: str,
+                  slot=st, **kwargs) -> int:
+    """A count of images to use, offering no more than `available` (None: unknown): the counts below it, then
+    "all of them", so digits' 360 test images are not asked for as 1,000 and cut back with a warning."""
+    if available is not None and available < max(options):
+        options = [v for v in options if v < available] + [available]
+    default = max((v for v in options if v <= default), default=options[0])
+    if st.session_state.get(key) not in (None, *options):   # a count offered for other images
+        del st.session_state[key]
+    return slot.select_slider(label, options, default, key=key, **kwargs)
