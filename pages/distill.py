@@ -2,9 +2,10 @@
 import streamlit as st
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob
-from pages.views.common import (attached_job, data_root_setting, ensure_starter_teacher, get_store,
-                                keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
-                                teacher_or_stop)
+from dfkd_core.distill.recipes import RECIPES
+from pages.views.common import (PARTIAL_STATUSES, attached_job, data_root_setting, describe_run, ensure_starter_teacher,
+                                get_store, keep_widget_state, open_checkpoint, show_starter_progress,
+                                start_stop_buttons, teacher_or_stop)
 from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults,
                                       describe_pool, extra_option_widgets, method_label, ordered_methods, pool_runs,
                                       processes_widget, recipe_widget, render_live, set_weights, start_distillation,
@@ -95,4 +96,10 @@ if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** → student **{student}** with "
             f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb as images "
             "are synthesized; the student and the images are saved in the run store (Runs page).")
+    if recipe:   # its time is in its description: fashion-best runs 20-40 CPU minutes
+        st.caption(f"Recipe **{recipe}**: {RECIPES[recipe]['description']}.")
+    teacher_record = get_store().get_record(teacher_run)
+    if teacher_record.status in PARTIAL_STATUSES:
+        st.warning(f"This teacher is partial: its training was stopped ({describe_run(teacher_record)}). A student "
+                   "learns only what its teacher knows.")
 render_live(job)

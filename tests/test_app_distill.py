@@ -2,6 +2,7 @@
 stored and reattached, bad input explained) and of the Runs page's comparison of distilled students."""
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -67,6 +68,19 @@ def test_the_recipe_box_sets_every_weight_and_a_moved_weight_then_wins(teacher_h
     assert at.sidebar.number_input(key="distill_steps").value == 400
     bf16 = at.sidebar.checkbox(key="distill_cpu_bf16")
     assert bf16.label == "bfloat16 on this CPU" and bf16.value is False   # digits-quick asks for float32
+    # the main pane names the recipe with its description (which gives its time: fashion-best runs 20-40 minutes)
+    assert "Recipe **digits-quick**: sklearn digits 8x8" in " ".join(c.value for c in at.main.caption)
+    assert not at.warning
+
+
+def test_a_partial_teacher_is_said_to_be_one_before_a_student_is_distilled_from_it(home, digits_teacher):
+    run = home.create("teacher", {}, method="bncnn3_w32", dataset="digits", name="stopped teacher")
+    shutil.copy(digits_teacher.path, run.path("model.pt"))
+    run.set_status("cancelled", summary={"test_accuracy": 0.646})
+    at = app(PAGE)
+    assert at.sidebar.selectbox(key="distill_teacher").value == run.id
+    (warning,) = at.warning
+    assert "This teacher is partial" in warning.value and "64.6% · partial (cancelled)" in warning.value
 
 
 def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
