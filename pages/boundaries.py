@@ -133,8 +133,8 @@ with st.sidebar:
     dataset = teacher.dataset
     candidates = {r.id: describe_run(r, short_id=True) for r in checkpoint_runs(("distill", "teacher"), dataset.name)
                   if r.id != teacher_run}
-    students = st.pills("Students: click to pick one or more", list(candidates), selection_mode="multi", format_func=candidates.get,
-                        key="boundary_students", disabled=running,
+    students = st.pills("Students: click to pick one or more", list(candidates), selection_mode="multi",
+                        format_func=candidates.get, key="boundary_students", disabled=running,
                         help="Every student is attacked from the same base samples toward the same targets. " + BSS) or []
     samples = st.number_input("base samples N", 5, 2000, 200, step=50, key="boundary_samples", disabled=running,
                               help="Test images classified correctly by the teacher and every student, the N with "
