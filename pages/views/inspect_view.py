@@ -49,8 +49,9 @@ def inspect_batch(images: torch.Tensor, targets: list[int], teacher_run: str, da
         probabilities = teacher(shown).softmax(1)
     labels = [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in
               zip(targets[:SHOWN], probabilities.argmax(1).tolist(), probabilities.max(1).values.tolist())]
-    st.caption(f"Click an image (first {len(shown)} of {len(images)}) or pick its number: "
-               f"{section_link('model-inversion')}")
+    st.caption(f"Click an image (first {len(shown)} of {len(images)}) or pick its number below to see the teacher's "
+               f"probabilities, its share of the BN mismatch and its nearest real images "
+               f"({section_link('model-inversion')}).")
     event = st.plotly_chart(image_grid_figure(dataset.denormalize(shown), labels, ncols=10),
                             on_select="rerun", selection_mode="points", key=f"{key}_grid",
                             config={"displayModeBar": False}, width="content")
