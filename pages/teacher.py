@@ -9,7 +9,7 @@ from dfkd_core.models import CheckpointError, describe_model, list_models
 from dfkd_core.plots import image_grid_figure, loss_curves_figure
 from dfkd_core.stats import accuracy_interval
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from pages.views.common import (MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key,
+from pages.views.common import (MAX_CHECKPOINT_MB, PARTIAL_STATUSES, attached_job, checkpoint_picker, data_root_key,
                                 data_root_setting, eta_text, get_store, import_checkpoint, keep_widget_state, live,
                                 open_checkpoint, real_test_split, require_job_slot, start_stop_buttons, submit)
 from pages.views.navigation import hand_over_to_app
@@ -63,13 +63,14 @@ if dataset != "digits":
                        "Empty: the environment variable, then the default location.")
 root = data_root_setting(dataset)
 training = attached_job("teacher")
-if training is not None and training.status == "done" and st.session_state.get("picked_after") != training.id:
+if (training is not None and training.status in ("done", *PARTIAL_STATUSES)
+        and st.session_state.get("picked_after") != training.id):   # a stopped teacher is shown like a finished one
     st.session_state[f"teacher_pick_{training.config.dataset}"] = training.run_record.id
     st.session_state["picked_after"] = training.id
 
 picked = checkpoint_picker("Stored teacher", dataset=dataset, key=f"teacher_pick_{dataset}")
 adding = st.expander("Add a teacher: train one or upload a checkpoint", expanded=picked is None or
-                     (training is not None and training.running))
+                     (training is not None and training.status != "done"))   # running, or why it stopped
 train_tab, upload_tab = adding.tabs(["Train a new teacher", "Upload a checkpoint"])
 with train_tab:
     cols = st.columns(3)

@@ -252,6 +252,25 @@ def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
     assert any(m.label == "test accuracy (real data)" for m in at.metric)
 
 
+def test_a_teacher_stopped_on_the_page_is_shown_there_beside_a_finished_one(teacher_home):
+    """Stopping a training where a finished teacher exists: the page showed the old teacher and hid why (the
+    "Stopped" note sat in a collapsed expander). Elsewhere the finished teacher stays the default."""
+    at = app("pages/teacher.py")
+    at.number_input[0].set_value(200)
+    button(at, "Train").click().run()
+    job = job_of(at)
+    wait(lambda: len(job.history) >= 3)
+    button(at, "Stop").click().run()
+    assert job.wait(60) == "cancelled"
+    at.run()
+    assert at.selectbox(key="teacher_pick_digits").value == job.run_record.id != teacher_home.teacher_id
+    assert at.expander[0].proto.expanded
+    assert any("Stopped: the teacher so far is saved" in i.value for i in at.info)
+    distill = app("pages/distill.py")   # another page: the finished teacher first, the stopped one offered
+    picker = distill.sidebar.selectbox(key="distill_teacher")
+    assert picker.value == teacher_home.teacher_id and any(job.run_record.id in o for o in picker.options)
+
+
 def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):
     run = home.create("teacher", {}, method="bncnn3_w32", dataset="digits", name="bncnn3_w32 on digits")
     shutil.copy(digits_teacher.path, run.path("model.pt"))

@@ -134,7 +134,9 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
     if not options:
         return None
     if st.session_state.get(key) not in options:  # first time, or the chosen run was deleted meanwhile
-        st.session_state[key] = default if default in options else options[0]
+        finished = [r.id for r in records if r.status == "done"]   # before a newer one that was stopped
+        st.session_state[key] = default if default in options else next(
+            iter([*extra_options, *finished, *options]))
     return st.selectbox(label, options, key=key, format_func=lambda o: labels.get(o, o), disabled=disabled,
                         help=help)
 
