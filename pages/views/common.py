@@ -79,8 +79,8 @@ def live_edit_note(record: RunRecord) -> str:
     if not edits:
         return ""
     last = edits[-1]
-    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in last.items()
-                        if k != "step")
+    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+                        for k, v in last.items() if k != "step")
     more = f" (+{len(edits) - 1} earlier)" if len(edits) > 1 else ""
     return f" · changed live: {changes} at step {last['step'] + 1}{more}"
 
