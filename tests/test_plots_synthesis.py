@@ -61,6 +61,10 @@ def test_loss_curves_mark_live_updates_at_their_step():
     assert [s.x0 for s in fig.layout.shapes] == [4, 4, 7, 7]  # through the loss and the accuracy panel
     assert [a.text for a in fig.layout.annotations] == ["α_f=0.5", "flip=True"]
     assert fig.layout.yaxis.dtick == 1 and fig.layout.yaxis.exponentformat == "power"   # 10⁰, 10¹: no "5, 2"
+    # a loss within one decade (a teacher's, 0.9 → 0.2) would get no tick at all with one tick per decade
+    teacher = loss_curves_figure([{"step": i, "loss": 0.9 - 0.07 * i, "test_accuracy": 0.1 + 0.09 * i}
+                                  for i in range(10)], keys=("loss",), accuracy_keys=("test_accuracy",))
+    assert teacher.layout.yaxis.dtick is None and teacher.layout.yaxis.type == "log"
     thinned = loss_curves_figure([{"step": i, "loss_total": 1.0 + i} for i in range(1001)], max_points=100)
     assert len(thinned.data[0].x) <= 101 and thinned.data[0].x[-1] == 1000
 
