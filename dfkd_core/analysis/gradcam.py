@@ -132,13 +132,13 @@ class AttentionComparison:
     predictions: dict[str, torch.Tensor]   # model name -> (N,)
     correlation: dict[str, torch.Tensor]   # student name -> (N,)
     iou: dict[str, torch.Tensor]           # student name -> (N,)
+    chance_correlation: dict[str, torch.Tensor]   # student name -> (N,): `mismatched_scores`
+    chance_iou: dict[str, torch.Tensor]
+    map_sizes: dict[str, tuple[int, int]]         # model name -> its Grad-CAM layer's (h, w)
     layers: dict[str, str]
     target: str
     fraction: float
     labels: torch.Tensor | None = None
-    chance_correlation: dict[str, torch.Tensor] | None = None   # student name -> (N,): `mismatched_scores`
-    chance_iou: dict[str, torch.Tensor] | None = None
-    map_sizes: dict[str, tuple[int, int]] | None = None          # model name -> its Grad-CAM layer's (h, w)
 
     @property
     def students(self) -> list[str]:
@@ -152,20 +152,17 @@ class AttentionComparison:
                    "correlation_undefined": int(torch.isnan(self.correlation[s]).sum()),
                    "iou_undefined": int(torch.isnan(self.iou[s]).sum())} for s in self.students}
         for s in self.students:
-            if self.chance_correlation is not None:
-                out[s]["chance_correlation_mean"] = nan_mean(self.chance_correlation[s])
-                out[s]["chance_iou_mean"] = nan_mean(self.chance_iou[s])
-            if self.map_sizes:
-                out[s]["map_size"], out[s]["teacher_map_size"] = self.map_sizes[s], self.map_sizes["teacher"]
+            out[s]["chance_correlation_mean"] = nan_mean(self.chance_correlation[s])
+            out[s]["chance_iou_mean"] = nan_mean(self.chance_iou[s])
+            out[s]["map_size"], out[s]["teacher_map_size"] = self.map_sizes[s], self.map_sizes["teacher"]
         if intervals:
             for s in self.students:
                 out[s]["correlation_interval"] = mean_interval(self.correlation[s]).to_dict()
                 out[s]["iou_interval"] = mean_interval(self.iou[s]).to_dict()
-                if self.chance_correlation is not None:   # paired per image: the same teacher map in both
-                    out[s]["correlation_above_chance"] = paired_difference_interval(
-                        self.correlation[s], self.chance_correlation[s]).to_dict()
-                    out[s]["iou_above_chance"] = paired_difference_interval(
-                        self.iou[s], self.chance_iou[s]).to_dict()
+                # paired per image: the same teacher map in both
+                out[s]["correlation_above_chance"] = paired_difference_interval(
+                    self.correlation[s], self.chance_correlation[s]).to_dict()
+                out[s]["iou_above_chance"] = paired_difference_interval(self.iou[s], self.chance_iou[s]).to_dict()
         return out
 
     def paired_differences(self) -> list[dict]:
@@ -186,11 +183,9 @@ class AttentionComparison:
         if keep_maps is not None:
             maps = {k: v[:keep_maps] for k, v in maps.items()}
         labels = torch.cat([p.labels for p in parts]) if first.labels is not None else None
-        chance = first.chance_correlation is not None
         return AttentionComparison(maps, cat("targets"), cat("predictions"), cat("correlation"), cat("iou"),
-                                   first.layers, first.target, first.fraction, labels,
-                                   cat("chance_correlation") if chance else None, cat("chance_iou") if chance else None,
-                                   first.map_sizes)
+                                   cat("chance_correlation"), cat("chance_iou"), first.map_sizes, first.layers,
+                                   first.target, first.fraction, labels)
 
 
 def _output_size(model: nn.Module, layer: LayerRef, images: torch.Tensor) -> tuple[int, int]:
@@ -263,8 +258,8 @@ class AttentionComparator:
             maps, targets, predictions,
             {s: attention_correlation(maps["teacher"], maps[s]) for s in students},
             {s: top_region_iou(maps["teacher"], maps[s], self.fraction) for s in students},
-            dict(self.layers), self.target, self.fraction, None if labels is None else labels.long().cpu(),
-            {s: c[0] for s, c in chance.items()}, {s: c[1] for s, c in chance.items()}, dict(self.map_sizes))
+            {s: c[0] for s, c in chance.items()}, {s: c[1] for s, c in chance.items()}, dict(self.map_sizes),
+            dict(self.layers), self.target, self.fraction, None if labels is None else labels.long().cpu())
 
 
 def compare_attention(teacher: nn.Module, students: Mapping[str, nn.Module] | Sequence[nn.Module] | nn.Module,
