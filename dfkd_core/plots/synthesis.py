@@ -108,8 +108,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
                            text=_describe_update(update), showarrow=False, textangle=-90, xanchor="right",
                            yanchor="top", font=dict(size=10, color="#555"), hovertext=f"step {update['step']}: "
                            + _describe_update(update))
-    values = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if isinstance(y, (int, float)) and y > 0]
-    if log_y and values and max(values) / min(values) >= 10:
+    positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y > 0] if log_y else []
+    if positive and max(positive) / min(positive) >= 10:
         # One tick per decade, written as a power of ten: plotly's default labels the 2× and 5× minor ticks with
         # bare digits, which reads as "5, 2, 100, 5, 2, 10". Within one decade that leaves no tick at all (a teacher's
         # loss from 0.9 to 0.2), so there plotly's own ticks stay.
