@@ -75,13 +75,14 @@ def chance_note(summary: dict) -> str:
     """What the scores are worth: each map's resolution, and the chance level of r and IoU on mismatched images."""
     if not all("chance_correlation_mean" in s for s in summary.values()):
         return "Scored before chance levels were measured: score the set again to see them."
-    sizes = {tuple(s["teacher_map_size"]) for s in summary.values()} | {tuple(s["map_size"]) for s in summary.values()}
-    coarse = " (coarse: a few cells upsampled, so r and IoU move in large steps)" if min(h * w for h, w in sizes) <= 16 \
-        else ""
+    sizes = {tuple(s[k]) for s in summary.values() for k in ("teacher_map_size", "map_size")}
+    coarse = (" (coarse: a few cells upsampled, so r and IoU move in large steps)"
+              if min(h * w for h, w in sizes) <= 16 else "")
+    chance = "; ".join(f"{n}: r {s['chance_correlation_mean']:.2f}, IoU {s['chance_iou_mean']:.2f}"
+                       for n, s in summary.items())
     return (f"Grad-CAM maps are {', '.join(f'{h}×{w}' for h, w in sorted(sizes))} cells before upsampling{coarse}. "
-            "Chance level, the teacher's map of each image against the student's map of another image: " + "; ".join(
-                f"{n}: r {s['chance_correlation_mean']:.2f}, IoU {s['chance_iou_mean']:.2f}" for n, s in summary.items())
-            + ". A student looks where its teacher looks only as far as it beats that.")
+            f"Chance level, the teacher's map of each image against the student's map of another image: {chance}. "
+            "A student looks where its teacher looks only as far as it beats that.")
 
 
 st.title("Attention")

@@ -99,7 +99,8 @@ WEIGHTS = (
            options=(0.0, 0.25, 0.5, 0.75, 1.0)),
     Weight("cutmix", "cutmix share", r"Share of each KD batch (not the mixed images; at most $1-$ mixup share) "
            r"given a box of another image, labelled by the teacher (CutMix without labels): a part of one image "
-           r"on another, such as a sleeve on another garment's body.", lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)), options=(0.0, 0.25, 0.5, 0.75, 1.0)),
+           r"on another, such as a sleeve on another garment's body.",
+           lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)), options=(0.0, 0.25, 0.5, 0.75, 1.0)),
     Weight("teacher_echo", "teacher echo K", r"Student steps per teacher-labelled batch: the teacher labels every "
            r"$K$-th augmented batch and each step draws from the last $K$ labelled ones (data echoing), so a KD "
            r"step costs about half as much teacher time at $K=2$; spend it on more steps.",

@@ -24,8 +24,8 @@ KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_co
 def run_table(records: list[RunRecord]) -> list[dict]:
     """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
     shown = [k for k in KEY_METRICS if any(isinstance(r.summary.get(k), (int, float)) for r in records)]
-    return [{"id": r.id, "name": f"{r.name or ''}{live_edit_note(r)}", "kind": r.kind, "status": r.status, "created": r.created_str,
-             "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
+    return [{"id": r.id, "name": f"{r.name or ''}{live_edit_note(r)}", "kind": r.kind, "status": r.status,
+             "created": r.created_str, "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
              **{k: r.summary.get(k) if isinstance(r.summary.get(k), (int, float)) else None for k in shown},
              "error": r.error} for r in records]
 
