@@ -12,9 +12,10 @@ Same teacher, batch, iterations, seed, initial noise and augmentation draws for 
 
 Variants run interleaved (A B C, B C A, ...) so a change of load hits all alike; the table gives medians over the
 repeats and the load average seen. `overhead` = one step's wall time ÷ one plain forward + backward of the teacher
-on the same batch (no hooks, no losses), the floor of any inversion step. BN distance (unweighted, as the runs
-report it) and teacher accuracy are measured the same way on each variant's final batch; `max |Δx|` is the largest
-pixel difference from the reference's final batch.
+on the same batch (no hooks, no losses) in the variant's memory layout (`layout`: the reference keeps the public
+code's NCHW, the engine runs NHWC where `prepare_model` picks it; `floor ms`), the floor of any inversion step.
+BN distance (unweighted, as the runs report it) and teacher accuracy are measured the same way on each variant's
+final batch; `max |Δx|` is the largest pixel difference from the reference's final batch.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ import dfkd_core  # noqa: E402,F401
 import torch  # noqa: E402
 from deepinversion_reference import reference_deepinversion  # noqa: E402
 
-from dfkd_core.device import describe_machine, thread_policy  # noqa: E402
+from dfkd_core.device import (describe_machine, memory_layout, prepare_input, prepare_model,  # noqa: E402
+                              thread_policy)
 from dfkd_core.hooks import BNStatisticsRecorder  # noqa: E402
 from dfkd_core.losses import bn_feature_loss  # noqa: E402
 from dfkd_core.models import load_checkpoint  # noqa: E402
@@ -140,29 +142,43 @@ def benchmark_batch(checkpoint, batch_size: int, args, device: torch.device) -> 
                "compiled": lambda: run_engine(checkpoint, config, device, objective)[:2]}
     seconds: dict[str, list[float]] = {v: [] for v in args.variants}
     finals: dict[str, torch.Tensor] = {}
-    floor, loads = [], []
+    loads: list[float] = []
     probe_teacher = frozen_teacher(checkpoint, device)
+    # The engine runs the teacher in the layout `prepare_model` picks (NHWC on the CPU and CUDA), the reference in
+    # the public code's NCHW: each variant's overhead is against the floor in its own layout, or a faster layout
+    # would read as an overhead below 1.
+    probes = {"NCHW": probe_teacher, "NHWC": prepare_model(frozen_teacher(checkpoint, device), device)}
+    layouts = {v: ("NCHW" if v == "reference" else memory_layout(probes["NHWC"]) or "NCHW") for v in args.variants}
+    floor: dict[str, list[float]] = {layout: [] for layout in set(layouts.values())}
     init, targets = initial_batch(config, checkpoint, device)
+    # One short untimed run of each first: oneDNN / cuDNN build their kernels for a shape on first use, which would
+    # otherwise land on whichever variant runs first (with --repeats 1, all of it).
+    warm = config.replace(iterations=2, snapshot_every=0)
+    run_reference(checkpoint, warm, device)
+    run_engine(checkpoint, warm, device)
     for repeat in range(args.repeats):
         loads.append(os.getloadavg()[0])
         order = args.variants[repeat % len(args.variants):] + args.variants[:repeat % len(args.variants)]
         for variant in order:
             elapsed, finals[variant] = runners[variant]()
             seconds[variant].append(elapsed)
-        floor.append(teacher_pass_seconds(probe_teacher, init, device))
+        for layout in floor:
+            floor[layout].append(teacher_pass_seconds(probes[layout], prepare_input(init, device)
+                                                      if layout == "NHWC" else init, device))
     loads.append(os.getloadavg()[0])
-    pass_s = statistics.median(floor)
+    pass_s = {layout: statistics.median(times) for layout, times in floor.items()}
     rows = []
     for variant in args.variants:
         median = statistics.median(seconds[variant])
         bn, accuracy = quality(probe_teacher, finals[variant], targets)
         reference = finals.get("reference")
-        rows.append({"variant": variant, "batch": batch_size, "seconds": median,
+        rows.append({"variant": variant, "layout": layouts[variant], "batch": batch_size, "seconds": median,
                      "images_per_s": batch_size / median, "step_ms": 1000 * median / args.iterations,
-                     "overhead": median / args.iterations / pass_s, "bn_distance": bn, "accuracy": accuracy,
+                     "overhead": median / args.iterations / pass_s[layouts[variant]], "bn_distance": bn,
+                     "accuracy": accuracy,
                      "max_dx": float((finals[variant] - reference).abs().max()) if reference is not None else None,
                      "compile_s": compile_s if variant == "compiled" else None,
-                     "load": f"{min(loads):.1f}–{max(loads):.1f}", "pass_ms": 1000 * pass_s})
+                     "load": f"{min(loads):.1f}–{max(loads):.1f}", "pass_ms": 1000 * pass_s[layouts[variant]]})
     base = next((r["images_per_s"] for r in rows if r["variant"] == "reference"), None)
     for r in rows:
         r["ratio"] = r["images_per_s"] / base if base else None
@@ -192,14 +208,15 @@ def gpu_busy(run, steps: int) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| variant | batch | images/s | × reference | step ms | overhead | BN distance | teacher acc | "
-          "max \\|Δx\\| | compile s | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | layout | batch | images/s | × reference | step ms | floor ms | overhead | BN distance | "
+          "teacher acc | max \\|Δx\\| | compile s | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         def fmt(value, spec):
             return "–" if value is None else format(value, spec)
-        print(f"| {r['variant']} | {r['batch']:,} | {r['images_per_s']:.1f} | {fmt(r['ratio'], '.2f')} | "
-              f"{r['step_ms']:.1f} | {r['overhead']:.2f} | {r['bn_distance']:.4f} | {r['accuracy']:.3f} | "
+        print(f"| {r['variant']} | {r['layout']} | {r['batch']:,} | {r['images_per_s']:.1f} | "
+              f"{fmt(r['ratio'], '.2f')} | {r['step_ms']:.1f} | {r['pass_ms']:.1f} | {r['overhead']:.2f} | "
+              f"{r['bn_distance']:.4f} | {r['accuracy']:.3f} | "
               f"{fmt(r['max_dx'], '.1e')} | {fmt(r['compile_s'], '.1f')} | {r['load']} |")
 
 

@@ -2,16 +2,18 @@
 quantization calibration and continual learning, each a background job whose results land in the run store."""
 import streamlit as st
 
-from dfkd_core.data import dataset_info
-from pages.views.applications_view import (EXPLANATIONS, KINDS, NEW_POOL, continual_widgets, key, pool_choices,
-                                           pruning_widgets, quantization_widgets, render_live, render_results,
-                                           start_compression, start_continual, stored_runs, synthesis_widgets)
-from pages.views.common import (attached_job, describe_run, get_store, keep_widget_state, open_checkpoint,
-                                start_stop_buttons, teacher_or_stop)
-from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+from dfkd_core.data import dataset_info  # noqa: E402
+from pages.views.applications_view import (  # noqa: E402
+    EXPLANATIONS, KINDS, NEW_POOL, continual_widgets, key, pool_choices, pruning_widgets, quantization_widgets,
+    render_live, render_results, start_compression, start_continual, stored_runs, synthesis_widgets)
+from pages.views.common import (attached_job, describe_run, get_store, keep_widget_state, open_checkpoint,  # noqa: E402
+                                start_stop_buttons, teacher_or_stop)
+from pages.views.methods_doc import section_link  # noqa: E402
 
 st.title("Applications")
 keep_widget_state(key("kind"), key("teacher"), key("pool"), key("open"))

@@ -1,24 +1,28 @@
 """Attention: Grad-CAM of a stored teacher and its students on the same real images, with overlap scores and their
 95% intervals over images (§6), and the paired difference of every two students on those images."""
 import streamlit as st
-import torch
 
-from dfkd_core.analysis import TARGETS, compare_attention
-from dfkd_core.analysis.checks import require_comparable, sample_count_note
-from dfkd_core.analysis.gradcam import paired_differences
-from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs
-from dfkd_core.plots.representations import (gradcam_grid_figure, overlap_difference_figure, overlap_histogram_figure,
-                                             overlap_interval_figure)
-from dfkd_core.stats import Interval
-from pages.views.analysis_view import (analysis_job, incomparable, interval_text, model_choices, sample_slider,
-                                       short_label, show_progress, stored_analyses)
-from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, keep_widget_state,
-                                open_checkpoint, real_test_split, real_test_split_or_stop, require_job_slot,
-                                start_stop_buttons, submit, teacher_or_stop)
-from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+import torch  # noqa: E402
+
+from dfkd_core.analysis import TARGETS, compare_attention  # noqa: E402
+from dfkd_core.analysis.checks import require_comparable, sample_count_note  # noqa: E402
+from dfkd_core.analysis.gradcam import paired_differences  # noqa: E402
+from dfkd_core.analysis.jobs import GradCAMAnalysis, GradCAMConfig, load_inputs  # noqa: E402
+from dfkd_core.plots.representations import (  # noqa: E402
+    gradcam_grid_figure, overlap_difference_figure, overlap_histogram_figure, overlap_interval_figure)
+from dfkd_core.stats import Interval  # noqa: E402
+from pages.views.analysis_view import (  # noqa: E402
+    analysis_job, incomparable, interval_text, model_choices, sample_slider, short_label, show_progress,
+    stored_analyses)
+from pages.views.common import (  # noqa: E402
+    data_root_setting, describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
+    real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.methods_doc import section_link  # noqa: E402
 GRAD_CAM = section_link("grad-cam")
 
 

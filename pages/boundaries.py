@@ -2,26 +2,30 @@
 import dataclasses
 
 import streamlit as st
-import torch
 
-from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS, attack_both, qualifying_base_samples
-from dfkd_core.analysis.boundary_cli import student_label
-from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run
-from dfkd_core.analysis.checks import require_comparable
-from dfkd_core.data import DatasetMissingError
-from dfkd_core.models import CheckpointError
-from dfkd_core.plots.boundary import (attack_loss_figure, attack_panels_figure, difference_figure, outcome_text,
-                                      per_class_figure, similarity_bar_figure)
-from dfkd_core.stats import Interval
-from dfkd_core.synthesis.bss import AttackSettings
-from pages.views.analysis_view import analysis_job, incomparable, interval_text, show_progress, stored_analyses
-from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, fresh_model, get_store,
-                                keep_widget_state, open_checkpoint, real_test_split, real_test_split_or_stop,
-                                require_job_slot, start_stop_buttons, submit, teacher_or_stop)
-from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+import torch  # noqa: E402
+
+from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS, attack_both, qualifying_base_samples  # noqa: E402
+from dfkd_core.analysis.boundary_cli import student_label  # noqa: E402
+from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run  # noqa: E402
+from dfkd_core.analysis.checks import require_comparable  # noqa: E402
+from dfkd_core.data import DatasetMissingError  # noqa: E402
+from dfkd_core.models import CheckpointError  # noqa: E402
+from dfkd_core.plots.boundary import (  # noqa: E402
+    attack_loss_figure, attack_panels_figure, difference_figure, outcome_text, per_class_figure, similarity_bar_figure)
+from dfkd_core.stats import Interval  # noqa: E402
+from dfkd_core.synthesis.bss import AttackSettings  # noqa: E402
+from pages.views.analysis_view import (  # noqa: E402
+    analysis_job, incomparable, interval_text, show_progress, stored_analyses)
+from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, fresh_model, get_store,  # noqa: E402
+                                keep_widget_state, open_checkpoint, real_test_split, real_test_split_or_stop,
+                                require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.methods_doc import section_link  # noqa: E402
 
 
 RUNNER_UP = "teacher's runner-up"

@@ -1,18 +1,20 @@
 """Distill: train a smaller student from a teacher alone (METHODS §1-§3) and watch it learn, live."""
 import streamlit as st
 
-from dfkd_core.distill import DISTILL_METHODS, DistillJob
-from dfkd_core.distill.recipes import RECIPES
-from pages.views.common import (PARTIAL_STATUSES, attached_job, data_root_setting, describe_run, ensure_starter_teacher,
-                                get_store, keep_widget_state, open_checkpoint, show_starter_progress,
-                                start_stop_buttons, teacher_or_stop)
-from pages.views.distill_view import (SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults,
-                                      describe_pool, extra_option_widgets, method_label, ordered_methods, pool_runs,
-                                      processes_widget, recipe_widget, render_live, set_weights, start_distillation,
-                                      student_choices, uses_pool, weight_key, weight_widget, weights_of)
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+from dfkd_core.distill import DISTILL_METHODS, DistillJob  # noqa: E402
+from dfkd_core.distill.recipes import RECIPES  # noqa: E402
+from pages.views.common import (  # noqa: E402
+    PARTIAL_STATUSES, attached_job, data_root_setting, describe_run, ensure_starter_teacher, get_store,
+    keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons, teacher_or_stop)
+from pages.views.distill_view import (  # noqa: E402
+    SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
+    method_label, ordered_methods, pool_runs, processes_widget, recipe_widget, render_live, set_weights,
+    start_distillation, student_choices, uses_pool, weight_key, weight_widget, weights_of)
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
 JOB_SETTINGS = "job"   # the weights show a re-attached job's settings, whichever recipe the box shows

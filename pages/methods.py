@@ -2,10 +2,12 @@
 table of contents. Every knob's help links here (`/methods#<section>`)."""
 import streamlit as st
 
-from pages.views.methods_doc import METHODS_DOC, sections
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+from pages.views.methods_doc import METHODS_DOC, sections  # noqa: E402
 
 st.title("Methods")
 st.caption("Every method as the equations the code computes, what each setting does, where the code departs from "

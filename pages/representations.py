@@ -2,21 +2,23 @@
 a 95% interval for every cell."""
 import streamlit as st
 
-from dfkd_core.analysis import KERNELS, CKAResult, layer_names
-from dfkd_core.analysis.checks import require_comparable, sample_count_note
-from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES
-from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs
-from dfkd_core.data import DatasetMissingError
-from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure
-from pages.views.analysis_view import (analysis_job, incomparable, input_choices, model_choices, sample_slider,
-                                       show_progress, stored_analyses)
-from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,
-                                keep_widget_state, open_checkpoint, require_job_slot, start_stop_buttons, submit,
-                                teacher_or_stop)
-from pages.views.methods_doc import section_link
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+from dfkd_core.analysis import KERNELS, CKAResult, layer_names  # noqa: E402
+from dfkd_core.analysis.checks import require_comparable, sample_count_note  # noqa: E402
+from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES  # noqa: E402
+from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs  # noqa: E402
+from dfkd_core.data import DatasetMissingError  # noqa: E402
+from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure  # noqa: E402
+from pages.views.analysis_view import (  # noqa: E402
+    analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses)
+from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,  # noqa: E402
+                                keep_widget_state, open_checkpoint, require_job_slot, start_stop_buttons, submit,
+                                teacher_or_stop)
+from pages.views.methods_doc import section_link  # noqa: E402
 CKA = section_link("cka")
 
 

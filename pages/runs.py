@@ -2,13 +2,16 @@
 distilled students compared (the report every method shares: student vs teacher accuracy, ratio, time, images)."""
 import streamlit as st
 
-from dfkd_core.plots import run_comparison_figure
-from dfkd_core.runs import RunStillRunningError, UnknownRunError
-from pages.views.common import describe_run, get_store, keep_widget_state
-from pages.views.runs_view import curve_keys, distill_runs, history_of, run_table, show_run, show_student_comparison
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+from dfkd_core.plots import run_comparison_figure  # noqa: E402
+from dfkd_core.runs import RunStillRunningError, UnknownRunError  # noqa: E402
+from pages.views.common import describe_run, get_store, keep_widget_state  # noqa: E402
+from pages.views.runs_view import (  # noqa: E402
+    curve_keys, distill_runs, history_of, run_table, show_run, show_student_comparison)
 
 MAX_COMPARED = 6  # distilled students compared by default
 

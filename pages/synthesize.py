@@ -1,18 +1,20 @@
 """Synthesize: invert a teacher into images (METHODS §1) and steer the loss weights while they form."""
 import streamlit as st
 
-from dfkd_core.synthesis import ModelInversion
-from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,
-                                    keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
-                                    teacher_or_stop)
-from pages.views.synthesis_view import (KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn,
-                                            init_knobs, knob_key, knob_widget, render_idle, render_live, set_knobs,
-                                            start_inversion, student_options)
-from pages.views.compare_view import compare_panel
-from pages.views.inspect_view import inspect_batch
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+from dfkd_core.synthesis import ModelInversion  # noqa: E402
+from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,  # noqa: E402
+                                    keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
+                                    teacher_or_stop)
+from pages.views.synthesis_view import (  # noqa: E402
+    KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn, init_knobs, knob_key, knob_widget,
+    render_idle, render_live, set_knobs, start_inversion, student_options)
+from pages.views.compare_view import compare_panel  # noqa: E402
+from pages.views.inspect_view import inspect_batch  # noqa: E402
 
 
 st.title("Synthesize")

@@ -1,20 +1,24 @@
 """Teacher: pick a dataset and a stored teacher, train one, or upload a checkpoint; see what the teacher is."""
 import streamlit as st
-import torch
 
-from dfkd_core.data import DatasetMissingError
-from dfkd_core.data.datasets import DATA_ROOT_ENV, DEFAULT_DATA_ROOT
-from dfkd_core.hooks import batchnorm_layers
-from dfkd_core.models import CheckpointError, describe_model, list_models
-from dfkd_core.plots import image_grid_figure, loss_curves_figure
-from dfkd_core.stats import accuracy_interval
-from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate
-from pages.views.common import (MAX_CHECKPOINT_MB, PARTIAL_STATUSES, attached_job, checkpoint_picker, data_root_key,
-                                data_root_setting, eta_text, get_store, import_checkpoint, keep_widget_state, live,
-                                open_checkpoint, real_test_split, require_job_slot, start_stop_buttons, submit)
 from pages.views.navigation import hand_over_to_app
 
+# Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
+
+import torch  # noqa: E402
+
+from dfkd_core.data import DatasetMissingError  # noqa: E402
+from dfkd_core.data.datasets import DATA_ROOT_ENV, DEFAULT_DATA_ROOT  # noqa: E402
+from dfkd_core.hooks import batchnorm_layers  # noqa: E402
+from dfkd_core.models import CheckpointError, describe_model, list_models  # noqa: E402
+from dfkd_core.plots import image_grid_figure, loss_curves_figure  # noqa: E402
+from dfkd_core.stats import accuracy_interval  # noqa: E402
+from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate  # noqa: E402
+from pages.views.common import (  # noqa: E402
+    MAX_CHECKPOINT_MB, PARTIAL_STATUSES, attached_job, checkpoint_picker, data_root_key, data_root_setting, eta_text,
+    get_store, import_checkpoint, keep_widget_state, live, open_checkpoint, real_test_split, require_job_slot,
+    start_stop_buttons, submit)
 
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",

@@ -54,6 +54,13 @@ UNKNOWN = "/no_such_page"
 FINISHED = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
+STARTING_UP = "Starting up"   # navigation.run_app's spinner while a fresh server imports PyTorch
+# Every spinner text the page ever showed, however briefly (an observer from the first byte of each document).
+SPINNER_WATCH_JS = """new MutationObserver(() => document.querySelectorAll('[data-testid="stSpinner"]').forEach(
+    s => (window.__spinners = window.__spinners || []).push(s.innerText))).observe(document, {childList: true,
+    subtree: true, characterData: true});"""
+
+
 def page_not_found(page):
     return page.get_by_role("dialog").filter(has_text="Page not found")
 
@@ -75,6 +82,7 @@ def test_first_direct_visit_to_each_deep_link_after_a_server_start(tmp_path, dig
                 tabs = [first_tab, *(first_tab.context.browser.new_page(viewport=first_tab.viewport_size)
                                     for _ in batch[1:])]
                 for tab, url, (path, _) in zip(tabs, urls, batch):
+                    tab.add_init_script(SPINNER_WATCH_JS)
                     tab.goto(url + path, wait_until="commit")
                 for tab, (path, title) in zip(tabs, batch):
                     tab.locator("h1").first.wait_for(timeout=60_000)
@@ -85,6 +93,9 @@ def test_first_direct_visit_to_each_deep_link_after_a_server_start(tmp_path, dig
                     assert NAVIGATION <= {t.split("\n")[-1] for t in nav}, (path, nav)
                     notices = page_not_found(tab).count()
                     assert notices == (path == UNKNOWN), f"{path}: {page_not_found(tab).all_inner_texts()}"
+                    # Not a blank page while the server loads PyTorch: the page's imports once came first.
+                    spinners = tab.evaluate("window.__spinners || []")
+                    assert any(STARTING_UP in text for text in spinners), (path, spinners)
                 for tab in tabs[1:]:
                     tab.close()
 

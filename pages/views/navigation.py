@@ -46,7 +46,9 @@ def app_navigation():
 
 def run_app() -> None:
     """app.py's whole body: resolve the URL to a page and run it."""
-    st.set_page_config(page_title="dfkd studio", page_icon=":material/science:", layout="wide")
+    # An emoji, not a :material/…: icon: Streamlit draws an emoji favicon inline, a material one it fetches from
+    # fonts.gstatic.com, which an offline machine cannot reach.
+    st.set_page_config(page_title="dfkd studio", page_icon="🧪", layout="wide")
     page = app_navigation()
     if "torch" not in sys.modules:
         # The first script run after a server start imports PyTorch (3-4 s on 2 cores); say so instead of a blank page.
