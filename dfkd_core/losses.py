@@ -92,7 +92,8 @@ def js_competition_loss(teacher_logits: torch.Tensor, student_logits: torch.Tens
                         temperature: float = 3.0) -> torch.Tensor:
     """R_compete (METHODS §1, Adaptive DI): 1 − JS(p_T, p_S) of T-softened outputs, JS clamped to [0, 1].
 
-    Minimizing it pushes images to where teacher and student disagree.
+    Minimizing it pushes images to where teacher and student disagree. JS is in nats, at most ln 2, so the clamp
+    never acts and the loss lies in [1 − ln 2, 1] (docs/methods.md, "Competition").
     """
     p_t = F.softmax(teacher_logits / temperature, dim=1)
     p_s = F.softmax(student_logits / temperature, dim=1)

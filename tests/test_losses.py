@@ -104,3 +104,28 @@ def test_disagreement_is_minus_kl_on_the_images_where_student_and_teacher_agree(
     kl = float((p_t * (p_t.log() - p_s.log())).sum())
     assert disagreement_loss(student, teacher).item() == pytest.approx(-kl / 2, rel=1e-6)   # mean over both images
     assert disagreement_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_generator_loss_by_hand():
+    """L_G (METHODS §2) on one 2x2 image x = [[0, 1], [2, 3]] through a BN layer (running μ 0, σ² 1) and a zero
+    linear head: CE = ln 2 (two equal logits); R_TV = ‖(1, 1)‖ + ‖(2, 2)‖ + |3| + |1| = √2 + √8 + 4;
+    ‖x‖₂ = √14; the BN input's μ = 1.5 and biased σ² = 14/4 − 1.5² = 1.25, so the moment term is
+    |1.5 − 0| + |1.25 − 1| = 1.75 with every layer weighted 1 (the generator's default), 17.5 with w₁ = 10."""
+    from dfkd_core.hooks import BNStatisticsRecorder
+    from dfkd_core.synthesis.generator import generator_loss
+    teacher = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    torch.nn.init.zeros_(teacher[2].weight)
+    torch.nn.init.zeros_(teacher[2].bias)
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    weights = {"lambda_tv": 0.1, "lambda_l2": 0.01, "lambda_bn": 2.0}
+    total, terms, logits = generator_loss(teacher, x, torch.tensor([0]), BNStatisticsRecorder(teacher), **weights)
+    tv = math.sqrt(2) + math.sqrt(8) + 3 + 1
+    assert terms["ce"].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert terms["tv"].item() == pytest.approx(tv, abs=1e-5)
+    assert terms["l2"].item() == pytest.approx(math.sqrt(14), abs=1e-5)
+    assert terms["bn_feature"].item() == pytest.approx(1.75, abs=1e-6)
+    assert total.item() == pytest.approx(math.log(2) + 0.1 * tv + 0.01 * math.sqrt(14) + 2.0 * 1.75, abs=1e-5)
+    _, first_weighted, _ = generator_loss(teacher, x, torch.tensor([0]), BNStatisticsRecorder(teacher), **weights,
+                                          first_bn_multiplier=10.0)
+    assert first_weighted["bn_feature"].item() == pytest.approx(17.5, abs=1e-5)
+    assert logits.shape == (1, 2)

@@ -2,7 +2,9 @@
 
     L(n) = CE(S(x_n), c_n) + α · L_KD(x_n) + β · Σ_k p_n^k · L_KD(ẋ_n^k)
 
-L_KD is `dfkd_core.losses.kd_loss` (METHODS §3: T² · KL). The official code uses temperature 3.
+L_KD is `dfkd_core.losses.kd_loss` (METHODS §3: T² · KL, T_kd = 4 by default, as every KD of the project; the official
+BSS code uses 3). The BSS part is averaged over the attacked base samples, not over the batch, as the official code
+does: with half of a batch attacked, β weighs it twice what an average over the batch would.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def bss_beta(epoch: float, epochs: float) -> float:
 
 
 def bss_term(bss_student_logits: torch.Tensor, bss_teacher_logits: torch.Tensor, bss_weights: torch.Tensor,
-             n_base_samples: int, temperature: float = 3.0) -> torch.Tensor:
+             n_base_samples: int, temperature: float = 4.0) -> torch.Tensor:
     """Σ_n Σ_k p_n^k · L_KD(ẋ_n^k) / n_base_samples: the BSS part of L(n), averaged over the base samples.
 
     Pass only the accepted BSS. bss_weights = p_n^k when every k ≠ b of a base sample was attacked; weight 1 when
@@ -40,7 +42,7 @@ def bss_term(bss_student_logits: torch.Tensor, bss_teacher_logits: torch.Tensor,
 
 def bss_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
                 bss_student_logits: torch.Tensor, bss_teacher_logits: torch.Tensor, bss_weights: torch.Tensor,
-                alpha: float, beta: float, temperature: float = 3.0, n_base_samples: int | None = None
+                alpha: float, beta: float, temperature: float = 4.0, n_base_samples: int | None = None
                 ) -> dict[str, torch.Tensor]:
     """L(n) of METHODS §4 averaged over the batch; returns {"total", "cross_entropy", "kd", "bss"} so the
     trainer can log each term. n_base_samples defaults to the number of BSS rows (one target per base sample)."""

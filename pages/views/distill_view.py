@@ -91,8 +91,8 @@ WEIGHTS = (
     Weight("steps", "KD steps after synthesis", r"Student steps once the images exist; the progress bar counts "
            r"these plus any taken during synthesis (after each round, on half-formed batches).", lambda c: True),
     Weight("batch_size", "student batch", r"Images per KD step.", lambda c: True, minimum=1),
-    Weight("lr", "student learning rate", r"Adam, cosine decay over all student steps.", lambda c: True,
-           options=LRS),
+    Weight("lr", "student learning rate", f"AdamW (weight decay {DistillConfig.weight_decay:g}), cosine decay over "
+           "all student steps.", lambda c: True, options=LRS),
     Weight("mixup", "mixup share", r"Share of each KD batch replaced by $\lambda x_i+(1-\lambda)x_j$, "
            r"$\lambda\sim U(0,1)$, labelled by the teacher: fills the space between pool images; pays off with a "
            r"long KD (`fashion-best`: 0.5, 8,000 steps).", lambda c: issubclass(c, (PoolKD, GeneratorKD, FastMetaKD)),
