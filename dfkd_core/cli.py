@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from contextlib import contextmanager
 
 from tqdm import tqdm
@@ -19,21 +20,33 @@ EXIT = {"done": 0, "failed": 1, "cancelled": 130}
 
 
 class ProgressBar:
-    """Renders a job's events with tqdm: one tick per step, the chosen metrics as postfix."""
+    """Renders a job's events with tqdm: one tick per step, the chosen metrics as postfix. Given the job, the time
+    left is the job's own estimate (`Job.time_left`, each kind of step timed apart) in place of tqdm's, which
+    assumes every remaining step costs what the recent ones did (an inversion iteration, not a student step)."""
 
-    def __init__(self, keys: tuple[str, ...], quiet: bool = False):
-        self.keys, self.quiet, self.bar = keys, quiet, None
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+
+    def __init__(self, keys: tuple[str, ...], quiet: bool = False, job: Job | None = None):
+        self.keys, self.quiet, self.bar, self.job = keys, quiet, None, job
+        self.left, self.left_at = "", 0.0
 
     def __call__(self, event: Event) -> None:
         if self.quiet:
             return
         if event.kind == "started":
-            self.bar = tqdm(total=event.total, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=event.total, unit="step", dynamic_ncols=True,
+                            bar_format=self.BAR_FORMAT if self.job is not None else None)
         elif event.kind == "step" and self.bar is not None:
             self.bar.update(1)
             shown = {k: event.metrics[k] for k in self.keys if k in event.metrics}
-            self.bar.set_postfix({k: v if isinstance(v, str) else f"{v:.4g}" for k, v in shown.items()},
-                                refresh=False)
+            postfix = {k: v if isinstance(v, str) else f"{v:.4g}" for k, v in shown.items()}
+            if self.job is not None:
+                if time.monotonic() - self.left_at >= 1.0:   # it reads the whole history: once a second
+                    left = self.job.time_left()
+                    self.left, self.left_at = (left.describe() if left is not None else ""), time.monotonic()
+                if self.left:
+                    postfix["time"] = self.left
+            self.bar.set_postfix(postfix, refresh=False)
         elif event.kind == "updated":
             tqdm.write(f"step {event.step}: {event.message}")
         elif event.kind in ("done", "cancelled", "failed") and self.bar is not None:
@@ -43,7 +56,7 @@ class ProgressBar:
 def _run_job(job: Job, keys: tuple[str, ...], quiet: bool, report: bool = True) -> int:
     """Run `job` with a progress bar; print where its run is and its summary (`report`: not on torchrun's other
     ranks, which have no run and would print the leader's lines N times). The exit code says how it ended."""
-    job.subscribe(ProgressBar(keys, quiet))
+    job.subscribe(ProgressBar(keys, quiet, job))
     job.run()
     if not report:
         if job.status == "failed":

@@ -20,6 +20,7 @@ import torch
 
 from dfkd_core.device import CPUShare
 from dfkd_core.distributed import Distributed, agree_to_stop
+from dfkd_core.time_left import TimeLeft, estimate_time_left
 
 EVENT_KINDS = ("started", "step", "snapshot", "updated", "done", "cancelled", "failed")
 TERMINAL = ("done", "cancelled", "failed")
@@ -160,6 +161,14 @@ class Job:
     @property
     def running(self) -> bool:
         return self.status in ("pending", "running")
+
+    def time_left(self) -> TimeLeft | None:
+        """The remaining time at this job's pace so far (None before its second step); jobs whose steps differ in
+        kind time each kind apart (`DistillJob`)."""
+        rows = list(self.history)
+        if len(rows) < 2:
+            return None
+        return estimate_time_left(rows, {"steps": self.total_steps - len(rows)}, lambda previous, row: "steps")
 
     def run(self) -> dict[str, Any]:
         """Run to completion in this thread. Never raises for a failed job: see `status` and `error`. While it runs,

@@ -69,6 +69,7 @@ class FastMetaKD(DistillMethod):
                    "KD on the growing pool")
     Options = FastOptions
     multi_process = False
+    other_steps_name = "generator steps"
 
     def __init__(self, job):
         super().__init__(job)

@@ -22,6 +22,7 @@ class GeneratorKD(DistillMethod):
     """Train the generator against the frozen teacher (L_G of METHODS §2), then KD on fresh samples every step."""
 
     mode = "single"
+    other_steps_name = "generator steps"
 
     def __init__(self, job):
         super().__init__(job)

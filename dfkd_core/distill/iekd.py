@@ -130,6 +130,7 @@ class InheritanceExplorationKD(RealOrPoolMethod):
     description = ("IE-KD: CE, plus one half of the student's split layer inherits the teacher autoencoder's "
                    "factor and the other half explores away from it (real data; --pool: data-free)")
     Options = IEKDOptions
+    other_steps_name = "autoencoder steps"
 
     def __init__(self, job):
         super().__init__(job)

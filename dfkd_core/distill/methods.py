@@ -75,6 +75,7 @@ class DistillMethod:
     synthesizes_pool = False  # True for the pool methods, the only ones the inversion settings (`synthesis`) apply to
     multi_process = True      # runs under torchrun (DDP); False: one process only, said before a run exists
     echoes_teacher = True     # its steps are plain KD on a batch, so `teacher_echo` may reuse the teacher's labels
+    other_steps_name = "other steps"   # what its steps that are not student steps are, for the time left
     description = ""
     Options: type[Config] = NoOptions
 
@@ -217,6 +218,7 @@ class PoolKD(DistillMethod):
     preset = "deepinversion"
     Options = PoolOptions
     synthesizes_pool = True
+    other_steps_name = "inversion iterations"
     compete = False  # ADI: each round's batch competes against the current student (R_compete)
 
     def __init__(self, job):

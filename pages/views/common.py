@@ -20,6 +20,7 @@ from dfkd_core.job_manager import JobLimitError, JobManager
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
+from dfkd_core.time_left import clock
 
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
@@ -86,20 +87,13 @@ def live_edit_note(record: RunRecord) -> str:
 
 
 def eta_text(job: Job) -> str:
-    """' · 1:05 elapsed, about 0:42 left' from the job's pace so far (nothing before its first step)."""
-    done = len(job.history)
-    if not job.started_at or not done or not job.total_steps:
+    """' · 1:05 elapsed, about 0:42 left' from the job's pace so far, each kind of step timed apart
+    (`Job.time_left`; nothing before its first step)."""
+    if not job.started_at or not job.history or not job.total_steps:
         return ""
-    elapsed = time.time() - job.started_at
-    text = f" · {_clock(elapsed)} elapsed"
-    if job.running:
-        text += f", about {_clock(elapsed / done * max(0, job.total_steps - done))} left"
-    return text
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+    text = f" · {clock(time.time() - job.started_at)} elapsed"
+    left = job.time_left() if job.running else None
+    return text + (f", {left.describe()}" if left is not None else "")
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -1,0 +1,53 @@
+"""A running job's time left, each kind of step timed apart (dfkd_core/time_left.py)."""
+import copy
+
+import pytest
+
+from dfkd_core.distill import DistillConfig, DistillJob
+from dfkd_core.time_left import TimeLeft, clock, estimate_time_left
+
+
+def _kind(previous, row):
+    return "student steps" if row["student_steps"] > previous["student_steps"] else "inversion iterations"
+
+
+def test_each_kind_of_step_is_timed_apart_and_an_untimed_kind_is_named():
+    # Three inversion iterations 0.3 s apart (the first row only starts the clock: the set-up before it is no step's),
+    # then two student steps 0.1 s apart.
+    rows = [{"elapsed_s": 5.0, "student_steps": 0}, {"elapsed_s": 5.3, "student_steps": 0},
+            {"elapsed_s": 5.6, "student_steps": 0}, {"elapsed_s": 5.7, "student_steps": 1},
+            {"elapsed_s": 5.8, "student_steps": 2}]
+    left = estimate_time_left(rows, {"inversion iterations": 10, "student steps": 100}, _kind)
+    assert left.seconds == pytest.approx(10 * 0.3 + 100 * 0.1)
+    assert left.untimed == {}
+    # While only inversion iterations have run, the student steps' pace is unknown: named, not guessed. One average
+    # over all steps would have put them at the inversion's 0.3 s each.
+    early = estimate_time_left(rows[:3], {"inversion iterations": 10, "student steps": 100}, _kind)
+    assert early.seconds == pytest.approx(3.0)
+    assert early.untimed == {"student steps": 100}
+    assert early.describe() == "about 0:03 left, then 100 student steps (not timed yet)"
+    assert TimeLeft(0.0, {"student steps": 2800}).describe() == "2,800 student steps to go (not timed yet)"
+    assert TimeLeft(3725.0, {}).describe() == "about 1:02:05 left"
+    assert estimate_time_left(rows, {"inversion iterations": 0, "student steps": 0}, _kind) == TimeLeft(0.0, {})
+    assert clock(42.4) == "0:42"
+
+
+def test_a_distillation_counts_what_is_left_of_each_kind_from_its_plan(digits_teacher):
+    """2 rounds x 6 inversion iterations, then 10 student steps on the pool: part-way through the second round, the
+    time left covers 3 more inversion iterations at the inversion's pace and names the 10 student steps."""
+    config = DistillConfig(method="deepinversion", images=40, synthesis={"iterations": 6, "batch_size": 20},
+                           kd_steps_per_round=0, steps=10, eval_every=10 ** 6)
+    job = DistillJob(copy.deepcopy(digits_teacher), config)
+    job.run()
+    assert job.status == "done", job.error
+    full = list(job.history)
+    assert job.time_left() == TimeLeft(0.0, {})
+    job.history = full[:9]   # as the job's history stood after its 9th step
+    left = job.time_left()
+    pace = (full[8]["elapsed_s"] - full[0]["elapsed_s"]) / 8
+    assert left.untimed == {"student steps": 10}
+    assert left.seconds == pytest.approx(3 * pace)
+    job.history = full[:14]   # two student steps in
+    left = job.time_left()
+    student_pace = (full[13]["elapsed_s"] - full[11]["elapsed_s"]) / 2
+    assert left.untimed == {} and left.seconds == pytest.approx(8 * student_pace)
