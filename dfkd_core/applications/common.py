@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo, ImageSplit, load_split
-from dfkd_core.device import prepare_model, resolve_device
+from dfkd_core.device import memory_layout, prepare_input, prepare_model, resolve_device
 from dfkd_core.distill.pool import SyntheticPool
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint
@@ -34,6 +34,7 @@ from dfkd_core.training import evaluate
 RESULTS_FILE = "results.json"
 TEST_HITS_FILE = "test_hits.pt"
 POOL_FILE = "images.pt"
+CPU = torch.device("cpu")   # where latencies are measured and int8 models run
 
 
 @dataclass
@@ -96,14 +97,15 @@ def cpu_latency_ms(model: nn.Module, example: torch.Tensor, repeats: int = 5, wa
 
     The median, because a shared machine adds one-sided outliers (another process takes the core)."""
     model = model.eval()
-    example = example.cpu()
-    for _ in range(warmup):
-        model(example)
+    example = prepare_input(example.cpu(), CPU)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(example)
-        times.append(time.perf_counter() - start)
+    with torch.inference_mode():   # a trainable copy would otherwise also time autograd's bookkeeping
+        for _ in range(warmup):
+            model(example)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(example)
+            times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
@@ -316,8 +318,13 @@ class CompressionJob(ApplicationJob):
                                        self.config.seed, self.device)
 
     def time_later(self, key: str, model: nn.Module) -> str:
-        """Keep a CPU copy of `model` for the run's last step to time; rows measured on it carry `timing: key`."""
-        self.timed[key] = copy.deepcopy(model).cpu().eval()
+        """Keep a CPU copy of `model` for the run's last step to time; rows measured on it carry `timing: key`.
+        Every float model in the CPU's layout (`prepare_model`): a pruned copy came out of the surgery in NCHW while
+        the unpruned teacher ran in NHWC, and the smaller network timed slower than the full one."""
+        timed = copy.deepcopy(model).cpu().eval()
+        if memory_layout(timed) is not None:   # int8 models have no float convolutions to lay out
+            timed = prepare_model(timed, CPU)
+        self.timed[key] = timed
         return key
 
     def measure_latencies(self) -> dict:

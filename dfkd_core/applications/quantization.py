@@ -33,13 +33,12 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from dfkd_core.applications.common import (CompressionConfig, CompressionJob, accuracy_entry,
+from dfkd_core.applications.common import (CPU, CompressionConfig, CompressionJob, accuracy_entry,
                                            recalibrate_bn_statistics, serialized_size_bytes)
 
 SOURCES = ("synthetic", "real", "noise")
 OBSERVERS = ("minmax", "histogram")
 DATA_FREE = {"synthetic": True, "real": False, "noise": True}
-CPU = torch.device("cpu")
 
 
 @dataclass

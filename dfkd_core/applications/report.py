@@ -26,8 +26,12 @@ def points(ci: Mapping | None) -> str:
 
 
 def milliseconds(row: Mapping) -> str:
-    """The row's latency, or '–' for a run stopped before its timing step."""
-    return f"{row['latency_ms']:.2f}" if row.get("latency_ms") is not None else "–"
+    """The row's latency (median over the timing rounds) and the range it moved in, or '–' for a run stopped
+    before its timing step."""
+    if row.get("latency_ms") is None:
+        return "–"
+    spread = row.get("latency_range_ms")
+    return f"{row['latency_ms']:.2f}" + (f" ({spread[0]:.2f}–{spread[1]:.2f})" if spread else "")
 
 
 def _table(header: list[str], lines: list[list[str]]) -> str:
@@ -40,7 +44,7 @@ def pruning_table(results: Mapping) -> str:
     rows = results["rows"]
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "unpruned"))
     comparisons = {(c["criterion"], c["keep_target"]): c["difference_ci"] for c in results.get("comparisons", [])}
-    header = ["criterion", "kept FLOPs (target)", "MMACs", "params", "CPU ms/batch", *variants, "synthetic − real KD"]
+    header = ["criterion", "kept FLOPs (target)", "MMACs", "params", "CPU ms/batch (range)", *variants, "synthetic − real KD"]
     lines = []
     for key in dict.fromkeys((r["criterion"], r["keep_target"]) for r in rows):
         group = {r["variant"]: r for r in rows if (r["criterion"], r["keep_target"]) == key}
@@ -65,7 +69,7 @@ def quantization_table(results: Mapping) -> str:
                       str(r.get("calibration_images", "–")), percent(r["accuracy_ci"]), points(to_fp32.get(name)),
                       f"{r['size_bytes'] / 1024:.0f}", milliseconds(r)])
     table = _table(["model", "calibration", "observer", "data-free", "images", "accuracy [95% CI]",
-                    "− fp32 (paired)", "size KiB", "CPU ms/batch"], lines)
+                    "− fp32 (paired)", "size KiB", "CPU ms/batch (range)"], lines)
     others = [c for c in results.get("comparisons", []) if c["b"] != "fp32"]
     extra = "".join(f"\n{c['comparison']}: {points(c['difference_ci'])}" for c in others)
     return table + "\n" + extra

@@ -56,13 +56,18 @@ def pruning_latency_figure(rows: Sequence[Mapping], height: int = 300) -> go.Fig
     architectures = {(r["criterion"], r["keep_target"]): r for r in rows if r.get("latency_ms") is not None}.values()
     for criterion in dict.fromkeys(r["criterion"] for r in architectures):
         points = sorted((r for r in architectures if r["criterion"] == criterion), key=lambda r: r["kept_flops"])
-        figure.add_trace(go.Scatter(x=[r["kept_flops"] for r in points], y=[r["latency_ms"] for r in points],
+        medians = [r["latency_ms"] for r in points]
+        low, high = zip(*(r.get("latency_range_ms") or [r["latency_ms"]] * 2 for r in points))
+        figure.add_trace(go.Scatter(x=[r["kept_flops"] for r in points], y=medians,
+                                    error_y={"type": "data", "symmetric": False,   # the range over timing rounds
+                                             "array": [h - m for h, m in zip(high, medians)],
+                                             "arrayminus": [m - lo for lo, m in zip(low, medians)]},
                                     name="unpruned" if criterion == "-" else criterion, mode="markers+lines",
                                     line={"dash": CRITERION_DASH.get(criterion, "dash")}))
     figure.update_xaxes(title="share of the FLOPs kept", tickformat=".0%", autorange="reversed")
     figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                          legend={"orientation": "h", "y": -0.3})
-    figure.update_yaxes(title="CPU ms per batch (median)", rangemode="tozero")
+    figure.update_yaxes(title="CPU ms per batch (median, bar: range)", rangemode="tozero")
     return figure
 
 
