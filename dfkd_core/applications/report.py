@@ -44,7 +44,8 @@ def pruning_table(results: Mapping) -> str:
     rows = results["rows"]
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "unpruned"))
     comparisons = {(c["criterion"], c["keep_target"]): c["difference_ci"] for c in results.get("comparisons", [])}
-    header = ["criterion", "kept FLOPs (target)", "MMACs", "params", "CPU ms/batch (range)", *variants, "synthetic − real KD"]
+    header = ["criterion", "kept FLOPs (target)", "MMACs", "params", "CPU ms/batch (range)", *variants,
+              "synthetic − real KD"]
     lines = []
     for key in dict.fromkeys((r["criterion"], r["keep_target"]) for r in rows):
         group = {r["variant"]: r for r in rows if (r["criterion"], r["keep_target"]) == key}
