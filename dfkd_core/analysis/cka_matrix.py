@@ -16,7 +16,7 @@ are often one class, as in a synthesized pool, and a one-class batch measures wi
 streaming interval's subsample is then a random one. The exact estimators do not depend on the order.
 
 Intervals (`cka_intervals`): full — half-sampling over inputs; streaming — the same on a random subsample of
-`INTERVAL_SUBSAMPLE` inputs, widths rescaled by √(m/n); minibatch — the batches resampled.
+`INTERVAL_SUBSAMPLE` inputs, widths rescaled by √(m/n); minibatch — a jackknife over the batches, with t.
 """
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ from dfkd_core.analysis.cka import (KERNELS, RBF_BANDWIDTHS, _as_matrix, center_
                                     gram_rbf)
 from dfkd_core.analysis.cka_accumulators import LinearCKAAccumulator, MinibatchCKA
 from dfkd_core.analysis.cka_intervals import (CKA_RESAMPLES, cka_with_draws, half_sample_bounds, m_out_of_n_bounds,
-                                              minibatch_draws)
+                                              minibatch_leave_one_out)
 from dfkd_core.analysis.features import (FeatureCapture, Inputs, LayerRef, batch_bounds, batch_of, layer_names,
                                         resolve_layers, trace_layers)
 from dfkd_core.data import ImageSplit
 from dfkd_core.device import prepare_input
-from dfkd_core.stats import LEVEL, Interval, percentile_bounds
+from dfkd_core.stats import LEVEL, Interval, jackknife_t_bounds
 
 ESTIMATORS = ("auto", "full", "streaming", "minibatch")
 FULL_MAX_SAMPLES = 3000
@@ -270,9 +270,11 @@ class CKAMatrix:
                 f"half-sampling on a random {m:,} of the {self.samples:,} inputs, widths × √(m/n)"
             return matrix, low, high, method, self.samples
         cross, self_x, self_y = acc.batch_terms()
-        draws = minibatch_draws(cross, self_x, self_y, resamples, self.seed)
-        return (acc.value(), *percentile_bounds(draws), f"percentile bootstrap over {len(cross)} minibatches",
-                len(cross))
+        value = acc.value()
+        low, high = jackknife_t_bounds(value, minibatch_leave_one_out(cross, self_x, self_y))
+        if not resamples:   # no interval asked for, as with the other estimators
+            low, high = torch.full_like(low, math.nan), torch.full_like(high, math.nan)
+        return value, low, high, f"jackknife over {len(cross)} minibatches, t with {len(cross) - 1} df", len(cross)
 
     def result(self, resamples: int = CKA_RESAMPLES) -> CKAResult:
         """The CKA matrix of the inputs seen so far, with `resamples` resamples for its intervals (cka_intervals)."""
@@ -280,7 +282,7 @@ class CKAMatrix:
         return CKAResult(matrix.to(torch.float64), self.layers_teacher, self.layers_student, self.kernel,
                          self.estimator, self.samples, self.threshold, self.reduce, self.bandwidth,
                          self.requested_kernel if self.requested_kernel != self.kernel else "", self.note,
-                         low, high, method, units, resamples)
+                         low, high, method, units, 0 if self.estimator == "minibatch" else resamples)
 
 
 def cka_matrix(teacher: nn.Module, student: nn.Module, layers_teacher: Sequence[LayerRef] | None,
@@ -293,7 +295,7 @@ def cka_matrix(teacher: nn.Module, student: nn.Module, layers_teacher: Sequence[
     `layers_*`: names or modules (None: each model's `layer_names`). `kernel`: one of `cka.KERNELS`.
     `reduce`: 'flatten' (default, Kornblith et al.) or 'mean' (global average pooling per channel).
     `progress(step, total)` is called after every batch. `resamples`: the interval's resamples (random halves of the
-    inputs, or of the minibatches; 0: no interval).
+    inputs; the minibatch estimator's jackknife needs none; 0: no interval).
     """
     matrix = CKAMatrix(teacher, student, inputs, layers_teacher, layers_student, kernel, threshold, batch_size,
                        reduce, estimator, bandwidth, seed)
