@@ -8,10 +8,12 @@ from pages.views.navigation import hand_over_to_app
 hand_over_to_app()
 
 from dfkd_core.analysis import KERNELS, CKAResult, layer_names  # noqa: E402
+from dfkd_core.analysis.boundary_cli import student_label  # noqa: E402
 from dfkd_core.analysis.checks import require_comparable, sample_count_note  # noqa: E402
 from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES  # noqa: E402
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs  # noqa: E402
 from dfkd_core.data import DatasetMissingError  # noqa: E402
+from dfkd_core.models import CheckpointError  # noqa: E402
 from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses)
@@ -31,9 +33,10 @@ def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
     require_comparable(teacher, open_checkpoint(student_ref), "this student")
     require_job_slot()
     inputs = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store(), config.data_root)
+    student = student_label(get_store(), student_ref, open_checkpoint(student_ref))
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
                              dataset=teacher.dataset.name,
-                             name=f"CKA {teacher.name} vs {open_checkpoint(student_ref).name} ({config.inputs})")
+                             name=f"CKA {config.kernel} {teacher.name} vs {student} ({config.inputs})")
     return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), inputs.images, config, run,
                                       samples_note=inputs.note), run, label="CKA")
 
@@ -138,8 +141,15 @@ if saved.get("samples_note"):
     st.warning(f"{saved['samples_note']}.")
 st.plotly_chart(cka_heatmap_figure(result), key="cka_heatmap")
 summary = record.summary
-facts = [f"{result.samples} images ({summary.get('inputs', '?')})", f"features: {result.reduce}",
-         f"{result.estimator} estimator"]
+opened_config = get_store().get(opened).config()
+student_run = opened_config.get("student", "")
+try:   # the run's own name did not say which student until 2026-12-07
+    compared = (f"{open_checkpoint(opened_config['teacher']).name} vs "
+                f"{student_label(get_store(), student_run, open_checkpoint(student_run))}")
+except (KeyError, FileNotFoundError, CheckpointError):   # a deleted run or a moved file
+    compared = f"vs {student_run or '?'}"
+facts = [f"**{compared}**", f"{result.samples} images ({summary.get('inputs', '?')})",
+         f"features: {result.reduce}", f"{result.estimator} estimator"]
 if "cka_diagonal_mean" in summary:
     facts.append(f"mean of the diagonal (layer i vs layer i): {summary['cka_diagonal_mean']:.3f}")
 if summary.get("partial"):
@@ -149,7 +159,6 @@ if result.low is not None:
     st.plotly_chart(cka_interval_figure(result), key="cka_intervals")
 else:
     st.caption("This comparison was computed before CKA carried intervals: recompute it for error bars.")
-student_run = get_store().get(opened).config().get("student", "")
 try:
     split = get_store().get_record(student_run).summary.get("layer_student")
 except KeyError:   # a peer B checkpoint path, or a deleted run

@@ -110,7 +110,9 @@ def cmd_cka(args, store) -> int:
     _check_layers(teacher, config.layers_teacher)
     _check_layers(student, config.layers_student)
     inputs = _inputs(args, store, teacher)
-    run = _start_run(store, "cka", config, teacher, f"CKA {teacher.name} vs {student.name} ({args.inputs})")
+    from dfkd_core.analysis.boundary_cli import student_label
+    run = _start_run(store, "cka", config, teacher, f"CKA {config.kernel} {teacher.name} vs "
+                     f"{student_label(store, args.student, student)} ({args.inputs})")
     job = CKAAnalysis(teacher.model, student.model, inputs.images, config, run, samples_note=inputs.note)
     job.subscribe(ProgressBar(("samples",), args.quiet))
     job.run()
@@ -160,7 +162,11 @@ def cmd_gradcam(args, store) -> int:
 
     refs = args.student + (args.students or [])   # --student repeats (as in `dfkd boundary`), --students lists
     teacher, *students = _models(store, [args.teacher] + refs, "model")
-    names = [f"student{i + 1}:{s.name}" if len(refs) > 1 else f"student:{s.name}" for i, s in enumerate(students)]
+    from dfkd_core.analysis.boundary_cli import student_label
+    # How each student was made and its run (as `dfkd boundary` names them), not "student1": the names are what the
+    # table, gradcam.json and the app's Attention page show.
+    names = [student_label(store, ref, s) for ref, s in zip(refs, students)]
+    names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
     config = GradCAMConfig(teacher=args.teacher, students=refs, target=args.target,
                            layer_teacher=args.layer_teacher or "", layers_students=args.layers_students or [],
                            fraction=args.fraction, inputs=args.inputs, samples=args.samples,
