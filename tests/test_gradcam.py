@@ -177,6 +177,14 @@ def test_paired_differences_are_later_minus_earlier_on_the_images_defined_for_bo
     assert paired_differences({"A": a}) == []
 
 
+def _labels(home, *refs):
+    """The names `dfkd gradcam` gives its students (boundary_cli.student_label)."""
+    from dfkd_core.analysis.boundary_cli import student_label
+    from dfkd_core.models import load_checkpoint
+    from dfkd_core.runs import RunStore
+    return [student_label(RunStore(home), ref, load_checkpoint(ref)) for ref in refs]
+
+
 def test_cli_gradcam_json_carries_the_paired_difference(digits_teacher, digits_student_checkpoint, tmp_path,
                                                         capsys):
     from dfkd_core.cli import main
@@ -185,7 +193,8 @@ def test_cli_gradcam_json_carries_the_paired_difference(digits_teacher, digits_s
                  "--student", digits_teacher.path, "--student", str(digits_student_checkpoint), "--samples", "20",
                  "--json"]) == 0
     (d,) = json.loads(capsys.readouterr().out)["differences"]
-    assert (d["student_a"], d["student_b"]) == ("student2:bncnn3_w16", "student1:bncnn3_w32")
+    first, second = _labels(tmp_path / "home", digits_teacher.path, str(digits_student_checkpoint))
+    assert (d["student_a"], d["student_b"]) == (second, first)
     assert d["iou"]["estimate"] < 0 and d["iou"]["high"] < 0   # B − A: the untrained student against the teacher
     assert d["correlation"]["resamples"] == 1000 and d["correlation"]["units"] <= 20
 
@@ -199,27 +208,29 @@ def test_cli_gradcam_compares_several_students(digits_teacher, digits_student_ch
                  str(digits_student_checkpoint), "--students", digits_teacher.path, "--samples", "40",
                  "--batch-size", "16", "--target", "teacher"]) == 0
     out = capsys.readouterr().out
-    assert "student2:bncnn3_w32" in out and "40 images" in out and "95% interval" in out
+    untrained, itself = _labels(home, str(digits_student_checkpoint), digits_teacher.path)
+    assert untrained == "student:bncnn3_w16"   # named like `dfkd boundary` names it, not "student1"
+    assert itself in out and "40 images" in out and "95% interval" in out
     assert "1.000 [1.000, 1.000]" in out   # the teacher compared with itself, and its interval
     assert "above chance" in out and "maps 2×2 (teacher), 2×2 cells before upsampling" in out
     run = RunStore(home).list(kind="analysis")[0]
     assert run.status == "done" and run.method == "gradcam"
     saved = json.loads((run.dir / "gradcam.json").read_text())
-    assert saved["students"]["student2:bncnn3_w32"]["iou_mean"] == 1.0   # the teacher compared with itself
-    interval = saved["students"]["student1:bncnn3_w16"]["correlation_interval"]
+    assert saved["students"][itself]["iou_mean"] == 1.0   # the teacher compared with itself
+    interval = saved["students"][untrained]["correlation_interval"]
     assert interval["low"] <= interval["estimate"] <= interval["high"] and interval["units"] <= 40
-    assert run.summary["students"]["student1:bncnn3_w16"]["iou_interval"]["resamples"] == 1000
-    assert len(saved["per_image"]["student1:bncnn3_w16"]["correlation"]) == 40
+    assert run.summary["students"][untrained]["iou_interval"]["resamples"] == 1000
+    assert len(saved["per_image"][untrained]["correlation"]) == 40
     maps = torch.load(run.dir / "gradcam_maps.pt", weights_only=True)
     assert maps["maps"]["teacher"].shape == (16, 8, 8) and maps["images"].shape == (16, 1, 8, 8)
     assert (run.dir / "gradcam_overlays.png").stat().st_size > 0
     # the paired difference of the two students on the same images: student2 − student1, in the table and stored
     assert "paired differences on the same images" in out
-    assert re.search(r"IoU\(student2:bncnn3_w32\) − IoU\(student1:bncnn3_w16\) = \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] "
+    assert re.search(rf"IoU\({re.escape(itself)}\) − IoU\({re.escape(untrained)}\) = \+0\.\d+ \[\+0\.\d+, \+0\.\d+\] "
                      r"over 40 images", out)   # the teacher itself overlaps its own map better than an untrained one
     (d,) = saved["differences"]
-    assert (d["student_a"], d["student_b"]) == ("student2:bncnn3_w32", "student1:bncnn3_w16")
-    iou = saved["students"]["student1:bncnn3_w16"]["iou_mean"]
+    assert (d["student_a"], d["student_b"]) == (itself, untrained)
+    iou = saved["students"][untrained]["iou_mean"]
     assert d["iou"]["estimate"] == pytest.approx(1.0 - iou) and d["iou"]["units"] == 40
     assert d["iou"]["low"] <= d["iou"]["estimate"] <= d["iou"]["high"]
     assert run.summary["differences"] == saved["differences"]
