@@ -362,5 +362,8 @@ def test_methods_page_renders_every_section_of_the_shipped_methods_doc(teacher_h
     main = " ".join(m.value for m in at.main.markdown)
     assert "Notation:" in main and "Every method the tool runs" not in main   # the caption says it already
     assert "](#model-inversion)" not in main   # the contents are in the sidebar, once
-    assert "METHODS §" not in METHODS_DOC.read_text()   # the product cites its own document, not the spec's
+    text = METHODS_DOC.read_text()
+    assert "METHODS §" not in text   # the product cites its own document, not the spec's
+    # No control characters: "\text" written through a Python string once became a tab + "ext" in two formulas.
+    assert not [line for line in text.splitlines() if any(ord(c) < 32 for c in line)]
     assert section_link("cka") == "[Methods: CKA](/methods#cka)"

@@ -91,19 +91,30 @@ def test_chance_level_scores_each_teacher_map_against_the_students_map_of_anothe
     assert r.tolist() == pytest.approx([-1 / 3, -1 / 3]) and iou.tolist() == [0.0, 0.0]
     alone_r, alone_iou = mismatched_scores(teacher[:1], teacher[:1])   # one image has no other image
     assert math.isnan(float(alone_r)) and math.isnan(float(alone_iou))
+    # Three images attending to three different corners: every partner is another image (a derangement), so each
+    # chance r is the one of two different one-hot maps, −1/3, over every pairing.
+    corners = torch.zeros(3, 2, 2)
+    corners[0, 0, 0] = corners[1, 0, 1] = corners[2, 1, 1] = 1.0
+    r3, iou3 = mismatched_scores(corners, corners.clone(), fraction=0.25, pairings=7)
+    assert r3.tolist() == pytest.approx([-1 / 3] * 3) and iou3.tolist() == [0.0] * 3
 
 
 def test_a_students_scores_come_with_their_chance_level_and_map_size():
     teacher = LeftHalfNet()
-    result = compare_attention(teacher, {"copy": copy.deepcopy(teacher)}, torch.rand(12, 1, 6, 6),
+    images = torch.rand(12, 1, 6, 6)
+    result = compare_attention(teacher, {"copy": copy.deepcopy(teacher)}, images,
                                target="predicted", layer_teacher="mask", layers_students={"copy": "mask"},
                                batch_size=5)
     s = result.summary(intervals=True)["copy"]
     assert s["map_size"] == s["teacher_map_size"] == (6, 6)
-    # the chance level is the mean of the mismatched scores of each batch (5, 5 and 2 images)
-    chance = torch.cat([mismatched_scores(result.maps["teacher"][i:i + 5], result.maps["copy"][i:i + 5])[0]
-                        for i in (0, 5, 10)])
+    # the chance level is over the whole set of 12, whatever the batches (5, 5 and 2 images here): with the next
+    # image of each batch as partner, batches of 1 had no level at all and small ones another level than large ones
+    chance, _ = mismatched_scores(result.maps["teacher"], result.maps["copy"])
     assert s["chance_correlation_mean"] == pytest.approx(float(chance.double().mean()))
+    for batch_size in (1, 12):
+        other = compare_attention(teacher, {"copy": copy.deepcopy(teacher)}, images, target="predicted",
+                                  layer_teacher="mask", layers_students={"copy": "mask"}, batch_size=batch_size)
+        assert other.summary()["copy"]["chance_correlation_mean"] == pytest.approx(s["chance_correlation_mean"])
     above = s["correlation_above_chance"]
     assert above["estimate"] == pytest.approx(1.0 - s["chance_correlation_mean"]) and above["low"] <= above["high"]
 

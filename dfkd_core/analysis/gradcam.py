@@ -85,16 +85,31 @@ def top_region_iou(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.2) -> t
     return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
 
 
-def mismatched_scores(teacher_maps: torch.Tensor, student_maps: torch.Tensor, fraction: float = 0.2
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chance level of (r, IoU): the teacher's map of each image against the student's map of the next image
-    (a derangement; NaN for a batch of one). Unrelated maps agree too where both lean to the same place (a centre
-    bias, a layer of 2x2 cells upsampled); a student attends like its teacher only as far as it beats this."""
-    if len(student_maps) < 2:
-        nan = torch.full((len(student_maps),), float("nan"))
+CHANCE_PAIRINGS = 5   # other images each teacher map is scored against for its chance level
+
+
+def mismatched_scores(teacher_maps: torch.Tensor, student_maps: torch.Tensor, fraction: float = 0.2,
+                      pairings: int = CHANCE_PAIRINGS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chance level of (r, IoU) per image: the teacher's map of the image against the student's maps of other
+    images, averaged over `pairings` random derangements of the whole set (each a random cycle through all images,
+    so no image meets itself; NaN for a set of one). Unrelated maps agree too where both lean to the same place (a
+    centre bias, a layer of 2x2 cells upsampled); a student attends like its teacher only as far as it beats this.
+    Random partners over the whole set, not the next image of each batch: the level no longer moved with the batch
+    size (digits: "above chance" at batch 4, not at batch 100) or with the order the images come in."""
+    n = len(student_maps)
+    if n < 2:
+        nan = torch.full((n,), float("nan"))
         return nan, nan.clone()
-    other = student_maps.roll(1, 0)
-    return attention_correlation(teacher_maps, other), top_region_iou(teacher_maps, other, fraction)
+    generator = torch.Generator().manual_seed(seed)
+    r, iou = [], []
+    for _ in range(pairings):
+        cycle = torch.randperm(n, generator=generator)
+        partner = torch.empty(n, dtype=torch.long)
+        partner[cycle] = cycle.roll(-1)
+        other = student_maps[partner]
+        r.append(attention_correlation(teacher_maps, other))
+        iou.append(top_region_iou(teacher_maps, other, fraction))
+    return torch.stack(r).nanmean(0), torch.stack(iou).nanmean(0)
 
 
 def nan_mean(values: torch.Tensor) -> float:
@@ -173,19 +188,22 @@ class AttentionComparison:
 
     @staticmethod
     def concat(parts: Sequence["AttentionComparison"], keep_maps: int | None = None) -> "AttentionComparison":
-        """Join batches; keep the maps of the first `keep_maps` images only (None: all)."""
+        """Join batches (each with every map of its images); keep the maps of the first `keep_maps` images only
+        (None: all)."""
         first = parts[0]
 
         def cat(attr):
             return {k: torch.cat([getattr(p, attr)[k] for p in parts]) for k in getattr(first, attr)}
 
         maps = cat("maps")
+        # The chance level over the whole set, not batch by batch (`mismatched_scores`).
+        chance = {s: mismatched_scores(maps["teacher"], maps[s], first.fraction) for s in first.correlation}
         if keep_maps is not None:
             maps = {k: v[:keep_maps] for k, v in maps.items()}
         labels = torch.cat([p.labels for p in parts]) if first.labels is not None else None
         return AttentionComparison(maps, cat("targets"), cat("predictions"), cat("correlation"), cat("iou"),
-                                   cat("chance_correlation"), cat("chance_iou"), first.map_sizes, first.layers,
-                                   first.target, first.fraction, labels)
+                                   {s: c[0] for s, c in chance.items()}, {s: c[1] for s, c in chance.items()},
+                                   first.map_sizes, first.layers, first.target, first.fraction, labels)
 
 
 def _output_size(model: nn.Module, layer: LayerRef, images: torch.Tensor) -> tuple[int, int]:
