@@ -10,7 +10,8 @@ hand_over_to_app()
 
 import torch  # noqa: E402
 
-from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS, attack_both, qualifying_base_samples  # noqa: E402
+from dfkd_core.analysis.boundary import (  # noqa: E402
+    METRIC_ATTACK, MIN_PAIRS, BasePairs, attack_both, qualifying_base_samples)
 from dfkd_core.analysis.boundary_cli import student_label  # noqa: E402
 from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run  # noqa: E402
 from dfkd_core.analysis.checks import require_comparable  # noqa: E402
@@ -218,7 +219,8 @@ if opened is not None:
     st.caption(f"{data['base_samples']} base samples ({c['split']} split, {c['selection']} selection), "
                f"{data['pairs']} (n, k) pairs, targets: {c['targets']}; attack η = {c['eta']}, I = {c['max_steps']}, "
                f"step ÷‖∇‖^{c['gradient_norm_power']}; the teacher crossed on {data['teacher_outcomes']['accepted']}"
-               f" pairs" + (" · **partial: stopped before every student was measured**" if data["partial"] else ""))
+               f" pairs" + (" · **partial: stopped before every student was measured**" if data["partial"] else "")
+               + (f". Note: {BasePairs.SHARED_NOTE}." if len(rows) > 1 else ""))
     st.dataframe(display_rows(rows), hide_index=True)
     if data.get("differences"):
         st.plotly_chart(difference_figure(data["differences"]), key="boundary_differences")

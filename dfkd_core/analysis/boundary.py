@@ -116,6 +116,10 @@ class BasePairs:
     def __len__(self) -> int:
         return len(self.pair_base)
 
+    SHARED_NOTE = ("the base samples are the inputs the teacher and every student of this comparison get right, so the "
+                   "students here are compared on the same samples; the same student compared beside other students "
+                   "can be scored on other samples, and its MagSim/AngSim there is not comparable with this one")
+
     def shortfall_note(self, what: str = "test images") -> str:
         """'200 base samples asked, 33 qualified: only 33 test images are classified correctly by the teacher and
         every student' — or '' when every base sample asked for was found."""

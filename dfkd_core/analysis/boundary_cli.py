@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS
+from dfkd_core.analysis.boundary import METRIC_ATTACK, MIN_PAIRS, BasePairs
 from dfkd_core.analysis.cli import _fmt_interval, json_ready
 from dfkd_core.stats import Interval
 
@@ -56,6 +56,8 @@ def print_table(summary: dict) -> None:
                       f"{_fmt_interval(Interval.from_dict(d[metric]), '+.3f')}")
     if summary["samples_note"]:
         print(f"note: {summary['samples_note']}")
+    if len(rows) > 1:
+        print(f"note: {BasePairs.SHARED_NOTE}")
 
 
 def _check_before_run(config, teacher, students: dict, data_root: str | None) -> None:
