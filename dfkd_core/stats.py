@@ -126,8 +126,19 @@ def mean_interval(values, resamples: int = RESAMPLES, level: float = LEVEL, seed
 
 
 def accuracy_interval(correct, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> Interval:
-    """Accuracy over test images from their per-image hits (bool or 0/1)."""
-    return mean_interval(torch.as_tensor(correct).to(torch.float64), resamples, level, seed)
+    """Accuracy over test images from their per-image hits (bool or 0/1). Where every image is right (or every one
+    wrong) a bootstrap has nothing to resample and gives a zero-width [100%, 100%], which reads as certainty; there
+    the interval is Wilson's score interval, [n/(n + z²), 1] at 100% (360 images: [98.94%, 100%])."""
+    hits = torch.as_tensor(correct).to(torch.float64).flatten()
+    hits = hits[~torch.isnan(hits)]
+    n = len(hits)
+    if n and bool((hits == hits[0]).all()) and float(hits[0]) in (0.0, 1.0):
+        z2 = float(torch.special.ndtri(torch.tensor(0.5 + level / 2, dtype=torch.float64))) ** 2
+        bound = n / (n + z2)
+        low, high = (bound, 1.0) if hits[0] == 1 else (0.0, 1.0 - bound)
+        return Interval(float(hits[0]), low, high, n, level, 0,
+                        "Wilson score (every image alike: a bootstrap has nothing to resample)")
+    return mean_interval(hits, resamples, level, seed)
 
 
 def paired_difference_interval(a, b, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> Interval:

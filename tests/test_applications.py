@@ -205,6 +205,11 @@ def test_quantization_synthetic_calibration_beats_noise(digits_teacher, digits_p
     assert synthetic["observer"] == observer and results["config"]["observer"] == observer
     names = {c["comparison"] for c in results["comparisons"]}
     assert f"{model}: synthetic − noise" in names and f"{model} (synthetic) − fp32" in names
+    # every recalibrated network also against fp32, paired: the table's "− fp32" cell is filled on its rows too
+    assert {f"fp32, BN recalibrated ({source}) − fp32" for source in ("synthetic", "real", "noise")} <= names
+    table = format_results(results)
+    recalibrated_lines = [line for line in table.splitlines() if line.startswith("| fp32, BN recalibrated")]
+    assert recalibrated_lines and all(" pt |" in line for line in recalibrated_lines)
 
 
 def test_continual_replay_keeps_the_old_classes_naive_forgets(store):

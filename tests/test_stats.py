@@ -65,3 +65,15 @@ def test_interval_round_trips_and_formats():
     assert Interval.from_dict(ci.to_dict()) == ci
     assert ci.format(".1%") == "50.0% [40.0%, 60.0%]" and ci.half_width == pytest.approx(0.1)
     assert math.isnan(ratio_interval([0.0], [0.0]).estimate)
+
+
+def test_an_accuracy_where_every_image_agrees_gets_a_wilson_interval_not_a_zero_width_one():
+    # 360 of 360 right: a bootstrap can only redraw 1s ([1, 1], which reads as certainty); Wilson's bound at
+    # p = 1 is n / (n + z²) = 360 / (360 + 1.95996²) = 0.98944.
+    interval = accuracy_interval(torch.ones(360))
+    assert interval.estimate == 1.0 and interval.high == 1.0
+    assert interval.low == pytest.approx(360 / (360 + 1.959964 ** 2), abs=1e-6)
+    assert "Wilson" in interval.method and interval.resamples == 0
+    none = accuracy_interval(torch.zeros(10, dtype=torch.bool))
+    assert (none.low, none.estimate) == (0.0, 0.0) and none.high == pytest.approx(1 - 10 / (10 + 1.959964 ** 2))
+    assert accuracy_interval(torch.tensor([1.0, 0.0, 1.0, 1.0])).method == "percentile bootstrap"
