@@ -156,12 +156,13 @@ def cmd_runs(args, store: RunStore) -> int:
         print(f"no runs in {store.home}")
         return 0
     key_metrics = ("test_accuracy", "teacher_accuracy", "student_accuracy", "bn_distance_end", "ratio")
-    print(f"{'id':36} {'kind':10} {'status':11} {'dataset':14} {'method':16} {'teacher':22} metrics")
+    print(f"{'id':36} {'kind':10} {'status':11} {'dataset':14} {'method':16} {'teacher':28} metrics")
     for r in records:
         shown = " ".join(_metric_text(k, r.summary) for k in key_metrics
                          if isinstance(r.summary.get(k), (int, float)))
-        teacher = (r.teacher or "-")[-22:]
-        print(f"{r.id:36} {r.kind:10} {r.status:11} {r.dataset or '-':14} {r.method or '-':16} {teacher:22} "
+        teacher = r.teacher or "-"   # a run id fits whole (28 characters); a long path keeps its end, marked cut
+        teacher = teacher if len(teacher) <= 28 else "…" + teacher[-27:]
+        print(f"{r.id:36} {r.kind:10} {r.status:11} {r.dataset or '-':14} {r.method or '-':16} {teacher:28} "
               f"{shown}")
     return 0
 

@@ -122,3 +122,19 @@ def test_a_curve_has_the_same_colour_whichever_other_curves_are_drawn():
     every, fewer = colours(["loss_total", "loss_ce", "loss_tv"]), colours(["loss_total", "loss_tv"])
     assert every["teacher accuracy"] == fewer["teacher accuracy"] != every["mean confidence"]
     assert every["R_TV"] == fewer["R_TV"] and len(set(every.values())) == len(every)
+
+
+def test_a_curve_breaks_across_another_phase_but_not_between_interleaved_steps():
+    from dfkd_core.plots.synthesis import _series
+    # A continual run: phase "old" (loss_a), then "new" (loss_b), then "old" again: loss_a is not drawn across "new".
+    rows = ([{"step": i, "phase": "old", "loss_a": 1.0} for i in range(100)]
+            + [{"step": 100 + i, "phase": "new", "loss_b": 1.0} for i in range(100)]
+            + [{"step": 200 + i, "phase": "old", "loss_a": 2.0} for i in range(50)])
+    xs, ys = _series(rows, "loss_a")
+    assert ys.count(None) == 1 and xs[ys.index(None)] == 200
+    # Trajectory KD: a student step after every inversion iteration stays one line.
+    interleaved = [{"step": i, "phase": "synthesis" if i % 2 == 0 else "kd", **({"loss_kd": 1.0} if i % 2 else {})}
+                   for i in range(200)]
+    assert None not in _series(interleaved, "loss_kd")[1]
+    figure = loss_curves_figure(rows, keys=["loss_a", "loss_b"])   # a gap on a log axis draws
+    assert None in figure.data[0].y

@@ -41,7 +41,8 @@ def cka_heatmap_figure(matrix, layers_teacher: Sequence[str] | None = None,
     interval = "<br>95% interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}]" if bounds is not None else ""
     fig = go.Figure(go.Heatmap(
         z=z, x=layers_student, y=layers_teacher, zmin=0, zmax=1, colorscale="Viridis", customdata=bounds,
-        text=np.where(np.isnan(z), "", np.round(z, 2).astype(str)), texttemplate="%{text}",
+        # Two decimals always ("0.60", not "0.6"; 0.997 as "1.00", not "1.0"): cells read as one scale.
+        text=np.where(np.isnan(z), "", np.char.mod("%.2f", np.nan_to_num(z))), texttemplate="%{text}",
         hovertemplate=f"{teacher_label} %{{y}}<br>{student_label} %{{x}}<br>CKA %{{z:.4f}}{interval}<extra></extra>",
         colorbar={"title": "CKA"}))
     fig.update_layout(title=title or "CKA", xaxis_title=f"{student_label} layer", yaxis_title=f"{teacher_label} layer",
@@ -61,8 +62,10 @@ def cka_interval_figure(result, teacher_label: str = "teacher", student_label: s
                         error_y=error_bars(intervals),
                         hovertemplate=f"{teacher_label} {t}<br>{student_label} %{{x}}<br>CKA %{{y:.4f}}"
                                       "<extra></extra>")
-    fig.update_layout(title=f"{result.quantity}: 95% intervals ({result.interval_method}, {result.resamples} "
-                            "resamples)", xaxis_title=f"{student_label} layer", yaxis_title="CKA",
+    resamples = f", {result.resamples} resamples" if result.resamples else ""
+    # The method on its own line: "jackknife over 4 minibatches, t with 3 df" cut the one-line title off.
+    fig.update_layout(title=f"{result.quantity}: 95% intervals<br><sup>{result.interval_method}{resamples}</sup>",
+                      xaxis_title=f"{student_label} layer", yaxis_title="CKA",
                       yaxis_range=[0, 1.05], legend=dict(orientation="h", y=-0.25),
                       margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return fig

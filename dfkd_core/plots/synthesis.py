@@ -41,13 +41,25 @@ def _thin(history: Sequence[Mapping], max_points: int) -> list[Mapping]:
     return history[::k] + ([history[-1]] if (len(history) - 1) % k else [])
 
 
-def _series(rows: Sequence[Mapping], key: str) -> tuple[list, list]:
+def _series(rows: Sequence[Mapping], key: str, min_gap: float = 0.02) -> tuple[list, list]:
+    """(steps, values) of `key`; a None breaks the line where rows of another phase without the key lie between two
+    values more than `min_gap` of the step range apart (a continual run's losses of one phase were joined by a
+    straight line across the next phase; trajectory KD's student steps, every other step, stay one line)."""
+    steps = [row.get("step", i) for i, row in enumerate(rows)]
+    span = (max(steps) - min(steps)) if steps else 0
     xs, ys = [], []
+    other_phase_between, last_phase = False, None
     for i, row in enumerate(rows):
         value = row.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
+            if other_phase_between and xs and steps[i] - xs[-1] > min_gap * span:
+                xs.append(row.get("step", i))
+                ys.append(None)
             xs.append(row.get("step", i))
             ys.append(value)
+            other_phase_between, last_phase = False, row.get("phase")
+        elif xs and row.get("phase") != last_phase:
+            other_phase_between = True
     return xs, ys
 
 
@@ -92,7 +104,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     for key in keys:
         xs, ys = _series(rows, key)
         if log_y:  # log axes cannot show zeros; a term switched off simply leaves a gap
-            xs, ys = zip(*[(x, y) for x, y in zip(xs, ys) if y > 0]) if any(y > 0 for y in ys) else ((), ())
+            kept = [(x, y) for x, y in zip(xs, ys) if y is None or y > 0]
+            xs, ys = zip(*kept) if any(y is not None for _, y in kept) else ((), ())
         fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=TERM_NAMES.get(key, key),
                                  line=dict(width=3 if key == "loss_total" else 1.6, color=curve_colour(key))),
                       row=1, col=1)
@@ -108,7 +121,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
                            text=_describe_update(update), showarrow=False, textangle=-90, xanchor="right",
                            yanchor="top", font=dict(size=10, color="#555"), hovertext=f"step {update['step']}: "
                            + _describe_update(update))
-    positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y > 0] if log_y else []
+    positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y is not None and y > 0] if log_y \
+        else []
     if positive and max(positive) / min(positive) >= 10:
         # One tick per decade, written as a power of ten: plotly's default labels the 2× and 5× minor ticks with
         # bare digits, which reads as "5, 2, 100, 5, 2, 10". Within one decade that leaves no tick at all (a teacher's
