@@ -60,3 +60,25 @@ def test_a_finished_run_offers_one_image_for_inspection(teacher_home):
     lines = [line for t in titles if "probabilities" in t or "share of each" in t for line in t.split("<br>")]
     assert max(map(len, lines)) <= 40, lines
     assert any("among all 1,437 training images" in c.value for c in at.caption)   # digits: every image searched
+
+
+def test_runs_compares_every_two_students_not_only_each_with_the_first(tmp_path):
+    """Three students: A − B, and C − B with an interval were shown, but not C − A, which the reader had to work out
+    from two numbers without an interval."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dfkd_core.distill.results import save_test_hits
+    from pages.views.runs_view import paired_difference_rows
+    labels = torch.arange(100) % 10
+    records = []
+    for name, right in (("b", 50), ("a", 70), ("c", 90)):
+        directory = tmp_path / name
+        directory.mkdir()
+        save_test_hits(directory, {"student": torch.arange(100) < right}, labels, "digits")
+        records.append(SimpleNamespace(id=name, dir=directory))
+    names = {r.id: r.id for r in records}
+    rows = paired_difference_rows(records, names)
+    assert [(r["student"], r["minus"]) for r in rows] == [("a", "b"), ("c", "b"), ("c", "a")]
+    assert rows[2]["difference"].startswith("+20.00 points") and rows[2]["verdict"] == "better"

@@ -138,10 +138,24 @@ def show_student_comparison(records: list[RunRecord], key: str = "students") -> 
 
 
 def show_paired_differences(records: list[RunRecord], labels: dict[str, str]) -> None:
-    """Each student against the first one on the same test images: the difference with its paired interval,
-    which resolves gaps that two separate intervals cannot."""
-    reference, rows = records[0], []
-    for record in records[1:]:
+    """Every two students on the same test images (each later one minus each earlier one): the difference with its
+    paired interval, which resolves gaps that two separate intervals cannot. Against the first student only, the
+    gap between two others was left to the reader's arithmetic, without an interval."""
+    st.markdown("**Paired differences** on the same test images (95% interval, images resampled together for "
+                "both students):")
+    st.dataframe(paired_difference_rows(records, labels), hide_index=True)
+
+
+def paired_difference_rows(records: list[RunRecord], labels: dict[str, str]) -> list[dict]:
+    rows = []
+    for position, reference in enumerate(records):
+        rows += _differences_to(records[position + 1:], reference, labels)
+    return rows
+
+
+def _differences_to(records: list[RunRecord], reference: RunRecord, labels: dict[str, str]) -> list[dict]:
+    rows = []
+    for record in records:
         try:
             diff = compare_students_accuracy(record.dir, reference.dir)
         except (FileNotFoundError, ValueError) as e:   # an older run without per-image hits, another test set
@@ -152,6 +166,4 @@ def show_paired_differences(records: list[RunRecord], labels: dict[str, str]) ->
         rows.append({"student": labels[record.id], "minus": labels[reference.id],
                      "difference": f"{diff.estimate * 100:+.2f} points [{diff.low * 100:+.2f}, {diff.high * 100:+.2f}]",
                      "verdict": verdict})
-    st.markdown("**Paired differences** on the same test images (95% interval, images resampled together for "
-                "both students):")
-    st.dataframe(rows, hide_index=True)
+    return rows
