@@ -397,3 +397,19 @@ def test_application_figures_draw_each_interval_as_its_error_bar():
     quant = quantization_figure([{"model": "fp32", "calibration": "-", "accuracy": 0.9, "accuracy_ci": None},
                                  {"model": "int8", "calibration": "synthetic", "accuracy": 0.8, "accuracy_ci": ci}])
     assert quant.data[0].error_y.array[0] == pytest.approx(0.02) and quant.data[0].y[0] == 0.8
+
+
+def test_a_job_stopped_during_synthesis_says_no_network_was_measured_and_keeps_its_images(digits_teacher, store):
+    """Stopped while it synthesized: the note said "only the rows listed were measured" above an empty table."""
+    config = PruningConfig(criteria=["bn_scale"], keep_flops=[0.5], finetune_steps=5, latency_rounds=3,
+                           real_finetune=False, images=40, synthesis={"batch_size": 20, "iterations": 6})
+    job = PruningJob(teacher_copy(digits_teacher), config)
+    job.subscribe(lambda e: job.cancel() if e.kind == "step" and e.step == 8 else None)   # in the second round
+    job.run_record = store.create("prune", config.to_dict(), dataset="digits")
+    job.run()
+    results = json.loads((job.run_record.dir / RESULTS_FILE).read_text())
+    assert job.status == "cancelled" and results["rows"] == []
+    (note,) = [n for n in results["notes"] if "ended 'cancelled'" in n]
+    assert "before any network was measured (during synthesis)" in note
+    assert "its 20 synthesized images are kept in this run" in note
+    assert (job.run_record.dir / "images.pt").is_file()

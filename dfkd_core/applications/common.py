@@ -267,8 +267,13 @@ class ApplicationJob(Job):
         if status == "done":
             self._complete_plan()
         else:
-            self.notes.append(f"the run ended '{status}' after step {len(self.history)} of {self.total_steps}: "
-                              "only the rows listed were measured")
+            measured = ("only the rows listed were measured" if self.rows else
+                        f"before any network was measured (during {self.history[-1].get('phase', 'its first phase')})"
+                        if self.history else "before its first step")
+            kept = (f"; its {len(self.pool):,} synthesized images are kept in this run (reuse them: --pool <run>)"
+                    if self.synthesized_here and len(self.pool) else "")
+            self.notes.append(f"the run ended '{status}' after {len(self.history):,} of its {self.total_steps:,} "
+                              f"steps, {measured}{kept}")
         summary = {**self.summary(), "status": status, "rows": len(self.rows), "notes": list(self.notes),
                    "pool_images": len(self.pool)}
         if self.run_record is None:

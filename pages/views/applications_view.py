@@ -187,10 +187,10 @@ def render_results(results: Mapping, class_names: list[str]) -> None:
     """A stored run's notes, table (accuracies with 95% intervals, paired differences) and figures."""
     for note in results.get("notes", []):
         st.warning(note)
-    st.markdown(TABLES[results["kind"]](results))
     rows = results["rows"]
-    if not rows:
+    if not rows:   # a run stopped before its first network: the note says so; a table of headers says nothing
         return
+    st.markdown(TABLES[results["kind"]](results))
     if results["kind"] == "prune":
         st.plotly_chart(pruning_accuracy_figure(rows), key="apps_prune_accuracy")
         st.plotly_chart(pruning_latency_figure(rows), key="apps_prune_latency")
