@@ -89,6 +89,43 @@ def chance_note(summary: dict) -> str:
             "A student looks where its teacher looks only as far as it beats that.")
 
 
+def show_scored_sets(dataset) -> None:
+    """The stored Grad-CAM sets of this dataset, the app's and the CLI's (`dfkd gradcam`), with their intervals."""
+    stored = stored_analyses("gradcam", "gradcam.json", dataset.name)
+    if not stored:
+        return
+    if st.session_state.get("att_open") not in stored:
+        st.session_state["att_open"] = next(iter(stored))
+    opened = st.selectbox("Scored set", list(stored), key="att_open",
+                          format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
+    saved = get_store().get(opened).load_json("gradcam.json")
+    if saved.get("samples_note"):
+        st.warning(f"{saved['samples_note']}.")
+    st.dataframe([{"student": n, "mean r (95% interval)": interval_text(s.get("correlation_interval"),
+                                                                         s["correlation_mean"]),
+                   "mean IoU (95% interval)": interval_text(s.get("iou_interval"), s["iou_mean"]),
+                   "r above chance": interval_text(s.get("correlation_above_chance"), spec="+.2f"),
+                   "IoU above chance": interval_text(s.get("iou_above_chance"), spec="+.2f"),
+                   "images": s["images"], "undefined r / IoU": f"{s['correlation_undefined']} / {s['iou_undefined']}"}
+                  for n, s in saved["students"].items()], hide_index=True)
+    st.caption(chance_note(saved["students"]))
+    if all("correlation_interval" in s for s in saved["students"].values()):
+        st.plotly_chart(overlap_interval_figure(saved["students"]), key="overlap_intervals")
+    # every two students on the same images: a paired interval (a run scored before they were stored: from its
+    # per-image scores)
+    differences = saved.get("differences")
+    if differences is None and len(saved["per_image"]) > 1:
+        differences = paired_differences(saved["per_image"])
+    if differences:
+        st.plotly_chart(overlap_difference_figure(differences), key="overlap_differences")
+        st.dataframe(difference_rows(differences), hide_index=True)
+    left, right = st.columns(2)
+    for col, metric in ((left, "correlation"), (right, "iou")):
+        col.plotly_chart(overlap_histogram_figure({n: torch.tensor([float(x) for x in v[metric]], dtype=torch.float64)
+                                                   for n, v in saved["per_image"].items()}, metric),
+                         key=f"hist_{metric}")
+
+
 st.title("Attention")
 st.caption("Where do teacher and student look? Grad-CAM $\\mathrm{ReLU}(\\sum_c \\alpha_c A_c)$ at each model's "
            "last spatial block, overlaid on the same real test images; per image, the Pearson correlation $r$ of "
@@ -112,6 +149,8 @@ with st.sidebar:
                                 help="IoU of the two maps' top regions of this share of the pixels. " + GRAD_CAM)
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
+    st.subheader("Overlap on many images")
+    show_scored_sets(dataset)   # sets scored earlier, or from the CLI, need no student picked
     st.stop()
 refused = incomparable(open_checkpoint(teacher_run), {ref: open_checkpoint(ref) for ref in students}, choices)
 if refused:
@@ -156,35 +195,4 @@ config = GradCAMConfig(teacher=teacher_run, students=students, target=target, fr
                        data_root=data_root)
 start_stop_buttons(job, lambda: start(teacher_run, students, config), label="Score them", slots=cols[1:])
 show_progress(job, render_progress)
-stored = stored_analyses("gradcam", "gradcam.json", dataset.name)
-if stored:
-    if st.session_state.get("att_open") not in stored:
-        st.session_state["att_open"] = next(iter(stored))
-    opened = st.selectbox("Scored set", list(stored), key="att_open",
-                          format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
-    saved = get_store().get(opened).load_json("gradcam.json")
-    if saved.get("samples_note"):
-        st.warning(f"{saved['samples_note']}.")
-    st.dataframe([{"student": n, "mean r (95% interval)": interval_text(s.get("correlation_interval"),
-                                                                         s["correlation_mean"]),
-                   "mean IoU (95% interval)": interval_text(s.get("iou_interval"), s["iou_mean"]),
-                   "r above chance": interval_text(s.get("correlation_above_chance"), spec="+.2f"),
-                   "IoU above chance": interval_text(s.get("iou_above_chance"), spec="+.2f"),
-                   "images": s["images"], "undefined r / IoU": f"{s['correlation_undefined']} / {s['iou_undefined']}"}
-                  for n, s in saved["students"].items()], hide_index=True)
-    st.caption(chance_note(saved["students"]))
-    if all("correlation_interval" in s for s in saved["students"].values()):
-        st.plotly_chart(overlap_interval_figure(saved["students"]), key="overlap_intervals")
-    # every two students on the same images: a paired interval (a run scored before they were stored: from its
-    # per-image scores)
-    differences = saved.get("differences")
-    if differences is None and len(saved["per_image"]) > 1:
-        differences = paired_differences(saved["per_image"])
-    if differences:
-        st.plotly_chart(overlap_difference_figure(differences), key="overlap_differences")
-        st.dataframe(difference_rows(differences), hide_index=True)
-    left, right = st.columns(2)
-    for col, metric in ((left, "correlation"), (right, "iou")):
-        col.plotly_chart(overlap_histogram_figure({n: torch.tensor([float(x) for x in v[metric]], dtype=torch.float64)
-                                                   for n, v in saved["per_image"].items()}, metric),
-                         key=f"hist_{metric}")
+show_scored_sets(dataset)

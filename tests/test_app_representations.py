@@ -189,6 +189,11 @@ def test_attention_scores_many_images_in_the_background(home):
     summary = at.dataframe[1].value
     assert len(summary) == 1 and summary["images"][0] == 100 and "[" in summary["mean r (95% interval)"][0]
     assert "[" in summary["r above chance"][0] and "[" in summary["IoU above chance"][0]
+    # a scored set is shown with no student picked too (the page stopped at "Pick one or more students", so a set
+    # scored from the CLI could not be seen)
+    fresh = open_app("pages/attention.py")
+    assert "Pick one or more students" in fresh.info[0].value and not fresh.exception
+    assert fresh.selectbox(key="att_open").value == analysis.id and len(fresh.dataframe) == 1
 
 
 def test_attention_shows_the_paired_difference_of_two_students_on_the_same_images(home):
