@@ -12,7 +12,9 @@ import plotly.graph_objects as go
 
 from dfkd_core.plots.synthesis import _thin
 
-AXIS_TITLES = {"images_synthesized": "images synthesized", "student_steps": "student steps"}
+# A generator's samples and the noise baseline's inputs count as made too: one per image a student step saw.
+AXIS_TITLES = {"images_synthesized": "images made (inverted, generated or drawn as noise)",
+               "student_steps": "student steps"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
 
