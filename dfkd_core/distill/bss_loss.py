@@ -2,9 +2,9 @@
 
     L(n) = CE(S(x_n), c_n) + α · L_KD(x_n) + β · Σ_k p_n^k · L_KD(ẋ_n^k)
 
-L_KD is `dfkd_core.losses.kd_loss` (METHODS §3: T² · KL, T_kd = 4 by default, as every KD of the project; the official
-BSS code uses 3). The BSS part is averaged over the attacked base samples, not over the batch, as the official code
-does: with half of a batch attacked, β weighs it twice what an average over the batch would.
+L_KD is `dfkd_core.losses.kd_loss` (METHODS §3: T² · KL, T_kd = 4 by default, as every KD of the project; the
+official BSS code uses 3). The BSS part is averaged over the attacked base samples, not over the batch, as the
+official code does: with half of a batch attacked, β weighs it twice what an average over the batch would.
 """
 from __future__ import annotations
 

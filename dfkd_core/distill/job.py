@@ -21,10 +21,10 @@ from dfkd_core.distill.resume import RESUME_FILE, RESUME_FORMAT, Progress, clone
 from dfkd_core.distill.results import accuracy_summary, per_class_accuracy, save_test_hits
 from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.jobs import Job
-from dfkd_core.time_left import TimeLeft, estimate_time_left
 from dfkd_core.models import Checkpoint, save_checkpoint
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.images import save_grid
+from dfkd_core.time_left import TimeLeft, estimate_time_left
 from dfkd_core.training import evaluate
 
 
