@@ -61,7 +61,7 @@ def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> G
     inputs = load_inputs("real", teacher.dataset, config.samples, config.seed, data_root=config.data_root)
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
                              dataset=teacher.dataset.name,
-                             name=f"Grad-CAM {teacher.name} vs {len(student_refs)} student(s)")
+                             name=f"Grad-CAM {teacher.name} vs {', '.join(short_label(r) for r in student_refs)}")
     return submit(lambda: GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r)
                                                                       for r in student_refs},
                                           inputs.images, inputs.labels, config, teacher.dataset, run,

@@ -8,7 +8,7 @@ from pages.views.navigation import hand_over_to_app
 hand_over_to_app()
 
 from dfkd_core.analysis import KERNELS, CKAResult, layer_names  # noqa: E402
-from dfkd_core.analysis.boundary_cli import student_label  # noqa: E402
+from dfkd_core.analysis.boundary_cli import student_label, teacher_label  # noqa: E402
 from dfkd_core.analysis.checks import require_comparable, sample_count_note  # noqa: E402
 from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES  # noqa: E402
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs  # noqa: E402
@@ -34,9 +34,10 @@ def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
     require_job_slot()
     inputs = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store(), config.data_root)
     student = student_label(get_store(), student_ref, open_checkpoint(student_ref))
+    # No kernel in the name: the minibatch estimator may answer another quantity (the summary keeps it).
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
                              dataset=teacher.dataset.name,
-                             name=f"CKA {config.kernel} {teacher.name} vs {student} ({config.inputs})")
+                             name=f"CKA {teacher_label(get_store(), teacher)} vs {student} ({config.inputs})")
     return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), inputs.images, config, run,
                                       samples_note=inputs.note), run, label="CKA")
 
@@ -131,7 +132,9 @@ if not stored:
 if st.session_state.get("cka_open") not in stored:
     st.session_state["cka_open"] = next(iter(stored))
 opened = st.selectbox("Comparison", list(stored), key="cka_open",
-                      format_func=lambda i: f"{describe_run(stored[i])} · {stored[i].status}")
+                      format_func=lambda i: " · ".join(filter(None, (describe_run(stored[i]),
+                                                                     stored[i].summary.get("quantity"),
+                                                                     stored[i].status))))
 record = stored[opened]
 saved = get_store().get(opened).load_json("cka.json")
 result = CKAResult.from_dict(saved)
@@ -144,11 +147,11 @@ summary = record.summary
 opened_config = get_store().get(opened).config()
 student_run = opened_config.get("student", "")
 try:   # the run's own name did not say which student until 2026-12-07
-    compared = (f"{open_checkpoint(opened_config['teacher']).name} vs "
+    compared = (f"{teacher_label(get_store(), open_checkpoint(opened_config['teacher']))} vs "
                 f"{student_label(get_store(), student_run, open_checkpoint(student_run))}")
 except (KeyError, FileNotFoundError, CheckpointError):   # a deleted run or a moved file
     compared = f"vs {student_run or '?'}"
-facts = [f"**{compared}**", f"{result.samples} images ({summary.get('inputs', '?')})",
+facts = [f"**{compared}**", result.quantity, f"{result.samples} images ({summary.get('inputs', '?')})",
          f"features: {result.reduce}", f"{result.estimator} estimator"]
 if "cka_diagonal_mean" in summary:
     facts.append(f"mean of the diagonal (layer i vs layer i): {summary['cka_diagonal_mean']:.3f}")

@@ -28,6 +28,13 @@ def student_label(store, ref: str, checkpoint) -> str:
     return f"{path.parent.name if path.stem == 'model' else path.stem}:{checkpoint.name}"
 
 
+def teacher_label(store, checkpoint) -> str:
+    """'bncnn3_w32:2fce' for a teacher run in the store (two teachers of one architecture told apart), else the
+    model's name."""
+    run_id = store.run_id_of(checkpoint.path)
+    return f"{checkpoint.name}:{run_id[-4:]}" if run_id and run_id != str(checkpoint.path) else checkpoint.name
+
+
 def print_table(summary: dict) -> None:
     """The boundary run's summary as a table: accuracy, MagSim, AngSim with 95% intervals; rows resting on fewer than
     MIN_PAIRS pairs marked '!'; then the paired differences between students."""

@@ -47,7 +47,9 @@ def print_cka_table(result) -> None:
           f"(rows: teacher layers, columns: student layers)")
     if result.note:
         print(f"note: {result.note}")
-    print(f"[95% interval: {result.interval_method}, {result.resamples} resamples]" if result.resamples else
+    resamples = f", {result.resamples} resamples" if result.resamples else ""
+    has_intervals = result.low is not None and any(not math.isnan(v) for v in result.low.flatten().tolist())
+    print(f"[95% interval: {result.interval_method}{resamples}]" if has_intervals else
           "[no intervals: --resamples 0]")
     print(" " * width + " ".join(f"{c:>{col}}" for c in result.layers_student))
     for t in result.layers_teacher:
@@ -110,8 +112,9 @@ def cmd_cka(args, store) -> int:
     _check_layers(teacher, config.layers_teacher)
     _check_layers(student, config.layers_student)
     inputs = _inputs(args, store, teacher)
-    from dfkd_core.analysis.boundary_cli import student_label
-    run = _start_run(store, "cka", config, teacher, f"CKA {config.kernel} {teacher.name} vs "
+    from dfkd_core.analysis.boundary_cli import student_label, teacher_label
+    # No kernel in the name: an 'auto' or minibatch estimator may answer another quantity (the summary keeps it).
+    run = _start_run(store, "cka", config, teacher, f"CKA {teacher_label(store, teacher)} vs "
                      f"{student_label(store, args.student, student)} ({args.inputs})")
     job = CKAAnalysis(teacher.model, student.model, inputs.images, config, run, samples_note=inputs.note)
     job.subscribe(ProgressBar(("samples",), args.quiet))
@@ -162,7 +165,7 @@ def cmd_gradcam(args, store) -> int:
 
     refs = args.student + (args.students or [])   # --student repeats (as in `dfkd boundary`), --students lists
     teacher, *students = _models(store, [args.teacher] + refs, "model")
-    from dfkd_core.analysis.boundary_cli import student_label
+    from dfkd_core.analysis.boundary_cli import student_label, teacher_label
     # How each student was made and its run (as `dfkd boundary` names them), not "student1": the names are what the
     # table, gradcam.json and the app's Attention page show.
     names = [student_label(store, ref, s) for ref, s in zip(refs, students)]
@@ -178,7 +181,8 @@ def cmd_gradcam(args, store) -> int:
     inputs = _inputs(args, store, teacher)
     if args.target == "true" and inputs.labels is None:
         raise SystemExit("error: these inputs have no labels; use --target predicted or --target teacher")
-    run = _start_run(store, "gradcam", config, teacher, f"Grad-CAM {teacher.name} vs {len(refs)} student(s)")
+    run = _start_run(store, "gradcam", config, teacher, f"Grad-CAM {teacher_label(store, teacher)} vs "
+                     + ", ".join(names))
     job = GradCAMAnalysis(teacher.model, {n: s.model for n, s in zip(names, students)}, inputs.images,
                           inputs.labels, config, teacher.dataset, run, samples_note=inputs.note)
     job.subscribe(ProgressBar((), args.quiet))
