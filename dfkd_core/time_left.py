@@ -7,6 +7,7 @@ apart, and a kind not seen yet is named with its count instead of being guessed.
 """
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,20 +35,18 @@ def estimate_time_left(rows: Sequence[dict], remaining: dict[str, int],
                        kind_of: Callable[[dict, dict], str]) -> TimeLeft:
     """`rows`: the job's step metrics so far, each with `elapsed_s` (seconds since the job started when that step
     ended); `remaining`: kind → steps still to take; `kind_of(previous, row)`: the kind of step `row` was. A kind's
-    pace is the mean time between a step of that kind and the step before it — evaluations and saves between steps
-    included, the job's set-up before its first step not."""
+    pace is the median time between a step of that kind and the step before it: the first steps of a kind (kernels
+    built for a new shape) were several times slower, and a mean over the first dozen promised 2-3x the real time on
+    digits. The job's set-up before its first step is no step's."""
     spent: dict[str, list[float]] = {}
     for previous, row in zip(rows, rows[1:]):
-        totals = spent.setdefault(kind_of(previous, row), [0.0, 0])
-        totals[0] += max(0.0, row["elapsed_s"] - previous["elapsed_s"])
-        totals[1] += 1
+        spent.setdefault(kind_of(previous, row), []).append(max(0.0, row["elapsed_s"] - previous["elapsed_s"]))
     seconds, untimed = 0.0, {}
     for kind, count in remaining.items():
         if count <= 0:
             continue
         if kind in spent:
-            total, steps = spent[kind]
-            seconds += count * total / steps
+            seconds += count * statistics.median(spent[kind])
         else:
             untimed[kind] = count
     return TimeLeft(seconds, untimed)

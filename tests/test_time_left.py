@@ -1,5 +1,6 @@
 """A running job's time left, each kind of step timed apart (dfkd_core/time_left.py)."""
 import copy
+import statistics
 
 import pytest
 
@@ -44,10 +45,33 @@ def test_a_distillation_counts_what_is_left_of_each_kind_from_its_plan(digits_te
     assert job.time_left() == TimeLeft(0.0, {})
     job.history = full[:9]   # as the job's history stood after its 9th step
     left = job.time_left()
-    pace = (full[8]["elapsed_s"] - full[0]["elapsed_s"]) / 8
+    pace = statistics.median(full[i + 1]["elapsed_s"] - full[i]["elapsed_s"] for i in range(8))
     assert left.untimed == {"student steps": 10}
     assert left.seconds == pytest.approx(3 * pace)
-    job.history = full[:14]   # two student steps in
+    job.history = full[:15]   # three student steps in
     left = job.time_left()
-    student_pace = (full[13]["elapsed_s"] - full[11]["elapsed_s"]) / 2
-    assert left.untimed == {} and left.seconds == pytest.approx(8 * student_pace)
+    student_pace = statistics.median(full[i + 1]["elapsed_s"] - full[i]["elapsed_s"] for i in (11, 12, 13))
+    assert left.untimed == {} and left.seconds == pytest.approx(7 * student_pace)
+
+
+def test_trajectory_kd_steps_are_timed_apart_from_the_pools_student_steps(digits_teacher):
+    """Trajectory KD trains on the whole half-formed batch (here 20 images) while a pool step takes `batch_size`;
+    part-way through synthesis, what is left of the trajectory steps follows the inversion iterations left."""
+    config = DistillConfig(method="deepinversion", images=40, synthesis={"iterations": 6, "batch_size": 20},
+                           kd_steps_per_round=0, steps=10, eval_every=10 ** 6, options={"trajectory_kd_from": 2})
+    job = DistillJob(copy.deepcopy(digits_teacher), config)
+    job.run()
+    assert job.status == "done", job.error
+    full = list(job.history)
+    # round 0: iterations 0, 1, then (iteration, trajectory step) × 4: 10 rows; then round 1's first 2 iterations
+    job.history = full[:12]
+    remaining, kind_of = job.method.steps_left_by_kind(full[11])
+    # round 1 has iterations 2..5 to go, each followed by its trajectory step; the pool's 10 steps come after
+    assert remaining == {"inversion iterations": 4, "student steps on half-formed batches": 4, "student steps": 10}
+    assert [kind_of(a, b) for a, b in zip(full[1:4], full[2:5])] == [
+        "inversion iterations", "student steps on half-formed batches", "inversion iterations"]
+    left = job.time_left()
+    assert left.untimed == {"student steps": 10}   # no pool step timed yet: named, not priced as a trajectory step
+    trajectory = statistics.median(full[i + 1]["elapsed_s"] - full[i]["elapsed_s"] for i in (2, 4, 6, 8))
+    inversion = statistics.median(full[i + 1]["elapsed_s"] - full[i]["elapsed_s"] for i in (0, 1, 3, 5, 7, 9, 10))
+    assert left.seconds == pytest.approx(4 * inversion + 4 * trajectory)

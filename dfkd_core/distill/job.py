@@ -162,12 +162,8 @@ class DistillJob(Job):
         rows = list(self.history)
         if len(rows) < 2:
             return None
-        last, other = rows[-1], self.method.other_steps_name
-        student_left = self.method.student_steps() - last["student_steps"]
-        other_left = self.method.total_steps() - (last["step"] + 1) - student_left
-        return estimate_time_left(rows, {other: other_left, "student steps": student_left},
-                                  lambda previous, row: ("student steps" if row["student_steps"] >
-                                                         previous["student_steps"] else other))
+        remaining, kind_of = self.method.steps_left_by_kind(rows[-1])
+        return estimate_time_left(rows, remaining, kind_of)
 
     def snapshot(self):
         shot = self.method.snapshot()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from dfkd_core.distill.job import DistillJob
 
 DISTILL_METHODS: dict[str, type["DistillMethod"]] = {}
+TRAJECTORY_STEPS = "student steps on half-formed batches"   # trajectory KD's kind of step, for the time left
 
 
 def register_method(cls: type["DistillMethod"]) -> type["DistillMethod"]:
@@ -127,6 +128,16 @@ class DistillMethod:
 
     def total_steps(self) -> int:
         return self.student_steps()
+
+    def steps_left_by_kind(self, last: dict) -> tuple[dict[str, int], Callable[[dict, dict], str]]:
+        """After the step that produced `last`: kind → steps still to take, and `kind_of(previous, row)`, the kind a
+        logged step was (for `DistillJob.time_left`, which times each kind apart)."""
+        student_left = self.student_steps() - last["student_steps"]
+        other_left = self.total_steps() - (last["step"] + 1) - student_left
+
+        def kind_of(previous: dict, row: dict) -> str:
+            return "student steps" if row["student_steps"] > previous["student_steps"] else self.other_steps_name
+        return {self.other_steps_name: other_left, "student steps": student_left}, kind_of
 
     def setup(self) -> None: ...
 
@@ -283,6 +294,27 @@ class PoolKD(DistillMethod):
 
     def total_steps(self) -> int:
         return self.groups * self.synthesis.iterations + self.student_steps()
+
+    def steps_left_by_kind(self, last: dict) -> tuple[dict[str, int], Callable[[dict, dict], str]]:
+        """A trajectory KD step trains on a whole half-formed batch (200 images on Fashion-MNIST, against 128 from
+        the pool), so it is timed apart from the pool's student steps. One follows each inversion iteration from
+        `trajectory_kd_from` on, so what is left of them follows from the inversion iterations left."""
+        remaining, base_kind = super().steps_left_by_kind(last)
+        iterations, start = self.synthesis.iterations, self.options.trajectory_kd_from
+        trajectory_left = 0
+        if start >= 0 and iterations:
+            per_round = max(0, iterations - start)
+            whole_rounds, this_round = divmod(remaining[self.other_steps_name], iterations)
+            trajectory_left = whole_rounds * per_round + min(this_round, per_round)
+            if last.get("phase") == "synthesis" and last.get("inv_iteration", -1) >= start:
+                trajectory_left += 1   # this iteration's own trajectory step comes next
+        remaining = {self.other_steps_name: remaining[self.other_steps_name],
+                     TRAJECTORY_STEPS: trajectory_left, "student steps": remaining["student steps"] - trajectory_left}
+
+        def kind_of(previous: dict, row: dict) -> str:
+            kind = base_kind(previous, row)
+            return TRAJECTORY_STEPS if kind == "student steps" and "inv_iteration" in row else kind
+        return remaining, kind_of
 
     def _round_config(self, r: int) -> SynthesisConfig:
         remaining = self.config.images - r * self.synthesis.batch_size
