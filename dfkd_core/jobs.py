@@ -163,12 +163,17 @@ class Job:
         return self.status in ("pending", "running")
 
     def time_left(self) -> TimeLeft | None:
-        """The remaining time at this job's pace so far (None before its second step); jobs whose steps differ in
-        kind time each kind apart (`DistillJob`)."""
+        """The remaining time at this job's pace so far, each kind of step timed apart (None before its second
+        step)."""
         rows = list(self.history)
         if len(rows) < 2:
             return None
-        return estimate_time_left(rows, {"steps": self.total_steps - len(rows)}, lambda previous, row: "steps")
+        return estimate_time_left(rows, *self.steps_left_by_kind(rows))
+
+    def steps_left_by_kind(self, rows: list[dict]) -> tuple[dict[str, int], Callable[[dict, dict], str]]:
+        """Kind → steps still to take after `rows`, and the kind each logged step was: one kind here; a job whose
+        steps differ in cost says which is which (`DistillJob`)."""
+        return {"steps": self.total_steps - len(rows)}, lambda previous, row: "steps"
 
     def run(self) -> dict[str, Any]:
         """Run to completion in this thread. Never raises for a failed job: see `status` and `error`. While it runs,

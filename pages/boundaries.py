@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from dfkd_core.analysis.boundary import (  # noqa: E402
     METRIC_ATTACK, MIN_PAIRS, BasePairs, attack_both, qualifying_base_samples)
-from dfkd_core.analysis.boundary_cli import student_label  # noqa: E402
+from dfkd_core.analysis.labels import student_label  # noqa: E402
 from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig, load_boundary_run  # noqa: E402
 from dfkd_core.analysis.checks import require_comparable  # noqa: E402
 from dfkd_core.data import DatasetMissingError  # noqa: E402

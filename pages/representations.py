@@ -8,7 +8,7 @@ from pages.views.navigation import hand_over_to_app
 hand_over_to_app()
 
 from dfkd_core.analysis import KERNELS, CKAResult, layer_names  # noqa: E402
-from dfkd_core.analysis.boundary_cli import student_label, teacher_label  # noqa: E402
+from dfkd_core.analysis.labels import student_label, teacher_label  # noqa: E402
 from dfkd_core.analysis.checks import require_comparable, sample_count_note  # noqa: E402
 from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES  # noqa: E402
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs  # noqa: E402

@@ -190,7 +190,7 @@ def test_paired_differences_are_later_minus_earlier_on_the_images_defined_for_bo
 
 def _labels(home, *refs):
     """The names `dfkd gradcam` gives its students (boundary_cli.student_label)."""
-    from dfkd_core.analysis.boundary_cli import student_label
+    from dfkd_core.analysis.labels import student_label
     from dfkd_core.models import load_checkpoint
     from dfkd_core.runs import RunStore
     return [student_label(RunStore(home), ref, load_checkpoint(ref)) for ref in refs]

@@ -271,9 +271,10 @@ class CKAMatrix:
             return matrix, low, high, method, self.samples
         cross, self_x, self_y = acc.batch_terms()
         value = acc.value()
-        low, high = jackknife_t_bounds(value, minibatch_leave_one_out(cross, self_x, self_y))
-        if not resamples:   # no interval asked for, as with the other estimators
-            low, high = torch.full_like(low, math.nan), torch.full_like(high, math.nan)
+        if resamples:
+            low, high = jackknife_t_bounds(value, minibatch_leave_one_out(cross, self_x, self_y))
+        else:   # no interval asked for, as with the other estimators
+            low, high = torch.full_like(value, math.nan), torch.full_like(value, math.nan)
         return value, low, high, f"jackknife over {len(cross)} minibatches, t with {len(cross) - 1} df", len(cross)
 
     def result(self, resamples: int = CKA_RESAMPLES) -> CKAResult:

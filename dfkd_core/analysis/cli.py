@@ -11,6 +11,7 @@ from dfkd_core.analysis.cka import KERNELS, RBF_BANDWIDTHS
 from dfkd_core.analysis.cka_intervals import CKA_RESAMPLES
 from dfkd_core.analysis.cka_matrix import ESTIMATORS
 from dfkd_core.analysis.gradcam import TARGETS
+from dfkd_core.analysis.labels import student_label, teacher_label
 from dfkd_core.stats import Interval
 
 
@@ -112,7 +113,6 @@ def cmd_cka(args, store) -> int:
     _check_layers(teacher, config.layers_teacher)
     _check_layers(student, config.layers_student)
     inputs = _inputs(args, store, teacher)
-    from dfkd_core.analysis.boundary_cli import student_label, teacher_label
     # No kernel in the name: an 'auto' or minibatch estimator may answer another quantity (the summary keeps it).
     run = _start_run(store, "cka", config, teacher, f"CKA {teacher_label(store, teacher)} vs "
                      f"{student_label(store, args.student, student)} ({args.inputs})")
@@ -165,7 +165,6 @@ def cmd_gradcam(args, store) -> int:
 
     refs = args.student + (args.students or [])   # --student repeats (as in `dfkd boundary`), --students lists
     teacher, *students = _models(store, [args.teacher] + refs, "model")
-    from dfkd_core.analysis.boundary_cli import student_label, teacher_label
     # How each student was made and its run (as `dfkd boundary` names them), not "student1": the names are what the
     # table, gradcam.json and the app's Attention page show.
     names = [student_label(store, ref, s) for ref, s in zip(refs, students)]

@@ -7,6 +7,7 @@ plus the curve of student accuracy vs images synthesized. A stopped run continue
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,6 @@ from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, save_checkpoint
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.images import save_grid
-from dfkd_core.time_left import TimeLeft, estimate_time_left
 from dfkd_core.training import evaluate
 
 
@@ -156,14 +156,10 @@ class DistillJob(Job):
             metrics["student_accuracy"] = self._record_accuracy()
         return metrics
 
-    def time_left(self) -> TimeLeft | None:
-        """Student steps and the method's other steps (inversion iterations, generator steps...) timed apart: on a
-        CPU an inversion iteration of 200 images costs about twice a student step of 128."""
-        rows = list(self.history)
-        if len(rows) < 2:
-            return None
-        remaining, kind_of = self.method.steps_left_by_kind(rows[-1])
-        return estimate_time_left(rows, remaining, kind_of)
+    def steps_left_by_kind(self, rows: list[dict]) -> tuple[dict[str, int], Callable[[dict, dict], str]]:
+        """Student steps and the method's other steps (inversion iterations, generator steps...) apart: on a CPU an
+        inversion iteration of 200 images costs about twice a student step of 128."""
+        return self.method.steps_left_by_kind(rows[-1])
 
     def snapshot(self):
         shot = self.method.snapshot()

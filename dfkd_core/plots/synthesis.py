@@ -53,9 +53,9 @@ def _series(rows: Sequence[Mapping], key: str, min_gap: float = 0.02) -> tuple[l
         value = row.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             if other_phase_between and xs and steps[i] - xs[-1] > min_gap * span:
-                xs.append(row.get("step", i))
+                xs.append(steps[i])
                 ys.append(None)
-            xs.append(row.get("step", i))
+            xs.append(steps[i])
             ys.append(value)
             other_phase_between, last_phase = False, row.get("phase")
         elif xs and row.get("phase") != last_phase:
