@@ -122,7 +122,7 @@ def cmd_synthesize(args, store: RunStore) -> int:
         else:
             job = ShardedSynthesis(teacher.model, teacher.dataset, config, args.batches, world, student=student)
     except ValueError as e:
-        shutdown(world)
+        shutdown(world, synchronize=False)
         raise SystemExit(f"error: {e}")
     if world.leader:
         title = config.title() + (f" ×{args.batches} batches" if args.batches > 1 else "")

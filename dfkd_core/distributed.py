@@ -30,6 +30,10 @@ import torch
 import torch.distributed as dist
 
 COLLECTIVE_TIMEOUT_S = 120
+# How long a finished rank waits at the closing barrier for the others (the leader may still be evaluating and
+# writing the run): as long as any collective may take.
+SHUTDOWN_BARRIER_S = COLLECTIVE_TIMEOUT_S
+_peer_lost = threading.Event()   # set when a collective failed: no closing barrier then, nobody would come
 
 
 class RankLostError(RuntimeError):
@@ -101,9 +105,23 @@ def init_from_environment(device: str = "auto") -> Distributed:
     return world
 
 
-def shutdown(world: Distributed) -> None:
-    if world.active and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(world: Distributed, synchronize: bool = True) -> None:
+    """Leave the process group. With `synchronize` (a job that ran), every rank first waits at a barrier for the
+    others: a rank that tore its group down while a peer was still finishing the last collective was seen to die
+    with SIGABRT ("terminate called without an active exception") after its run was written. No barrier after a
+    collective failed (the peer is gone) or when the job never started (`synchronize=False`: a refused setting
+    exits at once, and torchrun stops the others)."""
+    if not (world.active and dist.is_initialized()):
+        return
+    if synchronize and not _peer_lost.is_set():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=SHUTDOWN_BARRIER_S))
+            else:
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+        except (RuntimeError, dist.DistError):
+            pass   # a peer left first: there is nothing left to wait for
+    dist.destroy_process_group()
 
 
 def _collective_device() -> torch.device:
@@ -119,6 +137,7 @@ def lost_rank_is_explained(world: Distributed) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, dist.DistError) as e:
+        _peer_lost.set()
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise RankLostError(f"another process of this {world.world}-process job stopped or lost its connection "
                             f"(rank {world.rank} saw: {detail}); the finished part of the run was kept") from e

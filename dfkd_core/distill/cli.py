@@ -119,7 +119,7 @@ def cmd_distill(args, store) -> int:
             config.pool = pool_setting(store, args.pool)
         job = DistillJob(teacher, config, world=world)   # loads and checks config.pool
     except (DatasetMissingError, PoolError, FileNotFoundError, ValueError) as e:
-        shutdown(world)
+        shutdown(world, synchronize=False)
         raise SystemExit(f"error: {e}")
     try:
         if world.leader and args.attach_run:
