@@ -66,7 +66,7 @@ def imagenet_probe() -> None:
     for _ in range(4):
         start = time.perf_counter()
         with objective.recorder:
-            total, _ = objective(x, torch.tensor([1, -1, 1]), targets, weights)
+            total, _, _ = objective(x, torch.tensor([1, -1, 1]), targets, weights)
         total.backward()
         times.append(time.perf_counter() - start)
     step = statistics.median(times[1:])

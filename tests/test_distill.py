@@ -87,6 +87,20 @@ def test_pool_reuse_with_the_same_seed_repeats_a_run_without_trajectory_kd(digit
     assert whole.result["student_accuracy"] == reused.result["student_accuracy"]
 
 
+def test_kd_snapshots_label_the_same_latest_images_once(deepinversion_job, digits_teacher):
+    """Through a pool's KD the live view shows the same latest images for thousands of steps; their teacher labels
+    are computed once, not at every snapshot (in the app, every step or two)."""
+    path = str(deepinversion_job.run_record.path("images.pt"))
+    job = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(method="deepinversion", pool=path, steps=4))
+    job.run()
+    calls = [0]
+    job.teacher.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    first = job.method.snapshot()   # the run's own snapshots labelled these images already
+    assert job.method.snapshot() is first and calls[0] == 0
+    job.method.latest = (job.pool.images[64:128], job.pool.targets[64:128])   # new images: labelled anew
+    assert job.method.snapshot() is not first and calls[0] == 1
+
+
 def test_pool_from_another_dataset_or_garbage_is_refused(tmp_path, digits_teacher):
     torch.save({"images": torch.zeros(5, 1, 28, 28), "dataset": {"name": "fashion-mnist"}}, tmp_path / "fm.pt")
     with pytest.raises(PoolError, match="shape"):

@@ -106,14 +106,69 @@ def test_a_nan_found_in_a_batched_read_keeps_the_last_finite_images(digits_teach
 
 
 def test_compiled_objective_computes_the_eager_objective(digits_teacher):
-    eager = _job(digits_teacher, _config(iterations=6))
+    eager = _job(digits_teacher, _config(iterations=6, snapshot_every=3))
     eager.run()
-    compiled = _job(digits_teacher, _config(iterations=6, compile=True))
+    compiled = _job(digits_teacher, _config(iterations=6, snapshot_every=3, compile=True))
     compiled.run()
     assert compiled.status == "done", compiled.error
     assert "torch.compile" in compiled.result["engine"], compiled.result["engine"]
     assert [h["loss_total"] for h in compiled.history] == pytest.approx([h["loss_total"] for h in eager.history],
                                                                        rel=1e-3)
+    # The compiled step hands back its BN statistics too: the last snapshot's per-layer chart is the eager one.
+    assert len(compiled.latest_bn_statistics) == len(eager.latest_bn_statistics) == 3
+    for c, e in zip(compiled.latest_bn_statistics, eager.latest_bn_statistics):
+        assert torch.allclose(c["batch_var"], e["batch_var"], rtol=1e-3, atol=1e-5)
+
+
+def _teacher_passes(job) -> list[int]:
+    """A counter of the job's teacher forwards (the job prepares the teacher it was given in place)."""
+    calls = [0]
+    job.teacher.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_a_snapshot_makes_no_teacher_pass_of_its_own(digits_teacher):
+    """The live view used to pay a teacher pass per snapshot: a third of a step, every step in the app on
+    Fashion-MNIST. A snapshot now shows the step's own pass, so snapshots every step cost no forward."""
+    counts = {}
+    for every in (0, 1):
+        job = _job(digits_teacher, _config(iterations=8, snapshot_every=every))
+        calls = _teacher_passes(job)
+        shots = []
+        job.subscribe(lambda e: shots.append(e) if e.kind == "snapshot" else None)
+        job.run()
+        assert job.status == "done" and len(shots) == (8 if every else 0)
+        counts[every] = calls[0]
+    assert counts[1] == counts[0], counts
+
+
+def test_a_snapshot_shows_the_batch_its_step_saw_with_that_pass_s_predictions_and_statistics(digits_teacher):
+    """Without jitter or flip the step's view is the batch itself: each snapshot's images are the batch as its step
+    began, and its labels and BN statistics are what a fresh teacher pass on those images gives."""
+    config = _config(iterations=5, snapshot_every=1, jitter=0, flip=False, amp=False)
+    job = _job(digits_teacher, config)
+    before, shots = [], []
+    original_step = job.step
+    job.step = lambda i: (before.append(job.x.detach().clone()), original_step(i))[1]
+    job.subscribe(lambda e: shots.append((e, job.latest_bn_statistics)) if e.kind == "snapshot" else None)
+    job.run()
+    assert job.status == "done" and len(shots) == 5
+    teacher = copy.deepcopy(digits_teacher.model).eval()
+    names = digits_teacher.dataset.class_names or [str(k) for k in range(10)]
+    from dfkd_core.hooks import BNStatisticsRecorder
+    for (event, statistics), x in zip(shots, before):
+        assert torch.allclose(event.images, digits_teacher.dataset.denormalize(x), atol=1e-6)
+        with torch.no_grad(), BNStatisticsRecorder(teacher) as recorder:
+            probs = teacher(x).softmax(1)
+            fresh = recorder.statistics()
+        conf, pred = probs.max(1)
+        assert event.labels == [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in
+                                zip(job.targets.tolist(), pred.tolist(), conf.tolist())]
+        assert [s["layer"] for s in statistics] == [s.name for s in fresh]
+        for shown, truth in zip(statistics, fresh):
+            assert torch.allclose(shown["batch_mean"], truth.batch_mean, atol=1e-4)
+            assert torch.allclose(shown["batch_var"], truth.batch_var, rtol=1e-3, atol=1e-4)
+            assert torch.equal(shown["running_var"], truth.running_var.float())
 
 
 def test_a_pool_of_rounds_shares_one_objective(digits_teacher):

@@ -98,6 +98,7 @@ class DistillMethod:
                              f"so teacher_echo {self.config.teacher_echo} (reusing the teacher's labels of earlier "
                              "batches) does not apply: set it to 1")
         self.latest: tuple[torch.Tensor, torch.Tensor] | None = None   # last images made, for snapshots
+        self._shot: tuple[tuple, tuple] | None = None   # (the `latest` it shows, the snapshot)
         self.done = Progress()   # how far the plan got; the job sets the start and reads it for a progress save
 
     def build_student(self) -> nn.Module:
@@ -171,10 +172,14 @@ class DistillMethod:
     def snapshot(self) -> tuple[torch.Tensor, list[str]] | None:
         if self.latest is None:
             return None
+        if self._shot is not None and self._shot[0] is self.latest:
+            return self._shot[1]   # a pool's KD shows the same latest round for thousands of steps: label it once
         images, targets = self.latest
         images = images[:64].to(self.job.device)
-        return (self.job.dataset.denormalize(images).cpu(),
+        shot = (self.job.dataset.denormalize(images).cpu(),
                 _labels(images, targets[:64], self.job.teacher, self.job.dataset.class_names))
+        self._shot = (self.latest, shot)
+        return shot
 
     def test_hits(self) -> dict[str, torch.Tensor]:
         """Per-image hits on the real test set of the other models this method trains (IE-DML's peer 'student_b'),

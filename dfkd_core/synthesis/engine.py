@@ -10,6 +10,9 @@ objective with three differences, none of which changes the images beyond float 
   recompile for each of the (2J + 1)² · 2 augmentations and a GPU step needs no host value.
 - The step's metrics are one vector on the device (`InversionObjective.metric_names`), read when the job publishes
   them: every step on the CPU (a read costs nothing there), about ten times a second on a GPU.
+- What the teacher saw (`TeacherView`: its class probabilities and each BN layer's batch statistics) comes back with
+  the loss, so the live view's snapshot needs no teacher pass of its own (one was a third of a step's cost, and the
+  app on Fashion-MNIST snapshots every step).
 
 With `compile=True` the objective runs under `torch.compile` (its forward and backward become a few fused kernels
 around the convolutions); one objective, and so one compilation, serves every round of a pool.
@@ -17,6 +20,7 @@ around the convolutions); one objective, and so one compilation, serves every ro
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +33,14 @@ from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 
 # The live weights, in the order of the weight vector the objective takes.
 WEIGHT_NAMES = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "alpha_cr")
+
+
+class TeacherView(NamedTuple):
+    """One step's teacher pass, detached, for the live view: class probabilities on the step's augmented batch and,
+    with BN, each BatchNorm layer's batch mean and variance as R_feature compared them (the teacher's layer order)."""
+    probs: torch.Tensor
+    batch_means: list[torch.Tensor]
+    batch_vars: list[torch.Tensor]
 
 
 def shift_and_flip(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -94,9 +106,10 @@ class InversionObjective:
         return names + (["bn_distance"] if self.has_bn else [])
 
     def __call__(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                 compete: bool = False, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total loss, metric vector) for the batch `x` shifted and flipped by `offsets`; `weights` is the vector
-        of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's local views
+                 compete: bool = False, crops: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, TeacherView]:
+        """(total loss, metric vector, what the teacher saw) for the batch `x` shifted and flipped by `offsets`;
+        `weights` is the vector of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's local views
         (`contrastive.draw_crops`), is needed when the objective has a contrastive memory."""
         compete = compete and self.student is not None
         if self.contrast is not None and crops is None:
@@ -112,7 +125,8 @@ class InversionObjective:
         return self._objective(x, offsets, targets, weights, compete, crops)
 
     def _objective(self, x: torch.Tensor, offsets: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                   compete: bool, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   compete: bool, crops: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, TeacherView]:
         batch, x = x, shift_and_flip(x, offsets)
         if self.contrast is not None:
             logits, global_features = self.contrast.features(self.teacher, x)
@@ -121,9 +135,10 @@ class InversionObjective:
             logits = self.teacher(x).float()
         terms = [cross_entropy_loss(logits, targets), total_variation_loss(x), l2_prior_loss(x)]
         term_weights = [weights[0], weights[1], weights[2]]
-        per_layer = None
+        per_layer, statistics = None, []
         if self.has_bn:
-            bn, per_layer = bn_feature_loss(self.recorder.statistics(), weights[5])
+            statistics = self.recorder.statistics()
+            bn, per_layer = bn_feature_loss(statistics, weights[5])
             terms.append(bn)
             term_weights.append(weights[3])
         if compete:
@@ -140,4 +155,6 @@ class InversionObjective:
                    (probs.argmax(1) == targets).float().mean().view(1), probs.max(1).values.mean().view(1)]
         if per_layer is not None:
             metrics += [per_layer.detach().sum().view(1), per_layer.detach()]
-        return total, torch.cat(metrics)
+        view = TeacherView(probs, [s.batch_mean.detach() for s in statistics],
+                           [s.batch_var.detach() for s in statistics])
+        return total, torch.cat(metrics), view

@@ -24,7 +24,7 @@ from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.contrastive import ContrastiveMemory, draw_crops
-from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective
+from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective, TeacherView
 from dfkd_core.synthesis.images import save_grid
 
 METHODS = ("deepdream", "deepinversion", "adi")
@@ -246,7 +246,11 @@ class ModelInversion(Job):
         contrast = self.objective.contrast
         crops = draw_crops(len(self.x), self._crop_generator, flip=c.flip) if contrast is not None else None
         with self.recorder, autocast(self.device, c.amp, cpu=c.cpu_bf16):
-            total, vector = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete, crops)
+            total, vector, view = self.objective(self.x, self._draw_offsets(), self.targets, self.weights, compete,
+                                                 crops)
+        # The batch this step's teacher pass saw (before its jitter), kept for a snapshot: the update below changes
+        # x in place. A copy costs a fraction of a millisecond; a teacher pass of its own cost a third of a step.
+        self._seen = (self.x.detach().clone(), view)
         metrics = {"lr": lr, "resolution": self.x.shape[-1], **{k: float(getattr(c, k)) for k in WEIGHT_NAMES},
                    "step": index, "_vector": vector.detach(), "_compete": compete}
         if not self.metrics_every_s:
@@ -280,15 +284,18 @@ class ModelInversion(Job):
         return pending
 
     def snapshot(self) -> tuple[torch.Tensor, list[str]]:
-        images = self.dataset.denormalize(self.x.detach()).float().cpu()
-        with torch.no_grad(), self.recorder:
-            probs = self.teacher(self.x.detach()).float().softmax(1).cpu()
-            if self.has_bn:
-                # Read by the app's per-layer chart from any thread: replaced whole, never mutated.
-                self.latest_bn_statistics = [
-                    {"layer": s.name, "batch_mean": s.batch_mean.cpu(), "batch_var": s.batch_var.cpu(),
-                     "running_mean": s.running_mean.float().cpu(), "running_var": s.running_var.float().cpu()}
-                    for s in self.recorder.statistics()]
+        """The batch as the latest step's teacher pass saw it, with that pass's predictions (on the step's shifted
+        and flipped view, as the loss saw them) and BN statistics (what R_feature compared at that step): no teacher
+        pass of its own. Before the first step, one plain pass on the batch as it is."""
+        seen, view = getattr(self, "_seen", None) or (self.x.detach(), self._fresh_view())
+        images = self.dataset.denormalize(seen).float().cpu()
+        probs = view.probs.float().cpu()
+        if self.has_bn:
+            # Read by the app's per-layer chart from any thread: replaced whole, never mutated.
+            self.latest_bn_statistics = [
+                {"layer": name, "batch_mean": mean.float().cpu(), "batch_var": var.float().cpu(),
+                 "running_mean": layer.running_mean.float().cpu(), "running_var": layer.running_var.float().cpu()}
+                for (name, layer), mean, var in zip(self.recorder.layers, view.batch_means, view.batch_vars)]
         conf, pred = probs.max(1)
         names = self.dataset.class_names or [str(i) for i in range(self.dataset.num_classes)]
         labels = [f"{names[t]} → {names[p]} {c:.2f}" for t, p, c in zip(self.targets.tolist(), pred.tolist(),
@@ -352,6 +359,13 @@ class ModelInversion(Job):
         return out
 
     # ------------------------------------------------------------------ internals
+    @torch.no_grad()
+    def _fresh_view(self) -> TeacherView:
+        with self.recorder:
+            probs = self.teacher(self.x.detach()).float().softmax(1)
+            statistics = self.recorder.statistics() if self.has_bn else []
+        return TeacherView(probs, [s.batch_mean for s in statistics], [s.batch_var for s in statistics])
+
     def _full_size(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dataset.image_size:
             x = F.interpolate(x, size=(self.dataset.image_size,) * 2, mode="bilinear", align_corners=False)

@@ -204,7 +204,7 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     cols[3].metric("BN distance", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–",
                    help="Σ_l (||μ_l − running μ_l||₂ + ||σ²_l − running σ²_l||₂), unweighted")
     st.markdown("**Synthesized batch**: column = target class; under each image the teacher's prediction and "
-                "confidence (green = the target)")
+                "confidence at this step, on the shifted and flipped view the loss saw (green = the target)")
     if job.latest_snapshot is not None:
         snap = job.latest_snapshot
         shown = f"first {min(50, len(snap.images))} of {len(snap.images)} images"
@@ -224,8 +224,8 @@ def render_curves(job: ModelInversion) -> None:
 def render_bn(job: ModelInversion) -> None:
     stats, snap = job.latest_bn_statistics, job.latest_snapshot
     if stats and snap is not None:
-        st.markdown("**BN statistics** per channel: the synthesized batch (blue) against the teacher's running "
-                    "statistics (grey); d = the layer's R_feature term")
+        st.markdown("**BN statistics** per channel: the synthesized batch at this step, as R_feature saw it (blue), "
+                    "against the teacher's running statistics (grey); d = the layer's R_feature term")
         figure = cached("bn", (job.id, snap.step), lambda: bn_statistics_figure(stats))
         st.plotly_chart(figure, key="live_bn")
 
