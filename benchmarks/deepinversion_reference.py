@@ -52,8 +52,10 @@ def image_prior_tv(x: torch.Tensor) -> torch.Tensor:
 def reference_deepinversion(teacher: nn.Module, init: torch.Tensor, targets: torch.Tensor, low: torch.Tensor,
                             high: torch.Tensor, *, iterations: int, lr: float, jitter: int, flip: bool,
                             alpha_ce: float = 1.0, alpha_tv: float = 1e-3, alpha_l2: float = 1e-3,
-                            alpha_f: float = 1.0, first_bn_multiplier: float = 10.0, seed: int = 0) -> torch.Tensor:
-    """Invert `teacher` from `init` (B, C, H, W) for `iterations` Adam steps; returns the final batch (detached)."""
+                            alpha_f: float = 1.0, first_bn_multiplier: float = 10.0, seed: int = 0,
+                            after_step=None) -> torch.Tensor:
+    """Invert `teacher` from `init` (B, C, H, W) for `iterations` Adam steps; returns the final batch (detached).
+    `after_step()`, if given, is called after each iteration (the benchmark times a teacher pass there)."""
     rng = random.Random(seed)
     hooks = [FeatureHook(m) for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
     inputs = init.clone().requires_grad_(True)
@@ -82,6 +84,8 @@ def reference_deepinversion(teacher: nn.Module, init: torch.Tensor, targets: tor
             inputs.data = torch.max(torch.min(inputs.data, high), low)
             if best_cost > loss.item():   # the public loop's best-image bookkeeping: one host read per step
                 best_cost = loss.item()
+            if after_step is not None:
+                after_step()
     finally:
         for h in hooks:
             h.close()

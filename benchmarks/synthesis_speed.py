@@ -14,6 +14,9 @@ Variants run interleaved (A B C, B C A, ...) so a change of load hits all alike;
 repeats and the load average seen. `overhead` = one step's wall time ÷ one plain forward + backward of the teacher
 on the same batch (no hooks, no losses) in the variant's memory layout (`layout`: the reference keeps the public
 code's NCHW, the engine runs NHWC where `prepare_model` picks it; `floor ms`), the floor of any inversion step.
+On a CPU that pass runs after every step of every run and is taken out of the run's time (`PairedFloor`): each run's
+overhead is against the passes made during it, and the table gives the median over runs. This virtual machine's
+speed wanders by 20-30% over minutes; a floor measured between runs put the same engine at 0.92 and 1.22.
 BN distance (unweighted, as the runs report it) and teacher accuracy are measured the same way on each variant's
 final batch; `max |Δx|` is the largest pixel difference from the reference's final batch.
 """
@@ -91,7 +94,30 @@ def teacher_pass_seconds(teacher: torch.nn.Module, x: torch.Tensor, device: torc
     return statistics.median(times[1:])
 
 
-def run_reference(checkpoint, config: SynthesisConfig, device: torch.device) -> tuple[float, torch.Tensor]:
+class PairedFloor:
+    """A plain teacher forward + backward after every step of a variant's run (CPU), timed and taken out of the run's
+    time: each step is compared with a floor measured seconds apart from it, not minutes, so a virtual machine whose
+    speed wanders by 20-30% over minutes moves both alike. `None` (a GPU): the floor is measured between runs,
+    since a timed pass would make the GPU's asynchronous steps wait."""
+
+    def __init__(self, teacher: torch.nn.Module, x: torch.Tensor):
+        self.teacher, self.x = teacher, x
+        self.passes: list[float] = []
+
+    def __call__(self, *_) -> None:
+        batch = self.x.detach().clone().requires_grad_(True)
+        start = time.perf_counter()
+        self.teacher(batch).sum().backward()
+        self.passes.append(time.perf_counter() - start)
+
+    @property
+    def spent(self) -> float:
+        """Seconds the run spent in these passes (a little more than their sum: the clone and the call)."""
+        return sum(self.passes)
+
+
+def run_reference(checkpoint, config: SynthesisConfig, device: torch.device,
+                  paired: PairedFloor | None = None) -> tuple[float, torch.Tensor]:
     teacher = frozen_teacher(checkpoint, device)
     init, targets = initial_batch(config, checkpoint, device)
     low, high = checkpoint.dataset.pixel_bounds(device)
@@ -100,23 +126,32 @@ def run_reference(checkpoint, config: SynthesisConfig, device: torch.device) -> 
     x = reference_deepinversion(teacher, init, targets, low, high, iterations=config.iterations, lr=config.lr,
                                 jitter=config.jitter, flip=config.flip, alpha_ce=config.alpha_ce,
                                 alpha_tv=config.alpha_tv, alpha_l2=config.alpha_l2, alpha_f=config.alpha_f,
-                                first_bn_multiplier=config.first_bn_multiplier, seed=config.seed)
+                                first_bn_multiplier=config.first_bn_multiplier, seed=config.seed,
+                                after_step=paired)
     synchronize(device)
-    return time.perf_counter() - start, x
+    return time.perf_counter() - start - (paired.spent if paired else 0.0), x
 
 
 def run_engine(checkpoint, config: SynthesisConfig, device: torch.device,
-               objective: InversionObjective | None = None) -> tuple[float, torch.Tensor, ModelInversion]:
-    """Seconds from the first step's start to the last step's end, the final batch and the job."""
+               objective: InversionObjective | None = None, paired: PairedFloor | None = None
+               ) -> tuple[float, torch.Tensor, ModelInversion]:
+    """Seconds from the first step's start to the last step's end (less the paired floor passes), the final batch
+    and the job."""
     job = ModelInversion(frozen_teacher(checkpoint, device) if objective is None else objective.teacher,
                          checkpoint.dataset, config, objective=objective)
     marks: list[float] = []
-    job.subscribe(lambda e: marks.append(time.perf_counter()) if e.kind in ("started", "step") else None)
+
+    def listen(event) -> None:
+        if event.kind in ("started", "step"):
+            marks.append(time.perf_counter())
+        if event.kind == "step" and paired is not None:   # a CPU job publishes every step as it ends
+            paired()
+    job.subscribe(listen)
     job.run()
     if job.status != "done":
         raise SystemExit(f"engine: {job.status}: {job.error}")
     synchronize(device)
-    return time.perf_counter() - marks[0], job.images().to(device), job
+    return time.perf_counter() - marks[0] - (paired.spent if paired else 0.0), job.images().to(device), job
 
 
 def compiled_objective(checkpoint, config: SynthesisConfig, device: torch.device
@@ -137,10 +172,11 @@ def benchmark_batch(checkpoint, batch_size: int, args, device: torch.device) -> 
     compile_s, objective = None, None
     if "compiled" in args.variants:
         objective, compile_s = compiled_objective(checkpoint, config, device)
-    runners = {"reference": lambda: run_reference(checkpoint, config, device)[:2],
-               "engine": lambda: run_engine(checkpoint, config, device)[:2],
-               "compiled": lambda: run_engine(checkpoint, config, device, objective)[:2]}
+    runners = {"reference": lambda paired: run_reference(checkpoint, config, device, paired)[:2],
+               "engine": lambda paired: run_engine(checkpoint, config, device, paired=paired)[:2],
+               "compiled": lambda paired: run_engine(checkpoint, config, device, objective, paired)[:2]}
     seconds: dict[str, list[float]] = {v: [] for v in args.variants}
+    overheads: dict[str, list[float]] = {v: [] for v in args.variants}   # per run, against its paired floor
     finals: dict[str, torch.Tensor] = {}
     loads: list[float] = []
     probe_teacher = frozen_teacher(checkpoint, device)
@@ -156,15 +192,22 @@ def benchmark_batch(checkpoint, batch_size: int, args, device: torch.device) -> 
     warm = config.replace(iterations=2, snapshot_every=0)
     run_reference(checkpoint, warm, device)
     run_engine(checkpoint, warm, device)
+    inputs = {layout: prepare_input(init, device) if layout == "NHWC" else init for layout in floor}
+    pair = device.type == "cpu" and args.paired_floor
     for repeat in range(args.repeats):
         loads.append(os.getloadavg()[0])
         order = args.variants[repeat % len(args.variants):] + args.variants[:repeat % len(args.variants)]
         for variant in order:
-            elapsed, finals[variant] = runners[variant]()
+            layout = layouts[variant]
+            paired = PairedFloor(probes[layout], inputs[layout]) if pair else None
+            elapsed, finals[variant] = runners[variant](paired)
             seconds[variant].append(elapsed)
-        for layout in floor:
-            floor[layout].append(teacher_pass_seconds(probes[layout], prepare_input(init, device)
-                                                      if layout == "NHWC" else init, device))
+            if paired is not None:
+                floor[layout] += paired.passes
+                overheads[variant].append(elapsed / args.iterations / statistics.median(paired.passes))
+        if not pair:
+            for layout in floor:
+                floor[layout].append(teacher_pass_seconds(probes[layout], inputs[layout], device))
     loads.append(os.getloadavg()[0])
     pass_s = {layout: statistics.median(times) for layout, times in floor.items()}
     rows = []
@@ -174,11 +217,13 @@ def benchmark_batch(checkpoint, batch_size: int, args, device: torch.device) -> 
         reference = finals.get("reference")
         rows.append({"variant": variant, "layout": layouts[variant], "batch": batch_size, "seconds": median,
                      "images_per_s": batch_size / median, "step_ms": 1000 * median / args.iterations,
-                     "overhead": median / args.iterations / pass_s[layouts[variant]], "bn_distance": bn,
+                     "overhead": (statistics.median(overheads[variant]) if overheads[variant] else
+                                  median / args.iterations / pass_s[layouts[variant]]), "bn_distance": bn,
                      "accuracy": accuracy,
                      "max_dx": float((finals[variant] - reference).abs().max()) if reference is not None else None,
                      "compile_s": compile_s if variant == "compiled" else None,
-                     "load": f"{min(loads):.1f}–{max(loads):.1f}", "pass_ms": 1000 * pass_s[layouts[variant]]})
+                     "load": f"{min(loads):.1f}–{max(loads):.1f}", "pass_ms": 1000 * pass_s[layouts[variant]],
+                     "floor_passes": len(floor[layouts[variant]])})
     base = next((r["images_per_s"] for r in rows if r["variant"] == "reference"), None)
     for r in rows:
         r["ratio"] = r["images_per_s"] / base if base else None
@@ -233,6 +278,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["reference", "engine", "compiled"],
                    choices=["reference", "engine", "compiled"])
     p.add_argument("--profile", action="store_true", help="CUDA: GPU busy share and kernels per step")
+    p.add_argument("--no-paired-floor", dest="paired_floor", action="store_false",
+                   help="CPU: measure the floor between runs, not after every step (the pre-12-07 way)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

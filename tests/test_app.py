@@ -1,4 +1,5 @@
 """Streamlit AppTest for every page: widgets present, a run started and its state reflected, bad input explained."""
+import ast
 import shutil
 import time
 from pathlib import Path
@@ -70,6 +71,37 @@ def test_layout_every_page_file_is_in_pages_and_listed_under_its_own_name():
     assert DEFAULT_PAGE in files
     for name in files:
         assert "hand_over_to_app()" in (root / "pages" / f"{name}.py").read_text(), f"pages/{name}.py"
+
+
+HEAVY_MODULES = ("torch", "torchvision", "dfkd_core", "pages.views", "plotly", "captum", "numpy", "PIL", "pandas")
+
+
+def _imports(statements) -> list[str]:
+    names = []
+    for node in statements:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
+def test_every_page_hands_over_before_its_heavy_imports():
+    """On a fresh server the first visit to a deep link runs the page file bare; a page that imports PyTorch before
+    it hands over to app.py leaves the visitor a blank page for seconds instead of the start-up spinner (the browser
+    test visits a sample of pages on fresh servers; this holds every page, and the module it hands over with, to it)."""
+    root = Path(APP).parent
+    navigation = ast.parse((root / "pages" / "views" / "navigation.py").read_text())
+    assert not [m for m in _imports(navigation.body) if m.startswith(HEAVY_MODULES)]
+    for page in sorted((root / "pages").glob("*.py")):
+        if page.name == "__init__.py":
+            continue
+        body = ast.parse(page.read_text()).body
+        hand_over = next(i for i, node in enumerate(body)
+                         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                         and getattr(node.value.func, "id", "") == "hand_over_to_app")
+        early = [m for m in _imports(body[:hand_over]) if m.startswith(HEAVY_MODULES) and m != "pages.views.navigation"]
+        assert not early, f"{page.name} imports {early} before hand_over_to_app()"
 
 
 # ------------------------------------------------------------------ Synthesize

@@ -65,15 +65,31 @@ def page_not_found(page):
     return page.get_by_role("dialog").filter(has_text="Page not found")
 
 
-def test_first_direct_visit_to_each_deep_link_after_a_server_start(tmp_path, digits_teacher):
+# A fresh server per visit costs ~10 s of CPU, so the default suite visits three (a page with heavy imports, a light
+# one, and a path that names no page); `-m slow` visits every other page the same way. That every page hands over
+# before its imports is checked for all of them in tests/test_app.py.
+FIRST_VISITS_SAMPLED = ["/distill", "/methods", UNKNOWN]
+
+
+def test_first_direct_visit_to_a_deep_link_after_a_server_start(tmp_path, digits_teacher):
     """Right after a server start, a visit to a deep link (a bookmark, a link in the README) shows that page with
     the top navigation and no "Page not found" notice. Each visit gets a fresh server: only the first script run
     of a server process differs (a `pages/` folder beside app.py made Streamlit run it as an old-style multipage
     app, which knows no /distill, and pop the notice over the right page). A path that names no page must still
-    get the notice and the default page, under the same waits: the check does see a notice that is there.
-    A few servers at a time, each visited in its own tab: a first script run is one busy core, this machine has two."""
+    get the notice and the default page, under the same waits: the check does see a notice that is there."""
+    visits = [(path, DEEP_LINKS.get(path, "Synthesize")) for path in FIRST_VISITS_SAMPLED]
+    _first_visits(tmp_path, digits_teacher, visits)
+
+
+@pytest.mark.slow
+def test_first_direct_visit_to_every_other_deep_link_after_a_server_start(tmp_path, digits_teacher):
+    _first_visits(tmp_path, digits_teacher, [(p, t) for p, t in DEEP_LINKS.items() if p not in FIRST_VISITS_SAMPLED])
+
+
+def _first_visits(tmp_path, digits_teacher, visits: list[tuple[str, str]]) -> None:
+    """Each visit on a fresh server. A few servers at a time, each visited in its own tab: a first script run is one
+    busy core, this machine has two."""
     add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    visits = [*DEEP_LINKS.items(), (UNKNOWN, "Synthesize")]
     with chromium_page() as first_tab:
         for start in range(0, len(visits), 3):
             batch = visits[start:start + 3]

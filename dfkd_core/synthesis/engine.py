@@ -109,8 +109,8 @@ class InversionObjective:
                  compete: bool = False, crops: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, TeacherView]:
         """(total loss, metric vector, what the teacher saw) for the batch `x` shifted and flipped by `offsets`;
-        `weights` is the vector of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's local views
-        (`contrastive.draw_crops`), is needed when the objective has a contrastive memory."""
+        `weights` is the vector of `WEIGHT_NAMES`. `compete` adds R_compete (needs the student); `crops`, the step's
+        local views (`contrastive.draw_crops`), is needed when the objective has a contrastive memory."""
         compete = compete and self.student is not None
         if self.contrast is not None and crops is None:
             raise ValueError("this objective has a contrastive term: pass the step's crops")
