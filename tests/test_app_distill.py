@@ -235,6 +235,22 @@ def test_every_recipe_value_is_one_the_page_can_show_bf16_included():
     assert defaults("deepinversion", "fashion-mnist", "fashion-5min")["cpu_bf16"] is True
 
 
+def test_a_machine_without_bf16_starts_fashion_5min_with_its_float32_settings_and_says_so(monkeypatch):
+    """The page starts from what `dfkd distill --recipe` runs on this machine: without native bf16, fashion-5min's
+    float32 settings (teacher echo 2, 3,800 steps), with the reason under the recipe box; with bf16, the recipe."""
+    import dfkd_core.device as device
+    from pages.views.distill_view import defaults, recipe_values
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "cpu_computes_bf16", lambda: False)
+    values = defaults("deepinversion", "fashion-mnist", "fashion-5min")
+    assert (values["teacher_echo"], values["steps"], values["cpu_bf16"]) == (2, 3800, True)
+    assert "float32" in recipe_values("fashion-5min", "deepinversion")[1]
+    monkeypatch.setattr(device, "cpu_computes_bf16", lambda: True)
+    values = defaults("deepinversion", "fashion-mnist", "fashion-5min")
+    assert (values["teacher_echo"], values["steps"]) == (1, 2800)
+    assert recipe_values("fashion-5min", "deepinversion")[1] is None
+
+
 def test_a_deep_link_to_distill_on_an_empty_store_offers_the_starter_teacher(home):
     at = app("pages/distill.py")
     assert at.title[0].value == "Distill"

@@ -341,6 +341,34 @@ def test_recipe_settings_yield_to_explicit_flags():
     assert plain.steps == DistillConfig().steps and plain.options == {}
 
 
+def test_a_recipe_run_in_float32_takes_the_recipe_s_float32_settings(monkeypatch, capsys):
+    """fashion-5min was measured in bf16. A run that computes in float32 (a CPU without native bf16, or bf16 turned
+    off) takes teacher echo 2 and 3,800 steps, measured on six pools (6 of 6 students at 0.95, 3 of 6 without) in
+    the time of its 2,800 plain steps; the CLI says so, a flag given still wins, other recipes are left alone."""
+    import dfkd_core.device as device
+    from dfkd_core.cli import build_parser
+    from dfkd_core.distill.cli import config_from_args
+
+    def config(flags, native_bf16):
+        monkeypatch.setattr(device, "cpu_computes_bf16", lambda: native_bf16)
+        return config_from_args(build_parser().parse_args(["distill", "--teacher", "t.pt", "--device", "cpu",
+                                                           *flags]))
+    capsys.readouterr()
+    native = config(["--recipe", "fashion-5min"], True)
+    assert (native.teacher_echo, native.steps, native.cpu_bf16) == (1, 2800, True) and not native.runs_float32_on_cpu()
+    assert "note:" not in capsys.readouterr().err
+    for flags in (["--recipe", "fashion-5min"], ["--recipe", "fashion-5min", "--no-cpu-bf16"]):
+        f32 = config(flags, native_bf16="--no-cpu-bf16" in flags)
+        assert (f32.teacher_echo, f32.steps) == (2, 3800) and f32.runs_float32_on_cpu()
+        err = capsys.readouterr().err
+        assert "float32" in err and "teacher echo 2" in err and "steps 3,800" in err, err
+    mine = config(["--recipe", "fashion-5min", "--steps", "3000"], False)
+    assert (mine.teacher_echo, mine.steps) == (2, 3000)
+    assert "steps" not in capsys.readouterr().err.split("settings (")[1].split(")")[0]
+    best = config(["--recipe", "fashion-best"], False)
+    assert (best.teacher_echo, best.steps) == (1, 8000) and "note:" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--method", "generator", "--lambda-bn", "nan"], "lambda_bn"),
     (["--method", "deepinversion", "--alpha-f", "nan"], "alpha_f"),

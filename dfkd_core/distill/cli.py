@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.methods import DISTILL_METHODS
-from dfkd_core.distill.recipes import RECIPES, merge_overrides, recipe_overrides
+from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, merge_overrides
 from dfkd_core.distributed import signals_request_cancel, stop_signals
 from dfkd_core.stats import Interval
 
@@ -54,13 +54,15 @@ def config_from_args(args) -> DistillConfig:
     explicit = {**values, "synthesis": synthesis, "options": parse_options(args.option, method)}
     if getattr(args, "no_amp", None):
         explicit["amp"] = False
-    base = {}
-    if getattr(args, "recipe", None):
-        try:
-            base = recipe_overrides(args.recipe, method)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
-    return DistillConfig(method=method, **merge_overrides(base, explicit))
+    if not getattr(args, "recipe", None):
+        return DistillConfig(method=method, **merge_overrides({}, explicit))
+    if args.recipe not in RECIPES:
+        raise SystemExit(f"error: unknown recipe '{args.recipe}'; choose one of {list(RECIPES)}")
+    values, note = adapt_to_precision(args.recipe, method, explicit,
+                                      lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return DistillConfig(method=method, **values)
 
 
 def format_result(summary: dict) -> str:

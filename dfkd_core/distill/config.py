@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dfkd_core.config import Config
-from dfkd_core.device import cpu_bf16_default
+from dfkd_core.device import cpu_bf16_default, resolve_device, uses_bf16
 
 # The student a teacher gets when none is named: half width (or the published half model), METHODS §3 / issue 5.
 HALF_WIDTH_STUDENT = {
@@ -67,6 +67,15 @@ class DistillConfig(Config):
     amp: bool = True                  # bfloat16 autocast on CUDA
     cpu_bf16: bool = field(default_factory=cpu_bf16_default)   # and on a CPU with native bf16
     data_root: str | None = None      # where the teacher's real test set lives (evaluation only)
+
+    def runs_float32_on_cpu(self) -> bool:
+        """Whether this run's KD and inversion steps will compute in float32 on a CPU (no native bf16 there, or bf16
+        turned off); a CUDA request on a machine without CUDA is not (that run stops with its own message)."""
+        try:
+            device = resolve_device(self.device)
+        except RuntimeError:
+            return False
+        return device.type == "cpu" and not uses_bf16(device, self.amp, self.cpu_bf16)
 
     def validate(self) -> None:
         """One sentence for the first bad setting, before any run exists (CLI, app and library alike)."""

@@ -18,7 +18,7 @@ from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, defaul
 from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.generator_kd import GeneratorKD
 from dfkd_core.distill.methods import PoolKD, RealOrPoolMethod
-from dfkd_core.distill.recipes import RECIPES, default_recipe, recipe_overrides, recipes_for
+from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, default_recipe, recipes_for
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.plots.distill import per_class_accuracy_figure
@@ -145,8 +145,14 @@ def defaults(method: str, dataset: str, recipe: str | None = AUTO_RECIPE) -> dic
     values["trajectory_kd_from"] = -1
     values["cpu_bf16"] = config.cpu_bf16
     if recipe:
-        values.update(weights_of(DistillConfig(method=method, **recipe_overrides(recipe, method))))
+        values.update(weights_of(DistillConfig(method=method, **recipe_values(recipe, method)[0])))
     return values
+
+
+def recipe_values(recipe: str, method: str) -> tuple[dict, str | None]:
+    """The recipe's settings as a run on this machine computes them (its float32 settings where there is no bf16),
+    and a sentence when those apply."""
+    return adapt_to_precision(recipe, method, {}, lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
 
 
 def recipe_widget(dataset: str, method: str, disabled: bool) -> str:
@@ -164,7 +170,8 @@ def recipe_widget(dataset: str, method: str, disabled: bool) -> str:
                           help="Measured settings (README results; `dfkd distill --recipe`). Choosing one sets "
                                "every weight below; a weight you then move wins.")
     if recipe:
-        st.caption(RECIPES[recipe]["description"])
+        note = recipe_values(recipe, method)[1]
+        st.caption(RECIPES[recipe]["description"] + (f". Here: {note}" if note else ""))
     return recipe
 
 
