@@ -102,8 +102,9 @@ RECIPES: dict[str, dict] = {
                        "3x the learning rate; in float32 (elsewhere) 10-12 minutes, with teacher echo 2 and 3,800 steps",
         "methods": {"deepinversion": _FASHION_DI_5MIN},
         "cpu_float32": {"deepinversion": _FASHION_DI_5MIN_FLOAT32},
-        "cpu_float32_why": "the teacher labels every other KD batch, so 3,800 steps take the time of 2,800 plain ones; "
-                       "measured on six pools: 6 of 6 students at 0.95 of their teacher or more, against 3 of 6",
+        "cpu_float32_why": ("the teacher labels every other KD batch, so 3,800 steps take the time of 2,800 plain "
+                            "ones; measured on six pools: 6 of 6 students at 0.95 of their teacher or more, against "
+                            "3 of 6"),
     },
     "digits-quick": {
         "dataset": "digits",
@@ -144,15 +145,12 @@ def default_recipe(dataset: str, method: str) -> str | None:
     return next(iter(recipes_for(dataset, method)), None)
 
 
-def recipe_overrides(recipe: str, method: str, cpu_float32: bool = False) -> dict:
-    """The DistillConfig overrides of `recipe` for `method` (a fresh copy; empty if the recipe has none). With
-    `cpu_float32` (the run will compute in float32 on a CPU), the recipe's settings for that case on top, if any."""
+def recipe_overrides(recipe: str, method: str) -> dict:
+    """The DistillConfig overrides of `recipe` for `method` (a fresh copy; empty if the recipe has none), as measured;
+    `adapt_to_precision` adds what the recipe changes for a float32 run on a CPU."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe '{recipe}'; choose one of {list(RECIPES)}")
-    overrides = copy.deepcopy(RECIPES[recipe]["methods"].get(method, {}))
-    if cpu_float32:
-        overrides.update(copy.deepcopy(RECIPES[recipe].get("cpu_float32", {}).get(method, {})))
-    return overrides
+    return copy.deepcopy(RECIPES[recipe]["methods"].get(method, {}))
 
 
 def adapt_to_precision(recipe: str, method: str, explicit: dict,
