@@ -38,7 +38,7 @@ import torch
 
 from dfkd_core.device import describe_machine, precision, resolve_device
 from dfkd_core.distill import DistillConfig, DistillJob
-from dfkd_core.distill.recipes import adapt_to_precision, list_recipes
+from dfkd_core.distill.recipes import adapt_to_precision, float32_note, list_recipes
 from dfkd_core.distill.pool import pool_files
 from dfkd_core.distill.results import load_test_hits, per_class_accuracy
 from dfkd_core.models import load_checkpoint
@@ -313,10 +313,10 @@ def main() -> None:
     args.overrides = parse_settings(args.set)
     args.set = {k: v for pair in args.set for k, v in [pair.split("=", 1)]}
     torch.set_num_threads(args.threads)
-    _, float32_note = adapt_to_precision(args.recipe, args.method, args.overrides, lambda v: DistillConfig(
+    _, adjusted = adapt_to_precision(args.recipe, args.method, args.overrides, lambda v: DistillConfig(
         method=args.method, device=args.device, **v).runs_float32_on_cpu())
-    if float32_note:
-        print(f"note: {float32_note}")
+    if adjusted:
+        print(f"note: {float32_note(args.recipe, adjusted)}")
     store = RunStore(args.home)
     rows, started = [], time.time()
     for teacher_seed in args.teachers:

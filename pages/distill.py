@@ -7,13 +7,13 @@ from pages.views.navigation import hand_over_to_app
 hand_over_to_app()
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob  # noqa: E402
-from dfkd_core.distill.recipes import RECIPES  # noqa: E402
+from dfkd_core.distill.recipes import RECIPES, float32_note  # noqa: E402
 from pages.views.common import (  # noqa: E402
     PARTIAL_STATUSES, attached_job, data_root_setting, describe_run, ensure_starter_teacher, get_store,
     keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons, teacher_or_stop)
 from pages.views.distill_view import (  # noqa: E402
     SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
-    method_label, ordered_methods, pool_runs, processes_widget, recipe_widget, render_live, set_weights,
+    method_label, ordered_methods, pool_runs, processes_widget, recipe_values, recipe_widget, render_live, set_weights,
     start_distillation, student_choices, uses_pool, weight_key, weight_widget, weights_of)
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
@@ -100,6 +100,9 @@ if job is None:
             "are synthesized; the student and the images are saved in the run store (Runs page).")
     if recipe:   # its time is in its description: fashion-best runs 20-40 CPU minutes
         st.caption(f"Recipe **{recipe}**: {RECIPES[recipe]['description']}.")
+        adjusted = recipe_values(recipe, method)[1]
+        if adjusted:
+            st.info(float32_note(recipe, adjusted))
     teacher_record = get_store().get_record(teacher_run)
     if teacher_record.status in PARTIAL_STATUSES:
         st.warning(f"This teacher is partial: its training was stopped ({describe_run(teacher_record)}). A student "

@@ -361,10 +361,10 @@ def test_a_recipe_run_in_float32_takes_the_recipe_s_float32_settings(monkeypatch
         f32 = config(flags, native_bf16="--no-cpu-bf16" in flags)
         assert (f32.teacher_echo, f32.steps) == (2, 3800) and f32.runs_float32_on_cpu()
         err = capsys.readouterr().err
-        assert "float32" in err and "teacher echo 2" in err and "steps 3,800" in err, err
+        assert "float32" in err and "(teacher echo 2, steps 3,800)" in err, err
     mine = config(["--recipe", "fashion-5min", "--steps", "3000"], False)
     assert (mine.teacher_echo, mine.steps) == (2, 3000)
-    assert "steps" not in capsys.readouterr().err.split("settings (")[1].split(")")[0]
+    assert "settings (teacher echo 2)" in capsys.readouterr().err
     best = config(["--recipe", "fashion-best"], False)
     assert (best.teacher_echo, best.steps) == (1, 8000) and "note:" not in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from dfkd_core.distill.config import DistillConfig
 from dfkd_core.distill.methods import DISTILL_METHODS
-from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, merge_overrides
+from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, float32_note, merge_overrides
 from dfkd_core.distributed import signals_request_cancel, stop_signals
 from dfkd_core.stats import Interval
 
@@ -58,10 +58,10 @@ def config_from_args(args) -> DistillConfig:
         return DistillConfig(method=method, **merge_overrides({}, explicit))
     if args.recipe not in RECIPES:
         raise SystemExit(f"error: unknown recipe '{args.recipe}'; choose one of {list(RECIPES)}")
-    values, note = adapt_to_precision(args.recipe, method, explicit,
-                                      lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+    values, adjusted = adapt_to_precision(args.recipe, method, explicit,
+                                          lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
+    if adjusted:
+        print(f"note: {float32_note(args.recipe, adjusted)}", file=sys.stderr)
     return DistillConfig(method=method, **values)
 
 

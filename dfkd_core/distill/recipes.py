@@ -46,10 +46,10 @@ _FASHION_DI_5MIN = {**_FASHION_DI_BEST, "images": 800, "synthesis": {"batch_size
                     "steps": 2800, "lr": 3e-3, "cpu_bf16": True}
 # Where the run computes in float32 on a CPU (no native bf16, or bf16 turned off), half of a KD step is the teacher's
 # forward. There the teacher labels every other KD batch (teacher echo 2: 1.34x the KD steps per second) and the time
-# saved buys 3,800 steps for the time of 2,800 plain ones. On six pools of three teachers (2-core AMD EPYC, AVX2),
-# paired on each pool: every student gained (+0.09 to +1.32 points, four outside their intervals) and 6 of 6 reached
-# 0.95 of their teacher (mean 0.956 [0.953, 0.959]) against 3 of 6 (0.949) (docs/results.md, "On a CPU without bf16").
-# Not measured where bf16 runs or on a GPU, so not used there.
+# saved buys 3,800 steps for the time of 2,800 plain ones. On seven pools of three teachers (2-core AMD EPYC, AVX2),
+# paired on each pool: +1.01, +1.32, +0.28, +0.46, +0.62, +0.09, -0.57 points (mean +0.46 [-0.11, +1.03]: likely, not
+# resolved) and 6 of 7 students at 0.95 of their teacher (mean ratio 0.955) against 4 of 7 (0.950) (docs/results.md,
+# "On a CPU without bf16"). Not measured where bf16 runs or on a GPU, so not used there.
 _FASHION_DI_5MIN_FLOAT32 = {"teacher_echo": 2, "steps": 3800}
 # DeepDream has only image priors to hold its images, and Adam rescales every gradient to the same step size: once
 # the teacher is sure of the class (within ~20 iterations), α_tv = 1e-3 alone drives the steps and fades the images to
@@ -102,9 +102,10 @@ RECIPES: dict[str, dict] = {
                        "3x the learning rate; in float32 (elsewhere) 10-12 minutes, with teacher echo 2 and 3,800 steps",
         "methods": {"deepinversion": _FASHION_DI_5MIN},
         "cpu_float32": {"deepinversion": _FASHION_DI_5MIN_FLOAT32},
-        "cpu_float32_why": ("the teacher labels every other KD batch, so 3,800 steps take the time of 2,800 plain "
-                            "ones; measured on six pools: 6 of 6 students at 0.95 of their teacher or more, against "
-                            "3 of 6"),
+        "cpu_float32_why": ("The teacher labels every other KD batch (teacher echo), so 3,800 KD steps take the "
+                            "time of 2,800 plain ones. On seven pools, paired: +0.46 points on average [-0.11, +1.03], "
+                            "and 6 of 7 students at 0.95 of their teacher, against 4 of 7 with the recipe's own "
+                            "settings (--teacher-echo 1 --steps 2800)."),
     },
     "digits-quick": {
         "dataset": "digits",
@@ -154,19 +155,28 @@ def recipe_overrides(recipe: str, method: str) -> dict:
 
 
 def adapt_to_precision(recipe: str, method: str, explicit: dict,
-                       runs_float32_on_cpu: Callable[[dict], bool]) -> tuple[dict, str | None]:
-    """The config values of `recipe` for `method` with `explicit` settings winning, as the run will compute them:
-    where `runs_float32_on_cpu(values)` (a config of these values computes float32 on a CPU), the recipe's settings
-    for that case apply (an explicit setting still wins), and the note says which and why."""
+                       runs_float32_on_cpu: Callable[[dict], bool]) -> tuple[dict, dict]:
+    """The config values of `recipe` for `method` with `explicit` settings winning, as the run will compute them, and
+    the settings that changed for that: where `runs_float32_on_cpu(values)` (a config of these values computes
+    float32 on a CPU), the recipe's settings for that case (an explicit setting still wins; `float32_note` says
+    which and why)."""
     base = recipe_overrides(recipe, method)
     values = merge_overrides(base, explicit)
     adjust = {k: v for k, v in RECIPES[recipe].get("cpu_float32", {}).get(method, {}).items() if k not in explicit}
     if not adjust or not runs_float32_on_cpu(values):
-        return values, None
-    settings = ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in adjust.items())
-    note = (f"recipe {recipe} runs in float32 on this CPU (no bf16), so it takes its float32 settings ({settings}): "
-            f"{RECIPES[recipe].get('cpu_float32_why', '')}")
-    return merge_overrides({**base, **copy.deepcopy(adjust)}, explicit), note
+        return values, {}
+    return merge_overrides({**base, **copy.deepcopy(adjust)}, explicit), adjust
+
+
+def float32_settings(adjusted: dict) -> str:
+    """'teacher echo 2, steps 3,800': the settings a recipe changed for a float32 run, in words."""
+    return ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in adjusted.items())
+
+
+def float32_note(recipe: str, adjusted: dict) -> str:
+    """Why the recipe runs with other settings here, in two sentences."""
+    return (f"Recipe {recipe} runs in float32 on this CPU (no native bf16), so it takes its float32 settings "
+            f"({float32_settings(adjusted)}). {RECIPES[recipe].get('cpu_float32_why', '')}")
 
 
 def merge_overrides(base: dict, explicit: dict) -> dict:

@@ -18,7 +18,7 @@ from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, defaul
 from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.generator_kd import GeneratorKD
 from dfkd_core.distill.methods import PoolKD, RealOrPoolMethod
-from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, default_recipe, recipes_for
+from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, default_recipe, float32_settings, recipes_for
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.plots.distill import per_class_accuracy_figure
@@ -149,9 +149,9 @@ def defaults(method: str, dataset: str, recipe: str | None = AUTO_RECIPE) -> dic
     return values
 
 
-def recipe_values(recipe: str, method: str) -> tuple[dict, str | None]:
-    """The recipe's settings as a run on this machine computes them (its float32 settings where there is no bf16),
-    and a sentence when those apply."""
+def recipe_values(recipe: str, method: str) -> tuple[dict, dict]:
+    """The recipe's settings as a run on this machine computes them (its float32 settings on a CPU without bf16),
+    and the settings that changed for that."""
     return adapt_to_precision(recipe, method, {}, lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
 
 
@@ -170,8 +170,9 @@ def recipe_widget(dataset: str, method: str, disabled: bool) -> str:
                           help="Measured settings (README results; `dfkd distill --recipe`). Choosing one sets "
                                "every weight below; a weight you then move wins.")
     if recipe:
-        note = recipe_values(recipe, method)[1]
-        st.caption(RECIPES[recipe]["description"] + (f". Here: {note}" if note else ""))
+        adjusted = recipe_values(recipe, method)[1]
+        st.caption(RECIPES[recipe]["description"] + (f". This CPU computes float32, so: {float32_settings(adjusted)}"
+                                                      if adjusted else ""))
     return recipe
 
 
@@ -202,7 +203,9 @@ def weights_of(config: DistillConfig) -> dict:
 def cpu_bf16_widget(disabled: bool) -> None:
     """Whether KD and inversion run in bfloat16 on this CPU (a config's cpu_bf16; a recipe may set it)."""
     native = cpu_computes_bf16()
-    st.checkbox("bfloat16 on this CPU", key=weight_key("cpu_bf16"), disabled=disabled or not native,
+    # Disabled without native bf16, but a recipe may still ask for it: the label says what runs.
+    st.checkbox("bfloat16 on this CPU" + ("" if native else " (none here: float32)"), key=weight_key("cpu_bf16"),
+                disabled=disabled or not native,
                 help="KD and inversion in bfloat16 autocast, on a CPU that computes it natively (AVX512-BF16 or "
                      "AMX): KD steps about 1.5x faster, numbers differ by rounding (a student measured 0.4 points "
                      "lower, docs/results.md). On a GPU the run uses bfloat16 autocast anyway."
