@@ -237,12 +237,14 @@ def parse_settings(pairs: list[str]) -> dict:
     return settings
 
 
+def recipe_settings(args) -> tuple[dict, dict]:
+    """The recipe as `dfkd distill --recipe` runs it on this machine (its float32 settings on a CPU without bf16),
+    with `--set` winning, and what changed for float32."""
+    return adapt_to_precision(args.recipe, args.method, {**args.overrides, "device": args.device})
+
+
 def student_config(args, seed: int) -> DistillConfig:
-    """The recipe as `dfkd distill --recipe` runs it on this machine (its float32 settings where there is no bf16),
-    with `--set` winning."""
-    overrides, _ = adapt_to_precision(args.recipe, args.method, args.overrides, lambda v: DistillConfig(
-        method=args.method, device=args.device, **v).runs_float32_on_cpu())
-    return DistillConfig(method=args.method, seed=seed, device=args.device, data_root=args.data_root, **overrides)
+    return DistillConfig(method=args.method, seed=seed, data_root=args.data_root, **recipe_settings(args)[0])
 
 
 def student_for(teacher_record, teacher_seed: int, seed: int, args, store: RunStore):
@@ -313,8 +315,7 @@ def main() -> None:
     args.overrides = parse_settings(args.set)
     args.set = {k: v for pair in args.set for k, v in [pair.split("=", 1)]}
     torch.set_num_threads(args.threads)
-    _, adjusted = adapt_to_precision(args.recipe, args.method, args.overrides, lambda v: DistillConfig(
-        method=args.method, device=args.device, **v).runs_float32_on_cpu())
+    adjusted = recipe_settings(args)[1]
     if adjusted:
         print(f"note: {float32_note(args.recipe, adjusted)}")
     store = RunStore(args.home)

@@ -112,7 +112,8 @@ class PairedFloor:
 
     @property
     def spent(self) -> float:
-        """Seconds the run spent in these passes (a little more than their sum: the clone and the call)."""
+        """Seconds the timed passes took (the clone before each, a fraction of a millisecond, stays in the run's
+        time)."""
         return sum(self.passes)
 
 

@@ -58,8 +58,7 @@ def config_from_args(args) -> DistillConfig:
         return DistillConfig(method=method, **merge_overrides({}, explicit))
     if args.recipe not in RECIPES:
         raise SystemExit(f"error: unknown recipe '{args.recipe}'; choose one of {list(RECIPES)}")
-    values, adjusted = adapt_to_precision(args.recipe, method, explicit,
-                                          lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
+    values, adjusted = adapt_to_precision(args.recipe, method, explicit)
     if adjusted:
         print(f"note: {float32_note(args.recipe, adjusted)}", file=sys.stderr)
     return DistillConfig(method=method, **values)

@@ -9,7 +9,8 @@ made by `benchmarks/dfkd_table.py`, which uses these same recipes.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+
+from dfkd_core.distill.config import DistillConfig
 
 # Pool methods: rounds of one inverted batch; `trajectory_kd_from` also trains the student on every inversion
 # iterate from that iteration on (see PoolOptions) — the cheapest extra data there is.
@@ -154,16 +155,15 @@ def recipe_overrides(recipe: str, method: str) -> dict:
     return copy.deepcopy(RECIPES[recipe]["methods"].get(method, {}))
 
 
-def adapt_to_precision(recipe: str, method: str, explicit: dict,
-                       runs_float32_on_cpu: Callable[[dict], bool]) -> tuple[dict, dict]:
-    """The config values of `recipe` for `method` with `explicit` settings winning, as the run will compute them, and
-    the settings that changed for that: where `runs_float32_on_cpu(values)` (a config of these values computes
-    float32 on a CPU), the recipe's settings for that case (an explicit setting still wins; `float32_note` says
-    which and why)."""
+def adapt_to_precision(recipe: str, method: str, explicit: dict) -> tuple[dict, dict]:
+    """The config values of `recipe` for `method` with `explicit` settings winning (its `device` among them, if
+    given), as the run will compute them, and the settings that changed for that: where a config of these values
+    computes float32 on a CPU (`DistillConfig.runs_float32_on_cpu`), the recipe's settings for that case (an
+    explicit setting still wins; `float32_note` says which and why)."""
     base = recipe_overrides(recipe, method)
     values = merge_overrides(base, explicit)
     adjust = {k: v for k, v in RECIPES[recipe].get("cpu_float32", {}).get(method, {}).items() if k not in explicit}
-    if not adjust or not runs_float32_on_cpu(values):
+    if not adjust or not DistillConfig(method=method, **values).runs_float32_on_cpu():
         return values, {}
     return merge_overrides({**base, **copy.deepcopy(adjust)}, explicit), adjust
 

@@ -179,6 +179,7 @@ class ModelInversion(Job):
         self.snapshot_every = config.snapshot_every
         self.total_steps = config.iterations
         self.latest_bn_statistics: list[dict] = []  # per BN layer, at the latest snapshot (see `snapshot`)
+        self._seen: tuple[torch.Tensor, TeacherView] | None = None   # the latest step's batch and teacher pass
         self.objective = objective
 
     # ------------------------------------------------------------------ job interface
@@ -287,7 +288,7 @@ class ModelInversion(Job):
         """The batch as the latest step's teacher pass saw it, with that pass's predictions (on the step's shifted
         and flipped view, as the loss saw them) and BN statistics (what R_feature compared at that step): no teacher
         pass of its own. Before the first step, one plain pass on the batch as it is."""
-        seen, view = getattr(self, "_seen", None) or (self.x.detach(), self._fresh_view())
+        seen, view = self._seen or (self.x.detach(), self._fresh_view())
         images = self.dataset.denormalize(seen).float().cpu()
         probs = view.probs.float().cpu()
         if self.has_bn:

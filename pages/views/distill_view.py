@@ -152,7 +152,7 @@ def defaults(method: str, dataset: str, recipe: str | None = AUTO_RECIPE) -> dic
 def recipe_values(recipe: str, method: str) -> tuple[dict, dict]:
     """The recipe's settings as a run on this machine computes them (its float32 settings on a CPU without bf16),
     and the settings that changed for that."""
-    return adapt_to_precision(recipe, method, {}, lambda v: DistillConfig(method=method, **v).runs_float32_on_cpu())
+    return adapt_to_precision(recipe, method, {})
 
 
 def recipe_widget(dataset: str, method: str, disabled: bool) -> str:
