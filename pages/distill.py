@@ -65,7 +65,9 @@ with st.sidebar:
         set_weights({k: v for k, v in defaults(method, dataset.name, recipe).items() if k in SYNTHESIS_FIELD})
     st.session_state["distill_for"] = (teacher_run, method, recipe)
     student = st.selectbox("Student", models, key="distill_student", disabled=running,
-                           format_func=lambda m: f"{m} (default: half width)" if m == default_model else m)
+                           format_func=lambda m: f"{m} · default" if m == default_model else m,
+                           help=f"Any registered model. The default, {default_model}, is the teacher's "
+                                "architecture at half its width (the teacher's own where none is registered)")
     pool_run = None
     if uses_pool(method):
         pools = {r.id: r for r in pool_runs(dataset.name)}

@@ -300,7 +300,33 @@ def test_a_teacher_stopped_on_the_page_is_shown_there_beside_a_finished_one(teac
     assert any("Stopped: the teacher so far is saved" in i.value for i in at.info)
     distill = app("pages/distill.py")   # another page: the finished teacher first, the stopped one offered
     picker = distill.sidebar.selectbox(key="distill_teacher")
-    assert picker.value == teacher_home.teacher_id and any(job.run_record.id in o for o in picker.options)
+    assert picker.value == teacher_home.teacher_id and any(job.run_record.id.rsplit("-", 1)[-1] in o
+                                                           for o in picker.options)
+
+
+def test_names_that_differ_only_at_the_end_are_told_apart_where_a_narrow_box_shows_them():
+    from pages.views.common import distinct_names
+    seeds = [f"robustness teacher bncnn6_w32 fashion-mnist seed {s} (3 epochs)" for s in (0, 1)]
+    assert distinct_names([*seeds, "bncnn3_w32 on digits"]) == ["…seed 0 (3 epochs)", "…seed 1 (3 epochs)",
+                                                               "bncnn3_w32 on digits"]
+    # Short names, names that differ early, and exact copies (told apart by their ids) stay whole.
+    short = ["bncnn3_w32 on digits", "bncnn3_w32 on fashion", "bncnn3_w32 on digits"]
+    assert distinct_names(short) == short
+    early = ["deepinversion student of the seed-0 teacher", "adi student of the seed-0 teacher, longer run"]
+    assert distinct_names(early) == early
+    assert distinct_names([seeds[0], seeds[0]]) == [seeds[0], seeds[0]]
+
+
+def test_the_teacher_picker_shows_what_tells_teachers_apart_and_the_chosen_one_in_full(home, digits_teacher):
+    ids = [add_teacher(home, digits_teacher.path, f"robustness teacher bncnn3_w32 digits seed {seed} (20 epochs)",
+                       accuracy=0.95 + seed / 100) for seed in range(2)]
+    at = app("pages/distill.py")
+    picker = at.sidebar.selectbox(key="distill_teacher")
+    shown = {run_id: picker.format_func(run_id) for run_id in ids}
+    assert shown == {ids[0]: f"…seed 0 (20 epochs) · 95.0% · {ids[0].rsplit('-', 1)[-1]}",
+                     ids[1]: f"…seed 1 (20 epochs) · 96.0% · {ids[1].rsplit('-', 1)[-1]}"}
+    full = f"robustness teacher bncnn3_w32 digits seed 1 (20 epochs) · 96.0% · {ids[1]}"
+    assert picker.value == ids[1] and full in [c.value for c in at.sidebar.caption]
 
 
 def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):

@@ -22,6 +22,7 @@ from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 from dfkd_core.time_left import clock
 
+NAME_CHARS_SHOWN = 28            # about what a sidebar select box shows of its choice
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
@@ -64,14 +65,41 @@ def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = N
             and (dataset is None or r.dataset == dataset) and (r.dir / "model.pt").is_file()]
 
 
-def describe_run(record: RunRecord, short_id: bool = False) -> str:
+def run_name(record: RunRecord) -> str:
+    return record.name or record.method or record.kind
+
+
+def describe_run(record: RunRecord, short_id: bool = False, name: str | None = None) -> str:
     """Name, accuracy, partial status and id; `short_id`: only the id's random tail, short enough for a pill in the
-    sidebar, where the full id pushed the name and accuracy out of sight."""
+    sidebar, where the full id pushed the name and accuracy out of sight; `name` replaces the run's own (see
+    `distinct_names`)."""
     accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
     shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
     partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
     run_id = record.id.rsplit("-", 1)[-1] if short_id else record.id
-    return f"{record.name or record.method or record.kind}{live_edit_note(record)}{shown}{partial} · {run_id}"
+    return f"{name or run_name(record)}{live_edit_note(record)}{shown}{partial} · {run_id}"
+
+
+def distinct_names(names: Sequence[str]) -> list[str]:
+    """Each name with the leading words it shares with another name cut to '…' and the last shared word, so that
+    names which differ only at their end differ where a narrow box shows them: 'robustness teacher bncnn6_w32
+    fashion-mnist seed 2 (3 epochs)' beside its seed-0 twin becomes '…seed 2 (3 epochs)'. A name short enough to
+    show whole, one whose difference comes early, and another's exact copy stay as they are."""
+    words = [n.split() for n in names]
+
+    def shared(a: list[str], b: list[str]) -> int:
+        count = 0
+        while count < min(len(a), len(b)) and a[count] == b[count]:
+            count += 1
+        return count
+
+    out = []
+    for i, mine in enumerate(words):
+        common = max((shared(mine, other) for j, other in enumerate(words) if j != i and other != mine), default=0)
+        hidden = len(" ".join(mine[:common])) >= NAME_CHARS_SHOWN // 2
+        out.append("…" + " ".join(mine[common - 1:]) if len(names[i]) > NAME_CHARS_SHOWN and hidden
+                   and 2 <= common < len(mine) else names[i])
+    return out
 
 
 def live_edit_note(record: RunRecord) -> str:
@@ -123,7 +151,10 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
     nothing to pick.
     """
     records = [r for r in checkpoint_runs(kinds, dataset) if r.id not in exclude]
-    labels = {r.id: describe_run(r) for r in records}
+    # The box shows ~30 characters: names that differ only at the end, and long run ids, would look alike there.
+    # The chosen run's full description goes under the box.
+    labels = {r.id: describe_run(r, short_id=True, name=name)
+              for r, name in zip(records, distinct_names([run_name(r) for r in records]))}
     options = list(extra_options) + list(labels)
     if not options:
         return None
@@ -131,8 +162,12 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
         finished = [r.id for r in records if r.status == "done"]   # before a newer one that was stopped
         st.session_state[key] = default if default in options else next(
             iter([*extra_options, *finished, *options]))
-    return st.selectbox(label, options, key=key, format_func=lambda o: labels.get(o, o), disabled=disabled,
-                        help=help)
+    chosen = st.selectbox(label, options, key=key, format_func=lambda o: labels.get(o, o), disabled=disabled,
+                          help=help)
+    record = next((r for r in records if r.id == chosen), None)
+    if record is not None:
+        st.caption(describe_run(record))
+    return chosen
 
 
 def teacher_or_stop(key: str, *, disabled: bool = False, help: str | None = None,
