@@ -71,14 +71,21 @@ def serve_app(home: Path, port: int | None = None, timeout: float = 60.0) -> Ite
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1000):
+def chromium():
+    """Debian's chromium, headless; each `browser.new_page()` is a context of its own (a new app session)."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def chromium_page(width: int = 1400, height: int = 1000):
+    with chromium() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
 
 
 # A MutationObserver that timestamps (performance.now()) every new live grid image and every progress text, so

@@ -6,42 +6,87 @@ from contextlib import ExitStack
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from browser_app import WATCH_JS, add_teacher_run, chromium_page, serve_app
+from browser_app import WATCH_JS, add_teacher_run, chromium, serve_app
+from dfkd_core.runs import RunStore
 
 pytestmark = pytest.mark.browser
 
 
-def test_start_on_digits_shows_images_forming_and_a_loss_curve(tmp_path, digits_teacher):
-    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with serve_app(tmp_path) as url, chromium_page() as page:
-        broken = []   # a live grid served as a media file the next poll had already replaced showed as broken
-        page.on("console", lambda message: "Image source error" in message.text and broken.append(message.text))
-        page.goto(url)
-        start = page.get_by_role("button", name="Start")
-        start.wait_for(timeout=60_000)
-        assert page.get_by_text("DeepInversion").first.is_visible()
-        page.evaluate(WATCH_JS)
-        start.click()
+class SharedApp:
+    """One server and one chromium for the tests that need no fresh server: a first page costs ~12 s of imports
+    on 2 cores, paid once here. Each test gets its own browser context, so its own app session."""
 
-        # The grid appears, then changes: the batch is being optimized in front of the user, and every grid loads.
-        page.wait_for_function("window.__grids.length >= 1", timeout=30_000)
-        page.wait_for_function("window.__grids.length >= 12", timeout=60_000)
-        assert not broken, broken
-        steps = [int(m) for m in re.findall(r"step (\d+)/", " ".join(t for _, t in page.evaluate("window.__progress")))]
-        assert steps == sorted(steps) and steps[-1] > steps[0]
-        page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=30_000)  # a loss curve
-        assert page.locator(".js-plotly-plot").count() >= 1
-        assert "job=" in page.url  # a reload can reattach
+    def __init__(self, url: str, home, teacher_id: str, browser):
+        self.url, self.home, self.teacher_id, self.browser = url, home, teacher_id, browser
+        self.store = RunStore(home)
 
-        page.reload()  # reattach: the same job keeps drawing
-        page.locator('[data-testid="stImage"] img').first.wait_for(timeout=30_000)
-        stop = page.get_by_role("button", name="Stop", exact=True)
-        if stop.is_enabled():
-            try:
-                stop.click(timeout=10_000)
-            except PlaywrightTimeoutError:   # the run ended between the check and the click (a loaded machine)
-                assert not stop.is_enabled()
-        page.get_by_text(re.compile(r"(cancelled|done) · step")).first.wait_for(timeout=30_000)
+    def running(self) -> list[str]:
+        return [r.id for r in self.store.list() if r.status == "running"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One chromium for the module (Playwright's sync API allows one at a time in a thread)."""
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory, digits_teacher, browser):
+    home = tmp_path_factory.mktemp("shared_app")
+    teacher_id = add_teacher_run(home, digits_teacher.path, "bncnn3_w32 on digits")
+    with serve_app(home) as url:
+        yield SharedApp(url, home, teacher_id, browser)
+
+
+@pytest.fixture
+def open_page(shared_app):
+    """A new tab (a new session) on the shared server; after the test, the jobs it started have ended, so the next
+    test finds every job slot free."""
+    pages = []
+
+    def new(width: int = 1400, height: int = 1000):
+        pages.append(shared_app.browser.new_page(viewport={"width": width, "height": height}))
+        return pages[-1]
+    yield new
+    for page in pages:
+        page.context.close()
+    deadline = time.time() + 120
+    while shared_app.running() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not shared_app.running(), f"runs still running after the test: {shared_app.running()}"
+
+
+def test_start_on_digits_shows_images_forming_and_a_loss_curve(shared_app, open_page):
+    url, page = shared_app.url, open_page()
+    broken = []   # a live grid served as a media file the next poll had already replaced showed as broken
+    page.on("console", lambda message: "Image source error" in message.text and broken.append(message.text))
+    page.goto(url)
+    start = page.get_by_role("button", name="Start")
+    start.wait_for(timeout=60_000)
+    assert page.get_by_text("DeepInversion").first.is_visible()
+    page.evaluate(WATCH_JS)
+    start.click()
+
+    # The grid appears, then changes: the batch is being optimized in front of the user, and every grid loads.
+    page.wait_for_function("window.__grids.length >= 1", timeout=30_000)
+    page.wait_for_function("window.__grids.length >= 12", timeout=60_000)
+    assert not broken, broken
+    steps = [int(m) for m in re.findall(r"step (\d+)/", " ".join(t for _, t in page.evaluate("window.__progress")))]
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+    page.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for(timeout=30_000)  # a loss curve
+    assert page.locator(".js-plotly-plot").count() >= 1
+    assert "job=" in page.url  # a reload can reattach
+
+    page.reload()  # reattach: the same job keeps drawing
+    page.locator('[data-testid="stImage"] img').first.wait_for(timeout=30_000)
+    stop = page.get_by_role("button", name="Stop", exact=True)
+    if stop.is_enabled():
+        try:
+            stop.click(timeout=10_000)
+        except PlaywrightTimeoutError:   # the run ended between the check and the click (a loaded machine)
+            assert not stop.is_enabled()
+    page.get_by_text(re.compile(r"(cancelled|done) · step")).first.wait_for(timeout=30_000)
 
 
 # Every page of app.py's navigation by URL; the root hands over to the default page (Synthesize), which has its own
@@ -71,157 +116,152 @@ def page_not_found(page):
 FIRST_VISITS_SAMPLED = ["/distill", "/methods", UNKNOWN]
 
 
-def test_first_direct_visit_to_a_deep_link_after_a_server_start(tmp_path, digits_teacher):
+def test_first_direct_visit_to_a_deep_link_after_a_server_start(tmp_path, digits_teacher, browser):
     """Right after a server start, a visit to a deep link (a bookmark, a link in the README) shows that page with
     the top navigation and no "Page not found" notice. Each visit gets a fresh server: only the first script run
     of a server process differs (a `pages/` folder beside app.py made Streamlit run it as an old-style multipage
     app, which knows no /distill, and pop the notice over the right page). A path that names no page must still
     get the notice and the default page, under the same waits: the check does see a notice that is there."""
     visits = [(path, DEEP_LINKS.get(path, "Synthesize")) for path in FIRST_VISITS_SAMPLED]
-    _first_visits(tmp_path, digits_teacher, visits)
+    _first_visits(tmp_path, digits_teacher, browser, visits)
 
 
 @pytest.mark.slow
-def test_first_direct_visit_to_every_other_deep_link_after_a_server_start(tmp_path, digits_teacher):
-    _first_visits(tmp_path, digits_teacher, [(p, t) for p, t in DEEP_LINKS.items() if p not in FIRST_VISITS_SAMPLED])
+def test_first_direct_visit_to_every_other_deep_link_after_a_server_start(tmp_path, digits_teacher, browser):
+    _first_visits(tmp_path, digits_teacher, browser,
+                  [(p, t) for p, t in DEEP_LINKS.items() if p not in FIRST_VISITS_SAMPLED])
 
 
-def _first_visits(tmp_path, digits_teacher, visits: list[tuple[str, str]]) -> None:
+def _first_visits(tmp_path, digits_teacher, browser, visits: list[tuple[str, str]]) -> None:
     """Each visit on a fresh server. A few servers at a time, each visited in its own tab: a first script run is one
     busy core, this machine has two."""
     add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with chromium_page() as first_tab:
-        for start in range(0, len(visits), 3):
-            batch = visits[start:start + 3]
-            with ExitStack() as servers:
-                urls = [servers.enter_context(serve_app(tmp_path)) for _ in batch]
-                tabs = [first_tab, *(first_tab.context.browser.new_page(viewport=first_tab.viewport_size)
-                                    for _ in batch[1:])]
-                for tab, url, (path, _) in zip(tabs, urls, batch):
-                    tab.add_init_script(SPINNER_WATCH_JS)
-                    tab.goto(url + path, wait_until="commit")
-                for tab, (path, title) in zip(tabs, batch):
-                    tab.locator("h1").first.wait_for(timeout=60_000)
-                    tab.locator(FINISHED).wait_for(timeout=60_000)   # the notice, if any, came before the run ended
-                    tab.wait_for_timeout(250)
-                    assert tab.locator("h1").first.inner_text() == title, path
-                    nav = tab.locator('[data-testid="stTopNavLink"]').all_inner_texts()
-                    assert NAVIGATION <= {t.split("\n")[-1] for t in nav}, (path, nav)
-                    notices = page_not_found(tab).count()
-                    assert notices == (path == UNKNOWN), f"{path}: {page_not_found(tab).all_inner_texts()}"
-                    # Not a blank page while the server loads PyTorch: the page's imports once came first.
-                    spinners = tab.evaluate("window.__spinners || []")
-                    assert any(STARTING_UP in text for text in spinners), (path, spinners)
-                for tab in tabs[1:]:
-                    tab.close()
+    for start in range(0, len(visits), 3):
+        batch = visits[start:start + 3]
+        with ExitStack() as servers:
+            urls = [servers.enter_context(serve_app(tmp_path)) for _ in batch]
+            tabs = [browser.new_page(viewport={"width": 1400, "height": 1000}) for _ in batch]
+            for tab, url, (path, _) in zip(tabs, urls, batch):
+                tab.add_init_script(SPINNER_WATCH_JS)
+                tab.goto(url + path, wait_until="commit")
+            for tab, (path, title) in zip(tabs, batch):
+                tab.locator("h1").first.wait_for(timeout=60_000)
+                tab.locator(FINISHED).wait_for(timeout=60_000)   # the notice, if any, came before the run ended
+                tab.wait_for_timeout(250)
+                assert tab.locator("h1").first.inner_text() == title, path
+                nav = tab.locator('[data-testid="stTopNavLink"]').all_inner_texts()
+                assert NAVIGATION <= {t.split("\n")[-1] for t in nav}, (path, nav)
+                notices = page_not_found(tab).count()
+                assert notices == (path == UNKNOWN), f"{path}: {page_not_found(tab).all_inner_texts()}"
+                # Not a blank page while the server loads PyTorch: the page's imports once came first.
+                spinners = tab.evaluate("window.__spinners || []")
+                assert any(STARTING_UP in text for text in spinners), (path, spinners)
+            for tab in tabs:
+                tab.context.close()
 
 
-def test_every_deep_link_on_a_server_already_in_use(tmp_path, digits_teacher):
+def test_every_deep_link_on_a_server_already_in_use(shared_app, open_page):
     """The same visits on one server that has served other pages before (the navigation is declared by then): a
     bookmark to /synthesize used to get "Page not found" here, since Streamlit served the default page only at /."""
-    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with chromium_page() as page, serve_app(tmp_path) as url:
-        for path, title in [("/", "Synthesize"), *DEEP_LINKS.items(), ("/", "Synthesize"), (UNKNOWN, "Synthesize")]:
-            page.goto(url + path)
-            page.locator("h1").first.wait_for(timeout=60_000)
-            page.locator(FINISHED).wait_for(timeout=60_000)
-            page.wait_for_timeout(250)
-            assert page.locator("h1").first.inner_text() == title, path
-            notices = page_not_found(page).count()
-            assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"
+    url, page = shared_app.url, open_page()
+    for path, title in [("/", "Synthesize"), *DEEP_LINKS.items(), ("/", "Synthesize"), (UNKNOWN, "Synthesize")]:
+        page.goto(url + path)
+        page.locator("h1").first.wait_for(timeout=60_000)
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        page.wait_for_timeout(250)
+        assert page.locator("h1").first.inner_text() == title, path
+        notices = page_not_found(page).count()
+        assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"
 
 
-def test_boundaries_compare_starts_on_the_first_click_after_picking_a_student(tmp_path, digits_teacher):
+def test_boundaries_compare_starts_on_the_first_click_after_picking_a_student(shared_app, open_page,
+                                                                             digits_teacher):
     """Picking students used to need a multiselect, whose choice is committed only when it loses focus: the first
     click on Compare went into that commit and did nothing. The students are pills now: one click each, then one
     click on Compare starts the comparison."""
     import copy
 
     from dfkd_core.distill import DistillConfig, DistillJob
-    from dfkd_core.runs import RunStore
-    teacher_id = add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    store = RunStore(tmp_path)
+    teacher_id, store = shared_app.teacher_id, shared_app.store
     config = DistillConfig(method="noise", steps=5, batch_size=16, eval_every=5)
     job = DistillJob(copy.deepcopy(digits_teacher), config,
                      run=store.create("distill", config.to_dict(), teacher=teacher_id, method="noise",
                                       dataset="digits", name="noise student"))
     job.run()
-    with chromium_page() as page, serve_app(tmp_path) as url:
-        page.goto(url + "/boundaries")
-        page.locator(FINISHED).wait_for(timeout=60_000)
-        page.get_by_role("button", name="noise student").first.click()
-        page.get_by_role("button", name="Compare").click()
-        deadline = time.time() + 60
-        while not store.list(kind="analysis") and time.time() < deadline:
-            time.sleep(0.2)
-        assert store.list(kind="analysis"), "the first click on Compare started nothing"
+    before = len(store.list(kind="analysis"))
+    url, page = shared_app.url, open_page()
+    page.goto(url + "/boundaries")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    page.get_by_role("button", name="noise student").first.click()
+    page.get_by_role("button", name="Compare").click()
+    deadline = time.time() + 60
+    while len(store.list(kind="analysis")) == before and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(store.list(kind="analysis")) > before, "the first click on Compare started nothing"
 
 
-def test_compare_live_shows_both_syntheses_forming_side_by_side(tmp_path, digits_teacher):
+def test_compare_live_shows_both_syntheses_forming_side_by_side(shared_app, open_page):
     """One click on Compare: DeepDream and DeepInversion from the same noise, two grids and the per-layer BN chart."""
-    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with chromium_page() as page, serve_app(tmp_path) as url:
-        page.goto(url + "/synthesize")
-        page.locator(FINISHED).wait_for(timeout=60_000)
-        page.get_by_role("button", name="Compare", exact=True).click()
-        page.get_by_role("strong").filter(has_text="A: DeepDream").wait_for(timeout=30_000)
-        page.get_by_role("strong").filter(has_text="B: DeepInversion").wait_for(timeout=30_000)
-        page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 2",
-                               timeout=30_000)
-        page.get_by_text("BN distance per layer").first.wait_for(timeout=30_000)
-        assert "compare=" in page.url   # a reload reattaches to the pair
-        stop = page.get_by_role("button", name="Stop both")
-        if stop.is_enabled():
-            stop.click()
-        assert page_not_found(page).count() == 0
+    url, page = shared_app.url, open_page()
+    page.goto(url + "/synthesize")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_role("strong").filter(has_text="A: DeepDream").wait_for(timeout=30_000)
+    page.get_by_role("strong").filter(has_text="B: DeepInversion").wait_for(timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 2",
+                           timeout=30_000)
+    page.get_by_text("BN distance per layer").first.wait_for(timeout=30_000)
+    assert "compare=" in page.url   # a reload reattaches to the pair
+    stop = page.get_by_role("button", name="Stop both")
+    if stop.is_enabled():
+        stop.click()
+    assert page_not_found(page).count() == 0
 
 
-def test_a_pool_of_one_tiny_image_is_not_blown_up_on_the_distill_page(tmp_path, digits_teacher):
+def test_a_pool_of_one_tiny_image_is_not_blown_up_on_the_distill_page(shared_app, open_page):
     """A pool of one 8x8 digit: its grid is a 64-px cell, shown at that size, not stretched to the width of the
     caption under it (a content-width st.image is as wide as its caption)."""
-    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with chromium_page() as page, serve_app(tmp_path) as url:
-        page.goto(url + "/distill")
+    url, page = shared_app.url, open_page()
+    page.goto(url + "/distill")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    for label, value in (("images N", "1"), ("KD steps after synthesis", "10")):
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Enter")
+        page.wait_for_timeout(500)
         page.locator(FINISHED).wait_for(timeout=60_000)
-        for label, value in (("images N", "1"), ("KD steps after synthesis", "10")):
-            field = page.get_by_label(label, exact=True)
-            field.fill(value)
-            field.press("Enter")
-            page.wait_for_timeout(500)
-            page.locator(FINISHED).wait_for(timeout=60_000)
-        page.get_by_role("button", name="Start", exact=True).click()
-        page.get_by_text(re.compile(r"^done · step")).first.wait_for(timeout=120_000)
-        grid = page.locator('[data-testid="stImage"] img').first
-        grid.wait_for(timeout=30_000)
-        natural, shown = grid.evaluate("img => [img.naturalWidth, img.clientWidth]")
-        assert natural < 100 and shown <= natural, (natural, shown)
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_text(re.compile(r"^done · step")).first.wait_for(timeout=120_000)
+    grid = page.locator('[data-testid="stImage"] img').first
+    grid.wait_for(timeout=30_000)
+    natural, shown = grid.evaluate("img => [img.naturalWidth, img.clientWidth]")
+    assert natural < 100 and shown <= natural, (natural, shown)
 
 
-def test_clicking_an_image_to_inspect_it_frames_it_and_keeps_every_caption_readable(tmp_path, digits_teacher):
+def test_clicking_an_image_to_inspect_it_frames_it_and_keeps_every_caption_readable(shared_app, open_page):
     """The one-image view's grid is a selectable plotly figure: a click selects that image's point, and plotly
     fades every unselected point, which used to leave the captions under all images at a fifth of their colour."""
-    add_teacher_run(tmp_path, digits_teacher.path, "bncnn3_w32 on digits")
-    with chromium_page(height=2400) as page, serve_app(tmp_path) as url:
-        page.goto(url + "/synthesize")
-        page.locator(FINISHED).wait_for(timeout=60_000)
-        page.get_by_role("button", name="Start", exact=True).click()
-        page.get_by_role("heading", name="Inspect one image").wait_for(timeout=120_000)
-        page.locator(FINISHED).wait_for(timeout=60_000)
-        heading = page.get_by_role("heading", name="Inspect one image").bounding_box()
-        grid = next(c for c in page.locator('[data-testid="stPlotlyChart"]').all()
-                    if c.bounding_box()["y"] > heading["y"])
-        box = grid.bounding_box()
-        page.mouse.click(box["x"] + 4 + 2 * 60 + 28, box["y"] + 4 + 28)   # the third image: 56-px cells, 4-px gaps
-        page.wait_for_function("document.querySelector('input[aria-label=\"image #\"]').value === '2'",
-                               timeout=60_000)
-        page.locator(FINISHED).wait_for(timeout=60_000)
-        page.wait_for_timeout(500)
-        grid = next(c for c in page.locator('[data-testid="stPlotlyChart"]').all()
-                    if c.bounding_box()["y"] > heading["y"])
-        faded = grid.evaluate("""g => [...g.querySelectorAll('.textpoint text')].filter(t =>
-            parseFloat(getComputedStyle(t).opacity) < 1 || parseFloat(getComputedStyle(t).fillOpacity) < 1).length""")
-        captions = grid.locator(".textpoint").count()
-        assert captions >= 50 and faded == 0, f"{faded} of {captions} captions faded after the click"
-        framed = grid.evaluate("""g => [...g.querySelectorAll('.scatterlayer .point')].filter(p =>
-            parseFloat(getComputedStyle(p).opacity) > 0.5).length""")
-        assert framed == 1, f"{framed} images framed"
+    url, page = shared_app.url, open_page(height=2400)
+    page.goto(url + "/synthesize")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_role("heading", name="Inspect one image").wait_for(timeout=120_000)
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    heading = page.get_by_role("heading", name="Inspect one image").bounding_box()
+    grid = next(c for c in page.locator('[data-testid="stPlotlyChart"]').all()
+                if c.bounding_box()["y"] > heading["y"])
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 4 + 2 * 60 + 28, box["y"] + 4 + 28)   # the third image: 56-px cells, 4-px gaps
+    page.wait_for_function("document.querySelector('input[aria-label=\"image #\"]').value === '2'",
+                           timeout=60_000)
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    grid = next(c for c in page.locator('[data-testid="stPlotlyChart"]').all()
+                if c.bounding_box()["y"] > heading["y"])
+    faded = grid.evaluate("""g => [...g.querySelectorAll('.textpoint text')].filter(t =>
+        parseFloat(getComputedStyle(t).opacity) < 1 || parseFloat(getComputedStyle(t).fillOpacity) < 1).length""")
+    captions = grid.locator(".textpoint").count()
+    assert captions >= 50 and faded == 0, f"{faded} of {captions} captions faded after the click"
+    framed = grid.evaluate("""g => [...g.querySelectorAll('.scatterlayer .point')].filter(p =>
+        parseFloat(getComputedStyle(p).opacity) > 0.5).length""")
+    assert framed == 1, f"{framed} images framed"
