@@ -59,11 +59,13 @@ def test_the_native_probe_is_torchs():
 def test_the_environment_variable_is_read_at_import():
     code = "import dfkd_core.device as d; print(d.CPU_BF16)"
     unset = {k: v for k, v in os.environ.items() if k != "DFKD_CPU_BF16"}
-    for value, expected in ((None, "False"), ("0", "False"), ("1", "True")):
-        env = unset if value is None else {**unset, "DFKD_CPU_BF16": value}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env=env).stdout.strip()
-        assert out == expected, (value, out)
+    cases = ((None, "False"), ("0", "False"), ("1", "True"))
+    started = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,   # side by side
+                                env=unset if value is None else {**unset, "DFKD_CPU_BF16": value})
+               for value, _ in cases]
+    for (value, expected), process in zip(cases, started):
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == expected, (value, out)
 
 
 def _kd(digits_teacher, amp: bool, steps: int = 4, **settings):

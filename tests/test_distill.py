@@ -170,7 +170,7 @@ def test_generator_loss_falls_and_samples_match_their_condition(digits_teacher, 
 
 
 def test_generator_ensemble_has_one_generator_per_class(digits_teacher, session_store):
-    job = run_distill(digits_teacher, "generator-ensemble", session_store, generator_steps=60, steps=60, batch_size=100)
+    job = run_distill(digits_teacher, "generator-ensemble", session_store, generator_steps=10, steps=10, batch_size=50)
     assert job.result["generators"] == 10
     ensemble = job.method.generator
     assert isinstance(ensemble, GeneratorEnsemble) and len(ensemble.members) == 10

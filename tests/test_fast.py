@@ -47,15 +47,16 @@ def test_fast_refuses_bad_options_before_a_run(digits_teacher, options, named):
 
 
 def test_a_fast_run_resumes_where_it_stopped(digits_teacher):
-    reference = DistillJob(copy.deepcopy(digits_teacher), _config(steps=40))
+    short = dict(steps=40, options={**OPTIONS, "pretrain_steps": 20})   # 20 generator steps, then round 1: 20-53
+    reference = DistillJob(copy.deepcopy(digits_teacher), _config(**short))
     reference.run()
-    stopped = DistillJob(copy.deepcopy(digits_teacher), _config(steps=40))
-    stopped.subscribe(lambda e: stopped.cancel() if e.kind == "step" and e.step == 130 else None)
+    stopped = DistillJob(copy.deepcopy(digits_teacher), _config(**short))
+    stopped.subscribe(lambda e: stopped.cancel() if e.kind == "step" and e.step == 50 else None)
     stopped.run()
     assert stopped.status == "cancelled"
     held = stopped._held   # the state at the start of the round it stopped in: a resume repeats that round
     assert held is not None
-    resumed = DistillJob(copy.deepcopy(digits_teacher), _config(steps=40), resume=held)
+    resumed = DistillJob(copy.deepcopy(digits_teacher), _config(**short), resume=held)
     resumed.run()
     assert resumed.status == "done", resumed.error
     for a, b in zip(resumed.student.state_dict().values(), reference.student.state_dict().values()):

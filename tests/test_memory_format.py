@@ -52,10 +52,12 @@ def test_the_switch_sets_the_layout_of_models_and_batches(layout, digits_teacher
 
 def test_the_layout_environment_variable_is_read_at_import():
     code = "import dfkd_core.device as d; print(d.CPU_CHANNELS_LAST)"
-    for value, expected in (("0", "False"), ("1", "True")):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**os.environ, "DFKD_CPU_CHANNELS_LAST": value}).stdout.strip()
-        assert out == expected
+    cases = (("0", "False"), ("1", "True"))
+    started = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,   # side by side
+                                env={**os.environ, "DFKD_CPU_CHANNELS_LAST": value}) for value, _ in cases]
+    for (value, expected), process in zip(cases, started):
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == expected, (value, out)
 
 
 def _kd_steps(digits_teacher, nhwc: bool, layout, steps: int = 4) -> tuple[list[float], torch.Tensor]:
