@@ -45,7 +45,7 @@ from typing import Iterable
 
 import torch
 
-from dfkd_core.stats import LEVEL, resample_counts
+from dfkd_core.stats import LEVEL
 
 CKA_RESAMPLES = 500
 """Halves per CKA interval: fewer than stats.RESAMPLES because each costs (Lt·Ls + Lt + Ls) n×n-by-n products.

@@ -8,6 +8,7 @@ from dfkd_core.distill.student import StudentTrainer
 
 __all__ = ["DISTILL_METHODS", "DistillConfig", "DistillJob", "DistillMethod", "PoolError", "StudentTrainer",
            "SyntheticPool", "compare_students_accuracy", "default_student", "list_methods", "register_method"]
+from dfkd_core.distill import inversion_kd  # noqa: F401,E402  (registers deepdream, deepinversion, adi: first)
 from dfkd_core.distill import generator_kd  # noqa: F401,E402  (registers generator, generator-ensemble)
 from dfkd_core.distill import baselines  # noqa: F401,E402  (registers noise, real-kd, scratch)
 from dfkd_core.distill import iekd  # noqa: F401,E402  (registers iekd, iedml)

@@ -17,7 +17,8 @@ from dfkd_core.device import cpu_computes_bf16
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
 from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.generator_kd import GeneratorKD
-from dfkd_core.distill.methods import PoolKD, RealOrPoolMethod
+from dfkd_core.distill.inversion_kd import PoolKD
+from dfkd_core.distill.methods import RealOrPoolMethod
 from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, default_recipe, float32_settings, recipes_for
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
