@@ -7,7 +7,7 @@ from pages.views.navigation import hand_over_to_app
 # Before the imports below, which load PyTorch: a deep link on a fresh server runs this file bare (navigation.py).
 hand_over_to_app()
 
-from pages.views.methods_doc import METHODS_DOC, sections  # noqa: E402
+from pages.views.methods_doc import METHODS_DOC, scroll_to_url_anchor, sections  # noqa: E402
 
 st.title("Methods")
 st.caption("Every method as the equations the code computes, what each setting does, where the code departs from "
@@ -22,3 +22,6 @@ for anchor, _, body in parts:
         body = "\n\n".join(part for part in body.split("\n\n")
                            if not part.lstrip().startswith(("# ", "Every method", "- [")))
     st.markdown(body, unsafe_allow_html=True)   # the doc's own <a id> anchors: links from knobs land on them
+# A link from a knob's help opens /methods#<section> in a new tab, where the browser looks for the anchor before
+# the app has drawn the sections: scroll there once it exists.
+scroll_to_url_anchor()

@@ -174,6 +174,16 @@ def test_every_deep_link_on_a_server_already_in_use(shared_app, open_page):
         assert notices == (path == UNKNOWN), f"{path}: {page_not_found(page).all_inner_texts()}"
 
 
+def test_a_link_to_a_methods_section_opened_in_a_new_tab_lands_on_that_section(shared_app, open_page):
+    """Every knob's help links to /methods#<section>, which a click opens in a new tab: the browser looked for the
+    anchor before the app had drawn the sections and stayed at the top, ~10,000 px above it."""
+    page = open_page()
+    page.goto(shared_app.url + "/methods#uncertainty")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    page.wait_for_function("""() => { const e = document.getElementById('uncertainty');
+                                      return e && Math.abs(e.getBoundingClientRect().top) < 100; }""", timeout=15_000)
+
+
 def test_boundaries_compare_starts_on_the_first_click_after_picking_a_student(shared_app, open_page,
                                                                              digits_teacher):
     """Picking students used to need a multiselect, whose choice is committed only when it loses focus: the first

@@ -31,3 +31,23 @@ def section_link(anchor: str) -> str:
     if anchor not in titles:
         raise KeyError(f"docs/methods.md has no section '{anchor}'; sections: {sorted(titles)}")
     return f"[Methods: {titles[anchor]}](/methods#{anchor})"
+
+
+# Runs in the component's iframe (same origin as the app): waits up to 10 s for the element the URL's #anchor names.
+_SCROLL_JS = """<script>
+const target = window.parent.location.hash.slice(1);
+if (target) {
+  let tries = 0;
+  const timer = setInterval(() => {
+    const element = window.parent.document.getElementById(decodeURIComponent(target));
+    if (element) { element.scrollIntoView(); }
+    if (element || ++tries > 100) { clearInterval(timer); }
+  }, 100);
+}
+</script>"""
+
+
+def scroll_to_url_anchor() -> None:
+    """Scroll the page to the element named by the URL's #anchor, once the app has drawn it."""
+    import streamlit.components.v1 as components
+    components.html(_SCROLL_JS, height=0)
