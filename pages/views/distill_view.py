@@ -106,8 +106,9 @@ WEIGHTS = (
            r"$K$-th augmented batch and each step draws from the last $K$ labelled ones (data echoing), so a KD "
            r"step costs about half as much teacher time at $K=2$; spend it on more steps.",
            lambda c: c.echoes_teacher, options=(1, 2, 3, 4)),
-    Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(p_T^{(T)}\|\,p_S^{(T)})$ with $p^{(T)}=\mathrm{softmax}(z/T)$: larger $T$ "
-           r"shows the student more of the teacher's dark knowledge.", lambda c: True,
+    Weight("temperature", "temperature T", r"$T^2\,\mathrm{KL}(p_T^{(T)}\|\,p_S^{(T)})$ with "
+           r"$p^{(T)}=\mathrm{softmax}(z/T)$: larger $T$ shows the student more of the teacher's dark knowledge.",
+           lambda c: True,
            options=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0)),
 )
 WEIGHT = {w.name: w for w in WEIGHTS}
