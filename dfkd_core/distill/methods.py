@@ -8,8 +8,9 @@ run: where it stopped, see `resume.py`); `DistillJob` runs the plan step by step
     generator            one conditional generator G(z|y) trained against the teacher, KD on fresh samples (§2)
     generator-ensemble   one generator per class, same otherwise                                            (§2)
 
-The pool methods (deepdream, deepinversion, adi) are in inversion_kd.py, the generator methods in generator_kd.py; the baselines every data-free method is measured against (noise,
-real-kd, scratch) in baselines.py, IE-KD / IE-DML in iekd.py, BSS-KD in bss.py, Fast-Datafree in fast.py.
+The pool methods (deepdream, deepinversion, adi) are in inversion_kd.py, the generator methods in generator_kd.py;
+the baselines every data-free method is measured against (noise, real-kd, scratch) in baselines.py, IE-KD / IE-DML
+in iekd.py, BSS-KD in bss.py, Fast-Datafree in fast.py.
 """
 from __future__ import annotations
 
