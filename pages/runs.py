@@ -29,9 +29,12 @@ st.dataframe(run_table(records), hide_index=True)
 by_id = {r.id: r for r in records}
 if st.query_params.get("run") in by_id:  # link from another page (e.g. Distill's result): ?run=<run id>
     st.session_state["runs_open"] = st.query_params.pop("run")
-for key in ("runs_open", "runs_compare"):
-    if st.session_state.get(key) not in (None, *by_id):
-        del st.session_state[key]  # deleted in the meantime
+# A run deleted in the meantime: name the replacement outright. Deleting the key let the browser's box keep showing
+# the deleted run while the page showed the newest one.
+if st.session_state.get("runs_open") not in by_id:
+    st.session_state["runs_open"] = next(iter(by_id))
+if st.session_state.get("runs_compare") not in (None, *by_id):
+    st.session_state["runs_compare"] = None
 cols = st.columns(2)
 opened = cols[0].selectbox("Open", list(by_id), format_func=lambda i: describe_run(by_id[i]), key="runs_open")
 other = cols[1].selectbox("Compare with", [i for i in by_id if i != opened], index=None, key="runs_compare",

@@ -275,3 +275,24 @@ def test_clicking_an_image_to_inspect_it_frames_it_and_keeps_every_caption_reada
     framed = grid.evaluate("""g => [...g.querySelectorAll('.scatterlayer .point')].filter(p =>
         parseFloat(getComputedStyle(p).opacity) > 0.5).length""")
     assert framed == 1, f"{framed} images framed"
+
+
+def test_after_deleting_the_opened_run_the_box_names_the_run_the_page_shows(shared_app, open_page, digits_teacher):
+    """Deleting the opened run on the Runs page left its name in the Open box while the page below showed the newest
+    remaining run (the box kept its own value when the page dropped the deleted choice)."""
+    doomed = add_teacher_run(shared_app.home, digits_teacher.path, "a teacher to delete")
+    page = open_page()
+    page.goto(shared_app.url + "/runs")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    opened = page.get_by_role("combobox", name="Open", exact=True)
+    assert doomed in opened.input_value()
+    page.get_by_text("Delete the opened run").click()
+    page.get_by_text(f"Yes, delete {doomed}").click()
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    page.get_by_role("button", name="Delete", exact=True).click()
+    deadline = time.time() + 30
+    while doomed in opened.input_value() and time.time() < deadline:
+        time.sleep(0.2)
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    newest = shared_app.store.list()[0]
+    assert newest.id != doomed and newest.id in opened.input_value(), opened.input_value()
