@@ -179,7 +179,8 @@ def _metric_text(key: str, summary: dict) -> str:
 
 def cmd_models(args, store: RunStore) -> int:
     for name in list_models():
-        print(f"{name:18} {describe_model(name)}")
+        made = "" if name in list_models(from_scratch=True) else " (not trained from scratch)"
+        print(f"{name:18} {describe_model(name)}{made}")
     return 0
 
 
@@ -203,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-teacher", help="train a BN CNN teacher on a real dataset")
     t.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
-    t.add_argument("--model", help=f"registered model (default per dataset); one of {', '.join(list_models())}")
+    t.add_argument("--model", help=f"registered model (default per dataset); one of "
+                                   f"{', '.join(list_models(from_scratch=True))}")
     t.add_argument("--data-root", help="dataset directory (Fashion-MNIST default: Debian's package location)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int, default=64)

@@ -12,7 +12,7 @@ from dfkd_core.config import Config
 from dfkd_core.data import ImageSplit, load_split
 from dfkd_core.device import autocast, prepare_input, prepare_model, resolve_device
 from dfkd_core.jobs import Job, check_finite
-from dfkd_core.models import create_model, list_models, save_checkpoint
+from dfkd_core.models import check_from_scratch, create_model, save_checkpoint
 from dfkd_core.stats import accuracy_interval
 
 DEFAULT_TEACHER = {"digits": "bncnn3_w32", "fashion-mnist": "bncnn6_w32", "cifar10": "resnet18_cifar",
@@ -110,8 +110,8 @@ class TeacherConfig(Config):
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got '{self.augment}'")
-        if self.model and self.model not in list_models():
-            raise ValueError(f"unknown model '{self.model}'; `dfkd models` lists the registered ones")
+        if self.model:
+            check_from_scratch(self.model)
 
     def resolved(self) -> "TeacherConfig":
         return self.replace(model=self.model or DEFAULT_TEACHER[self.dataset],

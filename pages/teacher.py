@@ -78,7 +78,7 @@ adding = st.expander("Add a teacher: train one or upload a checkpoint", expanded
 train_tab, upload_tab = adding.tabs(["Train a new teacher", "Upload a checkpoint"])
 with train_tab:
     cols = st.columns(3)
-    models = list_models()
+    models = list_models(from_scratch=True)
     model = cols[0].selectbox("Architecture", models, index=models.index(DEFAULT_TEACHER[dataset]),
                               format_func=lambda m: f"{m} · {describe_model(m)}")
     epochs = cols[1].number_input("Epochs", 1, 200, DEFAULT_EPOCHS[dataset])

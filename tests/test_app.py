@@ -270,6 +270,9 @@ def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
     assert elements(at, "plotly_chart")  # real test images with predictions
     assert {"Train", "Stop"} <= {b.label for b in at.button}
+    architectures = next(s for s in at.selectbox if s.label == "Architecture").options
+    assert any(o.startswith("bncnn3_w32") for o in architectures)
+    assert not any(o.startswith("pruned") for o in architectures)   # made by `dfkd prune`, not trainable from scratch
 
 
 def test_teacher_page_trains_a_teacher_with_progress(teacher_home):

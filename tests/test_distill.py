@@ -384,6 +384,7 @@ def test_a_recipe_run_in_float32_takes_the_recipe_s_float32_settings(monkeypatch
     (["--method", "generator", "--alpha-f", "1"], "synthesizes no pool"),
     (["--method", "noise", "--student", "lenet5_half"], "16x16"),
     (["--method", "noise", "--student", "no_such_model"], "unknown student model"),
+    (["--method", "noise", "--student", "pruned"], "not trained from scratch"),
     (["--method", "deepinversion", "--images", "0"], "images must be >= 1"),
     (["--method", "deepdream", "--jitter", "1000"], "jitter"),
 ])

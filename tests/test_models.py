@@ -20,6 +20,21 @@ def test_unknown_model_lists_choices():
         create_model("nope")
 
 
+def test_a_model_made_from_a_trained_one_is_never_offered_or_accepted_to_train_from_scratch():
+    """`pruned` is rebuilt from a trained model's settings: offered on the Teacher page, it failed its run with
+    "unknown model ''" at step 0."""
+    from dfkd_core.models import check_from_scratch
+    from dfkd_core.training import TeacherConfig
+    assert "pruned" in list_models() and "pruned" not in list_models(from_scratch=True)
+    assert set(list_models()) - set(list_models(from_scratch=True)) == {"pruned"}
+    with pytest.raises(ValueError, match="'pruned' is made by `dfkd prune` from a trained model, not trained from "
+                                         "scratch; choose one of .*bncnn3_w32"):
+        TeacherConfig(dataset="digits", model="pruned").validate()
+    with pytest.raises(ValueError, match="^unknown student model 'nope'; registered models: "):
+        check_from_scratch("nope", "student model")
+    check_from_scratch("bncnn3_w16")
+
+
 def test_lenet_refuses_8x8_digits_clearly():
     with pytest.raises(ValueError, match="at least 16x16"):
         create_model("lenet5", 10, 1, 8)

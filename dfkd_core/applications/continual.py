@@ -38,7 +38,7 @@ from dfkd_core.distill.pool import SyntheticPool
 from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.losses import cross_entropy_loss, feature_distillation_loss, kd_loss
-from dfkd_core.models import create_model, list_models, save_checkpoint
+from dfkd_core.models import check_from_scratch, create_model, save_checkpoint
 from dfkd_core.stats import ratio_interval
 from dfkd_core.training import DEFAULT_TEACHER, evaluate
 
@@ -87,8 +87,8 @@ class ContinualConfig(ApplicationConfig):
         self.validate_common()
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset '{self.dataset}'; choose one of {sorted(DATASETS)}")
-        if self.model and self.model not in list_models():
-            raise ValueError(f"unknown model '{self.model}'; `dfkd models` lists the registered ones")
+        if self.model:
+            check_from_scratch(self.model)
         if self.old_classes < 0 or min(self.old_steps, self.new_steps, self.batch_size, self.replay_batch) < 1:
             raise ValueError(f"old_classes must be >= 0 and old_steps, new_steps, batch_size, replay_batch >= 1, got "
                              f"{self.old_classes}, {self.old_steps}, {self.new_steps}, {self.batch_size}, "

@@ -23,7 +23,7 @@ import torch.nn as nn
 from dfkd_core.config import Config
 from dfkd_core.distill.pool import PoolError
 from dfkd_core.distill.resume import Progress
-from dfkd_core.models import create_model, list_models
+from dfkd_core.models import check_from_scratch, create_model
 
 if TYPE_CHECKING:
     from dfkd_core.distill.job import DistillJob
@@ -104,8 +104,7 @@ class DistillMethod:
         """Build the student once and pass two images through it, so that a model that cannot take this dataset's
         images (LeNet needs at least 16x16) is refused before any run exists."""
         info, name = self.job.dataset, self.job.student_name
-        if name not in list_models():
-            raise ValueError(f"unknown student model '{name}'; registered models: {', '.join(list_models())}")
+        check_from_scratch(name, "student model")
         try:
             model = self.build_student().eval()
             with torch.no_grad():

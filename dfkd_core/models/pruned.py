@@ -29,7 +29,7 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-@register_model
+@register_model(derived="made by `dfkd prune` from a trained model")
 def pruned(num_classes=10, in_channels=1, image_size=28, base: str = "", channels: dict | None = None, **_):
     """A registered model with conv filters removed (`dfkd prune`): `base` with `channels` filters per conv."""
     model = create_model(base, num_classes, in_channels, image_size)

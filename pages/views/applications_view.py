@@ -111,7 +111,7 @@ def continual_widgets(running: bool) -> dict:
     datasets = [d for d in DATASETS if d in DEFAULT_TEACHER and d in ("digits", "fashion-mnist")]
     dataset = st.selectbox("dataset", datasets, key=key("dataset"), disabled=running,
                            help="Classes 0–4 first, then 5–9 with real data for the new classes only. " + APPS)
-    models = list_models()
+    models = list_models(from_scratch=True)
     model = st.selectbox("model", models, models.index(DEFAULT_TEACHER[dataset]), key=key(f"model_{dataset}"),
                          disabled=running, help="The network trained on the old classes and extended. " + APPS)
     old_steps = st.number_input("old model steps", 1, 20000, 600, step=100, key=key("old_steps"), disabled=running,

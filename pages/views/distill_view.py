@@ -285,7 +285,7 @@ def student_choices(teacher_run: str) -> tuple[list[str], str]:
         default = default_student(teacher)
     except ValueError:
         default = teacher
-    return list_models(), default
+    return list_models(from_scratch=True), default
 
 
 def pool_runs(dataset: str) -> list[RunRecord]:
