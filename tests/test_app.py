@@ -313,7 +313,7 @@ def test_names_that_differ_only_at_the_end_are_told_apart_where_a_narrow_box_sho
     assert distinct_names([*seeds, "bncnn3_w32 on digits"]) == ["…seed 0 (3 epochs)", "…seed 1 (3 epochs)",
                                                                "bncnn3_w32 on digits"]
     # Short names, names that differ early, and exact copies (told apart by their ids) stay whole.
-    short = ["bncnn3_w32 on digits", "bncnn3_w32 on fashion", "bncnn3_w32 on digits"]
+    short = ["bncnn3_w32 on digits", "bncnn3_w32 on fashion", "bncnn3_w32 on digits", "bncnn3_w32 on digits (starter)"]
     assert distinct_names(short) == short
     early = ["deepinversion student of the seed-0 teacher", "adi student of the seed-0 teacher, longer run"]
     assert distinct_names(early) == early

@@ -83,8 +83,9 @@ def describe_run(record: RunRecord, short_id: bool = False, name: str | None = N
 def distinct_names(names: Sequence[str]) -> list[str]:
     """Each name with the leading words it shares with another name cut to '…' and the last shared word, so that
     names which differ only at their end differ where a narrow box shows them: 'robustness teacher bncnn6_w32
-    fashion-mnist seed 2 (3 epochs)' beside its seed-0 twin becomes '…seed 2 (3 epochs)'. A name short enough to
-    show whole, one whose difference comes early, and another's exact copy stay as they are."""
+    fashion-mnist seed 2 (3 epochs)' beside its seed-0 twin becomes '…seed 2 (3 epochs)'. A name whose difference
+    the box shows anyway ('bncnn3_w32 on digits (starter)' beside 'bncnn3_w32 on digits') and another's exact copy
+    stay as they are."""
     words = [n.split() for n in names]
 
     def shared(a: list[str], b: list[str]) -> int:
@@ -96,9 +97,8 @@ def distinct_names(names: Sequence[str]) -> list[str]:
     out = []
     for i, mine in enumerate(words):
         common = max((shared(mine, other) for j, other in enumerate(words) if j != i and other != mine), default=0)
-        hidden = len(" ".join(mine[:common])) >= NAME_CHARS_SHOWN // 2
-        out.append("…" + " ".join(mine[common - 1:]) if len(names[i]) > NAME_CHARS_SHOWN and hidden
-                   and 2 <= common < len(mine) else names[i])
+        hidden = len(" ".join(mine[:common])) >= NAME_CHARS_SHOWN - 4   # the box would not reach the difference
+        out.append("…" + " ".join(mine[common - 1:]) if hidden and 2 <= common < len(mine) else names[i])
     return out
 
 
