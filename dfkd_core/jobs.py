@@ -201,12 +201,14 @@ class Job:
                 metrics.setdefault("step", i)
                 metrics.setdefault("elapsed_s", time.time() - self.started_at)
                 pending.append((i, metrics))
-                snapshot_due = self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0)
+                # The last step, and one a cancel follows, are what the run ends with: the live view shows them.
+                snapshot_due = self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0
+                                                        or i + 1 == self.total_steps or self._cancel.is_set())
                 if (snapshot_due or i + 1 == self.total_steps or self._cancel.is_set()
                         or time.monotonic() - read_at >= (self.metrics_every_s or 0.0)):
                     self._publish(pending)
                     pending, read_at = [], time.monotonic()
-                if snapshot_due:
+                if snapshot_due or (self.snapshot_every and self._cancel.is_set()):   # a cancel read with the step
                     self._emit_snapshot(i)
                 if i + 1 < self.total_steps and time.monotonic() - progress_saved_at >= progress_every_s:
                     self.save_progress()   # (after the last step `finish()` saves)

@@ -135,6 +135,22 @@ def test_snapshots_are_labelled(digits_teacher):
     assert snaps[-1].images.shape == (50, 1, 8, 8) and "→" in snaps[-1].labels[0]
 
 
+def test_the_live_view_ends_on_the_run_s_last_step(digits_teacher):
+    """The last step, or the one a Stop follows, always gets a snapshot: a finished run's grid said "step 196"
+    beside "done · step 200/200"."""
+    job = _job(digits_teacher, iterations=10, snapshot_every=4)
+    steps = []
+    job.subscribe(lambda e: steps.append(e.step) if e.kind == "snapshot" else None)
+    job.run()
+    assert steps == [0, 3, 7, 9] and job.latest_snapshot.step == 9
+    stopped = _job(digits_teacher, iterations=10, snapshot_every=4)
+    steps = []
+    stopped.subscribe(lambda e: stopped.cancel() if e.kind == "step" and e.step == 5 else None)
+    stopped.subscribe(lambda e: steps.append(e.step) if e.kind == "snapshot" else None)
+    stopped.run()
+    assert stopped.status == "cancelled" and steps == [0, 3, 5] and len(stopped.history) == 6
+
+
 def test_strong_tv_prior_fades_deepdream_images(digits_teacher):
     """DeepDream has only its priors once the teacher is sure of the class, and Adam's normalized steps let even a
     small α_tv drive them: the images lose contrast (on Fashion-MNIST, std 0.26 at α_tv = 1e-3; README). The
