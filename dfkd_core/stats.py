@@ -125,6 +125,21 @@ def mean_interval(values, resamples: int = RESAMPLES, level: float = LEVEL, seed
     return ratio_interval(v, torch.ones_like(v), resamples, level, seed)
 
 
+def wilson_interval(successes: int, trials: int, level: float = LEVEL) -> Interval:
+    """A binomial proportion k/n with Wilson's score interval (Wilson 1927): closed form, for many small groups at
+    once (an accuracy per class on ~36 images each), where it keeps its level far better than p ± z·se and, unlike
+    a bootstrap, gives a non-zero width at 0% and 100%. NaN with no trials."""
+    if trials <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0, level, 0, "Wilson score")
+    z2 = float(torch.special.ndtri(torch.tensor(0.5 + level / 2, dtype=torch.float64))) ** 2
+    p = successes / trials
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = math.sqrt(z2) / (1 + z2 / trials) * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials ** 2))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)      # exact ends, not 1 − 1e-16
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return Interval(p, low, high, trials, level, 0, "Wilson score")
+
+
 def accuracy_interval(correct, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> Interval:
     """Accuracy over test images from their per-image hits (bool or 0/1). Where every image is right (or every one
     wrong) a bootstrap has nothing to resample and gives a zero-width [100%, 100%], which reads as certainty; there
@@ -133,10 +148,8 @@ def accuracy_interval(correct, resamples: int = RESAMPLES, level: float = LEVEL,
     hits = hits[~torch.isnan(hits)]
     n = len(hits)
     if n and bool((hits == hits[0]).all()) and float(hits[0]) in (0.0, 1.0):
-        z2 = float(torch.special.ndtri(torch.tensor(0.5 + level / 2, dtype=torch.float64))) ** 2
-        bound = n / (n + z2)
-        low, high = (bound, 1.0) if hits[0] == 1 else (0.0, 1.0 - bound)
-        return Interval(float(hits[0]), low, high, n, level, 0,
+        wilson = wilson_interval(int(hits.sum()), n, level)
+        return Interval(wilson.estimate, wilson.low, wilson.high, n, level, 0,
                         "Wilson score (every image alike: a bootstrap has nothing to resample)")
     return mean_interval(hits, resamples, level, seed)
 
@@ -222,4 +235,4 @@ def jackknife_t_bounds(estimate: torch.Tensor, leave_one_out: torch.Tensor, leve
 
 __all__ = ["Interval", "LEVEL", "RESAMPLES", "accuracy_interval", "jackknife_t_bounds", "mean_interval",
            "percentile_bounds", "paired_difference_interval", "paired_ratio_difference_interval", "ratio_interval",
-           "resample_counts", "t_quantile"]
+           "resample_counts", "t_quantile", "wilson_interval"]

@@ -273,6 +273,10 @@ def test_the_live_view_shows_accuracy_per_class_teacher_beside_student(teacher_h
     charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
     per_class = [f for f in charts if "per class" in str(f["layout"].get("title", {}).get("text", ""))]
     assert per_class and [t["name"] for t in per_class[0]["data"]] == ["teacher", "student"]
+    for trace, model in zip(per_class[0]["data"], ("teacher", "student")):   # every bar carries its interval
+        intervals = job.per_class[model]
+        assert trace["error_y"]["array"] == pytest.approx([i.high - i.estimate for i in intervals])
+        assert all(i.low <= i.estimate <= i.high and i.high > i.low for i in intervals if i.units)
 
 
 def test_a_two_process_run_starts_from_the_page_and_is_shown_like_any_other(teacher_home):

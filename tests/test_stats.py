@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dfkd_core.stats import (Interval, accuracy_interval, mean_interval,
+from dfkd_core.stats import (Interval, accuracy_interval, mean_interval, wilson_interval,
                              paired_difference_interval, paired_ratio_difference_interval, ratio_interval,
                              resample_counts)
 
@@ -77,3 +77,13 @@ def test_an_accuracy_where_every_image_agrees_gets_a_wilson_interval_not_a_zero_
     none = accuracy_interval(torch.zeros(10, dtype=torch.bool))
     assert (none.low, none.estimate) == (0.0, 0.0) and none.high == pytest.approx(1 - 10 / (10 + 1.959964 ** 2))
     assert accuracy_interval(torch.tensor([1.0, 0.0, 1.0, 1.0])).method == "percentile bootstrap"
+
+
+def test_wilson_interval_by_hand():
+    """30 of 36 at 95% (z = 1.959964): centre (p + z²/2n)/(1 + z²/n), half z/(1 + z²/n)·√(p(1−p)/n + z²/4n²),
+    computed by hand: p = 0.83333, z²/n = 0.10671, centre 0.80119, half 0.12010."""
+    i = wilson_interval(30, 36)
+    assert i.estimate == pytest.approx(30 / 36) and i.units == 36 and i.method == "Wilson score"
+    assert (i.low, i.high) == (pytest.approx(0.68109, abs=1e-4), pytest.approx(0.92130, abs=1e-4))
+    assert wilson_interval(36, 36).low == pytest.approx(36 / (36 + 1.959964 ** 2))   # the all-right case
+    assert wilson_interval(0, 36).low == 0.0 and math.isnan(wilson_interval(0, 0).estimate)

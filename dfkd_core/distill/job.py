@@ -19,7 +19,7 @@ from dfkd_core.distill.config import DistillConfig, default_student
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod
 from dfkd_core.distill.pool import SyntheticPool
 from dfkd_core.distill.resume import RESUME_FILE, RESUME_FORMAT, Progress, clone_state, truncate_metrics
-from dfkd_core.distill.results import accuracy_summary, per_class_accuracy, save_test_hits
+from dfkd_core.distill.results import accuracy_summary, per_class_intervals, save_test_hits
 from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, save_checkpoint
@@ -126,8 +126,8 @@ class DistillJob(Job):
             # Per class on the held-out images, beside the student's (read by the live view; replaced whole, never
             # mutated): where the student falls behind is usually a few confusable classes, not all of them.
             held_hits = evaluate(self.teacher, self.heldout, self.device)["correct"]
-            self.per_class = {"teacher": per_class_accuracy(held_hits, self.heldout.labels,
-                                                            self.dataset.num_classes)}
+            self.per_class = {"teacher": per_class_intervals(held_hits, self.heldout.labels,
+                                                             self.dataset.num_classes)}
         self.student = prepare_model(self.method.build_student(), self.device)
         self.trainer = StudentTrainer(self.student, self.teacher, c, self.dataset, self.device,
                                       self.method.student_steps(), parameters=self.method.student_parameters(),
@@ -175,7 +175,7 @@ class DistillJob(Job):
         hits = evaluate(self.student, self.heldout, self.device)["correct"]
         accuracy = int(hits.sum()) / max(len(hits), 1)
         self.per_class = {**self.per_class,
-                          "student": per_class_accuracy(hits, self.heldout.labels, self.dataset.num_classes)}
+                          "student": per_class_intervals(hits, self.heldout.labels, self.dataset.num_classes)}
         self.curve.append({"images_synthesized": self.images_synthesized, "student_steps": self.trainer.steps_done,
                            "student_accuracy": accuracy, "elapsed_s": self._elapsed()})
         return accuracy

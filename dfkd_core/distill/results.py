@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dfkd_core.runs import atomic_torch_save
-from dfkd_core.stats import Interval, accuracy_interval, paired_difference_interval, ratio_interval
+from dfkd_core.stats import Interval, accuracy_interval, paired_difference_interval, ratio_interval, wilson_interval
 
 TEST_HITS_FILE = "test_hits.pt"
 
@@ -32,11 +32,16 @@ def accuracy_summary(hits: dict[str, torch.Tensor]) -> dict:
     return {**summary, "ratio": ratio.estimate, "ratio_ci": ratio.to_dict()}
 
 
+def per_class_intervals(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[Interval]:
+    """Accuracy among the images of each class with its Wilson 95% interval (a class has a few dozen held-out
+    images, so the interval is wide: ±15 points at 36); NaN for a class with no image."""
+    hits, labels = hits.bool().cpu(), labels.cpu()
+    return [wilson_interval(int(hits[labels == k].sum()), int((labels == k).sum())) for k in range(num_classes)]
+
+
 def per_class_accuracy(hits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
     """Accuracy among the images of each class (NaN for a class with no image)."""
-    hits, labels = hits.bool().cpu(), labels.cpu()
-    return [float(hits[labels == k].float().mean()) if bool((labels == k).any()) else float("nan")
-            for k in range(num_classes)]
+    return [i.estimate for i in per_class_intervals(hits, labels, num_classes)]
 
 
 def save_test_hits(directory: Path, hits: dict[str, torch.Tensor], labels: torch.Tensor, dataset: str) -> Path:
@@ -70,4 +75,4 @@ def compare_students_accuracy(run_a, run_b, model_a: str = "student", model_b: s
 
 
 __all__ = ["TEST_HITS_FILE", "accuracy_summary", "compare_students_accuracy", "load_test_hits", "per_class_accuracy",
-           "save_test_hits"]
+           "per_class_intervals", "save_test_hits"]

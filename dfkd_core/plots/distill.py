@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import plotly.graph_objects as go
 
 from dfkd_core.plots.synthesis import _thin
+from dfkd_core.stats import Interval
 
 # A generator's samples and the noise baseline's inputs count as made too: one per image a student step saw.
 AXIS_TITLES = {"images_synthesized": "images made (inverted, generated or drawn as noise)",
@@ -100,15 +101,24 @@ def student_accuracy_figure(summaries: Mapping[str, Mapping], height: int = 320)
     return figure
 
 
-def per_class_accuracy_figure(per_class: Mapping[str, Sequence[float]], class_names: Sequence[str],
+def per_class_accuracy_figure(per_class: Mapping[str, Sequence[Interval]], class_names: Sequence[str],
                               height: int = 280) -> go.Figure:
-    """Accuracy per class on the held-out real images, teacher beside student (`DistillJob.per_class`)."""
+    """Accuracy per class on the held-out real images with Wilson 95% error bars, teacher beside student
+    (`DistillJob.per_class`)."""
     figure = go.Figure()
     for name, colour in (("teacher", "#888888"), ("student", PALETTE[0])):
         if name in per_class:
-            figure.add_trace(go.Bar(x=list(class_names), y=list(per_class[name]), name=name, marker_color=colour,
-                                    hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}}<extra></extra>"))
+            values = list(per_class[name])
+            figure.add_trace(go.Bar(
+                x=list(class_names), y=[i.estimate for i in values], name=name, marker_color=colour,
+                error_y={"type": "data", "symmetric": False, "array": [i.high - i.estimate for i in values],
+                         "arrayminus": [i.estimate - i.low for i in values], "thickness": 1, "width": 3},
+                customdata=[[i.low, i.high, i.units] for i in values],
+                hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}} [%{{customdata[0]:.1%}}, %{{customdata[1]:.1%}}] of "
+                              "%{customdata[2]} images<extra></extra>"))
+    units = min((i.units for values in per_class.values() for i in values), default=0)
     figure.update_layout(barmode="group", height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         title="accuracy per class, held-out real test images", legend={"orientation": "h", "y": -0.3})
+                         title=f"accuracy per class, held-out real test images (≥ {units} a class; bars: Wilson 95%)",
+                         legend={"orientation": "h", "y": -0.3})
     figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
     return figure
