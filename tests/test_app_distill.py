@@ -273,6 +273,8 @@ def test_the_live_view_shows_accuracy_per_class_teacher_beside_student(teacher_h
     charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
     per_class = [f for f in charts if "per class" in str(f["layout"].get("title", {}).get("text", ""))]
     assert per_class and [t["name"] for t in per_class[0]["data"]] == ["teacher", "student"]
+    held = [c.value for c in at.caption if "held-out real test images:" in c.value]   # the headline's interval
+    assert held and "(Wilson 95%)" in held[0] and f"{job.curve[-1]['student_accuracy']:.1%} [" in held[0]
     for trace, model in zip(per_class[0]["data"], ("teacher", "student")):   # every bar carries its interval
         intervals = job.per_class[model]
         assert trace["error_y"]["array"] == pytest.approx([i.high - i.estimate for i in intervals])

@@ -23,6 +23,7 @@ from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, default_recip
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.plots.distill import per_class_accuracy_figure
+from dfkd_core.stats import wilson_interval
 from dfkd_core.runs import RunRecord
 from dfkd_core.stats import Interval
 from dfkd_core.synthesis import SynthesisConfig
@@ -381,6 +382,12 @@ def render_progress(job: DistillJob) -> None:
     cols[2].metric("images synthesized", last.get("images_synthesized", 0))
     kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
+    held = len(getattr(job, "heldout", None) or [])
+    if accuracy is not None and held:
+        interval = wilson_interval(round(accuracy * held), held)
+        st.caption(f"Student accuracy on {held:,} held-out real test images: {accuracy:.1%} "
+                   f"[{interval.low:.1%}, {interval.high:.1%}] (Wilson 95%). The run's result uses the whole test set, "
+                   "paired with the teacher on the same images.")
     if isinstance(job, LaunchedDistillJob):
         st.caption(f"Runs in {job.processes} torchrun processes on this machine (log: `{job.log_path()}`): the "
                    "curves follow the run's files; its images are on the Runs page when it ends.")
