@@ -15,6 +15,7 @@ from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, lo
 from dfkd_core.data import DatasetMissingError  # noqa: E402
 from dfkd_core.models import CheckpointError  # noqa: E402
 from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure  # noqa: E402
+from dfkd_core.stats import Interval  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses)
 from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,  # noqa: E402
@@ -153,8 +154,10 @@ except (KeyError, FileNotFoundError, CheckpointError):   # a deleted run or a mo
     compared = f"vs {student_run or '?'}"
 facts = [f"**{compared}**", result.quantity, f"{result.samples} images ({summary.get('inputs', '?')})",
          f"features: {result.reduce}", f"{result.estimator} estimator"]
-if "cka_diagonal_mean" in summary:
-    facts.append(f"mean of the diagonal (layer i vs layer i): {summary['cka_diagonal_mean']:.3f}")
+if summary.get("cka_diagonal"):   # each pair with its interval: a bare mean over them would carry none
+    facts.append("layer i vs layer i, 95% intervals: " + ", ".join(
+        f"{pair.split(' | ')[0]} {Interval.from_dict(value).format('.2f')}"
+        for pair, value in summary["cka_diagonal"].items()))
 if summary.get("partial"):
     facts.append("**partial: stopped early**")
 st.caption(" · ".join(facts))

@@ -3,6 +3,7 @@ IE-DML students: background jobs that land in the run store and reopen, overlays
 intervals as error bars, sample counts said before and after a run, and a student of another task refused."""
 import base64
 import copy
+import re
 import shutil
 import time
 from pathlib import Path
@@ -125,6 +126,9 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     assert "100 images (real)" in captions and "split layer is **features.10**" in captions
 
     assert "split layer is **features.10**" in captions and "95% interval" in captions
+    # Same depth: each layer pair with its interval, never a bare mean over them.
+    assert re.search(r"layer i vs layer i, 95% intervals: features\.\d+ \d\.\d\d \[\d\.\d\d, \d\.\d\d\]", captions)
+    assert "mean of the diagonal" not in captions
 
     fresh = open_app("pages/representations.py")   # another session: the stored matrix, no job needed
     assert fresh.selectbox(key="cka_open").value == analysis.id
