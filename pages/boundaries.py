@@ -223,8 +223,9 @@ if opened is not None:
                + (f". Note: {BasePairs.SHARED_NOTE}." if len(rows) > 1 else ""))
     st.dataframe(display_rows(rows), hide_index=True)
     if data.get("differences"):
-        st.plotly_chart(difference_figure(data["differences"]), key="boundary_differences")
+        st.plotly_chart(difference_figure(data["differences"], too_few=few), key="boundary_differences")
         st.dataframe([{"students": f"{d['student_a']} − {d['student_b']}",
+                       "enough pairs": "no ⚠" if {d["student_a"], d["student_b"]} & set(few) else "yes",
                        **{label: interval_text(d[k], Interval.from_dict(d[k]).estimate, "+.3f")
                           for k, label in (("magsim", "MagSim difference"), ("angsim", "AngSim difference"))}}
                       for d in data["differences"]], hide_index=True)

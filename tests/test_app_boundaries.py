@@ -128,7 +128,7 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
 
 def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
     at = open_app(PAGE)
-    at.sidebar.pills(key="boundary_students").set_value(home.student_ids[:1])
+    at.sidebar.pills(key="boundary_students").set_value(home.student_ids)
     at.sidebar.number_input(key="boundary_samples").set_value(5)   # at most 5 · 9 = 45 pairs < 100
     at.run()
     next(b for b in at.sidebar.button if b.label == "Compare").click().run()
@@ -142,10 +142,14 @@ def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
     assert not at.exception, at.exception
     warning = " ".join(w.value for w in at.warning)
     assert "Resting on fewer than 100 pairs" in warning and "Too few to compare students" in warning
-    bars = plotly_figures(at)[0]
-    assert bars["data"][0]["marker"]["opacity"] == [0.3]
+    bars, differences = plotly_figures(at)[:2]
+    assert bars["data"][0]["marker"]["opacity"] == [0.3, 0.3]
     assert "⚠ only" in bars["layout"]["annotations"][0]["text"]
-    assert at.dataframe[0].value["enough pairs"][0] == "no ⚠"
+    assert list(at.dataframe[0].value["enough pairs"]) == ["no ⚠", "no ⚠"]
+    # Their paired difference rests on the same too few pairs: faded and flagged too, not shown at full strength.
+    assert all(t["marker"]["opacity"] == [0.3] for t in differences["data"])
+    assert differences["data"][0]["y"][0].startswith("⚠ ") and "too few to compare" in differences["layout"]["title"]["text"]
+    assert list(at.dataframe[1].value["enough pairs"]) == ["no ⚠"]
 
 def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
     at = open_app(PAGE)

@@ -79,11 +79,15 @@ def similarity_bar_figure(rows: Sequence[Mapping], title: str = "Decision-bounda
 
 
 def difference_figure(differences: Sequence[Mapping], title: str = "Paired differences between students "
-                      "(same base samples, 95% interval)") -> go.Figure:
+                      "(same base samples, 95% interval)", too_few: Sequence[str] = ()) -> go.Figure:
     """One row per (student a, student b): MagSim(a) − MagSim(b) and AngSim(a) − AngSim(b) as points with their
-    paired intervals; an interval that does not cross the dotted zero line is a resolved difference."""
+    paired intervals; an interval that does not cross the dotted zero line is a resolved difference. A pair with a
+    student in `too_few` (fewer than MIN_PAIRS pairs accepted by both models) is faded and marked ⚠."""
+    faded = [d["student_a"] in too_few or d["student_b"] in too_few for d in differences]
     return paired_difference_figure(differences, (("magsim", "MagSim", MAGSIM_COLOR),
-                                                  ("angsim", "AngSim", ANGSIM_COLOR)), title, "base samples")
+                                                  ("angsim", "AngSim", ANGSIM_COLOR)), title, "base samples",
+                                    faded, f"⚠ faded: a student rests on fewer than {MIN_PAIRS} pairs accepted by "
+                                           "both models, too few to compare")
 
 
 def per_class_figure(per_class: Mapping[str, Mapping], class_names: Sequence[str] | None = None,

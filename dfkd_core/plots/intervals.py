@@ -21,16 +21,21 @@ def error_bars(intervals: Sequence[Interval | Mapping | None]) -> dict:
 
 
 def paired_difference_figure(differences: Sequence[Mapping], metrics: Sequence[tuple[str, str, str]], title: str,
-                             units: str = "units") -> go.Figure:
+                             units: str = "units", faded: Sequence[bool] = (), faded_note: str = "") -> go.Figure:
     """One row per (student a, student b), one marker per metric (key, label, colour): metric(a) − metric(b) with
-    its paired interval; an interval that does not cross the dotted zero line is a resolved difference."""
-    labels = [f"{d['student_a']} − {d['student_b']}" for d in differences]
+    its paired interval; an interval that does not cross the dotted zero line is a resolved difference. Rows
+    flagged in `faded` (resting on too little) are drawn faded and marked ⚠, with `faded_note` under the title."""
+    faded = list(faded) or [False] * len(differences)
+    labels = [f"{'⚠ ' if f else ''}{d['student_a']} − {d['student_b']}" for d, f in zip(differences, faded)]
+    if any(faded) and faded_note:
+        title = f"{title}<br><sup>{faded_note}</sup>"
     fig = go.Figure()
     for key, label, color in metrics:
         intervals = [d[key] for d in differences]
         parsed = [Interval.from_dict(i) for i in intervals]
         fig.add_scatter(x=[None if math.isnan(i.estimate) else i.estimate for i in parsed], y=labels,
-                        mode="markers", name=label, marker=dict(color=color, size=10),
+                        mode="markers", name=label,
+                        marker=dict(color=color, size=10, opacity=[0.3 if f else 1.0 for f in faded]),
                         error_x=error_bars(intervals), customdata=[[i.units] for i in parsed],
                         hovertemplate=f"%{{y}}<br>{label} difference %{{x:+.3f}} over %{{customdata[0]}} {units}"
                                       "<extra></extra>")
