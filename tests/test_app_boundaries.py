@@ -148,7 +148,8 @@ def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
     assert list(at.dataframe[0].value["enough pairs"]) == ["no ⚠", "no ⚠"]
     # Their paired difference rests on the same too few pairs: faded and flagged too, not shown at full strength.
     assert all(t["marker"]["opacity"] == [0.3] for t in differences["data"])
-    assert differences["data"][0]["y"][0].startswith("⚠ ") and "too few to compare" in differences["layout"]["title"]["text"]
+    assert differences["data"][0]["y"][0].startswith("⚠ ")
+    assert "too few to compare" in differences["layout"]["title"]["text"]
     assert list(at.dataframe[1].value["enough pairs"]) == ["no ⚠"]
 
 def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
