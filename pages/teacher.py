@@ -73,6 +73,9 @@ if (training is not None and training.status in ("done", *PARTIAL_STATUSES)
     st.session_state["picked_after"] = training.id
 
 picked = checkpoint_picker("Stored teacher", dataset=dataset, key=f"teacher_pick_{dataset}")
+if training is not None and training.status == "done" and picked == training.run_record.id:
+    st.success(f"Trained and stored: **{training.run_record.record().name}** is the teacher selected above, "
+               "measured below; its training curves stay under \"Add a teacher\".")
 adding = st.expander("Add a teacher: train one or upload a checkpoint", expanded=picked is None or
                      (training is not None and training.status != "done"))   # running, or why it stopped
 train_tab, upload_tab = adding.tabs(["Train a new teacher", "Upload a checkpoint"])

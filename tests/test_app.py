@@ -285,6 +285,7 @@ def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
     at.run()
     assert at.selectbox(key="teacher_pick_digits").value == job.run_record.id
     assert any(m.label == "test accuracy (real data)" for m in at.metric)
+    assert any("Trained and stored" in m.value for m in at.success)   # said, not just a collapsed expander
 
 
 def test_a_teacher_stopped_on_the_page_is_shown_there_beside_a_finished_one(teacher_home):
