@@ -51,7 +51,8 @@ if job is not None and not job.running and job.run_record is not None and job.ru
     if st.session_state.get(key("opened_job")) != job.id:   # show the run just finished, once
         st.session_state[key("open")], st.session_state[key("opened_job")] = job.run_record.id, job.id
 if not stored:
-    st.info(f"Press **Start** to run {KINDS[kind].lower()} on {dataset}; its results are kept in the run store.")
+    if job is None or not job.running:   # while one runs, its live view above is the page
+        st.info(f"Press **Start** to run {KINDS[kind].lower()} on {dataset}; its results are kept in the run store.")
     st.stop()
 if st.session_state.get(key("open")) not in stored:
     st.session_state[key("open")] = next(iter(stored))

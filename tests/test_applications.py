@@ -394,6 +394,12 @@ def test_application_figures_draw_each_interval_as_its_error_bar():
     line = pruning.data[0]
     assert list(line.x) == [0.25, 0.5] and list(line.error_y.array) == [None, pytest.approx(0.02)]
     assert list(line.error_y.arrayminus) == [None, pytest.approx(0.05)]   # no interval stored: no bar, not zero
+    # More pruning to the right, from 100% to just past the smallest share measured, never into negative shares
+    # (plotly's own range for one point ran to −50%).
+    assert tuple(pruning.layout.xaxis.range) == (1.03, pytest.approx(0.20))
+    one = pruning_accuracy_figure([{"variant": "synthetic KD", "criterion": "taylor", "kept_flops": 0.5,
+                                    "accuracy": 0.8, "accuracy_ci": ci}])
+    assert min(one.layout.xaxis.range) >= 0
     quant = quantization_figure([{"model": "fp32", "calibration": "-", "accuracy": 0.9, "accuracy_ci": None},
                                  {"model": "int8", "calibration": "synthetic", "accuracy": 0.8, "accuracy_ci": ci}])
     assert quant.data[0].error_y.array[0] == pytest.approx(0.02) and quant.data[0].y[0] == 0.8

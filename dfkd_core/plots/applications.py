@@ -45,7 +45,10 @@ def pruning_accuracy_figure(rows: Sequence[Mapping], height: int = 380) -> go.Fi
         if r["variant"] == "unpruned":
             figure.add_hline(y=r["accuracy"], line={"dash": "dash", "color": "#555", "width": 1},
                              annotation_text=f"unpruned {r['accuracy']:.1%}", annotation_position="bottom right")
-    figure.update_xaxes(title="share of the FLOPs kept", tickformat=".0%", autorange="reversed")
+    # Reversed (more pruning to the right) over the shares measured: plotly's own range for a line or two of
+    # points ran past 0% into negative shares.
+    lowest = min((r["kept_flops"] for r in pruned), default=0.5)
+    figure.update_xaxes(title="share of the FLOPs kept", tickformat=".0%", range=[1.03, max(0.0, lowest - 0.05)])
     return _layout(figure, height, "accuracy (real test images)")
 
 

@@ -164,8 +164,7 @@ def render_progress(job: Job) -> None:
     history = list(job.history)
     phase = history[-1].get("phase", "preparing") if history else "preparing"
     st.progress(min(1.0, len(history) / max(job.total_steps, 1)),
-                text=f"**{job.status}** · {phase} · step {len(history)}/{job.total_steps} · "
-                     f"{len(job.rows)} result rows so far")
+                text=f"**{job.status}** · {phase} · step {len(history)}/{job.total_steps}")
     if job.status == "failed":
         st.error(job.error)
     if job.rows:
