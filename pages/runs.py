@@ -50,6 +50,9 @@ else:
     pair = [by_id[opened], by_id[other]]
     if len(distill_runs(pair)) == 2:   # two students: what matters is how well each learned, not their synthesis
         show_student_comparison(pair, key="pair")
+    elif by_id[opened].kind != by_id[other].kind:   # a synthesis's total and a distillation's are other losses
+        st.caption(f"A {by_id[opened].kind} run beside a {by_id[other].kind} run: their curves measure different "
+                   "things, so they are shown apart above, not on one axis.")
     else:
         histories = {i: history_of(by_id[i]) for i in (opened, other)}
         shared = set.intersection(*(set(sum(curve_keys(h), [])) for h, _ in histories.values()))

@@ -403,6 +403,8 @@ def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher
     assert {"⬇ grid.png", "⬇ images.pt"} <= downloads
     runs.selectbox(key="runs_compare").set_value(teacher_home.teacher_id).run()
     assert not runs.exception and elements(runs, "plotly_chart")
+    # A synthesis beside a teacher: their losses are other quantities, never drawn on one axis.
+    assert any("shown apart above, not on one axis" in c.value for c in runs.caption)
 
     runs.selectbox(key="runs_compare").set_value(None)
     runs.selectbox(key="runs_open").set_value(broken.id).run()
