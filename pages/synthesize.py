@@ -122,4 +122,6 @@ if job is None:
 render_live(job)
 if job is not None and not job.running and job.run_record is not None and hasattr(job, "x"):
     st.subheader("Inspect one image")
-    inspect_batch(job.images(), job.targets.tolist(), job.run_record.record().teacher, job.dataset, "synth_inspect")
+    inspect_batch(job.images(), job.targets.tolist(), job.run_record.record().teacher, job.dataset, "synth_inspect",
+                  note=" Predictions here are on the images as they are; the live grid above shows them on the "
+                       "shifted and flipped view its step's loss saw, so a confidence can differ between the two.")

@@ -40,7 +40,8 @@ def _clicked(event) -> int | None:
     return int(points[0]["point_index"]) if points else None
 
 
-def inspect_batch(images: torch.Tensor, targets: list[int], teacher_run: str, dataset: DatasetInfo, key: str) -> None:
+def inspect_batch(images: torch.Tensor, targets: list[int], teacher_run: str, dataset: DatasetInfo, key: str,
+                  note: str = "") -> None:
     """The grid of a batch (normalized images) to click on, and the chosen image's diagnosis below it."""
     names = dataset.class_names or [str(k) for k in range(dataset.num_classes)]
     teacher = fresh_model(teacher_run).eval()   # hooks go on this tab's copy, never on the shared cached model
@@ -51,7 +52,7 @@ def inspect_batch(images: torch.Tensor, targets: list[int], teacher_run: str, da
               zip(targets[:SHOWN], probabilities.argmax(1).tolist(), probabilities.max(1).values.tolist())]
     st.caption(f"Click an image (first {len(shown)} of {len(images)}) or pick its number below to see the teacher's "
                f"probabilities, its share of the BN mismatch and its nearest real images "
-               f"({section_link('model-inversion')}).")
+               f"({section_link('model-inversion')}).{note}")
     event = st.plotly_chart(image_grid_figure(dataset.denormalize(shown), labels, ncols=10),
                             on_select="rerun", selection_mode="points", key=f"{key}_grid",
                             config={"displayModeBar": False}, width="content")
