@@ -72,7 +72,8 @@ WEIGHTS = (
            "synthesis", minimum=1),
     Weight("inv_lr", "inversion learning rate η", r"Adam on $\hat x$, cosine decay over the $T$ iterations.", _pool,
            "synthesis", (0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5)),
-    Weight("batch_size_inv", "inversion batch B", r"Images per round; BN statistics are matched over the batch.",
+    Weight("batch_size_inv", "inversion batch B", r"Images per round; with $\alpha_f > 0$ the BN statistics are "
+           r"matched over the batch.",
            _pool, "synthesis", minimum=1),
     Weight("alpha_f", "α_f · BN feature statistics", r"$\alpha_f R_{feature}$: match the teacher's BN running "
            r"statistics (0 = DeepDream, image priors only).", lambda c: _pool(c) and c.name != "deepdream",
