@@ -67,7 +67,9 @@ def kd_loss_figure(history: Sequence[Mapping], height: int = 320, max_points: in
     figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10},
                          legend={"orientation": "h", "y": -0.25})
     figure.update_xaxes(title="student steps", rangemode="tozero")
-    figure.update_yaxes(title="loss", type="log")
+    # Ticks at 1, 2 and 5 per decade, written out: plotly's default labels the in-between ticks with a bare digit
+    # ("5 4 3 2 0.1 9 8"), where 9 reads as larger than 0.1. (Within one decade 2 and 5 still give two ticks.)
+    figure.update_yaxes(title="loss", type="log", dtick="D2", tickformat=".2~g")
     return figure
 
 
