@@ -140,8 +140,11 @@ with st.sidebar:
     teacher_run = teacher_or_stop("att_teacher")
     dataset = open_checkpoint(teacher_run).dataset
     choices = model_choices(dataset.name, exclude=teacher_run)
-    students = st.multiselect("Students", list(choices), format_func=choices.get, key="att_students",
+    compact = model_choices(dataset.name, exclude=teacher_run, compact=True)
+    students = st.multiselect("Students", list(choices), format_func=compact.get, key="att_students",
                               max_selections=4, placeholder="distilled students, side by side")
+    for ref in students:
+        st.caption(choices[ref])
     target = st.radio("Class explained", TARGETS, format_func=TARGET_NAMES.get, key="att_target",
                       help="Each model's Grad-CAM is taken for this class. " + GRAD_CAM)
     fraction = st.select_slider("Top region for the IoU", [0.1, 0.2, 0.3, 0.5], 0.2, key="att_fraction",

@@ -79,8 +79,10 @@ with st.sidebar:
     if not choices:
         st.info(f"No other {dataset.name} model is stored: distill a student first (`dfkd distill`).")
         st.stop()
-    student_ref = st.selectbox("Student", list(choices), format_func=choices.get, key="cka_student",
+    compact = model_choices(dataset.name, exclude=teacher_run, compact=True)
+    student_ref = st.selectbox("Student", list(choices), format_func=compact.get, key="cka_student",
                                disabled=running)
+    st.caption(choices[student_ref])
     kernel = st.radio("Kernel", KERNELS, format_func=KERNEL_NAMES.get, key="cka_kernel", horizontal=True,
                       disabled=running, help="Linear CKA, RBF CKA as in Kornblith et al.'s code, or the debiased "
                       "(unbiased HSIC) estimator. " + CKA)

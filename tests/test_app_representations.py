@@ -105,6 +105,7 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     assert len(labels) == 3 and sum("peer B" in o for o in labels) == 1 and sum("iekd" in o for o in labels) == 1
     student.set_value(home.ie["iekd"])
     at.run()
+    assert any(c.value.endswith(home.ie["iekd"]) for c in at.sidebar.caption)   # the box shows the id's tail only
     # digits has 360 test images: the slider offers them all as its largest count, not 1,000 cut back
     assert at.sidebar.select_slider(key="cka_samples").value == 360 and not at.sidebar.warning
     assert "median of all $n^2$ squared distances" in at.caption[0].value   # the reference RBF bandwidth

@@ -12,7 +12,7 @@ import streamlit as st
 from dfkd_core.analysis.checks import require_comparable
 from dfkd_core.jobs import Job
 from dfkd_core.stats import Interval
-from pages.views.common import attached_job, checkpoint_runs, describe_run, get_store, live
+from pages.views.common import attached_job, checkpoint_runs, describe_run, distinct_names, get_store, live, run_name
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
 
@@ -39,18 +39,23 @@ def show_progress(job: Job | None, render: Callable[[Job], None]) -> None:
         live(job, render)
 
 
-def model_choices(dataset: str, exclude: str | None = None) -> dict[str, str]:
+def model_choices(dataset: str, exclude: str | None = None, compact: bool = False) -> dict[str, str]:
     """{checkpoint ref: label} of every stored model of `dataset`: teacher and distill runs (their model.pt, a run
-    id) and IE-DML peers (their model_b.pt, a path), newest first."""
+    id) and IE-DML peers (their model_b.pt, a path), newest first. `compact`: labels for a narrow sidebar box (names
+    told apart where the box shows them, the run id's tail; see `checkpoint_picker`), to be shown with the full
+    label of the choice under the box."""
+    records = [r for r in checkpoint_runs(("distill", "teacher"), dataset)]
+    names = distinct_names([run_name(r) for r in records]) if compact else [run_name(r) for r in records]
     choices = {}
-    for record in checkpoint_runs(("distill", "teacher"), dataset):
+    for record, name in zip(records, names):
         if record.id != exclude:
-            choices[record.id] = describe_run(record)
+            choices[record.id] = describe_run(record, short_id=compact, name=name)
         peer = record.dir / PEER_CHECKPOINT
         if peer.is_file():
             accuracy = record.summary.get("student_b_accuracy")
             shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
-            choices[str(peer)] = f"{record.name or record.method} · peer B{shown} · {record.id}"
+            run_id = record.id.rsplit("-", 1)[-1] if compact else record.id
+            choices[str(peer)] = f"{name} · peer B{shown} · {run_id}"
     return choices
 
 
