@@ -89,7 +89,7 @@ with st.sidebar:
     threshold = st.select_slider("RBF threshold", [0.2, 0.5, 1.0, 2.0], 1.0, key="cka_threshold",
                                  disabled=running or "rbf" not in kernel,
                                  help="The RBF bandwidth is threshold × the median distance. " + CKA)
-    inputs = input_choices(dataset.name)
+    inputs = input_choices(dataset.name, teacher_run)
     source = st.selectbox("Images", list(inputs), format_func=inputs.get, key="cka_inputs", disabled=running,
                           help="The inputs both models' features are taken on. " + CKA)
     data_root = data_root_setting(dataset.name)

@@ -70,11 +70,14 @@ def short_label(ref: str) -> str:
     return f"{record.method or record.kind} {record.id[-4:]}" + (" B" if ref.endswith(PEER_CHECKPOINT) else "")
 
 
-def input_choices(dataset: str) -> dict[str, str]:
-    """{'real': the test split, run id: its synthesized images} for runs of `dataset` that hold an images.pt."""
+def input_choices(dataset: str, teacher_run: str | None = None) -> dict[str, str]:
+    """{'real': the test split, run id: its synthesized images} for runs of `dataset` that hold an images.pt; a
+    pool inverted from another teacher than `teacher_run` says so."""
     runs = [r for r in get_store().list() if r.kind in ("synthesis", "distill") and r.dataset == dataset
             and (r.dir / "images.pt").is_file()]
-    return {"real": "real test images", **{r.id: f"synthesized: {r.name or r.method} · {r.id}" for r in runs}}
+    other = lambda r: " · from another teacher" if teacher_run and r.teacher and r.teacher != teacher_run else ""  # noqa: E731
+    return {"real": "real test images",
+            **{r.id: f"synthesized: {r.name or r.method}{other(r)} · {r.id}" for r in runs}}
 
 
 def stored_analyses(method: str, result_file: str, dataset: str) -> dict:
@@ -115,4 +118,7 @@ def sample_slider(label: str, options: Sequence[int], default: int, available: i
     default = max((v for v in options if v <= default), default=options[0])
     if st.session_state.get(key) not in (None, *options):   # a count offered for other images
         del st.session_state[key]
+    if len(options) == 1:   # nothing to choose: a slider of one value is a lone dot
+        slot.caption(f"{label}: {options[0]:,} images, all there are")
+        return options[0]
     return slot.select_slider(label, options, default, key=key, **kwargs)
