@@ -201,14 +201,15 @@ class Job:
                 metrics.setdefault("step", i)
                 metrics.setdefault("elapsed_s", time.time() - self.started_at)
                 pending.append((i, metrics))
-                # The last step, and one a cancel follows, are what the run ends with: the live view shows them.
-                snapshot_due = self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0
-                                                        or i + 1 == self.total_steps or self._cancel.is_set())
-                if (snapshot_due or i + 1 == self.total_steps or self._cancel.is_set()
+                last = i + 1 == self.total_steps
+                snapshot_due = self.snapshot_every and ((i + 1) % self.snapshot_every == 0 or i == 0)
+                if (snapshot_due or last or self._cancel.is_set()
                         or time.monotonic() - read_at >= (self.metrics_every_s or 0.0)):
                     self._publish(pending)
                     pending, read_at = [], time.monotonic()
-                if snapshot_due or (self.snapshot_every and self._cancel.is_set()):   # a cancel read with the step
+                # The last step, and one a cancel follows (also one asked for while this step was announced), are
+                # what the run ends with: the live view shows them.
+                if self.snapshot_every and (snapshot_due or last or self._cancel.is_set()):
                     self._emit_snapshot(i)
                 if i + 1 < self.total_steps and time.monotonic() - progress_saved_at >= progress_every_s:
                     self.save_progress()   # (after the last step `finish()` saves)

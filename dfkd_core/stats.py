@@ -19,7 +19,7 @@ mean-type intervals cost a matrix product, not a Python loop.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -148,9 +148,8 @@ def accuracy_interval(correct, resamples: int = RESAMPLES, level: float = LEVEL,
     hits = hits[~torch.isnan(hits)]
     n = len(hits)
     if n and bool((hits == hits[0]).all()) and float(hits[0]) in (0.0, 1.0):
-        wilson = wilson_interval(int(hits.sum()), n, level)
-        return Interval(wilson.estimate, wilson.low, wilson.high, n, level, 0,
-                        "Wilson score (every image alike: a bootstrap has nothing to resample)")
+        return replace(wilson_interval(int(hits.sum()), n, level),
+                       method="Wilson score (every image alike: a bootstrap has nothing to resample)")
     return mean_interval(hits, resamples, level, seed)
 
 

@@ -139,8 +139,7 @@ running = job is not None and job.running
 with st.sidebar:
     teacher_run = teacher_or_stop("att_teacher")
     dataset = open_checkpoint(teacher_run).dataset
-    choices = model_choices(dataset.name, exclude=teacher_run)
-    compact = model_choices(dataset.name, exclude=teacher_run, compact=True)
+    choices, compact = model_choices(dataset.name, exclude=teacher_run)
     students = st.multiselect("Students", list(choices), format_func=compact.get, key="att_students",
                               max_selections=4, placeholder="distilled students, side by side")
     for ref in students:

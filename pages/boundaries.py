@@ -23,9 +23,9 @@ from dfkd_core.stats import Interval  # noqa: E402
 from dfkd_core.synthesis.bss import AttackSettings  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, interval_text, show_progress, stored_analyses)
-from pages.views.common import (checkpoint_runs, data_root_setting, describe_run, distinct_names,  # noqa: E402
+from pages.views.common import (checkpoint_runs, compact_labels, data_root_setting, describe_run,  # noqa: E402
                                 fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
-                                real_test_split_or_stop, require_job_slot, run_name, start_stop_buttons, submit,
+                                real_test_split_or_stop, require_job_slot, start_stop_buttons, submit,
                                 teacher_or_stop)
 from pages.views.methods_doc import section_link  # noqa: E402
 
@@ -137,9 +137,8 @@ with st.sidebar:
     teacher_run = teacher_or_stop("boundary_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
-    offered = [r for r in checkpoint_runs(("distill", "teacher"), dataset.name) if r.id != teacher_run]
-    candidates = {r.id: describe_run(r, short_id=True, name=name)
-                  for r, name in zip(offered, distinct_names([run_name(r) for r in offered]))}
+    candidates = compact_labels([r for r in checkpoint_runs(("distill", "teacher"), dataset.name)
+                                 if r.id != teacher_run])
     students = st.pills("Students: click to pick one or more", list(candidates), selection_mode="multi",
                         format_func=candidates.get, key="boundary_students", disabled=running,
                         help="Every student is attacked from the same base samples toward the same targets. " + BSS) or []

@@ -75,11 +75,10 @@ with st.sidebar:
     teacher_run = teacher_or_stop("cka_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
-    choices = model_choices(dataset.name, exclude=teacher_run)
+    choices, compact = model_choices(dataset.name, exclude=teacher_run)
     if not choices:
         st.info(f"No other {dataset.name} model is stored: distill a student first (`dfkd distill`).")
         st.stop()
-    compact = model_choices(dataset.name, exclude=teacher_run, compact=True)
     student_ref = st.selectbox("Student", list(choices), format_func=compact.get, key="cka_student",
                                disabled=running)
     st.caption(choices[student_ref])

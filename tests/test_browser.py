@@ -92,8 +92,8 @@ def test_start_on_digits_shows_images_forming_and_a_loss_curve(shared_app, open_
 # Every page of app.py's navigation by URL; the root hands over to the default page (Synthesize), which has its own
 # URL like every other page.
 DEEP_LINKS = {"/synthesize": "Synthesize", "/teacher": "Teacher", "/distill": "Distill", "/runs": "Runs",
-              "/boundaries": "Boundaries", "/representations": "Representations", "/attention": "Attention", "/methods": "Methods",
-              "/applications": "Applications"}
+              "/boundaries": "Boundaries", "/representations": "Representations", "/attention": "Attention",
+              "/methods": "Methods", "/applications": "Applications"}
 NAVIGATION = {"Synthesize", *DEEP_LINKS.values()}
 UNKNOWN = "/no_such_page"
 FINISHED = '[data-testid="stApp"][data-test-script-state="notRunning"]'

@@ -56,9 +56,10 @@ def config_from_args(args) -> DistillConfig:
         explicit["amp"] = False
     if not getattr(args, "recipe", None):
         return DistillConfig(method=method, **merge_overrides({}, explicit))
-    if args.recipe not in RECIPES:
-        raise SystemExit(f"error: unknown recipe '{args.recipe}'; choose one of {list(RECIPES)}")
-    values, adjusted = adapt_to_precision(args.recipe, method, explicit)
+    try:
+        values, adjusted = adapt_to_precision(args.recipe, method, explicit)
+    except ValueError as e:   # an unknown recipe (recipe_overrides says which there are)
+        raise SystemExit(f"error: {e}") from None
     if adjusted:
         print(f"note: {float32_note(args.recipe, adjusted)}", file=sys.stderr)
     return DistillConfig(method=method, **values)

@@ -5,5 +5,5 @@ from dfkd_core.models.checkpoint import (Checkpoint, CheckpointError, load_check
 from dfkd_core.models.registry import (check_from_scratch, create_model, describe_model, list_models,
                                        register_model)
 
-__all__ = ["Checkpoint", "CheckpointError", "check_from_scratch", "create_model", "describe_model", "list_models", "load_checkpoint",
-           "load_tensors", "register_model", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "check_from_scratch", "create_model", "describe_model", "list_models",
+           "load_checkpoint", "load_tensors", "register_model", "save_checkpoint"]

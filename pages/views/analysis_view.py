@@ -12,7 +12,8 @@ import streamlit as st
 from dfkd_core.analysis.checks import require_comparable
 from dfkd_core.jobs import Job
 from dfkd_core.stats import Interval
-from pages.views.common import attached_job, checkpoint_runs, describe_run, distinct_names, get_store, live, run_name
+from pages.views.common import (attached_job, checkpoint_runs, describe_run, distinct_run_names, get_store, live,
+                                run_name)
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
 
@@ -39,24 +40,23 @@ def show_progress(job: Job | None, render: Callable[[Job], None]) -> None:
         live(job, render)
 
 
-def model_choices(dataset: str, exclude: str | None = None, compact: bool = False) -> dict[str, str]:
-    """{checkpoint ref: label} of every stored model of `dataset`: teacher and distill runs (their model.pt, a run
-    id) and IE-DML peers (their model_b.pt, a path), newest first. `compact`: labels for a narrow sidebar box (names
-    told apart where the box shows them, the run id's tail; see `checkpoint_picker`), to be shown with the full
-    label of the choice under the box."""
-    records = [r for r in checkpoint_runs(("distill", "teacher"), dataset)]
-    names = distinct_names([run_name(r) for r in records]) if compact else [run_name(r) for r in records]
-    choices = {}
-    for record, name in zip(records, names):
+def model_choices(dataset: str, exclude: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """({checkpoint ref: label}, the same with compact labels) of every stored model of `dataset`: teacher and
+    distill runs (their model.pt, a run id) and IE-DML peers (their model_b.pt, a path), newest first. The compact
+    labels suit a narrow sidebar box (see `compact_labels`); show the full label of the choice beside it."""
+    records = checkpoint_runs(("distill", "teacher"), dataset)
+    full, compact = {}, {}
+    for record, name in zip(records, distinct_run_names(records)):
         if record.id != exclude:
-            choices[record.id] = describe_run(record, short_id=compact, name=name)
+            full[record.id] = describe_run(record)
+            compact[record.id] = describe_run(record, short_id=True, name=name)
         peer = record.dir / PEER_CHECKPOINT
         if peer.is_file():
             accuracy = record.summary.get("student_b_accuracy")
             shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
-            run_id = record.id.rsplit("-", 1)[-1] if compact else record.id
-            choices[str(peer)] = f"{name} · peer B{shown} · {run_id}"
-    return choices
+            full[str(peer)] = f"{run_name(record)} · peer B{shown} · {record.id}"
+            compact[str(peer)] = f"{name} · peer B{shown} · {record.id.rsplit('-', 1)[-1]}"
+    return full, compact
 
 
 def short_label(ref: str) -> str:
@@ -75,9 +75,10 @@ def input_choices(dataset: str, teacher_run: str | None = None) -> dict[str, str
     pool inverted from another teacher than `teacher_run` says so."""
     runs = [r for r in get_store().list() if r.kind in ("synthesis", "distill") and r.dataset == dataset
             and (r.dir / "images.pt").is_file()]
-    other = lambda r: " · from another teacher" if teacher_run and r.teacher and r.teacher != teacher_run else ""  # noqa: E731
+    def origin(record) -> str:
+        return " · from another teacher" if teacher_run and record.teacher and record.teacher != teacher_run else ""
     return {"real": "real test images",
-            **{r.id: f"synthesized: {r.name or r.method}{other(r)} · {r.id}" for r in runs}}
+            **{r.id: f"synthesized: {r.name or r.method}{origin(r)} · {r.id}" for r in runs}}
 
 
 def stored_analyses(method: str, result_file: str, dataset: str) -> dict:

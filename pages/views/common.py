@@ -102,6 +102,17 @@ def distinct_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+def distinct_run_names(records: Sequence[RunRecord]) -> list[str]:
+    """`distinct_names` of these runs' names, in their order."""
+    return distinct_names([run_name(r) for r in records])
+
+
+def compact_labels(records: Sequence[RunRecord]) -> dict[str, str]:
+    """{run id: label} for a narrow sidebar box: names told apart where the box shows them (`distinct_names`) and
+    the run id's tail. Show the chosen run's full `describe_run` beside it."""
+    return {r.id: describe_run(r, short_id=True, name=name) for r, name in zip(records, distinct_run_names(records))}
+
+
 def live_edit_note(record: RunRecord) -> str:
     """' · changed live: alpha_tv=1 at step 104' when settings moved during the run: its name gives the start."""
     edits = record.summary.get("live_updates") or []
@@ -153,8 +164,7 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
     records = [r for r in checkpoint_runs(kinds, dataset) if r.id not in exclude]
     # The box shows ~30 characters: names that differ only at the end, and long run ids, would look alike there.
     # The chosen run's full description goes under the box.
-    labels = {r.id: describe_run(r, short_id=True, name=name)
-              for r, name in zip(records, distinct_names([run_name(r) for r in records]))}
+    labels = compact_labels(records)
     options = list(extra_options) + list(labels)
     if not options:
         return None
