@@ -10,7 +10,8 @@ from dfkd_core.distill import DISTILL_METHODS, DistillJob  # noqa: E402
 from dfkd_core.distill.recipes import RECIPES, float32_note  # noqa: E402
 from pages.views.common import (  # noqa: E402
     PARTIAL_STATUSES, attached_job, data_root_setting, describe_run, ensure_starter_teacher, get_store,
-    keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons, teacher_or_stop)
+    keep_widget_state, make_current_teacher, open_checkpoint, show_starter_progress, start_stop_buttons,
+    teacher_or_stop)
 from pages.views.distill_view import (  # noqa: E402
     SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
     method_label, ordered_methods, pool_runs, processes_widget, recipe_values, recipe_widget, render_live, set_weights,
@@ -38,6 +39,7 @@ if job is not None and st.session_state.get("distill_synced") != job.id:
     st.session_state["distill_pool"] = get_store().run_id_of(pool) if isinstance(pool, str) else NEW_POOL
     if job.run_record is not None:
         st.session_state["distill_teacher"] = job.run_record.record().teacher
+        make_current_teacher(st.session_state["distill_teacher"])
     st.session_state["distill_for"] = (st.session_state.get("distill_teacher"), job.config.method, JOB_SETTINGS)
     st.session_state["distill_synced"] = job.id
 

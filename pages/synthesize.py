@@ -8,8 +8,8 @@ hand_over_to_app()
 
 from dfkd_core.synthesis import ModelInversion  # noqa: E402
 from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_teacher, get_job_manager,  # noqa: E402
-                                    keep_widget_state, open_checkpoint, show_starter_progress, start_stop_buttons,
-                                    teacher_or_stop)
+                                    keep_widget_state, make_current_teacher, open_checkpoint, show_starter_progress,
+                                    start_stop_buttons, teacher_or_stop)
 from pages.views.synthesis_view import (  # noqa: E402
     KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn, init_knobs, knob_key, knob_widget,
     render_idle, render_live, set_knobs, start_inversion, student_options)
@@ -23,7 +23,7 @@ st.caption("Images from a trained classifier alone: optimize a batch $\\hat x$ s
            "\\alpha_f R_{feature}+\\alpha_c R_{compete}$ is small. Move the sliders while it runs.")
 keep_widget_state("synth_teacher", "preset", "synth_student", "synth_targets", *(knob_key(k.name) for k in KNOBS))
 if "teacher" in st.query_params:  # deep link from the Teacher page: ?teacher=<run id>
-    st.session_state["synth_teacher"] = st.query_params.pop("teacher")
+    make_current_teacher(st.query_params.pop("teacher"))
 manager = get_job_manager()
 job = attached_job("synthesis")
 running = job is not None and job.running
@@ -36,6 +36,7 @@ if job is not None and st.session_state.get("synced_job") != job.id:
     st.session_state["preset"] = job.config.method
     if job.run_record is not None:
         st.session_state["synth_teacher"] = job.run_record.record().teacher
+        make_current_teacher(st.session_state["synth_teacher"])
         st.session_state["knobs_for"] = (st.session_state["synth_teacher"], job.dataset.name)
     st.session_state["synced_job"] = job.id
 

@@ -16,9 +16,10 @@ from dfkd_core.plots import image_grid_figure, loss_curves_figure  # noqa: E402
 from dfkd_core.stats import accuracy_interval  # noqa: E402
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate  # noqa: E402
 from pages.views.common import (  # noqa: E402
-    MAX_CHECKPOINT_MB, PARTIAL_STATUSES, attached_job, checkpoint_picker, data_root_key, data_root_setting, eta_text,
-    get_store, import_checkpoint, keep_widget_state, live, open_checkpoint, real_test_split, require_job_slot,
-    start_stop_buttons, submit)
+    CURRENT_TEACHER, MAX_CHECKPOINT_MB, PARTIAL_STATUSES, attached_job, checkpoint_picker, data_root_key,
+    data_root_setting, eta_text, get_store, import_checkpoint, keep_widget_state, live, make_current_teacher,
+    open_checkpoint, real_test_split, require_job_slot, start_stop_buttons, submit)
+from dfkd_core.runs import UnknownRunError  # noqa: E402
 
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
@@ -57,6 +58,21 @@ def render_training(job: TeacherTraining) -> None:
 st.title("Teacher")
 keep_widget_state("teacher_dataset", *(f"teacher_pick_{d}" for d in DATASETS),
                   *(data_root_key(d) for d in DATASETS))
+training = attached_job("teacher")
+if (training is not None and training.status in ("done", *PARTIAL_STATUSES)
+        and st.session_state.get("picked_after") != training.id):   # a stopped teacher is shown like a finished one
+    make_current_teacher(training.run_record.id)
+    st.session_state["picked_after"] = training.id
+# A teacher chosen on another page since this one was drawn: show it, on its dataset. A dataset changed here instead
+# shows that dataset's teachers, and the one shown becomes the current teacher.
+current = st.session_state.get(CURRENT_TEACHER)
+if current is not None and current != st.session_state.get("teacher_page_current"):
+    try:
+        shown_on = get_store().get_record(current).dataset
+    except UnknownRunError:   # deleted meanwhile
+        shown_on = None
+    if shown_on in DATASETS:
+        st.session_state["teacher_dataset"] = shown_on
 dataset = st.selectbox("Dataset", list(DATASETS), format_func=DATASETS.get, key="teacher_dataset")
 if dataset != "digits":
     env = DATA_ROOT_ENV[dataset]
@@ -66,13 +82,9 @@ if dataset != "digits":
                   help="Where this dataset's files are, for every page of this tab (as the CLI's --data-root). "
                        "Empty: the environment variable, then the default location.")
 root = data_root_setting(dataset)
-training = attached_job("teacher")
-if (training is not None and training.status in ("done", *PARTIAL_STATUSES)
-        and st.session_state.get("picked_after") != training.id):   # a stopped teacher is shown like a finished one
-    st.session_state[f"teacher_pick_{training.config.dataset}"] = training.run_record.id
-    st.session_state["picked_after"] = training.id
 
-picked = checkpoint_picker("Stored teacher", dataset=dataset, key=f"teacher_pick_{dataset}")
+picked = checkpoint_picker("Stored teacher", dataset=dataset, key=f"teacher_pick_{dataset}", current_teacher=True)
+st.session_state["teacher_page_current"] = st.session_state.get(CURRENT_TEACHER)  # picked; unchanged if none here
 if training is not None and training.status == "done" and picked == training.run_record.id:
     st.success(f"Trained and stored: **{training.run_record.record().name}** is the teacher selected above, "
                "measured below; its training curves stay under \"Add a teacher\".")
@@ -111,7 +123,7 @@ with upload_tab:
             return
         # Show the new teacher at once, on its own dataset.
         st.session_state["teacher_dataset"] = record.dataset
-        st.session_state[f"teacher_pick_{record.dataset}"] = record.id
+        make_current_teacher(record.id)
         st.session_state["upload_message"] = ("success", f"Added {record.name} to the run store as {record.id}.")
 
     st.file_uploader(f"A dfkd checkpoint (.pt, up to {MAX_CHECKPOINT_MB} MB), saved by `dfkd train-teacher` or "

@@ -333,6 +333,28 @@ def test_the_teacher_picker_shows_what_tells_teachers_apart_and_the_chosen_one_i
     assert picker.value == ids[1] and full in [c.value for c in at.sidebar.caption]
 
 
+def test_the_teacher_page_opens_on_a_teacher_picked_elsewhere_and_on_its_dataset(teacher_home, tmp_path,
+                                                                                 monkeypatch):
+    """The Teacher page opened on digits, whatever teacher another page had picked; a dataset changed on the
+    Teacher page makes its teacher the one the other pages open on."""
+    monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "no fashion here"))   # the page says so, quickly
+    run = teacher_home.create("teacher", {}, method="bncnn3_w16", dataset="fashion-mnist", name="a fashion teacher")
+    save_checkpoint(run.path("model.pt"), create_model("bncnn3_w16", image_size=28), dataset_info("fashion-mnist"))
+    run.set_status("done", summary={"test_accuracy": 0.9})
+    at = app("pages/distill.py")
+    at.sidebar.selectbox(key="distill_teacher").set_value(run.id).run()
+    at.switch_page("pages/teacher.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="teacher_dataset").value == "fashion-mnist"
+    assert at.selectbox(key="teacher_pick_fashion-mnist").value == run.id
+    at.selectbox(key="teacher_dataset").set_value("digits").run()
+    assert at.selectbox(key="teacher_dataset").value == "digits"   # the user's choice holds on the next run
+    at.run()
+    assert at.selectbox(key="teacher_dataset").value == "digits"
+    at.switch_page("pages/distill.py").run()
+    assert at.sidebar.selectbox(key="distill_teacher").value == teacher_home.teacher_id
+
+
 def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):
     run = home.create("teacher", {}, method="bncnn3_w32", dataset="digits", name="bncnn3_w32 on digits")
     shutil.copy(digits_teacher.path, run.path("model.pt"))

@@ -301,3 +301,25 @@ def test_after_deleting_the_opened_run_the_box_names_the_run_the_page_shows(shar
     remaining = [r.id for r in shared_app.store.list()]
     assert doomed not in remaining, "the Delete click did not delete the run"
     assert remaining[0] in opened.input_value(), opened.input_value()
+
+
+def test_a_teacher_picked_on_one_page_is_the_one_every_other_page_opens_on(shared_app, open_page, digits_teacher):
+    """Each page used to open on the newest teacher: a teacher picked on Distill was not the one Boundaries, the
+    Teacher page or Synthesize then showed, so an analysis could silently run on another teacher."""
+    add_teacher_run(shared_app.home, digits_teacher.path, "teacher picked here")
+    add_teacher_run(shared_app.home, digits_teacher.path, "the newest teacher")
+    page = open_page()
+    page.goto(shared_app.url + "/distill")
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    box = page.get_by_role("combobox", name="Teacher", exact=True)
+    assert "the newest teacher" in box.input_value()
+    box.click()
+    page.get_by_role("option", name="teacher picked here").click()
+    page.locator(FINISHED).wait_for(timeout=60_000)
+    assert "teacher picked here" in box.input_value()
+    for title, label in [("Boundaries", "Teacher"), ("Teacher", "Stored teacher"), ("Synthesize", "Teacher")]:
+        page.locator('[data-testid="stTopNavLink"]').filter(has_text=title).click()
+        page.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
+        page.locator(FINISHED).wait_for(timeout=60_000)
+        shown = page.get_by_role("combobox", name=label, exact=True).input_value()
+        assert "teacher picked here" in shown, (title, shown)

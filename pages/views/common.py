@@ -28,6 +28,7 @@ POLL_SECONDS = 0.25             # live views refresh 4x per second while their j
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
 STARTER_KEY = "starter-teacher"  # the digits teacher trained on a first launch
 JOB_PARAM = "job"                # query parameter that lets a reload reattach to its job
+CURRENT_TEACHER = "current_teacher"  # the teacher chosen last on any page: every page's teacher box opens on it
 # What starting a job can fail with that is the user's to fix (a bad setting or checkpoint, a missing dataset or
 # file, no free job slot): shown as a message under the Start button, not as a traceback.
 START_ERRORS = (ValueError, FileNotFoundError, JobLimitError)
@@ -152,14 +153,22 @@ def fresh_model(run_id: str):
     return copy.deepcopy(open_checkpoint(run_id).model)
 
 
+def make_current_teacher(run_id: str | None) -> None:
+    """Make `run_id` the teacher every page's teacher box opens on (a deep link, a re-attached job, a new teacher)."""
+    if run_id is not None:
+        st.session_state[CURRENT_TEACHER] = run_id
+
+
 def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), dataset: str | None = None,
-                      key: str, default: str | None = None, exclude: Sequence[str] = (),
-                      extra_options: Sequence[str] = (), disabled: bool = False, help: str | None = None
+                      key: str, exclude: Sequence[str] = (), extra_options: Sequence[str] = (),
+                      disabled: bool = False, help: str | None = None, current_teacher: bool = False
                       ) -> str | None:
     """A selectbox over stored checkpoints (teacher and/or student runs); returns the chosen run id.
 
     `extra_options` are shown first and returned as they are (e.g. 'untrained bncnn3_w16'). None when there is
-    nothing to pick.
+    nothing to pick. With `current_teacher`, the box opens on the teacher chosen last on any page of this tab, and
+    what it shows becomes that teacher: a teacher picked on Synthesize is the one Distill and the analyses open on.
+    A disabled box (its page's job runs) shows its job's teacher and leaves the shared choice alone.
     """
     records = [r for r in checkpoint_runs(kinds, dataset) if r.id not in exclude]
     # The box shows ~30 characters: names that differ only at the end, and long run ids, would look alike there.
@@ -168,12 +177,18 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
     options = list(extra_options) + list(labels)
     if not options:
         return None
+    follow = current_teacher and not disabled
+    if follow and st.session_state.get(CURRENT_TEACHER) in options:
+        st.session_state[key] = st.session_state[CURRENT_TEACHER]
     if st.session_state.get(key) not in options:  # first time, or the chosen run was deleted meanwhile
         finished = [r.id for r in records if r.status == "done"]   # before a newer one that was stopped
-        st.session_state[key] = default if default in options else next(
-            iter([*extra_options, *finished, *options]))
+        st.session_state[key] = next(iter([*extra_options, *finished, *options]))
+    # The change is made current in a callback, before the page reruns: else the line above would undo it.
     chosen = st.selectbox(label, options, key=key, format_func=lambda o: labels.get(o, o), disabled=disabled,
-                          help=help)
+                          help=help, on_change=(lambda: make_current_teacher(st.session_state[key])) if follow
+                          else None)
+    if follow:
+        make_current_teacher(chosen)
     record = next((r for r in records if r.id == chosen), None)
     if record is not None:
         st.caption(describe_run(record))
@@ -183,7 +198,7 @@ def checkpoint_picker(label: str, *, kinds: Sequence[str] = ("teacher",), datase
 def teacher_or_stop(key: str, *, disabled: bool = False, help: str | None = None,
                     missing: str = "No teacher in the run store yet: add one on the Teacher page.") -> str:
     """The sidebar's teacher picker; with no teacher stored there is nothing to do, so say `missing` and stop."""
-    teacher_run = checkpoint_picker("Teacher", key=key, disabled=disabled, help=help)
+    teacher_run = checkpoint_picker("Teacher", key=key, disabled=disabled, help=help, current_teacher=True)
     if teacher_run is None:
         st.info(missing)
         st.stop()
