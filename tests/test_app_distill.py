@@ -308,3 +308,16 @@ def test_a_method_that_needs_one_process_says_so_and_offers_no_choice(teacher_ho
     set_numbers(at, {**TINY, "processes": 2})   # KD after each round needs one process: refused with the reason
     button(at, "Start").click().run()
     assert at.error and "the student can only learn once the pool is made" in at.error[0].value
+
+
+def test_the_results_row_fits_and_says_where_the_images_came_from_and_a_precision_fallback():
+    from pages.views.distill_view import FELL_BACK, result_row
+    ci = {"estimate": 0.8874, "low": 0.8806, "high": 0.894, "units": 10000, "level": 0.95, "resamples": 1000,
+          "method": "percentile bootstrap"}
+    reused = {"student_accuracy": 0.8874, "student_accuracy_ci": ci, "images_synthesized": 0, "pool_size": 800,
+              "kd_precision": "float32 (bf16 asked for, but this CPU has no native bf16)"}
+    row = result_row(reused, "distill-x")
+    assert row["student 95% CI"] == "88.06% – 89.40%" and row["images"] == "800 from a pool"
+    assert row["KD in"] == "float32" + FELL_BACK
+    made = result_row({"images_synthesized": 1200, "pool_size": 1200, "kd_precision": "bfloat16 autocast"})
+    assert made["images"] == "1,200 made" and made["KD in"] == "bf16" and made["ratio 95% CI"] == "–"

@@ -14,7 +14,7 @@ from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
 from pages.views.common import get_store, live_edit_note, open_checkpoint
 from dfkd_core.distill.results import compare_students_accuracy
-from pages.views.distill_view import result_row, show_results
+from pages.views.distill_view import show_results
 from pages.views.inspect_view import inspect_batch
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
@@ -122,7 +122,7 @@ def distill_runs(records: list[RunRecord]) -> list[RunRecord]:
 def show_student_comparison(records: list[RunRecord], key: str = "students") -> None:
     """Method, student, student/teacher accuracy, ratio, minutes and images per run, and the student-accuracy
     curves overlaid against images synthesized and against student steps."""
-    show_results([result_row(r.summary, r.id) for r in records])
+    show_results([r.summary for r in records], [r.id for r in records])
     labels = {r.id: f"{r.summary.get('method', r.method)} → {r.summary.get('student', '?')} · {r.id[-4:]}"
               for r in records}
     st.plotly_chart(student_accuracy_figure({labels[r.id]: r.summary for r in records}), key=f"{key}_final")
