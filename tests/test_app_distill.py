@@ -185,7 +185,8 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
     assert len(two_lines) == 2  # vs images synthesized and vs student steps
     for rid in ids:   # each accuracy beside its 95% interval, in the table and as an error bar
         row = table[table["run"] == rid].iloc[0]
-        assert row["student acc, 95% CI"].startswith(f"{row['student acc']:.2%} [")
+        low, high = (float(v.rstrip("%")) / 100 for v in row["student 95% CI"].split(" – "))
+        assert low <= row["student acc"] <= high and low < high
     bars = [t for f in overlaid for t in f["data"] if t.get("type") == "bar"]
     assert any(len(b["x"]) == 2 and len(b["error_y"]["array"]) == 2 for b in bars)
     paired = next(t.value for t in runs.dataframe if "verdict" in t.value.columns)
