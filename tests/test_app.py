@@ -304,8 +304,7 @@ def test_a_teacher_stopped_on_the_page_is_shown_there_beside_a_finished_one(teac
     assert any("Stopped: the teacher so far is saved" in i.value for i in at.info)
     distill = app("pages/distill.py")   # another page: the finished teacher first, the stopped one offered
     picker = distill.sidebar.selectbox(key="distill_teacher")
-    assert picker.value == teacher_home.teacher_id and any(job.run_record.id.rsplit("-", 1)[-1] in o
-                                                           for o in picker.options)
+    assert picker.value == teacher_home.teacher_id and any(o.endswith(" · partial") for o in picker.options)
 
 
 def test_names_that_differ_only_at_the_end_are_told_apart_where_a_narrow_box_shows_them():
@@ -321,14 +320,23 @@ def test_names_that_differ_only_at_the_end_are_told_apart_where_a_narrow_box_sho
     assert distinct_names([seeds[0], seeds[0]]) == [seeds[0], seeds[0]]
 
 
+def test_compact_labels_differ_where_a_narrow_box_shows_them_and_stay_whole_where_they_already_do():
+    from pages.views.common import LABEL_CHARS_SHOWN, fit_labels
+    long = "deepinversion: bncnn6_w32 → bncnn6_w16 · pool 800 images · 400 student steps"
+    labels = fit_labels({"a": (long, " · 78.0%", "7764"), "b": (long, " · 78.0%", "00ea"),
+                         "c": (long, " · 80.9%", "b997"), "d": ("bncnn3_w32 on digits (starter)", " · 99.4%", "3848")})
+    assert labels == {"a": "deepinversion:… · 78.0% · 7764", "b": "deepinversion:… · 78.0% · 00ea",
+                      "c": "deepinversion: bncnn6_… · 80.9%", "d": "bncnn3_w32 on digits (starter) · 99.4%"}
+    assert len({label[:LABEL_CHARS_SHOWN] for label in labels.values()}) == 4   # apart where the box shows them
+
+
 def test_the_teacher_picker_shows_what_tells_teachers_apart_and_the_chosen_one_in_full(home, digits_teacher):
     ids = [add_teacher(home, digits_teacher.path, f"robustness teacher bncnn3_w32 digits seed {seed} (20 epochs)",
                        accuracy=0.95 + seed / 100) for seed in range(2)]
     at = app("pages/distill.py")
     picker = at.sidebar.selectbox(key="distill_teacher")
     shown = {run_id: picker.format_func(run_id) for run_id in ids}
-    assert shown == {ids[0]: f"…seed 0 (20 epochs) · 95.0% · {ids[0].rsplit('-', 1)[-1]}",
-                     ids[1]: f"…seed 1 (20 epochs) · 96.0% · {ids[1].rsplit('-', 1)[-1]}"}
+    assert shown == {ids[0]: "…seed 0 (20 epochs) · 95.0%", ids[1]: "…seed 1 (20 epochs) · 96.0%"}
     full = f"robustness teacher bncnn3_w32 digits seed 1 (20 epochs) · 96.0% · {ids[1]}"
     assert picker.value == ids[1] and full in [c.value for c in at.sidebar.caption]
 
@@ -361,7 +369,8 @@ def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):
     run.set_status("cancelled", summary={"partial": True})
     at = app("pages/teacher.py")
     picker = at.selectbox(key="teacher_pick_digits")
-    assert picker.value == run.id and "partial (cancelled)" in picker.format_func(run.id)
+    assert picker.value == run.id and picker.format_func(run.id).endswith(" · partial")
+    assert any(f"partial (cancelled) · {run.id}" in c.value for c in at.caption)   # in full under the box
     assert {m.label: m.value for m in at.metric}["test accuracy (real data)"].endswith("%")   # measured here
 
 

@@ -102,7 +102,7 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     table = at.dataframe[0].value
     assert table["student acc"][0] == pytest.approx(summary["student_accuracy"])
     assert table["teacher acc"][0] == pytest.approx(summary["teacher_accuracy"])
-    assert table["images"][0] == 40
+    assert table["images"][0] == "40 made"
     assert len(elements(at, "plotly_chart")) == 4 and elements(at, "image")  # 2 accuracy curves, KD loss, per class
     total = job.method.total_steps()
     progress = at.get("progress")[0].proto.text   # one status, then the time taken: no "done · ... · done"

@@ -12,8 +12,8 @@ import streamlit as st
 from dfkd_core.analysis.checks import require_comparable
 from dfkd_core.jobs import Job
 from dfkd_core.stats import Interval
-from pages.views.common import (attached_job, checkpoint_runs, describe_run, distinct_run_names, get_store, live,
-                                run_name)
+from pages.views.common import (attached_job, checkpoint_runs, describe_run, distinct_run_names, fit_labels,
+                                get_store, live, run_facts, run_name)
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
 
@@ -47,16 +47,17 @@ def model_choices(dataset: str, exclude: str | None = None) -> tuple[dict[str, s
     records = checkpoint_runs(("distill", "teacher"), dataset)
     full, compact = {}, {}
     for record, name in zip(records, distinct_run_names(records)):
+        tail = record.id.rsplit("-", 1)[-1]
         if record.id != exclude:
             full[record.id] = describe_run(record)
-            compact[record.id] = describe_run(record, short_id=True, name=name)
+            compact[record.id] = (name, run_facts(record), tail)
         peer = record.dir / PEER_CHECKPOINT
         if peer.is_file():
             accuracy = record.summary.get("student_b_accuracy")
             shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
             full[str(peer)] = f"{run_name(record)} · peer B{shown} · {record.id}"
-            compact[str(peer)] = f"{name} · peer B{shown} · {record.id.rsplit('-', 1)[-1]}"
-    return full, compact
+            compact[str(peer)] = (name, f" · peer B{shown}", tail)
+    return full, fit_labels(compact)
 
 
 def short_label(ref: str) -> str:

@@ -10,8 +10,9 @@ import copy
 import re
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import streamlit as st
 
@@ -22,7 +23,8 @@ from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 from dfkd_core.time_left import clock
 
-NAME_CHARS_SHOWN = 28            # about what a sidebar select box shows of its choice
+NAME_CHARS_SHOWN = 28            # about what a sidebar select box shows of its choice's name
+LABEL_CHARS_SHOWN = 31           # ... and of its whole label (name, accuracy, id)
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
@@ -70,15 +72,12 @@ def run_name(record: RunRecord) -> str:
     return record.name or record.method or record.kind
 
 
-def describe_run(record: RunRecord, short_id: bool = False, name: str | None = None) -> str:
-    """Name, accuracy, partial status and id; `short_id`: only the id's random tail, short enough for a pill in the
-    sidebar, where the full id pushed the name and accuracy out of sight; `name` replaces the run's own (see
-    `distinct_names`)."""
+def describe_run(record: RunRecord) -> str:
+    """Name, live changes, accuracy, partial status and id: in full (a narrow box shows `compact_labels`)."""
     accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
     shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
     partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
-    run_id = record.id.rsplit("-", 1)[-1] if short_id else record.id
-    return f"{name or run_name(record)}{live_edit_note(record)}{shown}{partial} · {run_id}"
+    return f"{run_name(record)}{live_edit_note(record)}{shown}{partial} · {record.id}"
 
 
 def distinct_names(names: Sequence[str]) -> list[str]:
@@ -99,7 +98,8 @@ def distinct_names(names: Sequence[str]) -> list[str]:
     for i, mine in enumerate(words):
         common = max((shared(mine, other) for j, other in enumerate(words) if j != i and other != mine), default=0)
         hidden = len(" ".join(mine[:common])) >= NAME_CHARS_SHOWN - 4   # the box would not reach the difference
-        out.append("…" + " ".join(mine[common - 1:]) if hidden and 2 <= common < len(mine) else names[i])
+        context = common - 1 if mine[common - 1] != "·" else common   # the last shared word, unless a separator
+        out.append("…" + " ".join(mine[context:]) if hidden and 2 <= common < len(mine) else names[i])
     return out
 
 
@@ -108,10 +108,49 @@ def distinct_run_names(records: Sequence[RunRecord]) -> list[str]:
     return distinct_names([run_name(r) for r in records])
 
 
+def shorten(text: str, chars: int) -> str:
+    """`text` cut to `chars` characters with '…', at a word boundary when one is near the end."""
+    if len(text) <= chars:
+        return text
+    cut = text[:chars - 1]
+    if " " in cut[-6:]:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" ·") + "…"
+
+
+def fit_labels(entries: Mapping[str, tuple[str, str, str]]) -> dict[str, str]:
+    """{key: label} from {key: (name, facts, id tail)} for a box that shows ~LABEL_CHARS_SHOWN characters. Labels
+    that differ where the box shows them stay whole ('bncnn3_w32 on digits (starter) · 99.4%'); ones that would
+    look alike have their name cut so that the facts (' · 92.8%') show, then, if still alike, the id tail too."""
+    def label(key: str, level: int) -> str:
+        name, facts, tail = entries[key]
+        if level == 0:
+            return name + facts
+        end = facts + (f" · {tail}" if level == 2 else "")
+        return shorten(name, max(LABEL_CHARS_SHOWN - len(end), 8)) + end
+    levels = dict.fromkeys(entries, 0)
+    for _ in range(2):
+        labels = {key: label(key, level) for key, level in levels.items()}
+        seen = Counter(text[:LABEL_CHARS_SHOWN] for text in labels.values())
+        alike = [key for key, text in labels.items() if seen[text[:LABEL_CHARS_SHOWN]] > 1]
+        for key in alike:
+            levels[key] += 1
+    return {key: label(key, level) for key, level in levels.items()}
+
+
 def compact_labels(records: Sequence[RunRecord]) -> dict[str, str]:
-    """{run id: label} for a narrow sidebar box: names told apart where the box shows them (`distinct_names`) and
-    the run id's tail. Show the chosen run's full `describe_run` beside it."""
-    return {r.id: describe_run(r, short_id=True, name=name) for r, name in zip(records, distinct_run_names(records))}
+    """{run id: label} for a narrow sidebar box: names told apart where the box shows them (`distinct_names`),
+    accuracy, and the run id's tail where needed (`fit_labels`). Show the chosen run's full `describe_run` beside
+    it."""
+    return fit_labels({r.id: (name, run_facts(r), r.id.rsplit("-", 1)[-1])
+                       for r, name in zip(records, distinct_run_names(records))})
+
+
+def run_facts(record: RunRecord) -> str:
+    """' · 92.8%' (test accuracy) and ' · partial' for a stopped run: what a compact label keeps of `describe_run`."""
+    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
+    return (f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else "") + (
+        " · partial" if record.status in PARTIAL_STATUSES else "")
 
 
 def live_edit_note(record: RunRecord) -> str:
