@@ -76,7 +76,7 @@ def render_progress(job: BoundaryAnalysis) -> None:
     if job.status == "failed":
         st.error(job.error)
     if job.results:
-        st.dataframe(display_rows(job.table()), hide_index=True)
+        st.dataframe(display_rows(job.table()), hide_index=True, column_config=TABLE_COLUMNS)
 
 
 def display_rows(rows: list[dict]) -> list[dict]:
@@ -84,9 +84,16 @@ def display_rows(rows: list[dict]) -> list[dict]:
     return [{"student": r["student"], "accuracy": interval_text(r.get("accuracy_interval"), r["accuracy"], ".2%"),
              "MagSim": interval_text(r.get("magsim_interval"), r["magsim"]),
              "AngSim": interval_text(r.get("angsim_interval"), r["angsim"]),
-             "pairs accepted by both": r["both_accepted"], "by the student": r["student_accepted"],
-             "pairs": r["pairs"], "enough pairs": "no ⚠" if r["both_accepted"] < MIN_PAIRS else "yes",
-             "note": r["note"]} for r in rows]
+             "pairs used": f"{r['both_accepted']:,}" + (" ⚠" if r["both_accepted"] < MIN_PAIRS else ""),
+             "student crossed": r["student_accepted"], "tried": r["pairs"], "note": r["note"]} for r in rows]
+
+
+TABLE_COLUMNS = {
+    "pairs used": st.column_config.TextColumn(help="(n, k) pairs where both the teacher's and the student's attack "
+                                              f"crossed into class k: what MagSim and AngSim average over (⚠ under "
+                                              f"{MIN_PAIRS}: too few to compare students)"),
+    "student crossed": st.column_config.NumberColumn(help="pairs where the student's attack crossed into class k"),
+    "tried": st.column_config.NumberColumn(help="(n, k) pairs attacked: base samples × target classes")}
 
 
 @st.cache_data(show_spinner="Checking which test images qualify as base samples…", max_entries=32)
@@ -222,7 +229,7 @@ if opened is not None:
                f"step ÷‖∇‖^{c['gradient_norm_power']}; the teacher crossed on {data['teacher_outcomes']['accepted']}"
                f" pairs" + (" · **partial: stopped before every student was measured**" if data["partial"] else "")
                + (f". Note: {BasePairs.SHARED_NOTE}." if len(rows) > 1 else ""))
-    st.dataframe(display_rows(rows), hide_index=True)
+    st.dataframe(display_rows(rows), hide_index=True, column_config=TABLE_COLUMNS)
     if data.get("differences"):
         st.plotly_chart(difference_figure(data["differences"], too_few=few), key="boundary_differences")
         st.dataframe([{"students": f"{d['student_a']} − {d['student_b']}",

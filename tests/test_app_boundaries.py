@@ -102,7 +102,7 @@ def test_comparison_runs_as_a_job_lands_in_the_store_and_reopens(home):
     counts = [a["text"] for a in bars["layout"]["annotations"]]
     assert len(counts) == 2 and all(text.startswith("n = ") and "pairs" in text for text in counts)
     table = at.dataframe[0].value
-    assert len(table) == 2 and (table["pairs accepted by both"] >= 0).all()
+    assert len(table) == 2 and all(int(v.rstrip(" ⚠").replace(",", "")) >= 0 for v in table["pairs used"])
     assert all("[" in v for v in table["accuracy"]) and all("[" in v or v == "undefined" for v in table["MagSim"])
     assert "base samples" in " ".join(c.value for c in at.caption)
     after = " ".join(w.value for w in at.warning)   # said after the run, from the stored result
@@ -146,7 +146,7 @@ def test_numbers_resting_on_too_few_pairs_are_faded_with_a_warning(home):
     bars, differences = plotly_figures(at)[:2]
     assert bars["data"][0]["marker"]["opacity"] == [0.3, 0.3]
     assert "⚠ only" in bars["layout"]["annotations"][0]["text"]
-    assert list(at.dataframe[0].value["enough pairs"]) == ["no ⚠", "no ⚠"]
+    assert all(v.endswith(" ⚠") for v in at.dataframe[0].value["pairs used"])
     # Their paired difference rests on the same too few pairs: faded and flagged too, not shown at full strength.
     assert all(t["marker"]["opacity"] == [0.3] for t in differences["data"])
     assert differences["data"][0]["y"][0].startswith("⚠ ")
@@ -164,7 +164,7 @@ def test_one_image_panels_show_both_attacks_and_where_they_crossed(home):
     assert "crossed at step" in titles or "rejected" in titles
     perturbations = [t for t in panels["data"] if t.get("colorscale") and t.get("zmid") == 0]
     assert len(perturbations) == 4   # two rows × (teacher, student), diverging scale centred on 0
-    assert {t["name"] for t in loss["data"] if t.get("name")} == {"teacher", "student"}
+    assert {t["name"] for t in loss["data"] if t.get("name")} >= {"teacher", "student"}
     at.selectbox(key="one_target").set_value(at.selectbox(key="one_target").options[1]).run()   # a fixed class
     assert not at.exception, at.exception
 

@@ -287,6 +287,9 @@ def test_figures():
     loss = attack_loss_figure(crossed, rejected)
     assert list(loss.data[0].y) == pytest.approx([3.0, 1.0, -0.1]) and len(loss.data[2].y) == 4
     assert loss.data[1].marker.symbol == "star" and loss.data[3].marker.symbol == "x"
+    explained = {t.marker.symbol: t.name for t in loss.data[4:]}   # the legend says what ★ and ✕ mean
+    assert explained == {"star": "crossed into class k", "x": "rejected (see its panel)"}
+    assert [t.name for t in attack_loss_figure(crossed, crossed).data[4:]] == ["crossed into class k"]
 
 
 def test_cancelled_analysis_keeps_finished_students(tmp_path, digits_teacher):

@@ -169,21 +169,29 @@ def attack_panels_figure(base: torch.Tensor, teacher_adversarial: torch.Tensor, 
 
 def attack_loss_figure(teacher: BoundaryAttackResult, student: BoundaryAttackResult, index: int = 0) -> go.Figure:
     """L_a = f_b − f_k along both attacks of sample `index` (results made with record_trajectory=True), drawn up to
-    the step where each stopped: a star where it crossed, a cross where it was rejected."""
+    the step where each stopped: a star where it crossed, a cross where it was rejected (both in the legend)."""
     fig = go.Figure()
+    symbols, last_step = set(), 0   # the end markers drawn, for the legend; the longest attack
     for name, result, color in (("teacher", teacher, MAGSIM_COLOR), ("student", student, ANGSIM_COLOR)):
         if result.loss_trajectory is None:
             raise ValueError("attack_loss_figure needs attacks run with record_trajectory=True")
         end = int(result.steps[index])
+        last_step = max(last_step, end)
         loss = result.loss_trajectory[:end + 1, index].detach().float().cpu()
         outcome = int(result.outcome[index])
+        symbols.add("star" if outcome == 0 else "x")
         fig.add_scatter(x=list(range(end + 1)), y=loss.tolist(), mode="lines+markers", name=name,
                         line=dict(color=color))
         fig.add_scatter(x=[end], y=[float(loss[-1])], mode="markers", showlegend=False,
                         marker=dict(symbol="star" if outcome == 0 else "x", size=14, color=color),
                         hovertemplate=f"{name}: {outcome_text(outcome, end, end)}<extra></extra>")
+    for symbol, meaning in (("star", "crossed into class k"), ("x", "rejected (see its panel)")):
+        if symbol in symbols:
+            fig.add_scatter(x=[None], y=[None], mode="markers", name=meaning, hoverinfo="skip",
+                            marker=dict(symbol=symbol, size=12, color="gray"))
     fig.add_hline(y=0, line_dash="dot", annotation_text="boundary (L_a = 0)")
     fig.update_layout(title="Attack loss L_a = f_b − f_k per step", xaxis_title="step", yaxis_title="L_a")
+    fig.update_xaxes(tick0=0, dtick=1 if last_step <= 20 else None)   # whole steps, never 0.2
     return fig
 
 

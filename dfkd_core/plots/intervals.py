@@ -41,7 +41,8 @@ def paired_difference_figure(differences: Sequence[Mapping], metrics: Sequence[t
                                       "<extra></extra>")
     fig.add_vline(x=0, line_dash="dot")
     fig.update_layout(title=title, xaxis_title="difference (a − b)", height=120 + 60 * len(labels),
-                      legend=dict(orientation="h", y=-0.3), margin=dict(l=10, r=10, t=50, b=10))
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"),
+                      margin=dict(l=10, r=10, t=50, b=10))   # legend above: below, it covered the axis ticks
     return fig
 
 
