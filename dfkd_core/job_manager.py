@@ -163,6 +163,18 @@ class JobManager:
         with self._lock:
             return [e.job for e in self._jobs.values() if e.job.running]
 
+    def running_untagged(self) -> list[Job]:
+        """Running jobs submitted without a key: the ones users start (a keyed job, such as the starter teacher,
+        is looked after by its own code)."""
+        with self._lock:
+            return [e.job for e in self._jobs.values() if e.job.running and e.key is None]
+
+    def of_run(self, run_id: str) -> Job | None:
+        """The running job writing run `run_id`, if this process has one."""
+        with self._lock:
+            return next((e.job for e in self._jobs.values() if e.job.running and e.job.run_record is not None
+                         and e.job.run_record.id == run_id), None)
+
     def cancel(self, job_id: str) -> bool:
         """Ask a job to stop before its next step; False if no such job is known."""
         job = self.get(job_id)

@@ -11,7 +11,7 @@ from dfkd_core.plots import run_comparison_figure  # noqa: E402
 from dfkd_core.runs import RunStillRunningError, UnknownRunError  # noqa: E402
 from pages.views.common import describe_run, get_store, keep_widget_state  # noqa: E402
 from pages.views.runs_view import (  # noqa: E402
-    curve_keys, distill_runs, history_of, run_table, show_run, show_student_comparison)
+    curve_keys, distill_runs, history_of, run_table, running_run_controls, show_run, show_student_comparison)
 
 MAX_COMPARED = 6  # distilled students compared by default
 
@@ -39,6 +39,8 @@ cols = st.columns(2)
 opened = cols[0].selectbox("Open", list(by_id), format_func=lambda i: describe_run(by_id[i]), key="runs_open")
 other = cols[1].selectbox("Compare with", [i for i in by_id if i != opened], index=None, key="runs_compare",
                           format_func=lambda i: describe_run(by_id[i]), placeholder="another run (optional)")
+if by_id[opened].status == "running":
+    running_run_controls(by_id[opened])
 if other is None:
     show_run(by_id[opened], "one")
 else:

@@ -13,7 +13,7 @@ from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_
 from pages.views.synthesis_view import (  # noqa: E402
     KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn, init_knobs, knob_key, knob_widget,
     render_idle, render_live, set_knobs, start_inversion, student_options)
-from pages.views.compare_view import compare_panel  # noqa: E402
+from pages.views.compare_view import attached_pair, compare_panel  # noqa: E402
 from pages.views.inspect_view import inspect_batch  # noqa: E402
 
 
@@ -25,7 +25,8 @@ keep_widget_state("synth_teacher", "preset", "synth_student", "synth_targets", *
 if "teacher" in st.query_params:  # deep link from the Teacher page: ?teacher=<run id>
     make_current_teacher(st.query_params.pop("teacher"))
 manager = get_job_manager()
-job = attached_job("synthesis")
+pair = attached_pair()
+job = attached_job("synthesis", accept=lambda other: pair is None or other not in pair[0])   # not this tab's own pair
 running = job is not None and job.running
 show_starter_progress(ensure_starter_teacher())
 

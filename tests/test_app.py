@@ -186,6 +186,30 @@ def test_two_sessions_run_separate_jobs(teacher_home):
     assert button(tabs[1], "Stop").click().run() and b.wait(10) == "cancelled" and a.running
 
 
+def test_a_tab_that_lost_its_job_is_offered_it_and_the_runs_page_can_stop_it(teacher_home):
+    """A reload before the URL named the job, or a new tab, left a running job nobody could watch or stop (Runs
+    refused to delete it while it ran, and had no Stop)."""
+    from pages.views.synthesis_view import knob_key
+    first = app()
+    first.sidebar.select_slider(key=knob_key("iterations")).set_value(2000)
+    first.sidebar.select_slider(key=knob_key("pace")).set_value(20)
+    button(first, "Start").click().run()
+    job = job_of(first)
+    lost = app()   # the same page without ?job=
+    assert job_of(lost) is None and button(lost, "Stop").disabled
+    assert any("Running from another tab" in i.value for i in lost.info)
+    button(lost, "Watch here").click().run()
+    assert job_of(lost) is job and not button(lost, "Stop").disabled
+    assert not any("Running from another tab" in i.value for i in lost.info)   # its own job now
+
+    runs = app("pages/runs.py", run=job.run_record.id)
+    assert any("Running in this app" in i.value for i in runs.info)
+    next(b for b in runs.button if b.label == "Stop").click().run()
+    assert job.wait(10) == "cancelled"
+    runs.run()
+    assert not any("Running in this app" in i.value for i in runs.info)
+
+
 def test_job_limit_is_explained(teacher_home, monkeypatch):
     from pages.views.common import get_job_manager
     from pages.views.synthesis_view import knob_key

@@ -24,7 +24,7 @@ def analysis_job(cls: type[AnalysisJob], open_key: str) -> AnalysisJob | None:
     """This tab's analysis job if it is a `cls` (the analysis pages share the job kind 'analysis', each shows only
     its own). Once it has ended, its run is opened in the selectbox `open_key`, once per job: the page shows the
     comparison just computed, and the user can still open another afterwards."""
-    job = attached_job("analysis")
+    job = attached_job("analysis", accept=lambda other: isinstance(other, cls))
     if not isinstance(job, cls):
         return None
     if not job.running and st.session_state.get(f"{open_key}_job") != job.id:

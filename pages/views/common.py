@@ -348,9 +348,10 @@ def show_starter_progress(job: Job | None) -> None:
 
 # ------------------------------------------------------------------ live polling
 
-def attached_job(kind: str) -> Job | None:
+def attached_job(kind: str, accept: Callable[[Job], bool] = lambda job: True) -> Job | None:
     """This tab's job of `kind` ('synthesis', 'teacher', ...): the one named in the URL (`?job=<id>`, so a reload
-    reattaches), else the one this session last started on that page (the URL loses it on page switches)."""
+    reattaches), else the one this session last started on that page (the URL loses it on page switches). With
+    none, a job of this kind (and `accept`ed) running from another tab is offered to watch here."""
     job_id = st.query_params.get(JOB_PARAM)
     job = get_job_manager().get(job_id)
     if job_id and job is None:
@@ -361,7 +362,21 @@ def attached_job(kind: str) -> Job | None:
         job = get_job_manager().get(st.session_state.get(f"{JOB_PARAM}_{kind}"))
         if job is not None:
             st.query_params[JOB_PARAM] = job.id
+    if job is None or not job.running:
+        offer_running_jobs(kind, accept)
     return job
+
+
+def offer_running_jobs(kind: str, accept: Callable[[Job], bool]) -> None:
+    """Jobs of `kind` running from another tab (or from this one before a reload that lost its URL), each with a
+    button that makes it this tab's job: otherwise a tab could neither watch nor stop them."""
+    manager = get_job_manager()
+    for other in [j for j in manager.running_untagged() if j.kind == kind and accept(j)]:
+        text, button = st.columns([5, 1], vertical_alignment="center")
+        steps = f" · step {other.step_index:,} of {other.total_steps:,}" if other.total_steps else ""
+        text.info(f"Running from another tab: **{manager.label(other.id)}**{steps}.")
+        button.button("Watch here", key=f"watch_{other.id}", on_click=attach, args=(other,),
+                      help="Show this job here, with its Stop button (and live settings where the page has them)")
 
 
 def attach(job: Job) -> None:

@@ -12,7 +12,7 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
                              loss_curves_figure, student_accuracy_figure)
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
-from pages.views.common import get_store, live_edit_note, open_checkpoint
+from pages.views.common import JOB_PARAM, get_job_manager, get_store, live_edit_note, open_checkpoint
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.distill_view import show_results
 from pages.views.inspect_view import inspect_batch
@@ -28,6 +28,30 @@ def run_table(records: list[RunRecord]) -> list[dict]:
              "created": r.created_str, "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
              **{k: r.summary.get(k) if isinstance(r.summary.get(k), (int, float)) else None for k in shown},
              "error": r.error} for r in records]
+
+
+# The page a running run's job can be watched on (it offers the job by its id in the URL), by kind or method.
+WATCH_PAGES = {"teacher": "pages/teacher.py", "synthesis": "pages/synthesize.py", "distill": "pages/distill.py",
+               "boundary": "pages/boundaries.py", "cka": "pages/representations.py", "gradcam": "pages/attention.py"}
+
+
+def running_run_controls(record: RunRecord) -> None:
+    """A run still running: Stop, and a link to watch it, when this app runs it; else where it runs."""
+    manager = get_job_manager()
+    job = manager.of_run(record.id)
+    if job is None:
+        st.info(f"{record.id} is running in another process (a `dfkd` command, or another app server): stop it "
+                "there. A run left 'running' by a process that died is marked interrupted when the app restarts.")
+        return
+    text, stop = st.columns([5, 1], vertical_alignment="center")
+    steps = f": step {job.step_index:,} of {job.total_steps:,}" if job.total_steps else ""
+    text.info(f"Running in this app{steps}.")
+    stop.button("Stop", key=f"stop_{record.id}", on_click=manager.cancel, args=(job.id,), type="primary",
+                help="Stop it before its next step; what it has made so far is kept, marked partial")
+    page = WATCH_PAGES.get(record.kind, WATCH_PAGES.get(record.method or ""))
+    if page is not None:
+        st.page_link(page, label="Watch it live on its page", icon=":material/visibility:",
+                     query_params={JOB_PARAM: job.id})
 
 
 def curve_keys(history: list[dict]) -> tuple[list[str], list[str]]:
