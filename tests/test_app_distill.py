@@ -274,8 +274,13 @@ def test_the_live_view_shows_accuracy_per_class_teacher_beside_student(teacher_h
     charts = [json.loads(c.proto.spec) for c in elements(at, "plotly_chart")]
     per_class = [f for f in charts if "per class" in str(f["layout"].get("title", {}).get("text", ""))]
     assert per_class and [t["name"] for t in per_class[0]["data"]] == ["teacher", "student"]
-    held = [c.value for c in at.caption if "held-out real test images:" in c.value]   # the headline's interval
-    assert held and "(Wilson 95%)" in held[0] and f"{job.curve[-1]['student_accuracy']:.1%} [" in held[0]
+    # The headline, once ended, is the result's number with the Result table's interval (it once gave a Wilson
+    # interval on the same images beside the table's bootstrap one).
+    headline = [c.value for c in at.caption if "real test images:" in c.value]
+    assert headline and "as in the Result table" in headline[0]
+    assert f"{job.result['student_accuracy']:.2%} [" in headline[0]
+    low, high = (float(v.rstrip("%")) for v in at.dataframe[-1].value["student 95% CI"][0].split(" – "))
+    assert f"[{low:.2f}%, {high:.2f}%]" in headline[0]
     for trace, model in zip(per_class[0]["data"], ("teacher", "student")):   # every bar carries its interval
         intervals = job.per_class[model]
         assert trace["error_y"]["array"] == pytest.approx([i.high - i.estimate for i in intervals])
@@ -322,3 +327,14 @@ def test_the_results_row_fits_and_says_where_the_images_came_from_and_a_precisio
     assert row["KD in"] == "float32" + FELL_BACK
     made = result_row({"images_synthesized": 1200, "pool_size": 1200, "kd_precision": "bfloat16 autocast"})
     assert made["images"] == "1,200 made" and made["KD in"] == "bf16" and made["ratio 95% CI"] == "–"
+
+
+def test_the_running_headline_says_which_test_images_its_interval_is_over():
+    from types import SimpleNamespace
+    from pages.views.distill_view import accuracy_note
+    digits = SimpleNamespace(running=True, result={}, heldout=[0] * 360, test_images=360)
+    assert accuracy_note(digits, 0.95) == "Student accuracy on all 360 real test images: 95.0% [92.2%, 96.8%] " \
+                                          "(Wilson 95%)."
+    fashion = SimpleNamespace(running=True, result={}, heldout=[0] * 2000, test_images=10000)
+    note = accuracy_note(fashion, 0.8)
+    assert note.startswith("Student accuracy on 2,000 held-out real test images: 80.0% [") and "all 10,000" in note

@@ -116,6 +116,7 @@ class DistillJob(Job):
         self.rng = torch.Generator().manual_seed(self.world.seed(c.seed))   # each rank its own minibatches
         test = self.real_split("test")   # fails early, with the install hint, if the dataset is missing
         self.heldout = test.subset(min(c.eval_samples, len(test)), seed=c.seed)
+        self.test_images = len(test)
         self.teacher = prepare_model(self.teacher, self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)

@@ -381,11 +381,32 @@ def describe_pool(record: RunRecord) -> str:
 
 # ------------------------------------------------------------------ live view
 
+def accuracy_note(job: DistillJob, accuracy: float | None) -> str:
+    """Where the headline accuracy comes from, with its interval: once the run has its result, the result's own
+    number and interval (the Result table's); before, the held-out images' (Wilson), said as all of the test set
+    when they are all of it (digits)."""
+    final = job.result.get("student_accuracy_ci") if not job.running else None
+    if isinstance(final, dict):
+        ci = Interval.from_dict(final)
+        return (f"Student accuracy on all {ci.units:,} real test images: {ci.format('.2%')} (95%, {ci.method}), as "
+                "in the Result table below.")
+    held, total = len(getattr(job, "heldout", None) or []), getattr(job, "test_images", 0)
+    if accuracy is None or not held:
+        return ""
+    ci = wilson_interval(round(accuracy * held), held)
+    if held >= total:
+        return f"Student accuracy on all {held:,} real test images: {ci.format('.1%')} (Wilson 95%)."
+    return (f"Student accuracy on {held:,} held-out real test images: {ci.format('.1%')} (Wilson 95%). The run's "
+            f"result uses all {total:,} test images, paired with the teacher on the same images.")
+
+
 def render_progress(job: DistillJob) -> None:
     history = list(job.history)
     last = history[-1] if history else {}
     curve = list(job.curve)
     accuracy = curve[-1]["student_accuracy"] if curve else None
+    if not job.running and isinstance(job.result.get("student_accuracy"), float):
+        accuracy = job.result["student_accuracy"]   # the result's number, on the whole test set
     total = job.method.total_steps()
     done = last["step"] + 1 if "step" in last else 0
     doing = job.method.describe_step(last) if last else "preparing: measuring the teacher on the real test set"
@@ -399,17 +420,12 @@ def render_progress(job: DistillJob) -> None:
     teacher = getattr(job, "teacher_accuracy", None)
     cols = st.columns(4)
     cols[0].metric("student accuracy", f"{accuracy:.1%}" if accuracy is not None else "–",
-                   help="On held-out real test images (display only; the final number uses the whole test set)")
+                   help="While it runs, on held-out real test images; once it ends, on the whole test set (see below)")
     cols[1].metric("teacher accuracy", f"{teacher:.1%}" if teacher is not None else "–")
     cols[2].metric("images synthesized", last.get("images_synthesized", 0))
     kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
-    held = len(getattr(job, "heldout", None) or [])
-    if accuracy is not None and held:
-        interval = wilson_interval(round(accuracy * held), held)
-        st.caption(f"Student accuracy on {held:,} held-out real test images: {accuracy:.1%} "
-                   f"[{interval.low:.1%}, {interval.high:.1%}] (Wilson 95%). The run's result uses the whole test set, "
-                   "paired with the teacher on the same images.")
+    st.caption(accuracy_note(job, accuracy))
     if isinstance(job, LaunchedDistillJob):
         st.caption(f"Runs in {job.processes} torchrun processes on this machine (log: `{job.log_path()}`): the "
                    "curves follow the run's files; its images are on the Runs page when it ends.")
