@@ -138,3 +138,22 @@ def test_a_curve_breaks_across_another_phase_but_not_between_interleaved_steps()
     assert None not in _series(interleaved, "loss_kd")[1]
     figure = loss_curves_figure(rows, keys=["loss_a", "loss_b"])   # a gap on a log axis draws
     assert None in figure.data[0].y
+
+
+def test_every_class_named_axis_names_every_class_even_digits():
+    """Digits' class names '0'…'9' made plotly draw a numeric axis labelled 0, 2, 4, 6, 8."""
+    from dfkd_core.plots.applications import continual_per_class_figure
+    from dfkd_core.plots.boundary import per_class_figure
+    from dfkd_core.plots.distill import per_class_accuracy_figure
+    from dfkd_core.plots.inspect import class_probability_figure
+    from dfkd_core.stats import wilson_interval
+    names = [str(k) for k in range(10)]
+    figures = [
+        per_class_accuracy_figure({"student": [wilson_interval(30, 36)] * 10}, names),
+        class_probability_figure([0.1] * 10, names, target=3),
+        continual_per_class_figure([{"model": "replay", "per_class": [0.9] * 10, "old_classes": 5}], names),
+        per_class_figure({"s": {str(k): {"magsim": 0.5, "angsim": 0.6, "both_accepted": 200, "pairs": 300}
+                                for k in range(10)}}, names)]
+    for figure in figures:
+        axes = [figure.layout[name] for name in figure.layout if name.startswith("xaxis")]
+        assert axes and all(axis.type == "category" for axis in axes), figure.layout.title.text

@@ -108,4 +108,5 @@ def continual_per_class_figure(rows: Sequence[Mapping], class_names: Sequence[st
         figure.add_vrect(x0=-0.5, x1=old - 0.5, fillcolor="#999", opacity=0.12, line_width=0,
                          annotation_text="old classes", annotation_position="top left")
     figure.update_layout(barmode="group")
+    figure.update_xaxes(type="category")   # every class named, digits' '0'…'9' too
     return _layout(figure, height, "accuracy per class")

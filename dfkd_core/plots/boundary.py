@@ -111,6 +111,7 @@ def per_class_figure(per_class: Mapping[str, Mapping], class_names: Sequence[str
                         hovertemplate=f"{student}<br>%{{x}}: %{{y:.3f}}<br>accepted by both: "
                                       "%{customdata[0]} of %{customdata[1]} pairs<extra></extra>")
     fig.update_yaxes(range=[0, 1.05])
+    fig.update_xaxes(type="category")   # every class named, digits' '0'…'9' too
     fig.update_layout(title=f"{title}<br><sup>faded: fewer than {MIN_PAIRS} pairs accepted by both models, too "
                             "few to compare</sup>", barmode="group", legend=dict(orientation="h", y=-0.12))
     return fig

@@ -123,4 +123,5 @@ def per_class_accuracy_figure(per_class: Mapping[str, Sequence[Interval]], class
                          title=f"accuracy per class, held-out real test images (≥ {units} a class; bars: Wilson 95%)",
                          legend={"orientation": "h", "y": -0.3})
     figure.update_yaxes(tickformat=".0%", range=[0, 1.02])
+    figure.update_xaxes(type="category")   # digits' class names '0'…'9' read as numbers labelled only 0, 2, 4…
     return figure

@@ -22,6 +22,7 @@ def class_probability_figure(probabilities: Sequence[float], class_names: Sequen
                          title="teacher's probabilities" + ("<br>(green: the target class)" if target is not None
                                                             else ""))
     figure.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    figure.update_xaxes(type="category")   # every class named, digits' '0'…'9' too
     return figure
 
 
