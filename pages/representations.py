@@ -77,7 +77,7 @@ with st.sidebar:
     dataset = teacher.dataset
     choices, compact = model_choices(dataset.name, exclude=teacher_run)
     if not choices:
-        st.info(f"No other {dataset.name} model is stored: distill a student first (`dfkd distill`).")
+        st.info(f"No other {dataset.name} model is stored: distill a student first (Distill page, or `dfkd distill`).")
         st.stop()
     student_ref = st.selectbox("Student", list(choices), format_func=compact.get, key="cka_student",
                                disabled=running)

@@ -399,7 +399,9 @@ def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):
 
 
 def test_missing_fashion_mnist_gives_the_install_hint(teacher_home, monkeypatch, tmp_path):
+    from dfkd_core.data import datasets
     monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DEFAULT_ROOT", str(tmp_path / "not installed"))
     at = app("pages/teacher.py")
     at.selectbox(key="teacher_dataset").set_value("fashion-mnist").run()
     button(at, "Train").click().run()

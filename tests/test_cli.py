@@ -44,7 +44,9 @@ def test_cli_bad_teacher_and_no_bn_teacher(tmp_path, capsys):
         raise AssertionError("expected a clear error")
 
 
-def test_cli_missing_fashion_mnist(tmp_path, capsys):
+def test_cli_missing_fashion_mnist(tmp_path, capsys, monkeypatch):
+    from dfkd_core.data import datasets
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DEFAULT_ROOT", str(tmp_path / "not installed"))
     try:
         main(["--home", str(tmp_path), "train-teacher", "--dataset", "fashion-mnist", "--data-root", str(tmp_path)])
     except SystemExit as e:

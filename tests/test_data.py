@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dfkd_core.data import DatasetMissingError, dataset_info, load_split
+from dfkd_core.data import datasets
 from dfkd_core.data.datasets import read_idx
 
 
@@ -48,9 +49,20 @@ def test_truncated_idx_is_reported(tmp_path):
         read_idx(path)
 
 
-def test_missing_fashion_mnist_gives_install_hint(tmp_path):
+def test_missing_fashion_mnist_gives_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DEFAULT_ROOT", str(tmp_path / "not installed"))
     with pytest.raises(DatasetMissingError, match="apt-get install dataset-fashion-mnist"):
         load_split("fashion-mnist", "train", root=str(tmp_path))
+
+
+def test_a_wrong_fashion_mnist_folder_points_at_the_installed_copy_not_at_apt(tmp_path, monkeypatch):
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DEFAULT_ROOT", str(installed))
+    with pytest.raises(DatasetMissingError, match="the installed copy is in .*leave the folder setting empty") as e:
+        load_split("fashion-mnist", "train", root=str(tmp_path / "typo"))
+    assert "apt-get" not in str(e.value)
 
 
 def test_cifar_without_root_and_unknown_dataset():

@@ -141,10 +141,17 @@ def _find_idx(root: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (root / name).exists():
             return root / name
+    installed = Path(FASHION_MNIST_DEFAULT_ROOT)
+    if root.resolve() != installed.resolve() and any((installed / n).exists() for n in (stem, stem + ".gz")):
+        raise DatasetMissingError(
+            f"Fashion-MNIST file '{stem}[.gz]' not found in {root}, the folder given; the installed copy is in "
+            f"{installed}: leave the folder setting empty to use it (the app's Data folder box on the Teacher page, "
+            "the CLI's --data-root).")
     raise DatasetMissingError(
         f"Fashion-MNIST file '{stem}[.gz]' not found in {root}. Install it with "
         "`sudo apt-get install dataset-fashion-mnist` (files land in "
-        f"{FASHION_MNIST_DEFAULT_ROOT}) or pass --data-root pointing at a directory with the four IDX files.")
+        f"{FASHION_MNIST_DEFAULT_ROOT}), or point the Data folder box (Teacher page) or the CLI's --data-root at a "
+        "directory with the four IDX files.")
 
 
 def _fashion_split(split: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
