@@ -89,11 +89,14 @@ def chance_note(summary: dict) -> str:
             "A student looks where its teacher looks only as far as it beats that.")
 
 
-def show_scored_sets(dataset) -> None:
-    """The stored Grad-CAM sets of this dataset, the app's and the CLI's (`dfkd gradcam`), with their intervals."""
+def show_scored_sets(dataset, heading: str | None = None) -> None:
+    """The stored Grad-CAM sets of this dataset, the app's and the CLI's (`dfkd gradcam`), with their intervals;
+    `heading` above them, only if there are any."""
     stored = stored_analyses("gradcam", "gradcam.json", dataset.name)
     if not stored:
         return
+    if heading:
+        st.subheader(heading)
     if st.session_state.get("att_open") not in stored:
         st.session_state["att_open"] = next(iter(stored))
     opened = st.selectbox("Scored set", list(stored), key="att_open",
@@ -151,8 +154,7 @@ with st.sidebar:
                                 help="IoU of the two maps' top regions of this share of the pixels. " + GRAD_CAM)
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
-    st.subheader("Overlap on many images")
-    show_scored_sets(dataset)   # sets scored earlier, or from the CLI, need no student picked
+    show_scored_sets(dataset, "Overlap on many images")   # sets scored earlier, or from the CLI, need no student
     st.stop()
 refused = incomparable(open_checkpoint(teacher_run), {ref: open_checkpoint(ref) for ref in students}, choices)
 if refused:

@@ -226,7 +226,8 @@ if opened is not None:
     st.plotly_chart(similarity_bar_figure(rows), key="boundary_bars")
     st.caption(f"{data['base_samples']} base samples ({c['split']} split, {c['selection']} selection), "
                f"{data['pairs']} (n, k) pairs, targets: {c['targets']}; attack η = {c['eta']}, I = {c['max_steps']}, "
-               f"step ÷‖∇‖^{c['gradient_norm_power']}; the teacher crossed on {data['teacher_outcomes']['accepted']}"
+               f"step ÷‖∇‖{'²' if c['gradient_norm_power'] == 2 else ''}; the teacher crossed on "
+               f"{data['teacher_outcomes']['accepted']}"
                f" pairs" + (" · **partial: stopped before every student was measured**" if data["partial"] else "")
                + (f". Note: {BasePairs.SHARED_NOTE}." if len(rows) > 1 else ""))
     st.dataframe(display_rows(rows), hide_index=True, column_config=TABLE_COLUMNS)

@@ -157,6 +157,7 @@ def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):
 def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
     at = open_app("pages/attention.py")
     assert at.title[0].value == "Attention" and "Pick one or more students" in at.info[0].value
+    assert not at.subheader   # no heading over nothing before any set is scored
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.peer]).run()
     assert not at.exception, at.exception
     grid = plotly_figures(at)[0]
@@ -201,6 +202,7 @@ def test_attention_scores_many_images_in_the_background(home):
     fresh = open_app("pages/attention.py")
     assert "Pick one or more students" in fresh.info[0].value and not fresh.exception
     assert fresh.selectbox(key="att_open").value == analysis.id and len(fresh.dataframe) == 1
+    assert [h.value for h in fresh.subheader] == ["Overlap on many images"]
 
 
 def test_attention_shows_the_paired_difference_of_two_students_on_the_same_images(home):

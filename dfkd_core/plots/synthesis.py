@@ -17,6 +17,8 @@ TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l
               "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
 # Each curve's colour is fixed by what it shows, so the same run's curves look the same on every page (by trace order,
 # 'teacher accuracy' was green on Synthesize and orange on Runs, which lists one loss term fewer).
+METRIC_NAMES = {"bn_distance": "BN distance to the teacher's statistics", "teacher_accuracy": "teacher accuracy",
+                "mean_confidence": "mean confidence", "test_accuracy": "test accuracy"}   # titles, not keys
 CURVE_COLOURS = {"loss_total": "#1f77b4", "loss_ce": "#ff7f0e", "loss_tv": "#2ca02c", "loss_l2": "#d62728",
                  "loss_bn_feature": "#9467bd", "loss_compete": "#8c564b", "loss_contrast": "#e377c2",
                  "teacher_accuracy": "#17becf", "mean_confidence": "#bcbd22", "batch_accuracy": "#7f7f7f",
@@ -194,7 +196,7 @@ def run_comparison_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequ
     updates are marked with dashed lines in its colour."""
     keys = list(keys)
     fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=[TERM_NAMES.get(k, k) for k in keys])
+                        subplot_titles=[TERM_NAMES.get(k, METRIC_NAMES.get(k, k)) for k in keys])
     palette = RUN_COLOURS
     for r, key in enumerate(keys, 1):
         for i, (name, history) in enumerate(histories.items()):

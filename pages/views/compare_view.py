@@ -69,8 +69,9 @@ def what_to_look_at(choices: list[str], jobs: list[ModelInversion]) -> str:
     if set(choices) == {"deepdream", "deepinversion"}:
         return ("Same teacher, same noise, same seed; only α_f differs. Both batches soon fool the teacher (accuracy "
                 "near 100%), but only DeepInversion's BN distances fall, layer by layer: it makes the batch "
-                "reproduce the statistics of the data the teacher was trained on, and its images start to look like "
-                "that data. DeepDream satisfies the classifier alone and keeps noise-like texture. "
+                "reproduce the statistics of the data the teacher was trained on. On images large enough to see "
+                "(Fashion-MNIST's 28×28) its images start to look like that data while DeepDream's keep a noise-like "
+                "texture; at digits' 8×8 both look like blocks, and the difference is in the BN distances. "
                 + section_link("model-inversion"))
     a, b = (j.config.to_dict() for j in jobs)
     differ = [k for k in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c", "lr",
