@@ -157,3 +157,12 @@ def test_every_class_named_axis_names_every_class_even_digits():
     for figure in figures:
         axes = [figure.layout[name] for name in figure.layout if name.startswith("xaxis")]
         assert axes and all(axis.type == "category" for axis in axes), figure.layout.title.text
+
+
+def test_curves_with_no_loss_are_one_accuracy_panel_not_a_blank_one_above_it():
+    history = [{"step": s, "teacher_accuracy": 0.5, "mean_confidence": 0.6} for s in range(5)]
+    figure = loss_curves_figure(history, keys=[], accuracy_keys=("teacher_accuracy", "mean_confidence"))
+    assert "yaxis2" not in figure.layout and figure.layout.yaxis.title.text == "on batch"
+    assert figure.layout.yaxis.type != "log" and len(figure.data) == 2
+    both = loss_curves_figure([{**row, "loss_total": 1.0 + row["step"]} for row in history])
+    assert both.layout.yaxis.type == "log" and both.layout.yaxis2.title.text == "on batch"

@@ -100,7 +100,11 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     present = set().union(*(r.keys() for r in rows)) if rows else set()
     keys = list(keys) if keys is not None else [k for k in TERM_NAMES if k in present]
     accuracy_keys = [k for k in accuracy_keys if k in present]
-    two = bool(accuracy_keys)
+    # No loss to draw (a distillation stopped before its first evaluation logs only its inversion's accuracy): the
+    # accuracy panel alone, not two thirds of the figure left blank above it.
+    losses_drawn = bool(keys) or not accuracy_keys
+    two = losses_drawn and bool(accuracy_keys)
+    accuracy_row = 2 if losses_drawn else 1
     fig = make_subplots(rows=2 if two else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         row_heights=[0.68, 0.32] if two else [1.0])
     for key in keys:
@@ -115,7 +119,7 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
         xs, ys = _series(rows, key)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key.replace("_", " "),
                                  line=dict(dash="dot" if "confidence" in key else "solid", color=curve_colour(key))),
-                      row=2, col=1)
+                      row=accuracy_row, col=1)
     updates, steps = list(updates), [r.get("step", i) for i, r in enumerate(rows)]
     for update, level in zip(updates, _label_levels([u["step"] for u in updates], steps)):
         fig.add_vline(x=update["step"], line=dict(color="#888", dash="dash", width=1))
@@ -130,11 +134,12 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
         # bare digits, which reads as "5, 2, 100, 5, 2, 10". Within one decade that leaves no tick at all (a teacher's
         # loss from 0.9 to 0.2), so there plotly's own ticks stay.
         fig.update_yaxes(dtick=1, exponentformat="power", row=1, col=1)
-    fig.update_yaxes(type="log" if log_y else "linear", title_text="loss", row=1, col=1)
-    if two:
-        fig.update_yaxes(range=[0, 1.02], title_text="on batch", row=2, col=1)
+    if losses_drawn:
+        fig.update_yaxes(type="log" if log_y else "linear", title_text="loss", row=1, col=1)
+    if accuracy_keys:
+        fig.update_yaxes(range=[0, 1.02], title_text="on batch", row=accuracy_row, col=1)
     fig.update_xaxes(title_text="step", row=2 if two else 1, col=1)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.18),
+    fig.update_layout(height=height if losses_drawn else height // 2, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.18),
                       uirevision="keep")  # keep the user's zoom across live redraws
     return fig
 
