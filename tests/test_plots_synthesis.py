@@ -166,3 +166,12 @@ def test_curves_with_no_loss_are_one_accuracy_panel_not_a_blank_one_above_it():
     assert figure.layout.yaxis.type != "log" and len(figure.data) == 2
     both = loss_curves_figure([{**row, "loss_total": 1.0 + row["step"]} for row in history])
     assert both.layout.yaxis.type == "log" and both.layout.yaxis2.title.text == "on batch"
+
+
+def test_a_slider_stepped_with_the_keyboard_is_one_marker_with_its_final_value():
+    history = [{"step": i, "loss_total": 1.0} for i in range(200)]
+    updates = [{"step": 40, "alpha_tv": 0.003}, {"step": 41, "alpha_tv": 0.01}, {"step": 43, "alpha_tv": 0.03},
+               {"step": 44, "lr": 0.2}, {"step": 150, "alpha_tv": 0.1}]
+    notes = loss_curves_figure(history, iter(updates)).layout.annotations
+    assert [(a.x, a.text) for a in notes] == [(40, "α_tv=0.03 (3 moves)"), (44, "lr=0.2"), (150, "α_tv=0.1")]
+    assert notes[0].hovertext.count("step ") == 3 and "step 41: α_tv=0.01" in notes[0].hovertext

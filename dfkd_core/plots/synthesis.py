@@ -82,6 +82,27 @@ def _label_levels(update_steps: Sequence[int], steps: Sequence[int], min_gap_fra
     return levels
 
 
+def _merge_slider_moves(updates: Sequence[Mapping], span: int, min_gap_fraction: float = 0.04
+                        ) -> list[tuple[dict, str]]:
+    """(change, hover text) per marker to draw: a run of changes to the same settings, each closer than
+    `min_gap_fraction` of the step range to the one before (a slider stepped with the keyboard), becomes one marker
+    at its first step labelled with the final value and how many moves it took; the hover lists every move."""
+    merged: list[list[Mapping]] = []
+    for update in updates:
+        last = merged[-1][-1] if merged else None
+        if (last is not None and set(update) == set(last)
+                and update["step"] - last["step"] < min_gap_fraction * span):
+            merged[-1].append(update)
+        else:
+            merged.append([update])
+    marks = []
+    for moves in merged:
+        shown = {**moves[-1], "step": moves[0]["step"]}
+        hover = "<br>".join(f"step {m['step']}: {_describe_update(m)}" for m in moves)
+        marks.append((shown, hover))
+    return marks
+
+
 def _describe_update(update: Mapping) -> str:
     return ", ".join(f"{GREEK.get(k, k)}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                      else f"{GREEK.get(k, k)}={v}" for k, v in update.items() if k != "step")
@@ -120,13 +141,17 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key.replace("_", " "),
                                  line=dict(dash="dot" if "confidence" in key else "solid", color=curve_colour(key))),
                       row=accuracy_row, col=1)
-    updates, steps = list(updates), [r.get("step", i) for i, r in enumerate(rows)]
-    for update, level in zip(updates, _label_levels([u["step"] for u in updates], steps)):
+    steps = [r.get("step", i) for i, r in enumerate(rows)]
+    updates = list(updates)
+    span = max(1, (max(steps) - min(steps)) if steps else max((u["step"] for u in updates), default=1))
+    marks = _merge_slider_moves(updates, span)
+    for (update, hover), level in zip(marks, _label_levels([u["step"] for u, _ in marks], steps)):
+        moves = hover.count("<br>") + 1
         fig.add_vline(x=update["step"], line=dict(color="#888", dash="dash", width=1))
         fig.add_annotation(x=update["step"], y=1.0 - LABEL_LEVEL_STEP * level, xref="x", yref="paper",
-                           text=_describe_update(update), showarrow=False, textangle=-90, xanchor="right",
-                           yanchor="top", font=dict(size=10, color="#555"), hovertext=f"step {update['step']}: "
-                           + _describe_update(update))
+                           text=_describe_update(update) + (f" ({moves} moves)" if moves > 1 else ""),
+                           showarrow=False, textangle=-90, xanchor="right", yanchor="top",
+                           font=dict(size=10, color="#555"), hovertext=hover)
     positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y is not None and y > 0] if log_y \
         else []
     if positive and max(positive) / min(positive) >= 10:
