@@ -47,7 +47,8 @@ def accuracy_curves_figure(curves: Mapping[str, Sequence[Mapping]], x: str = "im
         if _finite(teacher) and (not shared_teacher or i == 0):
             figure.add_hline(y=teacher, line={"dash": "dash", "color": "#555" if shared_teacher else colour,
                                               "width": 1},
-                             annotation_text=f"teacher {teacher:.1%}", annotation_position="bottom right")
+                             # at the left, where a student starts low: at the right its curve ends under it
+                             annotation_text=f"teacher {teacher:.1%}", annotation_position="bottom left")
     figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
                          title=title, legend={"orientation": "h", "y": -0.25}, showlegend=len(curves) > 1)
     figure.update_xaxes(title=AXIS_TITLES[x], rangemode="tozero")
