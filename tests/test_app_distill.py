@@ -37,7 +37,7 @@ def test_every_method_is_offered_data_free_first_with_its_weights(teacher_home):
     assert method.value == "deepinversion"
     assert at.sidebar.selectbox(key="distill_student").value == "bncnn3_w16"  # the teacher's half-width student
     common = {"KD steps after synthesis", "student batch", "student learning rate", "temperature T", "processes"}
-    assert common | {"images N", "inversion iterations T", "α_f · BN feature statistics",
+    assert common | {"images N", "inversion iterations", "α_f · BN feature statistics",
                      "trajectory KD from iteration k", "KD steps per round", "mixup share",
                      "cutmix share"} <= sidebar_labels(at)
     assert "α_c · competition" not in sidebar_labels(at)

@@ -68,9 +68,10 @@ def _makes_pool(cls) -> bool:
 WEIGHTS = (
     Weight("images", "images N", r"Images synthesized in total, one batch per round.", _makes_pool,
            minimum=1),
-    Weight("iterations", "inversion iterations T", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
+    # No symbol here: this sidebar's T is the temperature (Synthesize calls the iterations T, as docs/methods.md).
+    Weight("iterations", "inversion iterations", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
            "synthesis", minimum=1),
-    Weight("inv_lr", "inversion learning rate η", r"Adam on $\hat x$, cosine decay over the $T$ iterations.", _pool,
+    Weight("inv_lr", "inversion learning rate η", r"Adam on $\hat x$, cosine decay over the iterations.", _pool,
            "synthesis", (0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5)),
     Weight("batch_size_inv", "inversion batch B", r"Images per round; with $\alpha_f > 0$ the BN statistics are "
            r"matched over the batch.",
