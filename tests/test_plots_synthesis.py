@@ -175,3 +175,12 @@ def test_a_slider_stepped_with_the_keyboard_is_one_marker_with_its_final_value()
     notes = loss_curves_figure(history, iter(updates)).layout.annotations
     assert [(a.x, a.text) for a in notes] == [(40, "α_tv=0.03 (3 moves)"), (44, "lr=0.2"), (150, "α_tv=0.1")]
     assert notes[0].hovertext.count("step ") == 3 and "step 41: α_tv=0.01" in notes[0].hovertext
+
+
+def test_the_kd_loss_chart_before_any_kd_step_says_so_instead_of_an_empty_log_axis():
+    from dfkd_core.plots.distill import kd_loss_figure
+    empty = kd_loss_figure([{"phase": "synthesis", "step": 0}])
+    assert not empty.data and "no KD step yet" in empty.layout.annotations[0].text
+    assert empty.layout.yaxis.type != "log" and empty.layout.yaxis.showticklabels is False
+    drawn = kd_loss_figure([{"phase": "kd", "student_steps": s, "loss_kd": 1.0 / (s + 1)} for s in range(10)])
+    assert drawn.layout.yaxis.type == "log" and drawn.layout.yaxis.dtick == "D2" and not drawn.layout.annotations

@@ -68,6 +68,12 @@ def kd_loss_figure(history: Sequence[Mapping], height: int = 320, max_points: in
     figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10},
                          legend={"orientation": "h", "y": -0.25})
     figure.update_xaxes(title="student steps", rangemode="tozero")
+    if not figure.data:   # before the first KD step: say so, rather than an empty log axis crowded with ticks
+        figure.add_annotation(text="no KD step yet: the student starts once the first images exist",
+                              showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"color": "#777"})
+        figure.update_xaxes(showticklabels=False)
+        figure.update_yaxes(title="loss", showticklabels=False)
+        return figure
     # Ticks at 1, 2 and 5 per decade, written out: plotly's default labels the in-between ticks with a bare digit
     # ("5 4 3 2 0.1 9 8"), where 9 reads as larger than 0.1. (Within one decade 2 and 5 still give two ticks.)
     figure.update_yaxes(title="loss", type="log", dtick="D2", tickformat=".2~g")
