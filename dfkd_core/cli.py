@@ -78,6 +78,17 @@ def _load(store: RunStore, ref: str, what: str):
         raise SystemExit(f"error: cannot use {what} '{ref}': {e}")
 
 
+def _load_student(store: RunStore, ref: str, teacher, what: str = "student"):
+    """A student to compare with `teacher`: a stored checkpoint, or `untrained:<model>` (a fresh reference)."""
+    from dfkd_core.models.reference import is_untrained, untrained_reference
+    if not is_untrained(ref):
+        return _load(store, ref, what)
+    try:
+        return untrained_reference(ref, teacher)
+    except ValueError as e:
+        raise SystemExit(f"error: cannot use {what} '{ref}': {e}")
+
+
 # ---------------------------------------------------------------- commands
 
 def cmd_train_teacher(args, store: RunStore) -> int:

@@ -14,13 +14,14 @@ from dfkd_core.analysis.cka_matrix import FULL_MAX_SAMPLES  # noqa: E402
 from dfkd_core.analysis.jobs import CKAAnalysis, CKAConfig, available_inputs, load_inputs  # noqa: E402
 from dfkd_core.data import DatasetMissingError  # noqa: E402
 from dfkd_core.models import CheckpointError  # noqa: E402
+from dfkd_core.models.reference import is_untrained  # noqa: E402
 from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure  # noqa: E402
 from dfkd_core.stats import Interval  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses)
 from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,  # noqa: E402
-                                keep_widget_state, open_checkpoint, require_job_slot, start_stop_buttons, submit,
-                                teacher_or_stop)
+                                keep_widget_state, open_checkpoint, open_model, require_job_slot, start_stop_buttons,
+                                submit, teacher_or_stop)
 from pages.views.methods_doc import section_link  # noqa: E402
 CKA = section_link("cka")
 
@@ -31,16 +32,34 @@ KERNEL_NAMES = {"linear": "linear", "rbf": "RBF", "debiased": "linear, debiased"
 def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
     config.validate()
     teacher = open_checkpoint(teacher_run)
-    require_comparable(teacher, open_checkpoint(student_ref), "this student")
+    require_comparable(teacher, open_model(student_ref, teacher_run), "this student")
     require_job_slot()
     inputs = load_inputs(config.inputs, teacher.dataset, config.samples, config.seed, get_store(), config.data_root)
-    student = student_label(get_store(), student_ref, open_checkpoint(student_ref))
+    student = student_label(get_store(), student_ref, open_model(student_ref, teacher_run))
     # No kernel in the name: the minibatch estimator may answer another quantity (the summary keeps it).
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="cka",
                              dataset=teacher.dataset.name,
                              name=f"CKA {teacher_label(get_store(), teacher)} vs {student} ({config.inputs})")
-    return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref), inputs.images, config, run,
+    return submit(lambda: CKAAnalysis(fresh_model(teacher_run), fresh_model(student_ref, teacher_run), inputs.images,
+                                      config, run,
                                       samples_note=inputs.note), run, label="CKA")
+
+
+def reference_note(config: dict, stored: dict) -> str:
+    """The untrained reference to read a trained student's CKA against: its layer-i-vs-layer-i values from the
+    newest stored comparison with the same teacher, kernel and images, else how to make one."""
+    configs = {i: get_store().get(i).config() for i, r in stored.items() if r.status == "done"}
+    same = [(stored[i], c) for i, c in configs.items() if is_untrained(c.get("student", ""))
+            and all(c.get(k) == config.get(k) for k in ("teacher", "kernel", "inputs", "reduce"))]
+    if not same:
+        return ("Read it against a network that never trained: the first layers of almost any network score high on "
+                "the same pixels. Pick **untrained … · reference** as the student and compute CKA with these "
+                "settings.")
+    record, reference = same[0]
+    diagonal = record.summary.get("cka_diagonal") or {}
+    values = ", ".join(f"{pair.split(' | ')[0]} {Interval.from_dict(v).format('.2f')}" for pair, v in diagonal.items())
+    return (f"Untrained reference ({reference['student'].split(':', 1)[1]}, same teacher, kernel and images, "
+            f"{record.id}): layer i vs layer i {values}. What the student scores above these, training explains.")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -75,7 +94,7 @@ with st.sidebar:
     teacher_run = teacher_or_stop("cka_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
-    choices, compact = model_choices(dataset.name, exclude=teacher_run)
+    choices, compact = model_choices(dataset.name, exclude=teacher_run, teacher_name=teacher.name)
     if not choices:
         st.info(f"No other {dataset.name} model is stored: distill a student first (Distill page, or `dfkd distill`).")
         st.stop()
@@ -101,7 +120,7 @@ with st.sidebar:
                             disabled=running, help="Inputs n; the intervals come from random halves of them. " + CKA)
     reduce = st.radio("Feature maps", ["flatten", "mean"], key="cka_reduce", horizontal=True, disabled=running,
                       help="flatten: every unit (c, h, w) is a feature; mean: one feature per channel. " + CKA)
-    refused = incomparable(teacher, {student_ref: open_checkpoint(student_ref)}, choices)
+    refused = incomparable(teacher, {student_ref: open_model(student_ref, teacher_run)}, choices)
     if refused:
         st.error(refused)
     else:
@@ -118,7 +137,7 @@ with st.sidebar:
     with st.expander("Layers (default: every block and the logits)"):
         layers_t = st.multiselect("Teacher layers", layer_names(teacher.model), disabled=running,
                                   key=f"cka_layers_t_{teacher_run}")
-        layers_s = st.multiselect("Student layers", layer_names(open_checkpoint(student_ref).model),
+        layers_s = st.multiselect("Student layers", layer_names(open_model(student_ref, teacher_run).model),
                                   disabled=running, key=f"cka_layers_s_{student_ref}")
     config = CKAConfig(teacher=teacher_run, student=student_ref, kernel=kernel, threshold=threshold,
                        layers_teacher=layers_t, layers_student=layers_s, inputs=source, samples=samples,
@@ -150,7 +169,7 @@ opened_config = get_store().get(opened).config()
 student_run = opened_config.get("student", "")
 try:   # the run's own name did not say which student until 2026-12-07
     compared = (f"{teacher_label(get_store(), open_checkpoint(opened_config['teacher']))} vs "
-                f"{student_label(get_store(), student_run, open_checkpoint(student_run))}")
+                f"{student_label(get_store(), student_run, open_model(student_run, opened_config['teacher']))}")
 except (KeyError, FileNotFoundError, CheckpointError):   # a deleted run or a moved file
     compared = f"vs {student_run or '?'}"
 facts = [f"**{compared}**", result.quantity, f"{result.samples} images ({summary.get('inputs', '?')})",
@@ -162,6 +181,8 @@ if summary.get("cka_diagonal"):   # each pair with its interval: a bare mean ove
 if summary.get("partial"):
     facts.append("**partial: stopped early**")
 st.caption(" · ".join(facts))
+if not is_untrained(student_run):
+    st.caption(reference_note(opened_config, stored))
 if result.low is not None:
     st.plotly_chart(cka_interval_figure(result), key="cka_intervals")
 else:

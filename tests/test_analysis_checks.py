@@ -126,3 +126,18 @@ def test_data_root_is_stored_with_the_run(tmp_path, digits_teacher):
                  digits_teacher.path, "--samples", "8", "--data-root", str(tmp_path)]) == 0
     (run,) = RunStore(home).list()
     assert RunStore(home).get(run.id).config()["data_root"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("command, extra", [("cka", ["--samples", "40"]), ("gradcam", ["--samples", "8"]),
+                                            ("boundary", ["--samples", "5", "--targets", "sampled",
+                                                          "--max-steps", "5"])])
+def test_every_analysis_takes_an_untrained_reference_as_a_student(command, extra, tmp_path, digits_teacher):
+    """The floor a similarity is read against: `untrained:<model>`, built for the teacher's dataset."""
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "--quiet", *analysis(command, digits_teacher.path, "untrained:bncnn3_w16",
+                                                           *extra)]) == 0
+    (run,) = RunStore(home).list()
+    assert run.status == "done" and "untrained:bncnn3_w16" in run.name + " ".join(run.summary.get("students", ()))
+    with pytest.raises(SystemExit, match="cannot use student 'untrained:nonsense': unknown untrained reference"):
+        main(["--home", str(home), *analysis(command, digits_teacher.path, "untrained:nonsense")])
+    assert len(RunStore(home).list()) == 1

@@ -101,8 +101,9 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     assert at.title[0].value == "Representations"
     assert "Compute CKA" in at.info[0].value
     student = at.sidebar.selectbox(key="cka_student")
-    labels = student.options   # iekd and iedml students, and IE-DML's peer B
-    assert len(labels) == 3 and sum("peer B" in o for o in labels) == 1 and sum("iekd" in o for o in labels) == 1
+    labels = student.options   # iekd and iedml students, IE-DML's peer B, and an untrained reference last
+    assert len(labels) == 4 and sum("peer B" in o for o in labels) == 1 and sum("iekd" in o for o in labels) == 1
+    assert labels[-1] == "untrained bncnn3_w16 · reference"
     student.set_value(home.ie["iekd"])
     at.run()
     assert any(c.value.endswith(home.ie["iekd"]) for c in at.sidebar.caption)   # the box shows the id's tail only
@@ -134,6 +135,34 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
     fresh = open_app("pages/representations.py")   # another session: the stored matrix, no job needed
     assert fresh.selectbox(key="cka_open").value == analysis.id
     assert heatmap_values(plotly_figures(fresh)[0]["data"][0]) == z
+
+
+def test_a_students_cka_is_read_against_an_untrained_reference(home):
+    """CKA near 1 at the first layers says little alone (an untrained network scores high there too): the page
+    offers an untrained reference and, once it is computed, gives its values beside a trained student's."""
+    at = open_app("pages/representations.py")
+    at.sidebar.select_slider(key="cka_samples").set_value(100)
+    at.sidebar.selectbox(key="cka_student").set_value("untrained:bncnn3_w16").run()
+    assert "never trained" in " ".join(c.value for c in at.sidebar.caption)
+    click(at, "Compute CKA", sidebar=True)
+    finish_job(at, "CKAAnalysis")
+    (reference,) = home.list("analysis")
+    assert "untrained:bncnn3_w16" in reference.name
+    assert "Untrained reference" not in " ".join(c.value for c in at.caption)   # the reference itself
+    at.sidebar.selectbox(key="cka_student").set_value(home.ie["iekd"]).run()
+    click(at, "Compute CKA", sidebar=True)
+    finish_job(at, "CKAAnalysis")
+    note = next(c.value for c in at.caption if c.value.startswith("Untrained reference"))
+    assert reference.id in note and re.search(r"layer i vs layer i features\.\d+ \d\.\d\d \[", note)
+    # The same untrained network in every run: fixed seed, whatever the global RNG did meanwhile.
+    from dfkd_core.models.reference import untrained_reference
+    from pages.views.common import open_checkpoint
+    teacher = open_checkpoint(home.teacher_id)
+    torch.manual_seed(123)
+    a = untrained_reference("untrained:bncnn3_w16", teacher)
+    torch.manual_seed(456)
+    b = untrained_reference("untrained:bncnn3_w16", teacher)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
 
 
 def test_cka_of_an_ie_dml_peer_on_synthesized_images_with_the_rbf_kernel(home):

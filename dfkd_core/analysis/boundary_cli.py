@@ -66,10 +66,10 @@ def _check_before_run(config, teacher, students: dict, data_root: str | None) ->
 
 def cmd_boundary(args, store) -> int:
     from dfkd_core.analysis.boundary_job import BoundaryAnalysis, BoundaryConfig
-    from dfkd_core.cli import ProgressBar, _load
+    from dfkd_core.cli import ProgressBar, _load, _load_student
 
     teacher = _load(store, args.teacher, "teacher")
-    checkpoints = {ref: _load(store, ref, "student") for ref in args.student}
+    checkpoints = {ref: _load_student(store, ref, teacher) for ref in args.student}
     config = BoundaryConfig(teacher=args.teacher, students=list(args.student), samples=args.samples, pool=args.pool,
                             split=args.split, targets=args.targets, selection=args.selection, eta=args.eta,
                             eps=args.eps, max_steps=args.max_steps, gradient_norm_power=args.gradient_norm_power,
@@ -105,7 +105,8 @@ def add_commands(sub) -> None:
                                    "and directions (AngSim), weighted by p_n^k over pairs both models crossed.")
     b.add_argument("--teacher", required=True, help="checkpoint path or run id")
     b.add_argument("--student", required=True, action="append",
-                   help="checkpoint path or run id; repeat to compare several on the same base samples")
+                   help="checkpoint path or run id, or untrained:<model> (a freshly initialised reference); repeat "
+                        "to compare several on the same base samples")
     b.add_argument("--samples", type=int, default=500, help="base samples N")
     b.add_argument("--pool", type=int, default=0, help="draw base samples from a random subset of this size "
                                                           "(0: the whole split)")

@@ -16,8 +16,10 @@ from dfkd_core.stats import Interval
 
 
 def _models(store, refs: list[str], what: str):
-    from dfkd_core.cli import _load
-    return [_load(store, ref, what) for ref in refs]
+    """The teacher (`refs[0]`) and the students; a student may be `untrained:<model>`, a fresh reference."""
+    from dfkd_core.cli import _load, _load_student
+    teacher = _load(store, refs[0], what)
+    return [teacher, *(_load_student(store, ref, teacher) for ref in refs[1:])]
 
 
 def json_ready(obj):
@@ -200,7 +202,8 @@ def cmd_gradcam(args, store) -> int:
 
 def _common(p: argparse.ArgumentParser, samples: int, batch_size: int) -> None:
     p.add_argument("--teacher", required=True, help="checkpoint path or run id")
-    p.add_argument("--student", required=True, action="append", help="checkpoint path or run id")
+    p.add_argument("--student", required=True, action="append",
+                   help="checkpoint path or run id, or untrained:<model> (a freshly initialised reference)")
     p.add_argument("--inputs", default="real", help="'real' (teacher's test split) or a synthesis run id")
     p.add_argument("--samples", type=int, default=samples, help="number of inputs (0: all)")
     p.add_argument("--batch-size", type=int, default=batch_size)

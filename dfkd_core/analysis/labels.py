@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dfkd_core.models.reference import UNTRAINED
+
 
 def student_label(store, ref: str, checkpoint) -> str:
     """A readable name: for a run in the store, how it was trained (its method; 'scratch' for a classifier trained
-    on labels) and its short id; else the file's stem (the directory's name for a run's model.pt)."""
+    on labels) and its short id; 'untrained:<model>' for an untrained reference; else the file's stem (the
+    directory's name for a run's model.pt)."""
+    if str(ref).startswith(UNTRAINED):
+        return f"{UNTRAINED}{checkpoint.name}"
     run_id = store.run_id_of(checkpoint.path)
     if run_id and run_id != str(checkpoint.path):
         record = store.get_record(run_id)

@@ -20,6 +20,7 @@ from dfkd_core.data import DatasetInfo, DatasetMissingError, ImageSplit, load_sp
 from dfkd_core.job_manager import JobLimitError, JobManager
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
+from dfkd_core.models.reference import is_untrained, untrained_reference
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 from dfkd_core.time_left import clock
 
@@ -187,9 +188,18 @@ def open_checkpoint(run_id: str) -> Checkpoint:
     return _load(str(path), path.stat().st_mtime)
 
 
-def fresh_model(run_id: str):
-    """A private copy of a run's model, safe to hand to a job."""
-    return copy.deepcopy(open_checkpoint(run_id).model)
+def open_model(ref: str, teacher_run: str) -> Checkpoint:
+    """A stored checkpoint (`open_checkpoint`), or the untrained reference `ref` names ('untrained:bncnn3_w16'),
+    built for `teacher_run`'s dataset: what the analysis pages compare with the teacher."""
+    if is_untrained(ref):
+        return untrained_reference(ref, open_checkpoint(teacher_run))
+    return open_checkpoint(ref)
+
+
+def fresh_model(ref: str, teacher_run: str | None = None):
+    """A private copy of a run's model (or of the untrained reference `ref` names, given `teacher_run`), safe to
+    hand to a job."""
+    return copy.deepcopy((open_model(ref, teacher_run) if teacher_run else open_checkpoint(ref)).model)
 
 
 def make_current_teacher(run_id: str | None) -> None:
