@@ -20,8 +20,8 @@ from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, interval_text, model_choices, sample_slider, short_label, show_progress,
     stored_analyses)
 from pages.views.common import (  # noqa: E402
-    data_root_setting, describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
-    real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+    data_root_setting, describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint, open_model,
+    real_test_split, real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
 from pages.views.methods_doc import section_link  # noqa: E402
 GRAD_CAM = section_link("grad-cam")
 
@@ -35,7 +35,7 @@ def attention(teacher_ref: str, student_refs: tuple[str, ...], indices: tuple[in
               fraction: float, dataset: str, root: str | None) -> dict:
     split = real_test_split(dataset, root)
     idx = torch.tensor(indices)
-    students = {short_label(ref): fresh_model(ref) for ref in student_refs}
+    students = {short_label(ref): fresh_model(ref, teacher_ref) for ref in student_refs}
     c = compare_attention(fresh_model(teacher_ref), students, split.normalized(idx), split.labels[idx], target,
                           fraction=fraction)
     return {"images": split.info.denormalize(split.normalized(idx)), "maps": c.maps, "predictions": c.predictions,
@@ -56,13 +56,13 @@ def start(teacher_run: str, student_refs: list[str], config: GradCAMConfig) -> G
     config.validate()
     teacher = open_checkpoint(teacher_run)
     for ref in student_refs:
-        require_comparable(teacher, open_checkpoint(ref), f"student '{short_label(ref)}'")
+        require_comparable(teacher, open_model(ref, teacher_run), f"student '{short_label(ref)}'")
     require_job_slot()
     inputs = load_inputs("real", teacher.dataset, config.samples, config.seed, data_root=config.data_root)
     run = get_store().create("analysis", config.to_dict(), teacher=teacher_run, method="gradcam",
                              dataset=teacher.dataset.name,
                              name=f"Grad-CAM {teacher.name} vs {', '.join(short_label(r) for r in student_refs)}")
-    return submit(lambda: GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r)
+    return submit(lambda: GradCAMAnalysis(fresh_model(teacher_run), {short_label(r): fresh_model(r, teacher_run)
                                                                       for r in student_refs},
                                           inputs.images, inputs.labels, config, teacher.dataset, run,
                                           samples_note=inputs.note), run, label="Grad-CAM")
@@ -142,7 +142,7 @@ running = job is not None and job.running
 with st.sidebar:
     teacher_run = teacher_or_stop("att_teacher")
     dataset = open_checkpoint(teacher_run).dataset
-    choices, compact = model_choices(dataset.name, exclude=teacher_run)
+    choices, compact = model_choices(dataset.name, exclude=teacher_run, teacher_name=open_checkpoint(teacher_run).name)
     students = st.multiselect("Students", list(choices), format_func=compact.get, key="att_students",
                               max_selections=4, placeholder="distilled students, side by side")
     for ref in students:
@@ -156,7 +156,7 @@ if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
     show_scored_sets(dataset, "Overlap on many images")   # sets scored earlier, or from the CLI, need no student
     st.stop()
-refused = incomparable(open_checkpoint(teacher_run), {ref: open_checkpoint(ref) for ref in students}, choices)
+refused = incomparable(open_checkpoint(teacher_run), {ref: open_model(ref, teacher_run) for ref in students}, choices)
 if refused:
     st.error(refused)
     st.stop()

@@ -287,3 +287,11 @@ def test_a_student_made_for_another_input_shape_is_refused_before_any_run(home, 
     att = open_app("pages/attention.py")
     att.sidebar.multiselect(key="att_students").set_value([wrong]).run()
     assert "image size 16 (teacher: 8)" in att.error[0].value and not plotly_figures(att)
+
+
+def test_attention_draws_the_untrained_reference_beside_a_student(home):
+    at = open_app("pages/attention.py")
+    assert at.sidebar.multiselect(key="att_students").options[-1] == "untrained bncnn3_w16 · reference"
+    at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], "untrained:bncnn3_w16"]).run()
+    assert not at.exception, at.exception
+    assert any(m.label.startswith("untrained:bncnn3_w16") for m in at.metric)
