@@ -57,9 +57,11 @@ def reference_note(config: dict, stored: dict) -> str:
                 "settings.")
     record, reference = same[0]
     diagonal = record.summary.get("cka_diagonal") or {}
-    values = ", ".join(f"{pair.split(' | ')[0]} {Interval.from_dict(v).format('.2f')}" for pair, v in diagonal.items())
+    values = ", ".join(f"{pair.split(' | ')[0]} {Interval.from_dict(v).format('.3f')}" for pair, v in diagonal.items())
     return (f"Untrained reference ({reference['student'].split(':', 1)[1]}, same teacher, kernel and images, "
-            f"{record.id}): layer i vs layer i {values}. What the student scores above these, training explains.")
+            f"{record.id}): layer i vs layer i {values}. What the student scores above these, training explains. "
+            "It is one untrained draw (seed 0): other seeds move it, by about 0.2 in middle layers on Fashion-MNIST "
+            "(docs/results.md).")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -176,7 +178,7 @@ facts = [f"**{compared}**", result.quantity, f"{result.samples} images ({summary
          f"features: {result.reduce}", f"{result.estimator} estimator"]
 if summary.get("cka_diagonal"):   # each pair with its interval: a bare mean over them would carry none
     facts.append("layer i vs layer i, 95% intervals: " + ", ".join(
-        f"{pair.split(' | ')[0]} {Interval.from_dict(value).format('.2f')}"
+        f"{pair.split(' | ')[0]} {Interval.from_dict(value).format('.3f')}"
         for pair, value in summary["cka_diagonal"].items()))
 if summary.get("partial"):
     facts.append("**partial: stopped early**")

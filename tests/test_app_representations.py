@@ -129,7 +129,7 @@ def test_cka_runs_in_the_background_lands_in_the_store_and_reopens(home, digits_
 
     assert "split layer is **features.10**" in captions and "95% interval" in captions
     # Same depth: each layer pair with its interval, never a bare mean over them.
-    assert re.search(r"layer i vs layer i, 95% intervals: features\.\d+ \d\.\d\d \[\d\.\d\d, \d\.\d\d\]", captions)
+    assert re.search(r"layer i vs layer i, 95% intervals: features\.\d+ \d\.\d\d\d \[\d\.\d\d\d, \d\.\d\d\d\]", captions)
     assert "mean of the diagonal" not in captions
 
     fresh = open_app("pages/representations.py")   # another session: the stored matrix, no job needed
@@ -153,7 +153,7 @@ def test_a_students_cka_is_read_against_an_untrained_reference(home):
     click(at, "Compute CKA", sidebar=True)
     finish_job(at, "CKAAnalysis")
     note = next(c.value for c in at.caption if c.value.startswith("Untrained reference"))
-    assert reference.id in note and re.search(r"layer i vs layer i features\.\d+ \d\.\d\d \[", note)
+    assert reference.id in note and re.search(r"layer i vs layer i features\.\d+ \d\.\d\d\d \[", note)
     # The same untrained network in every run: fixed seed, whatever the global RNG did meanwhile.
     from dfkd_core.models.reference import untrained_reference
     from pages.views.common import open_checkpoint

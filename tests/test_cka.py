@@ -392,3 +392,15 @@ def test_cli_cka_says_before_and_after_when_fewer_inputs_exist(digits_teacher, d
     assert printed["cka"]["resamples"] == 50 and printed["cka_last_pair_interval"]["units"] == 360
     run = RunStore(home).list(kind="analysis")[0]
     assert json.loads((run.dir / "cka.json").read_text())["samples_note"] == note
+
+
+def test_the_reference_benchmark_reads_layer_i_against_layer_i(digits_teacher):
+    from benchmark_scripts import load_benchmark
+    from dfkd_core.data import load_split
+    from dfkd_core.models.reference import untrained_reference
+    bench = load_benchmark("cka_reference")
+    inputs = load_split("digits", "test").subset(60)
+    same = bench.diagonal(digits_teacher, digits_teacher, inputs)
+    assert len(same) == 4 and all(cell.startswith("1.000 [") for cell in same)   # a model against itself
+    reference = bench.diagonal(digits_teacher, untrained_reference("untrained:bncnn3_w16", digits_teacher), inputs)
+    assert float(reference[-1].split()[0]) < 0.9   # an untrained network's logits are not the teacher's
