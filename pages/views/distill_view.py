@@ -423,7 +423,8 @@ def render_progress(job: DistillJob) -> None:
     cols[0].metric("student accuracy", f"{accuracy:.1%}" if accuracy is not None else "–",
                    help="While it runs, on held-out real test images; once it ends, on the whole test set (see below)")
     cols[1].metric("teacher accuracy", f"{teacher:.1%}" if teacher is not None else "–")
-    cols[2].metric("images synthesized", last.get("images_synthesized", 0))
+    cols[2].metric("images finished", last.get("images_synthesized", 0),
+                   help="Synthetic images whose inversion has ended; the grid below also shows the batch in progress")
     kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
     st.caption(accuracy_note(job, accuracy))
