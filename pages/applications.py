@@ -11,8 +11,9 @@ from dfkd_core.data import dataset_info  # noqa: E402
 from pages.views.applications_view import (  # noqa: E402
     EXPLANATIONS, KINDS, NEW_POOL, continual_widgets, key, pool_choices, pruning_widgets, quantization_widgets,
     render_live, render_results, start_compression, start_continual, stored_runs, synthesis_widgets)
-from pages.views.common import (attached_job, describe_run, get_store, keep_widget_state, open_checkpoint,  # noqa: E402
-                                start_stop_buttons, teacher_or_stop)
+from pages.views.common import (  # noqa: E402
+    attached_job, get_store, keep_widget_state, open_checkpoint, start_stop_buttons, teacher_or_stop)
+from pages.views.labels import describe_run  # noqa: E402
 from pages.views.methods_doc import section_link  # noqa: E402
 
 st.title("Applications")

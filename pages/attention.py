@@ -20,8 +20,9 @@ from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, interval_text, model_choices, sample_slider, short_label, show_progress,
     stored_analyses)
 from pages.views.common import (  # noqa: E402
-    data_root_setting, describe_run, fresh_model, get_store, keep_widget_state, open_checkpoint, open_model,
-    real_test_split, real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+    data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, open_model, real_test_split,
+    real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.labels import describe_run  # noqa: E402
 from pages.views.methods_doc import section_link  # noqa: E402
 GRAD_CAM = section_link("grad-cam")
 

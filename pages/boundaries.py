@@ -23,10 +23,10 @@ from dfkd_core.stats import Interval  # noqa: E402
 from dfkd_core.synthesis.bss import AttackSettings  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, interval_text, show_progress, stored_analyses)
-from pages.views.common import (checkpoint_runs, compact_labels, data_root_setting, describe_run,  # noqa: E402
-                                fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
-                                real_test_split_or_stop, require_job_slot, start_stop_buttons, submit,
-                                teacher_or_stop)
+from pages.views.common import (  # noqa: E402
+    checkpoint_runs, data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
+    real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.labels import compact_labels, describe_run  # noqa: E402
 from pages.views.methods_doc import section_link  # noqa: E402
 
 

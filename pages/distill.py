@@ -9,12 +9,13 @@ hand_over_to_app()
 from dfkd_core.distill import DISTILL_METHODS, DistillJob  # noqa: E402
 from dfkd_core.distill.recipes import RECIPES, float32_note  # noqa: E402
 from pages.views.common import (  # noqa: E402
-    PARTIAL_STATUSES, attached_job, data_root_setting, describe_run, ensure_starter_teacher, get_store,
-    keep_widget_state, make_current_teacher, open_checkpoint, show_starter_progress, start_stop_buttons,
-    teacher_or_stop)
+    attached_job, data_root_setting, ensure_starter_teacher, get_store, keep_widget_state, make_current_teacher,
+    open_checkpoint, show_starter_progress, start_stop_buttons, teacher_or_stop)
+from pages.views.labels import PARTIAL_STATUSES, describe_run  # noqa: E402
+from pages.views.distill_live import render_live  # noqa: E402
 from pages.views.distill_view import (  # noqa: E402
     SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
-    method_label, ordered_methods, pool_runs, processes_widget, recipe_values, recipe_widget, render_live, set_weights,
+    method_label, ordered_methods, pool_runs, processes_widget, recipe_values, recipe_widget, set_weights,
     start_distillation, student_choices, uses_pool, weight_key, weight_widget, weights_of)
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images

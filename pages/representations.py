@@ -19,9 +19,10 @@ from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_fig
 from dfkd_core.stats import Interval  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
     analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses)
-from pages.views.common import (START_ERRORS, data_root_setting, describe_run, fresh_model, get_store,  # noqa: E402
-                                keep_widget_state, open_checkpoint, open_model, require_job_slot, start_stop_buttons,
-                                submit, teacher_or_stop)
+from pages.views.common import (  # noqa: E402
+    START_ERRORS, data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, open_model,
+    require_job_slot, start_stop_buttons, submit, teacher_or_stop)
+from pages.views.labels import describe_run  # noqa: E402
 from pages.views.methods_doc import section_link  # noqa: E402
 CKA = section_link("cka")
 

@@ -9,7 +9,8 @@ hand_over_to_app()
 
 from dfkd_core.plots import run_comparison_figure  # noqa: E402
 from dfkd_core.runs import RunStillRunningError, UnknownRunError  # noqa: E402
-from pages.views.common import describe_run, get_store, keep_widget_state  # noqa: E402
+from pages.views.common import get_store, keep_widget_state  # noqa: E402
+from pages.views.labels import describe_run  # noqa: E402
 from pages.views.runs_view import (  # noqa: E402
     curve_keys, distill_runs, history_of, run_table, running_run_controls, show_run, show_student_comparison)
 

@@ -13,13 +13,14 @@ from dfkd_core.data.datasets import DATA_ROOT_ENV, DEFAULT_DATA_ROOT  # noqa: E4
 from dfkd_core.hooks import batchnorm_layers  # noqa: E402
 from dfkd_core.models import CheckpointError, describe_model, list_models  # noqa: E402
 from dfkd_core.plots import image_grid_figure, loss_curves_figure  # noqa: E402
+from dfkd_core.runs import UnknownRunError  # noqa: E402
 from dfkd_core.stats import accuracy_interval  # noqa: E402
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate  # noqa: E402
 from pages.views.common import (  # noqa: E402
-    CURRENT_TEACHER, MAX_CHECKPOINT_MB, PARTIAL_STATUSES, attached_job, checkpoint_picker, data_root_key,
-    data_root_setting, eta_text, get_store, import_checkpoint, keep_widget_state, live, make_current_teacher,
-    open_checkpoint, real_test_split, require_job_slot, start_stop_buttons, submit)
-from dfkd_core.runs import UnknownRunError  # noqa: E402
+    CURRENT_TEACHER, MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key, data_root_setting, eta_text,
+    get_store, import_checkpoint, keep_widget_state, live, make_current_teacher, open_checkpoint, real_test_split,
+    require_job_slot, start_stop_buttons, submit)
+from pages.views.labels import PARTIAL_STATUSES  # noqa: E402
 
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",

@@ -165,7 +165,7 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
     assert not button(reloaded, "Start").disabled
     assert teacher_home.get_record(job.run_record.id).status == "cancelled"
     # Its name gives the settings it started with; wherever it is listed it says they changed on the way.
-    from pages.views.common import describe_run
+    from pages.views.labels import describe_run
     record = teacher_home.get_record(job.run_record.id)
     assert record.summary["live_updates"] == [{"step": step, "alpha_f": 0.1}]
     assert f"changed live: alpha_f=0.1 at step {step + 1}" in describe_run(record)
@@ -332,7 +332,7 @@ def test_a_teacher_stopped_on_the_page_is_shown_there_beside_a_finished_one(teac
 
 
 def test_names_that_differ_only_at_the_end_are_told_apart_where_a_narrow_box_shows_them():
-    from pages.views.common import distinct_names
+    from pages.views.labels import distinct_names
     seeds = [f"robustness teacher bncnn6_w32 fashion-mnist seed {s} (3 epochs)" for s in (0, 1)]
     assert distinct_names([*seeds, "bncnn3_w32 on digits"]) == ["…seed 0 (3 epochs)", "…seed 1 (3 epochs)",
                                                                "bncnn3_w32 on digits"]
@@ -345,7 +345,7 @@ def test_names_that_differ_only_at_the_end_are_told_apart_where_a_narrow_box_sho
 
 
 def test_compact_labels_differ_where_a_narrow_box_shows_them_and_stay_whole_where_they_already_do():
-    from pages.views.common import LABEL_CHARS_SHOWN, fit_labels
+    from pages.views.labels import LABEL_CHARS_SHOWN, fit_labels
     long = "deepinversion: bncnn6_w32 → bncnn6_w16 · pool 800 images · 400 student steps"
     labels = fit_labels({"a": (long, " · 78.0%", "7764"), "b": (long, " · 78.0%", "00ea"),
                          "c": (long, " · 80.9%", "b997"), "d": ("bncnn3_w32 on digits (starter)", " · 99.4%", "3848")})

@@ -67,7 +67,7 @@ def test_page_explains_the_metric_and_asks_for_students(home):
 
 
 def test_student_pills_differ_where_the_sidebar_shows_them(home):
-    from pages.views.common import LABEL_CHARS_SHOWN
+    from pages.views.labels import LABEL_CHARS_SHOWN
     at = open_app(PAGE)
     pills = at.sidebar.pills(key="boundary_students")
     labels = list(pills.options)   # as drawn

@@ -317,7 +317,7 @@ def test_a_method_that_needs_one_process_says_so_and_offers_no_choice(teacher_ho
 
 
 def test_the_results_row_fits_and_says_where_the_images_came_from_and_a_precision_fallback():
-    from pages.views.distill_view import FELL_BACK, result_row
+    from pages.views.results_view import FELL_BACK, result_row
     ci = {"estimate": 0.8874, "low": 0.8806, "high": 0.894, "units": 10000, "level": 0.95, "resamples": 1000,
           "method": "percentile bootstrap"}
     reused = {"student_accuracy": 0.8874, "student_accuracy_ci": ci, "images_synthesized": 0, "pool_size": 800,
@@ -331,7 +331,7 @@ def test_the_results_row_fits_and_says_where_the_images_came_from_and_a_precisio
 
 def test_the_running_headline_says_which_test_images_its_interval_is_over():
     from types import SimpleNamespace
-    from pages.views.distill_view import accuracy_note
+    from pages.views.distill_live import accuracy_note
     digits = SimpleNamespace(running=True, result={}, heldout=[0] * 360, test_images=360)
     assert accuracy_note(digits, 0.95) == "Student accuracy on all 360 real test images: 95.0% [92.2%, 96.8%] " \
                                           "(Wilson 95%)."

@@ -14,8 +14,8 @@ from dfkd_core.distill.config import default_student
 from dfkd_core.jobs import Job
 from dfkd_core.models.reference import REFERENCE_SEED, UNTRAINED
 from dfkd_core.stats import Interval
-from pages.views.common import (attached_job, checkpoint_runs, describe_run, distinct_run_names, fit_labels,
-                                get_store, live, run_facts, run_name)
+from pages.views.common import attached_job, checkpoint_runs, get_store, live
+from pages.views.labels import describe_run, distinct_run_names, fit_labels, run_facts, run_name
 
 AnalysisJob = TypeVar("AnalysisJob", bound=Job)
 

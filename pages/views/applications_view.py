@@ -21,8 +21,9 @@ from dfkd_core.models import list_models
 from dfkd_core.plots.applications import (continual_per_class_figure, pruning_accuracy_figure,
                                           pruning_latency_figure, quantization_figure)
 from dfkd_core.training import DEFAULT_TEACHER
-from pages.views.common import (data_root_setting, describe_run, fresh_model, get_store, live, open_checkpoint,
-                                require_job_slot, submit)
+from pages.views.common import (
+    data_root_setting, fresh_model, get_store, live, open_checkpoint, require_job_slot, submit)
+from pages.views.labels import describe_run
 from pages.views.methods_doc import section_link
 
 APPS = section_link("applications")   # every knob's help ends with the Methods section it belongs to

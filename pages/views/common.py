@@ -10,9 +10,8 @@ import copy
 import re
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import streamlit as st
 
@@ -23,9 +22,8 @@ from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
 from dfkd_core.models.reference import is_untrained, untrained_reference
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 from dfkd_core.time_left import clock
+from pages.views.labels import PARTIAL_STATUSES, compact_labels, describe_run
 
-NAME_CHARS_SHOWN = 28            # about what a sidebar select box shows of its choice's name
-LABEL_CHARS_SHOWN = 31           # ... and of its whole label (name, accuracy, id)
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
 SNAPSHOT_SECONDS = 0.15          # jobs send an image snapshot about this often (see SnapshotCadence)
@@ -59,7 +57,6 @@ def get_job_manager() -> JobManager:
 
 # ------------------------------------------------------------------ checkpoints in the run store
 
-PARTIAL_STATUSES = ("cancelled", "interrupted")   # stopped runs whose model so far was saved: usable, marked partial
 
 
 def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = None) -> list[RunRecord]:
@@ -67,103 +64,6 @@ def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = N
     `describe_run`) — a teacher stopped at 72% is still a teacher to invert."""
     return [r for r in get_store().list() if r.kind in kinds and r.status in ("done", *PARTIAL_STATUSES)
             and (dataset is None or r.dataset == dataset) and (r.dir / "model.pt").is_file()]
-
-
-def run_name(record: RunRecord) -> str:
-    return record.name or record.method or record.kind
-
-
-def describe_run(record: RunRecord) -> str:
-    """Name, live changes, accuracy, partial status and id: in full (a narrow box shows `compact_labels`)."""
-    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
-    shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
-    partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
-    return f"{run_name(record)}{live_edit_note(record)}{shown}{partial} · {record.id}"
-
-
-def distinct_names(names: Sequence[str]) -> list[str]:
-    """Each name with the leading words it shares with another name cut to '…' and the last shared word, so that
-    names which differ only at their end differ where a narrow box shows them: 'robustness teacher bncnn6_w32
-    fashion-mnist seed 2 (3 epochs)' beside its seed-0 twin becomes '…seed 2 (3 epochs)'. A name whose difference
-    the box shows anyway ('bncnn3_w32 on digits (starter)' beside 'bncnn3_w32 on digits') and another's exact copy
-    stay as they are."""
-    words = [n.split() for n in names]
-
-    def shared(a: list[str], b: list[str]) -> int:
-        count = 0
-        while count < min(len(a), len(b)) and a[count] == b[count]:
-            count += 1
-        return count
-
-    out = []
-    for i, mine in enumerate(words):
-        common = max((shared(mine, other) for j, other in enumerate(words) if j != i and other != mine), default=0)
-        hidden = len(" ".join(mine[:common])) >= NAME_CHARS_SHOWN - 4   # the box would not reach the difference
-        context = common - 1 if mine[common - 1] != "·" else common   # the last shared word, unless a separator
-        out.append("…" + " ".join(mine[context:]) if hidden and 2 <= common < len(mine) else names[i])
-    return out
-
-
-def distinct_run_names(records: Sequence[RunRecord]) -> list[str]:
-    """`distinct_names` of these runs' names, in their order."""
-    return distinct_names([run_name(r) for r in records])
-
-
-def shorten(text: str, chars: int) -> str:
-    """`text` cut to `chars` characters with '…', at a word boundary when one is near the end."""
-    if len(text) <= chars:
-        return text
-    cut = text[:chars - 1]
-    if " " in cut[-6:]:
-        cut = cut[:cut.rindex(" ")]
-    return cut.rstrip(" ·") + "…"
-
-
-def fit_labels(entries: Mapping[str, tuple[str, str, str]]) -> dict[str, str]:
-    """{key: label} from {key: (name, facts, id tail)} for a box that shows ~LABEL_CHARS_SHOWN characters. Labels
-    that differ where the box shows them stay whole ('bncnn3_w32 on digits (starter) · 99.4%'); ones that would
-    look alike have their name cut so that the facts (' · 92.8%') show, then, if still alike, the id tail too."""
-    def label(key: str, level: int) -> str:
-        name, facts, tail = entries[key]
-        if level == 0:
-            return name + facts
-        end = facts + (f" · {tail}" if level == 2 else "")
-        return shorten(name, max(LABEL_CHARS_SHOWN - len(end), 8)) + end
-    levels = dict.fromkeys(entries, 0)
-    for _ in range(2):
-        labels = {key: label(key, level) for key, level in levels.items()}
-        seen = Counter(text[:LABEL_CHARS_SHOWN] for text in labels.values())
-        alike = [key for key, text in labels.items() if seen[text[:LABEL_CHARS_SHOWN]] > 1]
-        for key in alike:
-            levels[key] += 1
-    return {key: label(key, level) for key, level in levels.items()}
-
-
-def compact_labels(records: Sequence[RunRecord]) -> dict[str, str]:
-    """{run id: label} for a narrow sidebar box: names told apart where the box shows them (`distinct_names`),
-    accuracy, and the run id's tail where needed (`fit_labels`). Show the chosen run's full `describe_run` beside
-    it."""
-    return fit_labels({r.id: (name, run_facts(r), r.id.rsplit("-", 1)[-1])
-                       for r, name in zip(records, distinct_run_names(records))})
-
-
-def run_facts(record: RunRecord) -> str:
-    """' · 92.8%' (test accuracy) and ' · partial' for a stopped run: what a compact label keeps of `describe_run`."""
-    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
-    return (f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else "") + (
-        " · partial" if record.status in PARTIAL_STATUSES else "")
-
-
-def live_edit_note(record: RunRecord) -> str:
-    """' · changed live: alpha_tv=1 at step 104' when settings moved during the run: its name gives the start."""
-    edits = record.summary.get("live_updates") or []
-    if not edits:
-        return ""
-    last = edits[-1]
-    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
-                        for k, v in last.items() if k != "step")
-    more = f" (+{len(edits) - 1} earlier)" if len(edits) > 1 else ""
-    return f" · changed live: {changes} at step {last['step'] + 1}{more}"
 
 
 def eta_text(job: Job) -> str:

@@ -1,6 +1,6 @@
-"""The Distill page's parts: the method's main weights (one line each, METHODS §1-§3), a `DistillConfig` built from
-them, starting a `DistillJob` through the job manager, its live view, and the result table the Runs page reuses.
-`pages/distill.py` lays them out; the algorithm is dfkd_core.distill's."""
+"""The Distill page's settings: the method's main weights (one line each, METHODS §1-§3), recipes, a `DistillConfig`
+built from them, and starting a `DistillJob` through the job manager. Its live view is distill_live.py, the result
+table results_view.py; `pages/distill.py` lays them out; the algorithm is dfkd_core.distill's."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import streamlit as st
 
@@ -21,16 +21,14 @@ from dfkd_core.distill.inversion_kd import PoolKD
 from dfkd_core.distill.methods import RealOrPoolMethod
 from dfkd_core.distill.recipes import RECIPES, adapt_to_precision, default_recipe, float32_settings, recipes_for
 from dfkd_core.launch import LaunchedDistillJob
-from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
-from dfkd_core.plots.distill import per_class_accuracy_figure
-from dfkd_core.stats import wilson_interval
 from dfkd_core.runs import RunRecord
-from dfkd_core.stats import Interval
 from dfkd_core.synthesis import SynthesisConfig
-from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, describe_run, eta_text, fresh_model, get_store,
-                                live, open_checkpoint, require_job_slot, submit)
+from pages.views.common import (
+    SNAPSHOT_SECONDS, fresh_model, get_store, open_checkpoint, require_job_slot,
+    submit)
+from pages.views.labels import describe_run
 from pages.views.methods_doc import section_link
-from pages.views.synthesis_view import ALPHAS, cached, png_data_uri
+from pages.views.synthesis_view import ALPHAS
 
 CURVE_POINTS = 40                          # about this many held-out evaluations per run (sets eval_every)
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1)
@@ -326,144 +324,8 @@ def start_distillation(teacher_run: str, config: DistillConfig, processes: int =
     return submit(job, run, label=f"{config.method} distillation on {info.name}", snapshot_interval_s=SNAPSHOT_SECONDS)
 
 
-# ------------------------------------------------------------------ results (also used by the Runs page)
-
-FELL_BACK = " ⚠"   # marks a KD precision other than the one asked for; the table's caption says which
-
-
-def result_row(summary: Mapping, name: str = "") -> dict:
-    """The report every method shares: one table row, each accuracy beside its 95% interval over the test images.
-    Narrow enough to fit the page: intervals without their estimate again, the precision in a word."""
-    def number(key):
-        v = summary.get(key)
-        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    def interval(key, spec):
-        stored = summary.get(f"{key}_ci")
-        if not isinstance(stored, dict):
-            return "–"
-        ci = Interval.from_dict(stored)
-        return f"{ci.low:{spec}} – {ci.high:{spec}}" if ci.defined else ci.format(spec)
-    made, pool = number("images_synthesized"), number("pool_size")
-    images = (f"{pool:,} from a pool" if pool and not made else f"{made:,} made" if made is not None else "–")
-    precision = str(summary.get("kd_precision", "–"))   # 'float32 (bf16 asked for, but this CPU has no ...)'
-    return {"run": name, "method": summary.get("method"), "student": summary.get("student"),
-            "student acc": number("student_accuracy"), "student 95% CI": interval("student_accuracy", ".2%"),
-            "teacher acc": number("teacher_accuracy"), "ratio": number("ratio"),
-            "ratio 95% CI": interval("ratio", ".3f"), "minutes": number("wall_minutes"), "images": images,
-            "KD in": precision.split(" ")[0].replace("bfloat16", "bf16") + (FELL_BACK if "asked for" in precision
-                                                                            else "")}
-
-
-RESULT_COLUMNS = {"student acc": st.column_config.NumberColumn(format="percent"),
-                  "teacher acc": st.column_config.NumberColumn(format="percent"),
-                  "ratio": st.column_config.NumberColumn(format="%.3f",
-                                                         help="student accuracy ÷ teacher accuracy"),
-                  "minutes": st.column_config.NumberColumn(format="%.2f", help="wall time of this run (a pool's "
-                                                           "synthesis, when reused, is not in it)"),
-                  "images": st.column_config.TextColumn(help="synthetic images the student learned from: made in "
-                                                        "this run, or reused from a pool made before"),
-                  "KD in": st.column_config.TextColumn(help="the precision the distillation computed in")}
-
-
-def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
-    """The results table of these runs' summaries; under it, in words, a precision other than the one asked for."""
-    rows = [result_row(s, n) for s, n in zip(summaries, names)]
-    st.dataframe(rows, hide_index=True, column_config=RESULT_COLUMNS)
-    fallbacks = sorted({str(s.get("kd_precision")) for s, row in zip(summaries, rows) if FELL_BACK in row["KD in"]})
-    if fallbacks:
-        st.caption(f"{FELL_BACK.strip()} KD computed in " + "; in ".join(fallbacks) + ".")
-
+# ------------------------------------------------------------------ pools
 
 def describe_pool(record: RunRecord) -> str:
     images = record.summary.get("pool_size", record.summary.get("images_synthesized"))
     return describe_run(record) + (f" · {images} images" if isinstance(images, int) else "")
-
-
-# ------------------------------------------------------------------ live view
-
-def accuracy_note(job: DistillJob, accuracy: float | None) -> str:
-    """Where the headline accuracy comes from, with its interval: once the run has its result, the result's own
-    number and interval (the Result table's); before, the held-out images' (Wilson), said as all of the test set
-    when they are all of it (digits)."""
-    final = job.result.get("student_accuracy_ci") if not job.running else None
-    if isinstance(final, dict):
-        ci = Interval.from_dict(final)
-        return (f"Student accuracy on all {ci.units:,} real test images: {ci.format('.2%')} (95%, {ci.method}), as "
-                "in the Result table below.")
-    held, total = len(getattr(job, "heldout", None) or []), getattr(job, "test_images", 0)
-    if accuracy is None or not held:
-        return ""
-    ci = wilson_interval(round(accuracy * held), held)
-    if held >= total:
-        return f"Student accuracy on all {held:,} real test images: {ci.format('.1%')} (Wilson 95%)."
-    return (f"Student accuracy on {held:,} held-out real test images: {ci.format('.1%')} (Wilson 95%). The run's "
-            f"result uses all {total:,} test images, paired with the teacher on the same images.")
-
-
-def render_progress(job: DistillJob) -> None:
-    history = list(job.history)
-    last = history[-1] if history else {}
-    curve = list(job.curve)
-    accuracy = curve[-1]["student_accuracy"] if curve else None
-    if not job.running and isinstance(job.result.get("student_accuracy"), float):
-        accuracy = job.result["student_accuracy"]   # the result's number, on the whole test set
-    total = job.method.total_steps()
-    done = last["step"] + 1 if "step" in last else 0
-    doing = job.method.describe_step(last) if last else "preparing: measuring the teacher on the real test set"
-    st.progress(min(1.0, done / max(total, 1)),
-                text=f"**{job.status}** · step {done:,} of {total:,}" + (f" · {doing}" if job.running else "")
-                     + eta_text(job))
-    st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps, "
-               f"{last.get('images_synthesized', 0):,} images finished.")
-    if job.status == "failed":
-        st.error(job.error)
-    teacher = getattr(job, "teacher_accuracy", None)
-    cols = st.columns(4)
-    cols[0].metric("student accuracy", f"{accuracy:.1%}" if accuracy is not None else "–",
-                   help="While it runs, on held-out real test images; once it ends, on the whole test set (see below)")
-    cols[1].metric("teacher accuracy", f"{teacher:.1%}" if teacher is not None else "–")
-    cols[2].metric("images finished", last.get("images_synthesized", 0),
-                   help="Synthetic images whose inversion has ended; the grid below also shows the batch in progress")
-    kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
-    cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
-    st.caption(accuracy_note(job, accuracy))
-    if isinstance(job, LaunchedDistillJob):
-        st.caption(f"Runs in {job.processes} torchrun processes on this machine (log: `{job.log_path()}`): the "
-                   "curves follow the run's files; its images are on the Runs page when it ends.")
-    snap = job.latest_snapshot
-    if snap is not None and snap.images is not None and len(snap.images):
-        # The caption below, not st.image's own: a content-width image is as wide as its caption, so a long one
-        # stretched a pool of a few 8x8 images across the page.
-        st.image(cached("distill_grid", (job.id, snap.step),
-                        lambda: png_data_uri(image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4))),
-                 output_format="PNG")
-        st.caption(f"the images at step {snap.step + 1}: the teacher's prediction and confidence under each "
-                   "(green = the class it was made for)")
-
-
-def render_curves(job: DistillJob) -> None:
-    curve, history = list(job.curve), list(job.history)
-    teacher = {"student": getattr(job, "teacher_accuracy", float("nan"))}
-    version = (job.id, len(curve), len(history) // 10)
-    left, right = st.columns(2)
-    left.plotly_chart(cached("distill_acc_images", version, lambda: accuracy_curves_figure(
-        {"student": curve}, "images_synthesized", teacher)), key="live_acc_images")
-    right.plotly_chart(cached("distill_acc_steps", version, lambda: accuracy_curves_figure(
-        {"student": curve}, "student_steps", teacher)), key="live_acc_steps")
-    st.plotly_chart(cached("distill_kd", version, lambda: kd_loss_figure(history)), key="live_kd")
-    per_class = getattr(job, "per_class", None)
-    if per_class and "student" in per_class:
-        names = job.dataset.class_names or [str(k) for k in range(job.dataset.num_classes)]
-        st.plotly_chart(cached("distill_classes", (job.id, len(curve)),
-                               lambda: per_class_accuracy_figure(per_class, names)), key="live_classes")
-
-
-def render_live(job: DistillJob | None) -> None:
-    live(job, render_progress, POLL_SECONDS)
-    live(job, render_curves, 2 * POLL_SECONDS)
-    if job is not None and not job.running and job.result.get("student_accuracy") is not None:
-        st.subheader("Result")
-        show_results([job.result], [job.run_record.id if job.run_record else ""])
-        st.page_link("pages/runs.py", label=f"Open run {job.run_record.id} on the Runs page",
-                     icon=":material/folder_open:", query_params={"run": job.run_record.id})

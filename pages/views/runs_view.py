@@ -12,9 +12,10 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
                              loss_curves_figure, student_accuracy_figure)
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
-from pages.views.common import JOB_PARAM, get_job_manager, get_store, live_edit_note, open_checkpoint
+from pages.views.common import JOB_PARAM, get_job_manager, get_store, open_checkpoint
+from pages.views.labels import live_edit_note
 from dfkd_core.distill.results import compare_students_accuracy
-from pages.views.distill_view import show_results
+from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
 
 KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",

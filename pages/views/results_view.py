@@ -1,0 +1,56 @@
+"""The report every distillation shares, one row per run: student and teacher accuracy with their 95% intervals,
+ratio, minutes, where the images came from, the precision the KD ran in. Used by Distill's result and by Runs."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import streamlit as st
+
+from dfkd_core.stats import Interval
+
+
+FELL_BACK = " ⚠"   # marks a KD precision other than the one asked for; the table's caption says which
+
+
+def result_row(summary: Mapping, name: str = "") -> dict:
+    """The report every method shares: one table row, each accuracy beside its 95% interval over the test images.
+    Narrow enough to fit the page: intervals without their estimate again, the precision in a word."""
+    def number(key):
+        v = summary.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def interval(key, spec):
+        stored = summary.get(f"{key}_ci")
+        if not isinstance(stored, dict):
+            return "–"
+        ci = Interval.from_dict(stored)
+        return f"{ci.low:{spec}} – {ci.high:{spec}}" if ci.defined else ci.format(spec)
+    made, pool = number("images_synthesized"), number("pool_size")
+    images = (f"{pool:,} from a pool" if pool and not made else f"{made:,} made" if made is not None else "–")
+    precision = str(summary.get("kd_precision", "–"))   # 'float32 (bf16 asked for, but this CPU has no ...)'
+    return {"run": name, "method": summary.get("method"), "student": summary.get("student"),
+            "student acc": number("student_accuracy"), "student 95% CI": interval("student_accuracy", ".2%"),
+            "teacher acc": number("teacher_accuracy"), "ratio": number("ratio"),
+            "ratio 95% CI": interval("ratio", ".3f"), "minutes": number("wall_minutes"), "images": images,
+            "KD in": precision.split(" ")[0].replace("bfloat16", "bf16") + (FELL_BACK if "asked for" in precision
+                                                                            else "")}
+
+
+RESULT_COLUMNS = {"student acc": st.column_config.NumberColumn(format="percent"),
+                  "teacher acc": st.column_config.NumberColumn(format="percent"),
+                  "ratio": st.column_config.NumberColumn(format="%.3f",
+                                                         help="student accuracy ÷ teacher accuracy"),
+                  "minutes": st.column_config.NumberColumn(format="%.2f", help="wall time of this run (a pool's "
+                                                           "synthesis, when reused, is not in it)"),
+                  "images": st.column_config.TextColumn(help="synthetic images the student learned from: made in "
+                                                        "this run, or reused from a pool made before"),
+                  "KD in": st.column_config.TextColumn(help="the precision the distillation computed in")}
+
+
+def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
+    """The results table of these runs' summaries; under it, in words, a precision other than the one asked for."""
+    rows = [result_row(s, n) for s, n in zip(summaries, names)]
+    st.dataframe(rows, hide_index=True, column_config=RESULT_COLUMNS)
+    fallbacks = sorted({str(s.get("kd_precision")) for s, row in zip(summaries, rows) if FELL_BACK in row["KD in"]})
+    if fallbacks:
+        st.caption(f"{FELL_BACK.strip()} KD computed in " + "; in ".join(fallbacks) + ".")
