@@ -61,8 +61,8 @@ def reference_note(config: dict, stored: dict) -> str:
     values = ", ".join(f"{pair.split(' | ')[0]} {Interval.from_dict(v).format('.3f')}" for pair, v in diagonal.items())
     return (f"Untrained reference ({reference['student'].split(':', 1)[1]}, same teacher, kernel and images, "
             f"{record.id}): layer i vs layer i {values}. What the student scores above these, training explains. "
-            "It is one untrained draw (seed 0): other seeds move it, by about 0.2 in middle layers on Fashion-MNIST "
-            "(docs/results.md).")
+            "It is one untrained draw (seed 0): other seeds move it, by up to about 0.2 in the middle layers of the "
+            "Fashion-MNIST networks measured.")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

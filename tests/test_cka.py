@@ -404,3 +404,9 @@ def test_the_reference_benchmark_reads_layer_i_against_layer_i(digits_teacher):
     assert len(same) == 4 and all(cell.startswith("1.000 [") for cell in same)   # a model against itself
     reference = bench.diagonal(digits_teacher, untrained_reference("untrained:bncnn3_w16", digits_teacher), inputs)
     assert float(reference[-1].split()[0]) < 0.9   # an untrained network's logits are not the teacher's
+
+
+def test_the_heatmap_writes_three_decimals_so_0996_is_not_read_as_one():
+    from dfkd_core.plots.representations import cka_heatmap_figure
+    figure = cka_heatmap_figure(torch.tensor([[0.996, 0.6], [float("nan"), 0.12345]]))
+    assert [list(row) for row in figure.data[0].text] == [["0.996", "0.600"], ["", "0.123"]]

@@ -190,7 +190,8 @@ def attack_loss_figure(teacher: BoundaryAttackResult, student: BoundaryAttackRes
         if symbol in symbols:
             fig.add_scatter(x=[None], y=[None], mode="markers", name=meaning, hoverinfo="skip",
                             marker=dict(symbol=symbol, size=12, color="gray"))
-    fig.add_hline(y=0, line_dash="dot", annotation_text="boundary (L_a = 0)")
+    fig.add_hline(y=0, line_dash="dot", annotation_text="boundary (L_a = 0)",
+                  annotation_position="top left")   # the attacks end at the right, on the line
     fig.update_layout(title="Attack loss L_a = f_b − f_k per step", xaxis_title="step", yaxis_title="L_a")
     fig.update_xaxes(tick0=0, dtick=1 if last_step <= 20 else None)   # whole steps, never 0.2
     return fig

@@ -41,8 +41,9 @@ def cka_heatmap_figure(matrix, layers_teacher: Sequence[str] | None = None,
     interval = "<br>95% interval [%{customdata[0]:.3f}, %{customdata[1]:.3f}]" if bounds is not None else ""
     fig = go.Figure(go.Heatmap(
         z=z, x=layers_student, y=layers_teacher, zmin=0, zmax=1, colorscale="Viridis", customdata=bounds,
-        # Two decimals always ("0.60", not "0.6"; 0.997 as "1.00", not "1.0"): cells read as one scale.
-        text=np.where(np.isnan(z), "", np.char.mod("%.2f", np.nan_to_num(z))), texttemplate="%{text}",
+        # Three decimals always ("0.600", not "0.6"): cells read as one scale, and 0.996 is not shown as 1.00 (an
+        # untrained network scores 0.98 at a first layer: the third decimal is where students differ there).
+        text=np.where(np.isnan(z), "", np.char.mod("%.3f", np.nan_to_num(z))), texttemplate="%{text}",
         hovertemplate=f"{teacher_label} %{{y}}<br>{student_label} %{{x}}<br>CKA %{{z:.4f}}{interval}<extra></extra>",
         colorbar={"title": "CKA"}))
     fig.update_layout(title=title or "CKA", xaxis_title=f"{student_label} layer", yaxis_title=f"{teacher_label} layer",

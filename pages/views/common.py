@@ -281,12 +281,20 @@ def offer_running_jobs(kind: str, accept: Callable[[Job], bool]) -> None:
     """Jobs of `kind` running from another tab (or from this one before a reload that lost its URL), each with a
     button that makes it this tab's job: otherwise a tab could neither watch nor stop them."""
     manager = get_job_manager()
-    for other in [j for j in manager.running_untagged() if j.kind == kind and accept(j)]:
+
+    def offer(other: Job) -> None:   # redrawn while the job runs: its step counts, and it goes when the job ends
+        if not other.running:
+            return
         text, button = st.columns([5, 1], vertical_alignment="center")
         steps = f" · step {other.step_index:,} of {other.total_steps:,}" if other.total_steps else ""
         text.info(f"Running from another tab: **{manager.label(other.id)}**{steps}.")
-        button.button("Watch here", key=f"watch_{other.id}", on_click=attach, args=(other,),
-                      help="Show this job here, with its Stop button (and live settings where the page has them)")
+        if button.button("Watch here", key=f"watch_{other.id}",
+                         help="Show this job here, with its Stop button (and live settings where the page has them)"):
+            attach(other)
+            st.rerun()   # the whole page: it now draws this job
+
+    for other in [j for j in manager.running_untagged() if j.kind == kind and accept(j)]:
+        live(other, offer, every=1.0)
 
 
 def attach(job: Job) -> None:

@@ -36,15 +36,25 @@ def result_row(summary: Mapping, name: str = "") -> dict:
                                                                             else "")}
 
 
-RESULT_COLUMNS = {"student acc": st.column_config.NumberColumn(format="percent"),
-                  "teacher acc": st.column_config.NumberColumn(format="percent"),
+RESULT_COLUMNS = {"run": st.column_config.TextColumn(help="the distillation run (partial: stopped before its end, "
+                                                     "its student measured as it was)"),
+                  "student acc": st.column_config.NumberColumn(format="percent", help="the student's accuracy on "
+                                                               "the whole real test set"),
+                  "student 95% CI": st.column_config.TextColumn(help="95% percentile-bootstrap interval over the "
+                                                                "test images"),
+                  "teacher acc": st.column_config.NumberColumn(format="percent", help="the teacher's accuracy on "
+                                                               "the same test images"),
+                  "ratio 95% CI": st.column_config.TextColumn(help="95% interval of the ratio, teacher and student "
+                                                              "resampled together on the same images"),
                   "ratio": st.column_config.NumberColumn(format="%.3f",
                                                          help="student accuracy ÷ teacher accuracy"),
                   "minutes": st.column_config.NumberColumn(format="%.2f", help="wall time of this run (a pool's "
                                                            "synthesis, when reused, is not in it)"),
                   "images": st.column_config.TextColumn(help="synthetic images the student learned from: made in "
                                                         "this run, or reused from a pool made before"),
-                  "KD in": st.column_config.TextColumn(help="the precision the distillation computed in")}
+                  "KD in": st.column_config.TextColumn(help="the number format the student's training computed in: "
+                                                       "float32 (full precision) or bf16 (half the bits, faster "
+                                                       "where the hardware has it)")}
 
 
 def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:

@@ -12,8 +12,8 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
                              loss_curves_figure, student_accuracy_figure)
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
-from pages.views.common import JOB_PARAM, get_job_manager, get_store, open_checkpoint
-from pages.views.labels import live_edit_note
+from pages.views.common import JOB_PARAM, get_job_manager, get_store, live, open_checkpoint
+from pages.views.labels import PARTIAL_STATUSES, live_edit_note
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
@@ -44,11 +44,15 @@ def running_run_controls(record: RunRecord) -> None:
         st.info(f"{record.id} is running in another process (a `dfkd` command, or another app server): stop it "
                 "there. A run left 'running' by a process that died is marked interrupted when the app restarts.")
         return
-    text, stop = st.columns([5, 1], vertical_alignment="center")
-    steps = f": step {job.step_index:,} of {job.total_steps:,}" if job.total_steps else ""
-    text.info(f"Running in this app{steps}.")
-    stop.button("Stop", key=f"stop_{record.id}", on_click=manager.cancel, args=(job.id,), type="primary",
-                help="Stop it before its next step; what it has made so far is kept, marked partial")
+    def controls(j) -> None:   # redrawn while it runs; when it ends (stopped here or not) the page reruns
+        text, stop = st.columns([5, 1], vertical_alignment="center")
+        steps = f": step {j.step_index:,} of {j.total_steps:,}" if j.total_steps else ""
+        text.info(f"Running in this app{steps}." if j.running else f"Ending: {j.status}.")
+        stop.button("Stop", key=f"stop_{record.id}", on_click=manager.cancel, args=(j.id,), type="primary",
+                    disabled=not j.running, help="Stop it before its next step; what it has made so far is kept, "
+                                                 "marked partial")
+
+    live(job, controls, every=0.5)
     page = WATCH_PAGES.get(record.kind, WATCH_PAGES.get(record.method or ""))
     if page is not None:
         st.page_link(page, label="Watch it live on its page", icon=":material/visibility:",
@@ -147,7 +151,8 @@ def distill_runs(records: list[RunRecord]) -> list[RunRecord]:
 def show_student_comparison(records: list[RunRecord], key: str = "students") -> None:
     """Method, student, student/teacher accuracy, ratio, minutes and images per run, and the student-accuracy
     curves overlaid against images synthesized and against student steps."""
-    show_results([r.summary for r in records], [r.id for r in records])
+    show_results([r.summary for r in records],
+                 [r.id + (f" · partial ({r.status})" if r.status in PARTIAL_STATUSES else "") for r in records])
     labels = {r.id: f"{r.summary.get('method', r.method)} → {r.summary.get('student', '?')} · {r.id[-4:]}"
               for r in records}
     st.plotly_chart(student_accuracy_figure({labels[r.id]: r.summary for r in records}), key=f"{key}_final")
