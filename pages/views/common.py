@@ -57,8 +57,6 @@ def get_job_manager() -> JobManager:
 
 # ------------------------------------------------------------------ checkpoints in the run store
 
-
-
 def checkpoint_runs(kinds: Sequence[str] = ("teacher",), dataset: str | None = None) -> list[RunRecord]:
     """Runs of these kinds that hold a model.pt, newest first: finished ones, and stopped ones (marked partial by
     `describe_run`) — a teacher stopped at 72% is still a teacher to invert."""

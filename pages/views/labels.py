@@ -18,10 +18,14 @@ def run_name(record: RunRecord) -> str:
 
 def describe_run(record: RunRecord) -> str:
     """Name, live changes, accuracy, partial status and id: in full (a narrow box shows `compact_labels`)."""
-    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
-    shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
     partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
-    return f"{run_name(record)}{live_edit_note(record)}{shown}{partial} · {record.id}"
+    return f"{run_name(record)}{live_edit_note(record)}{accuracy_text(record)}{partial} · {record.id}"
+
+
+def accuracy_text(record: RunRecord) -> str:
+    """' · 92.8%': a teacher's test accuracy or a student's, '' for a run without one."""
+    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
+    return f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
 
 
 def distinct_names(names: Sequence[str]) -> list[str]:
@@ -92,9 +96,7 @@ def compact_labels(records: Sequence[RunRecord]) -> dict[str, str]:
 
 def run_facts(record: RunRecord) -> str:
     """' · 92.8%' (test accuracy) and ' · partial' for a stopped run: what a compact label keeps of `describe_run`."""
-    accuracy = record.summary.get("test_accuracy", record.summary.get("student_accuracy"))
-    return (f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else "") + (
-        " · partial" if record.status in PARTIAL_STATUSES else "")
+    return accuracy_text(record) + (" · partial" if record.status in PARTIAL_STATUSES else "")
 
 
 def live_edit_note(record: RunRecord) -> str:
