@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from dfkd_core.plots.intervals import error_bars
 from dfkd_core.plots.synthesis import _thin
 from dfkd_core.stats import Interval
 
@@ -120,8 +121,7 @@ def per_class_accuracy_figure(per_class: Mapping[str, Sequence[Interval]], class
             values = list(per_class[name])
             figure.add_trace(go.Bar(
                 x=list(class_names), y=[i.estimate for i in values], name=name, marker_color=colour,
-                error_y={"type": "data", "symmetric": False, "array": [i.high - i.estimate for i in values],
-                         "arrayminus": [i.estimate - i.low for i in values], "thickness": 1, "width": 3},
+                error_y={**error_bars(values), "thickness": 1, "width": 3},
                 customdata=[[i.low, i.high, i.units] for i in values],
                 hovertemplate=f"{name}<br>%{{x}}: %{{y:.1%}} [%{{customdata[0]:.1%}}, %{{customdata[1]:.1%}}] of "
                               "%{customdata[2]} images<extra></extra>"))

@@ -67,40 +67,32 @@ def _series(rows: Sequence[Mapping], key: str, min_gap: float = 0.02) -> tuple[l
 
 LABEL_LEVELS = 3          # heights a change label can take, so labels of close changes do not overlap
 LABEL_LEVEL_STEP = 0.3    # of the plot height, between levels
+CLOSE_CHANGES = 0.04      # of the step range: changes closer than this are merged (one setting) or stacked (several)
 
 
-def _label_levels(update_steps: Sequence[int], steps: Sequence[int], min_gap_fraction: float = 0.04) -> list[int]:
-    """A height level per change marker: a label closer than `min_gap_fraction` of the step range to the previous
-    one moves down a level (cycling), so close changes stay readable."""
-    span = max(1, (max(steps) - min(steps)) if steps else max(update_steps, default=1))
+def _label_levels(update_steps: Sequence[int], close: float) -> list[int]:
+    """A height level per change marker: a label closer than `close` steps to the previous one moves down a level
+    (cycling), so close changes stay readable."""
     levels, previous, level = [], None, 0
     for step in update_steps:
-        level = (level + 1) % LABEL_LEVELS if previous is not None and step - previous < min_gap_fraction * span \
-            else 0
+        level = (level + 1) % LABEL_LEVELS if previous is not None and step - previous < close else 0
         levels.append(level)
         previous = step
     return levels
 
 
-def _merge_slider_moves(updates: Sequence[Mapping], span: int, min_gap_fraction: float = 0.04
-                        ) -> list[tuple[dict, str]]:
-    """(change, hover text) per marker to draw: a run of changes to the same settings, each closer than
-    `min_gap_fraction` of the step range to the one before (a slider stepped with the keyboard), becomes one marker
-    at its first step labelled with the final value and how many moves it took; the hover lists every move."""
+def _merge_slider_moves(updates: Sequence[Mapping], close: float) -> list[list[Mapping]]:
+    """The changes grouped into the markers to draw: a run of changes to the same settings, each closer than
+    `close` steps to the one before (a slider stepped with the keyboard), is one marker; any other change is its
+    own."""
     merged: list[list[Mapping]] = []
     for update in updates:
         last = merged[-1][-1] if merged else None
-        if (last is not None and set(update) == set(last)
-                and update["step"] - last["step"] < min_gap_fraction * span):
+        if last is not None and set(update) == set(last) and update["step"] - last["step"] < close:
             merged[-1].append(update)
         else:
             merged.append([update])
-    marks = []
-    for moves in merged:
-        shown = {**moves[-1], "step": moves[0]["step"]}
-        hover = "<br>".join(f"step {m['step']}: {_describe_update(m)}" for m in moves)
-        marks.append((shown, hover))
-    return marks
+    return merged
 
 
 def _describe_update(update: Mapping) -> str:
@@ -144,14 +136,16 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     steps = [r.get("step", i) for i, r in enumerate(rows)]
     updates = list(updates)
     span = max(1, (max(steps) - min(steps)) if steps else max((u["step"] for u in updates), default=1))
-    marks = _merge_slider_moves(updates, span)
-    for (update, hover), level in zip(marks, _label_levels([u["step"] for u, _ in marks], steps)):
-        moves = hover.count("<br>") + 1
-        fig.add_vline(x=update["step"], line=dict(color="#888", dash="dash", width=1))
-        fig.add_annotation(x=update["step"], y=1.0 - LABEL_LEVEL_STEP * level, xref="x", yref="paper",
-                           text=_describe_update(update) + (f" ({moves} moves)" if moves > 1 else ""),
+    marks = _merge_slider_moves(updates, CLOSE_CHANGES * span)
+    for moves, level in zip(marks, _label_levels([m[0]["step"] for m in marks], CLOSE_CHANGES * span)):
+        # At the first move's step, with the last move's values; the hover lists every move.
+        step, text = moves[0]["step"], _describe_update(moves[-1])
+        fig.add_vline(x=step, line=dict(color="#888", dash="dash", width=1))
+        fig.add_annotation(x=step, y=1.0 - LABEL_LEVEL_STEP * level, xref="x", yref="paper",
+                           text=text + (f" ({len(moves)} moves)" if len(moves) > 1 else ""),
                            showarrow=False, textangle=-90, xanchor="right", yanchor="top",
-                           font=dict(size=10, color="#555"), hovertext=hover)
+                           font=dict(size=10, color="#555"),
+                           hovertext="<br>".join(f"step {m['step']}: {_describe_update(m)}" for m in moves))
     positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y is not None and y > 0] if log_y \
         else []
     if positive and max(positive) / min(positive) >= 10:
@@ -164,8 +158,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     if accuracy_keys:
         fig.update_yaxes(range=[0, 1.02], title_text="on batch", row=accuracy_row, col=1)
     fig.update_xaxes(title_text="step", row=2 if two else 1, col=1)
-    fig.update_layout(height=height if losses_drawn else height // 2, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.18),
-                      uirevision="keep")  # keep the user's zoom across live redraws
+    fig.update_layout(height=height if losses_drawn else height // 2, margin=dict(l=10, r=10, t=10, b=10),
+                      legend=dict(orientation="h", y=-0.18), uirevision="keep")  # keep the user's zoom across redraws
     return fig
 
 

@@ -18,8 +18,12 @@ def run_name(record: RunRecord) -> str:
 
 def describe_run(record: RunRecord) -> str:
     """Name, live changes, accuracy, partial status and id: in full (a narrow box shows `compact_labels`)."""
-    partial = f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
-    return f"{run_name(record)}{live_edit_note(record)}{accuracy_text(record)}{partial} · {record.id}"
+    return f"{run_name(record)}{live_edit_note(record)}{accuracy_text(record)}{partial_text(record)} · {record.id}"
+
+
+def partial_text(record: RunRecord) -> str:
+    """' · partial (cancelled)' for a run stopped before its end whose model so far was kept, else ''."""
+    return f" · partial ({record.status})" if record.status in PARTIAL_STATUSES else ""
 
 
 def accuracy_text(record: RunRecord) -> str:

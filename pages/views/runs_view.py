@@ -13,7 +13,7 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
 from pages.views.common import JOB_PARAM, get_job_manager, get_store, live, open_checkpoint
-from pages.views.labels import PARTIAL_STATUSES, live_edit_note
+from pages.views.labels import live_edit_note, partial_text
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
@@ -151,8 +151,7 @@ def distill_runs(records: list[RunRecord]) -> list[RunRecord]:
 def show_student_comparison(records: list[RunRecord], key: str = "students") -> None:
     """Method, student, student/teacher accuracy, ratio, minutes and images per run, and the student-accuracy
     curves overlaid against images synthesized and against student steps."""
-    show_results([r.summary for r in records],
-                 [r.id + (f" · partial ({r.status})" if r.status in PARTIAL_STATUSES else "") for r in records])
+    show_results([r.summary for r in records], [r.id + partial_text(r) for r in records])
     labels = {r.id: f"{r.summary.get('method', r.method)} → {r.summary.get('student', '?')} · {r.id[-4:]}"
               for r in records}
     st.plotly_chart(student_accuracy_figure({labels[r.id]: r.summary for r in records}), key=f"{key}_final")
