@@ -100,8 +100,8 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert summary["images_synthesized"] == 40 and summary["student"] == "bncnn3_w16"
     assert len(summary["curve"]) >= 3  # eval_every set so the curve has points even on a tiny run
     table = at.dataframe[0].value
-    assert table["student acc"][0] == pytest.approx(summary["student_accuracy"])
-    assert table["teacher acc"][0] == pytest.approx(summary["teacher_accuracy"])
+    assert table["student acc"][0] == pytest.approx(100 * summary["student_accuracy"])
+    assert table["teacher acc"][0] == pytest.approx(100 * summary["teacher_accuracy"])
     assert table["images"][0] == "40 made"
     assert len(elements(at, "plotly_chart")) == 4 and elements(at, "image")  # 2 accuracy curves, KD loss, per class
     total = job.method.total_steps()
@@ -113,7 +113,7 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     reloaded = app(PAGE, job=job.id)   # a page reload: same job, its settings in the widgets
     assert job_of(reloaded) is job
     assert reloaded.sidebar.number_input(key="distill_images").value == 40
-    assert reloaded.dataframe[0].value["student acc"][0] == pytest.approx(summary["student_accuracy"])
+    assert reloaded.dataframe[0].value["student acc"][0] == pytest.approx(100 * summary["student_accuracy"])
 
     at.sidebar.selectbox(key="distill_pool").set_value(record.id).run()   # synthesize once, distill again
     assert "images N" not in sidebar_labels(at)
@@ -138,7 +138,7 @@ def test_stop_keeps_the_student_so_far(teacher_home):
     at.run()
     record = teacher_home.get_record(job.run_record.id)
     assert record.status == "cancelled" and (record.dir / "model.pt").is_file()
-    assert at.dataframe[0].value["student acc"][0] == pytest.approx(record.summary["student_accuracy"])
+    assert at.dataframe[0].value["student acc"][0] == pytest.approx(100 * record.summary["student_accuracy"])
 
 
 def test_bad_input_is_explained(home, tmp_path):
@@ -177,7 +177,7 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
     for rid in ids:
         summary = teacher_home.get_record(rid).summary
         row = table[table["run"] == rid].iloc[0]
-        assert row["student acc"] == pytest.approx(summary["student_accuracy"])
+        assert row["student acc"] == pytest.approx(100 * summary["student_accuracy"])
         assert row["ratio"] == pytest.approx(summary["student_accuracy"] / summary["teacher_accuracy"])
     charts = {c.proto.id: c for c in elements(runs, "plotly_chart")}
     overlaid = [json.loads(c.proto.spec) for c in charts.values()]
@@ -185,7 +185,7 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
     assert len(two_lines) == 2  # vs images synthesized and vs student steps
     for rid in ids:   # each accuracy beside its 95% interval, in the table and as an error bar
         row = table[table["run"] == rid].iloc[0]
-        low, high = (float(v.rstrip("%")) / 100 for v in row["student 95% CI"].split(" – "))
+        low, high = (float(v.rstrip("%")) for v in row["student 95% CI"].split(" – "))
         assert low <= row["student acc"] <= high and low < high
     bars = [t for f in overlaid for t in f["data"] if t.get("type") == "bar"]
     assert any(len(b["x"]) == 2 and len(b["error_y"]["array"]) == 2 for b in bars)
@@ -301,7 +301,7 @@ def test_a_two_process_run_starts_from_the_page_and_is_shown_like_any_other(teac
     record = teacher_home.get_record(job.run_record.id)
     assert record.status == "done" and record.summary["processes"] == 2 and "2 processes" in record.name
     assert len(job.history) == job.method.total_steps() and job.curve   # every step of the leader, mirrored
-    assert at.dataframe[0].value["student acc"][0] == pytest.approx(record.summary["student_accuracy"])
+    assert at.dataframe[0].value["student acc"][0] == pytest.approx(100 * record.summary["student_accuracy"])
     assert any("torchrun processes" in c.value for c in at.caption)
 
 
@@ -324,6 +324,7 @@ def test_the_results_row_fits_and_says_where_the_images_came_from_and_a_precisio
               "kd_precision": "float32 (bf16 asked for, but this CPU has no native bf16)"}
     row = result_row(reused, "distill-x")
     assert row["student 95% CI"] == "88.06% – 89.40%" and row["images"] == "800 from a pool"
+    assert row["student acc"] == pytest.approx(88.74)   # in points: shown "88.74%" by the column's "%.2f%%"
     assert row["KD in"] == "float32" + FELL_BACK
     made = result_row({"images_synthesized": 1200, "pool_size": 1200, "kd_precision": "bfloat16 autocast"})
     assert made["images"] == "1,200 made" and made["KD in"] == "bf16" and made["ratio 95% CI"] == "–"

@@ -19,6 +19,10 @@ def result_row(summary: Mapping, name: str = "") -> dict:
         v = summary.get(key)
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
+    def percent(key):   # in points, so every accuracy shows two decimals ("87.50%", not "87.5%" beside "83.89%")
+        v = number(key)
+        return None if v is None else 100 * v
+
     def interval(key, spec):
         stored = summary.get(f"{key}_ci")
         if not isinstance(stored, dict):
@@ -29,8 +33,8 @@ def result_row(summary: Mapping, name: str = "") -> dict:
     images = (f"{pool:,} from a pool" if pool and not made else f"{made:,} made" if made is not None else "–")
     precision = str(summary.get("kd_precision", "–"))   # 'float32 (bf16 asked for, but this CPU has no ...)'
     return {"run": name, "method": summary.get("method"), "student": summary.get("student"),
-            "student acc": number("student_accuracy"), "student 95% CI": interval("student_accuracy", ".2%"),
-            "teacher acc": number("teacher_accuracy"), "ratio": number("ratio"),
+            "student acc": percent("student_accuracy"), "student 95% CI": interval("student_accuracy", ".2%"),
+            "teacher acc": percent("teacher_accuracy"), "ratio": number("ratio"),
             "ratio 95% CI": interval("ratio", ".3f"), "minutes": number("wall_minutes"), "images": images,
             "KD in": precision.split(" ")[0].replace("bfloat16", "bf16") + (FELL_BACK if "asked for" in precision
                                                                             else "")}
@@ -38,11 +42,11 @@ def result_row(summary: Mapping, name: str = "") -> dict:
 
 RESULT_COLUMNS = {"run": st.column_config.TextColumn(help="the distillation run (partial: stopped before its end, "
                                                      "its student measured as it was)"),
-                  "student acc": st.column_config.NumberColumn(format="percent", help="the student's accuracy on "
+                  "student acc": st.column_config.NumberColumn(format="%.2f%%", help="the student's accuracy on "
                                                                "the whole real test set"),
                   "student 95% CI": st.column_config.TextColumn(help="95% percentile-bootstrap interval over the "
                                                                 "test images"),
-                  "teacher acc": st.column_config.NumberColumn(format="percent", help="the teacher's accuracy on "
+                  "teacher acc": st.column_config.NumberColumn(format="%.2f%%", help="the teacher's accuracy on "
                                                                "the same test images"),
                   "ratio 95% CI": st.column_config.TextColumn(help="95% interval of the ratio, teacher and student "
                                                               "resampled together on the same images"),
