@@ -22,7 +22,7 @@ ITERATION_OPTIONS = (50, 100, 200, 300, 500, 1000, 2000)   # the Synthesize page
 
 def set_slider(page, label: str, steps_right: int) -> None:
     """Move a select_slider from its first option `steps_right` options to the right, by keyboard as a user can."""
-    thumb = page.get_by_role("slider", name=label)
+    thumb = page.get_by_role("slider", name=label, exact=True)
     thumb.focus()
     thumb.press("Home")
     for _ in range(steps_right):
@@ -37,7 +37,7 @@ def open_synthesize(page, url: str, user: dict) -> None:
     page.get_by_role("button", name="Start").wait_for(timeout=60_000)
     set_slider(page, "pace (steps per second)", 0)    # 0 = as fast as the machine allows
     set_slider(page, "seed", user["seed"])
-    set_slider(page, "iterations T", ITERATION_OPTIONS.index(user["iterations"]))
+    set_slider(page, "iterations", ITERATION_OPTIONS.index(user["iterations"]))
 
 
 @pytest.mark.slow   # ~60-100 s on 2 loaded cores: four browser sessions polling one server while four jobs run
@@ -76,7 +76,7 @@ def test_server_killed_mid_synthesis_leaves_an_interrupted_run_with_its_images(t
     with serve_app(tmp_path) as url, chromium_page() as page:
         page.goto(url)
         page.get_by_role("button", name="Start").wait_for(timeout=60_000)
-        set_slider(page, "iterations T", ITERATION_OPTIONS.index(2000))
+        set_slider(page, "iterations", ITERATION_OPTIONS.index(2000))
         page.get_by_role("button", name="Start").click()
         deadline = time.time() + 60
         while not [r for r in store.list(kind="synthesis")

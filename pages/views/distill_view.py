@@ -66,7 +66,7 @@ def _makes_pool(cls) -> bool:
 WEIGHTS = (
     Weight("images", "images N", r"Images synthesized in total, one batch per round.", _makes_pool,
            minimum=1),
-    # No symbol here: this sidebar's T is the temperature (Synthesize calls the iterations T, as docs/methods.md).
+    # No symbol here: this sidebar's T is the temperature (docs/methods.md calls the iterations N_it).
     Weight("iterations", "inversion iterations", r"Adam steps on each batch $\hat x\sim\mathcal N(0,1)$.", _pool,
            "synthesis", minimum=1),
     Weight("inv_lr", "inversion learning rate η", r"Adam on $\hat x$, cosine decay over the iterations.", _pool,

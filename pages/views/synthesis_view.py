@@ -60,7 +60,7 @@ KNOBS = (
          fmt="{}"),
     Knob("batch_size", "batch B", r"$B$ images optimized together; BN statistics are taken over the batch.",
          (10, 20, 50, 100, 200, 400), fmt="{}"),
-    Knob("iterations", "iterations T", r"$T$ Adam steps on $\hat x \sim \mathcal N(0, 1)$.",
+    Knob("iterations", "iterations", r"$N_{it}$ Adam steps on $\hat x$, which starts as $\mathcal N(0, 1)$ noise.",
          (50, 100, 200, 300, 500, 1000, 2000), fmt="{}"),
     Knob("multi_resolution_iterations", "half-resolution iterations k", r"First $k$ steps at half resolution, then "
          r"upsample and continue ($0$ = full resolution throughout).", (0, 25, 50, 100, 200), fmt="{}"),
