@@ -12,7 +12,8 @@ from dfkd_core.runs import RunStillRunningError, UnknownRunError  # noqa: E402
 from pages.views.common import get_store, keep_widget_state  # noqa: E402
 from pages.views.labels import describe_run  # noqa: E402
 from pages.views.runs_view import (  # noqa: E402
-    curve_keys, distill_runs, history_of, run_table, running_run_controls, show_run, show_student_comparison)
+    RUN_TABLE_COLUMNS, curve_keys, distill_runs, history_of, run_table, running_run_controls, show_run,
+    show_student_comparison)
 
 MAX_COMPARED = 6  # distilled students compared by default
 
@@ -26,7 +27,7 @@ records = [r for r in everything if kind == "all" or r.kind == kind]
 if not records:
     st.info("No runs yet. Train a teacher or start a synthesis and it will be listed here.")
     st.stop()
-st.dataframe(run_table(records), hide_index=True)
+st.dataframe(run_table(records), hide_index=True, column_config=RUN_TABLE_COLUMNS)
 by_id = {r.id: r for r in records}
 if st.query_params.get("run") in by_id:  # link from another page (e.g. Distill's result): ?run=<run id>
     st.session_state["runs_open"] = st.query_params.pop("run")

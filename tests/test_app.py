@@ -450,6 +450,13 @@ def test_runs_page_lists_opens_compares_and_deletes(teacher_home, digits_teacher
     runs = app("pages/runs.py")
     table = runs.dataframe[0].value
     assert len(table) == 3 and set(table["status"]) == {"done", "failed"}
+    teacher_row = table[table["id"] == teacher_home.teacher_id].iloc[0]   # accuracies in points, time in minutes
+    teacher_summary = teacher_home.get_record(teacher_home.teacher_id).summary
+    assert teacher_row["test acc"] == pytest.approx(100 * teacher_summary["test_accuracy"])
+    synthesis_summary = teacher_home.get_record(job_of(at).run_record.id).summary
+    synthesis_row = table[table["id"] == job_of(at).run_record.id].iloc[0]
+    assert synthesis_row["minutes"] == pytest.approx(synthesis_summary["elapsed_s"] / 60)
+    assert "elapsed_s" not in table.columns and "test_accuracy" not in table.columns
     assert "nan at step 3" in " ".join(str(e) for e in table["error"])
     runs.selectbox(key="runs_open").set_value(broken.id).run()
     assert "nan at step 3" in runs.error[0].value  # failed runs are shown with their error

@@ -18,17 +18,40 @@ from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
 
-KEY_METRICS = ("test_accuracy", "student_accuracy", "teacher_accuracy", "mean_confidence", "bn_distance_end",
-               "ratio", "steps", "elapsed_s")
+# The key metrics any run may have: summary key → column, its format and what it measures. Accuracies in points
+# ("%.2f%%" on 100 × the value) so every row shows two decimals; seconds as minutes; one column per quantity.
+KEY_METRICS = {
+    "test_accuracy": ("test acc", "%.2f%%", "a teacher's accuracy on the real test images"),
+    "student_accuracy": ("student acc", "%.2f%%", "a distilled student's accuracy on the real test images"),
+    "teacher_accuracy": ("teacher acc", "%.2f%%", "distillation: the teacher on the same real test images; "
+                         "synthesis: how often the teacher calls a synthetic image its target class"),
+    "mean_confidence": ("confidence", "%.3f", "synthesis: the teacher's mean top-class probability on its images"),
+    "bn_distance_end": ("BN distance", "%.4g", "synthesis: the images' BatchNorm-statistics distance to the "
+                        "teacher's running statistics at the end (lower is closer)"),
+    "ratio": ("ratio", "%.3f", "student accuracy ÷ teacher accuracy"),
+    "steps": ("steps", "%d", "steps the run took"),
+    "elapsed_s": ("minutes", "%.2f", "wall time of the run"),
+}
+PERCENT_METRICS = {k for k, (_, fmt, _) in KEY_METRICS.items() if fmt.endswith("%%")}
+
+
+def _metric(record: RunRecord, key: str) -> float | None:
+    value = record.summary.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return 100 * value if key in PERCENT_METRICS else value / 60 if key == "elapsed_s" else value
 
 
 def run_table(records: list[RunRecord]) -> list[dict]:
     """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
-    shown = [k for k in KEY_METRICS if any(isinstance(r.summary.get(k), (int, float)) for r in records)]
+    shown = [k for k in KEY_METRICS if any(_metric(r, k) is not None for r in records)]
     return [{"id": r.id, "name": f"{r.name or ''}{live_edit_note(r)}", "kind": r.kind, "status": r.status,
              "created": r.created_str, "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
-             **{k: r.summary.get(k) if isinstance(r.summary.get(k), (int, float)) else None for k in shown},
-             "error": r.error} for r in records]
+             **{KEY_METRICS[k][0]: _metric(r, k) for k in shown}, "error": r.error} for r in records]
+
+
+RUN_TABLE_COLUMNS = {column: st.column_config.NumberColumn(format=fmt, help=meaning)
+                     for column, fmt, meaning in KEY_METRICS.values()}
 
 
 # The page a running run's job can be watched on (it offers the job by its id in the URL), by kind or method.
