@@ -38,15 +38,27 @@ def estimate_time_left(rows: Sequence[dict], remaining: dict[str, int],
     pace is the median time between a step of that kind and the step before it: the first steps of a kind (kernels
     built for a new shape) were several times slower, and a mean over the first dozen promised 2-3x the real time on
     digits. The job's set-up before its first step is no step's."""
+    return time_for(remaining, step_paces(rows, kind_of))
+
+
+def step_paces(rows: Sequence[dict], kind_of: Callable[[dict, dict], str]) -> dict[str, float]:
+    """Kind → median seconds per step of that kind in `rows` (see `estimate_time_left`); a finished run's paces
+    also estimate a new run of the same settings before it starts."""
     spent: dict[str, list[float]] = {}
     for previous, row in zip(rows, rows[1:]):
         spent.setdefault(kind_of(previous, row), []).append(max(0.0, row["elapsed_s"] - previous["elapsed_s"]))
+    return {kind: statistics.median(seconds) for kind, seconds in spent.items()}
+
+
+def time_for(remaining: dict[str, int], paces: dict[str, float]) -> TimeLeft:
+    """The time `remaining` (kind → steps) takes at `paces` (kind → seconds per step); kinds without a pace are
+    counted, not guessed."""
     seconds, untimed = 0.0, {}
     for kind, count in remaining.items():
         if count <= 0:
             continue
-        if kind in spent:
-            seconds += count * statistics.median(spent[kind])
+        if kind in paces:
+            seconds += count * paces[kind]
         else:
             untimed[kind] = count
     return TimeLeft(seconds, untimed)

@@ -15,7 +15,7 @@ from pages.views.labels import PARTIAL_STATUSES, describe_run  # noqa: E402
 from pages.views.distill_live import render_live  # noqa: E402
 from pages.views.distill_view import (  # noqa: E402
     SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
-    method_label, ordered_methods, pool_runs, processes_widget, recipe_values, recipe_widget, set_weights,
+    method_label, ordered_methods, planned_time_text, pool_runs, processes_widget, recipe_values, recipe_widget, set_weights,
     start_distillation, student_choices, uses_pool, weight_key, weight_widget, weights_of)
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
@@ -105,6 +105,10 @@ if job is None:
             "are synthesized; the student and the images are saved in the run store (Runs page).")
     if recipe:   # its time is in its description: fashion-best runs 20-40 CPU minutes
         st.caption(f"Recipe **{recipe}**: {RECIPES[recipe]['description']}.")
+    planned = planned_time_text(teacher_run, config_from_widgets(method, student, pool_run, extra_options,
+                                                                 data_root_setting(dataset.name)), processes)
+    if planned:
+        st.caption(f"**Time**: {planned}.")
         adjusted = recipe_values(recipe, method)[1]
         if adjusted:
             st.info(float32_note(recipe, adjusted))

@@ -86,6 +86,8 @@ def test_a_partial_teacher_is_said_to_be_one_before_a_student_is_distilled_from_
 def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     at = app(PAGE)
     set_numbers(at, TINY)
+    time_caption = next(c.value for c in at.caption if c.value.startswith("**Time**"))
+    assert "student steps" in time_caption and "no estimate" in time_caption   # no earlier run to time it by
     button(at, "Start").click().run()
     assert not at.error, at.error[0].value
     job = job_of(at)
@@ -109,6 +111,11 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert progress.startswith(f"**done** · step {total:,} of {total:,} · ") and progress.endswith("elapsed")
     plan = next(c.value for c in at.caption if " steps = " in c.value)   # one step count, its parts explained
     assert plan.startswith(f"{total:,} steps = ") and f"{job.trainer.steps_done:,} student steps" in plan
+
+    again = app(PAGE)   # the same settings once more: timed at the finished run's pace, before Start
+    set_numbers(again, TINY)
+    time_caption = next(c.value for c in again.caption if c.value.startswith("**Time**"))
+    assert "on this machine" in time_caption and record.id in time_caption, time_caption
 
     reloaded = app(PAGE, job=job.id)   # a page reload: same job, its settings in the widgets
     assert job_of(reloaded) is job

@@ -4,6 +4,7 @@ table results_view.py; `pages/distill.py` lays them out; the algorithm is dfkd_c
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -15,6 +16,7 @@ import streamlit as st
 from dfkd_core.data import load_split
 from dfkd_core.device import cpu_computes_bf16
 from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
+from dfkd_core.distill.estimate import FINISHED, planned_time
 from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.generator_kd import GeneratorKD
 from dfkd_core.distill.inversion_kd import PoolKD
@@ -298,6 +300,26 @@ def pool_runs(dataset: str) -> list[RunRecord]:
 def uses_pool(method: str) -> bool:
     """Pool methods skip synthesis with a reused pool; real-data-or-pool methods (IE-KD, BSS) learn from it."""
     return issubclass(DISTILL_METHODS[method], (PoolKD, RealOrPoolMethod))
+
+
+def planned_time_text(teacher_run: str, config: DistillConfig, processes: int) -> str | None:
+    """The run these settings make, in steps and, where this teacher has a finished run with the same step
+    settings, in minutes at that run's pace; None while the settings cannot make a job (Start says why)."""
+    store = get_store()
+    finished = tuple(r.id for r in store.list(kind="distill") if r.teacher == teacher_run and r.status in FINISHED)
+    return _planned_time_text(teacher_run, json.dumps(config.to_dict(), sort_keys=True), processes, finished)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _planned_time_text(teacher_run: str, config_json: str, processes: int, finished: tuple[str, ...]) -> str | None:
+    config = DistillConfig(**json.loads(config_json))
+    try:
+        if config.pool:
+            config.pool = str(get_store().resolve_checkpoint(config.pool, "images.pt"))
+        job = DistillJob(dataclasses.replace(open_checkpoint(teacher_run), model=fresh_model(teacher_run)), config)
+    except Exception:   # noqa: BLE001 (any refusal is Start's to explain, in its own words)
+        return None
+    return planned_time(job, get_store(), teacher_run, processes).describe()
 
 
 def start_distillation(teacher_run: str, config: DistillConfig, processes: int = 1) -> DistillJob:

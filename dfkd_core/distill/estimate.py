@@ -1,0 +1,71 @@
+"""How long a distillation will take, before it starts: its planned steps of each kind at the pace an earlier run of
+the same teacher took with the same settings that set a step's cost (method, student, batch sizes, teacher echo,
+precision, device, processes). `fashion-best` runs 20-40 minutes on 2 CPU cores and 1.5 on a GPU: only this machine's own
+runs can say which, so without a comparable earlier run there is no number, and the steps are counted instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfkd_core.runs import RunRecord, RunStore
+from dfkd_core.time_left import TimeLeft, clock, step_paces, time_for
+
+# The settings a step's cost depends on; the number of steps (images, steps, iterations) does not change its pace.
+PACE_SETTINGS = ("method", "batch_size", "teacher_echo", "cpu_bf16", "device", "amp")
+PACE_SYNTHESIS_SETTINGS = ("batch_size", "multi_resolution_iterations")
+FINISHED = ("done", "cancelled", "interrupted")
+START = {"step": -1, "student_steps": 0}   # the row a job has "finished" before its first step
+
+
+@dataclass(frozen=True)
+class PlannedTime:
+    """`time`: the new run's steps at `source`'s pace (untimed kinds counted); `source`: the earlier run, or None
+    when no finished run of this teacher had the same pace settings; `planned`: kind → steps the new run takes."""
+
+    planned: dict[str, int]
+    time: TimeLeft | None
+    source: RunRecord | None
+
+    def describe(self) -> str:
+        """'about 23:40 on this machine (the pace of distill-…, 2026-12-07 04:31: same teacher and settings)', with
+        the kinds of steps that run did not take counted apart; or the plan in steps when nothing earlier compares."""
+        steps = counted({kind: n for kind, n in self.planned.items() if n > 0})
+        if self.time is None or self.source is None:
+            return (f"{steps}; no earlier run of this teacher with these settings to time them by, so no estimate "
+                    "yet (the first run's pace estimates the next)")
+        pace = f"the pace of {self.source.id}, {self.source.created_str}, same teacher and step settings"
+        untimed = counted(self.time.untimed)
+        if not untimed:
+            return f"about {clock(self.time.seconds)} on this machine ({pace})"
+        if self.time.seconds <= 0:
+            return f"{steps}; the earlier run ({self.source.id}) took none of these steps, so no estimate yet"
+        return f"about {clock(self.time.seconds)} on this machine ({pace}), plus {untimed} (not timed yet)"
+
+
+def counted(steps: dict[str, int]) -> str:
+    """'40 inversion iterations, 20 trajectory steps and 30 student steps'."""
+    parts = [f"{n:,} {kind}" for kind, n in steps.items()]
+    return " and ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def pace_settings(config: dict, student: str | None) -> tuple:
+    """What sets a step's cost, from a run's config; `student` resolved ('' in a config means the default)."""
+    synthesis = config.get("synthesis") or {}
+    return ((student, config.get("processes") or 1) + tuple(config.get(k) for k in PACE_SETTINGS)
+            + tuple(synthesis.get(k) for k in PACE_SYNTHESIS_SETTINGS))
+
+
+def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> PlannedTime:
+    """`job`: a `DistillJob` built but not started, to run in `processes` processes. Looks through this teacher's finished distillations, newest
+    first, for one with `job`'s pace settings and at least two logged steps."""
+    remaining, kind_of = job.method.steps_left_by_kind(START)
+    wanted = pace_settings({**job.config.to_dict(), "processes": processes}, job.student_name)
+    candidates = [r for r in store.list(kind="distill") if r.teacher == teacher_id and r.status in FINISHED]
+    for record in sorted(candidates, key=lambda r: r.created, reverse=True):
+        run = store.get(record.id)
+        if pace_settings(run.config(), record.summary.get("student")) != wanted:
+            continue
+        rows = [row for row in run.metrics() if isinstance(row.get("elapsed_s"), (int, float))]
+        if len(rows) >= 2:
+            return PlannedTime(remaining, time_for(remaining, step_paces(rows, kind_of)), record)
+    return PlannedTime(remaining, None, None)

@@ -1,0 +1,43 @@
+"""A distillation's time before it starts: its planned steps at the pace of an earlier run with the same settings."""
+import copy
+
+import pytest
+
+from dfkd_core.distill import DistillConfig, DistillJob
+from dfkd_core.distill.estimate import planned_time
+from dfkd_core.time_left import step_paces, time_for
+
+
+def test_step_paces_are_each_kinds_median_and_time_for_counts_untimed_kinds():
+    rows = [{"elapsed_s": t, "kind": k} for t, k in [(0, "a"), (1, "a"), (4, "b"), (5, "a"), (7, "b"), (9, "b")]]
+    paces = step_paces(rows, lambda previous, row: row["kind"])
+    # a: 1-0, 5-4 → median 1.0; b: 4-1, 7-5, 9-7 → 3, 2, 2 → median 2.0
+    assert paces == {"a": 1.0, "b": 2.0}
+    planned = time_for({"a": 10, "b": 5, "c": 7, "d": 0}, paces)
+    assert planned.seconds == pytest.approx(10 * 1.0 + 5 * 2.0) and planned.untimed == {"c": 7}
+
+
+def test_a_new_run_is_timed_by_the_newest_finished_run_of_its_teacher_with_the_same_step_settings(
+        digits_teacher, store):
+    config = DistillConfig(method="noise", student="bncnn3_w16", steps=30, batch_size=32, eval_every=1000)
+    run = store.create("distill", config.to_dict(), teacher="teacher-x", method="noise", dataset="digits")
+    earlier = DistillJob(copy.deepcopy(digits_teacher), config, run=run)
+    earlier.run()
+    assert earlier.status == "done"
+    rows = run.metrics()
+    paces = step_paces(rows, lambda previous, row: "student steps")
+
+    longer = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(method="noise", student="bncnn3_w16", steps=900,
+                                                                     batch_size=32, seed=3))
+    plan = planned_time(longer, store, "teacher-x")
+    assert plan.source is not None and plan.source.id == run.id
+    assert plan.planned == {"other steps": 0, "student steps": 900}
+    assert plan.time.seconds == pytest.approx(900 * paces["student steps"])
+    assert "on this machine" in plan.describe() and run.id in plan.describe()
+
+    other_batch = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(method="noise", student="bncnn3_w16",
+                                                                          steps=900, batch_size=64))
+    other_teacher = planned_time(longer, store, "teacher-y")
+    for plan in (planned_time(other_batch, store, "teacher-x"), other_teacher):
+        assert plan.source is None and plan.time is None
+        assert "900 student steps" in plan.describe() and "no estimate" in plan.describe()
