@@ -1,10 +1,12 @@
 """A distillation's time before it starts: its planned steps at the pace of an earlier run with the same settings."""
 import copy
+import statistics
 
 import pytest
 
 from dfkd_core.distill import DistillConfig, DistillJob
 from dfkd_core.distill.estimate import planned_time
+from dfkd_core.runs import RunStore
 from dfkd_core.time_left import step_paces, time_for
 
 
@@ -15,6 +17,8 @@ def test_step_paces_are_each_kinds_median_and_time_for_counts_untimed_kinds():
     assert paces == {"a": 1.0, "b": 2.0}
     planned = time_for({"a": 10, "b": 5, "c": 7, "d": 0}, paces)
     assert planned.seconds == pytest.approx(10 * 1.0 + 5 * 2.0) and planned.untimed == {"c": 7}
+    means = step_paces(rows, lambda previous, row: row["kind"], statistics.fmean)   # a finished run's pace
+    assert means == {"a": pytest.approx(1.0), "b": pytest.approx(7 / 3)}
 
 
 def test_a_new_run_is_timed_by_the_newest_finished_run_of_its_teacher_with_the_same_step_settings(
@@ -25,7 +29,7 @@ def test_a_new_run_is_timed_by_the_newest_finished_run_of_its_teacher_with_the_s
     earlier.run()
     assert earlier.status == "done"
     rows = run.metrics()
-    paces = step_paces(rows, lambda previous, row: "student steps")
+    paces = step_paces(rows, lambda previous, row: "student steps", statistics.fmean)
 
     longer = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(method="noise", student="bncnn3_w16", steps=900,
                                                                      batch_size=32, seed=3))
@@ -41,3 +45,18 @@ def test_a_new_run_is_timed_by_the_newest_finished_run_of_its_teacher_with_the_s
     for plan in (planned_time(other_batch, store, "teacher-x"), other_teacher):
         assert plan.source is None and plan.time is None
         assert "900 student steps" in plan.describe() and "no estimate" in plan.describe()
+
+
+def test_the_cli_prints_the_same_plan_before_a_run_of_a_stored_teacher(tmp_path, capsys, digits_teacher):
+    from dfkd_core.cli import main
+    from tests.browser_app import add_teacher_run
+    home = tmp_path / "home"
+    teacher = add_teacher_run(home, digits_teacher.path, "digits teacher")
+    args = ["--home", str(home), "distill", "--teacher", teacher, "--method", "noise", "--steps", "20"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "time: 20 student steps; no earlier run" in first.err
+    assert main(args[:-1] + ["100"]) == 0
+    second = capsys.readouterr().err
+    earlier = min(RunStore(home).list(kind="distill"), key=lambda r: r.created)
+    assert "time: about " in second and f"the pace of {earlier.id}" in second, second

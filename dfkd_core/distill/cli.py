@@ -97,6 +97,7 @@ def run_distillation(job, quiet: bool) -> int:
 def cmd_distill(args, store) -> int:
     from dfkd_core.cli import _load
     from dfkd_core.data import DatasetMissingError, load_split
+    from dfkd_core.distill.estimate import planned_time
     from dfkd_core.distill.job import DistillJob
     from dfkd_core.distill.pool import PoolError, pool_setting
 
@@ -127,6 +128,9 @@ def cmd_distill(args, store) -> int:
         if world.leader and args.attach_run:
             job.run_record = store.hand_over(args.attach_run)
         elif world.leader:
+            teacher_id = store.run_id_of(teacher.path)
+            if teacher_id and not args.quiet:   # the app shows the same line before its Start
+                print(f"time: {planned_time(job, store, teacher_id, world.world).describe()}", file=sys.stderr)
             job.run_record = store.create("distill", {**config.to_dict(), "teacher": teacher.path,
                                                       "processes": world.world},
                                           teacher=store.run_id_of(teacher.path), method=config.method,

@@ -5,6 +5,7 @@ runs can say which, so without a comparable earlier run there is no number, and 
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from dfkd_core.runs import RunRecord, RunStore
@@ -67,5 +68,6 @@ def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> P
             continue
         rows = [row for row in run.metrics() if isinstance(row.get("elapsed_s"), (int, float))]
         if len(rows) >= 2:
-            return PlannedTime(remaining, time_for(remaining, step_paces(rows, kind_of)), record)
+            paces = step_paces(rows, kind_of, statistics.fmean)   # evaluations and snapshots included
+            return PlannedTime(remaining, time_for(remaining, paces), record)
     return PlannedTime(remaining, None, None)
