@@ -120,7 +120,7 @@ def attack_images(teacher_ref: str, student_ref: str, indices: tuple[int, ...], 
                                   else int(target))
     keep = targets != labels
     t, s = attack_both(teacher, student, x[keep], labels[keep], targets[keep], AttackSettings(*settings),
-                       split.info.pixel_bounds())
+                       pixel_bounds=split.info.pixel_bounds())
     with torch.no_grad():
         predictions = {"teacher": teacher(x[keep]).argmax(1), "student": student(x[keep]).argmax(1)}
     return {"x": x[keep], "labels": labels[keep], "targets": targets[keep], "indices": idx[keep], "teacher": t,

@@ -82,6 +82,7 @@ def test_paired_difference_of_two_students_on_the_same_base_samples():
     assert d["magsim"]["estimate"] == pytest.approx(0.6875 - 1.0) and d["magsim"]["units"] == 2
     # Per base sample the differences are (.875 − 1, .5 − 1): every resample lies in [−.5, −.125].
     assert -0.5 <= d["magsim"]["low"] <= d["magsim"]["high"] <= -0.125
+    assert d["too_few_pairs"]   # 2 pairs each: the difference inherits the students' flag
 
 
 def test_an_exact_copy_of_a_trained_teacher_scores_exactly_one(digits_teacher):
@@ -132,7 +133,8 @@ def test_angsim_of_rotated_boundary_is_cosine(theta):
     # From x = 0 both models are at L_a = 1 and step along their own normal, so x̄^t ∥ e₁, x̄^s ∥ u, equal lengths.
     teacher = LinearClassifier([[-1.0, 0.0], [0.0, 0.0]], [1.0, 0.0])
     x, y = images([[0.0, 0.0]] * 4), torch.zeros(4, dtype=torch.long)
-    result = decision_boundary_similarity(teacher, rotated_student(theta), x, y, n_base=4, settings=NEWTON)
+    result = decision_boundary_similarity(teacher, rotated_student(theta), x, y, n_base=4, settings=NEWTON,
+                                          pixel_bounds=None)
     assert result.both_accepted == 4 and result.pairs == 4
     assert result.angsim == pytest.approx(max(0.0, math.cos(math.radians(theta))), abs=1e-9)
     assert result.magsim == pytest.approx(1.0)
@@ -142,7 +144,8 @@ def test_magsim_of_closer_boundary_is_distance_ratio():
     # Student's L_a = 1 − 2·x₁: its boundary is at half the teacher's distance, along the same normal.
     teacher = LinearClassifier([[-1.0, 0.0], [0.0, 0.0]], [1.0, 0.0])
     x, y = images([[0.0, 0.0]] * 3), torch.zeros(3, dtype=torch.long)
-    result = decision_boundary_similarity(teacher, rotated_student(0, scale=2.0), x, y, n_base=3, settings=NEWTON)
+    result = decision_boundary_similarity(teacher, rotated_student(0, scale=2.0), x, y, n_base=3, settings=NEWTON,
+                                          pixel_bounds=None)
     assert result.magsim == pytest.approx(0.5) and result.angsim == pytest.approx(1.0)
 
 
@@ -150,7 +153,7 @@ def test_no_accepted_pair_is_nan_with_explanation():
     teacher = LinearClassifier([[-1.0, 0.0], [0.0, 0.0]], [1.0, 0.0])
     x, y = images([[0.0, 0.0]] * 3), torch.zeros(3, dtype=torch.long)
     result = decision_boundary_similarity(teacher, teacher, x, y, n_base=3,
-                                          settings=AttackSettings(eta=1e-3, max_steps=3))
+                                          settings=AttackSettings(eta=1e-3, max_steps=3), pixel_bounds=None)
     assert math.isnan(result.magsim) and math.isnan(result.angsim)
     assert result.both_accepted == 0 and "undefined" in result.note
     assert json.loads(json.dumps(result.to_dict(), default=str))["pairs"] == 3
@@ -212,6 +215,7 @@ def test_cli_boundary_table_and_run(tmp_path, capsys, digits_teacher, digits_stu
     assert "1.000 [1.000, 1.000]   1.000 [1.000, 1.000]" in same_row
     assert same_row.startswith("! ") and f"fewer than {MIN_PAIRS} pairs" in out   # 6 base samples: too few pairs
     assert "MagSim(" in out and ") − MagSim(" in out   # the paired difference of the two students
+    assert any(line.startswith("! MagSim(") for line in out.splitlines())   # flagged: it rests on 6 base samples
     run = RunStore(home).list(kind="analysis")[0]
     assert run.method == "boundary" and run.status == "done"
     summary, tensors = load_boundary_run(RunStore(home).get(run.id))
@@ -222,7 +226,7 @@ def test_cli_boundary_table_and_run(tmp_path, capsys, digits_teacher, digits_stu
     accuracy = rows[1]["accuracy_interval"]
     assert accuracy["low"] <= accuracy["estimate"] <= accuracy["high"] and accuracy["units"] == 360
     (difference,) = summary["differences"]
-    assert difference["magsim"]["units"] == 6 and "magsim_interval" in run.summary["students"][rows[0]["student"]]
+    assert difference["too_few_pairs"] and difference["magsim"]["units"] == 6 and "magsim_interval" in run.summary["students"][rows[0]["student"]]
     assert tensors["teacher_perturbation"].shape[0] == len(tensors["kept_pairs"])
     assert (run.dir / "boundary_bars.json").exists()
 

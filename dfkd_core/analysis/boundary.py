@@ -273,11 +273,13 @@ def boundary_similarity(pairs: BasePairs, teacher_attack: BoundaryAttackResult,
 def paired_differences(results: Mapping[str, BoundarySimilarity]) -> list[dict]:
     """For every two students measured on the same base samples: MagSim(a) − MagSim(b) and AngSim(a) − AngSim(b)
     with paired 95% intervals (both students' base-sample totals resampled together), e.g. the README's
-    "MagSim(BSS-KD) − MagSim(KD) = −0.051 [−0.08, −0.02]"."""
+    "MagSim(BSS-KD) − MagSim(KD) = −0.051 [−0.08, −0.02]". `too_few_pairs`: either student rests on fewer than
+    MIN_PAIRS pairs accepted by both models, so the difference inherits that student's flag."""
     out = []
     for (a, ra), (b, rb) in combinations(results.items(), 2):
         da, db = ra.pair_data, rb.pair_data
-        out.append({"student_a": a, "student_b": b, **{
+        out.append({"student_a": a, "student_b": b,
+                    "too_few_pairs": min(ra.both_accepted, rb.both_accepted) < MIN_PAIRS, **{
             metric: paired_ratio_difference_interval(da[f"base_{metric}"], da["base_weight"],
                                                      db[f"base_{metric}"], db["base_weight"]).to_dict()
             for metric in ("magsim", "angsim")}})
@@ -301,11 +303,14 @@ class BoundaryComparison:
 
 def compare_students(teacher: nn.Module, students: Mapping[str, nn.Module], inputs: torch.Tensor,
                      labels: torch.Tensor, n_base: int = 500, seed: int = 0, targets: str = "all",
-                     selection: str = "gap", settings: AttackSettings = METRIC_ATTACK,
-                     pixel_bounds: PixelBounds | None = None,
+                     selection: str = "gap", settings: AttackSettings = METRIC_ATTACK, *,
+                     pixel_bounds: PixelBounds | None,
                      progress: Callable[[str], None] | None = None) -> BoundaryComparison:
-    """MagSim/AngSim (METHODS §4) of each student vs the teacher; the teacher is attacked once and every student
-    is attacked from the same base samples toward the same targets, so the numbers are comparable."""
+    """MagSim/AngSim of each student vs the teacher; the teacher is attacked once and every student is attacked
+    from the same base samples toward the same targets, so the numbers are comparable. `pixel_bounds`: the valid
+    pixel range in the normalized input space, which the attacks are clamped to (`checkpoint.dataset.
+    pixel_bounds()`, as `dfkd boundary` and the app use); None attacks unclamped, for inputs with no pixel range.
+    It has no default: the unclamped attack gives other numbers (AngSim 0.50 against 0.55 for one digits pair)."""
     if not students:
         raise ValueError("compare_students needs at least one student")
     teacher_probs = predict_logits(teacher, inputs).softmax(1)
@@ -327,16 +332,17 @@ def compare_students(teacher: nn.Module, students: Mapping[str, nn.Module], inpu
 
 def decision_boundary_similarity(teacher: nn.Module, student: nn.Module, inputs: torch.Tensor,
                                  labels: torch.Tensor, n_base: int = 500, seed: int = 0, targets: str = "all",
-                                 selection: str = "gap", settings: AttackSettings = METRIC_ATTACK,
-                                 pixel_bounds: PixelBounds | None = None) -> BoundarySimilarity:
-    """MagSim and AngSim (METHODS §4) of one student against its teacher on base samples drawn from inputs."""
+                                 selection: str = "gap", settings: AttackSettings = METRIC_ATTACK, *,
+                                 pixel_bounds: PixelBounds | None) -> BoundarySimilarity:
+    """MagSim and AngSim of one student against its teacher on base samples drawn from inputs; `pixel_bounds` as
+    in `compare_students` (required: pass `checkpoint.dataset.pixel_bounds()`, or None for no pixel range)."""
     return compare_students(teacher, {"student": student}, inputs, labels, n_base, seed, targets, selection,
-                            settings, pixel_bounds).results["student"]
+                            settings, pixel_bounds=pixel_bounds).results["student"]
 
 
 def attack_both(teacher: nn.Module, student: nn.Module, x: torch.Tensor, base_class: torch.Tensor,
-                target_class: torch.Tensor, settings: AttackSettings = METRIC_ATTACK,
-                pixel_bounds: PixelBounds | None = None) -> tuple[BoundaryAttackResult, BoundaryAttackResult]:
+                target_class: torch.Tensor, settings: AttackSettings = METRIC_ATTACK, *,
+                pixel_bounds: PixelBounds | None) -> tuple[BoundaryAttackResult, BoundaryAttackResult]:
     """Teacher and student attacks from the same images with their full trajectories (for showing a few pairs)."""
     return tuple(settings.build(m, pixel_bounds, record_trajectory=True).attack(x, base_class, target_class)
                  for m in (teacher, student))

@@ -37,10 +37,11 @@ def print_table(summary: dict) -> None:
         if r["note"]:
             print(f"  {'':{width}} note: {r['note']}")
     if summary["differences"]:
-        print("paired differences on the same base samples (95% interval):")
+        print("paired differences on the same base samples (95% interval; '!' = a student with too few pairs):")
         for d in summary["differences"]:
+            flag = "!" if d.get("too_few_pairs") else " "
             for metric, label in (("magsim", "MagSim"), ("angsim", "AngSim")):
-                print(f"  {label}({d['student_a']}) − {label}({d['student_b']}) = "
+                print(f"{flag} {label}({d['student_a']}) − {label}({d['student_b']}) = "
                       f"{_fmt_interval(Interval.from_dict(d[metric]), '+.3f')}")
     if summary["samples_note"]:
         print(f"note: {summary['samples_note']}")
