@@ -31,6 +31,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn as nn
 
+from dfkd_core.analysis.checks import require_normalized_images
 from dfkd_core.synthesis.bss import (ACCEPTED, AttackSettings, BoundaryAttackResult, PixelBounds, pair_gap_score,
                                      sample_target_classes, target_class_weights)
 from dfkd_core.stats import Interval, paired_ratio_difference_interval, ratio_interval
@@ -313,6 +314,7 @@ def compare_students(teacher: nn.Module, students: Mapping[str, nn.Module], inpu
     It has no default: the unclamped attack gives other numbers (AngSim 0.50 against 0.55 for one digits pair)."""
     if not students:
         raise ValueError("compare_students needs at least one student")
+    require_normalized_images(inputs, "inputs")
     teacher_probs = predict_logits(teacher, inputs).softmax(1)
     students_probs = [predict_logits(m, inputs).softmax(1) for m in students.values()]
     for name, p in zip(students, students_probs):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
+
 from dfkd_core.data import DatasetInfo
 
 
@@ -36,6 +38,16 @@ def require_comparable(teacher: ModelFile, student: ModelFile, student_name: str
         raise ValueError(f"{student_name} cannot be compared with the teacher: it was made for {what}; an analysis "
                          "feeds both the same inputs, so both must be made for the same dataset, input shape and "
                          "classes.")
+
+
+def require_normalized_images(images, name: str = "images") -> None:
+    """Raise TypeError, in one sentence, for inputs an analysis cannot feed a model: not a float (N, C, H, W) batch
+    in the normalized input space (raw uint8 pixels raised torch's 'expected scalar type Byte')."""
+    if not isinstance(images, torch.Tensor):
+        return   # an ImageSplit normalizes itself batch by batch
+    if images.dim() != 4 or not images.is_floating_point():
+        raise TypeError(f"{name} must be a float batch (N, C, H, W) of normalized images, got a {images.dtype} "
+                        f"tensor of shape {tuple(images.shape)}; an ImageSplit's .normalized() gives one")
 
 
 def sample_count_note(asked: int, available: int, source: str, unit: str = "images") -> str:

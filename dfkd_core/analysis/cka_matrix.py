@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from dfkd_core.analysis.checks import require_normalized_images
 from dfkd_core.analysis.cka import (KERNELS, RBF_BANDWIDTHS, _as_matrix, center_gram, describe_kernel, gram_linear,
                                     gram_rbf)
 from dfkd_core.analysis.cka_accumulators import LinearCKAAccumulator, MinibatchCKA
@@ -298,6 +299,7 @@ def cka_matrix(teacher: nn.Module, student: nn.Module, layers_teacher: Sequence[
     `progress(step, total)` is called after every batch. `resamples`: the interval's resamples (random halves of the
     inputs; the minibatch estimator's jackknife needs none; 0: no interval).
     """
+    require_normalized_images(inputs, "inputs")
     matrix = CKAMatrix(teacher, student, inputs, layers_teacher, layers_student, kernel, threshold, batch_size,
                        reduce, estimator, bandwidth, seed)
     for i in range(matrix.total_steps):

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from dfkd_core.analysis.checks import require_normalized_images
 from dfkd_core.analysis.features import LayerRef, default_attention_layer, resolve_layers, trace_layers
 from dfkd_core.device import prepare_input
 from dfkd_core.stats import mean_interval, paired_difference_interval
@@ -288,6 +289,7 @@ def compare_attention(teacher: nn.Module, students: Mapping[str, nn.Module] | Se
                       interpolate_mode: str = "bilinear") -> AttentionComparison:
     """Grad-CAM of the teacher and every student on the same normalized `images`, with per-image overlap scores;
     `.summary()` gives each student's mean over the set. `keep_maps` bounds memory on large sets."""
+    require_normalized_images(images)
     comparator = AttentionComparator(teacher, students, target, layer_teacher, layers_students, fraction,
                                      interpolate_mode)
     parts = [comparator.compare(images[i:i + batch_size], None if labels is None else labels[i:i + batch_size])

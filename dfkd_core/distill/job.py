@@ -42,6 +42,9 @@ class DistillJob(Job):
         """`world`: the processes of a torchrun job (see distributed.py); each takes its share of every batch and
         the student's gradients are averaged over them (DistributedDataParallel). Only the leader evaluates and
         writes the run."""
+        if not hasattr(teacher, "model") or not hasattr(teacher, "dataset"):
+            raise TypeError(f"DistillJob takes the teacher's Checkpoint (dfkd_core.models.load_checkpoint(path)), "
+                            f"which records its dataset; got a {type(teacher).__name__}")
         super().__init__(run)
         config.validate()
         if config.method not in DISTILL_METHODS:

@@ -73,7 +73,12 @@ def load_tensors(path: str | Path, what: str = "checkpoint", map_location: str |
     it is refused, what to do; torch's detail is trimmed to its first sentence. Raises `CheckpointError`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}")
+        hint = ""
+        if len(path.parts) == 1 and not path.suffix:   # 'teacher-20261207-…': the CLI and the app take run ids
+            name = "images.pt" if what == "image pool" else "model.pt"
+            hint = (f"; '{path}' looks like a run id: dfkd_core.runs.RunStore().resolve_checkpoint('{path}'"
+                    + (", 'images.pt'" if name == "images.pt" else "") + f") gives that run's {name}")
+        raise CheckpointError(f"{what} not found: {path}{hint}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

@@ -157,6 +157,9 @@ class ModelInversion(Job):
                  student: nn.Module | None = None, run=None, objective: InversionObjective | None = None):
         """`objective`: one made earlier for this teacher and student (a pool's rounds share one, and with it one
         compilation); by default the job makes its own."""
+        if not isinstance(teacher, nn.Module):   # a Checkpoint: DistillJob takes one, this job its parts
+            raise TypeError(f"ModelInversion takes the teacher module and its DatasetInfo, got a "
+                            f"{type(teacher).__name__}; pass checkpoint.model, checkpoint.dataset")
         super().__init__(run)
         config.validate()
         check_jitter(config.jitter, dataset)

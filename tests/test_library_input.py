@@ -1,0 +1,41 @@
+"""Calls from a notebook that pass the wrong kind of thing get one sentence that says what to pass instead."""
+import pytest
+import torch
+
+from dfkd_core.analysis.boundary import compare_students
+from dfkd_core.analysis.cka_matrix import cka_matrix
+from dfkd_core.analysis.gradcam import compare_attention
+from dfkd_core.distill import DistillConfig, DistillJob
+from dfkd_core.distill.pool import PoolError, SyntheticPool
+from dfkd_core.models import CheckpointError, load_checkpoint
+from dfkd_core.synthesis import ModelInversion, SynthesisConfig
+
+
+def test_each_job_says_which_form_of_the_teacher_it_takes(digits_teacher):
+    with pytest.raises(TypeError, match=r"pass checkpoint.model, checkpoint.dataset"):
+        ModelInversion(digits_teacher, digits_teacher.dataset, SynthesisConfig())
+    with pytest.raises(TypeError, match=r"takes the teacher's Checkpoint .* got a"):
+        DistillJob(digits_teacher.model, DistillConfig(method="noise"))
+
+
+def test_a_run_id_where_a_file_was_expected_points_to_the_store():
+    with pytest.raises(CheckpointError, match=r"looks like a run id: .*resolve_checkpoint\('teacher-20261207-x'\)"):
+        load_checkpoint("teacher-20261207-x")
+    with pytest.raises(CheckpointError, match="checkpoint not found: /no/such/model.pt$"):
+        load_checkpoint("/no/such/model.pt")
+
+
+def test_a_pool_given_as_a_run_id_points_to_its_images(digits_teacher):
+    with pytest.raises(PoolError, match=r"resolve_checkpoint\('synthesis-1', 'images.pt'\)"):
+        SyntheticPool.load("synthesis-1", digits_teacher.dataset)
+
+
+def test_analyses_refuse_raw_pixels_in_one_sentence(digits_teacher):
+    model = digits_teacher.model
+    raw = torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8)
+    for call in (lambda: cka_matrix(model, model, None, None, raw),
+                 lambda: compare_attention(model, model, raw, torch.zeros(4, dtype=torch.long)),
+                 lambda: compare_students(model, {"s": model}, raw, torch.zeros(4, dtype=torch.long),
+                                          pixel_bounds=None)):
+        with pytest.raises(TypeError, match=r"float batch \(N, C, H, W\) of normalized images, got a torch.uint8"):
+            call()
