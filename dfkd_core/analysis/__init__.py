@@ -1,7 +1,9 @@
-"""Why distillation worked: representations (CKA, METHODS §7), attention (Grad-CAM, §6), active neurons (§5).
+"""Why distillation worked: representations (CKA, METHODS §7), attention (Grad-CAM, §6), decision boundaries
+(MagSim/AngSim, §4), active neurons (§5).
 
 captum is imported only when a Grad-CAM is computed, so importing this package stays cheap.
 """
+from dfkd_core.analysis.boundary import compare_students, decision_boundary_similarity
 from dfkd_core.analysis.cka import (CKA_METHODS, KERNELS, RBF_BANDWIDTHS, cka, debiased_linear_cka,
                                     debiased_rbf_cka, describe_kernel, gram_cka, gram_linear, gram_rbf, hsic,
                                     linear_cka, rbf_cka, unbiased_hsic)
@@ -16,7 +18,7 @@ from dfkd_core.analysis.gradcam import (TARGETS, AttentionComparator, AttentionC
 __all__ = ["CKA_METHODS", "CKAMatrix", "CKAResult", "ESTIMATORS", "KERNELS", "RBF_BANDWIDTHS", "TARGETS",
            "AttentionComparator", "AttentionComparison", "FeatureCapture", "LinearCKAAccumulator", "MinibatchCKA",
            "activation_density", "active_neuron_fraction", "attention_correlation", "capture_features", "cka",
-           "cka_matrix", "compare_attention", "debiased_linear_cka", "debiased_rbf_cka", "default_attention_layer",
+           "cka_matrix", "compare_attention", "compare_students", "decision_boundary_similarity", "debiased_linear_cka", "debiased_rbf_cka", "default_attention_layer",
            "describe_kernel", "gram_cka", "gram_linear", "gram_rbf", "grad_cam", "hsic", "iter_features",
            "layer_names", "linear_cka", "neuron_firing_rates", "rbf_cka", "resolve_layers", "top_region_iou",
            "trace_layers", "unbiased_hsic"]
