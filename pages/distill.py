@@ -15,8 +15,9 @@ from pages.views.labels import PARTIAL_STATUSES, describe_run  # noqa: E402
 from pages.views.distill_live import render_live  # noqa: E402
 from pages.views.distill_view import (  # noqa: E402
     SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
-    method_label, ordered_methods, planned_time_text, pool_runs, processes_widget, recipe_values, recipe_widget, set_weights,
-    start_distillation, student_choices, uses_pool, weight_key, weight_widget, weights_of)
+    method_label, ordered_methods, planned_time_text, pool_labels, pool_runs, pool_warning, processes_widget,
+    recipe_values, recipe_widget, set_weights, start_distillation, student_choices, uses_pool, weight_key,
+    weight_widget, weights_of)
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
 JOB_SETTINGS = "job"   # the weights show a re-attached job's settings, whichever recipe the box shows
@@ -76,10 +77,16 @@ with st.sidebar:
         pools = {r.id: r for r in pool_runs(dataset.name)}
         if st.session_state.get("distill_pool") not in (NEW_POOL, *pools):
             st.session_state["distill_pool"] = NEW_POOL
+        labels = pool_labels(list(pools.values()))
         pool_run = st.selectbox("Reuse a stored pool", [NEW_POOL, *pools], key="distill_pool", disabled=running,
                                 format_func=lambda i: "no: synthesize new images" if i == NEW_POOL
-                                else describe_pool(pools[i])) or None
-        st.caption("The images.pt of a synthesis or distillation run: synthesize once, distill many students.")
+                                else labels[i]) or None
+        if pool_run in pools:
+            st.caption(describe_pool(pools[pool_run]))
+            if warning := pool_warning(pools[pool_run]):
+                st.warning(f"This pool may teach badly: {warning}.")
+        else:
+            st.caption("The images.pt of a synthesis or distillation run: synthesize once, distill many students.")
     st.subheader("Weights")
     cls = DISTILL_METHODS[method]
     for weight in WEIGHTS:

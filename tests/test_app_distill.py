@@ -346,3 +346,29 @@ def test_the_running_headline_says_which_test_images_its_interval_is_over():
     fashion = SimpleNamespace(running=True, result={}, heldout=[0] * 2000, test_images=10000)
     note = accuracy_note(fashion, 0.8)
     assert note.startswith("Student accuracy on 2,000 held-out real test images: 80.0% [") and "all 10,000" in note
+
+
+def test_pools_of_one_preset_are_told_apart_and_a_collapsed_one_is_flagged(teacher_home):
+    from dfkd_core.synthesis import SynthesisConfig
+    name = SynthesisConfig.preset("deepinversion", dataset="digits").title()
+    ids = []
+    for status, summary in (("done", {"images": 100, "teacher_accuracy": 1.0}),
+                            ("cancelled", {"images": 60, "teacher_accuracy": 0.11,
+                                           "live_updates": [{"step": 40, "alpha_f": 0.0}]})):
+        run = teacher_home.create("synthesis", {}, teacher=teacher_home.teacher_id, method="deepinversion",
+                                  dataset="digits", name=name)
+        torch.save({"images": torch.zeros(summary["images"], 1, 8, 8),
+                    "targets": torch.zeros(summary["images"], dtype=torch.long)}, run.path("images.pt"))
+        run.set_status(status, summary={"method": "deepinversion", **summary})
+        ids.append(run.id)
+    at = app(PAGE)
+    box = at.sidebar.selectbox(key="distill_pool")
+    sound, collapsed = (box.format_func(i) for i in ids)
+    assert sound != collapsed and "100 images" in sound and "60 images" in collapsed
+    assert "changed live" in collapsed and "partial" in collapsed
+    box.set_value(ids[1]).run()
+    assert "calls 11% of them their target class" in " ".join(c.value for c in at.sidebar.caption)
+    warning = " ".join(w.value for w in at.sidebar.warning)
+    assert "stopped (cancelled)" in warning and "changed while it ran" in warning and "only 11%" in warning
+    box.set_value(ids[0]).run()
+    assert not at.sidebar.warning
