@@ -22,7 +22,9 @@ keep_widget_state("runs_kind", "runs_open", "runs_compare", "runs_students")
 store = get_store()
 everything = store.list()
 kinds = ["all"] + sorted({r.kind for r in everything})
-kind = st.segmented_control("Kind", kinds, default="all", key="runs_kind") or "all"
+if "runs_kind" not in st.session_state:   # a default beside a kept value drew Streamlit's warning
+    st.session_state["runs_kind"] = "all"
+kind = st.segmented_control("Kind", kinds, key="runs_kind") or "all"
 records = [r for r in everything if kind == "all" or r.kind == kind]
 if not records:
     st.info("No runs yet. Train a teacher or start a synthesis and it will be listed here.")

@@ -108,8 +108,12 @@ def live_edit_note(record: RunRecord) -> str:
     edits = record.summary.get("live_updates") or []
     if not edits:
         return ""
-    last = edits[-1]
-    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
-                        for k, v in last.items() if k != "step")
     more = f" (+{len(edits) - 1} earlier)" if len(edits) > 1 else ""
-    return f" · changed live: {changes} at step {last['step'] + 1}{more}"
+    return f" · changed live: {live_change_text(edits[-1])}{more}"
+
+
+def live_change_text(edit: dict) -> str:
+    """'alpha_tv=1, alpha_l2=3 at step 104' for one entry of a summary's `live_updates`."""
+    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+                        for k, v in edit.items() if k != "step")
+    return f"{changes} at step {edit['step'] + 1}"

@@ -13,7 +13,7 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
 from pages.views.common import JOB_PARAM, get_job_manager, get_store, live, open_checkpoint
-from pages.views.labels import live_edit_note, partial_text
+from pages.views.labels import live_change_text, live_edit_note, partial_text
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
@@ -45,13 +45,17 @@ def _metric(record: RunRecord, key: str) -> float | None:
 def run_table(records: list[RunRecord]) -> list[dict]:
     """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
     shown = [k for k in KEY_METRICS if any(_metric(r, k) is not None for r in records)]
-    return [{"id": r.id, "name": f"{r.name or ''}{live_edit_note(r)}", "kind": r.kind, "status": r.status,
+    edited = any(live_edit_note(r) for r in records)
+    return [{"id": r.id, "name": r.name or "", "kind": r.kind, "status": r.status,
+             **({"changed live": live_edit_note(r).removeprefix(" · changed live: ")} if edited else {}),
              "created": r.created_str, "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
              **{KEY_METRICS[k][0]: _metric(r, k) for k in shown}, "error": r.error} for r in records]
 
 
-RUN_TABLE_COLUMNS = {column: st.column_config.NumberColumn(format=fmt, help=meaning)
-                     for column, fmt, meaning in KEY_METRICS.values()}
+RUN_TABLE_COLUMNS = {**{column: st.column_config.NumberColumn(format=fmt, help=meaning)
+                        for column, fmt, meaning in KEY_METRICS.values()},
+                     "changed live": st.column_config.TextColumn(help="settings moved while the run ran (the last "
+                                                                 "change; the name gives the start)")}
 
 
 # The page a running run's job can be watched on (it offers the job by its id in the URL), by kind or method.
@@ -130,6 +134,9 @@ def show_run(record: RunRecord, key: str, compact: bool = False) -> None:
     st.caption(f"{record.id} · {record.kind} · **{record.status}** · {record.created_str}")
     if record.error:
         (st.warning if record.status == "cancelled" else st.error)(f"{record.status}: {record.error}")
+    if edits := record.summary.get("live_updates"):
+        st.info("Settings changed while it ran: " + "; ".join(live_change_text(e) for e in edits) + ". Its name "
+                "and config give the settings it started with; what made its images is the last of these.")
     inspectable = record.kind == "synthesis" and not compact and (record.dir / "images.pt").is_file()
     # A toggle, not an expander: the diagnosis is computed only when asked; its clickable grid replaces the plain one.
     if inspectable and st.toggle("Inspect one image: the teacher's probabilities, its share of the BN mismatch, its "
