@@ -1,6 +1,6 @@
-"""The data-free applications of METHODS §8 on one teacher (issue 16): the three markdown tables, each accuracy with
-its 95% bootstrap interval over the test images and each comparison with its paired interval, plus the targets over
-seeds (min / mean). Every number comes from a `dfkd` command, printed beside its table.
+"""The data-free applications of methods.md#applications on one teacher (issue 16): the three markdown tables, each
+accuracy with its 95% bootstrap interval over the test images and each comparison with its paired interval, plus the
+targets over seeds (min / mean). Every number comes from a `dfkd` command, printed beside its table.
 
     # Fashion-MNIST (teacher: `dfkd train-teacher --dataset fashion-mnist --model bncnn6_w32 --epochs 3`); the settings
     # of the measured tables (about 65 minutes with one thread on the shared 2-core machine)

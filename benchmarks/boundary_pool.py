@@ -2,7 +2,7 @@
 
 The `fashion-best` students fail on Shirt / Coat / Pullover: real images of those classes lie near the teacher's
 decision boundaries, while DeepInversion's images are confident prototypes. This script attacks every image x of a
-stored pool on the teacher alone, from its teacher class b toward one class k ≠ b drawn ∝ p_T,k (METHODS §4's BSS
+stored pool on the teacher alone, from its teacher class b toward one class k ≠ b drawn ∝ p_T,k (methods.md#bss's BSS
 attack: η = 1, 20 steps, step ÷ ||∇L_a||², clamped to the valid pixel range), keeps the accepted samples (just across
 the b|k boundary) and writes pool ∪ BSS as an images.pt that `dfkd distill --pool` reads. No student is involved, so
 this costs ~20 teacher forward+backward passes per pool image, once.

@@ -1,4 +1,4 @@
-"""README evidence for METHODS §4: does BSS-KD give students decision boundaries closer to the teacher's than KD?
+"""README evidence for methods.md#bss: does BSS-KD give students decision boundaries closer to the teacher's than KD?
 
 Trains half-width students of a teacher with the SAME step budget (batch, lr, schedule, temperature) as
     scratch   CE on the real labels only (no teacher)

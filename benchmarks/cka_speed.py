@@ -1,4 +1,4 @@
-"""CKA speed on this machine (METHODS §7): one-shot linear / debiased / RBF CKA, and the two batch-wise
+"""CKA speed on this machine (methods.md#cka): one-shot linear / debiased / RBF CKA, and the two batch-wise
 estimators, for n inputs × p features (float32 features, as captured from a network); and the cost of the
 bootstrap interval of a 4 × 4 layer matrix (`--intervals`).
 

@@ -1,4 +1,4 @@
-"""IE-KD evidence table (METHODS §5.5) on Fashion-MNIST: do inheritance/exploration students have lower CKA to the
+"""IE-KD evidence table (methods.md#ie-kd) on Fashion-MNIST: do inheritance/exploration students have lower CKA to the
 teacher than plain KD students, yet similar Grad-CAM attention and more active neurons?
 
 Students (same architecture, same step budget, batch and seeds): scratch (CE on labels only), KD (CE + KD), FT

@@ -1,5 +1,6 @@
-"""The batch statistics entering every BatchNorm layer (METHODS §1, R_feature), recorded by forward hooks or, for
-a frozen eval-mode teacher, by BatchNorm layers that compute them in the same autograd node as their output."""
+"""The batch statistics entering every BatchNorm layer (methods.md#model-inversion, R_feature), recorded by forward
+hooks or, for a frozen eval-mode teacher, by BatchNorm layers that compute them in the same autograd node as their
+output."""
 from __future__ import annotations
 
 from contextlib import contextmanager

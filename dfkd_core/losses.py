@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 
 def total_variation_loss(x: torch.Tensor) -> torch.Tensor:
-    """R_TV (METHODS §1): sum of the L2 norms of the right, down, down-right and down-left difference maps.
+    """R_TV (methods.md#model-inversion): sum of the L2 norms of the right, down, down-right and down-left difference
+    maps.
 
     Each norm is taken over the whole batch, as in the DeepInversion reference implementation.
     """
@@ -24,7 +25,7 @@ def total_variation_loss(x: torch.Tensor) -> torch.Tensor:
 
 
 def l2_prior_loss(x: torch.Tensor) -> torch.Tensor:
-    """||x̂||₂ (METHODS §1): mean over images of each image's L2 norm."""
+    """||x̂||₂ (methods.md#model-inversion): mean over images of each image's L2 norm."""
     return torch.linalg.vector_norm(x.flatten(1), dim=1).mean()
 
 
@@ -47,7 +48,7 @@ def bn_layer_distance(s: BNStatistics) -> torch.Tensor:
 
 def bn_feature_loss(stats: Sequence[BNStatistics], first_bn_multiplier: float = 10.0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """R_feature (METHODS §1): Σ_l w_l · layer distance, w_1 = first_bn_multiplier, other w_l = 1.
+    """R_feature (methods.md#model-inversion): Σ_l w_l · layer distance, w_1 = first_bn_multiplier, other w_l = 1.
 
     Returns (weighted total, unweighted per-layer distances) — the breakdown feeds the app's per-layer chart.
     """
@@ -90,7 +91,8 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.
 
 def js_competition_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
                         temperature: float = 3.0) -> torch.Tensor:
-    """R_compete (METHODS §1, Adaptive DI): 1 − JS(p_T, p_S) of T-softened outputs, JS clamped to [0, 1].
+    """R_compete (methods.md#model-inversion, Adaptive DI): 1 − JS(p_T, p_S) of T-softened outputs, JS clamped to [0,
+    1].
 
     Minimizing it pushes images to where teacher and student disagree. JS is in nats, at most ln 2, so the clamp
     never acts and the loss lies in [1 − ln 2, 1] (docs/methods.md, "Competition").
@@ -102,7 +104,7 @@ def js_competition_loss(teacher_logits: torch.Tensor, student_logits: torch.Tens
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
             reduction: str = "batchmean") -> torch.Tensor:
-    """L_KD (METHODS §3): T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)), batch mean by default.
+    """L_KD (methods.md#knowledge-distillation): T² · KL(softmax(z_T/T) ‖ softmax(z_S/T)), batch mean by default.
 
     reduction='none' gives one value per sample (BSS weights samples individually).
     """

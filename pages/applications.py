@@ -1,4 +1,4 @@
-"""Applications: what synthesized images are for besides distillation (METHODS §8) — data-free pruning,
+"""Applications: what synthesized images are for besides distillation (methods.md#applications) — data-free pruning,
 quantization calibration and continual learning, each a background job whose results land in the run store."""
 import streamlit as st
 

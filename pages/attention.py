@@ -1,5 +1,5 @@
 """Attention: Grad-CAM of a stored teacher and its students on the same real images, with overlap scores and their
-95% intervals over images (§6), and the paired difference of every two students on those images."""
+95% intervals over images (methods.md#grad-cam), and the paired difference of every two students on those images."""
 import streamlit as st
 
 from pages.views.navigation import hand_over_to_app

@@ -1,4 +1,4 @@
-"""Boundaries: how close a student's decision boundaries are to its teacher's (MagSim / AngSim, METHODS §4)."""
+"""Boundaries: how close a student's decision boundaries are to its teacher's (MagSim / AngSim, methods.md#bss)."""
 import dataclasses
 
 import streamlit as st

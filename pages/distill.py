@@ -1,4 +1,5 @@
-"""Distill: train a smaller student from a teacher alone (METHODS §1-§3) and watch it learn, live."""
+"""Distill: train a smaller student from a teacher alone (methods.md#model-inversion to #knowledge-distillation) and
+watch it learn, live."""
 import streamlit as st
 
 from pages.views.navigation import hand_over_to_app

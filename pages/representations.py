@@ -1,4 +1,4 @@
-"""Representations: layer × layer CKA between a stored teacher and student (METHODS §7), as a background job, with
+"""Representations: layer × layer CKA between a stored teacher and student (methods.md#cka), as a background job, with
 a 95% interval for every cell."""
 import streamlit as st
 

@@ -1,4 +1,4 @@
-"""Synthesize: invert a teacher into images (METHODS §1) and steer the loss weights while they form."""
+"""Synthesize: invert a teacher into images (methods.md#model-inversion) and steer the loss weights while they form."""
 import streamlit as st
 
 from pages.views.navigation import hand_over_to_app

@@ -1,7 +1,7 @@
-"""Data-free pruning, quantization calibration and continual learning (METHODS §8) on digits: each criterion against
-a hand computation, the surgery really shrinks tensors and rebuilds from a checkpoint, each job runs end to end with
-its result rows and intervals in the run store, the orderings hold (synthetic > noise, replay > naive), and bad input
-is one sentence with no run created. Sizes are tiny: seconds per test."""
+"""Data-free pruning, quantization calibration and continual learning (methods.md#applications) on digits: each
+criterion against a hand computation, the surgery really shrinks tensors and rebuilds from a checkpoint, each job runs
+end to end with its result rows and intervals in the run store, the orderings hold (synthetic > noise, replay > naive),
+and bad input is one sentence with no run created. Sizes are tiny: seconds per test."""
 import copy
 import json
 import math

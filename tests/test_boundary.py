@@ -1,4 +1,4 @@
-"""MagSim / AngSim (METHODS §4): hand-computed pairs, exact geometry of linear models, real digits models, CLI."""
+"""MagSim / AngSim (methods.md#bss): hand-computed pairs, exact geometry of linear models, real digits models, CLI."""
 import copy
 import json
 import math

@@ -1,4 +1,5 @@
-"""BSS generation (METHODS §4) on tiny constructed cases with hand-derived answers, then on a real digits teacher."""
+"""BSS generation (methods.md#bss) on tiny constructed cases with hand-derived answers, then on a real digits
+teacher."""
 import math
 
 import pytest

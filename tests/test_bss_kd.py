@@ -1,4 +1,5 @@
-"""BSS-KD as a distillation method (METHODS §4) on digits: training, logged outcomes, schedules, data-free, cancel."""
+"""BSS-KD as a distillation method (methods.md#bss) on digits: training, logged outcomes, schedules, data-free,
+cancel."""
 import copy
 import json
 import math

@@ -1,4 +1,4 @@
-"""CKA (METHODS §7): hand-computed case, invariances, independent reference implementations (Kornblith et al.'s own
+"""CKA (methods.md#cka): hand-computed case, invariances, independent reference implementations (Kornblith et al.'s own
 code among them), accumulation, the layer × layer matrix on real digits models, and `dfkd cka`."""
 import json
 import math

@@ -1,5 +1,5 @@
-"""Grad-CAM (METHODS §6) on a hand-built model whose answer is known, overlap scores by hand, clean model state,
-and `dfkd gradcam`."""
+"""Grad-CAM (methods.md#grad-cam) on a hand-built model whose answer is known, overlap scores by hand, clean model
+state, and `dfkd gradcam`."""
 import copy
 import json
 import math

@@ -1,4 +1,4 @@
-"""IE-KD and IE-DML (METHODS §5): every loss term by hand, then the methods end to end on digits (fast)."""
+"""IE-KD and IE-DML (methods.md#ie-kd): every loss term by hand, then the methods end to end on digits (fast)."""
 import copy
 import math
 

@@ -107,9 +107,9 @@ def test_disagreement_is_minus_kl_on_the_images_where_student_and_teacher_agree(
 
 
 def test_generator_loss_by_hand():
-    """L_G (METHODS §2) on one 2x2 image x = [[0, 1], [2, 3]] through a BN layer (running μ 0, σ² 1) and a zero
-    linear head: CE = ln 2 (two equal logits); R_TV = ‖(1, 1)‖ + ‖(2, 2)‖ + |3| + |1| = √2 + √8 + 4;
-    ‖x‖₂ = √14; the BN input's μ = 1.5 and biased σ² = 14/4 − 1.5² = 1.25, so the moment term is
+    """L_G (methods.md#generator) on one 2x2 image x = [[0, 1], [2, 3]] through a BN layer (running μ 0, σ² 1) and a
+    zero linear head: CE = ln 2 (two equal logits); R_TV = ‖(1, 1)‖ + ‖(2, 2)‖ + |3| + |1| = √2 + √8 + 4; ‖x‖₂ = √14;
+    the BN input's μ = 1.5 and biased σ² = 14/4 − 1.5² = 1.25, so the moment term is
     |1.5 − 0| + |1.25 − 1| = 1.75 with every layer weighted 1 (the generator's default), 17.5 with w₁ = 10."""
     from dfkd_core.hooks import BNStatisticsRecorder
     from dfkd_core.synthesis.generator import generator_loss

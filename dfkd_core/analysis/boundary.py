@@ -1,4 +1,4 @@
-"""MagSim / AngSim: how similar a student's decision boundaries are to its teacher's (METHODS §4, Heo et al.).
+"""MagSim / AngSim: how similar a student's decision boundaries are to its teacher's (methods.md#bss, Heo et al.).
 
 From one base sample x_n (class b) and one target class k, the BSS attack is run on the teacher and, separately,
 on the student; the perturbations x̄^{k,m}_n = ẋ^{k,m}_n − x_n point from x_n to each model's b/k boundary. Over the
@@ -17,7 +17,7 @@ contributes a_n = Σ_k p_n^k·sim and b_n = Σ_k p_n^k (over its pairs accepted 
 the 95% interval resamples base samples (`stats.ratio_interval`, a cluster bootstrap). Two students measured on the
 same base samples are compared with a paired interval (`paired_differences`).
 
-Pairs: by default every k ≠ b of each base sample, weighted by p_n^k (the sum of METHODS §4 taken exactly).
+Pairs: by default every k ≠ b of each base sample, weighted by p_n^k (the sum of methods.md#bss taken exactly).
 `targets="sampled"` draws one k per base sample with probability p_n^k instead, as BSS-KD training does; the draw
 already applies p_n^k, so those pairs carry weight 1 (a Monte Carlo estimate of the same weighted sums).
 """
@@ -38,7 +38,7 @@ from dfkd_core.stats import Interval, paired_ratio_difference_interval, ratio_in
 from dfkd_core.training import predict_logits
 
 METRIC_ATTACK = AttackSettings(eta=1.0, eps=1e-4, max_steps=20)
-"""Attack settings for the metric. METHODS §4's training values (η = 0.3, 10 steps) shrink L_a only by the factor
+"""Attack settings for the metric. methods.md#bss's training values (η = 0.3, 10 steps) shrink L_a only by the factor
 (1 − η) per step on a locally linear model, so from a typical logit gap of ~7 almost nothing crosses in 10 steps
 (measured on the Fashion-MNIST teacher: 0 of 184 accepted). η = 1 is the full Newton step onto the linearized
 boundary; with 20 steps 86% of pairs cross, ending within ~0.01 logits of the boundary, which is what the
@@ -90,13 +90,13 @@ def per_base_sums(values: torch.Tensor, weights: torch.Tensor, pair_base: torch.
 
 def magnitude_similarity(teacher_perturbations: torch.Tensor, student_perturbations: torch.Tensor,
                          weights: torch.Tensor) -> float:
-    """MagSim (METHODS §4) over the given pairs (pass only pairs accepted by both models)."""
+    """MagSim (methods.md#bss) over the given pairs (pass only pairs accepted by both models)."""
     return weighted_mean(magnitude_ratio(teacher_perturbations, student_perturbations), weights)
 
 
 def angle_similarity(teacher_perturbations: torch.Tensor, student_perturbations: torch.Tensor,
                      weights: torch.Tensor) -> float:
-    """AngSim (METHODS §4) over the given pairs (pass only pairs accepted by both models)."""
+    """AngSim (methods.md#bss) over the given pairs (pass only pairs accepted by both models)."""
     return weighted_mean(clipped_cosine(teacher_perturbations, student_perturbations), weights)
 
 
@@ -136,7 +136,7 @@ class BasePairs:
 
 def correct_for_all(teacher_scores: torch.Tensor, students_scores: list[torch.Tensor], labels: torch.Tensor
                     ) -> torch.Tensor:
-    """Which inputs can be base samples: classified correctly by the teacher and every student (METHODS §4)."""
+    """Which inputs can be base samples: classified correctly by the teacher and every student (methods.md#bss)."""
     correct = teacher_scores.argmax(1) == labels
     for scores in students_scores:
         correct &= scores.argmax(1) == labels
@@ -154,7 +154,7 @@ def qualifying_base_samples(teacher: nn.Module, students: list[nn.Module], input
 def choose_base_pairs(teacher_probs: torch.Tensor, students_probs: list[torch.Tensor], inputs: torch.Tensor,
                       labels: torch.Tensor, n_base: int, seed: int = 0, targets: str = "all",
                       selection: str = "gap") -> BasePairs:
-    """Base samples (METHODS §4): correct for the teacher and every student; the n_base with the largest
+    """Base samples (methods.md#bss): correct for the teacher and every student; the n_base with the largest
     Σ_k (p_T,k − p_S,k)² (averaged over the students, so all share them), or a seeded random choice."""
     if targets not in ("all", "sampled") or selection not in ("gap", "random"):
         raise ValueError(f"targets must be 'all' or 'sampled' and selection 'gap' or 'random' "
@@ -231,7 +231,7 @@ class BoundarySimilarity:
 
 def boundary_similarity(pairs: BasePairs, teacher_attack: BoundaryAttackResult,
                         student_attack: BoundaryAttackResult) -> BoundarySimilarity:
-    """MagSim and AngSim (METHODS §4) from the two models' attacks on the same pairs, overall and per base class."""
+    """MagSim and AngSim (methods.md#bss) from the two models' attacks on the same pairs, overall and per base class."""
     x = pairs.inputs[pairs.pair_base]
     t_pert = teacher_attack.adversarial.cpu() - x
     s_pert = student_attack.adversarial.cpu() - x

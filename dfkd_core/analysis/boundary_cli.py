@@ -1,4 +1,4 @@
-"""`dfkd boundary`: MagSim / AngSim of students against a teacher (METHODS §4); prints a table (or `--json`) with
+"""`dfkd boundary`: MagSim / AngSim of students against a teacher (methods.md#bss); prints a table (or `--json`) with
 95% intervals and paired differences between students, saves a run."""
 from __future__ import annotations
 

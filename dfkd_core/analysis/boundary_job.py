@@ -1,4 +1,4 @@
-"""MagSim / AngSim of several students against one teacher as a Job (METHODS §4), saved into an "analysis" run.
+"""MagSim / AngSim of several students against one teacher as a Job (methods.md#bss), saved into an "analysis" run.
 
 Step 0 chooses the base samples and attacks the teacher; step i attacks student i from the same base samples
 toward the same targets. A cancelled run keeps the students it finished. Files written:
@@ -34,7 +34,7 @@ class BoundaryConfig(Config):
     pool: int = 0                                       # 0: the whole split; else a seeded random subset
     split: str = "test"                                 # real split the base samples come from
     targets: str = "all"                                # all k ≠ b weighted by p_n^k | one sampled k
-    selection: str = "gap"                              # gap (METHODS §4) | random
+    selection: str = "gap"                              # gap (methods.md#bss) | random
     eta: float = METRIC_ATTACK.eta
     eps: float = METRIC_ATTACK.eps
     max_steps: int = METRIC_ATTACK.max_steps
@@ -82,7 +82,7 @@ class BoundaryConfig(Config):
 
 
 class BoundaryAnalysis(Job):
-    """Compare students' decision boundaries with the teacher's on the same base samples (METHODS §4)."""
+    """Compare students' decision boundaries with the teacher's on the same base samples (methods.md#bss)."""
 
     kind = "analysis"
 

@@ -1,4 +1,4 @@
-"""Centered kernel alignment (METHODS §7, Kornblith et al. 2019): how similar two representations of the same
+"""Centered kernel alignment (methods.md#cka, Kornblith et al. 2019): how similar two representations of the same
 n inputs are, whatever their widths.
 
 Features X (n×p1), Y (n×p2) are column-centered. With Gram matrices K = XXᵀ, L = YYᵀ and H = I − 11ᵀ/n:

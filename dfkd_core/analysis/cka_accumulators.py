@@ -1,4 +1,4 @@
-"""CKA accumulated batch by batch (METHODS §7: "must work on ≥10,000 samples"), for when n×n Grams do not fit.
+"""CKA accumulated batch by batch (methods.md#cka: "must work on ≥10,000 samples"), for when n×n Grams do not fit.
 
 - `LinearCKAAccumulator`: exact linear CKA of every layer pair from running sums and XᵀX, YᵀY, YᵀX; memory O(p²),
   n unbounded. The same number as `linear_cka` on all inputs at once.

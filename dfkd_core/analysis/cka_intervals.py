@@ -1,4 +1,4 @@
-"""95% intervals of CKA over inputs (METHODS §7).
+"""95% intervals of CKA over inputs (methods.md#cka).
 
 Why not the plain bootstrap: a resample drawn with replacement repeats inputs, and a repeated input is a pair at
 distance 0 whose kernel entries agree perfectly in both representations — CKA of such resamples is inflated (RBF

@@ -1,4 +1,4 @@
-"""Layer × layer CKA between a teacher and a student on the same inputs (METHODS §7), batch by batch, with a 95%
+"""Layer × layer CKA between a teacher and a student on the same inputs (methods.md#cka), batch by batch, with a 95%
 interval for every cell.
 
 The kernel names the quantity (`cka.KERNELS`, one estimator each); the estimator says how it was computed, and
@@ -292,7 +292,7 @@ def cka_matrix(teacher: nn.Module, student: nn.Module, layers_teacher: Sequence[
                threshold: float = 1.0, batch_size: int = 500, reduce: str = "flatten", estimator: str = "auto",
                progress: Callable[[int, int], None] | None = None, bandwidth: str = "reference", seed: int = 0,
                resamples: int = CKA_RESAMPLES) -> CKAResult:
-    """Teacher-layer × student-layer CKA matrix over `inputs` (normalized images or an ImageSplit), METHODS §7.
+    """Teacher-layer × student-layer CKA matrix over `inputs` (normalized images or an ImageSplit), methods.md#cka.
 
     `layers_*`: names or modules (None: each model's `layer_names`). `kernel`: one of `cka.KERNELS`.
     `reduce`: 'flatten' (default, Kornblith et al.) or 'mean' (global average pooling per channel).

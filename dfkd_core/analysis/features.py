@@ -1,4 +1,5 @@
-"""Layer activations for representation analysis (METHODS §5, §7): find layers, capture them, count active neurons.
+"""Layer activations for representation analysis (methods.md#ie-kd, #cka): find layers, capture them, count active
+neurons.
 
 Layers are named as in `model.named_modules()` and resolved to modules once. `layer_names(model)` lists the ones
 worth analyzing in the order the forward pass runs them, found by tracing one small forward pass:
@@ -106,7 +107,7 @@ def layer_names(model: nn.Module, kind: str = "blocks", example_input: torch.Ten
 
 
 def default_attention_layer(model: nn.Module, example_input: torch.Tensor | None = None) -> str:
-    """The last block whose output is still a spatial map (H·W > 1): the usual Grad-CAM layer (METHODS §6)."""
+    """The last block whose output is still a spatial map (H·W > 1): the usual Grad-CAM layer (methods.md#grad-cam)."""
     spatial = [i for i in trace_layers(model, example_input)
                if i.kind == "block" and i.calls == 1 and len(i.output_shape) == 3
                and i.output_shape[1] * i.output_shape[2] > 1]
@@ -262,7 +263,7 @@ def neuron_firing_rates(model: nn.Module, layer: LayerRef, inputs: Inputs, thres
 def active_neuron_fraction(model: nn.Module, layer: LayerRef, inputs: Inputs, threshold: float = 0.0,
                            min_share: float = 0.01, neuron: str = "channel", batch_size: int = 500) -> float:
     """Fraction of the layer's neurons that are active (response > `threshold`, see `neuron_firing_rates`) on at
-    least `min_share` of the inputs (METHODS §5: IE-KD students are expected to keep more neurons alive).
+    least `min_share` of the inputs (methods.md#ie-kd: IE-KD students are expected to keep more neurons alive).
 
     With the defaults on a post-ReLU layer: the share of channels whose map is non-zero on at least 1% of the
     inputs; a channel that never fires, or only on a handful of outliers, is inactive. Channels of trained BN

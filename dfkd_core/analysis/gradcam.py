@@ -1,4 +1,4 @@
-"""Grad-CAM teacher vs students on the same images, with per-image overlap scores (METHODS §6).
+"""Grad-CAM teacher vs students on the same images, with per-image overlap scores (methods.md#grad-cam).
 
     map = ReLU( Σ_c α_c · A_c ),   α_c = mean over (h, w) of ∂z_target / ∂A_c        (Selvaraju et al. 2017)
 

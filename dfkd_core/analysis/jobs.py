@@ -130,7 +130,7 @@ class CKAConfig(Config):
 
 
 class CKAAnalysis(Job):
-    """Teacher × student layer CKA matrix (METHODS §7); saves cka.json and the heatmap figure (cka_heatmap.json)."""
+    """Teacher × student layer CKA matrix (methods.md#cka); saves cka.json and the heatmap figure (cka_heatmap.json)."""
 
     kind = "analysis"
 
@@ -209,8 +209,8 @@ class GradCAMConfig(Config):
 
 
 class GradCAMAnalysis(Job):
-    """Grad-CAM teacher vs students (METHODS §6): per-image overlap scores for every image, the maps of the first
-    `GRADCAM_MAPS_KEPT`; saves gradcam.json, gradcam_maps.pt and gradcam_overlays.png."""
+    """Grad-CAM teacher vs students (methods.md#grad-cam): per-image overlap scores for every image, the maps of the
+    first `GRADCAM_MAPS_KEPT`; saves gradcam.json, gradcam_maps.pt and gradcam_overlays.png."""
 
     kind = "analysis"
 

@@ -1,5 +1,6 @@
-"""`dfkd prune`, `dfkd quantize`, `dfkd continual`: the data-free applications of METHODS §8 from the command line.
-Every setting is checked, and the data and pool found, before a run is created; the result table is printed after."""
+"""`dfkd prune`, `dfkd quantize`, `dfkd continual`: the data-free applications of methods.md#applications from the
+command line. Every setting is checked, and the data and pool found, before a run is created; the result table is
+printed after."""
 from __future__ import annotations
 
 import argparse

@@ -1,10 +1,10 @@
-"""What the three data-free applications (METHODS §8) share: the synthesized images they run on, a job that walks
-a plan of phases step by step and saves its result rows as they come, and the measurements every row reports
+"""What the three data-free applications (methods.md#applications) share: the synthesized images they run on, a job that
+walks a plan of phases step by step and saves its result rows as they come, and the measurements every row reports
 (accuracy on the real test set with its 95% interval, CPU latency, serialized size).
 
 The images come from a stored pool (`pool`: the images.pt of a synthesis, distillation or application run) or are
-synthesized here by DeepInversion (METHODS §1, `ModelInversion`) in rounds of one batch, exactly as the pool
-methods of `dfkd distill` do.
+synthesized here by DeepInversion (methods.md#model-inversion, `ModelInversion`) in rounds of one batch, exactly as the
+pool methods of `dfkd distill` do.
 """
 from __future__ import annotations
 
@@ -156,8 +156,9 @@ def synthesis_rounds(config: SynthesisConfig, images: int) -> int:
 
 def synthesize_into(pool: SyntheticPool, teacher: nn.Module, dataset: DatasetInfo, config: SynthesisConfig,
                     images: int, seed: int, device: torch.device) -> Iterator[dict]:
-    """DeepInversion (METHODS §1) in rounds of one batch until `pool` holds `images` more images; one metrics dict
-    per inversion iteration. Round r uses inversion seed `config.seed + 1000·seed + r`, as `dfkd distill` does."""
+    """DeepInversion (methods.md#model-inversion) in rounds of one batch until `pool` holds `images` more images; one
+    metrics dict per inversion iteration. Round r uses inversion seed `config.seed + 1000·seed + r`, as `dfkd distill`
+    does."""
     for r in range(synthesis_rounds(config, images)):
         batch = min(config.batch_size, images - r * config.batch_size)
         inversion = ModelInversion(teacher, dataset, config.replace(

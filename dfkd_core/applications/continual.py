@@ -1,9 +1,10 @@
-"""Data-free continual learning (METHODS §8; Yin et al. 2020, §4.4): a model trained on the first k classes learns
-the remaining ones from real images of the new classes only; images synthesized from the old model by DeepInversion
-stand in for the old classes' data, which is gone.
+"""Data-free continual learning (methods.md#applications; Yin et al. 2020, §4.4): a model trained on the first k classes
+learns the remaining ones from real images of the new classes only; images synthesized from the old model by
+DeepInversion stand in for the old classes' data, which is gone.
 
     1. old model     CE on real images of classes < k (a k-way head)
-    2. synthesize    DeepInversion (METHODS §1) from the old model: its BN statistics are the old classes'
+    2. synthesize    DeepInversion (methods.md#model-inversion) from the old model: its BN statistics are the old
+                     classes'
     3. from the old model with its head grown to K outputs (old rows copied), the same steps for each of
        naive        CE on real images of the new classes only: it forgets
        replay       CE on the new classes' real images plus KD on synthesized old-class images (replay_kd_loss),
@@ -124,8 +125,9 @@ class OldClassesTeacher(nn.Module):
 
 
 def replay_kd_loss(student_logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² KL( softmax(z_old/T) padded with 0 for the new classes ‖ softmax(z/T) ) on replayed images: METHODS §3's
-    KD against the old model, which also pushes the new classes' probability on old-class images to 0."""
+    """T² KL( softmax(z_old/T) padded with 0 for the new classes ‖ softmax(z/T) ) on replayed images:
+    methods.md#knowledge-distillation's KD against the old model, which also pushes the new classes' probability on
+    old-class images to 0."""
     return kd_loss(student_logits, old_logits, temperature)
 
 

@@ -1,6 +1,7 @@
-"""Data-free pruning (METHODS §8; Yin et al. 2020, §4.3): rank conv filters by an importance measured on the
-teacher's synthesized images, remove the least important ones until a target share of the FLOPs is left (smaller
-tensors, `surgery.py`), and fine-tune the pruned network by KD (METHODS §3) from the unpruned one on those images.
+"""Data-free pruning (methods.md#applications; Yin et al. 2020, §4.3): rank conv filters by an importance measured on
+the teacher's synthesized images, remove the least important ones until a target share of the FLOPs is left (smaller
+tensors, `surgery.py`), and fine-tune the pruned network by KD (methods.md#knowledge-distillation) from the unpruned one
+on those images.
 
     bn_scale   I_m = Σ_BN |γ_m|                                            Liu et al. 2017 (network slimming)
     taylor     I_m = (1/K) Σ_k ( Σ_BN γ_m ∂L_k/∂γ_m + β_m ∂L_k/∂β_m )²      Molchanov et al. 2019 (Taylor-FO-BN)

@@ -1,7 +1,7 @@
-"""Data-free quantization calibration (METHODS §8; Haroush et al. 2020, "The Knowledge Within"; Cai et al. 2020,
-ZeroQ): post-training int8 quantization of a teacher with PyTorch's own FX graph mode (`torch.ao.quantization`:
-`prepare_fx` inserts observers, calibration batches run through them, `convert_fx` swaps in int8 kernels), with
-the activation ranges calibrated on
+"""Data-free quantization calibration (methods.md#applications; Haroush et al. 2020, "The Knowledge Within"; Cai et al.
+2020, ZeroQ): post-training int8 quantization of a teacher with PyTorch's own FX graph mode (`torch.ao.quantization`:
+`prepare_fx` inserts observers, calibration batches run through them, `convert_fx` swaps in int8 kernels), with the
+activation ranges calibrated on
 
     synthetic   the teacher's DeepInversion images (a stored pool or synthesized here; data-free)
     real        real training images (the reference, not data-free)

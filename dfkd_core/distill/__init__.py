@@ -1,4 +1,5 @@
-"""Data-free knowledge distillation: one KD loop (METHODS §3) fed by registered methods (METHODS §1, §2)."""
+"""Data-free knowledge distillation: one KD loop (methods.md#knowledge-distillation) fed by registered methods
+(methods.md#model-inversion, #generator)."""
 from dfkd_core.distill.config import DistillConfig, default_student
 from dfkd_core.distill.job import DistillJob
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod, list_methods, register_method

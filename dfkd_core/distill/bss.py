@@ -1,4 +1,4 @@
-"""BSS-KD: distillation with boundary-supporting samples (METHODS §4; Heo et al., AAAI 2019).
+"""BSS-KD: distillation with boundary-supporting samples (methods.md#bss; Heo et al., AAAI 2019).
 
     L(n) = CE(S(x_n), c_n) + α · L_KD(x_n) + β · Σ_k p_n^k · L_KD(ẋ_n^k)
     α = 3 (1 − e/E) + 1,   β = max(2 (1 − 4e/(3E)), 0)      for epoch e of E
@@ -22,8 +22,8 @@ Choices, each recorded with the run (options in config.json; schedule and outcom
   from step to step, and BatchNorm on a batch of one BSS has one value per channel on a LeNet's 1×1 map (an error)
   and meaningless statistics on any model. With the batch, every count works, 0 and 1 included, and the BSS are
   normalized with the statistics of the images they were made from.
-- L_KD is METHODS §3's T² · KL at `--temperature` for both KD terms; the official code uses T = 3 (pass
-  `--temperature 3`) and no T² factor.
+- L_KD is methods.md#knowledge-distillation's T² · KL at `--temperature` for both KD terms; the official code uses
+  T = 3 (pass `--temperature 3`) and no T² factor.
 
 Data-free BSS (`--pool`): base samples come from a synthesized pool instead of the training set; c_n is the
 teacher's argmax on the (augmented) image (`pool_labels=teacher`, default: every image gets the label the teacher
@@ -82,7 +82,7 @@ class BSSOptions(Config):
 
 @dataclass(frozen=True)
 class EpochSchedule:
-    """α and β of METHODS §4 at each student step; an epoch is `steps_per_epoch` steps, E = steps / that."""
+    """α and β of methods.md#bss at each student step; an epoch is `steps_per_epoch` steps, E = steps / that."""
 
     steps_per_epoch: int
     total_steps: int
@@ -139,7 +139,7 @@ class EpochBatches:
 
 @register_method
 class BoundarySupportingSampleKD(RealOrPoolMethod):
-    """BSS-KD (METHODS §4) on the real training set, or on a synthesized pool with `--pool` (data-free BSS)."""
+    """BSS-KD (methods.md#bss) on the real training set, or on a synthesized pool with `--pool` (data-free BSS)."""
 
     name, data_free = "bss", False
     description = ("BSS-KD: CE + α·KD + β·KD on boundary-supporting samples, adversarial samples just across the "
@@ -152,7 +152,8 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
             raise ValueError("BSS-KD needs the class c_n of every image (CE and base-sample selection); mixup and "
                              "cutmix blend images of two classes, so use --mixup 0 --cutmix 0")
         if self.config.alpha_ce > 0:
-            raise ValueError("BSS-KD weighs CE by 1 and KD by its α schedule (METHODS §4); --alpha-ce does not apply")
+            raise ValueError("BSS-KD weighs CE by 1 and KD by its α schedule (methods.md#bss); --alpha-ce does not "
+                             "apply")
         # The run's config records every setting, defaults included, so the run replays from config.json alone.
         self.config.options = self.options.to_dict()
         self.totals: Counter = Counter()
@@ -187,7 +188,7 @@ class BoundarySupportingSampleKD(RealOrPoolMethod):
                                              self.target_generator)
 
     def bss_kd_term(self, found: BoundarySupportingBatch, x: torch.Tensor) -> torch.Tensor:
-        """Σ_n Σ_k p_n^k · L_KD(ẋ_n^k) / N (METHODS §4); the student sees the BSS in train mode, as officially,
+        """Σ_n Σ_k p_n^k · L_KD(ẋ_n^k) / N (methods.md#bss); the student sees the BSS in train mode, as officially,
         but in one forward pass with the batch `x` they were made from (see the module doc: any count works)."""
         student = self.job.student
         if not len(found.samples):

@@ -1,10 +1,10 @@
-"""The BSS-KD objective and its official epoch schedules (METHODS §4, Heo et al., AAAI 2019).
+"""The BSS-KD objective and its official epoch schedules (methods.md#bss, Heo et al., AAAI 2019).
 
     L(n) = CE(S(x_n), c_n) + α · L_KD(x_n) + β · Σ_k p_n^k · L_KD(ẋ_n^k)
 
-L_KD is `dfkd_core.losses.kd_loss` (METHODS §3: T² · KL, T_kd = 4 by default, as every KD of the project; the
-official BSS code uses 3). The BSS part is averaged over the attacked base samples, not over the batch, as the
-official code does: with half of a batch attacked, β weighs it twice what an average over the batch would.
+L_KD is `dfkd_core.losses.kd_loss` (methods.md#knowledge-distillation: T² · KL, T_kd = 4 by default, as every KD of the
+project; the official BSS code uses 3). The BSS part is averaged over the attacked base samples, not over the batch, as
+the official code does: with half of a batch attacked, β weighs it twice what an average over the batch would.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from dfkd_core.losses import kd_loss
 
 
 def bss_alpha(epoch: float, epochs: float) -> float:
-    """α = 3 (1 − e/E) + 1: KD on real samples, from 4 down to 1 (official schedule, METHODS §4)."""
+    """α = 3 (1 − e/E) + 1: KD on real samples, from 4 down to 1 (official schedule, methods.md#bss)."""
     return 3.0 * (1.0 - epoch / epochs) + 1.0
 
 
 def bss_beta(epoch: float, epochs: float) -> float:
-    """β = max(2 (1 − 4e/(3E)), 0): KD on BSS, from 2 down to 0 at three quarters of training (METHODS §4)."""
+    """β = max(2 (1 − 4e/(3E)), 0): KD on BSS, from 2 down to 0 at three quarters of training (methods.md#bss)."""
     return max(2.0 * (1.0 - 4.0 * epoch / (3.0 * epochs)), 0.0)
 
 
@@ -44,7 +44,7 @@ def bss_kd_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logi
                 bss_student_logits: torch.Tensor, bss_teacher_logits: torch.Tensor, bss_weights: torch.Tensor,
                 alpha: float, beta: float, temperature: float = 4.0, n_base_samples: int | None = None
                 ) -> dict[str, torch.Tensor]:
-    """L(n) of METHODS §4 averaged over the batch; returns {"total", "cross_entropy", "kd", "bss"} so the
+    """L(n) of methods.md#bss averaged over the batch; returns {"total", "cross_entropy", "kd", "bss"} so the
     trainer can log each term. n_base_samples defaults to the number of BSS rows (one target per base sample)."""
     ce = F.cross_entropy(student_logits, labels)
     kd = kd_loss(student_logits, teacher_logits, temperature)

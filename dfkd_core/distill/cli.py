@@ -246,7 +246,7 @@ def add_commands(sub) -> None:
     gen.add_argument("--lambda-tv", type=float)
     gen.add_argument("--lambda-l2", type=float)
     gen.add_argument("--lambda-bn", type=float)
-    s = d.add_argument_group("student training (KD, METHODS §3)")
+    s = d.add_argument_group("student training (KD, methods.md#knowledge-distillation)")
     s.add_argument("--steps", type=int, help="student steps after synthesis")
     s.add_argument("--batch-size", type=int)
     s.add_argument("--lr", type=float)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from dfkd_core.config import Config
 from dfkd_core.device import cpu_bf16_default, resolve_device, uses_bf16
 
-# The student a teacher gets when none is named: half width (or the published half model), METHODS §3 / issue 5.
+# The student a teacher gets when none is named: half width (or the published half model),
+# methods.md#knowledge-distillation / issue 5.
 HALF_WIDTH_STUDENT = {
     "bncnn3_w32": "bncnn3_w16", "bncnn3_w16": "bncnn3_w8",
     "bncnn6_w32": "bncnn6_w16",
@@ -46,7 +47,7 @@ class DistillConfig(Config):
     lambda_l2: float = 0.0
     lambda_bn: float = 1.0
 
-    # --- the student's KD training (METHODS §3), shared by every method
+    # --- the student's KD training (methods.md#knowledge-distillation), shared by every method
     steps: int = 2000                 # student steps after synthesis (pool / noise / generator / real data)
     batch_size: int = 128
     lr: float = 1e-3

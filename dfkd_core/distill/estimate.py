@@ -1,7 +1,8 @@
 """How long a distillation will take, before it starts: its planned steps of each kind at the pace an earlier run of
 the same teacher took with the same settings that set a step's cost (method, student, batch sizes, teacher echo,
-precision, device, processes). `fashion-best` runs 20-40 minutes on 2 CPU cores and 1.5 on a GPU: only this machine's own
-runs can say which, so without a comparable earlier run there is no number, and the steps are counted instead.
+precision, device, processes). `fashion-best` runs 20-40 minutes on 2 CPU cores and 1.5 on a GPU: only this
+machine's own runs can say which, so without a comparable earlier run there is no number, and the steps are counted
+instead.
 """
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def pace_settings(config: dict, student: str | None) -> tuple:
 
 
 def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> PlannedTime:
-    """`job`: a `DistillJob` built but not started, to run in `processes` processes. Looks through this teacher's finished distillations, newest
-    first, for one with `job`'s pace settings and at least two logged steps."""
+    """`job`: a `DistillJob` built but not started, to run in `processes` processes. Looks through this teacher's
+    finished distillations, newest first, for one with `job`'s pace settings and at least two logged steps."""
     remaining, kind_of = job.method.steps_left_by_kind(START)
     wanted = pace_settings({**job.config.to_dict(), "processes": processes}, job.student_name)
     candidates = [r for r in store.list(kind="distill") if r.teacher == teacher_id and r.status in FINISHED]

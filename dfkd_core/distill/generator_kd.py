@@ -1,4 +1,5 @@
-"""The generator methods (METHODS §2): a generator trained against the frozen teacher, then KD on fresh samples.
+"""The generator methods (methods.md#generator): a generator trained against the frozen teacher, then KD on fresh
+samples.
 
     generator            one conditional generator G(z|y)
     generator-ensemble   one generator per class, trained together on mixed batches
@@ -19,7 +20,8 @@ from dfkd_core.synthesis.generator import build_generator, generator_loss, sampl
 
 
 class GeneratorKD(DistillMethod):
-    """Train the generator against the frozen teacher (L_G of METHODS §2), then KD on fresh samples every step."""
+    """Train the generator against the frozen teacher (L_G of methods.md#generator), then KD on fresh samples every
+    step."""
 
     mode = "single"
     other_steps_name = "generator steps"

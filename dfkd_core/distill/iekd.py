@@ -1,4 +1,4 @@
-"""IE-KD and IE-DML (METHODS §5, Huang et al. CVPR 2021): inheritance and exploration.
+"""IE-KD and IE-DML (methods.md#ie-kd, Huang et al. CVPR 2021): inheritance and exploration.
 
     iekd    offline: a teacher autoencoder (E, D) is trained on the teacher's split-layer map (phase
             "autoencoder", L_rec logged), then the student learns with
@@ -124,7 +124,7 @@ def inheritance_channels(channels: int, share: float) -> int:
 
 @register_method
 class InheritanceExplorationKD(RealOrPoolMethod):
-    """IE-KD (METHODS §5.1–5.3): autoencoder phase, then student steps with the IE loss."""
+    """IE-KD (methods.md#ie-kd–5.3): autoencoder phase, then student steps with the IE loss."""
 
     name, data_free = "iekd", False
     description = ("IE-KD: CE, plus one half of the student's split layer inherits the teacher autoencoder's "
@@ -191,7 +191,7 @@ class InheritanceExplorationKD(RealOrPoolMethod):
 
     # ------------------------------------------------------------------ the plan
     def train_autoencoder(self, start: Progress) -> Iterator[dict]:
-        """§5.1: (E, D) learns the teacher's split-layer map by reconstruction; frozen afterwards."""
+        """methods.md#ie-kd: (E, D) learns the teacher's split-layer map by reconstruction; frozen afterwards."""
         j, o, ae, optimizer = self.job, self.options, self.autoencoder, self.autoencoder_optimizer
         tap = self.teacher_layer.tap
         ae.train()
@@ -216,7 +216,7 @@ class InheritanceExplorationKD(RealOrPoolMethod):
 
     def ie_terms(self, x: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                  labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """L_goal and the two distances; the KD loop weighs them with `ie_term_weights` (METHODS §5.3)."""
+        """L_goal and the two distances; the KD loop weighs them with `ie_term_weights` (methods.md#ie-kd)."""
         p = self.options.distance_norm
         with torch.no_grad():
             teacher_factor = self.autoencoder.encoder(self.teacher_layer.tap.take().float())
@@ -295,7 +295,7 @@ class Peer:
 
 @register_method
 class InheritanceExplorationDML(InheritanceExplorationKD):
-    """IE-DML (METHODS §5.4): two students, each the other's 'teacher' for both IE terms, plus DML's KL."""
+    """IE-DML (methods.md#ie-kd): two students, each the other's 'teacher' for both IE terms, plus DML's KL."""
 
     name, data_free = "iedml", False
     description = ("IE-DML: two students learn online, each inheriting from / exploring away from the other's "

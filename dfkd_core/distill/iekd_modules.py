@@ -1,4 +1,4 @@
-"""IE-KD building blocks (METHODS §5): the loss terms as small functions, the factor networks, a feature tap.
+"""IE-KD building blocks (methods.md#ie-kd): the loss terms as small functions, the factor networks, a feature tap.
 
     L_rec = ‖f_T − D(E(f_T))‖²                                   the teacher autoencoder (E, D)       §5.1
     t = E(f_T);  ŝ_inh = C_inh(f_S^inh);  ŝ_exp = C_exp(f_S^exp)    student halves → their own encoders §5.2
@@ -27,18 +27,18 @@ FACTOR_NORMS = (1, 2)
 # ------------------------------------------------------------------ the equations
 
 def reconstruction_loss(features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """L_rec = ‖f_T − D(E(f_T))‖² (METHODS §5.1): squared L2 norm per sample, mean over the batch."""
+    """L_rec = ‖f_T − D(E(f_T))‖² (methods.md#ie-kd): squared L2 norm per sample, mean over the batch."""
     return (features - reconstruction).flatten(1).pow(2).sum(1).mean()
 
 
 def normalize_factor(factor: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """x̂ = x / ‖x‖₂ per sample, flattened to (B, D) (METHODS §5.2); an all-zero factor stays zero."""
+    """x̂ = x / ‖x‖₂ per sample, flattened to (B, D) (methods.md#ie-kd); an all-zero factor stays zero."""
     flat = factor.flatten(1)
     return flat / flat.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
 def factor_distance(teacher_factor: torch.Tensor, student_factor: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """d(t, s) = ‖t̂ − ŝ‖_p per sample, mean over the batch, on normalized factors (METHODS §5.3).
+    """d(t, s) = ‖t̂ − ŝ‖_p per sample, mean over the batch, on normalized factors (methods.md#ie-kd).
 
     Bounded: for unit vectors ‖t̂ − ŝ‖₂ ≤ 2 and ‖t̂ − ŝ‖₁ ≤ √D·‖t̂ − ŝ‖₂ ≤ 2√D, which is what keeps the
     exploration term (a distance that is *maximized*) from diverging.
@@ -70,7 +70,7 @@ def exploration_distance(teacher_factor: torch.Tensor, exploration_factor: torch
 
 def ie_loss(goal: torch.Tensor, inheritance: torch.Tensor, exploration: torch.Tensor, lambda_inh: float = 1.0,
             lambda_exp: float = 1.0) -> torch.Tensor:
-    """L = L_goal + λ_inh · d_inh − λ_exp · d_exp (METHODS §5.3)."""
+    """L = L_goal + λ_inh · d_inh − λ_exp · d_exp (methods.md#ie-kd)."""
     return goal + lambda_inh * inheritance - lambda_exp * exploration
 
 
@@ -80,7 +80,7 @@ def ie_term_weights(lambda_inh: float, lambda_exp: float) -> dict[str, float]:
 
 
 def split_channels(features: torch.Tensor, inheritance_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """f_S → (f_S^inh, f_S^exp): the first `inheritance_channels` channels and the rest (METHODS §5.2)."""
+    """f_S → (f_S^inh, f_S^exp): the first `inheritance_channels` channels and the rest (methods.md#ie-kd)."""
     if not 0 < inheritance_channels < features.shape[1]:
         raise ValueError(f"cannot split {features.shape[1]} channels into an inheritance part of "
                          f"{inheritance_channels} and a non-empty exploration part")
@@ -128,7 +128,7 @@ class FactorDecoder(nn.Module):
 
 
 class FactorAutoencoder(nn.Module):
-    """(E, D) on one layer's feature map (METHODS §5.1); t = E(f) is the compact factor the student inherits."""
+    """(E, D) on one layer's feature map (methods.md#ie-kd); t = E(f) is the compact factor the student inherits."""
 
     def __init__(self, channels: int, factor_channels: int):
         super().__init__()

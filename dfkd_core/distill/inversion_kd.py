@@ -1,7 +1,7 @@
-"""Distillation on a pool of inverted images (METHODS §1 + §3): DeepDream, DeepInversion and Adaptive DeepInversion.
-A pool is made in rounds of one inverted batch each; the student learns on the pool so far after each round (ADI's
-rounds compete with that student), then on the whole pool. With `--pool` the rounds are skipped and the student
-learns from stored images.
+"""Distillation on a pool of inverted images (methods.md#model-inversion + #knowledge-distillation): DeepDream,
+DeepInversion and Adaptive DeepInversion. A pool is made in rounds of one inverted batch each; the student learns on the
+pool so far after each round (ADI's rounds compete with that student), then on the whole pool. With `--pool` the rounds
+are skipped and the student learns from stored images.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class PoolOptions(Config):
     """`trajectory_kd_from = k >= 0`: from inversion iteration k of every round on, the batch being optimized is
     also one KD batch for the student. The images along an inversion's path (noise turning into a class) cover the
     input space between classes that the finished pool alone leaves empty, and the teacher's forward pass is the
-    only extra cost. -1 = off (plain METHODS §1 + §3)."""
+    only extra cost. -1 = off (plain methods.md#model-inversion + #knowledge-distillation)."""
 
     trajectory_kd_from: int = -1
 

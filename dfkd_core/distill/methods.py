@@ -2,11 +2,12 @@
 style) whose `plan(start)` yields one metrics dict per step from `start` on (a new run: the beginning; a resumed
 run: where it stopped, see `resume.py`); `DistillJob` runs the plan step by step.
 
-    deepdream            synthesize a pool with image priors only, then KD            (METHODS §1, α_f = 0)
-    deepinversion        synthesize a pool with BN feature matching, then KD          (METHODS §1)
+    deepdream            synthesize a pool with image priors only, then KD        (methods.md#model-inversion, α_f = 0)
+    deepinversion        synthesize a pool with BN feature matching, then KD      (methods.md#model-inversion)
     adi                  alternate: synthesize a batch competing with the current student, KD on the growing pool
-    generator            one conditional generator G(z|y) trained against the teacher, KD on fresh samples (§2)
-    generator-ensemble   one generator per class, same otherwise                                            (§2)
+    generator            one conditional generator G(z|y) trained against the teacher, KD on fresh samples
+                                                                                  (methods.md#generator)
+    generator-ensemble   one generator per class, same otherwise                  (methods.md#generator)
 
 The pool methods (deepdream, deepinversion, adi) are in inversion_kd.py, the generator methods in generator_kd.py;
 the baselines every data-free method is measured against (noise, real-kd, scratch) in baselines.py, IE-KD / IE-DML

@@ -1,4 +1,5 @@
-"""The one KD loop every distillation method shares (METHODS §3), plus the augmentations it applies.
+"""The one KD loop every distillation method shares (methods.md#knowledge-distillation), plus the augmentations it
+applies.
 
     L_KD = T² · KL(softmax(z_T / T) ‖ softmax(z_S / T))
 

@@ -1,8 +1,8 @@
-"""Figures for the data-free applications (METHODS §8): accuracy against kept FLOPs for pruning (one line per
-variant, one dash per criterion, the unpruned teacher dashed) and its CPU latency; int8 accuracy per calibration
+"""Figures for the data-free applications (methods.md#applications): accuracy against kept FLOPs for pruning (one line
+per variant, one dash per criterion, the unpruned teacher dashed) and its CPU latency; int8 accuracy per calibration
 source beside the fp32 teacher; per-class accuracy of the continual-learning models. Every accuracy carries its 95%
-bootstrap interval as an error bar. Inputs are the rows of a run's results.json, so the app and a notebook draw the
-same figures.
+bootstrap interval as an error bar. Inputs are the rows of a run's results.json, so the app and a notebook draw the same
+figures.
 """
 from __future__ import annotations
 

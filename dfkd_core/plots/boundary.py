@@ -1,4 +1,4 @@
-"""Figures for decision-boundary similarity (METHODS §4): MagSim/AngSim bars with their 95% intervals as error bars
+"""Figures for decision-boundary similarity (methods.md#bss): MagSim/AngSim bars with their 95% intervals as error bars
 and the accepted-pair counts beside every number (a bar resting on fewer than MIN_PAIRS pairs is faded and
 carries a warning), the paired differences between students, the per-class breakdown, and image panels of one
 attack pair (base sample, teacher and student BSS, and the two perturbations on one shared diverging colour scale).

@@ -1,7 +1,7 @@
-"""Figures for distillation (METHODS §3 and the report every method shares, issue 5): student accuracy on held-out
-real images against images synthesized or student steps (one line per run, the teacher's accuracy dashed), and the
-KD loss over student steps. Inputs are plain data: `DistillJob.curve` / a run summary's "curve", and `job.history` /
-a run's metrics.jsonl, so the app, the Runs page and a notebook draw the same figures.
+"""Figures for distillation (methods.md#knowledge-distillation and the report every method shares, issue 5): student
+accuracy on held-out real images against images synthesized or student steps (one line per run, the teacher's accuracy
+dashed), and the KD loss over student steps. Inputs are plain data: `DistillJob.curve` / a run summary's "curve", and
+`job.history` / a run's metrics.jsonl, so the app, the Runs page and a notebook draw the same figures.
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def accuracy_curves_figure(curves: Mapping[str, Sequence[Mapping]], x: str = "im
 
 
 def kd_loss_figure(history: Sequence[Mapping], height: int = 320, max_points: int = 600) -> go.Figure:
-    """The student's KD loss (METHODS §3, T² KL(p_T ‖ p_S) at temperature T) against student steps; with a label
-    term (real-data methods) its CE too. Log scale: the loss falls by orders of magnitude."""
+    """The student's KD loss (methods.md#knowledge-distillation, T² KL(p_T ‖ p_S) at temperature T) against student
+    steps; with a label term (real-data methods) its CE too. Log scale: the loss falls by orders of magnitude."""
     rows = [r for r in history if r.get("phase") == "kd" and _finite(r.get("student_steps"))]
     figure = go.Figure()
     for key, name in (("loss_kd", "KD loss"), ("loss_ce", "CE on labels")):

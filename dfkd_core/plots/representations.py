@@ -1,5 +1,5 @@
-"""Figures for representation analysis: CKA heatmap and its 95% intervals as error bars (METHODS §7), Grad-CAM
-overlays and overlap scores with their intervals (§6).
+"""Figures for representation analysis: CKA heatmap and its 95% intervals as error bars (methods.md#cka), Grad-CAM
+overlays and overlap scores with their intervals (methods.md#grad-cam).
 
 Builders take plain tensors / dicts (or a `CKAResult` / `AttentionComparison`) and return plotly figures; the
 overlay colouring is shared with the PNG the CLI writes, so app and files look the same.

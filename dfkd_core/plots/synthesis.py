@@ -1,6 +1,6 @@
-"""Figures for model inversion (METHODS §1): per-term loss curves with the steps where a live change took effect,
-BN statistics of the synthesized batch against the teacher's running statistics, and a comparison of runs (image
-grids: `grids.py`). Inputs are plain data so a notebook can call these on `job.history` or on a run's
+"""Figures for model inversion (methods.md#model-inversion): per-term loss curves with the steps where a live change
+took effect, BN statistics of the synthesized batch against the teacher's running statistics, and a comparison of runs
+(image grids: `grids.py`). Inputs are plain data so a notebook can call these on `job.history` or on a run's
 `metrics.jsonl`.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-# Legend names in METHODS §1 notation (unweighted terms; "total" is the weighted sum that is optimized).
+# Legend names in methods.md#model-inversion notation (unweighted terms; "total" is the weighted sum that is optimized).
 TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l2": "||x̂||₂",
               "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
 # Each curve's colour is fixed by what it shows, so the same run's curves look the same on every page (by trace order,
@@ -164,8 +164,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
 
 
 def bn_statistics_figure(stats: Sequence[Mapping], height: int = 380) -> go.Figure:
-    """Per-channel BN input statistics of the synthesized batch (blue) against the teacher's running statistics
-    (grey), every BN layer side by side; each layer is titled with its R_feature term (METHODS §1, unweighted)
+    """Per-channel BN input statistics of the synthesized batch (blue) against the teacher's running statistics (grey),
+    every BN layer side by side; each layer is titled with its R_feature term (methods.md#model-inversion, unweighted)
     ||μ − running_mean||₂ + ||σ² − running_var||₂. `stats`: dicts with 'layer', 'running_mean', 'running_var'
     and, once a batch exists, 'batch_mean', 'batch_var' (as `ModelInversion.latest_bn_statistics`).
     """

@@ -1,4 +1,4 @@
-"""Boundary-supporting samples (BSS, METHODS §4; Heo et al., AAAI 2019).
+"""Boundary-supporting samples (BSS, methods.md#bss; Heo et al., AAAI 2019).
 
 A BSS is a base sample pushed by an iterative targeted attack just across the teacher's decision boundary between
 its class b and a target class k. The pieces, one function each: choose base samples, sample target classes,
@@ -29,13 +29,13 @@ PixelBounds = tuple[torch.Tensor | float, torch.Tensor | float]
 
 
 def pair_gap_score(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
-    """Σ_k (p_T,k − p_S,k)² per sample: how far apart teacher and student are on it (METHODS §4)."""
+    """Σ_k (p_T,k − p_S,k)² per sample: how far apart teacher and student are on it (methods.md#bss)."""
     return ((teacher_probs - student_probs) ** 2).sum(dim=1)
 
 
 def select_base_samples(teacher_probs: torch.Tensor, student_probs: torch.Tensor, labels: torch.Tensor,
                         n: int) -> torch.Tensor:
-    """Base samples (METHODS §4): indices of the ≤ n samples that teacher AND student classify correctly,
+    """Base samples (methods.md#bss): indices of the ≤ n samples that teacher AND student classify correctly,
     with the largest Σ_k (p_T,k − p_S,k)², largest first (ties keep the input order)."""
     both_correct = (teacher_probs.argmax(1) == labels) & (student_probs.argmax(1) == labels)
     candidates = both_correct.nonzero().flatten()
@@ -45,7 +45,7 @@ def select_base_samples(teacher_probs: torch.Tensor, student_probs: torch.Tensor
 
 
 def target_class_weights(teacher_probs: torch.Tensor, base_labels: torch.Tensor) -> torch.Tensor:
-    """p_n^k (METHODS §4): the teacher's probabilities renormalized over k ≠ b; zero at the base class b."""
+    """p_n^k (methods.md#bss): the teacher's probabilities renormalized over k ≠ b; zero at the base class b."""
     weights = teacher_probs.clone()
     weights.scatter_(1, base_labels.view(-1, 1), 0.0)
     # A teacher certain of b in float32 can leave all other classes at exactly 0: fall back to uniform over k ≠ b.
@@ -58,7 +58,7 @@ def target_class_weights(teacher_probs: torch.Tensor, base_labels: torch.Tensor)
 
 def sample_target_classes(teacher_probs: torch.Tensor, base_labels: torch.Tensor,
                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Target class k per base sample, drawn with probability p_n^k ∝ p_T,k over k ≠ b (METHODS §4).
+    """Target class k per base sample, drawn with probability p_n^k ∝ p_T,k over k ≠ b (methods.md#bss).
 
     Returns (targets, p_n^k of the drawn target)."""
     weights = target_class_weights(teacher_probs, base_labels)
@@ -68,13 +68,13 @@ def sample_target_classes(teacher_probs: torch.Tensor, base_labels: torch.Tensor
 
 def boundary_attack_loss(logits: torch.Tensor, base_class: torch.Tensor, target_class: torch.Tensor
                          ) -> torch.Tensor:
-    """L_a(x) = f_b(x) − f_k(x) per sample (METHODS §4); negative once x is on the target's side."""
+    """L_a(x) = f_b(x) − f_k(x) per sample (methods.md#bss); negative once x is on the target's side."""
     return (logits.gather(1, base_class.view(-1, 1)) - logits.gather(1, target_class.view(-1, 1))).flatten()
 
 
 @dataclass
 class AttackSettings(Config):
-    """The attack's knobs (METHODS §4 defaults), saved with every analysis or BSS-KD run."""
+    """The attack's knobs (methods.md#bss defaults), saved with every analysis or BSS-KD run."""
 
     eta: float = 0.3
     eps: float = 1e-4
@@ -111,7 +111,7 @@ class BoundaryAttackResult:
 
 @dataclass
 class BoundaryAttack:
-    """The BSS attack on one model (METHODS §4): x ← x − η (L_a(x) + ε) / ||∇L_a(x)||₂² · ∇L_a(x), clamped to
+    """The BSS attack on one model (methods.md#bss): x ← x − η (L_a(x) + ε) / ||∇L_a(x)||₂² · ∇L_a(x), clamped to
     the valid pixel range, until one of: accept (L_a < 0, argmax = k), reject (argmax is a third class),
     reject (max_steps updates without crossing). Vectorized over the batch; finished samples stop moving.
 
@@ -215,14 +215,14 @@ def boundary_supporting_samples(model: nn.Module, x: torch.Tensor, base_class: t
                                 max_steps: int = 10, pixel_bounds: PixelBounds | None = None,
                                 record_trajectory: bool = False, gradient_norm_power: int = 2
                                 ) -> BoundaryAttackResult:
-    """Run the BSS attack (METHODS §4) once; see `BoundaryAttack`."""
+    """Run the BSS attack (methods.md#bss) once; see `BoundaryAttack`."""
     return BoundaryAttack(model, eta, eps, max_steps, pixel_bounds, gradient_norm_power,
                           record_trajectory).attack(x, base_class, target_class)
 
 
 @dataclass
 class BoundarySupportingBatch:
-    """The accepted BSS of one training batch, ready for `bss_kd_loss` (METHODS §4)."""
+    """The accepted BSS of one training batch, ready for `bss_kd_loss` (methods.md#bss)."""
 
     samples: torch.Tensor              # accepted ẋ_n^k (M, C, H, W)
     base_index: torch.Tensor           # (M,) index in the training batch of each sample's base x_n
@@ -237,7 +237,7 @@ def boundary_supporting_batch(teacher: nn.Module, x: torch.Tensor, labels: torch
                               teacher_logits: torch.Tensor, student_logits: torch.Tensor, n_base: int,
                               settings: AttackSettings | None = None, pixel_bounds: PixelBounds | None = None,
                               generator: torch.Generator | None = None) -> BoundarySupportingBatch:
-    """One BSS-KD batch's BSS (METHODS §4): choose base samples, draw one target each ∝ p_n^k, attack the
+    """One BSS-KD batch's BSS (methods.md#bss): choose base samples, draw one target each ∝ p_n^k, attack the
     teacher, keep the accepted samples."""
     settings = settings or AttackSettings()
     t_probs, s_probs = teacher_logits.detach().softmax(1), student_logits.detach().softmax(1)

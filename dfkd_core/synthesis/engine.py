@@ -1,4 +1,5 @@
-"""How a model-inversion step is computed (issue 18): the objective of METHODS §1 as one callable of tensors.
+"""How a model-inversion step is computed (issue 18): the objective of methods.md#model-inversion as one callable of
+tensors.
 
 A plain DeepInversion loop (NVlabs' `deepinversion.py`) hooks every BatchNorm layer, rolls and flips the batch with
 offsets drawn in Python, and reads its losses back as Python floats every iteration. The engine computes the same
@@ -54,7 +55,7 @@ def shift_and_flip(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 class InversionObjective:
-    """L(x̂) = Σ_k α_k·term_k (METHODS §1) on one augmented batch, and the step's metrics as one vector.
+    """L(x̂) = Σ_k α_k·term_k (methods.md#model-inversion) on one augmented batch, and the step's metrics as one vector.
 
     Call it inside `with objective.recorder:` (a compiled function cannot install the fused BatchNorm forwards
     itself). Terms whose weight is 0 add nothing to the total, as if they were not computed.

@@ -1,4 +1,5 @@
-"""Generator-based data-free distillation (METHODS §2, Luo et al. "Large-Scale Generative Data-Free Distillation").
+"""Generator-based data-free distillation (methods.md#generator, Luo et al. "Large-Scale Generative Data-Free
+Distillation").
 
 A generator G(z | y) is trained against the frozen teacher with
 
@@ -20,8 +21,8 @@ from dfkd_core.losses import bn_feature_loss, cross_entropy_loss, l2_prior_loss,
 
 
 class ConditionalGenerator(nn.Module):
-    """G(z | y) of METHODS §2: Linear → 128×(H/4)×(W/4) → BN → LReLU → ↑2 → conv → BN → LReLU → ↑2 → conv → BN →
-    LReLU → conv → tanh. With `num_classes=0` it is unconditional (one member of a per-class ensemble).
+    """G(z | y) of methods.md#generator: Linear → 128×(H/4)×(W/4) → BN → LReLU → ↑2 → conv → BN → LReLU → ↑2 → conv → BN
+    → LReLU → conv → tanh. With `num_classes=0` it is unconditional (one member of a per-class ensemble).
 
     The tanh output is read as pixels in [0, 1] and mapped to the teacher's normalized space, so every sample lies in
     the valid pixel range without clipping.
@@ -59,7 +60,8 @@ class ConditionalGenerator(nn.Module):
 
 
 class GeneratorEnsemble(nn.Module):
-    """One unconditional generator per class (METHODS §2, ensemble mode); G(z | y) routes each sample to G_y."""
+    """One unconditional generator per class (methods.md#generator, ensemble mode); G(z | y) routes each sample to
+    G_y."""
 
     def __init__(self, latent_dim: int, dataset: DatasetInfo, width: int = 128):
         super().__init__()
@@ -91,8 +93,8 @@ def sample_latents(generator: nn.Module, batch_size: int, num_classes: int, devi
 def generator_loss(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, recorder: BNStatisticsRecorder,
                    lambda_tv: float, lambda_l2: float, lambda_bn: float, first_bn_multiplier: float = 1.0
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """L_G of METHODS §2 on a generated batch. `recorder` must be attached to the teacher (moment matching needs the
-    batch statistics of every BN layer's input). Returns (total, unweighted terms, teacher logits)."""
+    """L_G of methods.md#generator on a generated batch. `recorder` must be attached to the teacher (moment matching
+    needs the batch statistics of every BN layer's input). Returns (total, unweighted terms, teacher logits)."""
     with recorder:
         logits = teacher(x).float()
         terms = {"ce": cross_entropy_loss(logits, y), "tv": total_variation_loss(x), "l2": l2_prior_loss(x)}

@@ -1,4 +1,5 @@
-"""Model inversion (METHODS §1): DeepDream → DeepInversion → Adaptive DeepInversion as one configurable job.
+"""Model inversion (methods.md#model-inversion): DeepDream → DeepInversion → Adaptive DeepInversion as one configurable
+job.
 
     L(x̂) = α_ce·CE(T(x̂), y) + α_tv·R_TV + α_l2·||x̂||₂ + α_f·R_feature + α_c·R_compete  [+ α_cr·R_cr, CMI]
 
@@ -29,8 +30,8 @@ from dfkd_core.synthesis.images import save_grid
 
 METHODS = ("deepdream", "deepinversion", "adi")
 
-# Weights of each method (METHODS §1). DeepDream: image priors only; DeepInversion adds BN feature matching;
-# Adaptive DI adds the competition term against a student.
+# Weights of each method (methods.md#model-inversion). DeepDream: image priors only; DeepInversion adds BN feature
+# matching; Adaptive DI adds the competition term against a student.
 PRESETS: dict[str, dict[str, float]] = {
     "deepdream": {"alpha_f": 0.0, "alpha_c": 0.0, "alpha_tv": 1e-3, "alpha_l2": 1e-3},
     "deepinversion": {"alpha_f": 1.0, "alpha_c": 0.0, "alpha_tv": 1e-3, "alpha_l2": 1e-3},

@@ -1,5 +1,5 @@
-"""The Applications page's parts: the settings of each application (METHODS §8) as widgets, a config built from
-them, starting its job through the job manager, its live progress, and a stored run's table and figures.
+"""The Applications page's parts: the settings of each application (methods.md#applications) as widgets, a config built
+from them, starting its job through the job manager, its live progress, and a stored run's table and figures.
 `pages/applications.py` lays them out; the algorithms are dfkd_core.applications'."""
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The Distill page's settings: the method's main weights (one line each, METHODS §1-§3), recipes, a `DistillConfig`
-built from them, and starting a `DistillJob` through the job manager. Its live view is distill_live.py, the result
-table results_view.py; `pages/distill.py` lays them out; the algorithm is dfkd_core.distill's."""
+"""The Distill page's settings: the method's main weights (one line each, methods.md#model-inversion to
+#knowledge-distillation), recipes, a `DistillConfig` built from them, and starting a `DistillJob` through the job
+manager. Its live view is distill_live.py, the result table results_view.py; `pages/distill.py` lays them out; the
+algorithm is dfkd_core.distill's."""
 from __future__ import annotations
 
 import dataclasses

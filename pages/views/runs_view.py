@@ -87,7 +87,8 @@ def running_run_controls(record: RunRecord) -> None:
 
 
 def curve_keys(history: list[dict]) -> tuple[list[str], list[str]]:
-    """(loss keys, accuracy/confidence keys) present in a run's metrics; the METHODS §1 terms in their order."""
+    """(loss keys, accuracy/confidence keys) present in a run's metrics; the methods.md#model-inversion terms in their
+    order."""
     numeric = {k for row in history for k, v in row.items() if isinstance(v, (int, float))}
     losses = [k for k in TERM_NAMES if k in numeric] + sorted(k for k in numeric
                                                               if k.startswith("loss") and k not in TERM_NAMES)

@@ -1,5 +1,5 @@
-"""The Synthesize page's parts: its knobs (one line of METHODS §1 each), presets, starting a ModelInversion job
-from the knobs, and the live view of a running job. `pages/synthesize.py` lays them out."""
+"""The Synthesize page's parts: its knobs (one line of methods.md#model-inversion each), presets, starting a
+ModelInversion job from the knobs, and the live view of a running job. `pages/synthesize.py` lays them out."""
 from __future__ import annotations
 
 import base64
@@ -90,7 +90,7 @@ def set_knobs(values: dict) -> None:
 
 
 def apply_preset(method: str, dataset: str) -> None:
-    """Set the weights exactly as PRESETS[method] and the dataset's augmentations (METHODS §1)."""
+    """Set the weights exactly as PRESETS[method] and the dataset's augmentations (methods.md#model-inversion)."""
     config = SynthesisConfig.preset(method, dataset)
     set_knobs({k: getattr(config, k) for k in (*PRESETS[method], *DATASET_DEFAULTS.get(dataset, {}))})
 
