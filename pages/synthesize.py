@@ -12,7 +12,7 @@ from pages.views.common import (attached_job, checkpoint_picker, ensure_starter_
                                     start_stop_buttons, teacher_or_stop)
 from pages.views.synthesis_view import (  # noqa: E402
     KNOBS, PRESET_NAMES, UNTRAINED, apply_preset, config_from_knobs, has_bn, init_knobs, knob_key, knob_widget,
-    render_idle, render_live, set_knobs, start_inversion, student_options)
+    preset_changes, render_idle, render_live, set_knobs, start_inversion, student_options)
 from pages.views.compare_view import attached_pair, compare_panel  # noqa: E402
 from pages.views.inspect_view import inspect_batch  # noqa: E402
 
@@ -93,6 +93,11 @@ with st.sidebar:
     method = st.radio("Preset (sets the weights of its method)", methods, key="preset", horizontal=True,
                       format_func=PRESET_NAMES.get, disabled=running,
                       on_change=lambda: apply_preset(st.session_state["preset"], dataset.name))
+    if changes := preset_changes(method, dataset.name):
+        st.caption(f"Moved from the {PRESET_NAMES[method]} preset: {changes}. A run uses the weights as they are "
+                   "(its name lists them).")
+        st.button("Restore the preset's weights", on_click=apply_preset, args=(method, dataset.name),
+                  disabled=running, key="restore_preset")
     if not bn:
         st.warning("This teacher has no BatchNorm layers: DeepInversion's $R_{feature}$ has no statistics to "
                    "match, so only DeepDream (image priors) is available.")

@@ -124,6 +124,14 @@ def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(tea
             assert at.session_state[knob_key(name)] == value, (method, name)
     assert at.session_state[knob_key("flip")] is False and at.session_state[knob_key("jitter")] == 1  # digits
     assert not button(at, "Start").disabled and button(at, "Stop").disabled
+    assert not any("Moved from" in c.value for c in at.sidebar.caption)
+    at.sidebar.select_slider(key=knob_key("alpha_f")).set_value(0.0).run()   # the radio still says DeepInversion
+    at.sidebar.toggle(key=knob_key("flip")).set_value(True).run()
+    moved = next(c.value for c in at.sidebar.caption if "Moved from" in c.value)
+    assert "Moved from the DeepInversion preset: α_f 1 → 0, random horizontal flip off → on." in moved
+    button(at, "Restore the preset's weights").click().run()
+    assert at.session_state[knob_key("alpha_f")] == 1.0 and at.session_state[knob_key("flip")] is False
+    assert not any("Moved from" in c.value for c in at.sidebar.caption)
 
 
 def test_start_steer_stop_and_reload_reattaches(teacher_home):

@@ -49,7 +49,7 @@ KNOBS = (
     Knob("alpha_cr", "α_cr · contrastive diversity", r"$\alpha_{cr}R_{cr}$ (CMI): each image must be told apart from "
          r"the batch's others through a random crop of itself, which spreads a class's images.", ALPHAS),
     Knob("lr", "learning rate η", r"Adam$(\beta=(0.5,0.9))$ on $\hat x$, cosine decay "
-         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{T})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5),
+         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{N_{it}})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5),
          live=True),
     Knob("jitter", "jitter J (pixels)", r"Each step roll $\hat x$ by up to $\pm J$ pixels: robust to shifts.",
          (0, 1, 2, 3, 4), live=True, fmt="{}"),
@@ -93,6 +93,21 @@ def apply_preset(method: str, dataset: str) -> None:
     """Set the weights exactly as PRESETS[method] and the dataset's augmentations (methods.md#model-inversion)."""
     config = SynthesisConfig.preset(method, dataset)
     set_knobs({k: getattr(config, k) for k in (*PRESETS[method], *DATASET_DEFAULTS.get(dataset, {}))})
+
+
+def preset_changes(method: str, dataset: str) -> str:
+    """'α_f 1 → 0, α_tv 0.001 → 3': the knobs the preset sets that now differ from it ('' when none do), so the
+    radio's method name is not taken for the weights a run will use."""
+    config = SynthesisConfig.preset(method, dataset)
+    changes = []
+    for name in (*PRESETS[method], *DATASET_DEFAULTS.get(dataset, {})):
+        knob, preset = KNOB[name], _snap(KNOB[name], getattr(config, name))
+        value = st.session_state.get(knob_key(name), preset)
+        if value != preset:
+            symbol = knob.label.split(" · ")[0].split(" (")[0]
+            changes.append(f"{symbol} {knob.fmt.format(preset)} → {knob.fmt.format(value)}" if knob.options
+                           else f"{symbol} {'on' if preset else 'off'} → {'on' if value else 'off'}")
+    return ", ".join(changes)
 
 
 def init_knobs(method: str, dataset: str) -> None:
