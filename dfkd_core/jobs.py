@@ -234,6 +234,10 @@ class Job:
                 final, self.error = "failed", f"while saving results: {type(e).__name__}: {e}"
         if self.updates:   # the run's settings are where it started; its summary says they changed on the way
             self.result["live_updates"] = [dict(u) for u in self.updates]
+        with self._lock:   # asked for after the last step began: never applied, and said so
+            late, self._pending = self._pending, {}
+        if late:
+            self.result["late_updates"] = dict(late)
         try:
             # The store first: a page that sees the job end (`running` False) reruns once and must find the run
             # finished there (a stopped teacher missed its own page's picker).

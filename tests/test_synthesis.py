@@ -126,6 +126,14 @@ def test_a_live_change_to_nan_is_refused_and_the_run_goes_on(digits_teacher):
     assert job.status == "done" and all(h["alpha_f"] == 1.0 for h in job.history)
 
 
+def test_a_live_change_that_comes_after_the_last_step_is_reported_not_lost(digits_teacher):
+    job = _job(digits_teacher, iterations=3)
+    job.subscribe(lambda e: job.update(alpha_tv=1.0) if e.kind == "step" and e.step == 2 else None)
+    job.run()
+    assert job.status == "done" and all(h["alpha_tv"] != 1.0 for h in job.history)
+    assert job.result["late_updates"] == {"alpha_tv": 1.0} and "live_updates" not in job.result
+
+
 def test_snapshots_are_labelled(digits_teacher):
     job = _job(digits_teacher, iterations=10, snapshot_every=5)
     snaps = []
