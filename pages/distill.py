@@ -109,8 +109,9 @@ def start() -> DistillJob:
 start_stop_buttons(job, start, stop_help="Stops before the next step; the student so far is evaluated and saved")
 if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** → student **{student}** with "
-            f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb as images "
-            "are synthesized; the student and the images are saved in the run store (Runs page).")
+            f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb "
+            + ("as it learns from the stored pool" if pool_run else "as images are synthesized")
+            + "; the student and the images are saved in the run store (Runs page).")
     if recipe:   # its time is in its description: fashion-best runs 20-40 CPU minutes
         st.caption(f"Recipe **{recipe}**: {RECIPES[recipe]['description']}.")
     planned = planned_time_text(teacher_run, config_from_widgets(method, student, pool_run, extra_options,

@@ -129,6 +129,10 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     assert second is not job and second.wait(120) == "done", second.error
     reused = teacher_home.get_record(second.run_record.id).summary
     assert reused["images_synthesized"] == 0 and reused["pool_size"] == 40
+    at.run()   # a reused pool: no curve against images made (all at 0), its size where "images finished" was
+    assert len(elements(at, "plotly_chart")) == 3   # accuracy vs student steps, KD loss, per class
+    assert {m.label: m.value for m in at.metric}["images in the pool"] == "40"
+    assert any("student steps on 40 stored images." in c.value for c in at.caption)
 
 
 def test_stop_keeps_the_student_so_far(teacher_home):
@@ -330,7 +334,7 @@ def test_the_results_row_fits_and_says_where_the_images_came_from_and_a_precisio
     reused = {"student_accuracy": 0.8874, "student_accuracy_ci": ci, "images_synthesized": 0, "pool_size": 800,
               "kd_precision": "float32 (bf16 asked for, but this CPU has no native bf16)"}
     row = result_row(reused, "distill-x")
-    assert row["student 95% CI"] == "88.06% – 89.40%" and row["images"] == "800 from a pool"
+    assert row["student 95% CI"] == "88.06% – 89.40%" and row["images"] == "800 reused"
     assert row["student acc"] == pytest.approx(88.74)   # in points: shown "88.74%" by the column's "%.2f%%"
     assert row["KD in"] == "float32" + FELL_BACK
     made = result_row({"images_synthesized": 1200, "pool_size": 1200, "kd_precision": "bfloat16 autocast"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dfkd_core.distill import DistillJob
+from dfkd_core.distill.inversion_kd import PoolKD
 from dfkd_core.launch import LaunchedDistillJob
 from dfkd_core.plots import accuracy_curves_figure, image_grid_png, kd_loss_figure
 from dfkd_core.plots.distill import per_class_accuracy_figure
@@ -34,6 +35,12 @@ def accuracy_note(job: DistillJob, accuracy: float | None) -> str:
             f"result uses all {total:,} test images, paired with the teacher on the same images.")
 
 
+def synthesizes(job: DistillJob) -> bool:
+    """Whether this run inverts images itself: not with a reused pool, nor for a generator or noise method, where
+    'images finished' stays 0 and a curve against it would sit at x = 0."""
+    return isinstance(job.method, PoolKD) and not job.config.pool
+
+
 def render_progress(job: DistillJob) -> None:
     history = list(job.history)
     last = history[-1] if history else {}
@@ -47,8 +54,10 @@ def render_progress(job: DistillJob) -> None:
     st.progress(min(1.0, done / max(total, 1)),
                 text=f"**{job.status}** · step {done:,} of {total:,}" + (f" · {doing}" if job.running else "")
                      + eta_text(job))
-    st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps, "
-               f"{last.get('images_synthesized', 0):,} images finished.")
+    images = (f"{last.get('images_synthesized', 0):,} images finished" if synthesizes(job)
+              else f"on {len(job.pool):,} stored images" if job.config.pool else "")
+    st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps"
+               + (f", {images}." if images.endswith("finished") else f" {images}." if images else "."))
     if job.status == "failed":
         st.error(job.error)
     teacher = getattr(job, "teacher_accuracy", None)
@@ -56,8 +65,14 @@ def render_progress(job: DistillJob) -> None:
     cols[0].metric("student accuracy", f"{accuracy:.1%}" if accuracy is not None else "–",
                    help="While it runs, on held-out real test images; once it ends, on the whole test set (see below)")
     cols[1].metric("teacher accuracy", f"{teacher:.1%}" if teacher is not None else "–")
-    cols[2].metric("images finished", last.get("images_synthesized", 0),
-                   help="Synthetic images whose inversion has ended; the grid below also shows the batch in progress")
+    if synthesizes(job):
+        cols[2].metric("images finished", last.get("images_synthesized", 0),
+                       help="Synthetic images whose inversion has ended; the grid below also shows the batch in "
+                            "progress")
+    elif job.config.pool:
+        cols[2].metric("images in the pool", f"{len(job.pool):,}", help="The stored images the student learns from")
+    else:
+        cols[2].metric("student steps", f"{last.get('student_steps', 0):,}")
     kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
     st.caption(accuracy_note(job, accuracy))
@@ -79,9 +94,10 @@ def render_curves(job: DistillJob) -> None:
     curve, history = list(job.curve), list(job.history)
     teacher = {"student": getattr(job, "teacher_accuracy", float("nan"))}
     version = (job.id, len(curve), len(history) // 10)
-    left, right = st.columns(2)
-    left.plotly_chart(cached("distill_acc_images", version, lambda: accuracy_curves_figure(
-        {"student": curve}, "images_synthesized", teacher)), key="live_acc_images")
+    left, right = st.columns(2) if synthesizes(job) else (None, st.container())
+    if left is not None:   # without synthesis every point would sit at 0 images
+        left.plotly_chart(cached("distill_acc_images", version, lambda: accuracy_curves_figure(
+            {"student": curve}, "images_synthesized", teacher)), key="live_acc_images")
     right.plotly_chart(cached("distill_acc_steps", version, lambda: accuracy_curves_figure(
         {"student": curve}, "student_steps", teacher)), key="live_acc_steps")
     st.plotly_chart(cached("distill_kd", version, lambda: kd_loss_figure(history)), key="live_kd")

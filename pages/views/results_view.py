@@ -30,7 +30,7 @@ def result_row(summary: Mapping, name: str = "") -> dict:
         ci = Interval.from_dict(stored)
         return f"{ci.low:{spec}} – {ci.high:{spec}}" if ci.defined else ci.format(spec)
     made, pool = number("images_synthesized"), number("pool_size")
-    images = (f"{pool:,} from a pool" if pool and not made else f"{made:,} made" if made is not None else "–")
+    images = (f"{pool:,} reused" if pool and not made else f"{made:,} made" if made is not None else "–")
     precision = str(summary.get("kd_precision", "–"))   # 'float32 (bf16 asked for, but this CPU has no ...)'
     return {"run": name, "method": summary.get("method"), "student": summary.get("student"),
             "student acc": percent("student_accuracy"), "student 95% CI": interval("student_accuracy", ".2%"),
