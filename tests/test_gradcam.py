@@ -258,7 +258,7 @@ def test_figures_show_every_model_and_score():
     scale = fig.data[-1].marker   # the maps' colour scale, with room above the first titles for the toolbar
     assert scale.colorscale and scale.colorbar.title.text.startswith("Grad-CAM") and fig.layout.margin.t >= 60
     titles = [a.text for a in fig.layout.annotations]
-    assert titles[:3] == ["label 1", "teacher", "student: r=0.50 IoU=0.25"] and "r=nan" in titles[5]
+    assert titles[:3] == ["label 1", "teacher", "student<br>r=0.50 · IoU=0.25"] and "r=nan" in titles[5]
     overlay = attention_overlay(images[0], maps["student"][0])
     assert overlay.shape == (6, 6, 3) and overlay.dtype.name == "uint8"
     hist = overlap_histogram_figure({"student": scores["student"]["correlation"]})

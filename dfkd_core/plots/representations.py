@@ -159,9 +159,11 @@ def gradcam_grid_figure(images01: torch.Tensor, maps: Mapping[str, torch.Tensor]
         titles.append(captions[i] if captions else "input")
         for name in names:
             s = (scores or {}).get(name)
+            # The scores on a line of their own: on one line, five columns' titles ran into each other.
             titles.append(name if s is None else
-                          f"{name}: r={float(s['correlation'][i]):.2f} IoU={float(s['iou'][i]):.2f}")
-    fig = make_subplots(rows=n, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.03)
+                          f"{name}<br>r={float(s['correlation'][i]):.2f} · IoU={float(s['iou'][i]):.2f}")
+    fig = make_subplots(rows=n, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.06 if scores else 0.03)
     for i in range(n):
         plain = attention_overlay(images01[i], torch.zeros(images01.shape[-2:]), alpha=0.0)
         fig.add_trace(go.Image(z=plain), row=i + 1, col=1)
@@ -177,7 +179,7 @@ def gradcam_grid_figure(images01: torch.Tensor, maps: Mapping[str, torch.Tensor]
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=11)
     # Room above the first row: plotly's toolbar sits at the top right and would cover the first titles.
-    fig.update_layout(height=max(220, 170 * n) + 40, margin={"l": 5, "r": 5, "t": 70, "b": 5})
+    fig.update_layout(height=max(220, (190 if scores else 170) * n) + 40, margin={"l": 5, "r": 5, "t": 80, "b": 5})
     return fig
 
 
