@@ -184,3 +184,11 @@ def test_the_kd_loss_chart_before_any_kd_step_says_so_instead_of_an_empty_log_ax
     assert empty.layout.yaxis.type != "log" and empty.layout.yaxis.showticklabels is False
     drawn = kd_loss_figure([{"phase": "kd", "student_steps": s, "loss_kd": 1.0 / (s + 1)} for s in range(10)])
     assert drawn.layout.yaxis.type == "log" and drawn.layout.yaxis.dtick == "D2" and not drawn.layout.annotations
+
+
+def test_the_target_class_is_named_above_its_bar_even_at_probability_zero():
+    from dfkd_core.plots.inspect import class_probability_figure
+    figure = class_probability_figure([0.0, 0.99, 0.01], ["a", "b", "c"], target=0)
+    (note,) = figure.layout.annotations
+    assert (note.x, note.y, note.text) == ("a", 0.0, "target")
+    assert not class_probability_figure([0.0, 1.0], ["a", "b"]).layout.annotations

@@ -21,7 +21,10 @@ def class_probability_figure(probabilities: Sequence[float], class_names: Sequen
     figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 50, "b": 10},
                          title="teacher's probabilities" + ("<br>(green: the target class)" if target is not None
                                                             else ""))
-    figure.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    if target is not None:   # named above its bar: at probability ~0 the green bar is invisible
+        figure.add_annotation(x=str(class_names[target]), y=float(probabilities[target]), text="target",
+                              showarrow=False, yanchor="bottom", font={"color": GOOD, "size": 11})
+    figure.update_yaxes(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1.0])
     figure.update_xaxes(type="category")   # every class named, digits' '0'…'9' too
     return figure
 
