@@ -39,6 +39,17 @@ def test_one_click_compares_deepdream_and_deepinversion_from_the_same_noise(teac
     final = {j.config.method: j.history[-1]["bn_distance"] for j in jobs}
     assert final["deepinversion"] < final["deepdream"]   # what the caption tells the user to look at
 
+    at.sidebar.select_slider(key=knob_key("iterations")).set_value(2000).run()   # a single run after the pair
+    button(at, "Start").click().run()
+    from test_app import job_of
+    single = job_of(at)
+    try:
+        assert single.running and len(elements(at, "image")) <= 1   # the finished pair makes way for the live run
+        assert any("The last comparison's two runs are on the Runs page" in c.value for c in at.caption)
+    finally:
+        get_job_manager().cancel(single.id)
+        single.wait(30)
+
 
 def test_a_finished_run_offers_one_image_for_inspection(teacher_home):
     at = app()

@@ -158,7 +158,9 @@ def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool)
         stop.button("Stop both", on_click=on_stop, disabled=not busy, width="stretch")
         if "compare_error" in st.session_state:
             st.error(st.session_state.pop("compare_error"))
-        if pair is not None:
+        if pair is not None and running and not busy:   # a finished pair would push the live run ~1,000 px down
+            st.caption("The last comparison's two runs are on the Runs page; it shows here again when this run ends.")
+        elif pair is not None:
             render_pair(*pair)
 
 
