@@ -44,12 +44,21 @@ def app_navigation():
     return st.navigation([root, *pages.values()], position="top")
 
 
+# Streamlit fades an element that a rerun has not redrawn within 0.5 s. A live view redraws every 0.25-2 s, and on 2
+# busy cores a redraw often takes longer, so the charts a user steers by spent much of a run faded (sampled every
+# 0.6 s in chromium). The progress bar already says the view is live: its elements stay opaque.
+LIVE_KEY = "live-"
+LIVE_CSS = (f'<style>[class*="st-key-{LIVE_KEY}"] [data-stale="true"] {{opacity: 1 !important; '
+            'transition: none !important;}</style>')
+
+
 def run_app() -> None:
     """app.py's whole body: resolve the URL to a page and run it."""
     # An emoji, not a :material/…: icon: Streamlit draws an emoji favicon inline, a material one it fetches from
     # fonts.gstatic.com, which an offline machine cannot reach.
     st.set_page_config(page_title="dfkd studio", page_icon="🧪", layout="wide")
     page = app_navigation()
+    st.html(LIVE_CSS)   # (a style alone takes no room on the page)
     if "torch" not in sys.modules:
         # The first script run after a server start imports PyTorch (3-4 s on 2 cores); say so instead of a blank page.
         with st.spinner("Starting up: loading PyTorch, once per server start…"):
