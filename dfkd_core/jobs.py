@@ -55,12 +55,13 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names it."""
 
 
-def check_finite(terms: dict[str, torch.Tensor | float], step: int) -> None:
+def check_finite(terms: dict[str, torch.Tensor | float], step: int, weighted: bool = True) -> None:
+    """`weighted`: the terms have weights a user sets (a teacher's cross-entropy has none to lower)."""
     for name, value in terms.items():
         v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
         if v != v or v in (float("inf"), float("-inf")):
-            raise NonFiniteLossError(f"loss term '{name}' is {v} at step {step}; lower the learning rate or "
-                                     f"the weight of '{name}' (the finished part of the run was kept)")
+            raise NonFiniteLossError(f"loss term '{name}' is {v} at step {step}; lower the learning rate"
+                                     + (f" or the weight of '{name}'" if weighted else ""))
 
 
 class Job:
@@ -220,6 +221,8 @@ class Job:
             final, self.error = "cancelled", "interrupted by Ctrl-C"
         except Exception as e:  # the job reports; a background thread has nobody to raise to
             final, self.error = "failed", f"{type(e).__name__}: {e}"
+            if isinstance(e, NonFiniteLossError) and self.run_record is not None:
+                self.error += " (the finished part of the run was kept)"
             self._traceback = traceback.format_exc()
         if pending:   # steps finished before a Ctrl-C or a failure are reported like any other
             try:

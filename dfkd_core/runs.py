@@ -316,7 +316,9 @@ class RunStore:
             return p
         try:
             record = self.get_record(str(ref))
-        except UnknownRunError:
+        except UnknownRunError as e:
+            if " matches " in str(e):   # a prefix of several runs: say which, as `dfkd delete` does
+                raise FileNotFoundError(str(e)) from None
             raise FileNotFoundError(f"'{ref}' is neither a checkpoint file nor a run id in {self.home}") from None
         path = record.dir / filename
         if not path.exists():

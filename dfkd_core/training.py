@@ -154,7 +154,7 @@ class TeacherTraining(Job):
         with autocast(self.device):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y)
-        check_finite({"cross_entropy": loss}, index)
+        check_finite({"cross_entropy": loss}, index, weighted=False)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

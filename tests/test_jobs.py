@@ -93,8 +93,17 @@ def test_background_thread_run():
 
 def test_check_finite_names_the_term():
     check_finite({"ok": torch.tensor(1.0)}, 0)
-    with pytest.raises(NonFiniteLossError, match="'tv' is nan at step 3"):
+    with pytest.raises(NonFiniteLossError, match="'tv' is nan at step 3; lower the learning rate or the weight of"):
         check_finite({"ok": 1.0, "tv": torch.tensor(float("nan"))}, 3)
+    with pytest.raises(NonFiniteLossError, match="'cross_entropy' is inf at step 0; lower the learning rate$"):
+        check_finite({"cross_entropy": float("inf")}, 0, weighted=False)   # a teacher's loss has no weight
+
+
+def test_a_teacher_trained_without_a_store_says_nothing_of_a_kept_run():
+    from dfkd_core.training import TeacherConfig, train_teacher
+    job = train_teacher(TeacherConfig(dataset="digits", epochs=1, lr=1e8))
+    assert job.status == "failed" and "lower the learning rate" in job.error
+    assert "weight of" not in job.error and "kept" not in job.error
 
 
 class SlowSteps(Counter):

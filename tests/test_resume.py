@@ -249,3 +249,14 @@ def test_accuracies_carry_intervals_and_two_students_compare_paired(digits_teach
     assert teacher_gap.estimate == pytest.approx(noise.result["teacher_accuracy"] - noise.result["student_accuracy"])
     with pytest.raises(ValueError, match="no model 'student_b'"):
         compare_students_accuracy(noise.run_record, real.run_record, model_b="student_b")
+
+
+def test_a_stopped_cli_distillation_says_how_to_resume_it(digits_teacher, store, capsys):
+    from dfkd_core.distill.cli import run_distillation
+    config = _config("noise")
+    run = store.create("distill", {**config.to_dict(), "teacher": digits_teacher.path}, method="noise")
+    job = DistillJob(copy.deepcopy(digits_teacher), config, run=run)
+    job.subscribe(lambda e: os.kill(os.getpid(), signal.SIGINT) if e.kind == "step" and e.step == 2 else None)
+    run_distillation(job, quiet=True)
+    assert job.status == "cancelled"
+    assert f"`dfkd distill --resume {run.id}` continues the run" in capsys.readouterr().err

@@ -51,6 +51,9 @@ def test_resolve_checkpoint_explains(store):
         store.resolve_checkpoint(run.id)
     with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a run id"):
         store.resolve_checkpoint("no-such-run")
+    other = store.create("teacher", {})
+    with pytest.raises(FileNotFoundError, match=f"'teacher-' matches 2 runs .*{other.id}.*give more of the id"):
+        store.resolve_checkpoint("teacher-")
 
 
 def test_truncated_metrics_line_keeps_earlier_rows(store):

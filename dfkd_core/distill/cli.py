@@ -91,6 +91,9 @@ def run_distillation(job, quiet: bool) -> int:
                         report=leader)
     if job.result.get("student_accuracy") is not None:
         print(format_result(job.result))
+    if leader and job.status == "cancelled" and job.run_record is not None:
+        print(f"stopped: the student so far is saved; `dfkd distill --resume {job.run_record.id}` continues the run "
+              "where it stopped", file=sys.stderr)
     return code
 
 
