@@ -39,3 +39,10 @@ def test_analyses_refuse_raw_pixels_in_one_sentence(digits_teacher):
                                           pixel_bounds=None)):
         with pytest.raises(TypeError, match=r"float batch \(N, C, H, W\) of normalized images, got a torch.uint8"):
             call()
+
+
+def test_a_preset_refuses_an_unknown_dataset_or_setting_in_a_sentence():
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; choose one of \['cifar10', 'digits'"):
+        SynthesisConfig.preset("deepinversion", dataset="mnist")
+    with pytest.raises(ValueError, match=r"no setting \['alpha_feature'\]; its settings: .*'alpha_f'"):
+        SynthesisConfig.preset("deepinversion", dataset="digits", alpha_feature=1.0)

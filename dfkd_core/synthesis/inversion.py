@@ -80,8 +80,17 @@ class SynthesisConfig(Config):
     @classmethod
     def preset(cls, method: str, dataset: str | None = None, **overrides) -> "SynthesisConfig":
         """A config with the method's weights and the dataset's augmentations; `overrides` win."""
+        from dataclasses import fields
+
+        from dfkd_core.data.datasets import DATASETS
         if method not in PRESETS:
             raise ValueError(f"unknown synthesis method '{method}'; choose one of {list(PRESETS)}")
+        if dataset and dataset not in DATASETS:   # 'mnist' would quietly get no dataset defaults
+            raise ValueError(f"unknown dataset '{dataset}'; choose one of {sorted(DATASETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"SynthesisConfig has no setting {unknown}; its settings: "
+                             f"{sorted(f.name for f in fields(cls))}")
         values = {"method": method, **DATASET_DEFAULTS.get(dataset or "", {}), **PRESETS[method]}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
