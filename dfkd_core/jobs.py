@@ -126,9 +126,11 @@ class Job:
 
     # ------------------------------------------------------------------ public verbs
     def subscribe(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener(event)` for every Event the job emits, in the job's thread (keep it quick)."""
         self._listeners.append(listener)
 
     def cancel(self) -> None:
+        """Ask the job to stop after the step in progress; what it made so far is kept."""
         self._cancel.set()
 
     @property
@@ -150,11 +152,13 @@ class Job:
             self._pending.update(changes)
 
     def start(self) -> "Job":
+        """Run the job in a background thread; returns at once (`wait` joins it)."""
         self._thread = threading.Thread(target=self.run, name=f"{self.kind}-{self.id}", daemon=True)
         self._thread.start()
         return self
 
     def wait(self, timeout: float | None = None) -> str:
+        """Block until the job ends (or `timeout` seconds pass); returns its status."""
         if self._thread is not None:
             self._thread.join(timeout)
         return self.status

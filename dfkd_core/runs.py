@@ -160,6 +160,7 @@ class Run:
         self._lock = threading.Lock()
 
     def path(self, name: str) -> Path:
+        """A file of this run: its directory / name (model.pt, images.pt, config.json...)."""
         return self.dir / name
 
     def _append(self, name: str, record: dict) -> None:
@@ -179,15 +180,18 @@ class Run:
         return json.loads((self.dir / name).read_text())
 
     def metrics(self) -> list[dict]:
+        """Every step's metrics as logged, in order (metrics.jsonl)."""
         return _read_jsonl(self.dir / "metrics.jsonl")
 
     def events(self) -> list[dict]:
         return _read_jsonl(self.dir / "events.jsonl")
 
     def config(self) -> dict:
+        """The settings the run started with (config.json); {} for a run without one."""
         return self.load_json("config.json") if (self.dir / "config.json").exists() else {}
 
     def set_status(self, status: str, summary: dict | None = None, error: str | None = None) -> None:
+        """Record how the run stands (running, done, cancelled, failed...), with its summary and error if any."""
         if summary is not None:
             self.save_json("summary.json", summary)
         self.store._update(self.id, status=status, summary=summary, error=error)
@@ -223,6 +227,8 @@ class RunStore:
     # ------------------------------------------------------------------ writing
     def create(self, kind: str, config: dict, *, teacher: str | None = None, method: str | None = None,
                dataset: str | None = None, name: str | None = None) -> Run:
+        """A new run, status 'running', with `config` saved as its config.json; `teacher` (a run id), `method`,
+        `dataset` and `name` are what `dfkd runs`, the Runs page and the pickers show and filter by."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id = f"{kind}-{stamp}-{uuid.uuid4().hex[:4]}"
         now, pid = time.time(), os.getpid()
@@ -288,6 +294,7 @@ class RunStore:
 
     # ------------------------------------------------------------------ reading
     def list(self, kind: str | None = None, status: str | None = None) -> list[RunRecord]:
+        """Every run, newest first; `kind` (teacher, synthesis, distill, analysis...) and `status` filter."""
         records = [self._record(row) for row in self._rows()]
         return [r for r in records if (not kind or r.kind == kind) and (not status or r.status == status)]
 
@@ -306,6 +313,7 @@ class RunStore:
         raise UnknownRunError(f"'{reference}' matches {len(matches)} runs ({shown}); give more of the id")
 
     def get(self, reference: str) -> Run:
+        """The run a full id or unique id prefix names, to read or write its files (`get_record`: its facts)."""
         record = self.get_record(reference)
         return Run(self, record.id, record.dir)
 

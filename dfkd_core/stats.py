@@ -49,6 +49,7 @@ class Interval:
         return (self.high - self.low) / 2
 
     def to_dict(self) -> dict:
+        """The JSON form runs store (`Interval.from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod

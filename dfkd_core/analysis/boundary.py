@@ -297,6 +297,7 @@ class BoundaryComparison:
     settings: AttackSettings
 
     def table(self) -> list[dict]:
+        """One row per student: MagSim, AngSim and the pair counts behind them."""
         return [{"student": name, "magsim": r.magsim, "angsim": r.angsim, "both_accepted": r.both_accepted,
                  "student_accepted": r.student_accepted, "teacher_accepted": r.teacher_accepted, "pairs": r.pairs}
                 for name, r in self.results.items()]

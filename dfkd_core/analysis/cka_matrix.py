@@ -84,6 +84,7 @@ class CKAResult:
         return describe_kernel(self.kernel, self.threshold, self.bandwidth)
 
     def interval(self, layer_teacher: str, layer_student: str) -> Interval:
+        """The 95% interval of one cell, by layer names."""
         i, j = self.layers_teacher.index(layer_teacher), self.layers_student.index(layer_student)
         low, high = (math.nan, math.nan) if self.low is None else (float(self.low[i, j]), float(self.high[i, j]))
         return Interval(float(self.matrix[i, j]), low, high, self.interval_units, self.level, self.resamples,
@@ -108,6 +109,7 @@ class CKAResult:
                       "high": _nan_tensor(d.get("high"))})
 
     def value(self, layer_teacher: str, layer_student: str) -> float:
+        """One cell, by layer names."""
         return float(self.matrix[self.layers_teacher.index(layer_teacher), self.layers_student.index(layer_student)])
 
 

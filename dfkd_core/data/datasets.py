@@ -95,10 +95,12 @@ class ImageSplit:
         return len(self.labels)
 
     def normalized(self, index=slice(None), device=None) -> torch.Tensor:
+        """The images (all, or `index`) as floats in the normalized input space a model of this dataset takes."""
         x = self.images[index].to(device=device, dtype=torch.float32) / 255.0
         return self.info.normalize(x)
 
     def subset(self, n: int, seed: int = 0) -> "ImageSplit":
+        """`n` images drawn without replacement (seeded); the whole split when it has no more than `n`."""
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n]
         return ImageSplit(self.images[idx], self.labels[idx], self.info)

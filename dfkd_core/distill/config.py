@@ -21,6 +21,8 @@ AUGMENT_MODES = ("none", "shift", "shift_flip", "auto")
 
 
 def default_student(teacher_name: str) -> str:
+    """The student a teacher gets when none is named: its architecture at half width (ValueError where no
+    half-width model is registered)."""
     if teacher_name not in HALF_WIDTH_STUDENT:
         raise ValueError(f"no default student for teacher '{teacher_name}'; pass --student <registered model>")
     return HALF_WIDTH_STUDENT[teacher_name]

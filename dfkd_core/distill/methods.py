@@ -33,11 +33,13 @@ DISTILL_METHODS: dict[str, type["DistillMethod"]] = {}
 
 
 def register_method(cls: type["DistillMethod"]) -> type["DistillMethod"]:
+    """Class decorator: make a DistillMethod available by its `name` to DistillJob, the CLI and the app."""
     DISTILL_METHODS[cls.name] = cls
     return cls
 
 
 def list_methods() -> list[str]:
+    """The registered distillation method names (`--method`)."""
     return list(DISTILL_METHODS)
 
 

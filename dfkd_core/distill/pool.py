@@ -44,16 +44,19 @@ class SyntheticPool:
         return len(self.images)
 
     def append(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add synthesized images (normalized, on any device) with the classes they were made for."""
         self.images = torch.cat([self.images, images.detach().float().cpu()])
         self.targets = torch.cat([self.targets, targets.detach().long().cpu()])
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch (images, targets) of `batch_size`, drawn with `generator`."""
         if not len(self):
             raise PoolError("the pool is empty: nothing has been synthesized yet")
         idx = torch.randint(0, len(self), (batch_size,), generator=generator)
         return self.images[idx], self.targets[idx]
 
     def save(self, path: str | Path) -> Path:
+        """Write the pool as an images.pt that `SyntheticPool.load` and `dfkd distill --pool` read."""
         return atomic_torch_save({"images": self.images, "targets": self.targets, "dataset": self.dataset.to_dict()},
                                  path)
 

@@ -132,6 +132,7 @@ PREFERRED_RECIPES = {"fashion-mnist": ("fashion-best", "fashion-10min"), "digits
 
 
 def list_recipes() -> list[str]:
+    """The names `--recipe` and the Distill page take (`RECIPES[name]["description"]` says what each is)."""
     return list(RECIPES)
 
 

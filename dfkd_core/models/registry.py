@@ -50,4 +50,5 @@ def check_from_scratch(name: str, role: str = "model") -> None:
 
 
 def describe_model(name: str) -> str:
+    """The one-line description a model was registered with ('' when it has none)."""
     return _DESCRIPTIONS.get(name, "")
