@@ -31,6 +31,10 @@ def test_feature_loss_matters_deepdream_vs_deepinversion(digits_teacher):
     dream, inversion = _job(digits_teacher, "deepdream"), _job(digits_teacher, "deepinversion")
     dream.run(), inversion.run()
     assert inversion.result["bn_distance_end"] < dream.result["bn_distance_end"]
+    started = inversion.started_at   # the wall time splits into set-up and steps; the rate is the steps'
+    assert inversion.result["setup_s"] >= 0 and inversion.result["elapsed_s"] > 0
+    assert inversion.result["images_per_second"] == pytest.approx(50 / inversion.result["elapsed_s"])
+    assert started + inversion.result["setup_s"] <= inversion.t0 + 1e-6
 
 
 def test_weights_changed_mid_run_change_logged_loss(digits_teacher):

@@ -334,6 +334,9 @@ class ModelInversion(Job):
             "teacher_accuracy": final["teacher_accuracy"], "mean_confidence": final["mean_confidence"],
             "bn_distance_start": self.initial.get("bn_distance"), "bn_distance_end": final.get("bn_distance"),
             "bn_per_layer_end": final.get("bn_per_layer"), "elapsed_s": elapsed,
+            # Before the first step: the teacher prepared and measured once; the first job of a process also loads
+            # its kernels here (~5 s on 2 cores), which images_per_second, a rate of the steps, leaves out.
+            "setup_s": self.t0 - self.started_at if self.started_at else None,
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
             "engine": engine_description(self.objective, self.device, self.config.amp, self.config.cpu_bf16),
         }
