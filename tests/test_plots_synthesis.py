@@ -192,3 +192,13 @@ def test_the_target_class_is_named_above_its_bar_even_at_probability_zero():
     (note,) = figure.layout.annotations
     assert (note.x, note.y, note.text) == ("a", 0.0, "target")
     assert not class_probability_figure([0.0, 1.0], ["a", "b"]).layout.annotations
+
+
+def test_a_sure_but_wrong_batch_is_called_collapsed_only_when_it_lasts():
+    from pages.views.synthesis_view import COLLAPSE_STEPS, collapse_warning
+    collapsed = {"teacher_accuracy": 0.11, "mean_confidence": 0.98}
+    forming = {"teacher_accuracy": 0.11, "mean_confidence": 0.30}   # early noise: wrong and unsure
+    assert "calls only 11% of them their target class" in collapse_warning([collapsed] * COLLAPSE_STEPS)
+    assert collapse_warning([collapsed] * (COLLAPSE_STEPS - 1)) == ""
+    assert collapse_warning([collapsed] * (COLLAPSE_STEPS - 1) + [forming]) == ""
+    assert collapse_warning([{"teacher_accuracy": 0.95, "mean_confidence": 0.9}] * 50) == ""
