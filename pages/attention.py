@@ -29,6 +29,7 @@ GRAD_CAM = section_link("grad-cam")
 
 TARGET_NAMES = {"true": "true label", "predicted": "each model's prediction", "teacher": "teacher's prediction"}
 SHOWN = 100   # test images offered in the picker
+LONG_SCORE_NAMES = {"correlation": "correlation r", "iou": "top-region IoU"}   # per-image table headers
 
 
 @st.cache_data(show_spinner="Grad-CAM of teacher and students…", max_entries=32)
@@ -185,9 +186,11 @@ if chosen:
         st.caption("Paired differences on these images (95% paired interval): " + "; ".join(
             f"{d['student_a']} − {d['student_b']}: r {interval_text(d['correlation'], spec='+.2f')}, IoU "
             f"{interval_text(d['iou'], spec='+.2f')}" for d in shot["differences"]))
-    st.dataframe([{"image": f"#{i} {names[int(y)]}", **{f"{n} {k}": round(float(v[k][j]), 3)
-                                                       for n, v in shot["scores"].items() for k in v}}
-                  for j, (i, y) in enumerate(zip(chosen, shot["labels"]))], hide_index=True)
+    # One row per image and student: a column per student and score ran off the page with three students.
+    st.dataframe([{"image": f"#{i} {names[int(y)]}", "student": n,
+                   **{LONG_SCORE_NAMES.get(k, k): round(float(v[k][j]), 3) for k in v}}
+                  for j, (i, y) in enumerate(zip(chosen, shot["labels"])) for n, v in shot["scores"].items()],
+                 hide_index=True)
 
 st.subheader("Overlap on many images")
 cols = st.columns([2, 1, 1])
