@@ -8,7 +8,7 @@ from pages.views.navigation import hand_over_to_app
 hand_over_to_app()
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob  # noqa: E402
-from dfkd_core.distill.recipes import RECIPES, float32_note  # noqa: E402
+from dfkd_core.distill.recipes import RECIPES  # noqa: E402
 from pages.views.common import (  # noqa: E402
     attached_job, data_root_setting, ensure_starter_teacher, get_store, keep_widget_state, make_current_teacher,
     open_checkpoint, show_starter_progress, start_stop_buttons, teacher_or_stop)
@@ -17,7 +17,7 @@ from pages.views.distill_live import render_live  # noqa: E402
 from pages.views.distill_view import (  # noqa: E402
     SYNTHESIS_FIELD, WEIGHTS, config_from_widgets, cpu_bf16_widget, defaults, describe_pool, extra_option_widgets,
     method_label, ordered_methods, planned_time_text, pool_labels, pool_runs, pool_warning, processes_widget,
-    recipe_values, recipe_widget, set_weights, start_distillation, student_choices, uses_pool, weight_key,
+    recipe_widget, set_weights, start_distillation, student_choices, uses_pool, weight_key,
     weight_widget, weights_of)
 
 NEW_POOL = ""  # the pool option meaning: synthesize new images
@@ -112,15 +112,14 @@ if job is None:
             f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb "
             + ("as it learns from the stored pool" if pool_run else "as images are synthesized")
             + "; the student and the images are saved in the run store (Runs page).")
-    if recipe:   # its time is in its description: fashion-best runs 20-40 CPU minutes
+    if recipe:   # its time is in its description (fashion-best: 20-40 CPU minutes), said where Start is
         st.caption(f"Recipe **{recipe}**: {RECIPES[recipe]['description']}.")
+if job is None or not job.running:   # the next run's time, also beside a finished one
     planned = planned_time_text(teacher_run, config_from_widgets(method, student, pool_run, extra_options,
                                                                  data_root_setting(dataset.name)), processes)
     if planned:
-        st.caption(f"**Time**: {planned}.")
-        adjusted = recipe_values(recipe, method)[1]
-        if adjusted:
-            st.info(float32_note(recipe, adjusted))
+        st.caption(f"**Time** of {'a run with these settings' if job is not None else 'this run'}: {planned}.")
+if job is None:
     teacher_record = get_store().get_record(teacher_run)
     if teacher_record.status in PARTIAL_STATUSES:
         st.warning(f"This teacher is partial: its training was stopped ({describe_run(teacher_record)}). A student "

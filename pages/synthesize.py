@@ -54,10 +54,15 @@ def on_live_change(name: str) -> None:
 
 
 @st.fragment
-def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: list[str]) -> None:
+def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: list[str], dataset_name: str) -> None:
     """The knobs, as a fragment: moving one while a job runs reruns only this panel, so the live view keeps
-    refreshing while the user steers."""
+    refreshing while the user steers. What moved from the preset is said here, where a move redraws it."""
     keep_widget_state("synth_targets", *(knob_key(k.name) for k in KNOBS))
+    if changes := preset_changes(method, dataset_name):
+        st.caption(f"Moved from the {PRESET_NAMES[method]} preset: {changes}. A run uses the weights as they are "
+                   "(its name lists them).")
+        st.button("Restore the preset's weights", on_click=apply_preset, args=(method, dataset_name),
+                  disabled=running, key="restore_preset")
     st.subheader("Loss weights · live")
     for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "first_bn_multiplier", "alpha_c"):
         off = (name in ("alpha_f", "first_bn_multiplier") and not bn) or (name == "alpha_c" and not has_student)
@@ -65,7 +70,7 @@ def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: l
     st.subheader("Optimizer and augmentation · live")
     for name in ("lr", "jitter", "flip", "pace"):
         knob_widget(name, running, on_live_change=on_live_change)
-    st.subheader("Batch · fixed per run")
+    st.subheader("Batch and diversity · fixed per run")
     st.multiselect("target classes y", range(len(names)), format_func=lambda i: names[i], key="synth_targets",
                    disabled=running, placeholder="all classes, cycled")
     st.caption(r"Classes $y$ to synthesize, cycled over the batch (empty = all).")
@@ -93,11 +98,6 @@ with st.sidebar:
     method = st.radio("Preset (sets the weights of its method)", methods, key="preset", horizontal=True,
                       format_func=PRESET_NAMES.get, disabled=running,
                       on_change=lambda: apply_preset(st.session_state["preset"], dataset.name))
-    if changes := preset_changes(method, dataset.name):
-        st.caption(f"Moved from the {PRESET_NAMES[method]} preset: {changes}. A run uses the weights as they are "
-                   "(its name lists them).")
-        st.button("Restore the preset's weights", on_click=apply_preset, args=(method, dataset.name),
-                  disabled=running, key="restore_preset")
     if not bn:
         st.warning("This teacher has no BatchNorm layers: DeepInversion's $R_{feature}$ has no statistics to "
                    "match, so only DeepDream (image priors) is available.")
@@ -108,7 +108,7 @@ with st.sidebar:
                                     extra_options=student_options(teacher_run), disabled=running,
                                     help=f"'{UNTRAINED}…' = a freshly initialized half-width student")
     knob_panel(running, bn, method, job.student is not None if running else method == "adi",
-               dataset.class_names or [str(i) for i in range(dataset.num_classes)])
+               dataset.class_names or [str(i) for i in range(dataset.num_classes)], dataset.name)
 
 
 def start() -> ModelInversion:
@@ -121,7 +121,7 @@ def start() -> ModelInversion:
 start_stop_buttons(job, start)
 compare_panel(teacher_run, bn, lambda: config_from_knobs(st.session_state["preset"],
                                                          sorted(st.session_state.get("synth_targets") or [])),
-              st.session_state[knob_key("pace")], running)
+              st.session_state[knob_key("pace")], running, job)
 if job is None:
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
             "watch the batch turn from noise into images the teacher recognizes.")

@@ -178,11 +178,11 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
     from pages.views.labels import describe_run
     record = teacher_home.get_record(job.run_record.id)
     assert record.summary["live_updates"] == [{"step": step, "alpha_f": 0.1}]
-    assert f"changed live: alpha_f=0.1 at step {step + 1}" in describe_run(record)
+    assert f"changed live: α_f=0.1 at step {step + 1}" in describe_run(record)
     runs = app("pages/runs.py", run=record.id)   # its own column in the list, every change where it is opened
     row = runs.dataframe[0].value.set_index("id").loc[record.id]
-    assert row["changed live"] == f"alpha_f=0.1 at step {step + 1}" and "changed live" not in row["name"]
-    assert any(f"Settings changed while it ran: alpha_f=0.1 at step {step + 1}." in i.value for i in runs.info)
+    assert row["changed live"] == f"α_f=0.1 at step {step + 1}" and "changed live" not in row["name"]
+    assert any(f"Settings changed while it ran: α_f=0.1 at step {step + 1}." in i.value for i in runs.info)
 
 
 def test_two_sessions_run_separate_jobs(teacher_home):

@@ -45,10 +45,12 @@ def test_one_click_compares_deepdream_and_deepinversion_from_the_same_noise(teac
     single = job_of(at)
     try:
         assert single.running and len(elements(at, "image")) <= 1   # the finished pair makes way for the live run
-        assert any("The last comparison's two runs are on the Runs page" in c.value for c in at.caption)
+        assert any("The last comparison's two runs are on the Runs page." in c.value for c in at.caption)
     finally:
         get_job_manager().cancel(single.id)
         single.wait(30)
+    at.run()   # ended: the pair does not come back above the run that followed it
+    assert len(elements(at, "image")) <= 1
 
 
 def test_a_finished_run_offers_one_image_for_inspection(teacher_home):

@@ -112,6 +112,8 @@ def test_tiny_digits_run_is_watched_stored_and_reattached(teacher_home):
     plan = next(c.value for c in at.caption if " steps = " in c.value)   # one step count, its parts explained
     assert plan.startswith(f"{total:,} steps = ") and f"{job.trainer.steps_done:,} student steps" in plan
 
+    # Beside the finished run, the next run's time at its pace (the caption used to go once a run was attached).
+    assert any(c.value.startswith("**Time** of a run with these settings: about ") for c in at.caption)
     again = app(PAGE)   # the same settings once more: timed at the finished run's pace, before Start
     set_numbers(again, TINY)
     time_caption = next(c.value for c in again.caption if c.value.startswith("**Time**"))
@@ -190,6 +192,11 @@ def test_runs_page_compares_distilled_students(teacher_home, digits_teacher):
         row = table[table["run"] == rid].iloc[0]
         assert row["student acc"] == pytest.approx(100 * summary["student_accuracy"])
         assert row["ratio"] == pytest.approx(summary["student_accuracy"] / summary["teacher_accuracy"])
+    listed = runs.dataframe[0].value.set_index("id")   # the run list: a distillation's minutes and student steps
+    for rid in ids:
+        summary = teacher_home.get_record(rid).summary
+        assert listed.loc[rid, "minutes"] == pytest.approx(summary["wall_minutes"])
+        assert listed.loc[rid, "steps"] == summary["student_steps"]
     charts = {c.proto.id: c for c in elements(runs, "plotly_chart")}
     overlaid = [json.loads(c.proto.spec) for c in charts.values()]
     two_lines = [f for f in overlaid if sum(t.get("mode") == "lines+markers" for t in f["data"]) == 2]
@@ -367,9 +374,9 @@ def test_pools_of_one_preset_are_told_apart_and_a_collapsed_one_is_flagged(teach
         ids.append(run.id)
     at = app(PAGE)
     box = at.sidebar.selectbox(key="distill_pool")
-    sound, collapsed = (box.format_func(i) for i in ids)
-    assert sound != collapsed and "100 images" in sound and "60 images" in collapsed
-    assert "changed live" in collapsed and "partial" in collapsed
+    sound, collapsed = (box.format_func(i) for i in ids)   # what tells them apart first: the box cuts the end
+    assert sound.startswith("100 images · synthesis · ") and "partial" not in sound
+    assert collapsed.startswith("60 images · synthesis · partial · changed live · ")
     box.set_value(ids[1]).run()
     assert "calls 11% of them their target class" in " ".join(c.value for c in at.sidebar.caption)
     warning = " ".join(w.value for w in at.sidebar.warning)

@@ -95,7 +95,8 @@ def _merge_slider_moves(updates: Sequence[Mapping], close: float) -> list[list[M
     return merged
 
 
-def _describe_update(update: Mapping) -> str:
+def describe_update(update: Mapping) -> str:
+    """'α_tv=1, α_l2=3' for one live change (its 'step' left out): the symbols the sliders and docs use."""
     return ", ".join(f"{GREEK.get(k, k)}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
                      else f"{GREEK.get(k, k)}={v}" for k, v in update.items() if k != "step")
 
@@ -139,13 +140,13 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     marks = _merge_slider_moves(updates, CLOSE_CHANGES * span)
     for moves, level in zip(marks, _label_levels([m[0]["step"] for m in marks], CLOSE_CHANGES * span)):
         # At the first move's step, with the last move's values; the hover lists every move.
-        step, text = moves[0]["step"], _describe_update(moves[-1])
+        step, text = moves[0]["step"], describe_update(moves[-1])
         fig.add_vline(x=step, line=dict(color="#888", dash="dash", width=1))
         fig.add_annotation(x=step, y=1.0 - LABEL_LEVEL_STEP * level, xref="x", yref="paper",
                            text=text + (f" ({len(moves)} moves)" if len(moves) > 1 else ""),
                            showarrow=False, textangle=-90, xanchor="right", yanchor="top",
                            font=dict(size=10, color="#555"),
-                           hovertext="<br>".join(f"step {m['step']}: {_describe_update(m)}" for m in moves))
+                           hovertext="<br>".join(f"step {m['step']}: {describe_update(m)}" for m in moves))
     positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y is not None and y > 0] if log_y \
         else []
     if positive and max(positive) / min(positive) >= 10:

@@ -128,9 +128,10 @@ def render_pair(jobs: list[ModelInversion], choices: list[str]) -> None:
     live(jobs[0] if jobs[0].running or not jobs[1].running else jobs[1], view)
 
 
-def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool) -> None:
+def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool, single=None) -> None:
     """The controls: A and B (DeepDream vs DeepInversion by default: one click), Compare, Stop both; then the pair.
-    `knobs()` builds the knobs' config at the click (a callback runs before the page redraws its widgets)."""
+    `knobs()` builds the knobs' config at the click (a callback runs before the page redraws its widgets).
+    `single`: the page's own job; one started after the pair takes its place (the pair is on the Runs page)."""
     pair = attached_pair()
     busy = pair is not None and any(j.running for j in pair[0])
     options = list(CHOICES) if bn else ["deepdream", KNOBS]
@@ -158,8 +159,10 @@ def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool)
         stop.button("Stop both", on_click=on_stop, disabled=not busy, width="stretch")
         if "compare_error" in st.session_state:
             st.error(st.session_state.pop("compare_error"))
-        if pair is not None and running and not busy:   # a finished pair would push the live run ~1,000 px down
-            st.caption("The last comparison's two runs are on the Runs page; it shows here again when this run ends.")
+        newer = single is not None and (single.started_at or float("inf")) > max(j.started_at or 0 for j in pair[0]) \
+            if pair is not None else False
+        if pair is not None and not busy and newer:   # a finished pair pushed the run after it ~1,000 px down
+            st.caption("The last comparison's two runs are on the Runs page.")
         elif pair is not None:
             render_pair(*pair)
 

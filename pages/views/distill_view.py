@@ -29,8 +29,7 @@ from dfkd_core.synthesis import SynthesisConfig
 from pages.views.common import (
     SNAPSHOT_SECONDS, fresh_model, get_store, open_checkpoint, require_job_slot,
     submit)
-from pages.views.labels import (PARTIAL_STATUSES, describe_run, distinct_run_names, fit_labels, live_edit_note,
-                                run_facts)
+from pages.views.labels import PARTIAL_STATUSES, describe_run, live_edit_note, run_name
 from pages.views.methods_doc import section_link
 from pages.views.synthesis_view import ALPHAS
 
@@ -367,12 +366,15 @@ def describe_pool(record: RunRecord) -> str:
 
 
 def pool_labels(records: Sequence[RunRecord]) -> dict[str, str]:
-    """{run id: label} for the pool box: names told apart where it shows them, then the image count and whether
-    the run was stopped or changed live (what makes two pools of one preset differ), then the id tail if needed."""
-    names = distinct_run_names(records)
-    return fit_labels({r.id: (name, (f" · {pool_size(r):,} images" if pool_size(r) is not None else "")
-                              + (" · changed live" if live_edit_note(r) else "") + run_facts(r),
-                              r.id.rsplit("-", 1)[-1]) for r, name in zip(records, names)})
+    """{run id: label} for the pool box, what tells pools apart first, since the narrow box cuts the end: image
+    count, the kind of run, stopped or changed live, the id's tail, then the name ('100 images · synthesis ·
+    partial · changed live · 0659 · DeepInversion α_f=1 …')."""
+    def label(r: RunRecord) -> str:
+        flags = ("partial" if r.status in PARTIAL_STATUSES else "", "changed live" if live_edit_note(r) else "")
+        parts = [f"{pool_size(r):,} images" if pool_size(r) is not None else "", r.kind, *flags,
+                 r.id.rsplit("-", 1)[-1], run_name(r)]
+        return " · ".join(p for p in parts if p)
+    return {r.id: label(r) for r in records}
 
 
 def pool_warning(record: RunRecord) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping, Sequence
 
+from dfkd_core.plots.synthesis import describe_update
 from dfkd_core.runs import RunRecord
 
 NAME_CHARS_SHOWN = 28            # about what a sidebar select box shows of its choice's name
@@ -104,7 +105,7 @@ def run_facts(record: RunRecord) -> str:
 
 
 def live_edit_note(record: RunRecord) -> str:
-    """' · changed live: alpha_tv=1 at step 104' when settings moved during the run: its name gives the start."""
+    """' · changed live: α_tv=1 at step 104' when settings moved during the run: its name gives the start."""
     edits = record.summary.get("live_updates") or []
     if not edits:
         return ""
@@ -113,7 +114,5 @@ def live_edit_note(record: RunRecord) -> str:
 
 
 def live_change_text(edit: dict) -> str:
-    """'alpha_tv=1, alpha_l2=3 at step 104' for one entry of a summary's `live_updates`."""
-    changes = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
-                        for k, v in edit.items() if k != "step")
-    return f"{changes} at step {edit['step'] + 1}"
+    """'α_tv=1, α_l2=3 at step 104' for one entry of a summary's `live_updates`."""
+    return f"{describe_update(edit)} at step {edit['step'] + 1}"

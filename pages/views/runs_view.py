@@ -18,28 +18,29 @@ from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
 
-# The key metrics any run may have: summary key → column, its format and what it measures. Accuracies in points
-# ("%.2f%%" on 100 × the value) so every row shows two decimals; seconds as minutes; one column per quantity.
+# The key metrics any run may have: column → (its summary keys, the first one present wins; format; what it
+# measures). Accuracies in points ("%.2f%%" on 100 × the value) so every row shows two decimals; time in minutes.
 KEY_METRICS = {
-    "test_accuracy": ("test acc", "%.2f%%", "a teacher's accuracy on the real test images"),
-    "student_accuracy": ("student acc", "%.2f%%", "a distilled student's accuracy on the real test images"),
-    "teacher_accuracy": ("teacher acc", "%.2f%%", "distillation: the teacher on the same real test images; "
-                         "synthesis: how often the teacher calls a synthetic image its target class"),
-    "mean_confidence": ("confidence", "%.3f", "synthesis: the teacher's mean top-class probability on its images"),
-    "bn_distance_end": ("BN distance", "%.4g", "synthesis: the images' BatchNorm-statistics distance to the "
-                        "teacher's running statistics at the end (lower is closer)"),
-    "ratio": ("ratio", "%.3f", "student accuracy ÷ teacher accuracy"),
-    "steps": ("steps", "%d", "steps the run took"),
-    "elapsed_s": ("minutes", "%.2f", "wall time of the run"),
+    "test acc": (("test_accuracy",), "%.2f%%", "a teacher's accuracy on the real test images"),
+    "student acc": (("student_accuracy",), "%.2f%%", "a distilled student's accuracy on the real test images"),
+    "teacher acc": (("teacher_accuracy",), "%.2f%%", "distillation: the teacher on the same real test images; "
+                    "synthesis: how often the teacher calls a synthetic image its target class"),
+    "confidence": (("mean_confidence",), "%.3f", "synthesis: the teacher's mean top-class probability on its images"),
+    "BN distance": (("bn_distance_end",), "%.4g", "synthesis: the images' BatchNorm-statistics distance to the "
+                    "teacher's running statistics at the end (lower is closer)"),
+    "ratio": (("ratio",), "%.3f", "student accuracy ÷ teacher accuracy"),
+    "steps": (("student_steps", "steps"), "%d", "steps the run took (a distillation: its student's steps)"),
+    "minutes": (("wall_minutes", "elapsed_s"), "%.2f", "wall time of the run"),
 }
-PERCENT_METRICS = {k for k, (_, fmt, _) in KEY_METRICS.items() if fmt.endswith("%%")}
 
 
-def _metric(record: RunRecord, key: str) -> float | None:
-    value = record.summary.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    return 100 * value if key in PERCENT_METRICS else value / 60 if key == "elapsed_s" else value
+def _metric(record: RunRecord, column: str) -> float | None:
+    keys, fmt, _ = KEY_METRICS[column]
+    for key in keys:
+        value = record.summary.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return 100 * value if fmt.endswith("%%") else value / 60 if key == "elapsed_s" else value
+    return None
 
 
 def run_table(records: list[RunRecord]) -> list[dict]:
@@ -48,14 +49,14 @@ def run_table(records: list[RunRecord]) -> list[dict]:
     edited = any(live_edit_note(r) for r in records)
     return [{"id": r.id, "name": r.name or "", "kind": r.kind, "status": r.status,
              **({"changed live": live_edit_note(r).removeprefix(" · changed live: ")} if edited else {}),
-             "created": r.created_str, "dataset": r.dataset, "method": r.method, "teacher": r.teacher,
-             **{KEY_METRICS[k][0]: _metric(r, k) for k in shown}, "error": r.error} for r in records]
+             "created": r.created_str, "dataset": r.dataset or "", "method": r.method or "", "teacher": r.teacher or "",
+             **{k: _metric(r, k) for k in shown}, "error": r.error or ""} for r in records]
 
 
 RUN_TABLE_COLUMNS = {**{column: st.column_config.NumberColumn(format=fmt, help=meaning)
-                        for column, fmt, meaning in KEY_METRICS.values()},
-                     "changed live": st.column_config.TextColumn(help="settings moved while the run ran (the last "
-                                                                 "change; the name gives the start)")}
+                        for column, (_, fmt, meaning) in KEY_METRICS.items()},
+                     "changed live": st.column_config.TextColumn(width="large", help="settings moved while the run "
+                                                                 "ran (the last change; the name gives the start)")}
 
 
 # The page a running run's job can be watched on (it offers the job by its id in the URL), by kind or method.
@@ -137,7 +138,8 @@ def show_run(record: RunRecord, key: str, compact: bool = False) -> None:
         (st.warning if record.status == "cancelled" else st.error)(f"{record.status}: {record.error}")
     if edits := record.summary.get("live_updates"):
         st.info("Settings changed while it ran: " + "; ".join(live_change_text(e) for e in edits) + ". Its name "
-                "and config give the settings it started with; what made its images is the last of these.")
+                "and config give the settings it started with; the changes add up, each setting keeping its last "
+                "value to the end.")
     inspectable = record.kind == "synthesis" and not compact and (record.dir / "images.pt").is_file()
     # A toggle, not an expander: the diagnosis is computed only when asked; its clickable grid replaces the plain one.
     if inspectable and st.toggle("Inspect one image: the teacher's probabilities, its share of the BN mismatch, its "
