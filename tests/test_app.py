@@ -147,8 +147,8 @@ def test_start_steer_stop_and_reload_reattaches(teacher_home):
     wait(lambda: job.latest_snapshot is not None and len(job.history) >= 3)
     at.run()
     assert button(at, "Start").disabled and not button(at, "Stop").disabled
-    from pages.views.navigation import LIVE_CSS   # live views stay opaque while they redraw (browser-checked)
-    assert [h for h in at.get("html") if h.proto.body == LIVE_CSS]
+    from pages.views.navigation import STALE_CSS   # live views stay opaque while they redraw (browser-checked)
+    assert [h for h in at.get("html") if h.proto.body == STALE_CSS]
     assert at.sidebar.select_slider(key=knob_key("batch_size")).disabled  # fixed per run
     assert at.sidebar.select_slider(key=knob_key("alpha_cr")).disabled  # its head and bank are made at the start
     assert not at.sidebar.select_slider(key=knob_key("alpha_f")).disabled  # live

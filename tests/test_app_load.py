@@ -22,7 +22,9 @@ ITERATION_OPTIONS = (50, 100, 200, 300, 500, 1000, 2000)   # the Synthesize page
 
 def set_slider(page, label: str, steps_right: int) -> None:
     """Move a select_slider from its first option `steps_right` options to the right, by keyboard as a user can."""
-    thumb = page.get_by_role("slider", name=label, exact=True)
+    # By aria-label: the accessible name repeats the label ("iterations iterations"), and a substring match would
+    # also take "half-resolution iterations k".
+    thumb = page.locator(f'input[type=range][aria-label="{label}"]')
     thumb.focus()
     thumb.press("Home")
     for _ in range(steps_right):

@@ -23,7 +23,6 @@ from dfkd_core.models.reference import is_untrained, untrained_reference
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 from dfkd_core.time_left import clock
 from pages.views.labels import PARTIAL_STATUSES, compact_labels, describe_run
-from pages.views.navigation import LIVE_KEY
 
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
@@ -374,8 +373,7 @@ def live(job: Job | None, render: Callable[[Job], None], every: float = POLL_SEC
 
     @st.fragment(run_every=every if polling else None)
     def _view() -> None:
-        with st.container(key=f"{LIVE_KEY}{render.__name__}-{job.id}"):   # kept opaque while it redraws: LIVE_CSS
-            render(job)
+        render(job)
         if polling and not job.running:
             st.rerun()
 
