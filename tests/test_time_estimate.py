@@ -60,3 +60,11 @@ def test_the_cli_prints_the_same_plan_before_a_run_of_a_stored_teacher(tmp_path,
     second = capsys.readouterr().err
     earlier = min(RunStore(home).list(kind="distill"), key=lambda r: r.created)
     assert "time: about " in second and f"the pace of {earlier.id}" in second, second
+
+
+def test_the_app_s_auto_device_and_the_cli_s_resolved_one_time_each_other():
+    import torch
+    from dfkd_core.distill.estimate import pace_settings
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pace_settings({"device": "auto"}, "s") == pace_settings({"device": here}, "s")
+    assert pace_settings({"device": "auto", "batch_size": 64}, "s") != pace_settings({"batch_size": 128}, "s")

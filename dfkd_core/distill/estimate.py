@@ -9,14 +9,17 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+import torch
+
 from dfkd_core.runs import RunRecord, RunStore
 from dfkd_core.time_left import TimeLeft, clock, step_paces, time_for
 
 # The settings a step's cost depends on; the number of steps (images, steps, iterations) does not change its pace.
-PACE_SETTINGS = ("method", "batch_size", "teacher_echo", "cpu_bf16", "device", "amp")
+PACE_SETTINGS = ("method", "batch_size", "teacher_echo", "cpu_bf16", "amp")
 PACE_SYNTHESIS_SETTINGS = ("batch_size", "multi_resolution_iterations")
 FINISHED = ("done", "cancelled", "interrupted")
 START = {"step": -1, "student_steps": 0}   # the row a job has "finished" before its first step
+MIN_STEPS = 10   # an earlier run stopped sooner is mostly its first, slow steps: no pace to go by
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,15 @@ def counted(steps: dict[str, int]) -> str:
 def pace_settings(config: dict, student: str | None) -> tuple:
     """What sets a step's cost, from a run's config; `student` resolved ('' in a config means the default)."""
     synthesis = config.get("synthesis") or {}
-    return ((student, config.get("processes") or 1) + tuple(config.get(k) for k in PACE_SETTINGS)
+    device = config.get("device") or "auto"   # 'auto' (the app) and 'cpu' (the CLI resolves it) alike
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
+    return ((student, config.get("processes") or 1, device) + tuple(config.get(k) for k in PACE_SETTINGS)
             + tuple(synthesis.get(k) for k in PACE_SYNTHESIS_SETTINGS))
 
 
 def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> PlannedTime:
     """`job`: a `DistillJob` built but not started, to run in `processes` processes. Looks through this teacher's
-    finished distillations, newest first, for one with `job`'s pace settings and at least two logged steps."""
+    finished distillations, newest first, for one with `job`'s pace settings and at least MIN_STEPS logged steps."""
     remaining, kind_of = job.method.steps_left_by_kind(START)
     wanted = pace_settings({**job.config.to_dict(), "processes": processes}, job.student_name)
     candidates = [r for r in store.list(kind="distill") if r.teacher == teacher_id and r.status in FINISHED]
@@ -68,7 +73,7 @@ def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> P
         if pace_settings(run.config(), record.summary.get("student")) != wanted:
             continue
         rows = [row for row in run.metrics() if isinstance(row.get("elapsed_s"), (int, float))]
-        if len(rows) >= 2:
+        if len(rows) >= MIN_STEPS:
             paces = step_paces(rows, kind_of, statistics.fmean)   # evaluations and snapshots included
             return PlannedTime(remaining, time_for(remaining, paces), record)
     return PlannedTime(remaining, None, None)
