@@ -311,3 +311,10 @@ def test_cancelled_analysis_keeps_finished_students(tmp_path, digits_teacher):
     summary, _ = load_boundary_run(store.get(run.id))
     assert summary["partial"] is True and list(summary["students"]) == ["first"]
     assert store.get_record(run.id).status == "cancelled"
+
+
+def test_each_similarity_bar_names_its_metric_where_it_is_read():
+    from dfkd_core.plots.boundary import similarity_bar_figure
+    rows = [{"student": "kd", "magsim": 0.5, "angsim": 0.6, "both_accepted": 300, "pairs": 400}]
+    figure = similarity_bar_figure(rows)
+    assert [list(bar.text) for bar in figure.data] == [["MagSim 0.500"], ["AngSim 0.600"]]

@@ -56,8 +56,9 @@ def similarity_bar_figure(rows: Sequence[Mapping], title: str = "Decision-bounda
         fig.add_bar(name=label, x=names, y=values, marker=dict(color=color, opacity=[FADED if f else 1.0
                                                                                     for f in too_few]),
                     error_y=_error_bars(intervals),
-                    # Inside, at the bar's foot: above the bar the number would sit on its error bar.
-                    text=[f"{v:.3f}" if v is not None else "" for v in values], textposition="inside",
+                    # Inside, at the bar's foot: above the bar the number would sit on its error bar. Named there
+                    # too: the legend under the students' names fell below the fold at 1400×900.
+                    text=[f"{label} {v:.3f}" if v is not None else "" for v in values], textposition="inside",
                     insidetextanchor="start", textangle=0, insidetextfont=dict(color="white"),
                     customdata=[[r["both_accepted"], r.get("pairs", float("nan")), _interval_text(i, ".3f")]
                                 for r, i in zip(rows, intervals)],
