@@ -50,8 +50,8 @@ KNOBS = (
     Knob("alpha_cr", "α_cr · contrastive diversity", r"$\alpha_{cr}R_{cr}$ (CMI): each image must be told apart from "
          r"the batch's others through a random crop of itself, which spreads a class's images.", ALPHAS),
     Knob("lr", "learning rate η", r"Adam$(\beta=(0.5,0.9))$ on $\hat x$, cosine decay "
-         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{N_{it}})$.", (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5),
-         live=True),
+         r"$\eta_t=\frac{\eta}{2}(1+\cos\frac{\pi t}{N_{it}})$.",
+         (0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5), live=True),
     Knob("jitter", "jitter J (pixels)", r"Each step roll $\hat x$ by up to $\pm J$ pixels: robust to shifts.",
          (0, 1, 2, 3, 4), live=True, fmt="{}"),
     Knob("flip", "random horizontal flip", r"Each step flip $\hat x$ with $p=0.5$ (off for digits: a mirrored digit "
