@@ -18,7 +18,7 @@ from dfkd_core.analysis.gradcam import (TARGETS, AttentionComparator, AttentionC
 __all__ = ["CKA_METHODS", "CKAMatrix", "CKAResult", "ESTIMATORS", "KERNELS", "RBF_BANDWIDTHS", "TARGETS",
            "AttentionComparator", "AttentionComparison", "FeatureCapture", "LinearCKAAccumulator", "MinibatchCKA",
            "activation_density", "active_neuron_fraction", "attention_correlation", "capture_features", "cka",
-           "cka_matrix", "compare_attention", "compare_students", "decision_boundary_similarity",
-           "debiased_linear_cka", "debiased_rbf_cka", "default_attention_layer", "describe_kernel", "gram_cka",
-           "gram_linear", "gram_rbf", "grad_cam", "hsic", "iter_features", "layer_names", "linear_cka", "neuron_firing_rates", "rbf_cka", "resolve_layers", "top_region_iou",
-           "trace_layers", "unbiased_hsic"]
+           "cka_matrix", "compare_attention", "compare_students", "decision_boundary_similarity", "debiased_linear_cka",
+           "debiased_rbf_cka", "default_attention_layer", "describe_kernel", "gram_cka", "gram_linear", "gram_rbf",
+           "grad_cam", "hsic", "iter_features", "layer_names", "linear_cka", "neuron_firing_rates", "rbf_cka",
+           "resolve_layers", "top_region_iou", "trace_layers", "unbiased_hsic"]
