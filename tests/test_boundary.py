@@ -259,7 +259,7 @@ def test_figures():
     assert list(bars.data[0].error_y.array)[0] == pytest.approx(0.02)
     assert list(bars.data[0].error_y.arrayminus)[0] == pytest.approx(0.05)
     assert list(bars.data[0].marker.opacity) == [1.0, FADED, FADED]   # too few pairs: faded, not hidden
-    assert bars.data[0].text[0] == "0.800" and bars.data[0].textposition == "inside"   # never on the error bar
+    assert bars.data[0].text[0] == "MagSim 0.800" and bars.data[0].textposition == "inside"   # not on the error bar
     notes = [a.text for a in bars.layout.annotations]
     assert notes[0].startswith("n = 120 pairs") and "acc 90.0% [88.0%, 92.0%]" in notes[0] and "undefined" in notes[1]
     assert "⚠ only 27 pairs: too few to compare" in notes[2] and "⚠" not in notes[0]
