@@ -15,6 +15,14 @@ import torch.nn as nn
 from dfkd_core.runs import process_alive, process_start_ticks
 
 
+def device_kind(name: str | None) -> str:
+    """'cuda' or 'cpu' for a config's device setting, without checking it: 'auto' (the app's) and the device the
+    CLI resolved it to compare equal when a run's pace is looked up."""
+    if not name or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
     if name is None or name == "auto":

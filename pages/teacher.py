@@ -8,6 +8,7 @@ hand_over_to_app()
 
 import torch  # noqa: E402
 
+from dfkd_core.distill.estimate import planned_teacher_time  # noqa: E402
 from dfkd_core.data import DatasetMissingError  # noqa: E402
 from dfkd_core.data.datasets import DATA_ROOT_ENV, DEFAULT_DATA_ROOT  # noqa: E402
 from dfkd_core.hooks import batchnorm_layers  # noqa: E402
@@ -111,6 +112,9 @@ with train_tab:
         return submit(lambda: TeacherTraining(config, run), run, label=f"teacher {model} on {dataset}")
 
     start_stop_buttons(training, train, label="Train")
+    if training is None or not training.running:
+        planned = TeacherConfig(dataset=dataset, model=model, epochs=int(epochs), augment=augment).resolved()
+        st.caption(f"**Time**: {planned_teacher_time(get_store(), planned)}.")
     live(training, render_training)
 with upload_tab:
     def add_upload() -> None:

@@ -315,12 +315,16 @@ def test_teacher_page_shows_accuracy_bn_layers_and_examples(teacher_home, digits
 
 def test_teacher_page_trains_a_teacher_with_progress(teacher_home):
     at = app("pages/teacher.py")
-    at.number_input[0].set_value(1)
+    at.number_input[0].set_value(1).run()
+    time_caption = next(c.value for c in at.caption if c.value.startswith("**Time**"))
+    assert "1 epoch; no earlier bncnn3_w32 teacher on digits" in time_caption   # nothing to time it by yet
     button(at, "Train").click().run()
     job = job_of(at)
     assert job is not None and job.kind == "teacher"
     assert job.wait(120) == "done", job.error
     at.run()
+    time_caption = next(c.value for c in at.caption if c.value.startswith("**Time**"))   # the next one: timed
+    assert "on this machine (1 epoch at " in time_caption and job.run_record.id in time_caption, time_caption
     assert at.selectbox(key="teacher_pick_digits").value == job.run_record.id
     assert any(m.label == "test accuracy (real data)" for m in at.metric)
     assert any("Trained and stored" in m.value for m in at.success)   # said, not just a collapsed expander

@@ -68,3 +68,17 @@ def test_the_app_s_auto_device_and_the_cli_s_resolved_one_time_each_other():
     here = "cuda" if torch.cuda.is_available() else "cpu"
     assert pace_settings({"device": "auto"}, "s") == pace_settings({"device": here}, "s")
     assert pace_settings({"device": "auto", "batch_size": 64}, "s") != pace_settings({"batch_size": 128}, "s")
+
+
+def test_a_teacher_is_timed_per_epoch_by_the_newest_like_run(store):
+    from dfkd_core.distill.estimate import planned_teacher_time
+    from dfkd_core.training import TeacherConfig
+    config = TeacherConfig(dataset="digits", epochs=4).resolved()
+    run = store.create("teacher", TeacherConfig(dataset="digits", epochs=2).resolved().to_dict(), dataset="digits")
+    for step in range(12):
+        run.log_metrics({"step": step, "elapsed_s": float(step)})
+    run.set_status("done", summary={"epochs_done": 2.0})
+    # 11 s over 2 epochs: 5.5 s an epoch, 22 s for 4
+    assert planned_teacher_time(store, config).startswith("about 0:22 on this machine (4 epochs at 0:06 each")
+    other = TeacherConfig(dataset="digits", epochs=4, augment="crop").resolved()
+    assert "no estimate yet" in planned_teacher_time(store, other)

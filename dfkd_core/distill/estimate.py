@@ -9,15 +9,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-import torch
-
+from dfkd_core.device import device_kind
 from dfkd_core.runs import RunRecord, RunStore
 from dfkd_core.time_left import TimeLeft, clock, step_paces, time_for
 
 # The settings a step's cost depends on; the number of steps (images, steps, iterations) does not change its pace.
 PACE_SETTINGS = ("method", "batch_size", "teacher_echo", "cpu_bf16", "amp")
 PACE_SYNTHESIS_SETTINGS = ("batch_size", "multi_resolution_iterations")
-FINISHED = ("done", "cancelled", "interrupted")
+FINISHED = ("done", "cancelled", "interrupted")   # runs whose pace is known
 START = {"step": -1, "student_steps": 0}   # the row a job has "finished" before its first step
 MIN_STEPS = 10   # an earlier run stopped sooner is mostly its first, slow steps: no pace to go by
 
@@ -56,9 +55,8 @@ def counted(steps: dict[str, int]) -> str:
 def pace_settings(config: dict, student: str | None) -> tuple:
     """What sets a step's cost, from a run's config; `student` resolved ('' in a config means the default)."""
     synthesis = config.get("synthesis") or {}
-    device = config.get("device") or "auto"   # 'auto' (the app) and 'cpu' (the CLI resolves it) alike
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
-    return ((student, config.get("processes") or 1, device) + tuple(config.get(k) for k in PACE_SETTINGS)
+    return ((student, config.get("processes") or 1, device_kind(config.get("device")))
+            + tuple(config.get(k) for k in PACE_SETTINGS)
             + tuple(synthesis.get(k) for k in PACE_SYNTHESIS_SETTINGS))
 
 
@@ -77,3 +75,30 @@ def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> P
             paces = step_paces(rows, kind_of, statistics.fmean)   # evaluations and snapshots included
             return PlannedTime(remaining, time_for(remaining, paces), record)
     return PlannedTime(remaining, None, None)
+
+
+TEACHER_PACE_SETTINGS = ("dataset", "model", "batch_size", "augment")
+
+
+def planned_teacher_time(store: RunStore, config) -> str:
+    """How long training a teacher with `config` (a resolved `TeacherConfig`) takes here: its epochs at the time
+    per epoch of the newest finished teacher run of the same dataset, model, batch size, augmentation and device
+    (a Fashion-MNIST epoch took 3-10 minutes on 2 cores, a digits one a few seconds); else the epochs counted."""
+    wanted = {k: getattr(config, k) for k in TEACHER_PACE_SETTINGS}
+    epochs = f"{config.epochs:,} epoch" + ("s" if config.epochs != 1 else "")
+    for record in sorted(store.list(kind="teacher"), key=lambda r: r.created, reverse=True):
+        epochs_done = record.summary.get("epochs_done")
+        if record.status not in FINISHED or not isinstance(epochs_done, (int, float)) or epochs_done <= 0:
+            continue
+        run = store.get(record.id)
+        saved = run.config()
+        if any(saved.get(k) != v for k, v in wanted.items()) or \
+                device_kind(saved.get("device")) != device_kind(config.device):
+            continue
+        rows = [row for row in run.metrics() if isinstance(row.get("elapsed_s"), (int, float))]
+        if len(rows) >= MIN_STEPS:
+            per_epoch = rows[-1]["elapsed_s"] / epochs_done
+            return (f"about {clock(per_epoch * config.epochs)} on this machine ({epochs} at {clock(per_epoch)} "
+                    f"each, the pace of {record.id}, {record.created_str})")
+    return (f"{epochs}; no earlier {config.model} teacher on {config.dataset} with this batch size and augmentation "
+            "to time them by, so no estimate yet")
