@@ -7,6 +7,7 @@ instead.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dfkd_core.device import device_kind
@@ -60,21 +61,34 @@ def pace_settings(config: dict, student: str | None) -> tuple:
             + tuple(synthesis.get(k) for k in PACE_SYNTHESIS_SETTINGS))
 
 
-def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> PlannedTime:
-    """`job`: a `DistillJob` built but not started, to run in `processes` processes. Looks through this teacher's
-    finished distillations, newest first, for one with `job`'s pace settings and at least MIN_STEPS logged steps."""
-    remaining, kind_of = job.method.steps_left_by_kind(START)
-    wanted = pace_settings({**job.config.to_dict(), "processes": processes}, job.student_name)
-    candidates = [r for r in store.list(kind="distill") if r.teacher == teacher_id and r.status in FINISHED]
-    for record in sorted(candidates, key=lambda r: r.created, reverse=True):
+def newest_timed_run(store: RunStore, kind: str,
+                     fits: Callable[[RunRecord, dict], bool]) -> tuple[RunRecord, list[dict]] | None:
+    """The newest finished run of `kind` that `fits(record, its config)`, with its logged steps (at least MIN_STEPS
+    of them, each with its `elapsed_s`); None when no run fits."""
+    for record in store.list(kind=kind):   # newest first
+        if record.status not in FINISHED:
+            continue
         run = store.get(record.id)
-        if pace_settings(run.config(), record.summary.get("student")) != wanted:
+        if not fits(record, run.config()):
             continue
         rows = [row for row in run.metrics() if isinstance(row.get("elapsed_s"), (int, float))]
         if len(rows) >= MIN_STEPS:
-            paces = step_paces(rows, kind_of, statistics.fmean)   # evaluations and snapshots included
-            return PlannedTime(remaining, time_for(remaining, paces), record)
-    return PlannedTime(remaining, None, None)
+            return record, rows
+    return None
+
+
+def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> PlannedTime:
+    """`job`: a `DistillJob` built but not started, to run in `processes` processes, timed by this teacher's newest
+    finished distillation with `job`'s pace settings."""
+    remaining, kind_of = job.method.steps_left_by_kind(START)
+    wanted = pace_settings({**job.config.to_dict(), "processes": processes}, job.student_name)
+    found = newest_timed_run(store, "distill", lambda record, config: record.teacher == teacher_id
+                             and pace_settings(config, record.summary.get("student")) == wanted)
+    if found is None:
+        return PlannedTime(remaining, None, None)
+    record, rows = found
+    paces = step_paces(rows, kind_of, statistics.fmean)   # evaluations and snapshots included
+    return PlannedTime(remaining, time_for(remaining, paces), record)
 
 
 TEACHER_PACE_SETTINGS = ("dataset", "model", "batch_size", "augment")
@@ -84,21 +98,18 @@ def planned_teacher_time(store: RunStore, config) -> str:
     """How long training a teacher with `config` (a resolved `TeacherConfig`) takes here: its epochs at the time
     per epoch of the newest finished teacher run of the same dataset, model, batch size, augmentation and device
     (a Fashion-MNIST epoch took 3-10 minutes on 2 cores, a digits one a few seconds); else the epochs counted."""
-    wanted = {k: getattr(config, k) for k in TEACHER_PACE_SETTINGS}
     epochs = f"{config.epochs:,} epoch" + ("s" if config.epochs != 1 else "")
-    for record in sorted(store.list(kind="teacher"), key=lambda r: r.created, reverse=True):
+
+    def fits(record: RunRecord, saved: dict) -> bool:
         epochs_done = record.summary.get("epochs_done")
-        if record.status not in FINISHED or not isinstance(epochs_done, (int, float)) or epochs_done <= 0:
-            continue
-        run = store.get(record.id)
-        saved = run.config()
-        if any(saved.get(k) != v for k, v in wanted.items()) or \
-                device_kind(saved.get("device")) != device_kind(config.device):
-            continue
-        rows = [row for row in run.metrics() if isinstance(row.get("elapsed_s"), (int, float))]
-        if len(rows) >= MIN_STEPS:
-            per_epoch = rows[-1]["elapsed_s"] / epochs_done
-            return (f"about {clock(per_epoch * config.epochs)} on this machine ({epochs} at {clock(per_epoch)} "
-                    f"each, the pace of {record.id}, {record.created_str})")
-    return (f"{epochs}; no earlier {config.model} teacher on {config.dataset} with this batch size and augmentation "
-            "to time them by, so no estimate yet")
+        return (isinstance(epochs_done, (int, float)) and epochs_done > 0
+                and all(saved.get(k) == getattr(config, k) for k in TEACHER_PACE_SETTINGS)
+                and device_kind(saved.get("device")) == device_kind(config.device))
+    found = newest_timed_run(store, "teacher", fits)
+    if found is None:
+        return (f"{epochs}; no earlier {config.model} teacher on {config.dataset} with this batch size and "
+                "augmentation to time them by, so no estimate yet")
+    record, rows = found
+    per_epoch = rows[-1]["elapsed_s"] / record.summary["epochs_done"]
+    return (f"about {clock(per_epoch * config.epochs)} on this machine ({epochs} at {clock(per_epoch)} each, the "
+            f"pace of {record.id}, {record.created_str})")

@@ -159,9 +159,9 @@ def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool,
         stop.button("Stop both", on_click=on_stop, disabled=not busy, width="stretch")
         if "compare_error" in st.session_state:
             st.error(st.session_state.pop("compare_error"))
-        newer = single is not None and (single.started_at or float("inf")) > max(j.started_at or 0 for j in pair[0]) \
-            if pair is not None else False
-        if pair is not None and not busy and newer:   # a finished pair pushed the run after it ~1,000 px down
+        newer = (pair is not None and single is not None
+                 and (single.started_at or float("inf")) > max(j.started_at or 0 for j in pair[0]))
+        if newer and not busy:   # a finished pair pushed the run after it ~1,000 px down
             st.caption("The last comparison's two runs are on the Runs page.")
         elif pair is not None:
             render_pair(*pair)

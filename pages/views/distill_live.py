@@ -54,10 +54,9 @@ def render_progress(job: DistillJob) -> None:
     st.progress(min(1.0, done / max(total, 1)),
                 text=f"**{job.status}** · step {done:,} of {total:,}" + (f" · {doing}" if job.running else "")
                      + eta_text(job))
-    images = (f"{last.get('images_synthesized', 0):,} images finished" if synthesizes(job)
-              else f"on {len(job.pool):,} stored images" if job.config.pool else "")
-    st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps"
-               + (f", {images}." if images.endswith("finished") else f" {images}." if images else "."))
+    images = (f", {last.get('images_synthesized', 0):,} images finished" if synthesizes(job)
+              else f" on {len(job.pool):,} stored images" if job.config.pool else "")
+    st.caption(f"{job.method.describe_plan()}. So far: {last.get('student_steps', 0):,} student steps{images}.")
     if job.status == "failed":
         st.error(job.error)
     teacher = getattr(job, "teacher_accuracy", None)

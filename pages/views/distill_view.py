@@ -29,7 +29,7 @@ from dfkd_core.synthesis import SynthesisConfig
 from pages.views.common import (
     SNAPSHOT_SECONDS, fresh_model, get_store, open_checkpoint, require_job_slot,
     submit)
-from pages.views.labels import PARTIAL_STATUSES, describe_run, live_edit_note, run_name
+from pages.views.labels import PARTIAL_STATUSES, describe_run, live_edits, run_name
 from pages.views.methods_doc import section_link
 from pages.views.synthesis_view import ALPHAS
 
@@ -370,9 +370,10 @@ def pool_labels(records: Sequence[RunRecord]) -> dict[str, str]:
     count, the kind of run, stopped or changed live, the id's tail, then the name ('100 images · synthesis ·
     partial · changed live · 0659 · DeepInversion α_f=1 …')."""
     def label(r: RunRecord) -> str:
-        flags = ("partial" if r.status in PARTIAL_STATUSES else "", "changed live" if live_edit_note(r) else "")
-        parts = [f"{pool_size(r):,} images" if pool_size(r) is not None else "", r.kind, *flags,
-                 r.id.rsplit("-", 1)[-1], run_name(r)]
+        size = pool_size(r)
+        flags = ("partial" if r.status in PARTIAL_STATUSES else "", "changed live" if live_edits(r) else "")
+        parts = [f"{size:,} images" if size is not None else "", r.kind, *flags, r.id.rsplit("-", 1)[-1],
+                 run_name(r)]
         return " · ".join(p for p in parts if p)
     return {r.id: label(r) for r in records}
 
@@ -382,9 +383,9 @@ def pool_warning(record: RunRecord) -> str:
     reasons = []
     if record.status in PARTIAL_STATUSES:
         reasons.append(f"its run was stopped ({record.status}) before its end")
-    if live_edit_note(record):
-        reasons.append(f"its settings were changed while it ran ({live_edit_note(record)[3:]}), so its name "
-                       "gives only the settings it started with")
+    if edits := live_edits(record):
+        reasons.append(f"its settings were changed while it ran ({edits}), so its name gives only the settings it "
+                       "started with")
     agreement = record.summary.get("teacher_accuracy")
     if record.kind == "synthesis" and isinstance(agreement, (int, float)) and agreement < 0.5:
         reasons.append(f"the teacher calls only {agreement:.0%} of its images their target class")

@@ -106,11 +106,16 @@ def run_facts(record: RunRecord) -> str:
 
 def live_edit_note(record: RunRecord) -> str:
     """' · changed live: α_tv=1 at step 104' when settings moved during the run: its name gives the start."""
+    summary = live_edits(record)
+    return f" · changed live: {summary}" if summary else ""
+
+
+def live_edits(record: RunRecord) -> str:
+    """'α_tv=1 at step 104 (+1 earlier)': the last live change and how many came before it, or ''."""
     edits = record.summary.get("live_updates") or []
     if not edits:
         return ""
-    more = f" (+{len(edits) - 1} earlier)" if len(edits) > 1 else ""
-    return f" · changed live: {live_change_text(edits[-1])}{more}"
+    return live_change_text(edits[-1]) + (f" (+{len(edits) - 1} earlier)" if len(edits) > 1 else "")
 
 
 def live_change_text(edit: dict) -> str:

@@ -13,7 +13,7 @@ from dfkd_core.plots import (accuracy_curves_figure, class_columns, image_grid_f
 from dfkd_core.plots.synthesis import TERM_NAMES
 from dfkd_core.runs import RunRecord
 from pages.views.common import JOB_PARAM, get_job_manager, get_store, live, open_checkpoint
-from pages.views.labels import live_change_text, live_edit_note, partial_text
+from pages.views.labels import live_change_text, live_edits, partial_text
 from dfkd_core.distill.results import compare_students_accuracy
 from pages.views.results_view import show_results
 from pages.views.inspect_view import inspect_batch
@@ -46,9 +46,9 @@ def _metric(record: RunRecord, column: str) -> float | None:
 def run_table(records: list[RunRecord]) -> list[dict]:
     """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
     shown = [k for k in KEY_METRICS if any(_metric(r, k) is not None for r in records)]
-    edited = any(live_edit_note(r) for r in records)
+    edited = any(live_edits(r) for r in records)
     return [{"id": r.id, "name": r.name or "", "kind": r.kind, "status": r.status,
-             **({"changed live": live_edit_note(r).removeprefix(" · changed live: ")} if edited else {}),
+             **({"changed live": live_edits(r)} if edited else {}),
              "created": r.created_str, "dataset": r.dataset or "", "method": r.method or "", "teacher": r.teacher or "",
              **{k: _metric(r, k) for k in shown}, "error": r.error or ""} for r in records]
 

@@ -12,10 +12,10 @@ from dfkd_core.distill import default_student
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
+from dfkd_core.plots.synthesis import describe_update
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
 from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_store, live, open_checkpoint,
                                     require_job_slot, submit)
-from pages.views.labels import live_change_text
 from pages.views.methods_doc import section_link
 
 PRESET_NAMES = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
@@ -256,8 +256,8 @@ def render_curves(job: ModelInversion) -> None:
     figure = cached("curves", (job.id, len(history), len(updates)), lambda: loss_curves_figure(history, updates))
     st.plotly_chart(figure, key="live_curves")
     if late := (job.result or {}).get("late_updates"):
-        st.caption("Not applied: " + live_change_text({**late, "step": -1}).removesuffix(" at step 0")
-                   + " came after the run's last step began; the knobs keep it for the next run.")
+        st.caption(f"Not applied: {describe_update(late)} came after the run's last step began; the knobs keep it "
+                   "for the next run.")
 
 
 def render_bn(job: ModelInversion) -> None:
