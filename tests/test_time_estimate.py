@@ -38,6 +38,12 @@ def test_a_new_run_is_timed_by_the_newest_finished_run_of_its_teacher_with_the_s
     assert plan.planned == {"other steps": 0, "student steps": 900}
     assert plan.time.seconds == pytest.approx(900 * paces["student steps"])
     assert "on this machine" in plan.describe() and run.id in plan.describe()
+    # The earlier run's set-up and final test come on top of the steps: they do not scale with them.
+    summary = run.record().summary
+    assert summary["setup_s"] > 0 and summary["finish_s"] > 0
+    assert plan.fixed_s == pytest.approx(summary["setup_s"] + summary["finish_s"])
+    assert plan.seconds == pytest.approx(plan.time.seconds + plan.fixed_s)
+    assert "of set-up and final test" in plan.describe()
 
     other_batch = DistillJob(copy.deepcopy(digits_teacher), DistillConfig(method="noise", student="bncnn3_w16",
                                                                           steps=900, batch_size=64))
@@ -45,6 +51,18 @@ def test_a_new_run_is_timed_by_the_newest_finished_run_of_its_teacher_with_the_s
     for plan in (planned_time(other_batch, store, "teacher-x"), other_teacher):
         assert plan.source is None and plan.time is None
         assert "900 student steps" in plan.describe() and "no estimate" in plan.describe()
+
+
+def test_a_run_that_did_not_record_its_fixed_costs_is_timed_by_its_steps_alone():
+    from dfkd_core.distill.estimate import PlannedTime, fixed_seconds
+    from dfkd_core.time_left import TimeLeft
+    assert fixed_seconds({"setup_s": 2.0, "finish_s": 1.5}) == 3.5
+    assert fixed_seconds({"finish_s": 1.5}) is None and fixed_seconds({"setup_s": None, "finish_s": 1.0}) is None
+    source = type("Record", (), {"id": "distill-a", "created_str": "2026-12-07 10:00"})()
+    older = PlannedTime({"student steps": 10}, TimeLeft(30.0, {}), source)
+    assert older.seconds == 30.0 and older.describe().startswith("about 0:30 on this machine (the pace of distill-a")
+    newer = PlannedTime({"student steps": 10}, TimeLeft(30.0, {}), source, fixed_s=12.0)
+    assert newer.describe().startswith("about 0:42 on this machine (0:30 of steps and 0:12 of set-up and final test")
 
 
 def test_the_cli_prints_the_same_plan_before_a_run_of_a_stored_teacher(tmp_path, capsys, digits_teacher):

@@ -25,11 +25,19 @@ MIN_STEPS = 10   # an earlier run stopped sooner is mostly its first, slow steps
 @dataclass(frozen=True)
 class PlannedTime:
     """`time`: the new run's steps at `source`'s pace (untimed kinds counted); `source`: the earlier run, or None
-    when no finished run of this teacher had the same pace settings; `planned`: kind → steps the new run takes."""
+    when no finished run of this teacher had the same pace settings; `planned`: kind → steps the new run takes;
+    `fixed_s`: what `source` spent outside its steps (set-up, the final test and saving), None where it did not
+    record it."""
 
     planned: dict[str, int]
     time: TimeLeft | None
     source: RunRecord | None
+    fixed_s: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """The whole run: its steps and the earlier run's fixed costs."""
+        return None if self.time is None else self.time.seconds + (self.fixed_s or 0.0)
 
     def describe(self) -> str:
         """'about 23:40 on this machine (the pace of distill-…, 2026-12-07 04:31: same teacher and settings)', with
@@ -39,12 +47,15 @@ class PlannedTime:
             return (f"{steps}; no earlier run of this teacher with these settings to time them by, so no estimate "
                     "yet (the first run's pace estimates the next)")
         pace = f"the pace of {self.source.id}, {self.source.created_str}, same teacher and step settings"
+        if self.fixed_s:
+            pace = (f"{clock(self.time.seconds)} of steps and {clock(self.fixed_s)} of set-up and final test at "
+                    + pace)
         untimed = counted(self.time.untimed)
         if not untimed:
-            return f"about {clock(self.time.seconds)} on this machine ({pace})"
+            return f"about {clock(self.seconds)} on this machine ({pace})"
         if self.time.seconds <= 0:
             return f"{steps}; the earlier run ({self.source.id}) took none of these steps, so no estimate yet"
-        return f"about {clock(self.time.seconds)} on this machine ({pace}), plus {untimed} (not timed yet)"
+        return f"about {clock(self.seconds)} on this machine ({pace}), plus {untimed} (not timed yet)"
 
 
 def counted(steps: dict[str, int]) -> str:
@@ -88,7 +99,16 @@ def planned_time(job, store: RunStore, teacher_id: str, processes: int = 1) -> P
         return PlannedTime(remaining, None, None)
     record, rows = found
     paces = step_paces(rows, kind_of, statistics.fmean)   # evaluations and snapshots included
-    return PlannedTime(remaining, time_for(remaining, paces), record)
+    return PlannedTime(remaining, time_for(remaining, paces), record, fixed_seconds(record.summary))
+
+
+def fixed_seconds(summary: dict) -> float | None:
+    """What a finished distillation spent outside its steps (`setup_s` + `finish_s`); None for a run that did not
+    record them (older runs, a resumed one's set-up)."""
+    parts = [summary.get("setup_s"), summary.get("finish_s")]
+    if not all(isinstance(p, (int, float)) for p in parts):
+        return None
+    return float(sum(parts))
 
 
 TEACHER_PACE_SETTINGS = ("dataset", "model", "batch_size", "augment")

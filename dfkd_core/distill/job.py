@@ -231,6 +231,7 @@ class DistillJob(Job):
     def finish(self, status: str) -> dict:
         if not hasattr(self, "trainer") or not self.world.leader:
             return {}
+        finish_started = time.time()
         if status != "done":
             self.save_progress()   # Stop, Ctrl-C or a failure: `dfkd distill --resume` continues from here
         elif self.run_record is not None:
@@ -255,4 +256,9 @@ class DistillJob(Job):
                 save_grid(self.dataset.denormalize(self.pool.images[:100]), directory / "grid.png")
             summary.update(self.method.artifacts(directory))
             summary["checkpoint"] = str(directory / "model.pt")
+        # Outside the steps, which is what a run timed by this one's pace (`estimate.planned_time`) adds to them:
+        # on digits they are a third of a short run.
+        t0 = getattr(self, "t0", None)
+        summary["setup_s"] = t0 - self.started_at if t0 and self.started_at and not self.resumed else None
+        summary["finish_s"] = time.time() - finish_started
         return summary
