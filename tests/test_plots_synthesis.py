@@ -69,13 +69,18 @@ def test_loss_curves_mark_live_updates_at_their_step():
     assert len(thinned.data[0].x) <= 101 and thinned.data[0].x[-1] == 1000
 
 
-def test_labels_of_close_changes_are_stacked_not_overlapping():
+def test_labels_of_close_changes_are_stacked_above_the_plot_not_overlapping():
     history = [{"step": i, "loss_total": 1.0} for i in range(200)]
     updates = [{"step": 50, "alpha_f": 0.5}, {"step": 52, "alpha_tv": 0.1}, {"step": 54, "lr": 0.2},
-               {"step": 150, "alpha_f": 1.0}]
-    heights = [a.y for a in loss_curves_figure(history, iter(updates)).layout.annotations]
-    assert len(set(heights[:3])) == 3      # three changes 2 steps apart: three heights
-    assert heights[3] == heights[0] == 1.0  # a change far from the others goes back to the top
+               {"step": 150, "alpha_f": 1.0}, {"step": 199, "alpha_tv": 0.3}]
+    figure = loss_curves_figure(history, iter(updates))
+    notes = figure.layout.annotations
+    assert all(a.y == 1.0 and a.yanchor == "bottom" and a.textangle is None for a in notes)   # above the curves
+    shifts = [a.yshift for a in notes]
+    assert len(set(shifts[:3])) == 3       # three changes 2 steps apart: three rows
+    assert shifts[3] == shifts[0]          # far from the others: back to the row nearest the plot
+    assert figure.layout.margin.t >= max(shifts) + 16   # room for the highest row
+    assert notes[4].xanchor == "right" and notes[0].xanchor == "center"   # the last step's label stays inside
 
 
 def test_bn_figure_states_each_layers_distance():

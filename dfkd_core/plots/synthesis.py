@@ -65,20 +65,32 @@ def _series(rows: Sequence[Mapping], key: str, min_gap: float = 0.02) -> tuple[l
     return xs, ys
 
 
-LABEL_LEVELS = 3          # heights a change label can take, so labels of close changes do not overlap
-LABEL_LEVEL_STEP = 0.3    # of the plot height, between levels
-CLOSE_CHANGES = 0.04      # of the step range: changes closer than this are merged (one setting) or stacked (several)
+CLOSE_CHANGES = 0.04      # of the step range: changes closer than this to the same setting are one marker
+LABEL_ROW_PX = 16         # height of one row of change labels above the plot
+LABEL_CHAR_PX = 6.6       # about a character of the labels' 11-px font, to tell which labels would overlap
+ASSUMED_PLOT_PX = 620     # the loss chart's drawing width in the app's column; narrower only stacks more rows
 
 
-def _label_levels(update_steps: Sequence[int], close: float) -> list[int]:
-    """A height level per change marker: a label closer than `close` steps to the previous one moves down a level
-    (cycling), so close changes stay readable."""
-    levels, previous, level = [], None, 0
-    for step in update_steps:
-        level = (level + 1) % LABEL_LEVELS if previous is not None and step - previous < close else 0
-        levels.append(level)
-        previous = step
-    return levels
+def _label_anchor(fraction: float) -> str:
+    """Labels near an end of the axis grow inwards: centred there, they ran past the figure's edge."""
+    return "left" if fraction < 0.15 else "right" if fraction > 0.85 else "center"
+
+
+def _label_rows(fractions: Sequence[float], texts: Sequence[str]) -> list[int]:
+    """A row (0 = nearest the plot) per change label at `fractions` of the step axis, so labels that would overlap
+    side by side sit one above the other: each takes the lowest row whose last label ends before it begins. Widths
+    are estimated from the text, as the figure is built before the browser knows its width."""
+    ends: list[float] = []    # per row: the right edge (in pixels) of its last label
+    rows = []
+    for fraction, text in zip(fractions, texts):
+        at, width = fraction * ASSUMED_PLOT_PX, len(text) * LABEL_CHAR_PX + 8
+        left = {"left": at, "right": at - width, "center": at - width / 2}[_label_anchor(fraction)]
+        row = next((r for r, end in enumerate(ends) if end <= left), len(ends))
+        if row == len(ends):
+            ends.append(0.0)
+        ends[row] = left + width
+        rows.append(row)
+    return rows
 
 
 def _merge_slider_moves(updates: Sequence[Mapping], close: float) -> list[list[Mapping]]:
@@ -138,14 +150,19 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     updates = list(updates)
     span = max(1, (max(steps) - min(steps)) if steps else max((u["step"] for u in updates), default=1))
     marks = _merge_slider_moves(updates, CLOSE_CHANGES * span)
-    for moves, level in zip(marks, _label_levels([m[0]["step"] for m in marks], CLOSE_CHANGES * span)):
+    # What changed, written level above the plot: inside it, rotated labels sat across the curves they explain.
+    texts = [describe_update(moves[-1]) + (f" ({len(moves)} moves)" if len(moves) > 1 else "") for moves in marks]
+    start = min(steps) if steps else 0
+    fractions = [(m[0]["step"] - start) / span for m in marks]
+    label_rows = _label_rows(fractions, texts)
+    for moves, text, row, fraction in zip(marks, texts, label_rows, fractions):
         # At the first move's step, with the last move's values; the hover lists every move.
-        step, text = moves[0]["step"], describe_update(moves[-1])
+        step = moves[0]["step"]
         fig.add_vline(x=step, line=dict(color="#888", dash="dash", width=1))
-        fig.add_annotation(x=step, y=1.0 - LABEL_LEVEL_STEP * level, xref="x", yref="paper",
-                           text=text + (f" ({len(moves)} moves)" if len(moves) > 1 else ""),
-                           showarrow=False, textangle=-90, xanchor="right", yanchor="top",
-                           font=dict(size=10, color="#555"),
+        fig.add_annotation(x=step, y=1.0, xref="x", yref="paper", text=text, showarrow=False,
+                           xanchor=_label_anchor(fraction), yanchor="bottom", yshift=2 + LABEL_ROW_PX * row,
+                           font=dict(size=11, color="#444"),
+                           bgcolor="rgba(255,255,255,0.85)", borderpad=1,
                            hovertext="<br>".join(f"step {m['step']}: {describe_update(m)}" for m in moves))
     positive = [y for trace in fig.data[:len(keys)] for y in (trace.y or ()) if y is not None and y > 0] if log_y \
         else []
@@ -159,7 +176,8 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     if accuracy_keys:
         fig.update_yaxes(range=[0, 1.02], title_text="on batch", row=accuracy_row, col=1)
     fig.update_xaxes(title_text="step", row=2 if two else 1, col=1)
-    fig.update_layout(height=height if losses_drawn else height // 2, margin=dict(l=10, r=10, t=10, b=10),
+    top = 10 + (LABEL_ROW_PX * (max(label_rows) + 1) + 4 if label_rows else 0)
+    fig.update_layout(height=height if losses_drawn else height // 2, margin=dict(l=10, r=10, t=top, b=10),
                       legend=dict(orientation="h", y=-0.18), uirevision="keep")  # keep the user's zoom across redraws
     return fig
 
