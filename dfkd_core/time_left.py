@@ -24,11 +24,13 @@ class TimeLeft:
         """'about 2:30 left', 'about 2:30 left, then 2,800 student steps (not timed yet)', or '2,800 student steps
         to go (not timed yet)'."""
         rest = " and ".join(f"{n:,} {kind}" for kind, n in self.untimed.items())
+        # "about 0:00 left, then 400 student steps" read as nearly done where the untimed part was all of the run
+        timed = "under a second left" if self.seconds < 0.5 else f"about {clock(self.seconds)} left"
         if not self.untimed:
-            return f"about {clock(self.seconds)} left"
+            return timed
         if self.seconds <= 0:
             return f"{rest} to go (not timed yet)"
-        return f"about {clock(self.seconds)} left, then {rest} (not timed yet)"
+        return f"{timed}, then {rest} (not timed yet)"
 
 
 def estimate_time_left(rows: Sequence[dict], remaining: dict[str, int],

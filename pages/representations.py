@@ -18,7 +18,8 @@ from dfkd_core.models.reference import is_untrained  # noqa: E402
 from dfkd_core.plots.representations import cka_heatmap_figure, cka_interval_figure  # noqa: E402
 from dfkd_core.stats import Interval  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
-    analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses)
+    analysis_job, incomparable, input_choices, model_choices, sample_slider, show_progress, stored_analyses,
+    untrained_choice)
 from pages.views.common import (  # noqa: E402
     START_ERRORS, data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, open_model,
     require_job_slot, start_stop_buttons, submit, teacher_or_stop)
@@ -46,16 +47,23 @@ def start(teacher_run: str, student_ref: str, config: CKAConfig) -> CKAAnalysis:
                                       samples_note=inputs.note), run, label="CKA")
 
 
-def reference_note(config: dict, stored: dict) -> str:
+def start_reference(config: dict, reference: str) -> None:
+    """The opened comparison again with the untrained reference as the student (every layer of it)."""
+    try:
+        start(config["teacher"], reference, CKAConfig.from_dict({**config, "student": reference,
+                                                                  "layers_student": []}))
+    except START_ERRORS as e:
+        st.session_state["cka_reference_error"] = str(e)
+
+
+def reference_note(config: dict, stored: dict) -> str | None:
     """The untrained reference to read a trained student's CKA against: its layer-i-vs-layer-i values from the
-    newest stored comparison with the same teacher, kernel and images, else how to make one."""
+    newest stored comparison with the same teacher, kernel and images; None when there is none."""
     configs = {i: get_store().get(i).config() for i, r in stored.items() if r.status == "done"}
     same = [(stored[i], c) for i, c in configs.items() if is_untrained(c.get("student", ""))
             and all(c.get(k) == config.get(k) for k in ("teacher", "kernel", "inputs", "reduce"))]
     if not same:
-        return ("Read it against a network that never trained: the first layers of almost any network score high on "
-                "the same pixels. Pick **untrained … · reference** as the student and compute CKA with these "
-                "settings.")
+        return None
     record, reference = same[0]
     diagonal = record.summary.get("cka_diagonal") or {}
     values = ", ".join(f"{pair.split(' | ')[0]} {Interval.from_dict(v).format('.3f')}" for pair, v in diagonal.items())
@@ -185,7 +193,19 @@ if summary.get("partial"):
     facts.append("**partial: stopped early**")
 st.caption(" · ".join(facts))
 if not is_untrained(student_run):
-    st.caption(reference_note(opened_config, stored))
+    note = reference_note(opened_config, stored)
+    if note is not None:
+        st.caption(note)
+    else:
+        reference = untrained_choice(open_checkpoint(opened_config["teacher"]).name)
+        text, button = st.columns([4, 1], vertical_alignment="center")
+        text.caption("Read it against a network that never trained: the first layers of almost any network score "
+                     f"high on the same pixels. **{reference.replace(':', ' ', 1)}** (initialised, never trained) "
+                     "with these settings gives the floor.")
+        button.button("Compute the untrained reference", key="cka_reference", disabled=running,
+                      on_click=start_reference, args=(opened_config, reference))
+        if "cka_reference_error" in st.session_state:
+            st.error(st.session_state.pop("cka_reference_error"))
 if result.low is not None:
     st.plotly_chart(cka_interval_figure(result), key="cka_intervals")
 else:

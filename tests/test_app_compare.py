@@ -45,12 +45,15 @@ def test_one_click_compares_deepdream_and_deepinversion_from_the_same_noise(teac
     single = job_of(at)
     try:
         assert single.running and len(elements(at, "image")) <= 1   # the finished pair makes way for the live run
-        assert any("The last comparison's two runs are on the Runs page." in c.value for c in at.caption)
+        shown = at.toggle(key="show_last_pair")
+        assert shown.label == "Show the last comparison (DeepDream vs DeepInversion) here" and not shown.value
     finally:
         get_job_manager().cancel(single.id)
         single.wait(30)
-    at.run()   # ended: the pair does not come back above the run that followed it
+    at.run()   # ended: the pair does not come back above the run that followed it by itself
     assert len(elements(at, "image")) <= 1
+    at.toggle(key="show_last_pair").set_value(True).run()   # a lecturer going back to the slide they explained
+    assert not at.exception and len(elements(at, "image")) >= 2
 
 
 def test_a_finished_run_offers_one_image_for_inspection(teacher_home):

@@ -154,6 +154,33 @@ def test_a_students_cka_is_read_against_an_untrained_reference(home):
     finish_job(at, "CKAAnalysis")
     note = next(c.value for c in at.caption if c.value.startswith("Untrained reference"))
     assert reference.id in note and re.search(r"layer i vs layer i features\.\d+ \d\.\d\d\d \[", note)
+    assert not [b for b in at.button if b.key == "cka_reference"]   # nothing left to compute
+
+
+def test_one_click_computes_the_untrained_reference_of_an_opened_comparison(home):
+    """A lecturer opened a student's CKA: the floor to read it against is one button away, with its settings."""
+    at = open_app("pages/representations.py")
+    at.sidebar.select_slider(key="cka_samples").set_value(100)
+    at.sidebar.selectbox(key="cka_student").set_value(home.ie["iekd"]).run()
+    click(at, "Compute CKA", sidebar=True)
+    finish_job(at, "CKAAnalysis")
+    said = " ".join(c.value for c in at.caption)
+    assert "**untrained bncnn3_w16** (initialised, never trained)" in said and "…" not in said
+    next(b for b in at.button if b.key == "cka_reference").click().run()
+    assert not at.exception and not at.error
+    finish_job(at, "CKAAnalysis")
+    analyses = home.list("analysis")
+    reference = next(r for r in analyses if "untrained:bncnn3_w16" in r.name)
+    trained = next(r for r in analyses if r is not reference)
+    reference_config, trained_config = (home.get(r.id).config() for r in (reference, trained))
+    assert {k: v for k, v in reference_config.items() if k not in ("student", "layers_student")} == \
+        {k: v for k, v in trained_config.items() if k not in ("student", "layers_student")}
+    at.selectbox(key="cka_open").set_value(trained.id).run()
+    note = next(c.value for c in at.caption if c.value.startswith("Untrained reference"))
+    assert reference.id in note
+
+
+def test_the_untrained_reference_is_the_same_network_every_run(home):
     # The same untrained network in every run: fixed seed, whatever the global RNG did meanwhile.
     from dfkd_core.models.reference import untrained_reference
     from pages.views.common import open_checkpoint

@@ -29,6 +29,9 @@ def test_each_kind_of_step_is_timed_apart_and_an_untimed_kind_is_named():
     assert early.describe() == "about 0:03 left, then 100 student steps (not timed yet)"
     assert TimeLeft(0.0, {"student steps": 2800}).describe() == "2,800 student steps to go (not timed yet)"
     assert TimeLeft(3725.0, {}).describe() == "about 1:02:05 left"
+    # the last inversion iteration under way: not "about 0:00 left", which read as nearly done
+    assert TimeLeft(0.3, {"student steps": 400}).describe() == ("under a second left, then 400 student steps (not "
+                                                                "timed yet)")
     assert estimate_time_left(rows, {"inversion iterations": 0, "student steps": 0}, _kind) == TimeLeft(0.0, {})
     assert clock(42.4) == "0:42"
 

@@ -161,8 +161,12 @@ def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool,
             st.error(st.session_state.pop("compare_error"))
         newer = (pair is not None and single is not None
                  and (single.started_at or float("inf")) > max(j.started_at or 0 for j in pair[0]))
-        if newer and not busy:   # a finished pair pushed the run after it ~1,000 px down
-            st.caption("The last comparison's two runs are on the Runs page.")
+        if newer and not busy:   # a finished pair pushed the run after it ~1,000 px down: shown on request
+            names = " vs ".join(CHOICES.get(choice, choice) for choice in pair[1])
+            if not st.toggle(f"Show the last comparison ({names}) here", key="show_last_pair",
+                             help="Its two runs are also on the Runs page."):
+                return
+            render_pair(*pair)
         elif pair is not None:
             render_pair(*pair)
 

@@ -1,9 +1,12 @@
 """docs/methods.md, split into its sections for the Methods page and for links from the knobs' help texts."""
 from __future__ import annotations
 
+import inspect
 import re
 from functools import lru_cache
 from pathlib import Path
+
+import streamlit as st
 
 METHODS_DOC = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
 _ANCHOR = re.compile(r'^<a id="([\w-]+)"></a>\s*$', re.MULTILINE)
@@ -33,7 +36,9 @@ def section_link(anchor: str) -> str:
     return f"[Methods: {titles[anchor]}](/methods#{anchor})"
 
 
-# Runs in the component's iframe (same origin as the app): waits up to 10 s for the element the URL's #anchor names.
+# Runs in the page itself (or, on a Streamlit without `st.html(unsafe_allow_javascript=)`, in a same-origin
+# component iframe, hence `window.parent`, the page's own window at the top): waits up to 10 s for the element the
+# URL's #anchor names.
 _SCROLL_JS = """<script>
 const target = window.parent.location.hash.slice(1);
 if (target) {
@@ -49,5 +54,8 @@ if (target) {
 
 def scroll_to_url_anchor() -> None:
     """Scroll the page to the element named by the URL's #anchor, once the app has drawn it."""
-    import streamlit.components.v1 as components
-    components.html(_SCROLL_JS, height=0)
+    if "unsafe_allow_javascript" in inspect.signature(st.html).parameters:
+        st.html(_SCROLL_JS, unsafe_allow_javascript=True)
+    else:   # `components.v1.html` is deprecated where st.html runs scripts (removal announced for after 2026-06-01)
+        import streamlit.components.v1 as components
+        components.html(_SCROLL_JS, height=0)

@@ -50,7 +50,11 @@ def app_navigation():
 # recompute. (Marking only the live views took a keyed container, which now and then left a chart blank.) Screenshots
 # of the live loss chart every 0.3 s: blank or faded in 17 of 40 before, 9 of 40 with this; the rest is plotly
 # redrawing the chart, which a bare fragment with one plotly chart also shows (2 of 40).
-STALE_CSS = '<style>[data-stale="true"] {transition: opacity 1s ease-in 3s !important;}</style>'
+STALE_CSS = '[data-stale="true"] {transition: opacity 1s ease-in 3s !important;}'
+# Streamlit leaves 128 px above a page's title under the 60-px top navigation: on a 1280x720 projector the live grid
+# started below the fold.
+COMPACT_TOP_CSS = ".stMainBlockContainer {padding-top: 4.5rem !important;}"
+APP_CSS = f"<style>{STALE_CSS}\n{COMPACT_TOP_CSS}</style>"
 
 
 def run_app() -> None:
@@ -59,7 +63,7 @@ def run_app() -> None:
     # fonts.gstatic.com, which an offline machine cannot reach.
     st.set_page_config(page_title="dfkd studio", page_icon="🧪", layout="wide")
     page = app_navigation()
-    st.html(STALE_CSS)   # (a style alone takes no room on the page)
+    st.html(APP_CSS)   # (a style alone takes no room on the page)
     if "torch" not in sys.modules:
         # The first script run after a server start imports PyTorch (3-4 s on 2 cores); say so instead of a blank page.
         with st.spinner("Starting up: loading PyTorch, once per server start…"):

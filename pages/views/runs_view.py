@@ -44,13 +44,14 @@ def _metric(record: RunRecord, column: str) -> float | None:
 
 
 def run_table(records: list[RunRecord]) -> list[dict]:
-    """One row per run; the key metrics any run has, in a fixed column order; the error last, never hidden."""
+    """One row per run; the key metrics any run has, in a fixed column order, right after what the run is (after
+    the ids and the teacher they sat past the right edge of a 1280-px screen); the id and the error last."""
     shown = [k for k in KEY_METRICS if any(_metric(r, k) is not None for r in records)]
     edited = any(live_edits(r) for r in records)
-    return [{"id": r.id, "name": r.name or "", "kind": r.kind, "status": r.status,
+    return [{"name": r.name or "", "kind": r.kind, "status": r.status, **{k: _metric(r, k) for k in shown},
              **({"changed live": live_edits(r)} if edited else {}),
              "created": r.created_str, "dataset": r.dataset or "", "method": r.method or "", "teacher": r.teacher or "",
-             **{k: _metric(r, k) for k in shown}, "error": r.error or ""} for r in records]
+             "id": r.id, "error": r.error or ""} for r in records]
 
 
 RUN_TABLE_COLUMNS = {**{column: st.column_config.NumberColumn(format=fmt, help=meaning)
