@@ -225,11 +225,13 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     history = list(job.history)
     last = history[-1] if history else {}
     rate = len(history) / last["elapsed_s"] if last.get("elapsed_s") else 0.0
+    # The first run after the app starts spends 2-3 s before its first step: "0.0 steps/s" read as stuck.
+    pace = f"{rate:.1f} steps/s" if history or not job.running else "setting up the first step…"
     st.progress(len(history) / max(job.total_steps, 1),
-                text=f"**{job.status}** · step {len(history)}/{job.total_steps} · {rate:.1f} steps/s")
+                text=f"**{job.status}** · step {len(history)}/{job.total_steps} · {pace}")
     if job.status == "failed":
         st.error(job.error)
-    cols = st.columns(4)
+    cols = st.columns([1, 1, 1, 1.4])   # room for "BN distance", cut to "BN dista…" at 1280 px
     cols[0].metric("accuracy", f"{last['teacher_accuracy']:.0%}" if last else "–",
                    help="Teacher accuracy on the synthesized batch: argmax T(x̂) = y")
     cols[1].metric("confidence", f"{last['mean_confidence']:.2f}" if last else "–",
@@ -253,6 +255,9 @@ def render_progress_and_grid(job: ModelInversion) -> None:
 def render_curves(job: ModelInversion) -> None:
     st.markdown("**Loss terms** (unweighted) and teacher accuracy on the batch; grey dashed verticals: live changes")
     history, updates = list(job.history), list(job.updates)
+    if not history and job.running:   # an empty chart read as a broken one for the first seconds
+        st.caption("The curves start with the first step.")
+        return
     figure = cached("curves", (job.id, len(history), len(updates)), lambda: loss_curves_figure(history, updates))
     st.plotly_chart(figure, key="live_curves")
     if late := (job.result or {}).get("late_updates"):
