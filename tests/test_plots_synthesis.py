@@ -207,3 +207,13 @@ def test_a_sure_but_wrong_batch_is_called_collapsed_only_when_it_lasts():
     assert collapse_warning([collapsed] * (COLLAPSE_STEPS - 1)) == ""
     assert collapse_warning([collapsed] * (COLLAPSE_STEPS - 1) + [forming]) == ""
     assert collapse_warning([{"teacher_accuracy": 0.95, "mean_confidence": 0.9}] * 50) == ""
+
+
+def test_accuracy_against_images_made_shows_how_far_each_count_took_the_student():
+    from dfkd_core.plots.distill import accuracy_curves_figure
+    curve = [{"images_synthesized": n, "student_steps": s, "student_accuracy": a}
+             for n, s, a in [(0, 0, 0.1), (0, 20, 0.4), (0, 40, 0.6), (200, 60, 0.62), (200, 80, 0.72), (400, 100, 0.9)]]
+    by_images = accuracy_curves_figure({"run": curve}, "images_synthesized").data[0]
+    assert list(by_images.x) == [0, 200, 400] and list(by_images.y) == [0.6, 0.72, 0.9]   # no columns of dots
+    by_steps = accuracy_curves_figure({"run": curve}, "student_steps").data[0]
+    assert len(by_steps.x) == 6   # every evaluation against the steps

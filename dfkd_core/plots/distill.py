@@ -40,10 +40,16 @@ def accuracy_curves_figure(curves: Mapping[str, Sequence[Mapping]], x: str = "im
         colour = PALETTE[i % len(PALETTE)]
         points = [(r[x], r["student_accuracy"]) for r in rows
                   if _finite(r.get(x)) and _finite(r.get("student_accuracy"))]
+        reached = ""
+        if x == "images_synthesized":
+            # The student learns between rounds, so every evaluation at one count drew a column of dots; what the
+            # chart asks is how far that many images took it: the last evaluation before the next ones arrived.
+            points = [p for p, after in zip(points, points[1:] + [None]) if after is None or after[0] != p[0]]
+            reached = " (last evaluation at this count)"
         figure.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], name=label,
                                     mode="lines+markers", marker={"size": 5}, line={"color": colour},
                                     hovertemplate=f"{label}<br>{AXIS_TITLES[x]} %{{x}}<br>student %{{y:.1%}}"
-                                                  "<extra></extra>"))
+                                                  f"{reached}<extra></extra>"))
         teacher = teacher_accuracy.get(label)
         if _finite(teacher) and (not shared_teacher or i == 0):
             figure.add_hline(y=teacher, line={"dash": "dash", "color": "#555" if shared_teacher else colour,

@@ -87,7 +87,8 @@ def render_progress(job: DistillJob) -> None:
                         lambda: png_data_uri(image_grid_png(snap.images, snap.labels, ncols=10, max_rows=4))),
                  output_format="PNG")
         st.caption(f"the images at step {snap.step + 1}: the teacher's prediction and confidence under each "
-                   "(green = the class it was made for)")
+                   "(green = the class it was made for). A red one still teaches: the student learns the teacher's "
+                   "whole output on each image, not the class it was made for.")
 
 
 def render_curves(job: DistillJob) -> None:
