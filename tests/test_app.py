@@ -405,6 +405,30 @@ def test_the_teacher_page_opens_on_a_teacher_picked_elsewhere_and_on_its_dataset
     assert at.sidebar.selectbox(key="distill_teacher").value == teacher_home.teacher_id
 
 
+from pages.views.common import KEPT_WIDGETS  # noqa: E402
+
+
+def test_the_teacher_pages_data_folder_reaches_the_other_pages(teacher_home, tmp_path):
+    """A user's own data folder typed on the Teacher page was forgotten on Synthesize (Streamlit drops a widget's
+    value on pages that do not draw it), so its nearest-real-image panel said the folder was missing."""
+    run = teacher_home.create("teacher", {}, method="bncnn3_w16", dataset="fashion-mnist", name="a fashion teacher")
+    save_checkpoint(run.path("model.pt"), create_model("bncnn3_w16", image_size=28), dataset_info("fashion-mnist"))
+    run.set_status("done", summary={"test_accuracy": 0.9})
+    at = app("pages/teacher.py")
+    at.selectbox(key="teacher_dataset").set_value("fashion-mnist").run()
+    folder = tmp_path / "my fashion folder"
+    at.text_input(key="data_root_fashion-mnist").set_value(str(folder)).run()
+    at.switch_page("pages/synthesize.py").run()
+    assert not at.exception, at.exception
+    # In the browser the box's own value was gone on this page (AppTest keeps it): read with the kept copy alone.
+    state = {KEPT_WIDGETS: at.session_state[KEPT_WIDGETS]}
+    from pages.views import common
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common.st, "session_state", state)
+        assert common.data_root_setting("fashion-mnist") == str(folder)
+        assert common.data_root_setting("cifar10") is None
+
+
 def test_a_stopped_teacher_is_offered_marked_partial(home, digits_teacher):
     run = home.create("teacher", {}, method="bncnn3_w32", dataset="digits", name="bncnn3_w32 on digits")
     shutil.copy(digits_teacher.path, run.path("model.pt"))

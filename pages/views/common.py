@@ -201,7 +201,9 @@ def data_root_key(dataset: str) -> str:
 def data_root_setting(dataset: str) -> str | None:
     """Where this tab reads `dataset` from: the Teacher page's "Data folder" (None: $DFKD_<NAME>, then the default,
     as on the command line). Never a checkpoint's: a teacher made on another machine names its dataset, not a path."""
-    return st.session_state.get(data_root_key(dataset)) or None
+    key = data_root_key(dataset)
+    # On any other page Streamlit has dropped the Teacher page's widget value: `keep_widget_state` keeps it.
+    return st.session_state.get(key) or st.session_state.get(KEPT_WIDGETS, {}).get(key) or None
 
 
 def real_test_split_or_stop(info: DatasetInfo) -> ImageSplit:
@@ -352,10 +354,13 @@ def start_stop_buttons(job: Job | None, start: Callable[[], Job], *, label: str 
         st.error(st.session_state.pop(error_key))
 
 
+KEPT_WIDGETS = "_kept_widgets"
+
+
 def keep_widget_state(*keys: str) -> None:
     """Streamlit forgets a widget's value when its page is not shown; call at the top of a page to keep the
     values of these widget keys across page switches."""
-    shadow = st.session_state.setdefault("_kept_widgets", {})
+    shadow = st.session_state.setdefault(KEPT_WIDGETS, {})
     for key in keys:
         if key in st.session_state:
             shadow[key] = st.session_state[key]
