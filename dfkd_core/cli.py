@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 import time
 from contextlib import contextmanager
 
@@ -290,7 +291,13 @@ def _add_extra_commands(sub) -> None:
         module.add_commands(sub)
 
 
+def _note_line(message, category, filename, lineno, line=None) -> str:
+    """A library warning as one line (`note: …`), not Python's file:line form."""
+    return f"note: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _note_line
     try:
         try:
             args = build_parser().parse_args(argv)   # --help prints, then exits

@@ -182,6 +182,9 @@ class TeacherTraining(Job):
         summary = {"model": self.config.model, "dataset": self.config.dataset, "steps": steps,
                    "epochs_done": steps / self.steps_per_epoch, "parameters": sum(p.numel() for p in
                                                                                   self.model.parameters())}
+        notes = [split.note for split in (self.train_split, self.test_split) if split.note]
+        if notes:   # images resized, a class without test images: said with the result, not only while loading
+            summary["data_note"] = "; ".join(notes)
         if status == "done":
             result = evaluate(self.model, self.test_split, self.device)
             summary.update({"test_accuracy": result["accuracy"], "test_loss": result["loss"],

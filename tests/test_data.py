@@ -78,7 +78,8 @@ def test_imagefolder_layout(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             Image.new("RGB", (20, 24), color=(10, 200, 30)).save(tmp_path / split / cls / "a.png")
-    s = load_split("imagefolder", "train", root=str(tmp_path), image_size=16)
+    with pytest.warns(UserWarning, match="resized to 16x16"):
+        s = load_split("imagefolder", "train", root=str(tmp_path), image_size=16)
     assert s.images.shape == (2, 3, 16, 16) and s.info.class_names == ["cat", "dog"] and s.info.num_classes == 2
 
 
@@ -117,3 +118,96 @@ def test_a_checkpoint_names_its_dataset_not_where_its_files_were(tmp_path, monke
     payload["dataset"]["root"] = str(tmp_path / "a")   # as checkpoints written before this fix recorded it
     torch.save(payload, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt").dataset.root is None
+
+
+def _image_folder(root, layout: dict, size=(16, 16)):
+    """layout: split → {class: number of images}; each class's images one grey level, so labels can be checked."""
+    from PIL import Image
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", size, color=10 * (ord(cls[0]) - 96)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_an_imagefolder_test_split_is_labelled_by_train_s_classes_even_without_one_of_them(tmp_path):
+    """val/ numbered its own classes: without 'b', val's 'c' images were labelled 1 ('b') and a 98% teacher
+    scored 11%."""
+    root = _image_folder(tmp_path, {"train": {"a": 2, "b": 2, "c": 2}, "val": {"a": 1, "c": 3}})
+    with pytest.warns(UserWarning, match=r"val/ has no images of b"):
+        test = load_split("imagefolder", "test", root=str(root), image_size=16)
+    assert test.labels.tolist() == [0, 2, 2, 2] and test.info.class_names == ["a", "b", "c"]
+    assert test.images[1:, 0].float().mean() == 30   # the 'c' images (grey 30) carry c's label
+    assert "no images of b" in test.note
+
+
+def test_imagefolder_mistakes_are_refused_with_the_folder_named(tmp_path):
+    from dfkd_core.data import DatasetMissingError
+    with pytest.raises(DatasetMissingError, match="does not exist"):
+        load_split("imagefolder", "train", root=str(tmp_path / "nope"))
+    with pytest.raises(DatasetMissingError, match=r"has no train/ subdirectory: the layout is .*/train/<class>"):
+        load_split("imagefolder", "train", root=str(tmp_path))
+    extra = _image_folder(tmp_path / "extra", {"train": {"a": 1, "b": 1}, "test": {"a": 1, "z": 1}})
+    with pytest.raises(DatasetMissingError, match=r"class folders that train/ lacks: z"):
+        load_split("imagefolder", "test", root=str(extra))
+    empty = _image_folder(tmp_path / "empty", {"train": {"a": 1, "b": 0}})
+    with pytest.raises(DatasetMissingError, match=r"no images for b"):
+        load_split("imagefolder", "train", root=str(empty))
+    broken = _image_folder(tmp_path / "broken", {"train": {"a": 2}})
+    (broken / "train" / "a" / "broken.png").write_text("not an image")
+    (broken / "train" / "a" / "notes.txt").write_text("skipped: not an image extension")
+    with pytest.raises(DatasetMissingError, match=r"1 file\(s\) .* cannot be read as images: .*broken\.png"):
+        load_split("imagefolder", "train", root=str(broken))
+
+
+def test_imagefolder_says_when_it_resizes(tmp_path):
+    root = _image_folder(tmp_path, {"train": {"a": 2}}, size=(64, 48))
+    with pytest.warns(UserWarning, match=r"2 of 2 train/ images resized to 32x32 \(found 64x48\)"):
+        split = load_split("imagefolder", "train", root=str(root))
+    assert split.images.shape == (2, 3, 32, 32) and "resized" in split.subset(1).note
+
+
+def _cifar_batch(path, n, label_key=b"labels", labels=None):
+    import pickle
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    with open(path, "wb") as f:
+        pickle.dump({label_key: labels if labels is not None else [i % 10 for i in range(n)], b"data": data,
+                     b"batch_label": b"x"}, f)
+    return data
+
+
+def test_a_cifar10_folder_of_other_data_loads_without_the_official_checksums(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    first = _cifar_batch(folder / "data_batch_1", 4)
+    for i in range(2, 6):
+        _cifar_batch(folder / f"data_batch_{i}", 3)
+    _cifar_batch(folder / "test_batch", 5)
+    train = load_split("cifar10", "train", root=str(tmp_path))
+    assert train.images.shape == (16, 3, 32, 32) and train.labels[:4].tolist() == [0, 1, 2, 3]
+    assert torch.equal(train.images[0].flatten(), torch.from_numpy(first[0]))   # channel-major rows, as CIFAR's
+    assert len(load_split("cifar10", "test", root=str(tmp_path))) == 5
+
+
+def test_a_cifar10_folder_is_checked_before_anything_runs(tmp_path):
+    import os
+    import pickle
+    from dfkd_core.data import DatasetMissingError
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    _cifar_batch(folder / "test_batch", 2)
+    with pytest.raises(DatasetMissingError, match=r"lacks data_batch_1, .*data_batch_5"):
+        load_split("cifar10", "train", root=str(tmp_path))
+    _cifar_batch(folder / "test_batch", 2, labels=[3, 12])
+    with pytest.raises(DatasetMissingError, match="labels must be 0-9"):
+        load_split("cifar10", "test", root=str(tmp_path))
+
+    class Payload:   # a pickle that would run a command when loaded
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
+    with pytest.raises(DatasetMissingError, match="is not a CIFAR-10 batch"):
+        load_split("cifar10", "test", root=str(tmp_path))
+    assert not (tmp_path / "pwned").exists()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import struct
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,6 +92,7 @@ class ImageSplit:
     images: torch.Tensor
     labels: torch.Tensor
     info: DatasetInfo
+    note: str = ""          # what loading changed or found odd (images resized, a class without test images)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,7 +106,7 @@ class ImageSplit:
         """`n` images drawn without replacement (seeded); the whole split when it has no more than `n`."""
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n]
-        return ImageSplit(self.images[idx], self.labels[idx], self.info)
+        return ImageSplit(self.images[idx], self.labels[idx], self.info, self.note)
 
 
 # ---------------------------------------------------------------- digits (embedded in scikit-learn)
@@ -164,37 +167,121 @@ def _fashion_split(split: str, root: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
 
-# ---------------------------------------------------------------- CIFAR-10 and ImageFolder (torchvision)
+# ---------------------------------------------------------------- CIFAR-10 and ImageFolder (torchvision layouts)
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """The python-version CIFAR-10 batches are pickles: only what a batch holds (dicts, lists, bytes, numpy arrays)
+    may be built, so a foreign pickle in a data folder cannot run code (as `torch.load(weights_only=True)` for
+    checkpoints)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
 
 def _cifar10_split(split: str, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import CIFAR10
-
+    """The torchvision layout read directly: torchvision's reader also checks each file's MD5 against the official
+    release, so any other data in that layout was reported 'not found'."""
     if root is None:
         raise DatasetMissingError("CIFAR-10 needs --data-root (or $DFKD_CIFAR10): the directory holding "
-                                  "'cifar-10-batches-py'.")
-    try:
-        ds = CIFAR10(root, train=(split == "train"), download=False)
-    except RuntimeError as e:
-        raise DatasetMissingError(f"CIFAR-10 not found under {root} (torchvision layout expected: "
-                                  f"{root}/cifar-10-batches-py). Nothing is downloaded at run time.") from e
-    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets).long()
+                                  f"'{CIFAR10_FOLDER}'.")
+    folder = Path(root) / CIFAR10_FOLDER
+    missing = [name for name in CIFAR10_FILES[split] if not (folder / name).is_file()]
+    if missing:
+        raise DatasetMissingError(f"CIFAR-10 not found under {root}: {folder} lacks {', '.join(missing)} (the "
+                                  "torchvision layout: data_batch_1..5 and test_batch, python pickles). Nothing is "
+                                  "downloaded at run time.")
+    images, labels = [], []
+    for name in CIFAR10_FILES[split]:
+        try:
+            with open(folder / name, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="latin1").load()
+            batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            targets = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64).reshape(-1)
+        except Exception as e:   # a truncated file, another format, a pickle of other objects
+            raise DatasetMissingError(f"{folder / name} is not a CIFAR-10 batch ({type(e).__name__}: {e}): a dict "
+                                      "with 'data' (N x 3072 uint8) and 'labels'.") from e
+        if len(targets) != len(data) or (len(targets) and not 0 <= targets.min() <= targets.max() < 10):
+            raise DatasetMissingError(f"{folder / name}: {len(data)} images and {len(targets)} labels, labels "
+                                      "must be 0-9.")
+        images.append(torch.from_numpy(data.copy()))
+        labels.append(torch.from_numpy(targets.copy()))
+    return torch.cat(images), torch.cat(labels)
 
 
-def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
-
+def _imagefolder_classes(root: str | None) -> list[str]:
+    """The classes, train/'s subfolders in sorted order: every split is labelled by this list (a test/ folder
+    numbering its own classes labelled a test set without one class against the wrong classes)."""
     if root is None:
         raise DatasetMissingError("ImageFolder needs --data-root (or $DFKD_IMAGEFOLDER): a directory with train/ "
-                                  "and test/ (or val/).")
+                                  "and test/ (or val/), each holding one folder of images per class.")
+    if not Path(root).is_dir():
+        raise DatasetMissingError(f"ImageFolder root {root} does not exist.")
+    if not (Path(root) / "train").is_dir():
+        raise DatasetMissingError(f"ImageFolder root {root} has no train/ subdirectory: the layout is "
+                                  f"{root}/train/<class>/<images> and {root}/test/<class>/<images> (or val/).")
+    return sorted(p.name for p in (Path(root) / "train").iterdir() if p.is_dir())
+
+
+def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from torchvision.transforms import v2
+
+    classes = _imagefolder_classes(root)
     candidates = ["train"] if split == "train" else ["test", "val"]
     folder = next((Path(root) / c for c in candidates if (Path(root) / c).is_dir()), None)
     if folder is None:
         raise DatasetMissingError(f"ImageFolder root {root} has no {' or '.join(candidates)}/ subdirectory.")
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
-    ds = ImageFolder(str(folder), transform=tf)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    return images, torch.tensor(ds.targets).long(), ds.classes
+    here = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    foreign = [name for name in here if name not in classes]
+    if foreign:
+        raise DatasetMissingError(f"{folder} has class folders that train/ lacks: {', '.join(foreign)}. Every "
+                                  f"split is labelled by train/'s classes ({', '.join(classes)}).")
+    samples = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
+               for path in sorted((folder / name).iterdir()) if path.suffix.lower() in IMG_EXTENSIONS]
+    counts = torch.bincount(torch.tensor([label for _, label in samples], dtype=torch.long),
+                            minlength=len(classes))
+    empty = [classes[k] for k in range(len(classes)) if counts[k] == 0]
+    if split == "train" and empty:
+        raise DatasetMissingError(f"{folder} has no images for {', '.join(empty)}: add some or remove the "
+                                  "folder (a class the teacher never sees cannot be learnt or inverted).")
+    if not samples:
+        raise DatasetMissingError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}).")
+    resize = v2.Resize((image_size, image_size), antialias=True)
+    images, unreadable, sizes = [], [], {}
+    for path, _ in samples:
+        try:
+            with Image.open(path) as picture:
+                picture = picture.convert("RGB")
+                sizes[picture.size] = sizes.get(picture.size, 0) + 1
+                images.append(resize(v2.functional.pil_to_tensor(picture)))
+        except Exception as e:   # PIL's UnidentifiedImageError, a truncated file
+            unreadable.append(f"{path} ({type(e).__name__})")
+    if unreadable:
+        raise DatasetMissingError(f"{len(unreadable)} file(s) in {folder} cannot be read as images: "
+                                  + "; ".join(unreadable[:3]) + ("…" if len(unreadable) > 3 else "")
+                                  + ". Remove or replace them.")
+    notes = []
+    resized = sum(n for size, n in sizes.items() if size != (image_size, image_size))
+    if resized:
+        found = ", ".join(f"{w}x{h}" for w, h in sorted(sizes, key=sizes.get, reverse=True)[:3])
+        notes.append(f"{resized:,} of {len(samples):,} {folder.name}/ images resized to {image_size}x{image_size} "
+                     f"(found {found}{', …' if len(sizes) > 3 else ''})")
+    if empty:
+        notes.append(f"{folder.name}/ has no images of {', '.join(empty)}: accuracy there covers the other classes")
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+    return torch.stack(images), labels, "; ".join(notes)
 
 
 # ---------------------------------------------------------------- registry
@@ -216,9 +303,7 @@ def dataset_info(name: str, root: str | None = None, image_size: int | None = No
     num_classes, channels, size, mean, std, classes = DATASETS[name]
     size = image_size or size
     if name == "imagefolder":
-        if root is None or not (Path(root) / "train").is_dir():
-            raise DatasetMissingError("ImageFolder needs --data-root with a train/ subdirectory.")
-        classes = sorted(p.name for p in (Path(root) / "train").iterdir() if p.is_dir())
+        classes = _imagefolder_classes(root)
         num_classes = len(classes)
     return DatasetInfo(name, num_classes, channels, size, list(mean), list(std), list(classes), root)
 
@@ -231,6 +316,7 @@ def load_split(name: str, split: str = "train", root: str | None = None,
         raise ValueError(f"split must be 'train' or 'test', got '{split}'")
     root = resolve_data_root(name, root)
     info = dataset_info(name, root, image_size)
+    note = ""
     if name == "digits":
         images, labels = _digits_split(split)
     elif name == "fashion-mnist":
@@ -238,5 +324,7 @@ def load_split(name: str, split: str = "train", root: str | None = None,
     elif name == "cifar10":
         images, labels = _cifar10_split(split, root)
     else:
-        images, labels, _ = _imagefolder_split(split, root, info.image_size)
-    return ImageSplit(images, labels, info)
+        images, labels, note = _imagefolder_split(split, root, info.image_size)
+        if note:   # the command line shows warnings; pages and summaries read `note`
+            warnings.warn(note + ".", stacklevel=2)
+    return ImageSplit(images, labels, info, note)
