@@ -428,6 +428,23 @@ def test_real_data_is_read_where_the_user_says_never_where_the_teacher_was(tmp_p
     assert len(job.real_split("test")) == 3
 
 
+def test_the_cli_says_where_a_folder_is_needed_and_where_a_recipe_was_measured(tmp_path, capsys, monkeypatch):
+    from tiny_imagefolder import lenet_teacher, make_imagefolder
+
+    from dfkd_core.cli import main
+    monkeypatch.delenv("DFKD_IMAGEFOLDER", raising=False)
+    root = make_imagefolder(tmp_path / "data", per_class=2)
+    teacher = lenet_teacher(root, tmp_path)
+    args = ["--home", str(tmp_path / "home"), "distill", "--teacher", str(teacher.path), "--method", "noise",
+            "--student", "lenet5_half", "--steps", "2", "--recipe", "digits-quick"]
+    with pytest.raises(SystemExit, match="scored on the real test images of the teacher's dataset: ImageFolder "
+                                         "needs a data folder"):
+        main(args)
+    assert main(args + ["--data-root", str(root)]) == 0
+    assert ("note: recipe digits-quick was measured on digits; this teacher is on imagefolder"
+            in capsys.readouterr().err)
+
+
 def test_the_live_phase_label_says_synthesizing_while_a_round_is_made(digits_teacher):
     """Trajectory KD steps happen during synthesis: they must not read as 'KD, 0 images synthesized'."""
     config = DistillConfig(method="deepinversion", images=40, kd_steps_per_round=2, steps=3, batch_size=16,

@@ -192,8 +192,8 @@ def _cifar10_split(split: str, root: str | None) -> tuple[torch.Tensor, torch.Te
     """The torchvision layout read directly: torchvision's reader also checks each file's MD5 against the official
     release, so any other data in that layout was reported 'not found'."""
     if root is None:
-        raise DatasetMissingError("CIFAR-10 needs --data-root (or $DFKD_CIFAR10): the directory holding "
-                                  f"'{CIFAR10_FOLDER}'.")
+        raise DatasetMissingError("CIFAR-10 needs a data folder (the CLI's --data-root, the Teacher page's Data "
+                                  f"folder, or $DFKD_CIFAR10): the directory holding '{CIFAR10_FOLDER}'.")
     folder = Path(root) / CIFAR10_FOLDER
     missing = [name for name in CIFAR10_FILES[split] if not (folder / name).is_file()]
     if missing:
@@ -223,8 +223,9 @@ def _imagefolder_classes(root: str | None) -> list[str]:
     """The classes, train/'s subfolders in sorted order: every split is labelled by this list (a test/ folder
     numbering its own classes labelled a test set without one class against the wrong classes)."""
     if root is None:
-        raise DatasetMissingError("ImageFolder needs --data-root (or $DFKD_IMAGEFOLDER): a directory with train/ "
-                                  "and test/ (or val/), each holding one folder of images per class.")
+        raise DatasetMissingError("ImageFolder needs a data folder (the CLI's --data-root, the Teacher page's Data "
+                                  "folder, or $DFKD_IMAGEFOLDER): a directory with train/ and test/ (or val/), each "
+                                  "holding one folder of images per class.")
     if not Path(root).is_dir():
         raise DatasetMissingError(f"ImageFolder root {root} does not exist.")
     if not (Path(root) / "train").is_dir():

@@ -120,7 +120,16 @@ def cmd_distill(args, store) -> int:
     world = init_from_environment(config.device)   # torchrun's processes join one group; a plain run: none
     try:
         config.device = world.device_name(config.device)
-        load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
+        try:
+            load_split(teacher.dataset.name, "test", config.data_root, teacher.dataset.image_size)
+        except DatasetMissingError as e:   # the teacher's run knows its folder, but a folder is this machine's
+            raise DatasetMissingError(f"the student is scored on the real test images of the teacher's dataset: "
+                                      f"{e}") from e
+        measured_on = RECIPES.get(getattr(args, "recipe", None) or "", {}).get("dataset")
+        if measured_on and measured_on != teacher.dataset.name and world.leader:
+            print(f"note: recipe {args.recipe} was measured on {measured_on}; this teacher is on "
+                  f"{teacher.dataset.name}: its settings run, its times and accuracies were not measured there",
+                  file=sys.stderr)
         if args.pool:
             config.pool = pool_setting(store, args.pool)
         job = DistillJob(teacher, config, world=world)   # loads and checks config.pool
