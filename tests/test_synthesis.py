@@ -181,3 +181,6 @@ def test_run_titles_tell_runs_apart():
     b = SynthesisConfig.preset("deepinversion", "digits", alpha_f=1.0).title()
     assert a != b and a.startswith("DeepInversion α_f=0.3") and "B=100×200" in a
     assert "α_c=1" in SynthesisConfig.preset("adi", "digits").title()
+    # the DeepInversion preset with α_f moved to 0 is no longer DeepInversion: its name must not say it is
+    assert SynthesisConfig.preset("deepinversion", "digits", alpha_f=0.0).title().startswith(
+        "DeepInversion without BN matching α_f=0 ")

@@ -251,6 +251,7 @@ def run_comparison_figure(histories: Mapping[str, Sequence[Mapping]], keys: Sequ
     for i, (name, marks) in enumerate((updates or {}).items()):
         for update in marks:
             fig.add_vline(x=update["step"], line=dict(color=palette[i % len(palette)], dash="dash", width=1))
+    fig.update_xaxes(title_text="step", row=len(keys), col=1)
     fig.update_layout(height=max(300, height_per_row * len(keys)), margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h", y=-0.08))
+                      legend=dict(orientation="h", y=-0.08 - 0.1 / max(1, len(keys))))
     return fig

@@ -101,7 +101,10 @@ class SynthesisConfig(Config):
         names = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
         weights = ([("α_f", self.alpha_f), ("α_tv", self.alpha_tv)] + ([("α_c", self.alpha_c)] if self.alpha_c else [])
                    + ([("α_cr", self.alpha_cr)] if self.alpha_cr else []))
-        return (f"{names.get(self.method, self.method)} " + " ".join(f"{k}={v:g}" for k, v in weights)
+        name = names.get(self.method, self.method)
+        if self.method != "deepdream" and not self.alpha_f:   # α_f = 0 is DeepDream's objective whatever the preset
+            name += " without BN matching"
+        return (f"{name} " + " ".join(f"{k}={v:g}" for k, v in weights)
                 + f" lr={self.lr:g} B={self.batch_size}×{self.iterations}"
                 + (f" seed {self.seed}" if self.seed else ""))
 
