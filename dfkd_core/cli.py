@@ -104,7 +104,7 @@ def cmd_train_teacher(args, store: RunStore) -> int:
     except (DatasetMissingError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     run = store.create("teacher", config.to_dict(), method=config.model, dataset=config.dataset,
-                       name=f"{config.model} on {config.dataset}")
+                       name=config.run_name())
     return _run_job(TeacherTraining(config, run), ("loss", "test_accuracy", "epoch"), args.quiet)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dfkd_core.config import Config
-from dfkd_core.data import ImageSplit, load_split
+from dfkd_core.data import ImageSplit, load_split, resolve_data_root
 from dfkd_core.device import autocast, prepare_input, prepare_model, resolve_device
 from dfkd_core.jobs import Job, check_finite
 from dfkd_core.models import check_from_scratch, create_model, save_checkpoint
@@ -117,6 +118,12 @@ class TeacherConfig(Config):
         return self.replace(model=self.model or DEFAULT_TEACHER[self.dataset],
                             epochs=self.epochs or DEFAULT_EPOCHS[self.dataset])
 
+    def run_name(self) -> str:
+        """'bncnn3_w16 on digits'; for a user's own data also its folder ('… on imagefolder (shoes)'): teachers of
+        two folders were otherwise told apart only by their ids."""
+        root = resolve_data_root(self.dataset, self.data_root) if self.dataset in ("imagefolder", "cifar10") else None
+        return f"{self.model} on {self.dataset}" + (f" ({Path(root).name})" if root else "")
+
 
 class TeacherTraining(Job):
     """Train a classifier on a real dataset (AdamW, one-cycle LR), evaluate on the test split every epoch."""
@@ -209,7 +216,7 @@ def train_teacher(config: TeacherConfig, store=None) -> TeacherTraining:
     config = job.config
     if store is not None:
         job.run_record = store.create("teacher", config.to_dict(), method=config.model, dataset=config.dataset,
-                                      name=f"{config.model} on {config.dataset}")
+                                      name=config.run_name())
     job.run()
     return job
 

@@ -108,7 +108,7 @@ with train_tab:
         config.validate()
         real_test_split(dataset, root)  # a bad setting or a missing dataset is the user's fix, not a failed run
         run = get_store().create("teacher", config.to_dict(), method=model, dataset=dataset,
-                                 name=f"{model} on {dataset}")
+                                 name=config.run_name())
         return submit(lambda: TeacherTraining(config, run), run, label=f"teacher {model} on {dataset}")
 
     start_stop_buttons(training, train, label="Train")

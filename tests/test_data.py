@@ -211,3 +211,12 @@ def test_a_cifar10_folder_is_checked_before_anything_runs(tmp_path):
     with pytest.raises(DatasetMissingError, match="is not a CIFAR-10 batch"):
         load_split("cifar10", "test", root=str(tmp_path))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_teacher_of_a_users_folder_is_named_by_the_folder(tmp_path, monkeypatch):
+    from dfkd_core.training import TeacherConfig
+    assert TeacherConfig(dataset="digits").resolved().run_name() == "bncnn3_w32 on digits"
+    named = TeacherConfig(dataset="imagefolder", model="bncnn3_w16", data_root=str(tmp_path / "shoes"))
+    assert named.run_name() == "bncnn3_w16 on imagefolder (shoes)"
+    monkeypatch.setenv("DFKD_CIFAR10", str(tmp_path / "my-cifar"))   # the folder the run reads, wherever it is set
+    assert TeacherConfig(dataset="cifar10", model="bncnn3_w16").run_name() == "bncnn3_w16 on cifar10 (my-cifar)"
