@@ -123,8 +123,13 @@ compare_panel(teacher_run, bn, lambda: config_from_knobs(st.session_state["prese
                                                          sorted(st.session_state.get("synth_targets") or [])),
               st.session_state[knob_key("pace")], running, job)
 if job is None:
+    pace, iterations = st.session_state[knob_key("pace")], st.session_state[knob_key("iterations")]
+    # A digits run at full pace is over in seconds: too quick to move a slider in front of a class.
+    quick = (f" At most {pace:g} steps/s, its {iterations:,} iterations take at least {iterations / pace:.0f} s: "
+             "lower **pace** or raise **iterations** in the sidebar for time to steer it."
+             if pace and iterations / pace < 30 else "")
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
-            "watch the batch turn from noise into images the teacher recognizes.")
+            f"watch the batch turn from noise into images the teacher recognizes.{quick}")
     render_idle(teacher_run)
 render_live(job)
 if job is not None and not job.running and job.run_record is not None and hasattr(job, "x"):
