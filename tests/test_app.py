@@ -412,9 +412,11 @@ def test_the_teacher_page_opens_on_a_teacher_picked_elsewhere_and_on_its_dataset
 from pages.views.common import KEPT_WIDGETS  # noqa: E402
 
 
-def test_the_teacher_pages_data_folder_reaches_the_other_pages(teacher_home, tmp_path):
+def test_the_teacher_pages_data_folder_reaches_the_other_pages(teacher_home, tmp_path, monkeypatch):
     """A user's own data folder typed on the Teacher page was forgotten on Synthesize (Streamlit drops a widget's
     value on pages that do not draw it), so its nearest-real-image panel said the folder was missing."""
+    # no real Fashion-MNIST: a split read here would stay in the page cache for the tests after this one
+    monkeypatch.setenv("DFKD_FASHION_MNIST", str(tmp_path / "nowhere"))
     run = teacher_home.create("teacher", {}, method="bncnn3_w16", dataset="fashion-mnist", name="a fashion teacher")
     save_checkpoint(run.path("model.pt"), create_model("bncnn3_w16", image_size=28), dataset_info("fashion-mnist"))
     run.set_status("done", summary={"test_accuracy": 0.9})
