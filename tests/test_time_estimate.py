@@ -74,6 +74,7 @@ def test_the_cli_prints_the_same_plan_before_a_run_of_a_stored_teacher(tmp_path,
     assert main(args) == 0
     first = capsys.readouterr()
     assert "time: 20 student steps; no earlier run" in first.err
+    assert "plan: 20 steps = 20 student steps" in first.err, first.err
     assert main(args[:-1] + ["100"]) == 0
     second = capsys.readouterr().err
     earlier = min(RunStore(home).list(kind="distill"), key=lambda r: r.created)

@@ -141,6 +141,8 @@ def cmd_distill(args, store) -> int:
             job.run_record = store.hand_over(args.attach_run)
         elif world.leader:
             teacher_id = store.run_id_of(teacher.path)
+            if not args.quiet:   # --steps 60 made 100 student steps: the per-round KD steps come on top
+                print(f"plan: {job.method.describe_plan()}", file=sys.stderr)
             if teacher_id and not args.quiet:   # the app shows the same line before its Start
                 print(f"time: {planned_time(job, store, teacher_id, world.world).describe()}", file=sys.stderr)
             job.run_record = store.create("distill", {**config.to_dict(), "teacher": teacher.path,
