@@ -139,6 +139,10 @@ def test_an_imagefolder_test_split_is_labelled_by_train_s_classes_even_without_o
         test = load_split("imagefolder", "test", root=str(root), image_size=16)
     assert test.labels.tolist() == [0, 2, 2, 2] and test.info.class_names == ["a", "b", "c"]
     assert test.images[1:, 0].float().mean() == 30   # the 'c' images (grey 30) carry c's label
+    nested = root / "train" / "a" / "more"
+    nested.mkdir()
+    (root / "train" / "a" / "0.png").rename(nested / "0.png")   # a class's subfolders count, as torchvision's
+    assert load_split("imagefolder", "train", root=str(root), image_size=16).labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert "no images of b" in test.note
 
 

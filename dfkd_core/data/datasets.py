@@ -249,8 +249,10 @@ def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[t
     if foreign:
         raise DatasetMissingError(f"{folder} has class folders that train/ lacks: {', '.join(foreign)}. Every "
                                   f"split is labelled by train/'s classes ({', '.join(classes)}).")
+    # Nested folders inside a class count, as torchvision's ImageFolder walks them.
     samples = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
-               for path in sorted((folder / name).iterdir()) if path.suffix.lower() in IMG_EXTENSIONS]
+               for path in sorted((folder / name).rglob("*")) if path.suffix.lower() in IMG_EXTENSIONS
+               and path.is_file()]
     counts = torch.bincount(torch.tensor([label for _, label in samples], dtype=torch.long),
                             minlength=len(classes))
     empty = [classes[k] for k in range(len(classes)) if counts[k] == 0]
