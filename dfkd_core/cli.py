@@ -297,7 +297,7 @@ def _note_line(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _note_line
+    shown_as, warnings.formatwarning = warnings.formatwarning, _note_line   # restored: main() runs inside tests too
     try:
         try:
             args = build_parser().parse_args(argv)   # --help prints, then exits
@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass   # stdout is not a real file (captured in tests): nothing is left to flush into the pipe
         return 141
+    finally:
+        warnings.formatwarning = shown_as
 
 
 if __name__ == "__main__":
