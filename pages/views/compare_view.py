@@ -114,7 +114,7 @@ def render_pair(jobs: list[ModelInversion], choices: list[str]) -> None:
         if per_layer:
             version = tuple(len(j.history) // 5 for j in jobs)
             st.plotly_chart(cached("compare_bn", version, lambda: bn_layer_comparison_figure(per_layer)),
-                            key="compare_bn_chart")
+                            key="compare_bn_chart", config={"displayModeBar": False})   # it hid the title
         histories = {title: list(job.history) for job, title in zip(jobs, titles)}
         keys = [k for k in ("bn_distance", "teacher_accuracy") if all(any(k in h for h in v)
                                                                       for v in histories.values())]

@@ -62,11 +62,12 @@ def inspect_batch(images: torch.Tensor, targets: list[int], teacher_run: str, da
     index = st.number_input("image #", 0, len(shown) - 1, key=f"{key}_index")
     image, target = images[index], targets[index]
     left, middle, right = st.columns(3)
+    # No toolbar on these third-width bar charts: shown on hover, it covered their titles.
     left.plotly_chart(class_probability_figure(class_probabilities(teacher, image), names, target),
-                      key=f"{key}_probabilities")
+                      key=f"{key}_probabilities", config={"displayModeBar": False})
     try:
         middle.plotly_chart(bn_contribution_figure(bn_leave_one_out(teacher, images, index)),
-                            key=f"{key}_bn")
+                            key=f"{key}_bn", config={"displayModeBar": False})
         middle.caption("Δ = the batch's BN distance with this image minus without it, per layer.")
     except ValueError as e:   # no BN layers, or a batch of one
         middle.info(str(e))
