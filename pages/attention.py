@@ -17,8 +17,8 @@ from dfkd_core.plots.representations import (  # noqa: E402
     gradcam_grid_figure, overlap_difference_figure, overlap_histogram_figure, overlap_interval_figure)
 from dfkd_core.stats import Interval  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
-    analysis_job, incomparable, interval_text, model_choices, sample_slider, short_label, show_progress,
-    stored_analyses)
+    analysis_job, incomparable, interval_text, model_choices, newest_student_button, sample_slider, short_label,
+    show_progress, stored_analyses)
 from pages.views.common import (  # noqa: E402
     data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, open_model, real_test_split,
     real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
@@ -156,6 +156,7 @@ with st.sidebar:
                                 help="IoU of the two maps' top regions of this share of the pixels. " + GRAD_CAM)
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
+    newest_student_button(choices, teacher_run, "att_students")
     show_scored_sets(dataset, "Overlap on many images")   # sets scored earlier, or from the CLI, need no student
     st.stop()
 refused = incomparable(open_checkpoint(teacher_run), {ref: open_model(ref, teacher_run) for ref in students}, choices)

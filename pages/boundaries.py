@@ -22,7 +22,7 @@ from dfkd_core.plots.boundary import (  # noqa: E402
 from dfkd_core.stats import Interval  # noqa: E402
 from dfkd_core.synthesis.bss import AttackSettings  # noqa: E402
 from pages.views.analysis_view import (  # noqa: E402
-    analysis_job, incomparable, interval_text, show_progress, stored_analyses)
+    analysis_job, incomparable, interval_text, newest_student_button, show_progress, stored_analyses)
 from pages.views.common import (  # noqa: E402
     checkpoint_runs, data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
     real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
@@ -210,6 +210,7 @@ stored = stored_analyses("boundary", "boundary_pairs.pt", dataset.name)
 if not students and not stored:
     st.info("Pick one or more students in the sidebar (distill runs, or other trained classifiers of the same "
             "dataset) and press **Compare**.")
+    newest_student_button(candidates, teacher_run, "boundary_students")
     st.stop()
 
 st.subheader("Similarity to the teacher")

@@ -59,6 +59,10 @@ def test_page_explains_the_metric_and_asks_for_students(home):
     explanation = " ".join(m.value for m in at.markdown)
     assert r"\mathrm{MagSim}" in explanation and r"\mathrm{AngSim}" in explanation and "p_n^k" in explanation
     assert "Pick one or more students" in at.info[0].value
+    if any(b.key == "boundary_students_newest" for b in at.button):   # where a student of this teacher is stored
+        next(b for b in at.button if b.key == "boundary_students_newest").click().run()
+        assert len(at.sidebar.pills(key="boundary_students").value) == 1
+        at.sidebar.pills(key="boundary_students").set_value([]).run()
     pills = at.sidebar.pills(key="boundary_students")
     assert len(pills.options) == len(home.student_ids)   # both stored students offered
     for option, run_id in zip(sorted(pills.options), sorted(home.student_ids)):

@@ -35,6 +35,20 @@ def analysis_job(cls: type[AnalysisJob], open_key: str) -> AnalysisJob | None:
     return job
 
 
+def newest_student_button(choices: Mapping[str, str], teacher_run: str, state_key: str) -> None:
+    """A button that picks the newest student distilled from `teacher_run` (else the newest distilled student)
+    among `choices` (newest first) into the students widget `state_key`: one click for a demo instead of a search
+    through the sidebar."""
+    store = get_store()
+    students = [store.get_record(ref) for ref in choices if not ref.startswith(UNTRAINED) and not ref.endswith(".pt")]
+    students = [record for record in students if record.kind == "distill"]
+    # this teacher's own student first, else any distilled student of the dataset
+    newest = next((r.id for r in students if r.teacher == teacher_run), students[0].id if students else None)
+    if newest is not None:
+        st.button(f"Compare the newest student: {choices[newest]}", key=f"{state_key}_newest",
+                  on_click=lambda: st.session_state.update({state_key: [newest]}))
+
+
 def show_progress(job: Job | None, render: Callable[[Job], None]) -> None:
     """The analysis job's live progress while it runs, and its error if it failed. A finished analysis is shown
     from the run store instead, like any stored one."""
