@@ -198,7 +198,7 @@ if not is_untrained(student_run):
         st.caption(note)
     else:
         reference = untrained_choice(open_checkpoint(opened_config["teacher"]).name)
-        text, button = st.columns([4, 1], vertical_alignment="center")
+        text, button = st.columns([3, 2], vertical_alignment="center")   # the label whole at 1280 px
         text.caption("Read it against a network that never trained: the first layers of almost any network score "
                      f"high on the same pixels. **{reference.replace(':', ' ', 1)}** (initialised, never trained) "
                      "with these settings gives the floor.")

@@ -70,6 +70,12 @@ def knob_panel(running: bool, bn: bool, method: str, has_student: bool, names: l
     st.subheader("Optimizer and augmentation · live")
     for name in ("lr", "jitter", "flip", "pace"):
         knob_widget(name, running, on_live_change=on_live_change)
+    pace, iterations = st.session_state[knob_key("pace")], st.session_state[knob_key("iterations")]
+    if not running and pace and iterations / pace < 30:
+        # A digits run at full pace is over in seconds: too quick to move a slider in front of a class. Said here,
+        # in the knobs' fragment, so it follows the pace and iterations as they move.
+        st.caption(f"At most {pace:g} steps/s, {iterations:,} iterations take at least {iterations / pace:.0f} s: "
+                   "lower the pace or raise the iterations for time to steer a run.")
     st.subheader("Batch and diversity · fixed per run")
     st.multiselect("target classes y", range(len(names)), format_func=lambda i: names[i], key="synth_targets",
                    disabled=running, placeholder="all classes, cycled")
@@ -123,13 +129,8 @@ compare_panel(teacher_run, bn, lambda: config_from_knobs(st.session_state["prese
                                                          sorted(st.session_state.get("synth_targets") or [])),
               st.session_state[knob_key("pace")], running, job)
 if job is None:
-    pace, iterations = st.session_state[knob_key("pace")], st.session_state[knob_key("iterations")]
-    # A digits run at full pace is over in seconds: too quick to move a slider in front of a class.
-    quick = (f" At most {pace:g} steps/s, its {iterations:,} iterations take at least {iterations / pace:.0f} s: "
-             "lower **pace** or raise **iterations** in the sidebar for time to steer it."
-             if pace and iterations / pace < 30 else "")
     st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
-            f"watch the batch turn from noise into images the teacher recognizes.{quick}")
+            "watch the batch turn from noise into images the teacher recognizes.")
     render_idle(teacher_run)
 render_live(job)
 if job is not None and not job.running and job.run_record is not None and hasattr(job, "x"):

@@ -126,8 +126,12 @@ def test_synthesize_has_every_knob_with_its_equation_and_presets_set_weights(tea
     assert not button(at, "Start").disabled and button(at, "Stop").disabled
     # a digits run at full pace is over in seconds: the page says how to get time to steer it
     iterations, pace = at.session_state[knob_key("iterations")], at.session_state[knob_key("pace")]
-    assert (f"its {iterations:,} iterations take at least {iterations / pace:.0f} s: lower **pace**"
-            in at.info[0].value)
+    said = f"{iterations:,} iterations take at least {iterations / pace:.0f} s: lower the pace"
+    assert any(said in c.value for c in at.sidebar.caption)
+    at.sidebar.select_slider(key=knob_key("pace")).set_value(5).run()   # follows the knob
+    slow_enough = iterations / 5 >= 30   # 200 iterations at 5 steps/s: 40 s, time enough, nothing to say
+    assert any("iterations take at least" in c.value for c in at.sidebar.caption) is not slow_enough
+    at.sidebar.select_slider(key=knob_key("pace")).set_value(pace).run()
     assert not any("Moved from" in c.value for c in at.sidebar.caption)
     at.sidebar.select_slider(key=knob_key("alpha_f")).set_value(0.0).run()   # the radio still says DeepInversion
     at.sidebar.toggle(key=knob_key("flip")).set_value(True).run()

@@ -76,8 +76,8 @@ def test_a_finished_run_offers_one_image_for_inspection(teacher_home):
     lines = [line for t in titles if "probabilities" in t or "share of each" in t for line in t.split("<br>")]
     assert max(map(len, lines)) <= 40, lines
     assert any("among all 1,437 training images" in c.value for c in at.caption)   # digits: every image searched
-    # Under each neighbour, which number is which: '3 · cos 0.83', not a bare '3 0.83'.
-    assert any(" · cos 0." in json.dumps(f, ensure_ascii=False) for f in charts)
+    # Under each neighbour, which number is which, number first so a cut name never hides it: 'cos 0.83 3'.
+    assert any('"cos 0.' in json.dumps(f, ensure_ascii=False) for f in charts)
 
 
 def test_runs_compares_every_two_students_not_only_each_with_the_first(tmp_path):

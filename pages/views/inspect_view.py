@@ -87,13 +87,15 @@ def show_neighbours(teacher, image: torch.Tensor, teacher_run: str, dataset: Dat
                                 real["available"])
     split = real["split"]
     pictures = split.images[found.indices].float() / 255
-    captions = [f"{names[int(y)]} · cos {s:.2f}" for y, s in zip(found.labels, found.similarity)]
+    # The number first: cut to fit a cell, "bag · cos 0…" lost the number; now a long class name loses its end
+    # (whole on hover).
+    captions = [f"cos {s:.2f} {names[int(y)]}" for y, s in zip(found.labels, found.similarity)]
     st.plotly_chart(image_grid_figure(pictures, captions, ncols=3), key=f"{key}_neighbours",
                     config={"displayModeBar": False}, width="content")
     searched = (f"all {found.searched:,}" if found.searched == found.available
                 else f"{found.searched:,} of the {found.available:,} (a seeded random subset)")
-    st.caption(f"Nearest real training images in the teacher's features at `{found.layer}`: under each, its true "
-               f"class and its cosine similarity to this image, among {searched} training images.")
+    st.caption(f"Nearest real training images in the teacher's features at `{found.layer}`: under each, its "
+               f"cosine similarity to this image and its true class, among {searched} training images.")
 
 
 __all__ = ["inspect_batch"]

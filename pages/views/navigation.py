@@ -54,7 +54,9 @@ STALE_CSS = '[data-stale="true"] {transition: opacity 1s ease-in 3s !important;}
 # Streamlit leaves 128 px above a page's title under the 60-px top navigation: on a 1280x720 projector the live grid
 # started below the fold.
 COMPACT_TOP_CSS = ".stMainBlockContainer {padding-top: 4.5rem !important;}"
-APP_CSS = f"<style>{STALE_CSS}\n{COMPACT_TOP_CSS}</style>"
+# A section a link scrolls to (/methods#uncertainty) lands below the top navigation, not half under it.
+ANCHOR_CSS = "[id] {scroll-margin-top: 4.5rem;}"
+APP_CSS = f"<style>{STALE_CSS}\n{COMPACT_TOP_CSS}\n{ANCHOR_CSS}</style>"
 
 
 def run_app() -> None:
