@@ -24,8 +24,8 @@ def accuracy_note(job: DistillJob, accuracy: float | None) -> str:
     if isinstance(final, dict):
         ci = Interval.from_dict(final)
         return (f"Student accuracy on all {ci.units:,} real test images: {ci.format('.2%')} (95%, {ci.method}), as "
-                "in the Result table below" + (": the same resamples of the test images give the ratio to the "
-                "teacher its paired interval (Wilson while it ran)." if "bootstrap" in ci.method else "."))
+                "in the Result table below." + (" While it ran the interval was Wilson's; the final one resamples "
+                "the test images, as the ratio to the teacher needs." if "bootstrap" in ci.method else ""))
     held, total = len(getattr(job, "heldout", None) or []), getattr(job, "test_images", 0)
     if accuracy is None or not held:
         return ""
