@@ -166,8 +166,7 @@ def compare_panel(teacher_run: str, bn: bool, knobs, pace: float, running: bool,
             if not st.toggle(f"Show the last comparison ({names}) here", key="show_last_pair",
                              help="Its two runs are also on the Runs page."):
                 return
-            render_pair(*pair)
-        elif pair is not None:
+        if pair is not None:
             render_pair(*pair)
 
 
