@@ -40,8 +40,10 @@ def result_row(summary: Mapping, name: str = "") -> dict:
                                                                             else "")}
 
 
-RESULT_COLUMNS = {"run": st.column_config.TextColumn(help="the distillation run (partial: stopped before its end, "
-                                                     "its student measured as it was)"),
+# The run's long name kept to a medium column (whole on hover): at full width it pushed the last columns off a
+# 1280-px screen.
+RESULT_COLUMNS = {"run": st.column_config.TextColumn(width="medium", help="the distillation run (partial: stopped "
+                                                     "before its end, its student measured as it was)"),
                   "student acc": st.column_config.NumberColumn(format="%.2f%%", help="the student's accuracy on "
                                                                "the whole real test set"),
                   "student 95% CI": st.column_config.TextColumn(help="95% percentile-bootstrap interval over the "
