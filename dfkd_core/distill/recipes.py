@@ -98,9 +98,11 @@ RECIPES: dict[str, dict] = {
     },
     "fashion-5min": {
         "dataset": "fashion-mnist",
-        "description": "Fashion-MNIST, a DeepInversion student at about 95% of its teacher in 5 minutes on 2 CPU cores "
-                       "with native bf16 (AVX512-BF16 or AMX): 800 inverted images of 150 iterations, 2,800 KD steps at "
-                       "3x the learning rate; in float32 (elsewhere) 10-12 minutes, with teacher echo 2 and 3,800 steps",
+        "description": "Fashion-MNIST, a DeepInversion student at about 95% of its teacher in 4-5 minutes on the "
+                       "2-core AMD EPYC with native bf16 it was measured on (9 on a 2-core Intel Xeon with AVX512-BF16, "
+                       "where bf16 ran slower than float32): 800 inverted images of 150 iterations, 2,800 KD steps at "
+                       "3x the learning rate; in float32 (elsewhere) 10-12 minutes on AVX2, with teacher echo 2 and "
+                       "3,800 steps",
         "methods": {"deepinversion": _FASHION_DI_5MIN},
         "cpu_float32": {"deepinversion": _FASHION_DI_5MIN_FLOAT32},
         "cpu_float32_why": ("The teacher labels every other KD batch (teacher echo), so 3,800 KD steps take the "

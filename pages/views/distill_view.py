@@ -213,8 +213,10 @@ def cpu_bf16_widget(disabled: bool) -> None:
     st.checkbox("bfloat16 on this CPU" + ("" if native else " (none here: float32)"), key=weight_key("cpu_bf16"),
                 disabled=disabled or not native,
                 help="KD and inversion in bfloat16 autocast, on a CPU that computes it natively (AVX512-BF16 or "
-                     "AMX): KD steps about 1.5x faster, numbers differ by rounding (a student measured 0.4 points "
-                     "lower, docs/results.md). On a GPU the run uses bfloat16 autocast anyway."
+                     "AMX): KD steps about 1.5x faster on the AMD EPYC measured, but 0.79x on an Intel Xeon whose "
+                     "flags also say AVX512-BF16 (`benchmarks/cpu_paths.py --switch precision` measures yours); "
+                     "numbers differ by rounding (a student measured 0.4 points lower, docs/results.md). On a GPU the "
+                     "run uses bfloat16 autocast anyway."
                      + ("" if native else " This CPU has no native bf16, so runs stay float32."))
 
 
