@@ -215,7 +215,7 @@ def test_attention_shows_teacher_and_students_side_by_side_with_scores(home):
     assert at.title[0].value == "Attention" and "Pick one or more students" in at.info[0].value
     assert not at.subheader   # no heading over nothing before any set is scored
     newest = next(b for b in at.button if b.key == "att_students_newest")   # one click for a demo
-    assert newest.label.startswith("Compare the newest student: ")
+    assert newest.label.startswith("Pick the newest student: ")
     newest.click().run()
     assert not at.exception and len(at.sidebar.multiselect(key="att_students").value) == 1
     at.sidebar.multiselect(key="att_students").set_value([home.ie["iekd"], home.peer]).run()

@@ -203,7 +203,7 @@ def test_boundaries_compare_starts_on_the_first_click_after_picking_a_student(sh
     page.goto(url + "/boundaries")
     page.locator(FINISHED).wait_for(timeout=60_000)
     page.get_by_role("button", name="noise student").first.click()
-    page.get_by_role("button", name="Compare").click()
+    page.get_by_role("button", name="Compare", exact=True).click()
     deadline = time.time() + 60
     while len(store.list(kind="analysis")) == before and time.time() < deadline:
         time.sleep(0.2)

@@ -45,7 +45,7 @@ def newest_student_button(choices: Mapping[str, str], teacher_run: str, state_ke
     # this teacher's own student first, else any distilled student of the dataset
     newest = next((r.id for r in students if r.teacher == teacher_run), students[0].id if students else None)
     if newest is not None:
-        st.button(f"Compare the newest student: {choices[newest]}", key=f"{state_key}_newest",
+        st.button(f"Pick the newest student: {choices[newest]}", key=f"{state_key}_newest",
                   on_click=lambda: st.session_state.update({state_key: [newest]}))
 
 
