@@ -156,7 +156,7 @@ with st.sidebar:
                                 help="IoU of the two maps' top regions of this share of the pixels. " + GRAD_CAM)
 if not students:
     st.info("Pick one or more students in the sidebar (any stored model of the same dataset).")
-    newest_student_button(choices, teacher_run, "att_students")
+    newest_student_button(choices, teacher_run, dataset.name, "att_students")
     show_scored_sets(dataset, "Overlap on many images")   # sets scored earlier, or from the CLI, need no student
     st.stop()
 refused = incomparable(open_checkpoint(teacher_run), {ref: open_model(ref, teacher_run) for ref in students}, choices)

@@ -210,7 +210,7 @@ stored = stored_analyses("boundary", "boundary_pairs.pt", dataset.name)
 if not students and not stored:
     st.info("Pick one or more students in the sidebar (distill runs, or other trained classifiers of the same "
             "dataset) and press **Compare**.")
-    newest_student_button(candidates, teacher_run, "boundary_students")
+    newest_student_button(candidates, teacher_run, dataset.name, "boundary_students")
     st.stop()
 
 st.subheader("Similarity to the teacher")

@@ -253,8 +253,8 @@ def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[t
     samples = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
                for path in sorted((folder / name).rglob("*")) if path.suffix.lower() in IMG_EXTENSIONS
                and path.is_file()]
-    counts = torch.bincount(torch.tensor([label for _, label in samples], dtype=torch.long),
-                            minlength=len(classes))
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+    counts = torch.bincount(labels, minlength=len(classes))
     empty = [classes[k] for k in range(len(classes)) if counts[k] == 0]
     if split == "train" and empty:
         raise DatasetMissingError(f"{folder} has no images for {', '.join(empty)}: add some or remove the "
@@ -283,7 +283,6 @@ def _imagefolder_split(split: str, root: str | None, image_size: int) -> tuple[t
                      f"(found {found}{', …' if len(sizes) > 3 else ''})")
     if empty:
         notes.append(f"{folder.name}/ has no images of {', '.join(empty)}: accuracy there covers the other classes")
-    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     return torch.stack(images), labels, "; ".join(notes)
 
 

@@ -35,13 +35,11 @@ def analysis_job(cls: type[AnalysisJob], open_key: str) -> AnalysisJob | None:
     return job
 
 
-def newest_student_button(choices: Mapping[str, str], teacher_run: str, state_key: str) -> None:
-    """A button that picks the newest student distilled from `teacher_run` (else the newest distilled student)
-    among `choices` (newest first) into the students widget `state_key`: one click for a demo instead of a search
+def newest_student_button(choices: Mapping[str, str], teacher_run: str, dataset: str, state_key: str) -> None:
+    """A button that picks the newest student distilled from `teacher_run` (else the newest distilled student of
+    `dataset`) among `choices` into the students widget `state_key`: one click for a demo instead of a search
     through the sidebar."""
-    store = get_store()
-    students = [store.get_record(ref) for ref in choices if not ref.startswith(UNTRAINED) and not ref.endswith(".pt")]
-    students = [record for record in students if record.kind == "distill"]
+    students = [r for r in checkpoint_runs(("distill",), dataset) if r.id in choices]   # newest first
     # this teacher's own student first, else any distilled student of the dataset
     newest = next((r.id for r in students if r.teacher == teacher_run), students[0].id if students else None)
     if newest is not None:
