@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that contribute sub-commands with an `add_commands(subparsers)` function; each keeps its own parser
 # code so this file stays short. A module not written yet is skipped; an import error inside one is not hidden.
 COMMAND_MODULES = ("dfkd_core.distill.cli", "dfkd_core.analysis.cli", "dfkd_core.analysis.boundary_cli",
-                   "dfkd_core.applications.cli")
+                   "dfkd_core.applications.cli", "dfkd_core.teacher_import.cli")
 
 
 def _add_extra_commands(sub) -> None:

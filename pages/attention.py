@@ -144,7 +144,7 @@ running = job is not None and job.running
 with st.sidebar:
     teacher_run = teacher_or_stop("att_teacher")
     dataset = open_checkpoint(teacher_run).dataset
-    choices, compact = model_choices(dataset.name, exclude=teacher_run, teacher_name=open_checkpoint(teacher_run).name)
+    choices, compact = model_choices(dataset.name, exclude=teacher_run, teacher=open_checkpoint(teacher_run))
     students = st.multiselect("Students", list(choices), format_func=compact.get, key="att_students",
                               max_selections=4, placeholder="distilled students, side by side")
     for ref in students:

@@ -105,7 +105,7 @@ with st.sidebar:
     teacher_run = teacher_or_stop("cka_teacher", disabled=running)
     teacher = open_checkpoint(teacher_run)
     dataset = teacher.dataset
-    choices, compact = model_choices(dataset.name, exclude=teacher_run, teacher_name=teacher.name)
+    choices, compact = model_choices(dataset.name, exclude=teacher_run, teacher=teacher)
     if not choices:
         st.info(f"No other {dataset.name} model is stored: distill a student first (Distill page, or `dfkd distill`).")
         st.stop()
@@ -197,7 +197,7 @@ if not is_untrained(student_run):
     if note is not None:
         st.caption(note)
     else:
-        reference = untrained_choice(open_checkpoint(opened_config["teacher"]).name)
+        reference = untrained_choice(open_checkpoint(opened_config["teacher"]))
         text, button = st.columns([3, 2], vertical_alignment="center")   # the label whole at 1280 px
         text.caption("Read it against a network that never trained: the first layers of almost any network score "
                      f"high on the same pixels. **{reference.replace(':', ' ', 1)}** (initialised, never trained) "

@@ -21,6 +21,7 @@ from pages.views.common import (  # noqa: E402
     CURRENT_TEACHER, MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key, data_root_setting, eta_text,
     get_store, import_checkpoint, keep_widget_state, live, make_current_teacher, open_checkpoint, real_test_split,
     require_job_slot, start_stop_buttons, submit)
+from pages.views.import_view import holds_weights, weights_form  # noqa: E402
 from pages.views.labels import PARTIAL_STATUSES  # noqa: E402
 
 
@@ -90,9 +91,9 @@ st.session_state["teacher_page_current"] = st.session_state.get(CURRENT_TEACHER)
 if training is not None and training.status == "done" and picked == training.run_record.id:
     st.success(f"Trained and stored: **{training.run_record.record().name}** is the teacher selected above, "
                "measured below; its training curves stay under \"Add a teacher\".")
-adding = st.expander("Add a teacher: train one or upload a checkpoint", expanded=picked is None or
-                     (training is not None and training.status != "done"))   # running, or why it stopped
-train_tab, upload_tab = adding.tabs(["Train a new teacher", "Upload a checkpoint"])
+adding = st.expander("Add a teacher: train one, or upload a checkpoint or your own network's weights",
+                     expanded=picked is None or (training is not None and training.status != "done"))
+train_tab, upload_tab = adding.tabs(["Train a new teacher", "Upload a checkpoint or weights"])
 with train_tab:
     cols = st.columns(3)
     models = list_models(from_scratch=True)
@@ -117,23 +118,31 @@ with train_tab:
         st.caption(f"**Time**: {planned_teacher_time(get_store(), planned)}.")
     live(training, render_training)
 with upload_tab:
+    def added(record, notes=()) -> None:
+        # Show the new teacher at once, on its own dataset.
+        st.session_state["teacher_dataset"] = record.dataset
+        make_current_teacher(record.id)
+        st.session_state["upload_message"] = ("success", f"Added {record.name} to the run store as {record.id}."
+                                              + "".join(f"\n- {note}" for note in notes))
+
     def add_upload() -> None:
+        st.session_state.pop("upload_is_weights", None)
         upload = st.session_state.get("teacher_upload")
         if upload is None:
             return
         try:
-            record = import_checkpoint(upload.getvalue(), upload.name)
+            added(import_checkpoint(upload.getvalue(), upload.name))
         except CheckpointError as e:
-            st.session_state["upload_message"] = ("error", f"Not usable as a teacher: {e}")
-            return
-        # Show the new teacher at once, on its own dataset.
-        st.session_state["teacher_dataset"] = record.dataset
-        make_current_teacher(record.id)
-        st.session_state["upload_message"] = ("success", f"Added {record.name} to the run store as {record.id}.")
+            if holds_weights(upload.getvalue()):   # weights without their architecture: ask for it below
+                st.session_state["upload_is_weights"] = True
+            else:
+                st.session_state["upload_message"] = ("error", f"Not usable as a teacher: {e}")
 
     st.file_uploader(f"A dfkd checkpoint (.pt, up to {MAX_CHECKPOINT_MB} MB), saved by `dfkd train-teacher` or "
-                     "`dfkd_core.models.save_checkpoint`", type=["pt", "pth"], key="teacher_upload",
-                     on_change=add_upload)
+                     "`dfkd_core.models.save_checkpoint`, or **your own network's** `torch.save(model.state_dict())` "
+                     "(then say what it is)", type=["pt", "pth"], key="teacher_upload", on_change=add_upload)
+    if st.session_state.get("teacher_upload") is not None and st.session_state.get("upload_is_weights"):
+        weights_form(dataset, root, on_added=added)
     if "upload_message" in st.session_state:
         kind, message = st.session_state.pop("upload_message")
         getattr(st, kind)(message)
@@ -159,7 +168,16 @@ if report:
     st.caption(f"Test accuracy {ci.format('.2%')}: the 95% bootstrap interval over the {ci.units:,} real test "
                "images: intervals made this way contain the teacher's true accuracy (on endless data of this "
                "kind) about 95 times in 100.")
-st.markdown(f"**{checkpoint.name}**: {describe_model(checkpoint.name)}")
+summary = get_store().get_record(picked).summary
+if checkpoint.name == "imported":
+    st.markdown(f"**{checkpoint.model_cfg['arch']}**, imported from `{summary.get('imported', '?')}`: your network "
+                "with your weights, behind the normalization it was trained with")
+else:
+    st.markdown(f"**{checkpoint.name}**: {describe_model(checkpoint.name)}")
+notes = [summary["data_note"]] if summary.get("data_note") else []
+notes += summary.get("import_notes", [])
+if notes:
+    st.info("\n".join(f"- {note}" for note in notes))
 if not bn_layers:
     st.warning("No BatchNorm layers: DeepInversion's feature loss has no statistics to match; only DeepDream "
                "(image priors) can invert this teacher.")

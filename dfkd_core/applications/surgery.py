@@ -74,8 +74,13 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> float:
 def registered_copy(model: nn.Module, base_cfg: dict) -> nn.Module:
     """`model` (pruned in place from a model of `base_cfg`) as the registered `pruned` model with its weights, so
     save_checkpoint can record it; building it also checks that the registry rebuilds this exact architecture."""
-    base = base_cfg.get("base", base_cfg["name"]) if base_cfg["name"] == "pruned" else base_cfg["name"]
+    if base_cfg["name"] == "pruned":
+        base, base_kwargs = base_cfg.get("base"), base_cfg.get("base_kwargs") or {}
+    else:
+        facts = ("name", "num_classes", "in_channels", "image_size")
+        base, base_kwargs = base_cfg["name"], {k: v for k, v in base_cfg.items() if k not in facts}
     rebuilt = create_model("pruned", base_cfg["num_classes"], base_cfg["in_channels"], base_cfg["image_size"],
-                           base=base, channels=conv_channels(model))
+                           base=base, channels=conv_channels(model), **({"base_kwargs": base_kwargs}
+                                                                        if base_kwargs else {}))
     rebuilt.load_state_dict(model.state_dict())
     return rebuilt

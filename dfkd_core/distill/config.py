@@ -28,6 +28,18 @@ def default_student(teacher_name: str) -> str:
     return HALF_WIDTH_STUDENT[teacher_name]
 
 
+def default_student_of(teacher) -> str:
+    """`default_student` of a loaded teacher (a `Checkpoint`). An imported network (`dfkd import-teacher`) gets its
+    architecture's half-width student where one is registered, else that of its dataset's default teacher."""
+    if teacher.name != "imported":
+        return default_student(teacher.name)
+    arch = teacher.model_cfg.get("arch", "")
+    if arch in HALF_WIDTH_STUDENT:
+        return HALF_WIDTH_STUDENT[arch]
+    from dfkd_core.training import DEFAULT_TEACHER
+    return default_student(DEFAULT_TEACHER.get(teacher.dataset.name, arch))
+
+
 @dataclass
 class DistillConfig(Config):
     method: str = "deepinversion"

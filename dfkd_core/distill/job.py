@@ -15,7 +15,7 @@ import torch.nn as nn
 from dfkd_core.data import ImageSplit, load_split
 from dfkd_core.device import prepare_model, resolve_device
 from dfkd_core.distributed import Distributed
-from dfkd_core.distill.config import DistillConfig, default_student
+from dfkd_core.distill.config import DistillConfig, default_student_of
 from dfkd_core.distill.methods import DISTILL_METHODS, DistillMethod
 from dfkd_core.distill.pool import SyntheticPool
 from dfkd_core.distill.resume import RESUME_FILE, RESUME_FORMAT, Progress, clone_state, truncate_metrics
@@ -59,7 +59,7 @@ class DistillJob(Job):
         self.config, self.teacher_checkpoint = config, teacher
         self.teacher: nn.Module = teacher.model
         self.dataset = teacher.dataset
-        self.student_name = config.student or default_student(teacher.name)
+        self.student_name = config.student or default_student_of(teacher)
         if pool is None and resume is not None and resume["pool"] is not None:
             pool = SyntheticPool(self.dataset, resume["pool"]["images"], resume["pool"]["targets"])
         if pool is None and config.pool:   # a path in the config is enough (notebooks); callers may pass it loaded

@@ -89,8 +89,9 @@ def load_tensors(path: str | Path, what: str = "checkpoint", map_location: str |
         raise CheckpointError(
             f"{path} was refused: it is a pickle that needs the Python object {unsafe.group(1)} (a whole model saved "
             f"with torch.save(model) is one), and unpickling an object can run arbitrary code, so dfkd studio reads "
-            f"only tensors and plain containers. If you trust the file, rebuild the model with create_model(...), "
-            f"load its weights yourself and save it with dfkd_core.models.save_checkpoint(...).") from None
+            f"only tensors and plain containers. If you trust the file, load it yourself, save its weights with "
+            f"torch.save(model.state_dict(), path) and bring them in with `dfkd import-teacher --weights path "
+            f"--arch <its architecture>`.") from None
     except Exception as e:  # torch raises many types for a damaged file (IndexError, RuntimeError, EOFError...)
         raise CheckpointError(f"{path} is not a readable {what}: the file is corrupt, truncated or not a PyTorch "
                               f"file (torch: {_torch_detail(e)}).") from None
@@ -106,8 +107,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if all(isinstance(v, torch.Tensor) for v in payload.values()):
             raise CheckpointError(
                 f"{path} is a bare state_dict ({len(payload)} tensors) with no record of its architecture or "
-                "dataset. Rebuild the model with create_model(...), load_state_dict it, and save it with "
-                "dfkd_core.models.save_checkpoint(...).")
+                "dataset. Bring it in with `dfkd import-teacher --weights <file> --arch <its architecture> "
+                "--dataset <its dataset>` (or the Teacher page's upload, which asks for both).")
         raise CheckpointError(f"{path} is not a dfkd checkpoint (keys: {sorted(payload)[:8]})")
     for key in ("model_cfg", "dataset", "state_dict"):
         if not isinstance(payload.get(key), dict):

@@ -30,9 +30,11 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
 
 
 @register_model(derived="made by `dfkd prune` from a trained model")
-def pruned(num_classes=10, in_channels=1, image_size=28, base: str = "", channels: dict | None = None, **_):
+def pruned(num_classes=10, in_channels=1, image_size=28, base: str = "", channels: dict | None = None,
+           base_kwargs: dict | None = None, **_):
     """A registered model with conv filters removed (`dfkd prune`): `base` with `channels` filters per conv."""
-    model = create_model(base, num_classes, in_channels, image_size)
+    # base_kwargs: the base's own settings (an imported network's architecture and normalization).
+    model = create_model(base, num_classes, in_channels, image_size, **(base_kwargs or {}))
     example = torch.zeros(2, in_channels, image_size, image_size)
     current = conv_channels(model)
     unknown = sorted(set(channels or {}) - set(current))

@@ -10,7 +10,8 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import streamlit as st
 
 from dfkd_core.analysis.checks import require_comparable
-from dfkd_core.distill.config import default_student
+from dfkd_core.distill.config import default_student_of
+from dfkd_core.models import Checkpoint
 from dfkd_core.jobs import Job
 from dfkd_core.models.reference import REFERENCE_SEED, UNTRAINED
 from dfkd_core.stats import Interval
@@ -54,20 +55,20 @@ def show_progress(job: Job | None, render: Callable[[Job], None]) -> None:
         live(job, render)
 
 
-def untrained_choice(teacher_name: str) -> str:
+def untrained_choice(teacher: Checkpoint) -> str:
     """The untrained reference the analysis pages offer: the teacher's default (half-width) student architecture,
     or the teacher's own where it has none."""
     try:
-        return UNTRAINED + default_student(teacher_name)
+        return UNTRAINED + default_student_of(teacher)
     except ValueError:
-        return UNTRAINED + teacher_name
+        return UNTRAINED + teacher.name
 
 
-def model_choices(dataset: str, exclude: str | None = None, teacher_name: str | None = None
+def model_choices(dataset: str, exclude: str | None = None, teacher: Checkpoint | None = None
                   ) -> tuple[dict[str, str], dict[str, str]]:
     """({checkpoint ref: label}, the same with compact labels) of every stored model of `dataset`: teacher and
     distill runs (their model.pt, a run id) and IE-DML peers (their model_b.pt, a path), newest first; with
-    `teacher_name`, an untrained reference last (`untrained_choice`). The compact labels suit a narrow sidebar box
+    `teacher`, an untrained reference last (`untrained_choice`). The compact labels suit a narrow sidebar box
     (see `compact_labels`); show the full label of the choice beside it."""
     records = checkpoint_runs(("distill", "teacher"), dataset)
     full, compact = {}, {}
@@ -82,8 +83,8 @@ def model_choices(dataset: str, exclude: str | None = None, teacher_name: str | 
             shown = f" · {accuracy:.1%}" if isinstance(accuracy, (int, float)) else ""
             full[str(peer)] = f"{run_name(record)} · peer B{shown} · {record.id}"
             compact[str(peer)] = (name, f" · peer B{shown}", tail)
-    if teacher_name and full:   # a reference beside trained models, not instead of them
-        reference = untrained_choice(teacher_name)
+    if teacher is not None and full:   # a reference beside trained models, not instead of them
+        reference = untrained_choice(teacher)
         architecture = reference[len(UNTRAINED):]
         full[reference] = (f"untrained {architecture}: never trained (initialised from seed {REFERENCE_SEED}), the "
                            "floor to read a trained student's similarity against")

@@ -16,7 +16,8 @@ import streamlit as st
 
 from dfkd_core.data import load_split
 from dfkd_core.device import cpu_computes_bf16
-from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob, default_student
+from dfkd_core.distill import DISTILL_METHODS, DistillConfig, DistillJob
+from dfkd_core.distill.config import default_student_of
 from dfkd_core.distill.estimate import FINISHED, planned_time
 from dfkd_core.distill.fast import FastMetaKD
 from dfkd_core.distill.generator_kd import GeneratorKD
@@ -286,11 +287,11 @@ def processes_widget(method: str, disabled: bool) -> int:
 def student_choices(teacher_run: str) -> tuple[list[str], str]:
     """(every registered model, the default: the teacher's half-width student or else the teacher's own model)."""
     from dfkd_core.models import list_models
-    teacher = open_checkpoint(teacher_run).name
+    teacher = open_checkpoint(teacher_run)
     try:
-        default = default_student(teacher)
+        default = default_student_of(teacher)
     except ValueError:
-        default = teacher
+        default = teacher.name
     return list_models(from_scratch=True), default
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from dfkd_core.distill import default_student
+from dfkd_core.distill.config import default_student_of
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
@@ -146,7 +146,7 @@ def has_bn(teacher_run: str) -> bool:
 def student_options(teacher_run: str) -> list[str]:
     """A fresh half-width student first (ADI works from an untrained student, as in its ADI loop)."""
     try:
-        return [UNTRAINED + default_student(open_checkpoint(teacher_run).name)]
+        return [UNTRAINED + default_student_of(open_checkpoint(teacher_run))]
     except ValueError:
         return []
 
