@@ -80,14 +80,13 @@ def weights_form(dataset: str, root: str | None, on_added: Callable[..., None]) 
     st.markdown("**What is this network?** A state_dict holds weights, not the architecture they belong to.")
     architectures = torchvision_architectures() + list_models(from_scratch=True)
     cols = st.columns(2)
-    cols[0].selectbox("Architecture it was trained as", architectures,
-                             index=architectures.index(DEFAULT_ARCH), key="import_arch",
-                             help="torchvision:<name> is torchvision's stock network (its first convolution takes "
-                                  "the dataset's channels); the others are this tool's registered models.")
+    cols[0].selectbox("Architecture it was trained as", architectures, index=architectures.index(DEFAULT_ARCH),
+                      key="import_arch", help="torchvision:<name> is torchvision's stock network (its first "
+                      "convolution takes the dataset's channels); the others are this tool's registered models.")
     normalization = cols[1].selectbox("Images were normalized with", [*NORMALIZATIONS, "custom"],
                                       format_func=_normalization_label(dataset), key="import_normalization",
-                                      help="As its training's transforms did; a wrong choice shows as an accuracy "
-                                           "near chance below.")
+                                      help="As its training's transforms did. Import measures the others too and "
+                                           "says if one scores higher.")
     if normalization == "custom":
         cols = st.columns(2)
         cols[0].text_input("Mean per channel", "0.4914, 0.4822, 0.4465", key="import_mean")
