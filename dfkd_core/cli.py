@@ -208,28 +208,68 @@ def cmd_delete(args, store: RunStore) -> int:
 
 # ---------------------------------------------------------------- parser
 
+class ShowDefaults(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help ends with its default where it has a fixed one; a flag without one (None: the recipe's or
+    the preset's value, said in its help) and a switch stay as they are. Descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        fixed = not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and not isinstance(
+            action, (argparse._StoreTrueAction, argparse._HelpAction, argparse._VersionAction))
+        if fixed and "%(default)" not in text and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+def describe_synthesis_defaults(parser: argparse.ArgumentParser, keys: dict[str, str] | None = None) -> None:
+    """Give each inversion flag without a default of its own (None: the preset decides) the preset's values in its
+    help. `keys`: flag dest → SynthesisConfig field where they differ."""
+    from dfkd_core.synthesis import SynthesisConfig
+    fields = set(SynthesisConfig.__dataclass_fields__)
+    for action in parser._actions:
+        key = (keys or {}).get(action.dest, action.dest)
+        if not action.option_strings or action.default is not None or key not in fields or key == "method":
+            continue
+        if action.help and "default" in action.help:
+            continue
+        text = f"default: {SynthesisConfig.describe_default(key)}".replace("%", "%%")
+        action.help = f"{action.help} ({text})" if action.help else text
+
+
+class Parser(argparse.ArgumentParser):
+    """Every `dfkd` command's parser: `ShowDefaults` unless a command asks for another formatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", ShowDefaults)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dfkd", description=__doc__)
+    from dfkd_core.training import DEFAULT_EPOCHS
+    p = Parser(prog="dfkd", description=__doc__)
     p.add_argument("--home", help="run store directory (default $DFKD_HOME or ~/.dfkd)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train-teacher", help="train a BN CNN teacher on a real dataset")
-    t.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+    t.add_argument("--dataset", default="digits", choices=sorted(DATASETS), help="what it learns from")
     t.add_argument("--model", help=f"registered model (default per dataset); one of "
                                    f"{', '.join(list_models(from_scratch=True))}")
     t.add_argument("--data-root", help="dataset directory (Fashion-MNIST default: Debian's package location)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--augment", default="none", choices=["none", "crop", "crop_flip"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
+    t.add_argument("--epochs", type=int, help="passes over the training set (default per dataset: " + ", ".join(
+        f"{d} {e}" for d, e in DEFAULT_EPOCHS.items()) + ")")
+    t.add_argument("--batch-size", type=int, default=64, help="images per step")
+    t.add_argument("--lr", type=float, default=3e-3, help="AdamW's peak learning rate (one-cycle schedule)")
+    t.add_argument("--augment", default="none", choices=["none", "crop", "crop_flip"],
+                   help="random 2-pixel shifts, and horizontal flips")
+    t.add_argument("--seed", type=int, default=0, help="initialisation and batch order")
+    t.add_argument("--device", default="auto", help="auto: CUDA when present, else the CPU; or cpu, cuda, cuda:1")
     t.set_defaults(func=cmd_train_teacher)
 
     s = sub.add_parser("synthesize", help="invert a teacher into images (DeepDream / DeepInversion / ADI)")
     s.add_argument("--teacher", required=True, help="checkpoint path or teacher run id")
-    s.add_argument("--method", default="deepinversion", choices=["deepdream", "deepinversion", "adi"])
+    s.add_argument("--method", default="deepinversion", choices=["deepdream", "deepinversion", "adi"],
+                   help="the inversion objective (docs/methods.md#model-inversion)")
     s.add_argument("--student", help="checkpoint or run id of the student ADI competes against")
     s.add_argument("--batches", type=int, default=1,
                    help="batches in the pool (batch k uses seed + k); under torchrun they are shared by the processes")
@@ -256,11 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bfloat16 autocast for the inversion on a CPU with native bf16 (AVX512-BF16/AMX): "
                         "1.4-1.5x faster, slightly different numbers; default: the recipe's setting, else "
                         "$DFKD_CPU_BF16")
+    describe_synthesis_defaults(s)
     s.set_defaults(func=cmd_synthesize)
 
     r = sub.add_parser("runs", help="list stored runs")
     r.add_argument("--kind", help="teacher | synthesis | distill | ...")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="every field of every run, as JSON")
     r.set_defaults(func=cmd_runs)
 
     d = sub.add_parser("delete", help="delete a run and its files")

@@ -224,7 +224,7 @@ def cmd_resume(args, store) -> int:
 def add_commands(sub) -> None:
     methods = ", ".join(f"{name} ({cls.description})" for name, cls in DISTILL_METHODS.items())
     d = sub.add_parser("distill", help="distill a teacher into a student (data-free methods and baselines)",
-                       description=f"Methods: {methods}.", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=f"Methods: {methods}.")
     d.add_argument("--teacher", help="checkpoint path or teacher run id")
     d.add_argument("--resume", metavar="RUN",
                    help="continue a cancelled, failed or interrupted distillation (its id or a unique prefix) from "
@@ -284,7 +284,24 @@ def add_commands(sub) -> None:
     d.add_argument("--data-root", help="where the teacher's real test set lives (evaluation only; default: "
                                        "$DFKD_<DATASET>, else the dataset's default location)")
     d.add_argument("--attach-run", help=argparse.SUPPRESS)   # run a run created elsewhere (dfkd_core/launch.py)
+    _describe_defaults(d)
     d.set_defaults(func=cmd_distill)
+
+
+def _describe_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each setting's value when neither the flag nor a recipe gives one, in its help: DistillConfig's default for
+    the student and generator settings, the inversion preset's for a pool's (`--inv-*`, α weights)."""
+    from dfkd_core.cli import describe_synthesis_defaults
+    defaults = DistillConfig()
+    for action in parser._actions:
+        if action.dest not in CONFIG_FLAGS or action.default is not None or (action.help and "default" in action.help):
+            continue
+        value = getattr(defaults, action.dest)
+        if action.dest in ("student", "seed", "device", "data_root", "cpu_bf16") or value in ("", None):
+            continue
+        text = f"default: {value:g}" if isinstance(value, float) else f"default: {value}"
+        action.help = (f"{action.help} ({text}" if action.help else f"({text}") + "; a recipe may set it)"
+    describe_synthesis_defaults(parser, SYNTHESIS_FLAGS)
 
 
 if __name__ == "__main__":

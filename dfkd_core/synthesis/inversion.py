@@ -95,6 +95,18 @@ class SynthesisConfig(Config):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def describe_default(cls, key: str) -> str:
+        """What a setting is when not given, for help texts: 'deepdream 0, deepinversion 1, adi 1' where the
+        method's preset sets it, else the default and the datasets that differ ('0.1; fashion-mnist 0.25')."""
+        by_method = {m: p[key] for m, p in PRESETS.items() if key in p}
+        if len(set(by_method.values())) > 1:
+            return ", ".join(f"{m} {v:g}" for m, v in by_method.items())
+        base = getattr(cls(), key)
+        differing = {d: v[key] for d, v in DATASET_DEFAULTS.items() if key in v and v[key] != base}
+        shown = (lambda v: f"{v:g}") if isinstance(base, float) else str
+        return shown(base) + "".join(f"; {d} {shown(v)}" for d, v in differing.items())
+
     def title(self) -> str:
         """A run name that tells runs apart: the method, the weights that differ between its runs, and the batch,
         e.g. 'DeepInversion α_f=1 α_tv=0.001 lr=0.1 B=100×200'."""

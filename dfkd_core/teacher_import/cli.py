@@ -53,17 +53,17 @@ def add_commands(sub) -> None:
                        description="Fit a state_dict saved by your own training code into its architecture (a "
                                    "stock torchvision classifier or a registered model), check it, measure its test "
                                    "accuracy where the dataset is here, and store it as a teacher run.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG)
     i.add_argument("--weights", help="torch.save(model.state_dict()) file, or a training checkpoint holding one "
                                      "(read with weights_only=True)")
     i.add_argument("--arch", help="torchvision:<name> (stock; e.g. torchvision:resnet18) or a registered model")
     i.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
-                   help="the classes, channels and image size it was trained on (default: %(default)s)")
+                   help="the classes, channels and image size it was trained on")
     i.add_argument("--data-root", help="the dataset's folder, to measure test accuracy (optional: data-free use "
                                        "needs no data)")
     i.add_argument("--normalization", default="dataset", choices=["dataset", "none", "half", "imagenet"],
                    help="how its training normalized images: the tool's for the dataset, none (ToTensor only), half "
-                        "(Normalize(0.5, 0.5)) or imagenet (default: %(default)s); --input-mean/--input-std for "
+                        "(Normalize(0.5, 0.5)) or imagenet; --input-mean/--input-std for "
                         "others")
     i.add_argument("--input-mean", type=_floats, help="its training's per-channel mean, e.g. 0.4914,0.4822,0.4465")
     i.add_argument("--input-std", type=_floats, help="its training's per-channel std, e.g. 0.2023,0.1994,0.2010")
