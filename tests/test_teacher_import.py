@@ -255,3 +255,20 @@ def test_teacher_page_imports_an_uploaded_state_dict(user_network, tmp_path, mon
     at.file_uploader(key="teacher_upload").clear().upload("notes.pt", b"hello").run()
     assert any("Not usable as a teacher" in e.value for e in at.error)
     assert not [s for s in at.selectbox if s.key == "import_arch"]
+
+
+@pytest.mark.parametrize("page", ["synthesize", "distill", "representations", "attention", "boundaries",
+                                  "applications", "runs", "teacher"])
+def test_every_page_opens_on_an_imported_torchvision_teacher(page, tmp_path, monkeypatch):
+    from app_pages import open_app
+    from dfkd_core.runs import RunStore
+    monkeypatch.setenv("DFKD_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    import torchvision
+    net = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    net.conv1[0] = nn.Conv2d(1, 24, 3, 2, 1, bias=False)
+    imported = import_teacher(ImportConfig(weights=save(tmp_path, net.state_dict()), dataset="digits",
+                                           arch="torchvision:shufflenet_v2_x0_5", normalization="none"),
+                              RunStore(tmp_path / "home"))
+    at = open_app(f"pages/{page}.py", teacher=imported.run.id)   # fails on any exception the page shows
+    assert not at.error, [e.value for e in at.error]
