@@ -10,7 +10,8 @@ from dfkd_core.models import CheckpointError, create_model, list_models, load_ch
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_runs_on_its_kind_of_input(name):
     size, channels = (32, 3) if ("resnet" in name or "mobilenet" in name) else ((8, 1) if "3_" in name else (28, 1))
-    derived = {"pruned": {"base": "bncnn6_w16", "channels": {"features.0": 4}}}   # a model made from another one
+    derived = {"pruned": {"base": "bncnn6_w16", "channels": {"features.0": 4}},   # a model made from another one
+               "imported": {"arch": "bncnn6_w16", "dataset_mean": [0.5], "dataset_std": [0.5]}}
     model = create_model(name, num_classes=7, in_channels=channels, image_size=size, **derived.get(name, {})).eval()
     assert model(torch.randn(2, channels, size, size)).shape == (2, 7)
 
@@ -26,7 +27,7 @@ def test_a_model_made_from_a_trained_one_is_never_offered_or_accepted_to_train_f
     from dfkd_core.models import check_from_scratch
     from dfkd_core.training import TeacherConfig
     assert "pruned" in list_models() and "pruned" not in list_models(from_scratch=True)
-    assert set(list_models()) - set(list_models(from_scratch=True)) == {"pruned"}
+    assert set(list_models()) - set(list_models(from_scratch=True)) == {"pruned", "imported"}
     with pytest.raises(ValueError, match="'pruned' is made by `dfkd prune` from a trained model, not trained from "
                                          "scratch; choose one of .*bncnn3_w32"):
         TeacherConfig(dataset="digits", model="pruned").validate()
@@ -90,7 +91,7 @@ def test_a_refused_pickle_gets_our_sentence_never_torchs_weights_only_advice(tmp
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(tmp_path / "model.pt")
     message = str(refused.value)
-    assert says in message and "save_checkpoint" in message and message.endswith(".")
+    assert says in message and "dfkd import-teacher" in message and message.endswith(".")
     assert "weights_only" not in message and "\x1b" not in message and "\n" not in message
 
 
