@@ -170,8 +170,11 @@ if report:
                "kind) about 95 times in 100.")
 summary = get_store().get_record(picked).summary
 if checkpoint.name == "imported":
-    st.markdown(f"**{checkpoint.model_cfg['arch']}**, imported from `{summary.get('imported', '?')}`: your network "
-                "with your weights, behind the normalization it was trained with")
+    origin = checkpoint.model_cfg.get("origin", checkpoint.model_cfg["arch"])
+    st.markdown(f"**{origin}**, imported from `{summary.get('imported', '?')}`: your network with your weights, "
+                "behind the normalization it was trained with" + (
+                    " (your code traced into standard layers: stored and loaded without it)"
+                    if "graph" in checkpoint.model_cfg else ""))
 else:
     st.markdown(f"**{checkpoint.name}**: {describe_model(checkpoint.name)}")
 notes = [summary["data_note"]] if summary.get("data_note") else []
@@ -193,7 +196,9 @@ with right:
     st.dataframe([{"layer": n, "channels": m.num_features, "mean of running μ": float(m.running_mean.mean()),
                    "mean of running σ²": float(m.running_var.mean())} for n, m in bn_layers], hide_index=True)
     with st.expander("Architecture"):
-        st.json(checkpoint.model_cfg)
+        graph = checkpoint.model_cfg.get("graph")
+        st.json({**checkpoint.model_cfg, "graph": f"{len(graph['layers'])} layers, {len(graph['nodes'])} steps"}
+                if graph else checkpoint.model_cfg)
         st.code(str(checkpoint.model), language=None)
 
 

@@ -272,3 +272,123 @@ def test_every_page_opens_on_an_imported_torchvision_teacher(page, tmp_path, mon
                               RunStore(tmp_path / "home"))
     at = open_app(f"pages/{page}.py", teacher=imported.run.id)   # fails on any exception the page shows
     assert not at.error, [e.value for e in at.error]
+
+
+USER_CODE = '''
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import WIDTH   # a sibling module, imported as in the user's own scripts
+
+
+class SmallNet(nn.Module):
+    def __init__(self, classes=10, width=WIDTH):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width * 16, classes)
+        self.unused_aux = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.head(x.view(x.size(0), -1))
+
+
+class Branchy(SmallNet):
+    def forward(self, x):
+        if x.mean() > 0:
+            return super().forward(x)
+        return -super().forward(x)
+'''
+
+
+def test_users_own_class_is_stored_as_a_traced_graph_without_its_code(tmp_path, store):
+    import subprocess
+    import sys
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "my_models.py").write_text(USER_CODE)
+    (code / "helpers.py").write_text("WIDTH = 8\n")
+    sys.path.insert(0, str(code))
+    try:
+        from my_models import SmallNet
+    finally:
+        sys.path.remove(str(code))
+    torch.manual_seed(0)
+    train = load_split("digits", "train")
+    net = SmallNet(width=12)
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(100):
+        batch = torch.randint(0, len(train), (64,))
+        loss = F.cross_entropy(net(train.normalized(batch).clone(memory_format=torch.contiguous_format)), train.labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    weights = save(tmp_path, net.state_dict())
+    arch = f"code:{code / 'my_models.py'}:SmallNet"
+    imported = import_teacher(ImportConfig(weights=weights, arch=arch, arch_kwargs={"width": 12}, dataset="digits"),
+                              store)
+    assert imported.summary["test_accuracy"] > 0.7
+    assert any("without the code" in n and "unused_aux.weight" in n
+               for n in imported.notes)
+    # Its activations are functions (F.relu): the analyses take its BatchNorm outputs as its layers.
+    from dfkd_core.analysis.features import default_attention_layer, layer_names
+    assert layer_names(imported.checkpoint.model) == ["net.bn", "net.head"]
+    assert default_attention_layer(imported.checkpoint.model) == "net.bn"
+    model_path = imported.run.record().dir / "model.pt"
+    # Another process, without the user's files: the teacher loads and predicts as their network does.
+    x = load_split("digits", "test").normalized(slice(0, 20)).clone(memory_format=torch.contiguous_format)
+    torch.save(x, tmp_path / "x.pt")
+    net.eval()
+    with torch.no_grad():
+        expected = net(x)
+    torch.save(expected, tmp_path / "expected.pt")
+    import shutil
+    shutil.rmtree(code)
+    check = (f"import torch; from dfkd_core.models import load_checkpoint; t = load_checkpoint({str(model_path)!r}); "
+             f"x = torch.load({str(tmp_path / 'x.pt')!r}); e = torch.load({str(tmp_path / 'expected.pt')!r}); "
+             "assert t.model_cfg['origin'].endswith(':SmallNet'); "
+             "assert torch.allclose(t.model(x), e, atol=1e-5), 'other outputs'; print('same')")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.strip() == "same", done.stderr[-2000:]
+
+
+def test_user_code_that_cannot_be_traced_or_built_says_why(tmp_path):
+    code = tmp_path / "my_models.py"
+    code.write_text(USER_CODE.replace("from helpers import WIDTH", "WIDTH = 8"))
+    weights = save(tmp_path, {"conv.weight": torch.zeros(8, 1, 3, 3)})
+    from dfkd_core.models.graph import GraphError
+    with pytest.raises(CheckpointError, match="do not fit"):
+        import_teacher(ImportConfig(weights=weights, arch=f"code:{code}:SmallNet", dataset="digits"))
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from my_models import Branchy
+    finally:
+        sys.path.remove(str(tmp_path))
+    weights = save(tmp_path, Branchy().state_dict())
+    with pytest.raises(GraphError, match="cannot trace the network's forward .*depend on tensor values"):
+        import_teacher(ImportConfig(weights=weights, arch=f"code:{code}:Branchy", dataset="digits"))
+    with pytest.raises(ValueError, match="defines no class or function 'Nope'"):
+        import_teacher(ImportConfig(weights=weights, arch=f"code:{code}:Nope", dataset="digits"))
+    with pytest.raises(ValueError, match="got an unexpected keyword argument 'depth'"):
+        import_teacher(ImportConfig(weights=weights, arch=f"code:{code}:SmallNet", arch_kwargs={"depth": 3},
+                                    dataset="digits"))
+    with pytest.raises(ValueError, match="no file"):
+        import_teacher(ImportConfig(weights=weights, arch="code:nowhere.py:Net", dataset="digits"))
+
+
+def test_a_recorded_graph_builds_only_allowlisted_steps():
+    from dfkd_core.models.graph import GraphError, build_graph, describe_graph
+    spec = describe_graph(create_model("bncnn3_w16", 10, 1, 8))
+    evil = json.loads(json.dumps(spec))
+    evil["nodes"][1] = {**evil["nodes"][1], "op": "call_function", "target": "builtins.eval"}
+    with pytest.raises(GraphError, match="builtins.eval, which this format does not build"):
+        build_graph(evil)
+    evil = json.loads(json.dumps(spec))
+    evil["layers"][next(iter(evil["layers"]))]["type"] = "Sequential"
+    with pytest.raises(GraphError, match="is a Sequential, which this format does not build"):
+        build_graph(evil)
+    evil = json.loads(json.dumps(spec))
+    evil["nodes"][1] = {**evil["nodes"][1], "op": "call_method", "target": "__reduce_ex__"}
+    with pytest.raises(GraphError, match="tensor method .__reduce_ex__"):
+        build_graph(evil)

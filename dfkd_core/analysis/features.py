@@ -103,14 +103,28 @@ def layer_names(model: nn.Module, kind: str = "blocks", example_input: torch.Ten
         raise ValueError(f"unknown layer kind '{kind}'; choose one of {LAYER_KINDS}")
     wanted = {"blocks": ("block", "logits"), "conv": ("conv",), "bn": ("bn",),
               "all": ("conv", "bn", "block", "logits")}[kind]
-    return [i.name for i in trace_layers(model, example_input) if i.kind in wanted and i.calls == 1]
+    infos = trace_layers(model, example_input)
+    if kind == "blocks":
+        wanted = (_block_kind(infos), "logits")
+    return [i.name for i in infos if i.kind in wanted and i.calls == 1]
+
+
+def _block_kind(infos: list[LayerInfo]) -> str:
+    """What stands for a network's blocks: its blocks; in a network whose activations are functions (F.relu in its
+    forward, as a traced imported teacher keeps them) there are none, and its BatchNorm outputs (else its
+    convolutions) are the layers."""
+    kinds = {i.kind for i in infos if i.calls == 1}
+    return next((k for k in ("block", "bn", "conv") if k in kinds), "block")
 
 
 def default_attention_layer(model: nn.Module, example_input: torch.Tensor | None = None) -> str:
-    """The last block whose output is still a spatial map (H·W > 1): the usual Grad-CAM layer (methods.md#grad-cam)."""
-    spatial = [i for i in trace_layers(model, example_input)
-               if i.kind == "block" and i.calls == 1 and len(i.output_shape) == 3
-               and i.output_shape[1] * i.output_shape[2] > 1]
+    """The last block whose output is still a spatial map (H·W > 1): the usual Grad-CAM layer (methods.md#grad-cam);
+    in a network without block modules, the last such BatchNorm or convolution output."""
+    infos = trace_layers(model, example_input)
+    spatial = []
+    for kind in ("block", "bn", "conv"):
+        spatial = spatial or [i for i in infos if i.kind == kind and i.calls == 1 and len(i.output_shape) == 3
+                              and i.output_shape[1] * i.output_shape[2] > 1]
     if not spatial:
         raise ValueError(f"{type(model).__name__} has no block with a spatial output map; Grad-CAM needs one")
     return spatial[-1].name

@@ -2,6 +2,7 @@
 weights, behind the normalization it was trained with (self-contained model file, timm style)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -10,6 +11,8 @@ import torch.nn as nn
 from dfkd_core.models.registry import create_model, list_models, register_model
 
 TORCHVISION_PREFIX = "torchvision:"
+CODE_PREFIX = "code:"     # code:path/to/models.py:factory — the user's own class, run once at import, then traced
+TRACED = "traced"         # what a code: network is stored as (models/graph.py): no code in the checkpoint
 
 
 def torchvision_architectures() -> list[str]:
@@ -18,8 +21,41 @@ def torchvision_architectures() -> list[str]:
     return [TORCHVISION_PREFIX + name for name in torchvision.models.list_models(module=torchvision.models)]
 
 
+def split_code_arch(arch: str) -> tuple[Path, str]:
+    """'code:nets/wrn.py:wrn_16_2' → (the file, the factory's name); ValueError where the form is wrong."""
+    path, sep, factory = arch[len(CODE_PREFIX):].rpartition(":")
+    if not sep or not path or not factory.isidentifier():
+        raise ValueError(f"'{arch}': give code:<file.py>:<class or function>, e.g. code:models.py:Net")
+    return Path(path).expanduser(), factory
+
+
+def load_user_factory(arch: str):
+    """The class or function a code: architecture names, from the user's own file (run here, at import time only;
+    sibling modules of the file import as they do in the user's scripts)."""
+    import importlib.util
+    import sys
+    path, factory = split_code_arch(arch)
+    if not path.is_file():
+        raise ValueError(f"'{arch}': no file {path}")
+    spec = importlib.util.spec_from_file_location(f"dfkd_user_code_{abs(hash(str(path.resolve())))}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    if not callable(getattr(module, factory, None)):
+        raise ValueError(f"'{arch}': {path.name} defines no class or function '{factory}'")
+    return getattr(module, factory)
+
+
 def check_architecture(arch: str) -> None:
     """Refuse, in one sentence, an architecture this tool cannot build."""
+    if arch.startswith(CODE_PREFIX):
+        path, _ = split_code_arch(arch)
+        if not path.is_file():
+            raise ValueError(f"'{arch}': no file {path}")
+        return
     if arch.startswith(TORCHVISION_PREFIX):
         if arch not in torchvision_architectures():
             raise ValueError(f"torchvision has no classification model '{arch[len(TORCHVISION_PREFIX):]}'; "
@@ -27,8 +63,9 @@ def check_architecture(arch: str) -> None:
                              f"--list-architectures` lists all)")
         return
     if arch not in list_models(from_scratch=True):
-        raise ValueError(f"unknown architecture '{arch}': give a registered model ({', '.join(list_models(from_scratch=True))}) "
-                         f"or torchvision:<name> for a stock torchvision classifier")
+        raise ValueError(f"unknown architecture '{arch}': give a registered model "
+                         f"({', '.join(list_models(from_scratch=True))}), torchvision:<name> for a stock torchvision "
+                         "classifier, or code:<file.py>:<class> for your own")
 
 
 def _take_channels(net: nn.Module, in_channels: int) -> None:
@@ -44,8 +81,12 @@ def _take_channels(net: nn.Module, in_channels: int) -> None:
                 return
 
 
-def build_architecture(arch: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """The untrained network the user's weights are loaded into."""
+def build_architecture(arch: str, num_classes: int, in_channels: int, image_size: int,
+                       graph: dict | None = None) -> nn.Module:
+    """The untrained network the user's weights are loaded into (`graph`: a traced network's record)."""
+    if arch == TRACED:
+        from dfkd_core.models.graph import build_graph
+        return build_graph(graph)
     check_architecture(arch)
     if arch.startswith(TORCHVISION_PREFIX):
         import torchvision
@@ -84,8 +125,10 @@ class ImportedClassifier(nn.Module):
 
 @register_model(derived="a user's trained network brought in by `dfkd import-teacher`")
 def imported(num_classes=10, in_channels=3, image_size=32, arch: str = "", dataset_mean=(0.0,), dataset_std=(1.0,),
-             input_mean=None, input_std=None, **_):
-    """A user's network (stock torchvision or registered architecture) with its own input normalization."""
-    net = build_architecture(arch, num_classes, in_channels, image_size)
+             input_mean=None, input_std=None, graph: dict | None = None, **_):
+    """A user's network (stock torchvision, registered, or traced from their code) with its own input normalization."""
+    if arch.startswith(CODE_PREFIX):
+        raise ValueError(f"'{arch}' is built at import only (dfkd import-teacher), then stored as a traced graph")
+    net = build_architecture(arch, num_classes, in_channels, image_size, graph)
     return ImportedClassifier(net, dataset_mean, dataset_std, input_mean if input_mean is not None else dataset_mean,
                               input_std if input_std is not None else dataset_std)

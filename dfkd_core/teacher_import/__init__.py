@@ -14,7 +14,9 @@ from dfkd_core.config import Config
 from dfkd_core.data import DATASETS, DatasetMissingError, dataset_info, load_split
 from dfkd_core.hooks import batchnorm_layers
 from dfkd_core.models import Checkpoint, CheckpointError, create_model, save_checkpoint
-from dfkd_core.models.imported import ImportedClassifier, check_architecture
+from dfkd_core.models.graph import describe_graph
+from dfkd_core.models.imported import (CODE_PREFIX, TRACED, ImportedClassifier, check_architecture,
+                                       load_user_factory)
 from dfkd_core.stats import accuracy_interval
 from dfkd_core.teacher_import.weights import fit_weights, read_weights
 
@@ -30,7 +32,8 @@ NORMALIZATIONS = {
 @dataclass
 class ImportConfig(Config):
     weights: str = ""               # the user's file: a state_dict, or a training checkpoint holding one
-    arch: str = ""                  # a registered model, or torchvision:<name>
+    arch: str = ""                  # a registered model, torchvision:<name>, or code:<file.py>:<class or function>
+    arch_kwargs: dict = field(default_factory=dict)   # a code: architecture's constructor arguments
     dataset: str = "cifar10"        # whose classes, image size and channels the teacher was trained on
     data_root: str | None = None
     normalization: str = "dataset"  # a NORMALIZATIONS name, or "custom" with input_mean and input_std
@@ -129,8 +132,11 @@ def import_teacher(config: ImportConfig, store=None, source_name: str | None = N
     cfg = {"arch": config.arch, "dataset_mean": list(info.mean), "dataset_std": list(info.std)}
     if statistics is not None:
         cfg.update(input_mean=statistics[0], input_std=statistics[1])
-    model = create_model("imported", info.num_classes, info.in_channels, info.image_size, **cfg)
-    notes += fit_weights(model.net, weights, config.arch, info.num_classes, config.dataset)
+    if config.arch.startswith(CODE_PREFIX):
+        model = _traced_user_network(config, info, cfg, weights, notes)
+    else:
+        model = create_model("imported", info.num_classes, info.in_channels, info.image_size, **cfg)
+        notes += fit_weights(model.net, weights, config.arch, info.num_classes, config.dataset)
     model.eval()
     if model.renormalizes:
         notes.append(f"inputs are mapped to the network's normalization (mean {statistics[0]}, std {statistics[1]})")
@@ -162,6 +168,40 @@ def import_teacher(config: ImportConfig, store=None, source_name: str | None = N
         checkpoint.path = summary["checkpoint"]
         result.run = run
     return result
+
+
+def _traced_user_network(config: ImportConfig, info, cfg: dict, weights: dict, notes: list[str]) -> nn.Module:
+    """The user's own class, built by their code with their weights, traced into a record that is stored without
+    the code (models/graph.py); refused unless the record computes what their code computes."""
+    factory = load_user_factory(config.arch)
+    try:
+        user_net = factory(**config.arch_kwargs)
+    except Exception as e:
+        raise ValueError(f"{config.arch}(**{config.arch_kwargs}) failed: {type(e).__name__}: {e}") from None
+    if not isinstance(user_net, nn.Module):
+        raise ValueError(f"{config.arch} made a {type(user_net).__name__}, not a torch.nn.Module")
+    notes += fit_weights(user_net, weights, config.arch, info.num_classes, config.dataset)
+    user_net.eval()
+    graph = describe_graph(user_net)
+    model = create_model("imported", info.num_classes, info.in_channels, info.image_size,
+                         **{**cfg, "arch": TRACED, "graph": graph, "origin": config.arch})
+    kept = model.net.state_dict()
+    model.net.load_state_dict({k: v for k, v in user_net.state_dict().items() if k in kept})
+    model.eval()
+    example = torch.randn(4, info.in_channels, info.image_size, info.image_size,
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model.net(example), user_net(example)
+    if not (isinstance(theirs, torch.Tensor) and ours.shape == theirs.shape
+            and torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)):
+        raise CheckpointError(f"the traced record of {config.arch} computes other outputs than its code; it cannot be "
+                              "kept without the code")
+    unused = [k for k in user_net.state_dict() if k not in kept]
+    notes.append(f"traced from {config.arch}: stored as {len(graph['layers'])} layers and {len(graph['nodes'])} "
+                 "steps of standard PyTorch, without the code; loading it runs none"
+                 + (f"; {len(unused)} tensor(s) its forward never uses were left out (e.g. {unused[0]})"
+                    if unused else ""))
+    return model
 
 
 def _measure(model: ImportedClassifier, config: ImportConfig, info, notes: list[str]) -> dict:

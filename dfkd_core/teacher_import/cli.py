@@ -11,6 +11,7 @@ EPILOG = """examples:
   dfkd import-teacher --weights resnet18_cifar10.pth --arch torchvision:resnet18 --dataset cifar10 \\
       --data-root ~/data/cifar-10-batches-py --normalization none      # trained with ToTensor() only
   dfkd import-teacher --weights sd.pt --arch bncnn6_w32 --dataset fashion-mnist   # a registered architecture
+  dfkd import-teacher --weights net.pt --arch code:my_models.py:Net --arch-kwargs '{"width": 32}' --dataset digits
   dfkd import-teacher --list-architectures"""
 
 
@@ -19,6 +20,16 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like 0.5,0.5,0.5; got '{text}'")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text}")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"depth\": 16}}', got {text}")
+    return value
 
 
 def cmd_import_teacher(args, store) -> int:
@@ -34,7 +45,8 @@ def cmd_import_teacher(args, store) -> int:
     if not args.weights or not args.arch:
         raise SystemExit("error: import-teacher needs --weights and --arch (see --help)")
     normalization = "custom" if args.input_mean or args.input_std else args.normalization
-    config = ImportConfig(weights=args.weights, arch=args.arch, dataset=args.dataset, data_root=args.data_root,
+    config = ImportConfig(weights=args.weights, arch=args.arch, arch_kwargs=args.arch_kwargs, dataset=args.dataset,
+                          data_root=args.data_root,
                           normalization=normalization, input_mean=args.input_mean or [],
                           input_std=args.input_std or [], evaluate=not args.no_evaluate, name=args.name or "")
     try:
@@ -56,7 +68,11 @@ def add_commands(sub) -> None:
                        epilog=EPILOG)
     i.add_argument("--weights", help="torch.save(model.state_dict()) file, or a training checkpoint holding one "
                                      "(read with weights_only=True)")
-    i.add_argument("--arch", help="torchvision:<name> (stock; e.g. torchvision:resnet18) or a registered model")
+    i.add_argument("--arch", help="torchvision:<name> (stock; e.g. torchvision:resnet18), a registered model, or "
+                                  "code:<file.py>:<class> for your own (run once here, then stored as a traced graph "
+                                  "of standard layers, without the code)")
+    i.add_argument("--arch-kwargs", type=_json_object, default={},
+                   help="a code: class's constructor arguments as JSON, e.g. '{\"depth\": 16}'")
     i.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS),
                    help="the classes, channels and image size it was trained on")
     i.add_argument("--data-root", help="the dataset's folder, to measure test accuracy (optional: data-free use "
