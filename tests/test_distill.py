@@ -459,3 +459,20 @@ def test_the_live_phase_label_says_synthesizing_while_a_round_is_made(digits_tea
     assert job.method.describe_plan() == ("21 steps = 2 rounds × 4 inversion iterations + 13 student steps (3 on the "
                                           "finished pool, 4 after each round, 6 on half-formed batches)")
     assert job.trainer.steps_done == 13 and len(rows) == 21
+
+
+def test_a_pool_whose_class_term_is_drowned_says_so_with_its_weights(digits_teacher):
+    """The pool's rounds report how many images the teacher gives their class; where that is under half and the
+    BN term outweighs the class term, the result names the weights to move (synthesis/diagnosis.py)."""
+    def distill(alpha_f):
+        config = DistillConfig(method="deepinversion", images=64, steps=5, kd_steps_per_round=0, seed=0,
+                               synthesis={"batch_size": 64, "iterations": 30, "alpha_f": alpha_f, "alpha_ce": 0.01})
+        job = DistillJob(copy.deepcopy(digits_teacher), config)
+        job.run()
+        assert job.status == "done", job.error
+        return job.result
+    drowned, sound = distill(100.0), distill(0.0)
+    assert drowned["pool_teacher_agreement"] < 0.5
+    assert "the BN term (α_f·R_feature = " in drowned["diagnosis"] and "Lower α_f or raise α_ce" in drowned["diagnosis"]
+    assert sound["pool_teacher_agreement"] > drowned["pool_teacher_agreement"]
+    assert sound.get("diagnosis", "") == "" or "BN term" not in sound["diagnosis"]

@@ -200,13 +200,28 @@ def test_the_target_class_is_named_above_its_bar_even_at_probability_zero():
 
 
 def test_a_sure_but_wrong_batch_is_called_collapsed_only_when_it_lasts():
-    from pages.views.synthesis_view import COLLAPSE_STEPS, collapse_warning
+    from dfkd_core.synthesis.diagnosis import PERSISTENT_STEPS, persistent_note
     collapsed = {"teacher_accuracy": 0.11, "mean_confidence": 0.98}
     forming = {"teacher_accuracy": 0.11, "mean_confidence": 0.30}   # early noise: wrong and unsure
-    assert "calls only 11% of them their target class" in collapse_warning([collapsed] * COLLAPSE_STEPS)
-    assert collapse_warning([collapsed] * (COLLAPSE_STEPS - 1)) == ""
-    assert collapse_warning([collapsed] * (COLLAPSE_STEPS - 1) + [forming]) == ""
-    assert collapse_warning([{"teacher_accuracy": 0.95, "mean_confidence": 0.9}] * 50) == ""
+    note = persistent_note([collapsed] * PERSISTENT_STEPS)
+    assert "only 11% of these images their target class, though it is sure of them (0.98)" in note
+    assert "collapsed" in note
+    assert persistent_note([collapsed] * (PERSISTENT_STEPS - 1)) == ""
+    assert persistent_note([collapsed] * (PERSISTENT_STEPS - 1) + [forming]) == ""
+    assert persistent_note([{"teacher_accuracy": 0.95, "mean_confidence": 0.9}] * 50) == ""
+
+
+def test_a_bn_term_that_drowns_the_class_term_is_named_with_its_weights():
+    from dfkd_core.synthesis.diagnosis import PERSISTENT_STEPS, class_agreement_note, persistent_note
+    # The last step of a ResNet-18 batch at α_f = 1: R_feature 120.2, CE 6.78, 16% of the batch given its class.
+    drowned = {"teacher_accuracy": 0.16, "mean_confidence": 0.6, "loss_ce": 6.78, "loss_bn_feature": 120.2,
+               "alpha_ce": 1.0, "alpha_f": 1.0}
+    note = persistent_note([drowned] * PERSISTENT_STEPS)   # unsure, but the cause is the weights: said live too
+    assert "the BN term (α_f·R_feature = 120) is 18× the class term (α_ce·CE = 6.78)" in note and "Lower α_f" in note
+    # The same losses at α_f 0.1: 12.0 against 6.78 is no longer dominance; unsure, not named live.
+    assert "BN term" not in class_agreement_note(0.16, 0.6, 6.78, 120.2, alpha_f=0.1)
+    assert persistent_note([{**drowned, "alpha_f": 0.1}] * PERSISTENT_STEPS) == ""
+    assert class_agreement_note(0.5, 0.6, 6.78, 120.2, alpha_f=1.0) == ""   # half given their class: no note
 
 
 def test_accuracy_against_images_made_shows_how_far_each_count_took_the_student():

@@ -76,7 +76,10 @@ def format_result(summary: dict) -> str:
            f"{estimate('teacher_accuracy', '.4f'):>25} {estimate('ratio', '.3f'):>22} "
            f"{summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
     precision = f"\nKD computed in {summary['kd_precision']}" if summary.get("kd_precision") else ""
-    return head + "\n" + row + precision
+    agreement = summary.get("pool_teacher_agreement")
+    pool = (f"\nthe teacher gives {agreement:.0%} of the synthesized images their target class"
+            if isinstance(agreement, (int, float)) else "")
+    return head + "\n" + row + precision + pool
 
 
 def run_distillation(job, quiet: bool) -> int:

@@ -14,6 +14,7 @@ from dfkd_core.distributed import gather_units
 from dfkd_core.distill.methods import DistillMethod, register_method
 from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.hooks import batchnorm_layers
+from dfkd_core.synthesis.diagnosis import class_agreement_note
 from dfkd_core.synthesis.engine import InversionObjective
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig, check_jitter, make_objective
 
@@ -82,6 +83,23 @@ class PoolKD(DistillMethod):
                              "student of the round before, runs in one process")
         # Rounds are made `world` at a time, rank r making round g·world + r of group g (see distributed.py).
         self.groups = math.ceil(self.rounds / world.world)
+        self.round_results: list[dict] = []   # this process's rounds: how the teacher reads each finished batch
+
+    def findings(self) -> dict:
+        """How many of the rounds' images the teacher gives their target class (mean over this process's rounds of
+        this run; a resumed run counts the rounds it made), and where that is under half, why (synthesis/diagnosis)."""
+        if not self.round_results:
+            return {}
+        rounds = self.round_results
+        agreement = sum(r["teacher_accuracy"] for r in rounds) / len(rounds)
+        found = {"pool_teacher_agreement": agreement}
+        last = dict(rounds[-1]["last_step"])
+        note = class_agreement_note(agreement, sum(r["mean_confidence"] for r in rounds) / len(rounds),
+                                    last.get("loss_ce"), last.get("loss_bn_feature"), last.get("alpha_ce", 1.0),
+                                    last.get("alpha_f", 0.0), where="the synthesized images")
+        if note:
+            found["diagnosis"] = note
+        return found
 
     def objective(self) -> InversionObjective:
         """One inversion objective for every round, so a compiled one (`synthesis.compile`) compiles once per
@@ -153,13 +171,17 @@ class PoolKD(DistillMethod):
                                            student=j.student if self.compete else None, objective=self.objective())
                 self.inversion = inversion
                 inversion.setup()
+                m = {}
                 for i in range(inversion.total_steps):
                     m = inversion.step(i)
                     yield {"phase": "synthesis", "round": r, "inv_iteration": i,
                            **{f"inv_{k}": v for k, v in m.items() if not isinstance(v, list)}}
                     if 0 <= self.options.trajectory_kd_from <= i:
                         yield {**self._trajectory_kd_step(inversion), "round": r, "inv_iteration": i}
-                inversion.finish("done")
+                finished = inversion.finish("done")
+                self.round_results.append({"teacher_accuracy": finished["teacher_accuracy"],
+                                           "mean_confidence": finished["mean_confidence"],
+                                           "last_step": m})
                 made[r] = (inversion.images(), inversion.targets.cpu())
                 self.inversion = None
             else:   # the last group has fewer rounds than processes: this one waits for the others

@@ -256,6 +256,7 @@ class DistillJob(Job):
                 save_grid(self.dataset.denormalize(self.pool.images[:100]), directory / "grid.png")
             summary.update(self.method.artifacts(directory))
             summary["checkpoint"] = str(directory / "model.pt")
+        summary.update(self.method.findings())
         # Outside the steps, which is what a run timed by this one's pace (`estimate.planned_time`) adds to them:
         # on digits they are a third of a short run.
         t0 = getattr(self, "t0", None)

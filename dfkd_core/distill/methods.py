@@ -187,6 +187,10 @@ class DistillMethod:
         """Save what this method made beyond the student (generators...); return summary entries."""
         return {}
 
+    def findings(self) -> dict:
+        """Summary entries on how the method's own images came out (e.g. how many the teacher gives their class)."""
+        return {}
+
 
 class RealOrPoolMethod(DistillMethod):
     """A method that reads labelled real training images, or a synthesized pool in their place (`--pool`: the run is

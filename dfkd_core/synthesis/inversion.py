@@ -25,6 +25,7 @@ from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.contrastive import ContrastiveMemory, draw_crops
+from dfkd_core.synthesis.diagnosis import class_agreement_note
 from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective, TeacherView
 from dfkd_core.synthesis.images import save_grid
 
@@ -355,6 +356,13 @@ class ModelInversion(Job):
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
             "engine": engine_description(self.objective, self.device, self.config.amp, self.config.cpu_bf16),
         }
+        last = self.history[-1] if self.history else {}
+        note = class_agreement_note(final["teacher_accuracy"], final["mean_confidence"], last.get("loss_ce"),
+                                    last.get("loss_bn_feature"), last.get("alpha_ce", self.config.alpha_ce),
+                                    last.get("alpha_f", self.config.alpha_f),
+                                    where="the synthesized images") if done_steps else ""
+        if note:
+            summary["diagnosis"] = note
         if self.run_record is not None:
             self.save(self.run_record.dir)
         return summary

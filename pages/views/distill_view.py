@@ -361,9 +361,10 @@ def pool_size(record: RunRecord) -> int | None:
 def describe_pool(record: RunRecord) -> str:
     """The run in full, its image count and, for a synthesis, how often the teacher calls its images their target
     class: a batch collapsed by a live change reads 11% there (at 0.98 confidence) beside 100% for a sound one."""
-    images, agreement = pool_size(record), record.summary.get("teacher_accuracy")
+    agreement = record.summary.get("teacher_accuracy" if record.kind == "synthesis" else "pool_teacher_agreement")
+    images = pool_size(record)
     text = describe_run(record) + (f" · {images:,} images" if images is not None else "")
-    if record.kind == "synthesis" and isinstance(agreement, (int, float)):
+    if isinstance(agreement, (int, float)):
         text += f" · the teacher calls {agreement:.0%} of them their target class"
     return text
 
@@ -389,7 +390,7 @@ def pool_warning(record: RunRecord) -> str:
     if edits := live_edits(record):
         reasons.append(f"its settings were changed while it ran ({edits}), so its name gives only the settings it "
                        "started with")
-    agreement = record.summary.get("teacher_accuracy")
-    if record.kind == "synthesis" and isinstance(agreement, (int, float)) and agreement < 0.5:
+    agreement = record.summary.get("teacher_accuracy" if record.kind == "synthesis" else "pool_teacher_agreement")
+    if isinstance(agreement, (int, float)) and agreement < 0.5:
         reasons.append(f"the teacher calls only {agreement:.0%} of its images their target class")
     return "; ".join(reasons)

@@ -70,3 +70,6 @@ def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
     fallbacks = sorted({str(s.get("kd_precision")) for s, row in zip(summaries, rows) if FELL_BACK in row["KD in"]})
     if fallbacks:
         st.caption(f"{FELL_BACK.strip()} KD computed in " + "; in ".join(fallbacks) + ".")
+    for summary, name in zip(summaries, names):   # why a student may have learned less than it could
+        if summary.get("diagnosis"):
+            st.warning((f"**{name}**: " if len(summaries) > 1 else "") + summary["diagnosis"])

@@ -14,6 +14,7 @@ from dfkd_core.models import create_model
 from dfkd_core.plots import bn_statistics_figure, class_columns, image_grid_png, loss_curves_figure
 from dfkd_core.plots.synthesis import describe_update
 from dfkd_core.synthesis import DATASET_DEFAULTS, PRESETS, ModelInversion, SynthesisConfig
+from dfkd_core.synthesis.diagnosis import persistent_note
 from pages.views.common import (POLL_SECONDS, SNAPSHOT_SECONDS, fresh_model, get_store, live, open_checkpoint,
                                     require_job_slot, submit)
 from pages.views.methods_doc import section_link
@@ -203,24 +204,6 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-COLLAPSE_STEPS = 20   # a warning needs this many steps in a row: a batch starts as noise, wrong and unsure
-
-
-def collapse_warning(history: list[dict]) -> str:
-    """'' or a sentence when the teacher has been sure of the batch but mostly of other classes than its targets
-    for COLLAPSE_STEPS steps: a confidence of 0.98 beside an accuracy of 11% is a collapsed batch (one class, flat
-    images), which the confidence alone, a top-class probability, hides."""
-    recent = history[-COLLAPSE_STEPS:]
-    if len(recent) < COLLAPSE_STEPS or not all(r.get("teacher_accuracy", 1.0) < 0.5 and r.get("mean_confidence", 0.0)
-                                                > 0.8 for r in recent):
-        return ""
-    last = recent[-1]
-    return (f"The teacher is sure of these images ({last['mean_confidence']:.2f}) but calls only "
-            f"{last['teacher_accuracy']:.0%} of them their target class: the batch has likely collapsed onto a few "
-            "classes. The BN statistics below show whether its variance went flat; raising α_ce or α_f, or lowering "
-            "α_tv and α_l2, usually brings it back.")
-
-
 def render_progress_and_grid(job: ModelInversion) -> None:
     history = list(job.history)
     last = history[-1] if history else {}
@@ -239,7 +222,7 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     cols[2].metric("total loss", f"{last['loss_total']:.3g}" if last else "–", help="The weighted sum L(x̂)")
     cols[3].metric("BN distance", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–",
                    help="Σ_l (||μ_l − running μ_l||₂ + ||σ²_l − running σ²_l||₂), unweighted")
-    if warning := collapse_warning(history):
+    if warning := persistent_note(history):
         st.warning(warning)
     st.markdown("**Synthesized batch**: column = target class; under each image the teacher's prediction and "
                 "confidence at this step, on the shifted and flipped view the loss saw (green = the target)")
