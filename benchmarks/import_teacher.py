@@ -29,7 +29,7 @@ from dfkd_core.models.imported import build_architecture
 from dfkd_core.runs import RunStore
 from dfkd_core.stats import Interval
 from dfkd_core.teacher_import import ImportConfig, import_teacher
-from robustness import mean_t_interval
+from robustness import mean_t_interval, parse_settings
 
 
 def train_like_a_user(arch: str, epochs: int, seed: int, path: Path) -> tuple[float, float]:
@@ -70,7 +70,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipe", default="fashion-5min")
     p.add_argument("--method", default="deepinversion")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one setting of the recipe (synthesis.alpha_f=0.1)")
     args = p.parse_args()
+    overrides = parse_settings(args.set)
     store, home = RunStore(args.home), Path(args.home)
     print(f"{describe_machine()}; torchvision:{args.arch}, {args.epochs} epoch(s), recipe {args.recipe}", flush=True)
     rows = []
@@ -87,12 +90,14 @@ def main() -> None:
                                             name=f"byo torchvision:{args.arch} seed {seed}"), store)
         wrong = import_teacher(ImportConfig(**common))   # not stored: what the tool's default would have read
         caught = "yes" if wrong.summary.get("better_normalization") == "none" else "no"
-        config = DistillConfig(method=args.method, seed=seed, **adapt_to_precision(args.recipe, args.method, {})[0])
+        config = DistillConfig(method=args.method, seed=seed,
+                               **adapt_to_precision(args.recipe, args.method, overrides)[0])
         teacher = right.checkpoint
         job = DistillJob(teacher, config)
         job.run_record = store.create("distill", {**config.to_dict(), "teacher": teacher.path},
                                       teacher=right.run.id, method=args.method, dataset="fashion-mnist",
-                                      name=f"byo {args.arch} seed {seed} · {args.recipe}")
+                                      name=f"byo {args.arch} seed {seed} · {args.recipe}"
+                                      + "".join(f" {s}" for s in args.set))
         started = time.time()
         job.run()
         if job.status != "done":
@@ -101,16 +106,18 @@ def main() -> None:
         rows.append(dict(seed=seed, user=user_accuracy, imported=right.summary["test_accuracy"],
                          wrong=wrong.summary["test_accuracy"], caught=caught, student=job.result["student_accuracy"],
                          ratio=ratio, minutes=(time.time() - started) / 60, train=train_minutes,
-                         student_name=job.student_name))
+                         student_name=job.student_name,
+                         agreement=job.result.get("pool_teacher_agreement", float("nan"))))
         print(f"seed {seed}: student {job.student_name} {job.result['student_accuracy']:.2%}, ratio "
               f"{ratio.format('.3f')} in {rows[-1]['minutes']:.1f} min", flush=True)
-    print(f"\n| seed | user's loop | imported (none) | read with dataset norm. | probe names `none` | student "
-          f"| ratio [95% CI] | distill min | train min |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{' '.join(args.set) or 'recipe as measured'}")
+    print("| seed | user's loop | imported (none) | read with dataset norm. | probe names `none` | pool given its "
+          "class | student | ratio [95% CI] | distill min | train min |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['user']:.2%} | {r['imported']:.2%} | {r['wrong']:.2%} | {r['caught']} | "
-              f"{r['student_name']} {r['student']:.2%} | {r['ratio'].format('.3f')} | {r['minutes']:.1f} | "
-              f"{r['train']:.1f} |")
+              f"{r['agreement']:.0%} | {r['student_name']} {r['student']:.2%} | {r['ratio'].format('.3f')} | "
+              f"{r['minutes']:.1f} | {r['train']:.1f} |")
     if len(rows) > 1:
         mean, low, high = mean_t_interval([r["ratio"].estimate for r in rows])
         print(f"\nmean ratio {mean:.3f} [{low:.3f}, {high:.3f}] over {len(rows)} seeds (95% t-interval); "
