@@ -76,6 +76,9 @@ def render_progress(job: DistillJob) -> None:
     kd = next((r["loss_kd"] for r in reversed(history) if "loss_kd" in r), None)  # synthesis rows hold none
     cols[3].metric("KD loss", f"{kd:.3g}" if kd is not None else "–")
     st.caption(accuracy_note(job, accuracy))
+    if synthesizes(job) and job.running and (diagnosis := job.method.findings().get("diagnosis")):
+        # Said after the first rounds, while Stop can still save the minutes the rest would take.
+        st.warning(f"After {len(job.method.round_results)} synthesis round(s): {diagnosis}")
     if isinstance(job, LaunchedDistillJob):
         st.caption(f"Runs in {job.processes} torchrun processes on this machine (log: `{job.log_path()}`): the "
                    "curves follow the run's files; its images are on the Runs page when it ends.")
