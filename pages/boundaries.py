@@ -58,7 +58,9 @@ linearized boundary) and $I=20$.
 READING_NOTE = ("To read these numbers, compare against a student that never saw the teacher: `scratch` on the "
                 "Distill page (real labels only) trains one in seconds on digits; add it to the students. On "
                 "Fashion-MNIST, scratch students scored MagSim 0.45–0.47 and AngSim 0.23–0.27, real-data KD "
-                "students 0.53 and 0.26–0.28, data-free students 0.47 and 0.41–0.46 (measured, 300 base samples).")
+                "students 0.53 and 0.26–0.28, data-free students 0.47 and 0.41–0.46 (measured on the 300 base samples of "
+                "largest teacher–student gap, the selection then in use; random selection reads higher on some "
+                "students).")
 
 
 def start_analysis(teacher_run: str, student_runs: list[str], config: BoundaryConfig) -> BoundaryAnalysis:
@@ -228,6 +230,8 @@ if opened is not None:
     rows, c = list(data["students"].values()), data["config"]
     if data.get("samples_note"):
         st.warning(data["samples_note"] + ".")
+    if data.get("selection_note"):
+        st.warning(data["selection_note"][0].upper() + data["selection_note"][1:] + ".")
     few = [r["student"] for r in rows if r["both_accepted"] < MIN_PAIRS]
     if few:
         st.warning(f"Resting on fewer than {MIN_PAIRS} pairs accepted by both models (faded below): "

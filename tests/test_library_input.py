@@ -46,3 +46,33 @@ def test_a_preset_refuses_an_unknown_dataset_or_setting_in_a_sentence():
         SynthesisConfig.preset("deepinversion", dataset="mnist")
     with pytest.raises(ValueError, match=r"no setting \['alpha_feature'\]; its settings: .*'alpha_f'"):
         SynthesisConfig.preset("deepinversion", dataset="digits", alpha_feature=1.0)
+
+
+def test_every_analysis_refuses_nan_wrong_size_and_float64_images_alike(digits_teacher):
+    """CKA refused NaN images, Grad-CAM counted them as undefined and the boundary analysis dropped them; 28×28
+    images were analysed by an 8×8 digits teacher (adaptive pooling took them)."""
+    from dfkd_core.analysis import cka_matrix, compare_attention, compare_students
+    from dfkd_core.data import load_split
+    from dfkd_core.models import create_model
+    teacher = digits_teacher.model
+    student = create_model("bncnn3_w16", 10, 1, 8).eval()
+    split = load_split("digits", "test")
+    x, y = split.normalized(slice(0, 20)).contiguous(), split.labels[:20]
+    nan = x.clone()
+    nan[3, 0, 0, 0] = float("nan")
+    big = torch.nn.functional.interpolate(x, size=28)
+    calls = {"cka": lambda images: cka_matrix(teacher, student, None, None, images),
+             "gradcam": lambda images: compare_attention(teacher, {"s": student}, images, y),
+             "boundary": lambda images: compare_students(teacher, {"s": student}, images, y, n_base=5,
+                                                         pixel_bounds=None)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="1 of 20 .* hold NaN or infinite values"):
+            call(nan)
+        with pytest.raises(ValueError, match="are 1×28×28 and bncnn3_w32 takes 1×8×8 images"):
+            call(big)
+        with pytest.raises(TypeError, match="float64 .* pass .*float\\(\\)"):
+            call(x.double())
+    with pytest.raises(ValueError, match="n_base must be at least 1"):
+        compare_students(teacher, {"s": student}, x, y, n_base=-5, pixel_bounds=None)
+    with pytest.raises(ValueError, match="different numbers of classes"):
+        compare_attention(teacher, {"s": create_model("bncnn3_w16", 12, 1, 8).eval()}, x, y)

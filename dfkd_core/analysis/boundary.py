@@ -113,6 +113,7 @@ class BasePairs:
     targets: str = "all"
     asked: int = 0               # base samples asked for
     qualified: int = 0           # inputs classified correctly by the teacher and every student
+    selection: str = "random"
 
     def __len__(self) -> int:
         return len(self.pair_base)
@@ -128,6 +129,16 @@ class BasePairs:
             return ""
         return (f"{self.asked:,} base samples asked, {self.qualified:,} qualified: only {self.qualified:,} {what} "
                 "are classified correctly by the teacher and every student")
+
+    def selection_note(self) -> str:
+        """'' unless the base samples are the ones the students disagree with the teacher on most and some qualifying
+        ones were left out: then MagSim/AngSim describe those samples only, and change with their number."""
+        if self.selection != "gap" or len(self.labels) >= self.qualified:
+            return ""
+        return (f"gap selection: these are the {len(self.labels):,} of {self.qualified:,} qualifying samples where the "
+                "students' outputs differ most from the teacher's, so MagSim/AngSim describe those samples and change "
+                "with their number (one digits student: MagSim 0.28 on 60, 0.55 on all 272), and the interval does not "
+                "cover that; random selection (the default) estimates the value over every qualifying sample")
 
     @property
     def pair_class(self) -> torch.Tensor:
@@ -153,9 +164,10 @@ def qualifying_base_samples(teacher: nn.Module, students: list[nn.Module], input
 
 def choose_base_pairs(teacher_probs: torch.Tensor, students_probs: list[torch.Tensor], inputs: torch.Tensor,
                       labels: torch.Tensor, n_base: int, seed: int = 0, targets: str = "all",
-                      selection: str = "gap") -> BasePairs:
-    """Base samples (methods.md#bss): correct for the teacher and every student; the n_base with the largest
-    Σ_k (p_T,k − p_S,k)² (averaged over the students, so all share them), or a seeded random choice."""
+                      selection: str = "random") -> BasePairs:
+    """Base samples (methods.md#bss): correct for the teacher and every student; a seeded random choice of n_base
+    of them (an estimate of the value over all of them), or `gap`: the n_base with the largest Σ_k (p_T,k − p_S,k)²
+    (averaged over the students, so all share them), as BSS-KD picks its training samples."""
     if targets not in ("all", "sampled") or selection not in ("gap", "random"):
         raise ValueError(f"targets must be 'all' or 'sampled' and selection 'gap' or 'random' "
                          f"(got {targets!r}, {selection!r})")
@@ -177,7 +189,7 @@ def choose_base_pairs(teacher_probs: torch.Tensor, students_probs: list[torch.Te
         pair_base = torch.arange(len(chosen))
         pair_weight = torch.ones(len(chosen))
     return BasePairs(inputs[chosen], base_labels, chosen, pair_base, pair_target, pair_weight, targets, n_base,
-                     len(candidates))
+                     len(candidates), selection)
 
 
 def attack_pairs(model: nn.Module, pairs: BasePairs, settings: AttackSettings = METRIC_ATTACK,
@@ -296,6 +308,12 @@ class BoundaryComparison:
     results: dict[str, BoundarySimilarity]
     settings: AttackSettings
 
+    @property
+    def notes(self) -> list[str]:
+        """What limits these numbers, as `dfkd boundary` prints it: fewer base samples than asked, a gap selection
+        that describes only part of the qualifying samples (each student's own `note` says if its pairs are few)."""
+        return [n for n in (self.pairs.shortfall_note(), self.pairs.selection_note()) if n]
+
     def table(self) -> list[dict]:
         """One row per student: MagSim, AngSim and the pair counts behind them."""
         return [{"student": name, "magsim": r.magsim, "angsim": r.angsim, "both_accepted": r.both_accepted,
@@ -305,7 +323,7 @@ class BoundaryComparison:
 
 def compare_students(teacher: nn.Module, students: Mapping[str, nn.Module], inputs: torch.Tensor,
                      labels: torch.Tensor, n_base: int = 500, seed: int = 0, targets: str = "all",
-                     selection: str = "gap", settings: AttackSettings = METRIC_ATTACK, *,
+                     selection: str = "random", settings: AttackSettings = METRIC_ATTACK, *,
                      pixel_bounds: PixelBounds | None,
                      progress: Callable[[str], None] | None = None) -> BoundaryComparison:
     """MagSim/AngSim of each student vs the teacher; the teacher is attacked once and every student is attacked
@@ -315,7 +333,9 @@ def compare_students(teacher: nn.Module, students: Mapping[str, nn.Module], inpu
     It has no default: the unclamped attack gives other numbers (AngSim 0.50 against 0.55 for one digits pair)."""
     if not students:
         raise ValueError("compare_students needs at least one student")
-    require_normalized_images(inputs, "inputs")
+    if n_base < 1:
+        raise ValueError(f"n_base must be at least 1, got {n_base}")
+    require_normalized_images(inputs, "inputs", models=[teacher, *students.values()])
     teacher_probs = predict_logits(teacher, inputs).softmax(1)
     students_probs = [predict_logits(m, inputs).softmax(1) for m in students.values()]
     for name, p in zip(students, students_probs):
@@ -335,7 +355,7 @@ def compare_students(teacher: nn.Module, students: Mapping[str, nn.Module], inpu
 
 def decision_boundary_similarity(teacher: nn.Module, student: nn.Module, inputs: torch.Tensor,
                                  labels: torch.Tensor, n_base: int = 500, seed: int = 0, targets: str = "all",
-                                 selection: str = "gap", settings: AttackSettings = METRIC_ATTACK, *,
+                                 selection: str = "random", settings: AttackSettings = METRIC_ATTACK, *,
                                  pixel_bounds: PixelBounds | None) -> BoundarySimilarity:
     """MagSim and AngSim of one student against its teacher on base samples drawn from inputs; `pixel_bounds` as
     in `compare_students` (required: pass `checkpoint.dataset.pixel_bounds()`, or None for no pixel range)."""

@@ -45,6 +45,8 @@ def print_table(summary: dict) -> None:
                       f"{_fmt_interval(Interval.from_dict(d[metric]), '+.3f')}")
     if summary["samples_note"]:
         print(f"note: {summary['samples_note']}")
+    if summary.get("selection_note"):
+        print(f"note: {summary['selection_note']}")
     if len(rows) > 1:
         print(f"note: {BasePairs.SHARED_NOTE}")
 
@@ -114,8 +116,10 @@ def add_commands(sub) -> None:
     b.add_argument("--split", default="test", choices=["test", "train"])
     b.add_argument("--targets", default="all", choices=["all", "sampled"],
                    help="all: every k ≠ b weighted by p_n^k; sampled: one k drawn ∝ p_n^k per base sample")
-    b.add_argument("--selection", default="gap", choices=["gap", "random"],
-                   help="gap: largest Σ_k (p_T,k − p_S,k)² (the paper's); random: uniform among correct samples")
+    b.add_argument("--selection", default="random", choices=["random", "gap"],
+                   help="random: uniform among the samples every model gets right (estimates the value over all of "
+                        "them); gap: the largest Σ_k (p_T,k − p_S,k)², as BSS-KD picks its training samples (the value "
+                        "then depends on --samples)")
     b.add_argument("--eta", type=float, default=METRIC_ATTACK.eta, help="attack step factor η")
     b.add_argument("--eps", type=float, default=METRIC_ATTACK.eps, help="attack overshoot ε")
     b.add_argument("--max-steps", type=int, default=METRIC_ATTACK.max_steps, help="attack step limit I")

@@ -34,7 +34,7 @@ class BoundaryConfig(Config):
     pool: int = 0                                       # 0: the whole split; else a seeded random subset
     split: str = "test"                                 # real split the base samples come from
     targets: str = "all"                                # all k ≠ b weighted by p_n^k | one sampled k
-    selection: str = "gap"                              # gap (methods.md#bss) | random
+    selection: str = "random"                           # random | gap (BSS-KD's choice; methods.md#bss)
     eta: float = METRIC_ATTACK.eta
     eps: float = METRIC_ATTACK.eps
     max_steps: int = METRIC_ATTACK.max_steps
@@ -154,6 +154,7 @@ class BoundaryAnalysis(Job):
                    "base_samples": len(self.pairs.labels), "base_samples_asked": self.config.samples,
                    "base_samples_qualified": self.pairs.qualified,
                    "samples_note": self.pairs.shortfall_note(self.source),
+                   "selection_note": self.pairs.selection_note(),
                    "pairs": len(self.pairs), "teacher_outcomes": self.teacher_attack.counts(),
                    "students": {row["student"]: row for row in self.table()},
                    "differences": paired_differences(self.results), "partial": status != "done"}

@@ -40,14 +40,28 @@ def require_comparable(teacher: ModelFile, student: ModelFile, student_name: str
                          "classes.")
 
 
-def require_normalized_images(images, name: str = "images") -> None:
-    """Raise TypeError, in one sentence, for inputs an analysis cannot feed a model: not a float (N, C, H, W) batch
-    in the normalized input space (raw uint8 pixels raised torch's 'expected scalar type Byte')."""
+def require_normalized_images(images, name: str = "images", models=()) -> None:
+    """Raise, in one sentence, for inputs an analysis cannot feed its models: not a float (N, C, H, W) batch in the
+    normalized input space (raw uint8 pixels raised torch's 'expected scalar type Byte'; float64 'expected scalar
+    type Double'), NaN or infinite values (each analysis dropped or refused them its own way), or images of another
+    size or channel count than a model (built by create_model) takes, which adaptive pooling would accept."""
     if not isinstance(images, torch.Tensor):
         return   # an ImageSplit normalizes itself batch by batch
     if images.dim() != 4 or not images.is_floating_point():
         raise TypeError(f"{name} must be a float batch (N, C, H, W) of normalized images, got a {images.dtype} "
                         f"tensor of shape {tuple(images.shape)}; an ImageSplit's .normalized() gives one")
+    weights = [next(m.parameters(), None) for m in models if hasattr(m, "default_cfg")]   # the tool's models
+    if images.dtype == torch.float64 and any(w is not None and w.dtype != torch.float64 for w in weights):
+        raise TypeError(f"{name} are float64 and the models compute in float32: pass {name}.float()")
+    bad = ~torch.isfinite(images.flatten(1)).all(1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(images)} {name} hold NaN or infinite values (e.g. number "
+                         f"{int(bad.nonzero()[0])}); an analysis of them would drop or distort those images")
+    for model in models:
+        cfg = getattr(model, "default_cfg", None)
+        if cfg and tuple(images.shape[1:]) != (cfg["in_channels"], cfg["image_size"], cfg["image_size"]):
+            raise ValueError(f"{name} are {'×'.join(map(str, images.shape[1:]))} and {cfg['name']} takes "
+                             f"{cfg['in_channels']}×{cfg['image_size']}×{cfg['image_size']} images (its dataset's)")
 
 
 def sample_count_note(asked: int, available: int, source: str, unit: str = "images") -> str:

@@ -301,7 +301,7 @@ def cka_matrix(teacher: nn.Module, student: nn.Module, layers_teacher: Sequence[
     `progress(step, total)` is called after every batch. `resamples`: the interval's resamples (random halves of the
     inputs; the minibatch estimator's jackknife needs none; 0: no interval).
     """
-    require_normalized_images(inputs, "inputs")
+    require_normalized_images(inputs, "inputs", models=[teacher, student])
     matrix = CKAMatrix(teacher, student, inputs, layers_teacher, layers_student, kernel, threshold, batch_size,
                        reduce, estimator, bandwidth, seed)
     for i in range(matrix.total_steps):

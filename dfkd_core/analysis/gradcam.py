@@ -289,7 +289,13 @@ def compare_attention(teacher: nn.Module, students: Mapping[str, nn.Module] | Se
                       interpolate_mode: str = "bilinear") -> AttentionComparison:
     """Grad-CAM of the teacher and every student on the same normalized `images`, with per-image overlap scores;
     `.summary()` gives each student's mean over the set. `keep_maps` bounds memory on large sets."""
-    require_normalized_images(images)
+    models = list(students.values()) if isinstance(students, Mapping) else \
+        [students] if isinstance(students, nn.Module) else list(students)
+    require_normalized_images(images, models=[teacher, *models])
+    classes = {getattr(m, "default_cfg", {}).get("num_classes") for m in [teacher, *models]} - {None}
+    if len(classes) > 1:   # a map of "class k" must mean the same class in every model
+        raise ValueError(f"the teacher and students predict different numbers of classes ({sorted(classes)}); "
+                         "Grad-CAM compares maps of the same class")
     comparator = AttentionComparator(teacher, students, target, layer_teacher, layers_students, fraction,
                                      interpolate_mode)
     parts = [comparator.compare(images[i:i + batch_size], None if labels is None else labels[i:i + batch_size])
