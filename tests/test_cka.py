@@ -410,3 +410,16 @@ def test_the_heatmap_writes_three_decimals_so_0996_is_not_read_as_one():
     from dfkd_core.plots.representations import cka_heatmap_figure
     figure = cka_heatmap_figure(torch.tensor([[0.996, 0.6], [float("nan"), 0.12345]]))
     assert [list(row) for row in figure.data[0].text] == [["0.996", "0.600"], ["", "0.123"]]
+
+
+def test_too_few_inputs_for_half_sampling_give_no_interval_not_a_zero_width_one(digits_teacher):
+    """Five inputs: halves of 2, whose linear CKA is 1 whatever the features; the interval was [0.998, 0.998]."""
+    from dfkd_core.data import load_split
+    from dfkd_core.models import create_model
+    x = load_split("digits", "test").normalized(slice(0, 5))
+    result = cka_matrix(digits_teacher.model, create_model("bncnn3_w16", 10, 1, 8).eval(), None, None, x)
+    assert torch.isnan(result.low).all() and torch.isnan(result.high).all()
+    assert result.interval_method.startswith("no interval: halves of 2 input(s) are too few")
+    x = load_split("digits", "test").normalized(slice(0, 20))
+    wide = cka_matrix(digits_teacher.model, create_model("bncnn3_w16", 10, 1, 8).eval(), None, None, x)
+    assert not torch.isnan(wide.low).any() and (wide.high > wide.low).all()

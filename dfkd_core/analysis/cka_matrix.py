@@ -46,6 +46,8 @@ INTERVAL_SUBSAMPLE = 1000         # inputs whose features the streaming estimato
 MINIBATCH_KERNEL = {"linear": "debiased", "debiased": "debiased", "rbf": "debiased_rbf",
                     "debiased_rbf": "debiased_rbf"}   # what the minibatch estimator answers for each request
 
+MIN_HALF_SAMPLE = 10   # inputs per half below which half-sampling gives no interval
+
 
 def _nan_list(matrix: torch.Tensor | None) -> list | None:
     return None if matrix is None else [[None if math.isnan(v) else v for v in row] for row in matrix.tolist()]
@@ -262,6 +264,12 @@ class CKAMatrix:
         acc = self.accumulator
         if isinstance(acc, _FullCKA):
             matrix, draws = acc.estimate(resamples, self.seed)
+            if self.samples // 2 < MIN_HALF_SAMPLE:
+                # Linear CKA of 2 centred points is 1 whatever the features: halves that small give a zero-width
+                # interval, false precision.
+                nan = torch.full_like(matrix, math.nan)
+                return (matrix, nan, nan.clone(), f"no interval: halves of {self.samples // 2} input(s) are too few "
+                        f"for half-sampling (at least {2 * MIN_HALF_SAMPLE} inputs give one)", self.samples)
             return (matrix, *half_sample_bounds(matrix, draws), "half-sampling over inputs", self.samples)
         if isinstance(acc, _StreamingCKA):
             matrix = acc.exact.value()

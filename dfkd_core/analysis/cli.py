@@ -53,6 +53,7 @@ def print_cka_table(result) -> None:
     resamples = f", {result.resamples} resamples" if result.resamples else ""
     has_intervals = result.low is not None and any(not math.isnan(v) for v in result.low.flatten().tolist())
     print(f"[95% interval: {result.interval_method}{resamples}]" if has_intervals else
+          f"[{result.interval_method}]" if result.interval_method.startswith("no interval") else
           "[no intervals: --resamples 0]")
     print(" " * width + " ".join(f"{c:>{col}}" for c in result.layers_student))
     for t in result.layers_teacher:
