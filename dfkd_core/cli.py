@@ -69,8 +69,9 @@ def _run_job(job: Job, keys: tuple[str, ...], quiet: bool, report: bool = True) 
     if run is not None:
         print(f"run {run.id} [{job.status}] -> {run.dir}")
     print(json.dumps({k: v for k, v in job.result.items() if not isinstance(v, list)}, indent=2, default=str))
-    if job.result.get("diagnosis"):   # why the images may not teach: said under the numbers, not only inside them
-        print(f"note: {job.result['diagnosis']}", file=sys.stderr)
+    for key in ("diagnosis", "reproducibility_note"):   # said under the numbers, not only inside them
+        if job.result.get(key):
+            print(f"note: {job.result[key]}", file=sys.stderr)
     return EXIT.get(job.status, 1)
 
 

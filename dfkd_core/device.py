@@ -171,15 +171,18 @@ class CPUShare:
         self.budget = torch.get_num_threads()
         self.unavailable: str | None = None   # why the share could not be taken
         self._refreshed_at = float("-inf")
+        self.used: set[int] = set()   # torch thread counts the job computed with: its numbers depend on them
 
     def __enter__(self) -> "CPUShare":
         self.budget = torch.get_num_threads()
+        self.used = set() if self.enabled else {self.budget}
         if self.enabled:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self.path.touch()
             except OSError as e:   # a read-only temp dir: the job runs with its process's threads, and says so
                 self.enabled, self.unavailable = False, f"{type(e).__name__}: {e}"
+                self.used = {self.budget}
                 return self
             self.refresh(force=True)
         return self
@@ -214,6 +217,18 @@ class CPUShare:
         share = self.threads()
         if share != torch.get_num_threads():
             torch.set_num_threads(share)
+        self.used.add(share)
+
+    def reproducibility_note(self) -> str:
+        """'' when the job computed with its process's thread count throughout; else why a seeded rerun run alone
+        may differ (float sums depend on the thread count)."""
+        if not self.used or self.used == {self.budget}:
+            return ""
+        counts = sorted(self.used)
+        used = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        return (f"computed with {used} of {self.budget} torch threads while other dfkd jobs ran (CPU sharing): float "
+                f"sums depend on the thread count, so a seeded rerun with {self.budget} can differ in the last digits; "
+                "$DFKD_CPU_SHARE=0 keeps every job at its process's count")
 
     def describe(self) -> str:
         if not self.enabled:

@@ -239,6 +239,11 @@ class Job:
         except Exception as e:
             if final != "failed":
                 final, self.error = "failed", f"while saving results: {type(e).__name__}: {e}"
+        on_cpu = getattr(getattr(self, "device", None), "type", "cpu") == "cpu"   # a GPU job's sums are the GPU's
+        if getattr(self, "cpu_share", None) is not None and self.cpu_share.used and on_cpu:
+            self.result["cpu_threads"] = sorted(self.cpu_share.used)
+            if note := self.cpu_share.reproducibility_note():
+                self.result["reproducibility_note"] = note
         if self.updates:   # the run's settings are where it started; its summary says they changed on the way
             self.result["live_updates"] = [dict(u) for u in self.updates]
         with self._lock:   # asked for after the last step began: never applied, and said so

@@ -35,7 +35,8 @@ def test_events_in_order_and_result():
     job, kinds = Counter(3), []
     job.subscribe(lambda e: kinds.append(e.kind))
     job.run()
-    assert kinds == ["started", "step", "step", "step", "done"] and job.result == {"value": 3}
+    assert kinds == ["started", "step", "step", "step", "done"]
+    assert job.result == {"value": 3, "cpu_threads": [torch.get_num_threads()]}   # what its sums were computed with
 
 
 def test_update_applies_at_next_step_and_unknown_parameter_refused():
@@ -206,6 +207,10 @@ def test_running_jobs_share_the_cpu_threads(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert first.seen[:2] == [4, 4] and second.seen == [2] and first.seen[2:] == [4, 4]
     assert list(tmp_path.iterdir()) == []   # both files removed
+    # What each computed with is in its result; the one that shared says a rerun alone may differ.
+    assert first.result["cpu_threads"] == [4] and "reproducibility_note" not in first.result
+    assert second.result["cpu_threads"] == [2]
+    assert "computed with 2 of 4 torch threads while other dfkd jobs ran" in second.result["reproducibility_note"]
 
 
 def test_files_of_ended_processes_do_not_count(tmp_path):

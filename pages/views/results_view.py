@@ -73,3 +73,6 @@ def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
     for summary, name in zip(summaries, names):   # why a student may have learned less than it could
         if summary.get("diagnosis"):
             st.warning((f"**{name}**: " if len(summaries) > 1 else "") + summary["diagnosis"])
+        if summary.get("reproducibility_note"):
+            st.caption((f"**{name}**: " if len(summaries) > 1 else "") + summary["reproducibility_note"][0].upper()
+                       + summary["reproducibility_note"][1:] + ".")
