@@ -117,7 +117,7 @@ def test_several_pools_join_into_one_in_the_order_given(tmp_path, digits_teacher
     """Pools of several synthesis seeds as one (issue 19's pool ensembles): every image and target of each file, in
     order; one bad file among them is refused by name, and an empty list is refused rather than read as no pool."""
     info = digits_teacher.dataset
-    first, second = torch.randn(3, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    first, second = info.normalize(torch.rand(3, 1, 8, 8)), info.normalize(torch.rand(2, 1, 8, 8))
     torch.save({"images": first, "targets": torch.tensor([0, 1, 2])}, tmp_path / "a.pt")
     torch.save({"images": second, "targets": torch.tensor([7, 9])}, tmp_path / "b.pt")
     joined = SyntheticPool.load([tmp_path / "a.pt", str(tmp_path / "b.pt")], info)
@@ -476,3 +476,27 @@ def test_a_pool_whose_class_term_is_drowned_says_so_with_its_weights(digits_teac
     assert "the BN term (α_f·R_feature = " in drowned["diagnosis"] and "Lower α_f or raise α_ce" in drowned["diagnosis"]
     assert sound["pool_teacher_agreement"] > drowned["pool_teacher_agreement"]
     assert sound.get("diagnosis", "") == "" or "BN term" not in sound["diagnosis"]
+
+
+def test_pools_of_raw_pixels_or_foreign_classes_are_refused_and_repeats_are_counted(tmp_path, digits_teacher):
+    """A uint8 pool and one of raw 0–16 pixels trained students to 10% with no word; targets out of range failed
+    with IndexError mid-run; two pools of seeds 0 and 1 (batch k uses seed + k) shared 40 of 60 images unsaid."""
+    info = digits_teacher.dataset
+    images = info.normalize(torch.rand(6, 1, 8, 8))
+    def pool(name, **payload):
+        torch.save({"images": images, "targets": torch.arange(6), "dataset": info.to_dict(), **payload},
+                   tmp_path / name)
+        return tmp_path / name
+    with pytest.raises(PoolError, match="holds torch.uint8 pixels"):
+        SyntheticPool.load(pool("u8.pt", images=(torch.rand(6, 1, 8, 8) * 255).to(torch.uint8)), info)
+    with pytest.raises(PoolError, match="raw pixels .* rather than normalized ones"):
+        SyntheticPool.load(pool("raw.pt", images=torch.rand(6, 1, 8, 8) * 16), info)
+    with pytest.raises(PoolError, match="targets from 0 to 11; the teacher has 10 classes"):
+        SyntheticPool.load(pool("t.pt", targets=torch.tensor([0, 1, 2, 3, 4, 11])), info)
+    a, b = pool("a.pt"), tmp_path / "b.pt"
+    torch.save({"images": torch.cat([images[3:], info.normalize(torch.rand(3, 1, 8, 8))]), "targets": torch.arange(6),
+                "dataset": info.to_dict()}, b)
+    with pytest.warns(UserWarning, match="hold 12 images of which 9 are distinct"):
+        combined = SyntheticPool.load([a, b], info)
+    assert len(combined) == 12 and "seed + k" in combined.note
+    assert SyntheticPool.load(a, info).note == ""

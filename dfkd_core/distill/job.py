@@ -257,6 +257,8 @@ class DistillJob(Job):
             summary.update(self.method.artifacts(directory))
             summary["checkpoint"] = str(directory / "model.pt")
         summary.update(self.method.findings())
+        if getattr(self.pool, "note", ""):
+            summary["pool_note"] = self.pool.note
         # Outside the steps, which is what a run timed by this one's pace (`estimate.planned_time`) adds to them:
         # on digits they are a third of a short run.
         t0 = getattr(self, "t0", None)

@@ -1,6 +1,7 @@
 """A pool of synthesized images that outlives its run: synthesize once, distill many students (`--pool <run>`)."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class SyntheticPool:
         self.images = images if images is not None else torch.empty(shape)
         self.targets = targets if targets is not None else torch.empty(0, dtype=torch.long)
         self.source = source
+        self.note = ""   # what a user should know about a loaded pool (images repeated across the files combined)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,8 +70,15 @@ class SyntheticPool:
             parts = [cls.load(p, dataset) for p in pool_files(path)]
             if not parts:
                 raise PoolError("no pool given: an empty list of images.pt files")
-            return cls(dataset, torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]),
+            pool = cls(dataset, torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts]),
                        source=", ".join(p.source for p in parts))
+            distinct = len(torch.unique(pool.images.flatten(1), dim=0))
+            if distinct < len(pool):   # batch k of a synthesis uses seed + k: seeds 0 and 1 share batches
+                pool.note = (f"the {len(parts)} pools hold {len(pool):,} images of which {distinct:,} are distinct: "
+                             "some are the same batch (a synthesis's batch k uses seed + k, so runs whose seeds are "
+                             "closer than their batch counts repeat batches)")
+                warnings.warn(pool.note, stacklevel=2)
+            return pool
         path = Path(path)
         try:
             payload = load_tensors(path, "image pool")
@@ -77,6 +86,10 @@ class SyntheticPool:
             raise PoolError(str(e)) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("images"), torch.Tensor):
             raise PoolError(f"{path} holds no 'images' tensor; expected the images.pt of a synthesis run")
+        if not payload["images"].is_floating_point():
+            raise PoolError(f"{path} holds {payload['images'].dtype} pixels; a pool holds float images in the "
+                            "teacher's normalized input space, as a synthesis run writes them "
+                            "(dataset.normalize(pixels / 255) makes them from uint8)")
         images = payload["images"].float()
         expected = (dataset.in_channels, dataset.image_size, dataset.image_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
@@ -86,7 +99,17 @@ class SyntheticPool:
             raise PoolError(f"{path} was synthesized for '{made_for}', this teacher is a '{dataset.name}' model")
         if not torch.isfinite(images).all():
             raise PoolError(f"{path} contains NaN or inf pixels")
+        low, high = (b.view(-1) for b in dataset.pixel_bounds())
+        per_channel = images.transpose(0, 1).flatten(1)
+        slack = 0.1 * (high - low)   # inversions are clamped to the bounds; a little room for other writers
+        if (per_channel.amin(1) < low - slack).any() or (per_channel.amax(1) > high + slack).any():
+            raise PoolError(f"{path} has pixels from {float(images.min()):.3g} to {float(images.max()):.3g}, outside "
+                            f"the teacher's normalized range ({float(low.min()):.3g} to {float(high.max()):.3g} for "
+                            "images of 0 to 1): raw pixels (0–255, 0–16) rather than normalized ones?")
         targets = payload.get("targets")
         if not isinstance(targets, torch.Tensor) or len(targets) != len(images):
             targets = torch.full((len(images),), -1, dtype=torch.long)  # unknown classes: KD needs none
+        elif ((targets < -1) | (targets >= dataset.num_classes)).any():
+            raise PoolError(f"{path} has targets from {int(targets.min())} to {int(targets.max())}; the teacher has "
+                            f"{dataset.num_classes} classes (0 to {dataset.num_classes - 1}, or -1 for unknown)")
         return cls(dataset, images, targets.long(), source=str(path))

@@ -71,8 +71,10 @@ def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
     if fallbacks:
         st.caption(f"{FELL_BACK.strip()} KD computed in " + "; in ".join(fallbacks) + ".")
     for summary, name in zip(summaries, names):   # why a student may have learned less than it could
-        if summary.get("diagnosis"):
-            st.warning((f"**{name}**: " if len(summaries) > 1 else "") + summary["diagnosis"])
+        for key in ("diagnosis", "pool_note"):
+            if summary.get(key):
+                st.warning((f"**{name}**: " if len(summaries) > 1 else "") + summary[key][0].upper() + summary[key][1:]
+                           + ("" if summary[key].endswith(".") else "."))
         if summary.get("reproducibility_note"):
             st.caption((f"**{name}**: " if len(summaries) > 1 else "") + summary["reproducibility_note"][0].upper()
                        + summary["reproducibility_note"][1:] + ".")
