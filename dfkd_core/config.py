@@ -41,9 +41,17 @@ class Config:
         from dfkd_core.runs import atomic_write_text   # runs imports torch: only when a config is saved
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
+    # What a run's config.json holds beside the settings: where the command found its inputs (a teacher path, the
+    # process count, a synthesis's batch count, an imported file's digest). Not settings: `load` leaves them out.
+    RUN_FACTS = ("teacher", "processes", "batches", "sha256", "source")
+
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The config a run was made with, from its config.json (run facts beside the settings left out), so
+        `DistillJob(teacher, DistillConfig.load(run.path("config.json")))` replays it."""
+        values = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in values.items() if k in names or k not in cls.RUN_FACTS})
 
 
 def _non_finite(value: Any, name: str) -> tuple[str, Any] | None:

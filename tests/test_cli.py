@@ -100,3 +100,15 @@ def test_every_command_prints_its_help(capsys):
             main(["--help"] if name is None else [name, "--help"])
         assert exit_.value.code == 0, name
         assert "usage:" in capsys.readouterr().out
+
+
+def test_a_cli_runs_config_loads_back_as_its_config(tmp_path, digits_teacher):
+    """The CLI stores the teacher path and process count beside the settings; DistillConfig.load refused them."""
+    from dfkd_core.distill import DistillConfig
+    from dfkd_core.runs import RunStore
+    home = str(tmp_path / "home")
+    assert main(["--home", home, "--quiet", "distill", "--teacher", str(digits_teacher.path), "--method", "noise",
+                 "--steps", "3"]) == 0
+    run = RunStore(home).list(kind="distill")[0]
+    config = DistillConfig.load(run.dir / "config.json")
+    assert config.method == "noise" and config.steps == 3
