@@ -207,6 +207,9 @@ def show_paired_differences(records: list[RunRecord], labels: dict[str, str]) ->
     st.markdown("**Paired differences** on the same test images (95% interval, images resampled together for "
                 "both students):")
     st.dataframe(paired_difference_rows(records, labels), hide_index=True)
+    st.caption("The intervals cover which test images were drawn, not how the students were trained: two seeds of "
+               "one digits recipe differed by −5.0 points [−8.3, −1.7]. A difference says which of these two students "
+               "is better; that one recipe beats another takes several seeds each (`benchmarks/robustness.py`).")
 
 
 def paired_difference_rows(records: list[RunRecord], labels: dict[str, str]) -> list[dict]:
