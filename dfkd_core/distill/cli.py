@@ -65,6 +65,12 @@ def config_from_args(args) -> DistillConfig:
     return DistillConfig(method=method, **values)
 
 
+def images_column(summary: dict) -> str:
+    """Images synthesized by the run, or the reused pool's size marked as such (a pool run synthesized none)."""
+    made, pool = summary.get("images_synthesized", 0), summary.get("pool_size", 0)
+    return f"{made:,}" if made or not pool else f"{pool:,} pool"
+
+
 def format_result(summary: dict) -> str:
     """The run's one-row table: each accuracy and the ratio with its 95% interval over the real test images."""
     def estimate(key: str, spec: str) -> str:
@@ -74,7 +80,7 @@ def format_result(summary: dict) -> str:
             f"{'minutes':>8} {'images':>8}")
     row = (f"{summary['method']:20} {estimate('student_accuracy', '.4f'):>25} "
            f"{estimate('teacher_accuracy', '.4f'):>25} {estimate('ratio', '.3f'):>22} "
-           f"{summary['wall_minutes']:>8.2f} {summary['images_synthesized']:>8}")
+           f"{summary['wall_minutes']:>8.2f} {images_column(summary):>8}")
     precision = f"\nKD computed in {summary['kd_precision']}" if summary.get("kd_precision") else ""
     agreement = summary.get("pool_teacher_agreement")
     pool = (f"\nthe teacher gives {agreement:.0%} of the synthesized images their target class"
