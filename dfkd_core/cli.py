@@ -69,7 +69,7 @@ def _run_job(job: Job, keys: tuple[str, ...], quiet: bool, report: bool = True) 
     if run is not None:
         print(f"run {run.id} [{job.status}] -> {run.dir}")
     print(json.dumps({k: v for k, v in job.result.items() if not isinstance(v, list)}, indent=2, default=str))
-    for key in ("diagnosis", "reproducibility_note"):   # said under the numbers, not only inside them
+    for key in ("teacher_note", "diagnosis", "pool_note", "reproducibility_note"):   # said under the numbers too
         if job.result.get(key):
             print(f"note: {job.result[key]}", file=sys.stderr)
     return EXIT.get(job.status, 1)
@@ -133,7 +133,8 @@ def cmd_synthesize(args, store: RunStore) -> int:
         config = SynthesisConfig.preset(args.method, teacher.dataset.name, **overrides)
         config.device = world.device_name(config.device)
         if args.batches == 1 and not world.active:
-            job = ModelInversion(teacher.model, teacher.dataset, config, student=student)
+            job = ModelInversion(teacher.model, teacher.dataset, config, student=student,
+                                 teacher_test_accuracy=teacher.metrics.get("test_accuracy"))
         else:
             job = ShardedSynthesis(teacher.model, teacher.dataset, config, args.batches, world, student=student)
     except ValueError as e:

@@ -16,6 +16,7 @@ from dfkd_core.models import CheckpointError, describe_model, list_models  # noq
 from dfkd_core.plots import image_grid_figure, loss_curves_figure  # noqa: E402
 from dfkd_core.runs import UnknownRunError  # noqa: E402
 from dfkd_core.stats import accuracy_interval  # noqa: E402
+from dfkd_core.synthesis.diagnosis import weak_teacher_note  # noqa: E402
 from dfkd_core.training import DEFAULT_EPOCHS, DEFAULT_TEACHER, TeacherConfig, TeacherTraining, evaluate  # noqa: E402
 from pages.views.common import (  # noqa: E402
     CURRENT_TEACHER, MAX_CHECKPOINT_MB, attached_job, checkpoint_picker, data_root_key, data_root_setting, eta_text,
@@ -163,6 +164,8 @@ cols[0].metric("test accuracy (real data)", f"{report['accuracy']:.2%}" if repor
 cols[1].metric("parameters", f"{sum(p.numel() for p in checkpoint.model.parameters()):,}")
 cols[2].metric("BatchNorm layers", len(bn_layers))
 cols[3].metric("input", f"{checkpoint.dataset.in_channels}×{checkpoint.dataset.image_size}²")
+if report and (note := weak_teacher_note(report["accuracy"], checkpoint.dataset.num_classes)):
+    st.warning(note[0].upper() + note[1:] + ".")
 if report:
     ci = report["interval"]
     st.caption(f"Test accuracy {ci.format('.2%')}: the 95% bootstrap interval over the {ci.units:,} real test "

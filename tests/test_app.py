@@ -547,3 +547,14 @@ def test_methods_page_renders_every_section_of_the_shipped_methods_doc(teacher_h
     # No control characters: "\text" written through a Python string once became a tab + "ext" in two formulas.
     assert not [c for c in text if ord(c) < 32 and c != "\n"]   # (splitlines() splits at a form feed: no check)
     assert section_link("cka") == "[Methods: CKA](/methods#cka)"
+
+
+def test_a_teacher_at_chance_is_flagged_on_every_page_that_uses_it(home, tmp_path):
+    """An 8.3% teacher (below chance) gave garbage images and a 'ratio 1.33' student with no hint anywhere."""
+    info = dataset_info("digits")
+    path = save_checkpoint(tmp_path / "weak.pt", create_model("bncnn3_w32", 10, 1, 8), info, {"test_accuracy": 0.083})
+    add_teacher(home, path, accuracy=0.083)
+    for page in ("pages/synthesize.py", "pages/distill.py"):
+        at = app(page)
+        assert any("scores 8.3% on real test images, near chance (10% for 10 classes)" in w.value
+                   for w in at.warning), page

@@ -184,3 +184,27 @@ def test_run_titles_tell_runs_apart():
     # the DeepInversion preset with α_f moved to 0 is no longer DeepInversion: its name must not say it is
     assert SynthesisConfig.preset("deepinversion", "digits", alpha_f=0.0).title().startswith(
         "DeepInversion without BN matching α_f=0 ")
+
+
+@pytest.mark.parametrize("settings, says", [
+    (dict(method="deepdream", alpha_tv=100.0, alpha_l2=100.0), "100% of the images are flat (one grey value), the "
+                                                               "priors' doing: lower α_tv and α_l2"),
+    (dict(method="deepinversion", lr=1e30), "of the pixels sit at the ends of the valid range, the sign of steps too "
+                                            "large to settle: lower the learning rate"),
+])
+def test_a_failed_batch_names_its_cause(digits_teacher, settings, says):
+    """Flat grey squares at confidence 0.13 got no word; a learning rate of 1e30 was blamed on α_f."""
+    method = settings.pop("method")
+    config = SynthesisConfig.preset(method, "digits", iterations=60, batch_size=30, **settings)
+    job = ModelInversion(digits_teacher.model, digits_teacher.dataset, config)
+    job.run()
+    assert job.result["teacher_accuracy"] < 0.5 and says in job.result["diagnosis"]
+
+
+def test_a_teacher_at_chance_is_named_first_and_all_zero_weights_are_refused(digits_teacher):
+    config = SynthesisConfig.preset("deepinversion", "digits", iterations=5, batch_size=20)
+    job = ModelInversion(digits_teacher.model, digits_teacher.dataset, config, teacher_test_accuracy=0.083)
+    job.run()
+    assert job.result["diagnosis"].startswith("The teacher itself scores 8.3% on real test images, near chance (10%")
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        SynthesisConfig.preset("deepdream", "digits", alpha_ce=0, alpha_tv=0, alpha_l2=0).validate()

@@ -14,7 +14,7 @@ from dfkd_core.distributed import gather_units
 from dfkd_core.distill.methods import DistillMethod, register_method
 from dfkd_core.distill.resume import Progress, clone_state
 from dfkd_core.hooks import batchnorm_layers
-from dfkd_core.synthesis.diagnosis import class_agreement_note
+from dfkd_core.synthesis.diagnosis import BatchReading
 from dfkd_core.synthesis.engine import InversionObjective
 from dfkd_core.synthesis.inversion import ModelInversion, SynthesisConfig, check_jitter, make_objective
 
@@ -91,12 +91,11 @@ class PoolKD(DistillMethod):
         if not self.round_results:
             return {}
         rounds = self.round_results
-        agreement = sum(r["teacher_accuracy"] for r in rounds) / len(rounds)
-        found = {"pool_teacher_agreement": agreement}
-        last = dict(rounds[-1]["last_step"])
-        note = class_agreement_note(agreement, sum(r["mean_confidence"] for r in rounds) / len(rounds),
-                                    last.get("loss_ce"), last.get("loss_bn_feature"), last.get("alpha_ce", 1.0),
-                                    last.get("alpha_f", 0.0), where="the synthesized images")
+        mean = {k: sum(r[k] for r in rounds) / len(rounds)
+                for k in ("teacher_accuracy", "mean_confidence", "flat_fraction", "pinned_fraction")}
+        found = {"pool_teacher_agreement": mean["teacher_accuracy"]}
+        # The teacher's own accuracy is the distillation's to report (`teacher_note`), not the pool's.
+        note = BatchReading.of_step({**rounds[-1], **mean}).note("the synthesized images")
         if note:
             found["diagnosis"] = note
         return found
@@ -179,9 +178,8 @@ class PoolKD(DistillMethod):
                     if 0 <= self.options.trajectory_kd_from <= i:
                         yield {**self._trajectory_kd_step(inversion), "round": r, "inv_iteration": i}
                 finished = inversion.finish("done")
-                self.round_results.append({"teacher_accuracy": finished["teacher_accuracy"],
-                                           "mean_confidence": finished["mean_confidence"],
-                                           "last_step": m})
+                self.round_results.append({**m, **{k: finished[k] for k in (
+                    "teacher_accuracy", "mean_confidence", "flat_fraction", "pinned_fraction")}})
                 made[r] = (inversion.images(), inversion.targets.cpu())
                 self.inversion = None
             else:   # the last group has fewer rounds than processes: this one waits for the others

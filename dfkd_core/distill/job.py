@@ -24,6 +24,7 @@ from dfkd_core.distill.student import StudentTrainer
 from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, save_checkpoint
 from dfkd_core.runs import atomic_torch_save
+from dfkd_core.synthesis.diagnosis import weak_teacher_note
 from dfkd_core.synthesis.images import save_grid
 from dfkd_core.training import evaluate
 
@@ -257,6 +258,8 @@ class DistillJob(Job):
             summary.update(self.method.artifacts(directory))
             summary["checkpoint"] = str(directory / "model.pt")
         summary.update(self.method.findings())
+        if teacher_note := weak_teacher_note(self.teacher_accuracy, self.dataset.num_classes):
+            summary["teacher_note"] = teacher_note + "; the ratio then says nothing about the method"
         if getattr(self.pool, "note", ""):
             summary["pool_note"] = self.pool.note
         # Outside the steps, which is what a run timed by this one's pace (`estimate.planned_time`) adds to them:

@@ -25,7 +25,7 @@ from dfkd_core.jobs import Job, check_finite
 from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.contrastive import ContrastiveMemory, draw_crops
-from dfkd_core.synthesis.diagnosis import class_agreement_note
+from dfkd_core.synthesis.diagnosis import BatchReading
 from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective, TeacherView
 from dfkd_core.synthesis.images import save_grid
 
@@ -145,6 +145,10 @@ class SynthesisConfig(Config):
             raise ValueError("multi_resolution_iterations must be in [0, iterations)")
         if any(not isinstance(t, int) or t < 0 for t in self.targets):
             raise ValueError(f"targets are class indices >= 0, got {self.targets}")
+        if not any(getattr(self, name) > 0 for name in ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c",
+                                                         "alpha_cr")):
+            raise ValueError("every loss weight is 0: nothing would move the images, which would stay noise; set "
+                             "α_ce above 0 (and α_f for DeepInversion)")
 
 
 def check_jitter(jitter: int, dataset: DatasetInfo) -> None:
@@ -180,9 +184,11 @@ class ModelInversion(Job):
     metrics_every_s: float | None = None   # None: every step on the CPU, every 0.1 s on a GPU (see `setup`)
 
     def __init__(self, teacher: nn.Module, dataset: DatasetInfo, config: SynthesisConfig,
-                 student: nn.Module | None = None, run=None, objective: InversionObjective | None = None):
+                 student: nn.Module | None = None, run=None, objective: InversionObjective | None = None,
+                 teacher_test_accuracy: float | None = None):
         """`objective`: one made earlier for this teacher and student (a pool's rounds share one, and with it one
-        compilation); by default the job makes its own."""
+        compilation); by default the job makes its own. `teacher_test_accuracy` (its checkpoint's): a teacher near
+        chance is the first thing the result's diagnosis names."""
         if not isinstance(teacher, nn.Module):   # a Checkpoint: DistillJob takes one, this job its parts
             raise TypeError(f"ModelInversion takes the teacher module and its DatasetInfo, got a "
                             f"{type(teacher).__name__}; pass checkpoint.model, checkpoint.dataset")
@@ -191,6 +197,7 @@ class ModelInversion(Job):
         check_jitter(config.jitter, dataset)
         self.config, self.dataset = config, dataset
         self.teacher, self.student = teacher, student
+        self.teacher_test_accuracy = teacher_test_accuracy
         self.has_bn = bool(batchnorm_layers(teacher))
         if config.alpha_f > 0 and not self.has_bn:
             raise ValueError("this teacher has no BatchNorm layers, so DeepInversion's feature loss (α_f > 0) "
@@ -356,11 +363,11 @@ class ModelInversion(Job):
             "images_per_second": self.config.batch_size / elapsed if done_steps and elapsed > 0 else 0.0,
             "engine": engine_description(self.objective, self.device, self.config.amp, self.config.cpu_bf16),
         }
-        last = self.history[-1] if self.history else {}
-        note = class_agreement_note(final["teacher_accuracy"], final["mean_confidence"], last.get("loss_ce"),
-                                    last.get("loss_bn_feature"), last.get("alpha_ce", self.config.alpha_ce),
-                                    last.get("alpha_f", self.config.alpha_f),
-                                    where="the synthesized images") if done_steps else ""
+        summary.update(flat_fraction=final["flat_fraction"], pinned_fraction=final["pinned_fraction"])
+        last = {**vars(self.config), **(self.history[-1] if self.history else {}), **final}
+        note = BatchReading.of_step(last, teacher_test_accuracy=self.teacher_test_accuracy,
+                                    num_classes=self.dataset.num_classes).note("the synthesized images") \
+            if done_steps else ""
         if note:
             summary["diagnosis"] = note
         if self.run_record is not None:
@@ -391,12 +398,21 @@ class ModelInversion(Job):
         with self.recorder:
             probs = self.teacher(x).float().softmax(1)
             out = {"teacher_accuracy": (probs.argmax(1) == self.targets).float().mean().item(),
-                   "mean_confidence": probs.max(1).values.mean().item()}
+                   "mean_confidence": probs.max(1).values.mean().item(), **self._pixel_reading(x)}
             if self.has_bn:
                 _, per_layer = bn_feature_loss(self.recorder.statistics(), self.config.first_bn_multiplier)
                 out["bn_distance"] = float(per_layer.sum())
                 out["bn_per_layer"] = [round(float(v), 5) for v in per_layer]
         return out
+
+    def _pixel_reading(self, x: torch.Tensor) -> dict:
+        """Share of images that are flat (spread under 2% of the pixel range) and of pixels pinned at the range's
+        ends (within 1% of it): what too strong priors and too large steps leave (synthesis/diagnosis)."""
+        low, high = (b.to(x.device) for b in self.dataset.pixel_bounds())
+        span = high - low
+        flat = x.float().flatten(1).std(1) < 0.02 * float(span.mean())
+        pinned = ((x - low) < 0.01 * span) | ((high - x) < 0.01 * span)
+        return {"flat_fraction": flat.float().mean().item(), "pinned_fraction": pinned.float().mean().item()}
 
     # ------------------------------------------------------------------ internals
     @torch.no_grad()

@@ -21,6 +21,7 @@ from dfkd_core.jobs import Job
 from dfkd_core.models import Checkpoint, CheckpointError, load_checkpoint
 from dfkd_core.models.reference import is_untrained, untrained_reference
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
+from dfkd_core.synthesis.diagnosis import weak_teacher_note
 from dfkd_core.time_left import clock
 from pages.views.labels import PARTIAL_STATUSES, compact_labels, describe_run
 
@@ -149,6 +150,9 @@ def teacher_or_stop(key: str, *, disabled: bool = False, help: str | None = None
     if teacher_run is None:
         st.info(missing)
         st.stop()
+    teacher = open_checkpoint(teacher_run)
+    if note := weak_teacher_note(teacher.metrics.get("test_accuracy"), teacher.dataset.num_classes):
+        st.warning(note[0].upper() + note[1:] + ".")   # everything made from it would be garbage, with no other hint
     return teacher_run
 
 

@@ -71,7 +71,7 @@ def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
     if fallbacks:
         st.caption(f"{FELL_BACK.strip()} KD computed in " + "; in ".join(fallbacks) + ".")
     for summary, name in zip(summaries, names):   # why a student may have learned less than it could
-        for key in ("diagnosis", "pool_note"):
+        for key in ("teacher_note", "diagnosis", "pool_note"):
             if summary.get(key):
                 st.warning((f"**{name}**: " if len(summaries) > 1 else "") + summary[key][0].upper() + summary[key][1:]
                            + ("" if summary[key].endswith(".") else "."))

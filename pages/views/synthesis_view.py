@@ -166,7 +166,8 @@ def start_inversion(teacher_run: str, config: SynthesisConfig, student_choice: s
             student = create_model(student_name, info.num_classes, info.in_channels, info.image_size)
         else:
             student, student_name = fresh_model(student_choice), student_choice
-    job = ModelInversion(fresh_model(teacher_run), teacher.dataset, config, student=student)  # validates first
+    job = ModelInversion(fresh_model(teacher_run), teacher.dataset, config, student=student,   # validates first
+                         teacher_test_accuracy=teacher.metrics.get("test_accuracy"))
     run = store.create("synthesis", {**config.to_dict(), "teacher": teacher.path, "student": student_name},
                        teacher=teacher_run, method=config.method, dataset=teacher.dataset.name,
                        name=f"{config.title()} · {teacher.name} · {time.strftime('%H:%M')} ({origin})")
@@ -222,7 +223,8 @@ def render_progress_and_grid(job: ModelInversion) -> None:
     cols[2].metric("total loss", f"{last['loss_total']:.3g}" if last else "–", help="The weighted sum L(x̂)")
     cols[3].metric("BN distance", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–",
                    help="Σ_l (||μ_l − running μ_l||₂ + ||σ²_l − running σ²_l||₂), unweighted")
-    if warning := persistent_note(history):
+    diagnosis = None if job.running else (job.result or {}).get("diagnosis")   # the finished batch's own reading
+    if warning := diagnosis or persistent_note(history):
         st.warning(warning)
     st.markdown("**Synthesized batch**: column = target class; under each image the teacher's prediction and "
                 "confidence at this step, on the shifted and flipped view the loss saw (green = the target)")
