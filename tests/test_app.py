@@ -558,3 +558,18 @@ def test_a_teacher_at_chance_is_flagged_on_every_page_that_uses_it(home, tmp_pat
         at = app(page)
         assert any("scores 8.3% on real test images, near chance (10% for 10 classes)" in w.value
                    for w in at.warning), page
+
+
+def test_switching_from_a_fashion_teacher_to_a_digits_one_resets_the_learning_rate(teacher_home, tmp_path):
+    """lr 0.25 is Fashion-MNIST's own; digits has none, so it stayed on the knobs for the digits teacher, unsaid."""
+    from pages.views.synthesis_view import knob_key
+    fashion = dataset_info("fashion-mnist")
+    path = save_checkpoint(tmp_path / "f.pt", create_model("bncnn6_w16", 10, 1, 28), fashion, {"test_accuracy": 0.9})
+    run = teacher_home.create("teacher", {}, method="bncnn6_w16", dataset="fashion-mnist", name="bncnn6_w16 on fashion")
+    shutil.copy(path, run.path("model.pt"))
+    run.set_status("done", summary={"test_accuracy": 0.9})
+    at = app("pages/synthesize.py", teacher=run.id)
+    assert at.session_state[knob_key("lr")] == 0.25
+    at.sidebar.selectbox(key="synth_teacher").set_value(teacher_home.teacher_id).run()
+    assert at.session_state[knob_key("lr")] == 0.1 and at.session_state[knob_key("jitter")] == 1
+    assert not any("Moved from" in c.value for c in at.sidebar.caption)
