@@ -9,6 +9,7 @@ hand_over_to_app()
 
 from dfkd_core.distill import DISTILL_METHODS, DistillJob  # noqa: E402
 from dfkd_core.distill.recipes import RECIPES  # noqa: E402
+from dfkd_core.hooks import batchnorm_layers  # noqa: E402
 from pages.views.common import (  # noqa: E402
     attached_job, data_root_setting, ensure_starter_teacher, get_store, keep_widget_state, make_current_teacher,
     open_checkpoint, show_starter_progress, start_stop_buttons, teacher_or_stop)
@@ -52,12 +53,16 @@ with st.sidebar:
                                   missing="No teacher in the run store yet: a digits teacher trains by itself on "
                                           "first launch (progress on the right), or add one on the Teacher page.")
     dataset = open_checkpoint(teacher_run).dataset
-    methods = ordered_methods()
+    has_bn = bool(batchnorm_layers(open_checkpoint(teacher_run).model))
+    methods = ordered_methods(has_bn)
     if st.session_state.get("distill_method") not in methods:
-        st.session_state["distill_method"] = "deepinversion"
+        st.session_state["distill_method"] = "deepinversion" if has_bn else "deepdream"
     method = st.selectbox("Method", methods, key="distill_method", format_func=method_label, disabled=running,
                           help="Data-free methods first; 'uses real data' marks the comparison baselines")
     st.caption(DISTILL_METHODS[method].description)
+    if not has_bn:
+        st.caption("This teacher has no BatchNorm layers, so the methods that match its BN statistics (" + ", ".join(
+            m for m in ordered_methods() if m not in methods) + ") are not offered.")
     models, default_model = student_choices(teacher_run)
     recipe = recipe_widget(dataset.name, method, running)
     previous = st.session_state.get("distill_for")

@@ -65,6 +65,7 @@ class FastOptions(Config):
 @register_method
 class FastMetaKD(DistillMethod):
     name = "fast"
+    needs_batchnorm = True
     description = ("a generator meta-learnt across batches makes each new batch in a few steps (Fast-Datafree); "
                    "KD on the growing pool")
     Options = FastOptions

@@ -24,6 +24,7 @@ class GeneratorKD(DistillMethod):
     step."""
 
     mode = "single"
+    needs_batchnorm = True   # λ_bn > 0 by default; with λ_bn = 0 it runs on any teacher
     other_steps_name = "generator steps"
 
     def __init__(self, job):

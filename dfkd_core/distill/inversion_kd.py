@@ -258,11 +258,11 @@ class DeepDreamKD(PoolKD):
 
 @register_method
 class DeepInversionKD(PoolKD):
-    name, preset = "deepinversion", "deepinversion"
+    name, preset, needs_batchnorm = "deepinversion", "deepinversion", True
     description = "KD on images inverted with BatchNorm feature matching (α_f > 0)"
 
 
 @register_method
 class AdaptiveDeepInversionKD(PoolKD):
-    name, preset, compete = "adi", "adi", True
+    name, preset, compete, needs_batchnorm = "adi", "adi", True, True
     description = "alternate inversion competing with the current student (α_c > 0) and KD on the growing pool"

@@ -71,6 +71,7 @@ class DistillMethod:
 
     name = ""
     data_free = True          # False for methods that read the real training set (shown in every report)
+    needs_batchnorm = False   # True where the default settings match the teacher's BN statistics (pickers hide it)
     synthesizes_pool = False  # True for the pool methods, the only ones the inversion settings (`synthesis`) apply to
     multi_process = True      # runs under torchrun (DDP); False: one process only, said before a run exists
     echoes_teacher = True     # its steps are plain KD on a batch, so `teacher_echo` may reuse the teacher's labels

@@ -125,9 +125,11 @@ def weight_key(name: str) -> str:
     return f"distill_{name}"
 
 
-def ordered_methods() -> list[str]:
-    """Every registered method, data-free ones first (registry order otherwise)."""
-    return sorted(DISTILL_METHODS, key=lambda m: not DISTILL_METHODS[m].data_free)
+def ordered_methods(has_batchnorm: bool = True) -> list[str]:
+    """Every registered method, data-free ones first (registry order otherwise); for a teacher without BatchNorm,
+    not those whose defaults match its BN statistics (they were offered, then refused after Start)."""
+    return sorted((m for m in DISTILL_METHODS if has_batchnorm or not DISTILL_METHODS[m].needs_batchnorm),
+                  key=lambda m: not DISTILL_METHODS[m].data_free)
 
 
 def method_label(name: str) -> str:
