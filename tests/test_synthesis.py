@@ -208,3 +208,11 @@ def test_a_teacher_at_chance_is_named_first_and_all_zero_weights_are_refused(dig
     assert job.result["diagnosis"].startswith("The teacher itself scores 8.3% on real test images, near chance (10%")
     with pytest.raises(ValueError, match="every loss weight is 0"):
         SynthesisConfig.preset("deepdream", "digits", alpha_ce=0, alpha_tv=0, alpha_l2=0).validate()
+
+
+def test_run_names_tell_apart_runs_that_differ_in_alpha_ce_or_alpha_l2():
+    """Two runs, one with α_l2 100 and α_ce 0, were both named 'DeepInversion α_f=1 α_tv=100 lr=0.5 B=100×200'."""
+    plain = SynthesisConfig.preset("deepinversion", "digits", alpha_tv=100.0, lr=0.5)
+    other = plain.replace(alpha_l2=100.0, alpha_ce=0.0)
+    assert plain.title() == "DeepInversion α_f=1 α_tv=100 lr=0.5 B=100×200"
+    assert other.title() == "DeepInversion α_f=1 α_tv=100 α_ce=0 α_l2=100 lr=0.5 B=100×200"

@@ -112,8 +112,12 @@ class SynthesisConfig(Config):
         """A run name that tells runs apart: the method, the weights that differ between its runs, and the batch,
         e.g. 'DeepInversion α_f=1 α_tv=0.001 lr=0.1 B=100×200'."""
         names = {"deepdream": "DeepDream", "deepinversion": "DeepInversion", "adi": "Adaptive DI"}
+        generic = SynthesisConfig.__dataclass_fields__   # α_ce and α_l2 are named where they leave the defaults
         weights = ([("α_f", self.alpha_f), ("α_tv", self.alpha_tv)] + ([("α_c", self.alpha_c)] if self.alpha_c else [])
-                   + ([("α_cr", self.alpha_cr)] if self.alpha_cr else []))
+                   + ([("α_cr", self.alpha_cr)] if self.alpha_cr else [])
+                   + [(symbol, value) for symbol, name, value in (("α_ce", "alpha_ce", self.alpha_ce),
+                                                                  ("α_l2", "alpha_l2", self.alpha_l2))
+                      if value != generic[name].default])
         name = names.get(self.method, self.method)
         if self.method != "deepdream" and not self.alpha_f:   # α_f = 0 is DeepDream's objective whatever the preset
             name += " without BN matching"
