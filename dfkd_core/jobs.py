@@ -226,7 +226,8 @@ class Job:
         except Exception as e:  # the job reports; a background thread has nobody to raise to
             final, self.error = "failed", f"{type(e).__name__}: {e}"
             if isinstance(e, NonFiniteLossError) and self.run_record is not None:
-                self.error += " (the finished part of the run was kept)"
+                self.error += (" (the finished part of the run was kept)" if self.history else
+                               " (no step had finished: the run has no images)")
             self._traceback = traceback.format_exc()
         if pending:   # steps finished before a Ctrl-C or a failure are reported like any other
             try:

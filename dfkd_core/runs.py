@@ -33,6 +33,11 @@ from dfkd_core.run_index import RunIndex
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 INTERRUPTED_ERROR = "the process running it stopped before it finished; its files are kept"
+# Its results (images, a model) are first saved after some seconds (`Job.progress_every_s`): a run stopped before
+# has only its config and curves, and says so.
+INTERRUPTED_EARLY = ("the process running it stopped before it finished, before its first progress save: only its "
+                     "settings and curves are kept, no images or model")
+SAVED_RESULTS = ("images.pt", "model.pt", "resume.pt", "results.json")
 # What `create` makes (kind-stamp-hex); a reference to a run (an id or a prefix of one) may only use these
 # characters, so no reference can name a path outside the run store ('/', '..', an absolute path).
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -354,8 +359,10 @@ class RunStore:
         for row in rows:
             if row["status"] == "running" and row.get("host") == socket.gethostname() \
                     and not process_alive(row.get("pid"), row.get("pid_start")):
-                self._update(row["id"], "interrupted", error=INTERRUPTED_ERROR)
-                row.update(status="interrupted", error=INTERRUPTED_ERROR)
+                saved = any((self.runs_dir / row["id"] / name).is_file() for name in SAVED_RESULTS)
+                error = INTERRUPTED_ERROR if saved else INTERRUPTED_EARLY
+                self._update(row["id"], "interrupted", error=error)
+                row.update(status="interrupted", error=error)
         return rows
 
     def _run_files(self) -> list[dict]:

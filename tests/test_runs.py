@@ -29,6 +29,13 @@ def test_run_of_dead_process_is_marked_interrupted_and_kept(store):
     record = store.get_record(run.id)
     assert record.status == "interrupted" and "stopped" in record.error
     assert run.dir.exists()
+    # Killed before its first progress save: it says nothing but settings and curves are there.
+    assert "only its settings and curves are kept, no images or model" in record.error
+    saved = store.create("synthesis", {})
+    saved.path("images.pt").write_bytes(b"x")
+    with sqlite3.connect(store.db_path) as db:
+        db.execute("UPDATE runs SET pid=? WHERE id=?", (2 ** 22 + 12345, saved.id))
+    assert store.get_record(saved.id).error.endswith("its files are kept")
 
 
 def test_live_run_stays_running(store):

@@ -216,3 +216,14 @@ def test_run_names_tell_apart_runs_that_differ_in_alpha_ce_or_alpha_l2():
     other = plain.replace(alpha_l2=100.0, alpha_ce=0.0)
     assert plain.title() == "DeepInversion α_f=1 α_tv=100 lr=0.5 B=100×200"
     assert other.title() == "DeepInversion α_f=1 α_tv=100 α_ce=0 α_l2=100 lr=0.5 B=100×200"
+
+
+def test_an_overflowing_weight_is_named_not_the_total(digits_teacher, store):
+    """α_tv 1e38 was reported as "loss term 'total' is inf; lower the weight of 'total'" (there is none) and said
+    the finished part was kept after no step had finished."""
+    config = SynthesisConfig.preset("deepinversion", "digits", alpha_tv=1e38, iterations=5, batch_size=10)
+    job = ModelInversion(digits_teacher.model, digits_teacher.dataset, config, run=store.create("synthesis", {}))
+    job.run()
+    assert job.status == "failed"
+    assert "alpha_tv = 1e+38 times its term" in job.error and "lower alpha_tv" in job.error
+    assert "no step had finished" in job.error

@@ -21,7 +21,7 @@ from dfkd_core.config import Config
 from dfkd_core.data import DatasetInfo
 from dfkd_core.device import autocast, cpu_bf16_default, precision, prepare_model, resolve_device
 from dfkd_core.hooks import batchnorm_layers
-from dfkd_core.jobs import Job, check_finite
+from dfkd_core.jobs import Job, NonFiniteLossError, check_finite
 from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.contrastive import ContrastiveMemory, draw_crops
@@ -50,6 +50,11 @@ DATASET_DEFAULTS: dict[str, dict] = {
 
 LIVE_PARAMETERS = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "lr",
                    "jitter", "flip")
+
+
+# The weight of each loss term, by the name the objective gives the term.
+TERM_WEIGHTS = {"ce": "alpha_ce", "tv": "alpha_tv", "l2": "alpha_l2", "bn_feature": "alpha_f", "compete": "alpha_c",
+                "contrast": "alpha_cr"}
 
 
 @dataclass
@@ -463,8 +468,15 @@ class ModelInversion(Job):
         read = dict(zip(names, values))
         if self.objective.has_bn:
             read["bn_per_layer"] = [round(v, 5) for v in values[len(names):]]
-        check_finite({**{k: read[f"loss_{k}"] for k in self.objective.term_names(compete)},
-                      "total": read["loss_total"]}, metrics["step"])
+        terms = {k: read[f"loss_{k}"] for k in self.objective.term_names(compete)}
+        check_finite(terms, metrics["step"])
+        if not math.isfinite(read["loss_total"]):   # every term finite: a weight times its term overflowed
+            weighted = {k: getattr(self.config, TERM_WEIGHTS[k]) * v for k, v in terms.items() if k in TERM_WEIGHTS}
+            worst = max(weighted, key=lambda k: abs(weighted[k]))
+            weight = TERM_WEIGHTS[worst]
+            raise NonFiniteLossError(
+                f"the weighted loss is {read['loss_total']} at step {metrics['step']}: {weight} = "
+                f"{getattr(self.config, weight):g} times its term ({terms[worst]:.3g}) overflows float32; lower {weight}")
         return {**read, **metrics}
 
     def _check_teacher_accepts(self, size: int) -> None:
