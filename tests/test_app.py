@@ -573,3 +573,15 @@ def test_switching_from_a_fashion_teacher_to_a_digits_one_resets_the_learning_ra
     at.sidebar.selectbox(key="synth_teacher").set_value(teacher_home.teacher_id).run()
     assert at.session_state[knob_key("lr")] == 0.1 and at.session_state[knob_key("jitter")] == 1
     assert not any("Moved from" in c.value for c in at.sidebar.caption)
+
+
+def test_runs_table_keeps_a_synthesis_batch_apart_from_a_teachers_accuracy(home):
+    """'teacher acc' read 8.33% on a distillation (real test images) and 100% on a synthesis (its own batch)."""
+    from pages.views.runs_view import run_table
+    synthesis = home.create("synthesis", {}, dataset="digits")
+    synthesis.set_status("done", summary={"teacher_accuracy": 1.0})
+    distill = home.create("distill", {}, dataset="digits")
+    distill.set_status("done", summary={"teacher_accuracy": 0.0833, "pool_teacher_agreement": 0.5})
+    rows = {row["kind"]: row for row in run_table(home.list())}
+    assert rows["synthesis"]["teacher acc"] is None and rows["synthesis"]["given its class"] == 100.0
+    assert rows["distill"]["teacher acc"] == pytest.approx(8.33) and rows["distill"]["given its class"] == 50.0

@@ -23,8 +23,10 @@ from pages.views.inspect_view import inspect_batch
 KEY_METRICS = {
     "test acc": (("test_accuracy",), "%.2f%%", "a teacher's accuracy on the real test images"),
     "student acc": (("student_accuracy",), "%.2f%%", "a distilled student's accuracy on the real test images"),
-    "teacher acc": (("teacher_accuracy",), "%.2f%%", "distillation: the teacher on the same real test images; "
-                    "synthesis: how often the teacher calls a synthetic image its target class"),
+    "teacher acc": (("teacher_accuracy",), "%.2f%%", "distillation: the teacher on the same real test images"),
+    "given its class": (("batch_agreement", "pool_teacher_agreement"), "%.2f%%",
+                        "synthesized images the teacher gives their target class (a synthesis's batch, a "
+                        "distillation's pool): not an accuracy on real data"),
     "confidence": (("mean_confidence",), "%.3f", "synthesis: the teacher's mean top-class probability on its images"),
     "BN distance": (("bn_distance_end",), "%.4g", "synthesis: the images' BatchNorm-statistics distance to the "
                     "teacher's running statistics at the end (lower is closer)"),
@@ -36,8 +38,12 @@ KEY_METRICS = {
 
 def _metric(record: RunRecord, column: str) -> float | None:
     keys, fmt, _ = KEY_METRICS[column]
+    summary = record.summary
+    if record.kind == "synthesis":   # its teacher_accuracy is of its own batch, which one column called two things
+        summary = {**{k: v for k, v in summary.items() if k != "teacher_accuracy"},
+                   "batch_agreement": summary.get("teacher_accuracy")}
     for key in keys:
-        value = record.summary.get(key)
+        value = summary.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return 100 * value if fmt.endswith("%%") else value / 60 if key == "elapsed_s" else value
     return None
