@@ -171,7 +171,13 @@ if report:
     st.caption(f"Test accuracy {ci.format('.2%')}: the 95% bootstrap interval over the {ci.units:,} real test "
                "images: intervals made this way contain the teacher's true accuracy (on endless data of this "
                "kind) about 95 times in 100.")
-summary = get_store().get_record(picked).summary
+record = get_store().get_record(picked)
+summary = record.summary
+if report and record.status in PARTIAL_STATUSES and "test_accuracy" not in summary:
+    # A stopped teacher is saved unmeasured (a Stop must not wait for the test set); measured here, it is kept, so
+    # pickers and `dfkd runs` show its accuracy too.
+    summary = {**summary, "test_accuracy": report["accuracy"], "test_accuracy_ci": report["interval"].to_dict()}
+    get_store().get(picked).set_status(record.status, summary=summary, error=record.error)
 if checkpoint.name == "imported":
     origin = checkpoint.model_cfg.get("origin", checkpoint.model_cfg["arch"])
     st.markdown(f"**{origin}**, imported from `{summary.get('imported', '?')}`: your network with your weights, "

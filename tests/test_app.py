@@ -352,6 +352,9 @@ def test_a_teacher_stopped_on_the_page_is_shown_there_beside_a_finished_one(teac
     assert at.selectbox(key="teacher_pick_digits").value == job.run_record.id != teacher_home.teacher_id
     assert at.expander[0].proto.expanded
     assert any("Stopped: the teacher so far is saved" in i.value for i in at.info)
+    # Measured on the page, the stopped teacher's accuracy is kept with its run (pickers showed no number).
+    stopped = teacher_home.get_record(job.run_record.id)
+    assert stopped.status == "cancelled" and 0 <= stopped.summary["test_accuracy"] <= 1
     distill = app("pages/distill.py")   # another page: the finished teacher first, the stopped one offered
     picker = distill.sidebar.selectbox(key="distill_teacher")
     assert picker.value == teacher_home.teacher_id and any(o.endswith(" · partial") for o in picker.options)
