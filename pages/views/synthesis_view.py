@@ -227,7 +227,9 @@ def render_progress_and_grid(job: ModelInversion) -> None:
                    help="Mean over the batch of the teacher's top softmax probability")
     cols[2].metric("total loss", f"{last['loss_total']:.3g}" if last else "–", help="The weighted sum L(x̂)")
     cols[3].metric("BN distance", f"{last['bn_distance']:.3g}" if "bn_distance" in last else "–",
-                   help="Σ_l (||μ_l − running μ_l||₂ + ||σ²_l − running σ²_l||₂), unweighted")
+                   help="Σ_l (||μ_l − running μ_l||₂ + ||σ²_l − running σ²_l||₂), unweighted, of this step's "
+                        "shifted and flipped view of the batch; the finished run's result (the Runs page) measures "
+                        "the batch itself, so the two differ")
     diagnosis = None if job.running else (job.result or {}).get("diagnosis")   # the finished batch's own reading
     if warning := diagnosis or persistent_note(history):
         st.warning(warning)
