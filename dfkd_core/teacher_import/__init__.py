@@ -141,6 +141,7 @@ def import_teacher(config: ImportConfig, store=None, source_name: str | None = N
     if model.renormalizes:
         notes.append(f"inputs are mapped to the network's normalization (mean {statistics[0]}, std {statistics[1]})")
     notes += check_network(model, info)
+    uploaded = source_name is not None   # read from a temporary copy: its path means nothing later
     source_name = source_name or Path(config.weights).name
     summary = {"model": f"imported {config.arch}", "dataset": config.dataset, "imported": source_name,
                "parameters": sum(p.numel() for p in model.parameters()),
@@ -154,8 +155,10 @@ def import_teacher(config: ImportConfig, store=None, source_name: str | None = N
                                                                    if isinstance(v, (int, float))})
     result = ImportedTeacher(checkpoint, summary, notes)
     if store is not None:
-        run = store.create("teacher", {**config.to_dict(), "sha256": file_digest(config.weights),
-                                       "source": source_name},
+        recorded = {**config.to_dict(), "sha256": file_digest(config.weights), "source": source_name}
+        if uploaded:
+            recorded["weights"] = f"uploaded: {source_name}"
+        run = store.create("teacher", recorded,
                            method=f"imported {config.arch}", dataset=config.dataset,
                            name=config.name or f"{config.arch} on {config.dataset} (imported {source_name})")
         try:
