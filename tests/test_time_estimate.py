@@ -99,5 +99,10 @@ def test_a_teacher_is_timed_per_epoch_by_the_newest_like_run(store):
     run.set_status("done", summary={"epochs_done": 2.0})
     # 11 s over 2 epochs: 5.5 s an epoch, 22 s for 4
     assert planned_teacher_time(store, config).startswith("about 0:22 on this machine (4 epochs at 0:06 each")
+    fast = store.create("teacher", TeacherConfig(dataset="digits", epochs=30).resolved().to_dict(), dataset="digits")
+    for step in range(12):
+        fast.log_metrics({"step": step, "elapsed_s": step * 0.5})
+    fast.set_status("done", summary={"epochs_done": 30.0})   # 0.18 s an epoch: '0:00 each' read as no time at all
+    assert "(4 epochs at 0.2 s each" in planned_teacher_time(store, config)
     other = TeacherConfig(dataset="digits", epochs=4, augment="crop").resolved()
     assert "no estimate yet" in planned_teacher_time(store, other)

@@ -131,5 +131,6 @@ def planned_teacher_time(store: RunStore, config) -> str:
                 "augmentation to time them by, so no estimate yet")
     record, rows = found
     per_epoch = rows[-1]["elapsed_s"] / record.summary["epochs_done"]
-    return (f"about {clock(per_epoch * config.epochs)} on this machine ({epochs} at {clock(per_epoch)} each, the "
+    each = clock(per_epoch) if per_epoch >= 1 else f"{per_epoch:.1f} s"   # digits: '0:00 each' read as no time
+    return (f"about {clock(per_epoch * config.epochs)} on this machine ({epochs} at {each} each, the "
             f"pace of {record.id}, {record.created_str})")
