@@ -113,7 +113,7 @@ def start() -> DistillJob:
 
 start_stop_buttons(job, start, stop_help="Stops before the next step; the student so far is evaluated and saved")
 if job is None:
-    st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** → student **{student}** with "
+    st.info(f"Teacher **{open_checkpoint(teacher_run).title}** on **{dataset.name}** → student **{student}** with "
             f"**{method}**. Press **Start** to watch the student's accuracy on real test images climb "
             + ("as it learns from the stored pool" if pool_run else "as images are synthesized")
             + "; the student and the images are saved in the run store (Runs page).")

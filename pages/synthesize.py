@@ -129,7 +129,7 @@ compare_panel(teacher_run, bn, lambda: config_from_knobs(st.session_state["prese
                                                          sorted(st.session_state.get("synth_targets") or [])),
               st.session_state[knob_key("pace")], running, job)
 if job is None:
-    st.info(f"Teacher **{open_checkpoint(teacher_run).name}** on **{dataset.name}** is ready. Press **Start** and "
+    st.info(f"Teacher **{open_checkpoint(teacher_run).title}** on **{dataset.name}** is ready. Press **Start** and "
             "watch the batch turn from noise into images the teacher recognizes.")
     render_idle(teacher_run)
 render_live(job)

@@ -123,7 +123,9 @@ with upload_tab:
         # Show the new teacher at once, on its own dataset.
         st.session_state["teacher_dataset"] = record.dataset
         make_current_teacher(record.id)
-        st.session_state["upload_message"] = ("success", f"Added {record.name} to the run store as {record.id}."
+        doubtful = any("import it again" in n or "near chance" in n for n in notes)   # added, but likely wrong
+        st.session_state["upload_message"] = ("warning" if doubtful else "success",
+                                              f"Added {record.name} to the run store as {record.id}."
                                               + "".join(f"\n- {note}" for note in notes))
 
     def add_upload() -> None:
@@ -181,7 +183,7 @@ if report and record.status in PARTIAL_STATUSES and "test_accuracy" not in summa
 if checkpoint.name == "imported":
     origin = checkpoint.model_cfg.get("origin", checkpoint.model_cfg["arch"])
     st.markdown(f"**{origin}**, imported from `{summary.get('imported', '?')}`: your network with your weights, "
-                "behind the normalization it was trained with" + (
+                "behind the normalization given at its import" + (
                     " (your code traced into standard layers: stored and loaded without it)"
                     if "graph" in checkpoint.model_cfg else ""))
 else:

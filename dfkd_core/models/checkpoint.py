@@ -32,6 +32,13 @@ class Checkpoint:
     def name(self) -> str:
         return self.model_cfg["name"]
 
+    @property
+    def title(self) -> str:
+        """What to call the network in text: its registered name, or an imported one's own architecture."""
+        if self.name == "imported":
+            return self.model_cfg.get("origin") or self.model_cfg.get("arch") or self.name
+        return self.name
+
 
 def save_checkpoint(path: str | Path, model: nn.Module, dataset: DatasetInfo, metrics: dict | None = None) -> Path:
     """Write a model built by `create_model` with the facts needed to rebuild and use it."""
@@ -91,7 +98,7 @@ def load_tensors(path: str | Path, what: str = "checkpoint", map_location: str |
             f"with torch.save(model) is one), and unpickling an object can run arbitrary code, so dfkd studio reads "
             f"only tensors and plain containers. If you trust the file, load it yourself, save its weights with "
             f"torch.save(model.state_dict(), path) and bring them in with `dfkd import-teacher --weights path "
-            f"--arch <its architecture>`.") from None
+            f"--arch <its architecture>` or the Teacher page's upload.") from None
     except Exception as e:  # torch raises many types for a damaged file (IndexError, RuntimeError, EOFError...)
         raise CheckpointError(f"{path} is not a readable {what}: the file is corrupt, truncated or not a PyTorch "
                               f"file (torch: {_torch_detail(e)}).") from None

@@ -160,7 +160,9 @@ def import_teacher(config: ImportConfig, store=None, source_name: str | None = N
             recorded["weights"] = f"uploaded: {source_name}"
         run = store.create("teacher", recorded,
                            method=f"imported {config.arch}", dataset=config.dataset,
-                           name=config.name or f"{config.arch} on {config.dataset} (imported {source_name})")
+                           name=config.name or f"{config.arch} on {config.dataset} (imported {source_name}"
+                           + ("" if config.normalization == "dataset" else f", normalization {config.normalization}")
+                           + ")")
         try:
             save_checkpoint(run.path("model.pt"), model, info, checkpoint.metrics)
         except BaseException as e:
@@ -233,7 +235,8 @@ def _measure(model: ImportedClassifier, config: ImportConfig, info, notes: list[
         name, accuracy, difference = better
         notes.append(f"with --normalization {name} the same network scores {accuracy:.1%} against "
                      f"{result['accuracy']:.1%} on these test images (paired difference {difference.format('+.1%')}): "
-                     f"it was likely trained that way; import it again with --normalization {name}")
+                     f"it was likely trained that way; import it again with normalization '{name}' "
+                     f"(--normalization {name})")
         measured["better_normalization"] = name
     return measured
 

@@ -112,5 +112,6 @@ def _misfit_message(expected, weights, missing, unexpected, reshaped, arch, num_
                      f"{expected[stem].shape[1]} for {dataset}")
     if not hints and (missing or unexpected) and not reshaped and len(missing) + len(unexpected) > 0.5 * len(expected):
         hints.append("most names differ: the file was likely trained as another architecture")
-    return (f"the weights do not fit {arch}: " + "; ".join(parts) + "." + (" " + "; ".join(hints) + "." if hints
-                                                                          else ""))
+    hint = "; ".join(hints)
+    return (f"the weights do not fit {arch}: " + "; ".join(parts) + "."
+            + (f" {hint[0].upper()}{hint[1:]}." if hints else ""))
