@@ -232,3 +232,13 @@ def test_accuracy_against_images_made_shows_how_far_each_count_took_the_student(
     assert list(by_images.x) == [0, 200, 400] and list(by_images.y) == [0.6, 0.72, 0.9]   # no columns of dots
     by_steps = accuracy_curves_figure({"run": curve}, "student_steps").data[0]
     assert len(by_steps.x) == 6   # every evaluation against the steps
+
+
+def test_weighted_curves_show_what_each_term_adds_to_the_total():
+    from dfkd_core.plots.synthesis import loss_curves_figure
+    history = [{"step": i, "loss_tv": 500.0, "alpha_tv": 0.001, "loss_ce": 2.0, "alpha_ce": 1.0,
+                "loss_total": 2.5, "teacher_accuracy": 0.5} for i in range(3)]
+    plain = {t.name: t.y for t in loss_curves_figure(history).data}
+    weighted = {t.name: t.y for t in loss_curves_figure(history, weighted=True).data}
+    assert list(plain["R_TV"]) == [500.0] * 3 and list(weighted["α_tv·R_TV"]) == [0.5] * 3
+    assert list(weighted["α_ce·CE"]) == [2.0] * 3 and list(weighted["total"]) == [2.5] * 3

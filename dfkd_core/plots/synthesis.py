@@ -17,6 +17,10 @@ TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l
               "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
 # Each curve's colour is fixed by what it shows, so the same run's curves look the same on every page (by trace order,
 # 'teacher accuracy' was green on Synthesize and orange on Runs, which lists one loss term fewer).
+# The weight of each term as a synthesis step records it, and the weighted term's name.
+TERM_WEIGHT_KEYS = {"loss_ce": ("alpha_ce", "α_ce·CE"), "loss_tv": ("alpha_tv", "α_tv·R_TV"),
+                    "loss_l2": ("alpha_l2", "α_l2·||x̂||₂"), "loss_bn_feature": ("alpha_f", "α_f·R_feature"),
+                    "loss_compete": ("alpha_c", "α_c·R_compete"), "loss_contrast": ("alpha_cr", "α_cr·R_cr")}
 METRIC_NAMES = {"bn_distance": "BN distance to the teacher's statistics", "teacher_accuracy": "teacher accuracy",
                 "mean_confidence": "mean confidence", "test_accuracy": "test accuracy"}   # titles, not keys
 CURVE_COLOURS = {"loss_total": "#1f77b4", "loss_ce": "#ff7f0e", "loss_tv": "#2ca02c", "loss_l2": "#d62728",
@@ -116,13 +120,21 @@ def describe_update(update: Mapping) -> str:
 def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = (),
                        keys: Sequence[str] | None = None,
                        accuracy_keys: Sequence[str] = ("teacher_accuracy", "mean_confidence"),
-                       log_y: bool = True, max_points: int = 600, height: int = 420) -> go.Figure:
+                       log_y: bool = True, max_points: int = 600, height: int = 420,
+                       weighted: bool = False) -> go.Figure:
     """Per-term loss curves (top) and the teacher's accuracy/confidence on the batch (bottom) over steps.
+    `weighted`: each term times its weight at that step (what it adds to the total), which shows which term drives
+    the images: unweighted, R_TV sits at 10²–10³ even where α_tv = 0.001 makes it negligible.
 
     Each entry of `updates` ({"step": i, **changes}, as in `job.updates`) is drawn as a dashed vertical line at the
     step where the change took effect, labelled with what changed. `keys` default: every 'loss_*' in history.
     """
     rows = _thin(history, max_points)
+    names = dict(TERM_NAMES)
+    if weighted:
+        rows = [{**r, **{k: r[k] * r[w] for k, (w, _) in TERM_WEIGHT_KEYS.items()
+                         if isinstance(r.get(k), (int, float)) and isinstance(r.get(w), (int, float))}} for r in rows]
+        names.update({k: label for k, (_, label) in TERM_WEIGHT_KEYS.items()})
     present = set().union(*(r.keys() for r in rows)) if rows else set()
     keys = list(keys) if keys is not None else [k for k in TERM_NAMES if k in present]
     accuracy_keys = [k for k in accuracy_keys if k in present]
@@ -138,7 +150,7 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
         if log_y:  # log axes cannot show zeros; a term switched off simply leaves a gap
             kept = [(x, y) for x, y in zip(xs, ys) if y is None or y > 0]
             xs, ys = zip(*kept) if any(y is not None for _, y in kept) else ((), ())
-        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=TERM_NAMES.get(key, key),
+        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=names.get(key, key),
                                  line=dict(width=3 if key == "loss_total" else 1.6, color=curve_colour(key))),
                       row=1, col=1)
     for key in accuracy_keys:

@@ -245,13 +245,18 @@ def render_progress_and_grid(job: ModelInversion) -> None:
 
 
 def render_curves(job: ModelInversion) -> None:
-    st.markdown("**Loss terms** (unweighted) and teacher accuracy on the batch; grey dashed verticals: live changes")
+    weighted = st.session_state.get("curves_weighted", False)
+    st.markdown(f"**Loss terms** ({'each times its weight: what it adds to the total' if weighted else 'unweighted'})"
+                " and teacher accuracy on the batch; grey dashed verticals: live changes")
     history, updates = list(job.history), list(job.updates)
     if not history and job.running:   # an empty chart read as a broken one for the first seconds
         st.caption("The curves start with the first step.")
         return
-    figure = cached("curves", (job.id, len(history), len(updates)), lambda: loss_curves_figure(history, updates))
+    figure = cached("curves", (job.id, len(history), len(updates), weighted),
+                    lambda: loss_curves_figure(history, updates, weighted=weighted))
     st.plotly_chart(figure, key="live_curves")
+    st.toggle("Weighted terms", key="curves_weighted", help="Each term times its weight at that step: which term "
+              "drives the images (unweighted, R_TV reads 10²–10³ even where α_tv = 0.001 makes it negligible)")
     if late := (job.result or {}).get("late_updates"):
         st.caption(f"Not applied: {describe_update(late)} came after the run's last step began; the knobs keep it "
                    "for the next run.")
