@@ -14,6 +14,7 @@ HALF_WIDTH_STUDENT = {
     "lenet5": "lenet5_half",
     "resnet34_cifar": "resnet18_cifar", "resnet18_cifar": "tv_mobilenet_v2",
     "tv_resnet18": "tv_mobilenet_v2",
+    "plaincnn3_w32": "bncnn3_w16",   # no plain model at half width: the BN CNN of half its width (a student may have BN)
 }
 
 
