@@ -92,7 +92,8 @@ class BatchReading:
             return (f"{head}: the BN term (α_f·R_feature = {bn:.3g}) is {bn / ce:.0f}× the class term (α_ce·CE = "
                     f"{ce:.3g}), so the images match the teacher's BN statistics but not their classes. Lower α_f or "
                     "raise α_ce: on a stock ResNet-18 (20 BN layers) α_f 0.1 gave 91% of a batch its class at the "
-                    "same BN distance, α_f 1 gave 19%.")
+                    "same BN distance, α_f 1 gave 19% (its students gained +0.7 points on average over 3 seeds, "
+                    "not resolved).")
         if cause == "collapse":
             return (f"{head}, though it is sure of them ({self.mean_confidence:.2f}): the batch has likely collapsed "
                     "onto a few classes. The BN statistics show whether its variance went flat; raising α_ce, or "
