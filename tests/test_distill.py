@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dfkd_core.cli import main
+from dfkd_core.data import dataset_info
 from dfkd_core.distill import DistillConfig, DistillJob, PoolError, SyntheticPool, list_methods
 from dfkd_core.distill.student import cutmix_boxes, mix_batch, mix_images, random_shift
 from dfkd_core.models import create_model, load_checkpoint, save_checkpoint
@@ -215,8 +216,10 @@ def test_teacher_without_batchnorm_gets_clear_error_but_noise_works(digits_teach
     with pytest.raises(ValueError, match="BatchNorm"):
         DistillJob(teacher, DistillConfig(method="generator", student="bncnn3_w16"))
     with pytest.raises(ValueError, match="no default student"):
-        DistillJob(teacher, DistillConfig(method="noise"))
-    job = DistillJob(teacher, DistillConfig(method="noise", student="bncnn3_w16", steps=5))
+        DistillJob(load_checkpoint(save_checkpoint(tmp_path / "lenet.pt", create_model("lenet5_half", 10, 1, 16),
+                                                   dataset_info("digits", image_size=16))), DistillConfig(method="noise"))
+    job = DistillJob(teacher, DistillConfig(method="noise", steps=5))   # its default student: bncnn3_w16
+    assert job.student_name == "bncnn3_w16"
     job.run()
     assert job.status == "done"
 
