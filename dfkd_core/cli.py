@@ -178,7 +178,9 @@ def cmd_runs(args, store: RunStore) -> int:
                          if isinstance(r.summary.get(k), (int, float)))
         teacher = r.teacher or "-"   # a run id fits whole (28 characters); a long path keeps its end, marked cut
         teacher = teacher if len(teacher) <= 28 else "…" + teacher[-27:]
-        print(f"{r.id:36} {r.kind:10} {r.status:11} {r.dataset or '-':14} {r.method or '-':16} {teacher:28} "
+        method = r.method or "-"   # 'imported torchvision:resnet18' would push the columns after it
+        method = method if len(method) <= 16 else method[:15] + "…"
+        print(f"{r.id:36} {r.kind:10} {r.status:11} {r.dataset or '-':14} {method:16} {teacher:28} "
               f"{shown}")
     return 0
 
