@@ -392,3 +392,18 @@ def test_a_recorded_graph_builds_only_allowlisted_steps():
     evil["nodes"][1] = {**evil["nodes"][1], "op": "call_method", "target": "__reduce_ex__"}
     with pytest.raises(GraphError, match="tensor method .__reduce_ex__"):
         build_graph(evil)
+    # torch.fx writes input names, paths and keyword names into the Python it generates: code there is refused.
+    injected = "x=__import__('os').system('touch /tmp/pwned')"
+    evil = json.loads(json.dumps(spec))
+    evil["nodes"][0] = {**evil["nodes"][0], "target": injected}
+    with pytest.raises(GraphError, match="input name .* is not a plain name"):
+        build_graph(evil)
+    evil = json.loads(json.dumps(spec))
+    call = next(i for i, n in enumerate(evil["nodes"]) if n["op"] == "call_module")
+    evil["nodes"][call] = {**evil["nodes"][call], "kwargs": {"$dict": {"a=1); import os; (b": 1}}}
+    with pytest.raises(GraphError, match="keyword .* is not a plain name"):
+        build_graph(evil)
+    evil = json.loads(json.dumps(spec))
+    evil["nodes"][call] = {**evil["nodes"][call], "target": 'features")+print("hi'}
+    with pytest.raises(GraphError, match="layer path .* is not a plain name"):
+        build_graph(evil)

@@ -10,6 +10,7 @@ layers as in the user's model.
 from __future__ import annotations
 
 import inspect
+import keyword
 import operator
 
 import torch
@@ -108,6 +109,8 @@ def _decode(value, nodes: dict):
     if not isinstance(value, dict):
         return value
     if "$node" in value:
+        if value["$node"] not in nodes:
+            raise GraphError(f"a graph step uses {value['$node']!r} before it is made")
         return nodes[value["$node"]]
     if "$tuple" in value:
         return tuple(_decode(v, nodes) for v in value["$tuple"])
@@ -166,8 +169,27 @@ def describe_graph(model: nn.Module) -> dict:
     return {"format": "dfkd-graph/1", "layers": layers, "tensors": tensors, "nodes": nodes}
 
 
+def _name(text, what: str) -> str:
+    """A name the graph's generated code will hold: torch.fx writes placeholder names, attribute paths and keyword
+    names into Python source, so a crafted file could put code there. Only plain identifiers or indices (dotted for
+    paths: 'layer1.0.conv1'), no keywords and nothing private, pass."""
+    parts = text.split(".") if isinstance(text, str) else [None]
+    if not all(isinstance(p, str) and (p.isdecimal() and p.isascii() or p.isidentifier() and not keyword.iskeyword(p)
+                                       and not p.startswith("_")) for p in parts):
+        raise GraphError(f"{what} {text!r} is not a plain name; the recorded graph is refused")
+    return text
+
+
+def _checked_kwargs(kwargs) -> dict:
+    if not isinstance(kwargs, dict):
+        raise GraphError("a graph step's keyword arguments are not a mapping")
+    for key in kwargs:
+        _name(key, "keyword")
+    return kwargs
+
+
 def _place(root: nn.Module, path: str, make) -> None:
-    *parents, leaf = path.split(".")
+    *parents, leaf = _name(path, "layer path").split(".")
     owner = root
     for part in parents:
         if not hasattr(owner, part):
@@ -193,14 +215,14 @@ def build_graph(spec: dict) -> fx.GraphModule:
                owner.register_parameter(leaf, nn.Parameter(v)) if p else owner.register_buffer(leaf, v))
     graph, built = fx.Graph(), {}
     for node in spec["nodes"]:
-        args, kwargs = _decode(node["args"], built), _decode(node["kwargs"], built)
+        args, kwargs = _decode(node["args"], built), _checked_kwargs(_decode(node["kwargs"], built))
         op, target = node["op"], node["target"]
         if op == "placeholder":
-            made = graph.placeholder(target)
+            made = graph.placeholder(_name(target, "input name"))
         elif op == "get_attr":
-            made = graph.get_attr(target)
+            made = graph.get_attr(_name(target, "tensor path"))
         elif op == "call_module":
-            made = graph.call_module(target, tuple(args), kwargs)
+            made = graph.call_module(_name(target, "layer path"), tuple(args), kwargs)
         elif op == "call_function":
             if target not in FUNCTIONS:
                 raise GraphError(f"the graph calls {target}, which this format does not build")
