@@ -12,15 +12,16 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from dfkd_core.synthesis.engine import TERM_WEIGHTS
+
 # Legend names in methods.md#model-inversion notation (unweighted terms; "total" is the weighted sum that is optimized).
 TERM_NAMES = {"loss_total": "total", "loss_ce": "CE", "loss_tv": "R_TV", "loss_l2": "||x̂||₂",
               "loss_bn_feature": "R_feature", "loss_compete": "R_compete"}
 # Each curve's colour is fixed by what it shows, so the same run's curves look the same on every page (by trace order,
 # 'teacher accuracy' was green on Synthesize and orange on Runs, which lists one loss term fewer).
-# The weight of each term as a synthesis step records it, and the weighted term's name.
-TERM_WEIGHT_KEYS = {"loss_ce": ("alpha_ce", "α_ce·CE"), "loss_tv": ("alpha_tv", "α_tv·R_TV"),
-                    "loss_l2": ("alpha_l2", "α_l2·||x̂||₂"), "loss_bn_feature": ("alpha_f", "α_f·R_feature"),
-                    "loss_compete": ("alpha_c", "α_c·R_compete"), "loss_contrast": ("alpha_cr", "α_cr·R_cr")}
+# Legend names of the terms times their weights (`TERM_WEIGHTS` says which weight each term has).
+WEIGHTED_TERM_NAMES = {"loss_ce": "α_ce·CE", "loss_tv": "α_tv·R_TV", "loss_l2": "α_l2·||x̂||₂",
+                       "loss_bn_feature": "α_f·R_feature", "loss_compete": "α_c·R_compete", "loss_contrast": "α_cr·R_cr"}
 METRIC_NAMES = {"bn_distance": "BN distance to the teacher's statistics", "teacher_accuracy": "teacher accuracy",
                 "mean_confidence": "mean confidence", "test_accuracy": "test accuracy"}   # titles, not keys
 CURVE_COLOURS = {"loss_total": "#1f77b4", "loss_ce": "#ff7f0e", "loss_tv": "#2ca02c", "loss_l2": "#d62728",
@@ -132,9 +133,10 @@ def loss_curves_figure(history: Sequence[Mapping], updates: Iterable[Mapping] = 
     rows = _thin(history, max_points)
     names = dict(TERM_NAMES)
     if weighted:
-        rows = [{**r, **{k: r[k] * r[w] for k, (w, _) in TERM_WEIGHT_KEYS.items()
+        weights = {f"loss_{term}": weight for term, weight in TERM_WEIGHTS.items()}
+        rows = [{**r, **{k: r[k] * r[w] for k, w in weights.items()
                          if isinstance(r.get(k), (int, float)) and isinstance(r.get(w), (int, float))}} for r in rows]
-        names.update({k: label for k, (_, label) in TERM_WEIGHT_KEYS.items()})
+        names.update(WEIGHTED_TERM_NAMES)
     present = set().union(*(r.keys() for r in rows)) if rows else set()
     keys = list(keys) if keys is not None else [k for k in TERM_NAMES if k in present]
     accuracy_keys = [k for k in accuracy_keys if k in present]

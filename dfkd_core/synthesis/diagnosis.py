@@ -17,10 +17,15 @@ MOST_FLAT = 0.5           # share of flat images that names the priors as the ca
 MOST_PINNED = 0.9
 
 
+def near_chance(accuracy: float | None, num_classes: int) -> bool:
+    """Under twice chance (1 / classes): a classifier that has learned next to nothing."""
+    return accuracy is not None and num_classes >= 2 and accuracy < 2 / num_classes
+
+
 def weak_teacher_note(test_accuracy: float | None, num_classes: int) -> str:
-    """'' unless the teacher's accuracy on real test images is under twice chance: then nothing built on it means
-    much, and that is the first thing to say."""
-    if test_accuracy is None or num_classes < 2 or not test_accuracy < 2 / num_classes:
+    """'' unless the teacher's accuracy on real test images is near chance: then nothing built on it means much, and
+    that is the first thing to say."""
+    if not near_chance(test_accuracy, num_classes):
         return ""
     return (f"the teacher itself scores {test_accuracy:.1%} on real test images, near chance ({1 / num_classes:.0%} "
             f"for {num_classes} classes): it has learned too little to invert or to teach; train it longer first")

@@ -34,6 +34,9 @@ from dfkd_core.synthesis.contrastive import ContrastiveMemory, resized_crop
 
 # The live weights, in the order of the weight vector the objective takes.
 WEIGHT_NAMES = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "alpha_cr")
+# The weight of each loss term, by the name `term_names` gives the term.
+TERM_WEIGHTS = {"ce": "alpha_ce", "tv": "alpha_tv", "l2": "alpha_l2", "bn_feature": "alpha_f", "compete": "alpha_c",
+                "contrast": "alpha_cr"}
 
 
 class TeacherView(NamedTuple):

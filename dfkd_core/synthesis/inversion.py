@@ -26,7 +26,7 @@ from dfkd_core.losses import bn_feature_loss
 from dfkd_core.runs import atomic_torch_save
 from dfkd_core.synthesis.contrastive import ContrastiveMemory, draw_crops
 from dfkd_core.synthesis.diagnosis import BatchReading
-from dfkd_core.synthesis.engine import WEIGHT_NAMES, InversionObjective, TeacherView
+from dfkd_core.synthesis.engine import TERM_WEIGHTS, WEIGHT_NAMES, InversionObjective, TeacherView
 from dfkd_core.synthesis.images import save_grid
 
 METHODS = ("deepdream", "deepinversion", "adi")
@@ -50,11 +50,6 @@ DATASET_DEFAULTS: dict[str, dict] = {
 
 LIVE_PARAMETERS = ("alpha_ce", "alpha_tv", "alpha_l2", "alpha_f", "alpha_c", "first_bn_multiplier", "lr",
                    "jitter", "flip")
-
-
-# The weight of each loss term, by the name the objective gives the term.
-TERM_WEIGHTS = {"ce": "alpha_ce", "tv": "alpha_tv", "l2": "alpha_l2", "bn_feature": "alpha_f", "compete": "alpha_c",
-                "contrast": "alpha_cr"}
 
 
 @dataclass

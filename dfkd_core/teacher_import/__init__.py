@@ -18,6 +18,7 @@ from dfkd_core.models.graph import describe_graph
 from dfkd_core.models.imported import (CODE_PREFIX, TRACED, ImportedClassifier, check_architecture,
                                        load_user_factory)
 from dfkd_core.stats import accuracy_interval
+from dfkd_core.synthesis.diagnosis import near_chance
 from dfkd_core.teacher_import.weights import fit_weights, read_weights
 
 # Normalizations training scripts commonly use, by the name the CLI and the app offer.
@@ -224,10 +225,10 @@ def _measure(model: ImportedClassifier, config: ImportConfig, info, notes: list[
         notes.append(split.note)
     result = evaluate(model, split)
     ci = accuracy_interval(result["correct"])
-    chance = 1 / info.num_classes
-    if ci.high < 2 * chance:
-        notes.append(f"test accuracy {result['accuracy']:.1%} is near chance ({chance:.0%}): the normalization "
-                     "(--normalization), the class order or the architecture likely differ from the training's")
+    if near_chance(ci.high, info.num_classes):   # the whole interval, not only the estimate: certainly near it
+        notes.append(f"test accuracy {result['accuracy']:.1%} is near chance ({1 / info.num_classes:.0%}): the "
+                     "normalization (--normalization), the class order or the architecture likely differ from the "
+                     "training's")
     measured = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "test_accuracy_ci": ci.to_dict(),
                 "test_images": len(split)}
     better = _better_normalization(model, config, info, split, result["correct"])
