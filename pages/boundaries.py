@@ -26,7 +26,7 @@ from pages.views.analysis_view import (  # noqa: E402
 from pages.views.common import (  # noqa: E402
     checkpoint_runs, data_root_setting, fresh_model, get_store, keep_widget_state, open_checkpoint, real_test_split,
     real_test_split_or_stop, require_job_slot, start_stop_buttons, submit, teacher_or_stop)
-from pages.views.labels import compact_labels, describe_run  # noqa: E402
+from pages.views.labels import as_sentence, compact_labels, describe_run  # noqa: E402
 from pages.views.methods_doc import section_link  # noqa: E402
 
 
@@ -231,7 +231,7 @@ if opened is not None:
     if data.get("samples_note"):
         st.warning(data["samples_note"] + ".")
     if data.get("selection_note"):
-        st.warning(data["selection_note"][0].upper() + data["selection_note"][1:] + ".")
+        st.warning(as_sentence(data["selection_note"]))
     few = [r["student"] for r in rows if r["both_accepted"] < MIN_PAIRS]
     if few:
         st.warning(f"Resting on fewer than {MIN_PAIRS} pairs accepted by both models (faded below): "

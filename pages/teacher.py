@@ -23,7 +23,7 @@ from pages.views.common import (  # noqa: E402
     get_store, import_checkpoint, keep_widget_state, live, make_current_teacher, open_checkpoint, real_test_split,
     require_job_slot, start_stop_buttons, submit)
 from pages.views.import_view import holds_weights, weights_form  # noqa: E402
-from pages.views.labels import PARTIAL_STATUSES  # noqa: E402
+from pages.views.labels import PARTIAL_STATUSES, as_sentence  # noqa: E402
 
 
 DATASETS = {"digits": "digits 8×8 (embedded, no download)", "fashion-mnist": "Fashion-MNIST 28×28",
@@ -167,7 +167,7 @@ cols[1].metric("parameters", f"{sum(p.numel() for p in checkpoint.model.paramete
 cols[2].metric("BatchNorm layers", len(bn_layers))
 cols[3].metric("input", f"{checkpoint.dataset.in_channels}×{checkpoint.dataset.image_size}²")
 if report and (note := weak_teacher_note(report["accuracy"], checkpoint.dataset.num_classes)):
-    st.warning(note[0].upper() + note[1:] + ".")
+    st.warning(as_sentence(note))
 if report:
     ci = report["interval"]
     st.caption(f"Test accuracy {ci.format('.2%')}: the 95% bootstrap interval over the {ci.units:,} real test "

@@ -80,8 +80,8 @@ class BatchReading:
         if cause is None:
             return ""
         if cause == "teacher":
-            return weak_teacher_note(self.teacher_test_accuracy, self.num_classes)[0].upper() + \
-                weak_teacher_note(self.teacher_test_accuracy, self.num_classes)[1:] + "."
+            note = weak_teacher_note(self.teacher_test_accuracy, self.num_classes)
+            return note[:1].upper() + note[1:] + "."
         head = f"The teacher gives only {self.teacher_accuracy:.0%} of {where} their target class"
         if cause == "no_class_term":
             return (f"{head}: α_ce is 0 (and α_c too), so nothing pulls the images toward their classes; set α_ce "

@@ -23,7 +23,7 @@ from dfkd_core.models.reference import is_untrained, untrained_reference
 from dfkd_core.runs import Run, RunRecord, RunStore, atomic_write_bytes, default_home
 from dfkd_core.synthesis.diagnosis import weak_teacher_note
 from dfkd_core.time_left import clock
-from pages.views.labels import PARTIAL_STATUSES, compact_labels, describe_run
+from pages.views.labels import PARTIAL_STATUSES, as_sentence, compact_labels, describe_run
 
 MAX_CHECKPOINT_MB = 200          # also server.maxUploadSize in .streamlit/config.toml
 POLL_SECONDS = 0.25             # live views refresh 4x per second while their job runs
@@ -152,7 +152,7 @@ def teacher_or_stop(key: str, *, disabled: bool = False, help: str | None = None
         st.stop()
     teacher = open_checkpoint(teacher_run)
     if note := weak_teacher_note(teacher.metrics.get("test_accuracy"), teacher.dataset.num_classes):
-        st.warning(note[0].upper() + note[1:] + ".")   # everything made from it would be garbage, with no other hint
+        st.warning(as_sentence(note))   # everything made from it would be garbage, with no other hint
     return teacher_run
 
 

@@ -13,6 +13,11 @@ LABEL_CHARS_SHOWN = 31           # ... and of its whole label (name, accuracy, i
 PARTIAL_STATUSES = ("cancelled", "interrupted")   # stopped runs whose model so far was saved: usable, marked partial
 
 
+def as_sentence(clause: str) -> str:
+    """A library note (a clause, as the CLI prints it after 'note:') as a sentence on a page."""
+    return clause[:1].upper() + clause[1:] + ("" if clause.endswith(".") else ".")
+
+
 def run_name(record: RunRecord) -> str:
     return record.name or record.method or record.kind
 

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import streamlit as st
 
 from dfkd_core.stats import Interval
+from pages.views.labels import as_sentence
 
 
 FELL_BACK = " ⚠"   # marks a KD precision other than the one asked for; the table's caption says which
@@ -73,8 +74,6 @@ def show_results(summaries: Sequence[Mapping], names: Sequence[str]) -> None:
     for summary, name in zip(summaries, names):   # why a student may have learned less than it could
         for key in ("teacher_note", "diagnosis", "pool_note"):
             if summary.get(key):
-                st.warning((f"**{name}**: " if len(summaries) > 1 else "") + summary[key][0].upper() + summary[key][1:]
-                           + ("" if summary[key].endswith(".") else "."))
+                st.warning((f"**{name}**: " if len(summaries) > 1 else "") + as_sentence(summary[key]))
         if summary.get("reproducibility_note"):
-            st.caption((f"**{name}**: " if len(summaries) > 1 else "") + summary["reproducibility_note"][0].upper()
-                       + summary["reproducibility_note"][1:] + ".")
+            st.caption((f"**{name}**: " if len(summaries) > 1 else "") + as_sentence(summary["reproducibility_note"]))
